@@ -1,0 +1,356 @@
+"""DuckDB: the one module that imports ``duckdb``.
+
+Who writes: exactly one process holds the database file open for writing
+(``gpuledger ingest``, or the demo, which runs ingest and attribution in one
+process). Attribution runs inside that writer (``gpuledger attribute`` opens
+the file itself when no ingest runs). The API opens the file read-only
+(``Store(path, read_only=True)``); see docs/operations.md for the serving
+pattern while ingest writes.
+
+Tables (times are integer nanoseconds since the Unix epoch, UTC):
+
+- ``messages``: one row per ingested wire message; primary key
+  ``(agent_id, boot_id, seq)`` makes ingest idempotent.
+- ``devices``, ``processes``, ``allocations``, ``field_errors``: the wire
+  tables, with the message key and interval denormalised onto every row.
+- ``pods``: pod identity and labels, latest seen wins.
+- ``dead_letters``: what could not be decoded, with where it came from and why.
+- ``ledger``: attribution output (analytics), one row per GPU unit, interval,
+  tenant and kind (busy, allocated_idle, unallocated, unmeasured).
+- ``attributed``: which messages the ledger already covers (incremental runs).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from gpuledger import wire
+from gpuledger.errors import StoreError
+
+_KEY = "agent_id VARCHAR NOT NULL, boot_id VARCHAR NOT NULL, seq UBIGINT NOT NULL"
+_INTERVAL = "node VARCHAR NOT NULL, interval_start_ns BIGINT NOT NULL, interval_end_ns BIGINT NOT NULL"
+_DEVICE_METRICS = ", ".join(f"{name} DOUBLE" for name in wire.DEVICE_METRICS)
+
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS messages (
+    {_KEY}, {_INTERVAL},
+    schema_version USMALLINT NOT NULL, driver_version VARCHAR,
+    source VARCHAR, ingested_at TIMESTAMPTZ DEFAULT now(),
+    PRIMARY KEY (agent_id, boot_id, seq));
+CREATE TABLE IF NOT EXISTS devices (
+    {_KEY}, {_INTERVAL},
+    gpu_index USMALLINT NOT NULL, mig_index SMALLINT NOT NULL,
+    uuid VARCHAR, model VARCHAR, profile VARCHAR,
+    slice_fraction DOUBLE NOT NULL, health UTINYINT NOT NULL, util_samples UINTEGER NOT NULL,
+    {_DEVICE_METRICS});
+CREATE TABLE IF NOT EXISTS processes (
+    {_KEY}, {_INTERVAL},
+    gpu_index USMALLINT NOT NULL, mig_index SMALLINT NOT NULL, pid UINTEGER NOT NULL,
+    pod_uid VARCHAR, namespace VARCHAR, pod VARCHAR, container VARCHAR, slurm_job VARCHAR,
+    kind UTINYINT NOT NULL, samples UINTEGER NOT NULL,
+    sm_util_sum DOUBLE, mem_util_sum DOUBLE, used_memory_bytes DOUBLE);
+CREATE TABLE IF NOT EXISTS allocations (
+    {_KEY}, {_INTERVAL},
+    gpu_index USMALLINT NOT NULL, mig_index SMALLINT NOT NULL, replica SMALLINT NOT NULL,
+    pod_uid VARCHAR, namespace VARCHAR, pod VARCHAR, container VARCHAR, resource VARCHAR,
+    share DOUBLE NOT NULL);
+CREATE TABLE IF NOT EXISTS field_errors (
+    {_KEY}, {_INTERVAL},
+    gpu_index USMALLINT NOT NULL, mig_index SMALLINT NOT NULL, pid UINTEGER NOT NULL,
+    field VARCHAR NOT NULL, reason VARCHAR NOT NULL);
+CREATE TABLE IF NOT EXISTS pods (
+    pod_uid VARCHAR PRIMARY KEY, namespace VARCHAR NOT NULL, name VARCHAR NOT NULL,
+    labels JSON NOT NULL, last_seen_ns BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    topic VARCHAR, partition INTEGER, "offset" BIGINT, reason VARCHAR NOT NULL,
+    payload BLOB, size_bytes BIGINT NOT NULL, received_at TIMESTAMPTZ DEFAULT now());
+CREATE TABLE IF NOT EXISTS ledger (
+    {_KEY}, {_INTERVAL},
+    gpu_uuid VARCHAR NOT NULL, gpu_index USMALLINT NOT NULL, mig_index SMALLINT NOT NULL,
+    model VARCHAR NOT NULL, profile VARCHAR, sharing VARCHAR NOT NULL,
+    kind VARCHAR NOT NULL, tenant VARCHAR NOT NULL, namespace VARCHAR, pod VARCHAR,
+    rule VARCHAR NOT NULL, gpu_seconds DOUBLE NOT NULL, energy_j DOUBLE,
+    memory_gb_seconds DOUBLE);
+CREATE TABLE IF NOT EXISTS attributed ({_KEY}, PRIMARY KEY (agent_id, boot_id, seq));
+"""
+
+_ROW_TABLES = ("devices", "processes", "allocations", "field_errors")
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    reason: str
+    payload: bytes
+    topic: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+
+
+class Store:
+    """A DuckDB file (or ``:memory:``) holding gpuledger's tables."""
+
+    def __init__(self, path: str | Path = ":memory:", read_only: bool = False) -> None:
+        self.path = str(path)
+        self.read_only = read_only
+        self._lock = threading.RLock()
+        try:
+            self.con = duckdb.connect(self.path, read_only=read_only)
+            if not read_only:
+                self.con.execute(SCHEMA)
+        except duckdb.Error as exc:
+            hint = (
+                "another process holds the file for writing: read it with read_only=True or stop the writer"
+                if "lock" in str(exc).lower()
+                else "check the path and that the file is a gpuledger DuckDB database"
+            )
+            raise StoreError(f"cannot open {self.path}: {exc}", hint=hint) from None
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- writing -------------------------------------------------------------
+
+    def write_messages(
+        self, messages: Sequence[wire.Message], sources: Sequence[str | None] | None = None
+    ) -> int:
+        """Store decoded messages in one transaction; returns how many were new.
+
+        Idempotent on (agent_id, boot_id, seq): a message already stored, or
+        repeated inside the batch, is skipped whole.
+        """
+        if not messages:
+            return 0
+        sources = sources or [None] * len(messages)
+        with self._lock:
+            fresh = self._fresh(messages)
+            if not fresh:
+                return 0
+            batch = [messages[i] for i in fresh]
+            tables = batch_to_arrow(batch, [sources[i] for i in fresh])
+            try:
+                self.con.execute("BEGIN")
+                for name, table in tables.items():
+                    if table.num_rows:
+                        self.con.register("_batch", table)
+                        if name == "pods":
+                            self.con.execute(
+                                "INSERT INTO pods SELECT * FROM _batch ON CONFLICT (pod_uid) DO UPDATE SET "
+                                "namespace = excluded.namespace, name = excluded.name, labels = excluded.labels, "
+                                "last_seen_ns = greatest(pods.last_seen_ns, excluded.last_seen_ns)"
+                            )
+                        else:
+                            cols = ", ".join(f'"{c}"' for c in table.column_names)
+                            self.con.execute(f"INSERT INTO {name} ({cols}) SELECT {cols} FROM _batch")
+                        self.con.unregister("_batch")
+                self.con.execute("COMMIT")
+            except duckdb.Error as exc:
+                self.con.execute("ROLLBACK")
+                raise StoreError(f"writing {len(batch)} messages failed: {exc}") from exc
+            return len(batch)
+
+    def _fresh(self, messages: Sequence[wire.Message]) -> list[int]:
+        keys = pa.table(
+            {
+                "agent_id": [m.agent_id for m in messages],
+                "boot_id": [m.boot_id for m in messages],
+                "seq": pa.array([m.seq for m in messages], pa.uint64()),
+                "i": pa.array(range(len(messages)), pa.int64()),
+            }
+        )
+        self.con.register("_keys", keys)
+        rows = self.con.execute(
+            "SELECT min(k.i) FROM _keys k ANTI JOIN messages m USING (agent_id, boot_id, seq) "
+            "GROUP BY k.agent_id, k.boot_id, k.seq ORDER BY 1"
+        ).fetchall()
+        self.con.unregister("_keys")
+        return [int(r[0]) for r in rows]
+
+    def write_dead_letters(self, letters: Iterable[DeadLetter]) -> int:
+        rows = [(d.topic, d.partition, d.offset, d.reason, d.payload, len(d.payload)) for d in letters]
+        if rows:
+            with self._lock:
+                self.con.executemany(
+                    'INSERT INTO dead_letters (topic, partition, "offset", reason, payload, size_bytes) '
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+        return len(rows)
+
+    def append(self, table: str, frame: pl.DataFrame) -> None:
+        """Append a Polars frame to a table (columns by name)."""
+        if frame.height == 0:
+            return
+        with self._lock:
+            arrow = frame.to_arrow()
+            self.con.register("_frame", arrow)
+            cols = ", ".join(f'"{c}"' for c in frame.columns)
+            self.con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _frame")
+            self.con.unregister("_frame")
+
+    def execute(self, sql: str, params: Sequence[Any] | None = None) -> None:
+        with self._lock:
+            self.con.execute(sql, params or [])
+
+    def transaction(self) -> _Transaction:
+        return _Transaction(self)
+
+    # --- reading -------------------------------------------------------------
+
+    def query(self, sql: str, params: Sequence[Any] | None = None) -> pl.DataFrame:
+        with self._lock:
+            try:
+                rel = self.con.sql(sql, params=params or None)
+                return rel.pl() if rel is not None else pl.DataFrame()
+            except duckdb.Error as exc:
+                raise StoreError(f"query failed: {exc}") from exc
+
+    def scalar(self, sql: str, params: Sequence[Any] | None = None) -> Any:
+        with self._lock:
+            row = self.con.execute(sql, params or []).fetchone()
+        return None if row is None else row[0]
+
+    def count(self, table: str) -> int:
+        return int(self.scalar(f"SELECT count(*) FROM {table}"))
+
+
+class _Transaction:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def __enter__(self) -> Store:
+        self.store._lock.acquire()
+        self.store.con.execute("BEGIN")
+        return self.store
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        try:
+            self.store.con.execute("ROLLBACK" if exc_type else "COMMIT")
+        finally:
+            self.store._lock.release()
+
+
+# --- batch conversion (no per-row Python: per message, then numpy) -----------
+
+
+def batch_to_arrow(messages: Sequence[wire.Message], sources: Sequence[str | None]) -> dict[str, pa.Table]:
+    """Flatten decoded messages into one Arrow table per stored table."""
+    out: dict[str, pa.Table] = {
+        "messages": pa.table(
+            {
+                "agent_id": [m.agent_id for m in messages],
+                "boot_id": [m.boot_id for m in messages],
+                "seq": pa.array([m.seq for m in messages], pa.uint64()),
+                "node": [m.node for m in messages],
+                "interval_start_ns": pa.array([m.interval_start_ns for m in messages], pa.int64()),
+                "interval_end_ns": pa.array([m.interval_end_ns for m in messages], pa.int64()),
+                "schema_version": pa.array([m.schema_version for m in messages], pa.uint16()),
+                "driver_version": [m.driver_version for m in messages],
+                "source": list(sources),
+            }
+        )
+    }
+    for name in _ROW_TABLES:
+        out[name] = _row_table(messages, name)
+    out["pods"] = _pods_table(messages)
+    return out
+
+
+def _row_table(messages: Sequence[wire.Message], name: str) -> pa.Table:
+    arrays = [getattr(m, name) for m in messages]
+    counts = np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
+    rows = np.concatenate(arrays) if arrays else wire.empty(name)
+    cols: dict[str, pa.Array] = {
+        "agent_id": _repeat([m.agent_id for m in messages], counts),
+        "boot_id": _repeat([m.boot_id for m in messages], counts),
+        "seq": pa.array(np.repeat([m.seq for m in messages], counts).astype(np.uint64)),
+        "node": _repeat([m.node for m in messages], counts),
+        "interval_start_ns": pa.array(np.repeat([m.interval_start_ns for m in messages], counts).astype(np.int64)),
+        "interval_end_ns": pa.array(np.repeat([m.interval_end_ns for m in messages], counts).astype(np.int64)),
+    }
+    # Global string table: offsets shift each message's indices into one list.
+    strings: list[str] = []
+    str_offset = np.zeros(len(messages), dtype=np.int64)
+    for j, m in enumerate(messages):
+        str_offset[j] = len(strings)
+        strings.extend(m.strings)
+    str_off = np.repeat(str_offset, counts)
+    pods_flat: list[dict[str, Any]] = []
+    pod_offset = np.zeros(len(messages), dtype=np.int64)
+    for j, m in enumerate(messages):
+        pod_offset[j] = len(pods_flat)
+        pods_flat.extend(m.pods)
+    pod_off = np.repeat(pod_offset, counts)
+    string_values = pa.array(strings, pa.string())
+    for col in rows.dtype.names or ():
+        values = rows[col]
+        if col == "pod":
+            idx = values.astype(np.int64)
+            valid = idx >= 0
+            gidx = np.where(valid, idx + pod_off, 0)
+            for key, out_col in (("uid", "pod_uid"), ("namespace", "namespace"), ("name", "pod")):
+                table = pa.array([p[key] for p in pods_flat] or [""], pa.string())
+                cols[out_col] = _take(table, gidx, valid)
+        elif name in _STRING_COLUMNS and col in _STRING_COLUMNS[name]:
+            idx = values.astype(np.int64)
+            valid = idx != wire.NULL_STR
+            gidx = np.where(valid, idx + str_off, 0)
+            cols[col] = _take(string_values if strings else pa.array([""]), gidx, valid)
+        elif values.dtype.kind == "f":
+            cols[col] = pa.array(values, from_pandas=True)  # NaN -> NULL: missing, not zero
+        else:
+            cols[col] = pa.array(values)
+    return pa.table(cols)
+
+
+_STRING_COLUMNS = {
+    "devices": {"uuid", "model", "profile"},
+    "processes": {"container", "slurm_job"},
+    "allocations": {"container", "resource"},
+    "field_errors": {"field", "reason"},
+}
+
+
+def _take(values: pa.Array, idx: np.ndarray, valid: np.ndarray) -> pa.Array:
+    taken = values.take(pa.array(idx))
+    if valid.all():
+        return taken
+    return pa.compute.if_else(pa.array(valid), taken, pa.scalar(None, taken.type))
+
+
+def _repeat(values: list[str], counts: np.ndarray) -> pa.Array:
+    return pa.array(values, pa.string()).take(pa.array(np.repeat(np.arange(len(values)), counts)))
+
+
+def _pods_table(messages: Sequence[wire.Message]) -> pa.Table:
+    latest: dict[str, tuple[str, str, str, int]] = {}
+    for m in messages:
+        for p in m.pods:
+            seen = latest.get(p["uid"])
+            if seen is None or seen[3] <= m.interval_end_ns:
+                labels = json.dumps(p.get("labels", {}), sort_keys=True)
+                latest[p["uid"]] = (p["namespace"], p["name"], labels, m.interval_end_ns)
+    return pa.table(
+        {
+            "pod_uid": list(latest),
+            "namespace": [v[0] for v in latest.values()],
+            "name": [v[1] for v in latest.values()],
+            "labels": [v[2] for v in latest.values()],
+            "last_seen_ns": pa.array([v[3] for v in latest.values()], pa.int64()),
+        }
+    )
