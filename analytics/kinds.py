@@ -1,0 +1,32 @@
+"""Names shared by the ledger, the rollups, the API and the exports.
+
+Every GPU-second of capacity lands in exactly one kind:
+
+- ``busy``            the GPU was executing work; charged to the process's tenant
+- ``allocated_idle``  held by an allocation but not busy; charged to the holder
+- ``unmeasured``      held, but the device reports no utilization (e.g. a MIG
+                      slice without DCGM profiling): charged to the holder, busy
+                      share unknown — never reported as zero busy
+- ``unallocated``     idle and held by nobody: the platform's line
+"""
+
+BUSY = "busy"
+ALLOCATED_IDLE = "allocated_idle"
+UNMEASURED = "unmeasured"
+UNALLOCATED = "unallocated"
+KINDS = (BUSY, ALLOCATED_IDLE, UNMEASURED, UNALLOCATED)
+
+#: Tenant of the ``unallocated`` kind (the platform team owns idle capacity).
+PLATFORM_TENANT = "platform"
+#: Tenant of usage no tenancy rule matched (never dropped).
+UNATTRIBUTED_TENANT = "unattributed"
+
+#: How a ledger row was attributed (ledger.rule).
+RULE_PROCESS_SAMPLES = "process_samples"  # direct per-process evidence
+RULE_EQUAL_PROCESSES = "equal_split_processes"  # no usable samples: split among processes present
+RULE_ALLOCATION_SHARE = "allocation_share"  # no processes: split among allocation holders
+RULE_NO_HOLDER = "no_holder"  # busy with neither process nor holder
+RULE_IDLE_SHARE = "idle_allocation_share"
+RULE_UNALLOCATED = "unallocated_remainder"
+RULE_MIG_UNMEASURED = "mig_allocation_only"
+DIRECT_RULES = (RULE_PROCESS_SAMPLES,)
