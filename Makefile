@@ -1,0 +1,32 @@
+# gpuledger — two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test bench setup clean help
+
+help:
+	@echo "make demo   simulate a 32-GPU fleet for a day through the whole pipeline, then serve the API"
+	@echo "make test   set up and run the whole test suite"
+	@echo "make bench  run the benchmarks under benchmarks/"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(VENV)/bin/gpuledger demo $(DEMO_ARGS)
+
+test: setup
+	$(PY) -m pytest -q $(TEST_ARGS)
+
+bench: setup
+	$(PY) -m benchmarks $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) demo-out .pytest_cache .hypothesis

@@ -1,0 +1,277 @@
+"""One tick of the node agent: read the GPU backend, build a wire message.
+
+Measuring right (DESIGN.md): utilization comes from the driver's sample
+buffers with a per-device ``lastSeenTimeStamp`` carried between ticks, so one
+tick integrates every driver sample inside it, not one instantaneous read.
+Energy comes from the total-energy counter (deltas, resets detected). Every
+field read that fails becomes NaN plus a FIELD_ERROR row with the reason; the
+rest of the sample is kept.
+
+The first tick only primes the carried state (timestamps, energy counter) and
+returns None: an interval needs two edges.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+
+from gpuledger import wire
+from gpuledger.agent.backend import GpuBackend, Owner, WorkloadSource
+from gpuledger.errors import FieldError, GpuLost
+
+T = TypeVar("T")
+
+
+@dataclass
+class _DeviceState:
+    util_seen_us: int = 0  # lastSeenTimeStamp for device utilization samples
+    proc_seen_us: int = 0  # lastSeenTimeStamp for per-process samples
+    energy_mj: int | None = None
+    lost: bool = False
+
+
+@dataclass
+class _Build:
+    """Rows of one message under construction."""
+
+    strings: wire.StringTable = field(default_factory=wire.StringTable)
+    pods: list[dict[str, Any]] = field(default_factory=list)
+    pod_index: dict[str, int] = field(default_factory=dict)
+    devices: list[dict[str, Any]] = field(default_factory=list)
+    processes: list[dict[str, Any]] = field(default_factory=list)
+    allocations: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[tuple[int, int, int, str, str]] = field(default_factory=list)
+
+    def pod(self, owner_pod: Any) -> int:
+        if owner_pod is None:
+            return wire.NULL_POD
+        found = self.pod_index.get(owner_pod.uid)
+        if found is None:
+            found = self.pod_index[owner_pod.uid] = len(self.pods)
+            self.pods.append(
+                {"uid": owner_pod.uid, "namespace": owner_pod.namespace, "name": owner_pod.name,
+                 "labels": dict(owner_pod.labels)}
+            )
+        return found
+
+    def table(self, name: str, rows: list[dict[str, Any]]) -> np.ndarray:
+        arr = wire.empty(name, len(rows))
+        for i, row in enumerate(rows):
+            for key, value in row.items():
+                arr[key][i] = value
+        return arr
+
+
+class Sampler:
+    """Builds one wire message per tick for one node."""
+
+    def __init__(
+        self,
+        backend: GpuBackend,
+        workloads: WorkloadSource,
+        *,
+        node: str,
+        agent_id: str | None = None,
+        boot_id: str | None = None,
+    ) -> None:
+        self.backend = backend
+        self.workloads = workloads
+        self.node = node
+        self.agent_id = agent_id or node
+        self.boot_id = boot_id or uuid.uuid4().hex[:16]
+        self.seq = 0
+        self._state: dict[int, _DeviceState] = {}
+        self._prev_us: int | None = None
+        self._driver: str | None = None
+
+    def tick(self) -> wire.Message | None:
+        """Sample every device since the previous tick; None on the priming tick."""
+        now_us = self.backend.now_us()
+        build = _Build()
+        n = self.backend.device_count()
+        for i in range(n):
+            self._sample_device(i, build)
+        if self._prev_us is None:
+            self._prev_us = now_us
+            return None
+        for alloc in self.workloads.allocations():
+            build.allocations.append(
+                {"gpu_index": alloc.gpu_index, "mig_index": alloc.mig_index, "replica": alloc.replica,
+                 "pod": build.pod(alloc.pod), "container": build.strings(alloc.container),
+                 "resource": build.strings(alloc.resource), "share": alloc.share}
+            )
+        errors = wire.empty("field_errors", len(build.errors))
+        for j, (gpu, mig, pid, name, reason) in enumerate(build.errors):
+            errors[j] = (gpu, mig, pid, build.strings(name), build.strings(reason))
+        msg = wire.Message(
+            agent_id=self.agent_id,
+            boot_id=self.boot_id,
+            seq=self.seq,
+            node=self.node,
+            interval_start_ns=self._prev_us * 1000,
+            interval_end_ns=now_us * 1000,
+            strings=build.strings.items,
+            pods=build.pods,
+            devices=build.table("devices", build.devices),
+            processes=build.table("processes", build.processes),
+            allocations=build.table("allocations", build.allocations),
+            field_errors=errors,
+            driver_version=self._driver_version(),
+        )
+        self.seq += 1
+        self._prev_us = now_us
+        return msg
+
+    # --- one physical GPU ------------------------------------------------------
+
+    def _sample_device(self, i: int, build: _Build) -> None:
+        state = self._state.setdefault(i, _DeviceState())
+        row: dict[str, Any] = {"gpu_index": i, "mig_index": -1, "slice_fraction": 1.0,
+                               "profile": wire.NULL_STR, "health": wire.HEALTH_OK}
+        read = _Reader(build, i, -1)
+        row["uuid"] = build.strings(read("uuid", lambda: self.backend.uuid(i), None))
+        row["model"] = build.strings(read("model", lambda: self.backend.name(i), None))
+        if read.lost:
+            self._mark_lost(row, build, state, read)
+            return
+        mem = read("fb_used_bytes", lambda: self.backend.memory_info(i), None)
+        if mem is not None:
+            row.update(fb_total_bytes=mem.total, fb_used_bytes=mem.used, fb_free_bytes=mem.free)
+            row["fb_reserved_bytes"] = math.nan if mem.reserved is None else mem.reserved
+        row["power_w"] = read("power_w", lambda: self.backend.power_mw(i) / 1000.0)
+        row["gpu_temp_c"] = read("gpu_temp_c", lambda: self.backend.temperature_c(i))
+        row["sm_clock_mhz"] = read("sm_clock_mhz", lambda: self.backend.sm_clock_mhz(i))
+        row["mem_clock_mhz"] = read("mem_clock_mhz", lambda: self.backend.mem_clock_mhz(i))
+        energy = read("energy_total_mj", lambda: self.backend.total_energy_mj(i), None)
+        row["energy_total_mj"] = math.nan if energy is None else energy
+        row["energy_delta_mj"] = self._energy_delta(state, energy, read)
+        migs = read("mig_devices", lambda: self.backend.mig_devices(i), [])
+        if migs:
+            read.skip("gpu_util", "NotSupported: GPU in MIG mode", failure=False)
+            row["util_samples"] = 0
+        else:
+            self._device_util(i, state, row, read)
+            self._processes(i, -1, state, build, read)
+        if read.lost:
+            self._mark_lost(row, build, state, read)
+            return
+        for mig in migs:
+            self._sample_mig(i, mig, row, build)
+        row["health"] = wire.HEALTH_DEGRADED if read.failed else wire.HEALTH_OK
+        build.devices.append(row)
+
+    def _device_util(self, i: int, state: _DeviceState, row: dict[str, Any], read: _Reader) -> None:
+        samples = read("gpu_util", lambda: self.backend.utilization_samples(i, state.util_seen_us), None)
+        if samples is None or len(samples.timestamp_us) == 0:
+            row["util_samples"] = 0
+            if samples is not None:
+                read.skip("gpu_util", "NotFound: no driver samples in the interval", failure=False)
+            return
+        row["util_samples"] = len(samples.value)
+        row["gpu_util"] = float(np.mean(samples.value)) / 100.0
+        state.util_seen_us = int(samples.timestamp_us.max())
+
+    def _processes(self, i: int, mig: int, state: _DeviceState, build: _Build, read: _Reader) -> None:
+        if mig < 0:
+            procs = read("processes", lambda: self.backend.compute_processes(i), [])
+            samples = read("sm_util_sum", lambda: self.backend.process_samples(i, state.proc_seen_us), None)
+        else:
+            procs = read("processes", lambda: self.backend.mig_compute_processes(i, mig), [])
+            samples = None  # MIG has no per-process utilization (NVML: NotSupported)
+        evidence: dict[int, tuple[int, float, float]] = {}
+        if samples is not None and len(samples.pid):
+            pids, inverse = np.unique(samples.pid, return_inverse=True)
+            counts = np.bincount(inverse)
+            sm = np.bincount(inverse, weights=samples.sm_util) / 100.0
+            mem = np.bincount(inverse, weights=samples.mem_util) / 100.0
+            evidence = {int(p): (int(c), float(s), float(m)) for p, c, s, m in zip(pids, counts, sm, mem)}
+            state.proc_seen_us = max(state.proc_seen_us, int(samples.timestamp_us.max()))
+        memory = {p.pid: p for p in procs}
+        no_evidence = (0, math.nan, math.nan) if samples is None else (0, 0.0, 0.0)
+        for pid in sorted(set(memory) | set(evidence)):
+            count, sm_sum, mem_sum = evidence.get(pid, no_evidence)
+            proc = memory.get(pid)
+            owner = self._owner(pid)
+            used = math.nan if proc is None or proc.used_memory_bytes is None else proc.used_memory_bytes
+            build.processes.append(
+                {"gpu_index": i, "mig_index": mig, "pid": pid, "pod": build.pod(owner.pod),
+                 "container": build.strings(owner.container), "slurm_job": build.strings(owner.slurm_job),
+                 "kind": 0 if proc is None else proc.kind, "samples": count,
+                 "sm_util_sum": sm_sum, "mem_util_sum": mem_sum, "used_memory_bytes": used}
+            )
+
+    def _sample_mig(self, i: int, mig: Any, parent: dict[str, Any], build: _Build) -> None:
+        read = _Reader(build, i, mig.index)
+        row: dict[str, Any] = {
+            "gpu_index": i, "mig_index": mig.index, "uuid": build.strings(mig.uuid),
+            "model": parent["model"], "profile": build.strings(mig.profile),
+            "slice_fraction": mig.slice_fraction, "health": wire.HEALTH_OK, "util_samples": 0,
+        }
+        # MIG devices have no utilization in NVML; DCGM's GR_ENGINE_ACTIVE when present.
+        row["gr_engine_active"] = read("gr_engine_active", lambda: self.backend.mig_gr_engine_active(i, mig.index))
+        self._processes(i, mig.index, _DeviceState(), build, read)
+        row["health"] = wire.HEALTH_DEGRADED if read.failed else wire.HEALTH_OK
+        build.devices.append(row)
+
+    # --- helpers -----------------------------------------------------------------
+
+    def _energy_delta(self, state: _DeviceState, energy: int | None, read: _Reader) -> float:
+        previous, state.energy_mj = state.energy_mj, energy
+        if energy is None or previous is None:
+            return math.nan
+        if energy < previous:  # driver reload reset the counter: the delta is unknowable
+            read.skip("energy_delta_mj", "CounterReset")
+            return math.nan
+        return float(energy - previous)
+
+    def _mark_lost(self, row: dict[str, Any], build: _Build, state: _DeviceState, read: _Reader) -> None:
+        state.lost = True
+        row["health"] = wire.HEALTH_LOST
+        row["util_samples"] = 0
+        read.skip("gpu_util", "GpuLost")
+        build.devices.append(row)
+
+    def _owner(self, pid: int) -> Owner:
+        try:
+            return self.workloads.owner_of(pid)
+        except (OSError, FieldError):
+            return Owner()
+
+    def _driver_version(self) -> str | None:
+        if self._driver is None:
+            try:
+                self._driver = self.backend.driver_version()
+            except FieldError:
+                return None
+        return self._driver
+
+
+class _Reader:
+    """Calls one backend getter; a FieldError becomes (default, error row)."""
+
+    def __init__(self, build: _Build, gpu: int, mig: int) -> None:
+        self.build, self.gpu, self.mig = build, gpu, mig
+        self.failed = False
+        self.lost = False
+
+    def __call__(self, name: str, fn: Callable[[], T], default: Any = math.nan) -> Any:
+        if self.lost:
+            return default
+        try:
+            return fn()
+        except GpuLost:
+            self.lost = True
+            self.skip(name, "GpuLost")
+        except FieldError as exc:
+            self.skip(name, exc.reason if not str(exc) else f"{exc.reason}: {exc}")
+        return default
+
+    def skip(self, name: str, reason: str, failure: bool = True) -> None:
+        self.failed = self.failed or failure
+        self.build.errors.append((self.gpu, self.mig, 0, name, reason))
