@@ -1,0 +1,162 @@
+"""The ledger equation: conservation, splits, fallbacks and missing values."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gpuledger import wire
+from gpuledger.analytics import kinds as K
+from gpuledger.analytics.job import run_attribution
+from gpuledger.analytics.ledger import conservation_error
+from gpuledger.store import Store
+
+S = 10**9  # ns per second
+
+
+def message(gpus: list[dict], seq: int = 0, dt_s: float = 10.0) -> wire.Message:
+    """A one-node message from compact GPU specs (see the tests below)."""
+    table = wire.StringTable()
+    pods: list[dict] = []
+    dev_rows, proc_rows, alloc_rows = [], [], []
+
+    def pod(ns: str, team: str | None) -> int:
+        pods.append({"uid": f"uid-{len(pods)}", "namespace": ns, "name": f"p{len(pods)}",
+                     "labels": {"team": team} if team else {}})
+        return len(pods) - 1
+
+    for g, spec in enumerate(gpus):
+        dev_rows.append(dict(gpu_index=g, mig_index=-1, uuid=table(f"GPU-{g}"), model=table("NVIDIA H100 80GB HBM3"),
+                             profile=wire.NULL_STR, slice_fraction=1.0, gpu_util=spec.get("util", math.nan),
+                             energy_delta_mj=spec.get("energy_mj", math.nan)))
+        for m, mig in enumerate(spec.get("migs", [])):
+            dev_rows.append(dict(gpu_index=g, mig_index=m, uuid=table(f"MIG-{g}-{m}"),
+                                 model=table("NVIDIA H100 80GB HBM3"), profile=table(mig["profile"]),
+                                 slice_fraction=mig["fraction"], gr_engine_active=mig.get("util", math.nan)))
+            if mig.get("holder"):
+                alloc_rows.append(dict(gpu_index=g, mig_index=m, replica=-1, pod=pod(mig["holder"], None),
+                                       container=table("c"), resource=table("nvidia.com/mig"), share=1.0))
+        for ns, share, replica in spec.get("holders", []):
+            alloc_rows.append(dict(gpu_index=g, mig_index=-1, replica=replica, pod=pod(ns, None),
+                                   container=table("c"), resource=table("nvidia.com/gpu"), share=share))
+        for ns, evidence in spec.get("procs", []):
+            proc_rows.append(dict(gpu_index=g, mig_index=-1, pid=1000 + len(proc_rows), pod=pod(ns, None),
+                                  container=table("c"), slurm_job=wire.NULL_STR, samples=10,
+                                  sm_util_sum=evidence, used_memory_bytes=2e9))
+
+    def build(name: str, rows: list[dict]) -> np.ndarray:
+        arr = wire.empty(name, len(rows))
+        for i, row in enumerate(rows):
+            for k, v in row.items():
+                arr[k][i] = v
+        return arr
+
+    return wire.Message("agent", "boot", seq, "node-0", seq * int(dt_s * S), (seq + 1) * int(dt_s * S),
+                        table.items, pods, build("devices", dev_rows), build("processes", proc_rows),
+                        build("allocations", alloc_rows), wire.empty("field_errors"))
+
+
+def ledger_of(*messages: wire.Message) -> tuple[pl.DataFrame, Store]:
+    store = Store()
+    store.write_messages([wire.decode(wire.encode(m)) for m in messages])
+    run_attribution(store)
+    return store.query("SELECT * FROM ledger"), store
+
+
+def by(ledger: pl.DataFrame, **where: object) -> float:
+    rows = ledger
+    for k, v in where.items():
+        rows = rows.filter(pl.col(k) == v)
+    return float(rows["gpu_seconds"].sum())
+
+
+def test_time_sliced_gpu_splits_busy_by_evidence_and_idle_by_allocation() -> None:
+    ledger, _ = ledger_of(message([{"util": 0.8, "energy_mj": 10_000.0,
+                                    "holders": [("a", 0.25, 0), ("b", 0.25, 1)],
+                                    "procs": [("a", 3.0), ("b", 1.0)]}]))
+    assert by(ledger, kind=K.BUSY, tenant="a") == pytest.approx(6.0)
+    assert by(ledger, kind=K.BUSY, tenant="b") == pytest.approx(2.0)
+    assert by(ledger, kind=K.ALLOCATED_IDLE, tenant="a") == pytest.approx(0.5)
+    assert by(ledger, kind=K.UNALLOCATED, tenant=K.PLATFORM_TENANT) == pytest.approx(1.0)
+    assert set(ledger["sharing"]) == {"time_sliced"}
+    assert by(ledger.filter(pl.col("kind") == K.BUSY), rule=K.RULE_PROCESS_SAMPLES) == pytest.approx(8.0)
+    # energy: busy 80 % of 10 J split 3:1, idle 20 % split by allocation
+    busy_a = ledger.filter((pl.col("kind") == K.BUSY) & (pl.col("tenant") == "a"))["energy_j"].sum()
+    assert busy_a == pytest.approx(6.0)
+
+
+def test_processes_without_samples_fall_back_to_equal_split() -> None:
+    ledger, _ = ledger_of(message([{"util": 0.5, "holders": [("a", 0.5, 0), ("b", 0.5, 1)],
+                                    "procs": [("a", 0.0), ("b", 0.0)]}]))
+    assert by(ledger, kind=K.BUSY, tenant="a") == pytest.approx(2.5)
+    assert set(ledger.filter(pl.col("kind") == K.BUSY)["rule"]) == {K.RULE_EQUAL_PROCESSES}
+
+
+def test_busy_without_processes_goes_to_holders_by_share() -> None:
+    ledger, _ = ledger_of(message([{"util": 0.4, "holders": [("a", 0.75, -1), ("b", 0.25, -1)]}]))
+    assert by(ledger, kind=K.BUSY, tenant="a") == pytest.approx(3.0)
+    assert set(ledger.filter(pl.col("kind") == K.BUSY)["rule"]) == {K.RULE_ALLOCATION_SHARE}
+
+
+def test_missing_utilization_is_unmeasured_not_zero_busy() -> None:
+    ledger, _ = ledger_of(message([{"util": math.nan, "holders": [("a", 1.0, -1)]}]))
+    assert by(ledger, kind=K.UNMEASURED, tenant="a") == pytest.approx(10.0)
+    assert by(ledger, kind=K.BUSY) == 0.0
+
+
+def test_mig_slices_take_their_fraction_and_the_rest_is_unallocated() -> None:
+    ledger, _ = ledger_of(message([{"migs": [{"profile": "3g.40gb", "fraction": 3 / 7, "holder": "a", "util": 0.5},
+                                             {"profile": "2g.20gb", "fraction": 2 / 7, "holder": "b"}]}]))
+    assert by(ledger, tenant="a") == pytest.approx(30 / 7)
+    assert by(ledger, kind=K.UNMEASURED, tenant="b") == pytest.approx(20 / 7)
+    assert by(ledger, kind=K.UNALLOCATED) == pytest.approx(20 / 7)
+    assert set(ledger["sharing"]) == {"mig"}
+
+
+def test_missing_energy_stays_null() -> None:
+    ledger, _ = ledger_of(message([{"util": 0.5, "holders": [("a", 1.0, -1)], "procs": [("a", 2.0)]}]))
+    assert ledger["energy_j"].null_count() == ledger.height
+
+
+def test_reattribution_is_identical_and_incremental_runs_add_only_new_intervals() -> None:
+    spec = [{"util": 0.6, "holders": [("a", 0.5, 0)], "procs": [("a", 1.0), ("b", 2.0)]}]
+    _, store = ledger_of(message(spec, seq=0))
+    store.write_messages([message(spec, seq=1)])
+    assert run_attribution(store).messages == 1
+    first = store.query("SELECT * EXCLUDE (namespace, pod) FROM ledger ORDER BY ALL")
+    run_attribution(store, full=True)
+    again = store.query("SELECT * EXCLUDE (namespace, pod) FROM ledger ORDER BY ALL")
+    assert first.equals(again)
+
+
+gpu_spec = st.fixed_dictionaries(
+    {
+        "util": st.one_of(st.just(math.nan), st.floats(0, 1)),
+        "energy_mj": st.one_of(st.just(math.nan), st.floats(0, 1e7)),
+        "holders": st.lists(st.tuples(st.sampled_from("abcd"), st.floats(0, 1), st.integers(-1, 3)), max_size=4),
+        "procs": st.lists(st.tuples(st.sampled_from("abcde"), st.one_of(st.just(math.nan), st.floats(0, 50))),
+                          max_size=5),
+        "migs": st.one_of(
+            st.just([]),
+            st.lists(st.fixed_dictionaries({"profile": st.just("1g.10gb"), "fraction": st.just(1 / 7),
+                                            "holder": st.sampled_from(["a", "b", None]),
+                                            "util": st.one_of(st.just(math.nan), st.floats(0, 1))}),
+                     min_size=1, max_size=7),
+        ),
+    }
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(gpus=st.lists(gpu_spec, min_size=1, max_size=4), dt_s=st.sampled_from([1.0, 10.0, 60.0]))
+def test_conservation_used_plus_idle_plus_unallocated_is_capacity(gpus: list[dict], dt_s: float) -> None:
+    ledger, store = ledger_of(message(gpus, dt_s=dt_s))
+    err = conservation_error(ledger.lazy(), store.query("SELECT * FROM devices").lazy()).collect()
+    assert err.height == len(gpus)
+    assert err["error"].abs().max() <= 1e-9 * dt_s
+    assert (ledger["gpu_seconds"] >= -1e-12).all()
