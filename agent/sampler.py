@@ -26,6 +26,7 @@ from gpuledger.agent.backend import GpuBackend, Owner, WorkloadSource
 from gpuledger.errors import FieldError, GpuLost
 
 T = TypeVar("T")
+_OWNER_TTL_TICKS = 3
 
 
 @dataclass
@@ -89,6 +90,9 @@ class Sampler:
         self._state: dict[int, _DeviceState] = {}
         self._prev_us: int | None = None
         self._driver: str | None = None
+        # pid -> (owner, last tick seen): a process that exited before this tick's
+        # read still has samples in the buffer, and /proc no longer knows it.
+        self._owners: dict[int, tuple[Owner, int]] = {}
 
     def tick(self) -> wire.Message | None:
         """Sample every device since the previous tick; None on the priming tick."""
@@ -126,6 +130,7 @@ class Sampler:
         )
         self.seq += 1
         self._prev_us = now_us
+        self._forget_owners()
         return msg
 
     # --- one physical GPU ------------------------------------------------------
@@ -239,9 +244,20 @@ class Sampler:
 
     def _owner(self, pid: int) -> Owner:
         try:
-            return self.workloads.owner_of(pid)
+            owner = self.workloads.owner_of(pid)
         except (OSError, FieldError):
-            return Owner()
+            owner = Owner()
+        if owner == Owner():
+            cached = self._owners.get(pid)
+            return cached[0] if cached else owner
+        self._owners[pid] = (owner, self.seq)
+        return owner
+
+    def _forget_owners(self) -> None:
+        """Drop cached owners unseen for a few ticks (PIDs get reused)."""
+        stale = [pid for pid, (_, seen) in self._owners.items() if self.seq - seen > _OWNER_TTL_TICKS]
+        for pid in stale:
+            del self._owners[pid]
 
     def _driver_version(self) -> str | None:
         if self._driver is None:

@@ -67,7 +67,6 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     i.add_argument("--topic", default=settings.kafka_topic, help="topic (default: %(default)s)")
     i.add_argument("--group", default=settings.kafka_group, help="consumer group (default: %(default)s)")
     i.add_argument("--db", default=settings.db_path, help="DuckDB file (default: %(default)s)")
-    i.add_argument("--attribute", action="store_true", help="also run attribution after each batch of writes")
     i.add_argument("--max-idle", type=float, default=None, metavar="SECONDS",
                    help="exit after this long with no new messages (default: run until Ctrl-C)")
 
@@ -156,7 +155,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int | None:
 
         run_ingest(args.kafka, args.topic, args.group, args.db,
                    client_settings=settings.kafka_client_settings(),
-                   max_idle_s=args.max_idle, attribute=args.attribute)
+                   max_idle_s=args.max_idle)
         return 0
     if args.command == "attribute":
         return _attribute(args)

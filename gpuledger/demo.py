@@ -42,8 +42,9 @@ def run_demo(args: argparse.Namespace, console: Console | None = None) -> int:
         stale.unlink(missing_ok=True)
 
     start_us = int(DEMO_START.timestamp() * 1e6)
-    fleet = demo_fleet(n_nodes=args.nodes, gpus_per_node=args.gpus_per_node, seed=args.seed, start_us=start_us)
-    samplers = [Sampler(node, node, node=node.name, boot_id=f"demo-{args.seed}") for node in fleet.nodes]
+    fleet = demo_fleet(n_nodes=args.nodes, gpus_per_node=args.gpus_per_node, seed=args.seed,
+                       horizon_s=args.hours * 3600, start_us=start_us)
+    samplers = [Sampler(node, node, node=node.spec.name, boot_id=f"demo-{args.seed}") for node in fleet.nodes]
     publisher, subscriber = _transport(args)
     store = Store(db_path)
     ingestor = Ingestor(store, subscriber)
@@ -96,7 +97,7 @@ def _transport(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def _drain(ingestor: Ingestor) -> None:
-    while ingestor.step(timeout_s=0.05).polled:
+    while ingestor.step(timeout_s=0.05).records:
         pass
 
 
@@ -112,7 +113,7 @@ def compare_with_truth(store: Store, truth: pl.DataFrame, rules: TenancyRules) -
         truth.join(tenants, on="pod_uid", how="left")
         .with_columns(tenant=pl.col("tenant").fill_null(K.UNATTRIBUTED_TENANT))
         .group_by("tenant")
-        .agg(true_busy_s=pl.col("busy_seconds").sum())
+        .agg(true_busy_s=pl.col("busy_gpu_seconds").sum())
     )
     booked = store.query(
         "SELECT tenant, sum(gpu_seconds) AS ledger_busy_s FROM ledger WHERE kind = 'busy' GROUP BY tenant"

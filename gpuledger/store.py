@@ -106,7 +106,7 @@ class Store:
         try:
             self.con = duckdb.connect(self.path, read_only=read_only)
             if not read_only:
-                self.con.execute(SCHEMA)
+                self._exec(SCHEMA)
         except duckdb.Error as exc:
             hint = (
                 "another process holds the file for writing: read it with read_only=True or stop the writer"
@@ -117,6 +117,10 @@ class Store:
 
     def close(self) -> None:
         self.con.close()
+
+    def _exec(self, sql: str, params: Sequence[Any] | None = None) -> None:
+        # DuckDB 2 refuses new work while a statement's result is unread: drain it.
+        self.con.execute(sql, params or []).fetchall()
 
     def __enter__(self) -> Store:
         return self
@@ -144,24 +148,27 @@ class Store:
             batch = [messages[i] for i in fresh]
             tables = batch_to_arrow(batch, [sources[i] for i in fresh])
             try:
-                self.con.execute("BEGIN")
+                self._exec("BEGIN")
                 for name, table in tables.items():
                     if table.num_rows:
                         self.con.register("_batch", table)
                         if name == "pods":
-                            self.con.execute(
+                            self._exec(
                                 "INSERT INTO pods SELECT * FROM _batch ON CONFLICT (pod_uid) DO UPDATE SET "
                                 "namespace = excluded.namespace, name = excluded.name, labels = excluded.labels, "
                                 "last_seen_ns = greatest(pods.last_seen_ns, excluded.last_seen_ns)"
                             )
                         else:
                             cols = ", ".join(f'"{c}"' for c in table.column_names)
-                            self.con.execute(f"INSERT INTO {name} ({cols}) SELECT {cols} FROM _batch")
+                            self._exec(f"INSERT INTO {name} ({cols}) SELECT {cols} FROM _batch")
                         self.con.unregister("_batch")
-                self.con.execute("COMMIT")
+                self._exec("COMMIT")
             except duckdb.Error as exc:
-                self.con.execute("ROLLBACK")
+                self._exec("ROLLBACK")
                 raise StoreError(f"writing {len(batch)} messages failed: {exc}") from exc
+            except BaseException:  # never leave the connection inside an open transaction
+                self._exec("ROLLBACK")
+                raise
             return len(batch)
 
     def _fresh(self, messages: Sequence[wire.Message]) -> list[int]:
@@ -182,15 +189,30 @@ class Store:
         return [int(r[0]) for r in rows]
 
     def write_dead_letters(self, letters: Iterable[DeadLetter]) -> int:
+        """Store undecodable records; returns how many were new.
+
+        Idempotent on (topic, partition, offset) when all three are known, so a
+        redelivered batch does not list the same bad record twice.
+        """
         rows = [(d.topic, d.partition, d.offset, d.reason, d.payload, len(d.payload)) for d in letters]
-        if rows:
-            with self._lock:
-                self.con.executemany(
+        if not rows:
+            return 0
+        with self._lock:
+            try:
+                self._exec("BEGIN")
+                before = self.count("dead_letters")
+                self.con.executemany(  # noqa: the result is drained by count() below
                     'INSERT INTO dead_letters (topic, partition, "offset", reason, payload, size_bytes) '
-                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    "SELECT $1, $2, $3, $4, $5, $6 WHERE $1 IS NULL OR $2 IS NULL OR $3 IS NULL OR NOT EXISTS ("
+                    'SELECT 1 FROM dead_letters WHERE topic = $1 AND partition = $2 AND "offset" = $3)',
                     rows,
                 )
-        return len(rows)
+                added = self.count("dead_letters") - before
+                self._exec("COMMIT")
+            except duckdb.Error as exc:
+                self._exec("ROLLBACK")
+                raise StoreError(f"writing {len(rows)} dead letters failed: {exc}") from exc
+        return added
 
     def append(self, table: str, frame: pl.DataFrame) -> None:
         """Append a Polars frame to a table (columns by name)."""
@@ -200,12 +222,12 @@ class Store:
             arrow = frame.to_arrow()
             self.con.register("_frame", arrow)
             cols = ", ".join(f'"{c}"' for c in frame.columns)
-            self.con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _frame")
+            self._exec(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _frame")
             self.con.unregister("_frame")
 
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> None:
         with self._lock:
-            self.con.execute(sql, params or [])
+            self._exec(sql, params or [])
 
     def transaction(self) -> _Transaction:
         return _Transaction(self)
@@ -222,8 +244,8 @@ class Store:
 
     def scalar(self, sql: str, params: Sequence[Any] | None = None) -> Any:
         with self._lock:
-            row = self.con.execute(sql, params or []).fetchone()
-        return None if row is None else row[0]
+            rows = self.con.execute(sql, params or []).fetchall()
+        return rows[0][0] if rows else None
 
     def count(self, table: str) -> int:
         return int(self.scalar(f"SELECT count(*) FROM {table}"))
@@ -235,12 +257,12 @@ class _Transaction:
 
     def __enter__(self) -> Store:
         self.store._lock.acquire()
-        self.store.con.execute("BEGIN")
+        self.store._exec("BEGIN")
         return self.store
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
         try:
-            self.store.con.execute("ROLLBACK" if exc_type else "COMMIT")
+            self.store._exec("ROLLBACK" if exc_type else "COMMIT")
         finally:
             self.store._lock.release()
 

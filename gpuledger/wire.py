@@ -223,7 +223,11 @@ def decode(buf: bytes) -> Message:
         header = json.loads(buf[_FRAME.size:offset])
     except (UnicodeDecodeError, ValueError) as exc:
         raise WireError(f"JSON header unreadable: {exc}") from None
+    except RecursionError:
+        raise WireError("JSON header unreadable: nested too deeply") from None
     _check_header(header)
+    if b"\\ud" in buf[_FRAME.size:offset].lower():  # \u escapes of UTF-16 surrogates: rare, check properly
+        _check_unicode(header)
     arrays = {}
     for (name, dt), n in zip(TABLES.items(), counts):
         arrays[name] = np.frombuffer(buf, dtype=dt, count=n, offset=offset)
@@ -261,11 +265,22 @@ def _check_header(header: Any) -> None:
             raise WireError(f"header field {key} must be a non-negative 64-bit integer, got {value!r}")
     if header["interval_end_ns"] <= header["interval_start_ns"]:
         raise WireError("interval_end_ns must be after interval_start_ns")
+    if not isinstance(header.get("driver_version"), (str, type(None))):
+        raise WireError("header field driver_version must be a string or null")
     strings, pods = header.get("strings"), header.get("pods")
     if not isinstance(strings, list) or not all(isinstance(s, str) for s in strings):
         raise WireError("header field strings must be a list of strings")
     if not isinstance(pods, list) or not all(_pod_ok(p) for p in pods):
         raise WireError("header field pods must be a list of {uid, namespace, name, labels}")
+
+
+def _check_unicode(header: dict[str, Any]) -> None:
+    # JSON may escape a lone surrogate ("\\ud800"); Python accepts it, UTF-8
+    # (DuckDB, Arrow) cannot hold it, so the message could never be stored.
+    try:
+        json.dumps(header, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise WireError("JSON header holds a lone UTF-16 surrogate (not valid Unicode text)") from None
 
 
 def _pod_ok(pod: Any) -> bool:
@@ -290,6 +305,10 @@ def _check_references(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> 
             col = arrays[table][column]
             if col.size and ((col != NULL_STR) & (col >= n_strings)).any():
                 raise WireError(f"{table}.{column} points past the string table")
+    for column in ("field", "reason"):  # NOT NULL: an error row without a field or reason says nothing
+        col = arrays["field_errors"][column]
+        if col.size and (col == NULL_STR).any():
+            raise WireError(f"field_errors.{column} must name a string, not null")
     for table in ("processes", "allocations"):
         pod = arrays[table]["pod"]
         if pod.size and ((pod < NULL_POD) | (pod >= n_pods)).any():
