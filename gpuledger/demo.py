@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -133,42 +134,40 @@ def _report(console: Console, store: Store, accuracy: pl.DataFrame, csv_path: Pa
                   sum(gpu_seconds) FILTER (WHERE kind = 'allocated_idle') / 3600 AS idle_h,
                   sum(gpu_seconds) FILTER (WHERE kind = 'unmeasured') / 3600 AS unmeasured_h,
                   sum(gpu_seconds) FILTER (WHERE kind = 'unallocated') / 3600 AS unallocated_h
-           FROM ledger GROUP BY tenant ORDER BY tenant"""
+           FROM ledger GROUP BY tenant HAVING sum(gpu_seconds) > 0 ORDER BY tenant"""
     )
-    costs = _costs(csv_path)
+    costs, currency, grand = _costs(csv_path)
     acc = {r["tenant"]: r for r in accuracy.iter_rows(named=True)}
-    table = Table(title="GPU-hours and cost by tenant (one simulated day)")
-    for col in ("tenant", "used", "allocated idle", "unmeasured", "unallocated", "cost", "busy error vs truth"):
-        table.add_column(col, justify="left" if col == "tenant" else "right")
+    table = Table(title="GPU-hours by tenant: used, allocated-idle, unmeasured, unallocated; "
+                  "cost; busy error vs the simulator's ground truth")
+    for col in ("tenant", "used", "idle", "unmeas.", "unalloc.", currency, "error"):
+        table.add_column(col, justify="left" if col == "tenant" else "right", no_wrap=True)
     for r in summary.iter_rows(named=True):
-        err = acc.get(r["tenant"], {}).get("error_pct")
-        table.add_row(
-            r["tenant"], _h(r["used_h"]), _h(r["idle_h"]), _h(r["unmeasured_h"]), _h(r["unallocated_h"]),
-            costs.get(r["tenant"], "-"), "-" if err is None else f"{err:+.2f}%",
-        )
+        table.add_row(r["tenant"], _h(r["used_h"]), _h(r["idle_h"]), _h(r["unmeasured_h"]),
+                      _h(r["unallocated_h"]), str(costs.get(r["tenant"], "-")), _err(acc.get(r["tenant"])))
     console.print(table)
     dead = store.count("dead_letters")
     console.print(f"messages stored: {store.count('messages')}, dead letters: {dead}, "
                   f"ledger rows: {store.count('ledger')}")
-    console.print(f"database:   {db_path}\nchargeback: {csv_path}  (total {costs.get('__total__', '?')})")
+    console.print(f"database:   {db_path}\nchargeback: {csv_path}  (total {grand} {currency})")
 
 
-def _costs(csv_path: Path) -> dict[str, str]:
+def _costs(csv_path: Path) -> tuple[dict[str, Decimal], str, Decimal]:
+    """Per-tenant BilledCost from the chargeback CSV, its currency and grand total."""
     frame = pl.read_csv(csv_path, infer_schema=False)
-    totals: dict[str, str] = {}
-    from decimal import Decimal
+    totals: dict[str, Decimal] = {}
+    for tenant, cost in zip(frame["SubAccountId"], frame["BilledCost"]):
+        totals[tenant] = totals.get(tenant, Decimal(0)) + Decimal(cost)
+    currency = frame["BillingCurrency"][0] if frame.height else ""
+    return totals, currency, sum(totals.values(), Decimal(0))
 
-    grand = Decimal(0)
-    currency = ""
-    for row in frame.iter_rows(named=True):
-        cost = Decimal(row["BilledCost"])
-        grand += cost
-        currency = row["BillingCurrency"]
-        tenant = row["SubAccountId"]
-        totals[tenant] = str(Decimal(totals.get(tenant, "0")) + cost)
-    out = {k: f"{v} {currency}" for k, v in totals.items()}
-    out["__total__"] = f"{grand} {currency}"
-    return out
+
+def _err(row: dict[str, Any] | None) -> str:
+    if row is None or (abs(row["true_busy_s"]) < 1.0 and abs(row["ledger_busy_s"]) < 1.0):
+        return "-"  # no work to compare (under a GPU-second either way)
+    if row["true_busy_s"] == 0:
+        return "no truth"
+    return f"{row['error_pct']:+.2f}%"
 
 
 def _h(value: float | None) -> str:
