@@ -147,13 +147,14 @@ def attribute(
     )
     # Busy with no process listed: the holders by allocation share, else nobody's.
     no_proc = unit_cols.filter(pl.col("measured") & (pl.col("n_procs") == 0) & (pl.col("busy") > 0))
-    by_holder = no_proc.filter(pl.col("n_holders") > 0).join(holders, on=UNIT).select(
+    has_share = pl.col("share_sum") > 0  # holders listed with zero share hold nothing
+    by_holder = no_proc.filter(has_share).join(holders, on=UNIT).select(
         *ctx, "tenant", "namespace", "pod", rule=pl.lit(K.RULE_ALLOCATION_SHARE), kind=pl.lit(K.BUSY),
         gpu_seconds=pl.col("busy") * pl.col("share") / pl.col("share_sum"),
         energy_j=pl.col("busy_energy") * pl.col("share") / pl.col("share_sum"),
         memory_gb_seconds=pl.lit(None, pl.Float64),
     )
-    by_nobody = no_proc.filter(pl.col("n_holders") == 0).select(
+    by_nobody = no_proc.filter(~has_share).select(
         *ctx, tenant=pl.lit(K.UNATTRIBUTED_TENANT), namespace=pl.lit(None, pl.String), pod=pl.lit(None, pl.String),
         rule=pl.lit(K.RULE_NO_HOLDER), kind=pl.lit(K.BUSY), gpu_seconds="busy", energy_j="busy_energy",
         memory_gb_seconds=pl.lit(None, pl.Float64),

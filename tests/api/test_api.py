@@ -1,0 +1,235 @@
+"""The HTTP API under real HTTP: uvicorn on a loopback port, an httpx client, a DuckDB file."""
+
+from __future__ import annotations
+
+import csv
+import io
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import polars as pl
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from gpuledger.analytics import kinds as K
+from gpuledger.api.app import create_app
+from gpuledger.store import Store
+
+H100, A100, L4 = "NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-40GB", "NVIDIA L4"
+HOUR_NS = 3_600 * 10**9
+MARCH = int(datetime(2025, 3, 1, tzinfo=UTC).timestamp()) * 10**9
+FEB = int(datetime(2025, 2, 1, tzinfo=UTC).timestamp()) * 10**9
+SCHEMA = {
+    "agent_id": pl.String, "boot_id": pl.String, "seq": pl.UInt64, "node": pl.String,
+    "interval_start_ns": pl.Int64, "interval_end_ns": pl.Int64, "gpu_uuid": pl.String, "gpu_index": pl.UInt16,
+    "mig_index": pl.Int16, "model": pl.String, "profile": pl.String, "sharing": pl.String, "kind": pl.String,
+    "tenant": pl.String, "namespace": pl.String, "pod": pl.String, "rule": pl.String, "gpu_seconds": pl.Float64,
+    "energy_j": pl.Float64, "memory_gb_seconds": pl.Float64,
+}
+RULES = {K.BUSY: K.RULE_PROCESS_SAMPLES, K.ALLOCATED_IDLE: K.RULE_IDLE_SHARE, K.UNALLOCATED: K.RULE_UNALLOCATED}
+
+
+def row(tenant: str, kind: str, seconds: float, *, seq: int = 0, gpu: int = 0, start_ns: int = MARCH,
+        model: str = H100, rule: str | None = None, energy_j: float | None = None, node: str = "node-a") -> dict[str, Any]:
+    return {"agent_id": node, "boot_id": "boot-1", "seq": seq, "node": node, "interval_start_ns": start_ns,
+            "interval_end_ns": start_ns + HOUR_NS, "gpu_uuid": f"GPU-{node}-{gpu}", "gpu_index": gpu,
+            "mig_index": -1, "model": model, "profile": None, "sharing": "exclusive", "kind": kind,
+            "tenant": K.PLATFORM_TENANT if kind == K.UNALLOCATED else tenant,
+            "namespace": None if kind == K.UNALLOCATED else tenant, "pod": None, "rule": rule or RULES[kind],
+            "gpu_seconds": float(seconds), "energy_j": energy_j, "memory_gb_seconds": None}
+
+
+#: February: ml uses an H100 for an hour (2.99). March, one hour each:
+#: H100 (2.99) ml busy 30 min with 1 kWh, ml idle 20 min, 10 min unallocated -> ml 2.49, platform 0.50;
+#: A100 (1.29) cv busy, 1/4 of it from process samples; L4 (0.69) busy for a tenant named like a formula.
+LEDGER = [
+    row("ml", K.BUSY, 3600, seq=0, start_ns=FEB),
+    row("ml", K.BUSY, 1800, seq=1, energy_j=3.6e6), row("ml", K.ALLOCATED_IDLE, 1200, seq=1),
+    row("", K.UNALLOCATED, 600, seq=1),
+    row("cv", K.BUSY, 900, seq=1, gpu=1, model=A100), row("cv", K.BUSY, 2700, seq=1, gpu=1, model=A100,
+                                                          rule=K.RULE_EQUAL_PROCESSES),
+    row("=cmd|' /C calc'!A0", K.BUSY, 3600, seq=0, model=L4, node="node-b"),
+]
+
+
+def write_ledger(store: Store, rows: list[dict[str, Any]]) -> None:
+    store.append("ledger", pl.DataFrame(rows, schema=SCHEMA))
+
+
+@contextmanager
+def serving(app: FastAPI) -> Iterator[httpx.Client]:
+    """Run ``app`` under uvicorn on a free 127.0.0.1 port in a thread; yield a client for it."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            yield client
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("api") / "gpuledger.duckdb"
+    with Store(path) as store:
+        write_ledger(store, LEDGER)
+    return path
+
+
+@pytest.fixture(scope="module")
+def api(db: Path) -> Iterator[httpx.Client]:
+    with serving(create_app(str(db))) as client:
+        yield client
+
+
+def test_healthz(api: httpx.Client) -> None:
+    r = api.get("/healthz")
+    assert r.status_code == 200 and r.json()["status"] == "ok"
+
+
+def test_showback_defaults_to_the_latest_month_with_data(api: httpx.Client) -> None:
+    body = api.get("/v1/showback").json()
+    assert body["period"] == {"start": "2025-03-01T00:00:00Z", "end": "2025-04-01T00:00:00Z"}
+    assert (body["group_by"], body["currency"], body["total_cost"]) == (["tenant"], "USD", "4.97")
+    rows = {r["tenant"]: r for r in body["rows"]}
+    assert rows["ml"] == {
+        "tenant": "ml", "gpu_hours": 0.833333, "used_gpu_hours": 0.5, "allocated_idle_gpu_hours": 0.333333,
+        "unmeasured_gpu_hours": 0.0, "unallocated_gpu_hours": 0.0, "energy_kwh": 1.0, "cost": "2.49",
+        "currency": "USD", "coverage": 1.0,
+    }
+    assert (rows["cv"]["cost"], rows["cv"]["coverage"], rows["cv"]["energy_kwh"]) == ("1.29", 0.25, None)
+    assert (rows["platform"]["cost"], rows["platform"]["unallocated_gpu_hours"], rows["platform"]["coverage"]) == (
+        "0.50", 0.166667, None)
+    assert rows["=cmd|' /C calc'!A0"]["cost"] == "0.69"
+
+
+def test_showback_for_an_explicit_period_and_groups(api: httpx.Client) -> None:
+    feb = api.get("/v1/showback", params={"start": "2025-02-01", "end": "2025-03-01T01:00:00+01:00"}).json()
+    assert feb["period"] == {"start": "2025-02-01T00:00:00Z", "end": "2025-03-01T00:00:00Z"}
+    assert [(r["tenant"], r["cost"], r["used_gpu_hours"]) for r in feb["rows"]] == [("ml", "2.99", 1.0)]
+    by = api.get("/v1/showback", params={"group_by": "node,model"}).json()
+    assert [(r["node"], r["model"], r["cost"]) for r in by["rows"]] == [
+        ("node-a", A100, "1.29"), ("node-a", H100, "2.99"), ("node-b", L4, "0.69")]
+    by_sharing = api.get("/v1/showback", params={"group_by": "sharing"}).json()
+    assert [(r["sharing"], r["cost"]) for r in by_sharing["rows"]] == [("exclusive", "4.97")]
+    empty = api.get("/v1/showback", params={"start": "2024-01-01", "end": "2024-02-01"}).json()
+    assert (empty["rows"], empty["total_cost"]) == ([], "0.00")
+
+
+def test_chargeback_csv_totals_capacity_times_price_and_is_safe(api: httpx.Client) -> None:
+    r = api.get("/v1/chargeback.csv", params={"month": "2025-03"})
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "text/csv; charset=utf-8"
+    assert r.headers["content-disposition"] == 'attachment; filename="gpuledger-chargeback-2025-03.csv"'
+    rows = list(csv.DictReader(io.StringIO(r.content.decode("utf-8"), newline="")))
+    # capacity x price: 1 h x (2.99 + 1.29 + 0.69)
+    assert sum(Decimal(x["BilledCost"]) for x in rows) == Decimal("4.97")
+    assert r.headers["x-billed-total"] == "4.97 USD"
+    assert {x["SubAccountId"] for x in rows} == {"cv", "ml", "platform", "'=cmd|' /C calc'!A0"}
+    assert all(not x["SubAccountId"].startswith(("=", "+", "-", "@")) for x in rows)
+
+
+ERRORS = [
+    ("GET", "/nope", {}, 404, "not_found"),
+    ("POST", "/healthz", {}, 405, "method_not_allowed"),
+    ("GET", "/v1/chargeback.csv", {}, 422, "invalid_request"),
+    ("GET", "/v1/chargeback.csv", {"month": "2025-13"}, 400, "bad_month"),
+    ("GET", "/v1/showback", {"group_by": "tenant,pod"}, 400, "bad_group_by"),
+    ("GET", "/v1/showback", {"start": "2025-03-01"}, 400, "bad_period"),
+    ("GET", "/v1/showback", {"start": "yesterday", "end": "2025-03-01"}, 400, "bad_period"),
+    ("GET", "/v1/showback", {"start": "2025-03-02", "end": "2025-03-01"}, 400, "bad_period"),
+]
+
+
+def assert_error_shape(r: httpx.Response, status: int, code: str) -> dict[str, str]:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/json"
+    body = r.json()
+    assert list(body) == ["error"] and set(body["error"]) == {"code", "message", "hint"}
+    assert all(isinstance(v, str) for v in body["error"].values())
+    assert body["error"]["code"] == code and body["error"]["message"]
+    return body["error"]
+
+
+@pytest.mark.parametrize(("method", "path", "params", "status", "code"), ERRORS)
+def test_every_error_has_one_shape(api: httpx.Client, method: str, path: str, params: dict[str, str],
+                                   status: int, code: str) -> None:
+    error = assert_error_shape(api.request(method, path, params=params), status, code)
+    if status != 405:
+        assert error["hint"]
+
+
+def test_missing_database_is_503_with_a_hint(tmp_path: Path) -> None:
+    with serving(create_app(str(tmp_path / "absent.duckdb"))) as client:
+        error = assert_error_shape(client.get("/v1/showback"), 503, "no_database")
+    assert "gpuledger ingest" in error["hint"]
+
+
+def test_database_without_a_ledger_is_503(tmp_path: Path) -> None:
+    path = tmp_path / "fresh.duckdb"
+    with Store(path) as store:
+        store.execute("DROP TABLE ledger")
+    with serving(create_app(str(path))) as client:
+        assert_error_shape(client.get("/v1/chargeback.csv", params={"month": "2025-03"}), 503, "no_ledger")
+
+
+def test_a_writer_holding_the_file_gives_503_busy(tmp_path: Path) -> None:
+    path = tmp_path / "held.duckdb"
+    with Store(path) as store:
+        write_ledger(store, LEDGER)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", "import sys\nfrom gpuledger.store import Store\ns = Store(sys.argv[1])\n"
+         "print('ready', flush=True)\nsys.stdin.read()", str(path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    )
+    try:
+        assert writer.stdout is not None and writer.stdout.readline() == b"ready\n"
+        with serving(create_app(str(path))) as client:
+            r = client.get("/v1/showback")
+            error = assert_error_shape(r, 503, "database_busy")
+            assert r.headers["retry-after"] == "5" and "writer" in error["hint"]
+            assert writer.stdin is not None
+            writer.stdin.close()
+            writer.wait(10)
+            assert client.get("/v1/showback").json()["total_cost"] == "4.97"  # lock released: served again
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+            writer.wait(10)
+
+
+def test_an_in_process_store_is_served_directly() -> None:
+    store = Store(":memory:")
+    write_ledger(store, LEDGER)
+    with serving(create_app(store=store)) as client:
+        body = client.get("/v1/showback", params={"group_by": "model"}).json()
+        assert [(r["model"], r["cost"]) for r in body["rows"]] == [(A100, "1.29"), (H100, "2.99"), (L4, "0.69")]
+        write_ledger(store, [row("ml", K.BUSY, 3600, seq=2, start_ns=MARCH + HOUR_NS)])  # the demo keeps writing
+        assert client.get("/v1/showback").json()["total_cost"] == "7.96"
+    store.close()
+
+
+def test_create_app_needs_exactly_one_source() -> None:
+    with pytest.raises(ValueError, match="exactly one"):
+        create_app()
