@@ -21,7 +21,7 @@ from gpuledger.demo import compare_with_truth
 from gpuledger.ingest.consumer import Ingestor
 from gpuledger.store import Store
 from gpuledger.transport import KafkaPublisher
-from tests.api.test_api import serving
+from tests.live_server import serving
 
 pytestmark = pytest.mark.kafka
 START_US = 1_790_812_800 * 10**6  # 2026-10-01T00:00:00Z

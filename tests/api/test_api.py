@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import csv
 import io
-import socket
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -19,12 +15,11 @@ from typing import Any
 import httpx
 import polars as pl
 import pytest
-import uvicorn
-from fastapi import FastAPI
-
 from gpuledger.analytics import kinds as K
 from gpuledger.api.app import create_app
+
 from gpuledger.store import Store
+from tests.live_server import serving
 
 H100, A100, L4 = "NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-40GB", "NVIDIA L4"
 HOUR_NS = 3_600 * 10**9
@@ -65,28 +60,6 @@ LEDGER = [
 
 def write_ledger(store: Store, rows: list[dict[str, Any]]) -> None:
     store.append("ledger", pl.DataFrame(rows, schema=SCHEMA))
-
-
-@contextmanager
-def serving(app: FastAPI) -> Iterator[httpx.Client]:
-    """Run ``app`` under uvicorn on a free 127.0.0.1 port in a thread; yield a client for it."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            yield client
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
 
 
 @pytest.fixture(scope="module")
