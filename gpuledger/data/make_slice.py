@@ -1,8 +1,9 @@
 """Build the simulator's data slice from the public traces (build time only).
 
-    python gpuledger/data/make_slice.py [SHARED_DATA_DIR]
+    python gpuledger/data/make_slice.py TRACE_DIR
 
-SHARED_DATA_DIR defaults to ``../shared/data`` relative to the repository root.
+TRACE_DIR holds the public traces as ``alibaba-gpu-2023/`` and
+``alibaba-genai-2026/`` (see PROVENANCE.md for where they come from).
 Nothing in the package runs this at run time: it writes the small files next to
 it, which ``gpuledger.agent.traces`` loads through importlib.resources. See
 PROVENANCE.md for what each output holds.
@@ -91,8 +92,9 @@ def openb_pods(src: Path) -> pl.DataFrame:
 
 
 def main(argv: list[str]) -> None:
-    repo = Path(__file__).resolve().parents[2]
-    src = Path(argv[1]) if len(argv) > 1 else repo.parent / "shared" / "data"
+    if len(argv) != 2:
+        raise SystemExit("usage: python gpuledger/data/make_slice.py TRACE_DIR")
+    src = Path(argv[1])
     out = Path(__file__).resolve().parent
     np.savez_compressed(out / "pod_duty_cycle.npz", **duty_cycle_grid(src))
     buf = io.BytesIO()
