@@ -1,7 +1,7 @@
 """The simulator's real-trace inputs, loaded from the package's data slice.
 
 The slice (``gpuledger/data/``, built once by ``make_slice.py``, provenance in
-``PROVENANCE.md``) ships inside the package; nothing here reads ``../shared``.
+``PROVENANCE.md``) ships inside the package; nothing here reads the original traces.
 
 - :func:`duty_cycles` -- per-pod GPU duty cycle (fraction 0..1) and memory
   used (bytes) of 143 Stable Diffusion serving pods, on a regular grid of
