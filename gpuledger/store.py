@@ -142,7 +142,10 @@ class Store:
             return 0
         sources = sources or [None] * len(messages)
         with self._lock:
-            fresh = self._fresh(messages)
+            try:
+                fresh = self._fresh(messages)
+            except duckdb.Error as exc:
+                raise StoreError(f"checking {len(messages)} messages against the store failed: {exc}") from exc
             if not fresh:
                 return 0
             batch = [messages[i] for i in fresh]

@@ -1,0 +1,483 @@
+"""Kafka transport: the one module that imports ``kafka`` (kafka-python).
+
+Agent -> topic -> ingest. Records are keyed by node name, so one node's
+messages stay in one partition (in order), and the value is the wire-schema
+bytes (:mod:`gpuledger.wire`) untouched: the transport never looks inside.
+
+Two seams, each a Protocol with a Kafka implementation and an in-process twin:
+
+- :class:`Publisher` (agent side): :class:`KafkaPublisher`, :class:`MemoryTransport`.
+- :class:`Subscriber` (ingest side): :class:`KafkaSubscriber`, :class:`MemoryTransport`.
+
+Every kafka-python exception is translated here into
+:class:`gpuledger.errors.TransportError` with a hint; nothing else in the
+project catches kafka's own exceptions.
+
+Delivery contract (what callers can rely on):
+
+- ``publish`` hands a record to the client's buffer; it raises only when the
+  record cannot even be queued (buffer full past ``max_block_ms``, too large,
+  client closed). ``flush`` waits for every record published since the last
+  flush and raises :class:`TransportError` if *any* of them failed: a failure
+  is never silently lost. A caller that must not lose data (the agent's spool)
+  keeps its records until ``flush`` returns.
+- ``commit`` is synchronous and commits ``offset + 1`` of the highest record
+  given per partition: call it only after the records are durably stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol, Self, runtime_checkable
+
+from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
+from kafka import errors as kafka_errors
+
+from gpuledger.errors import TransportError
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "KafkaPublisher",
+    "KafkaSubscriber",
+    "MemoryTransport",
+    "Publisher",
+    "Record",
+    "Subscriber",
+    "next_offsets",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One consumed record. ``value`` is the raw wire bytes (None: a tombstone)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+    @property
+    def source(self) -> str:
+        """Where the record came from, as stored in ``messages.source``."""
+        return f"{self.topic}/{self.partition}/{self.offset}"
+
+
+@runtime_checkable
+class Publisher(Protocol):
+    """Agent side of the transport."""
+
+    def publish(self, key: bytes, value: bytes) -> None:
+        """Queue one record (key: node name, value: wire bytes)."""
+
+    def flush(self, timeout_s: float | None = None) -> None:
+        """Block until everything published so far is acknowledged; raise
+        TransportError if anything failed or the timeout (seconds) passed."""
+
+    def close(self) -> None:
+        """Release the client (pending records are flushed first)."""
+
+
+@runtime_checkable
+class Subscriber(Protocol):
+    """Ingest side of the transport: poll, store, then commit."""
+
+    def poll(self, timeout_s: float, max_records: int | None = None) -> list[Record]:
+        """Up to ``max_records`` records, waiting at most ``timeout_s`` seconds."""
+
+    def commit(self, records: Sequence[Record]) -> None:
+        """Synchronously commit past the given records (offset + 1 per partition)."""
+
+    def close(self) -> None:
+        """Leave the consumer group and release the client."""
+
+
+def next_offsets(records: Sequence[Record]) -> dict[tuple[str, int], int]:
+    """``{(topic, partition): highest offset + 1}``: what a commit stores."""
+    out: dict[tuple[str, int], int] = {}
+    for r in records:
+        tp = (r.topic, r.partition)
+        out[tp] = max(out.get(tp, 0), r.offset + 1)
+    return out
+
+
+# --- error translation ---------------------------------------------------------
+
+
+def _hint_for(exc: BaseException | None, bootstrap: str) -> str:
+    if isinstance(exc, kafka_errors.MessageSizeTooLargeError) or "max_request_size" in str(exc):
+        return (
+            "the record is larger than the producer's max_request_size (1 MiB by default): raise it with "
+            "client_settings={'max_request_size': ...} and the broker's message.max.bytes to match"
+        )
+    if isinstance(exc, kafka_errors.AuthorizationError):
+        return "the broker refused the credentials: check the SASL/TLS settings and the topic and group ACLs"
+    if isinstance(exc, (kafka_errors.KafkaConfigurationError, ValueError, AssertionError, TypeError)):
+        return "a Kafka client setting is invalid: check client_settings against kafka-python's KafkaProducer/KafkaConsumer options"
+    if isinstance(exc, kafka_errors.CommitFailedError):
+        return "the consumer group rebalanced before the commit; the records will be redelivered (harmless: ingest is idempotent)"
+    return f"check that the broker at {bootstrap!r} is running and reachable, and the TLS/SASL settings"
+
+
+def _describe_error(exc: BaseException) -> str:
+    text = str(exc)
+    if text.startswith("Unrecognized configs"):  # kafka-python echoes the values: never log a password
+        keys = re.findall(r"""['"]([^'"]+)['"]\s*:""", text)
+        text = f"unrecognized client settings: {', '.join(keys) or '?'}"
+    return f"{type(exc).__name__}: {text}"
+
+
+@contextmanager
+def _translated(what: str, bootstrap: str, *, settings: bool = False) -> Iterator[None]:
+    """Re-raise kafka-python's exceptions as TransportError saying what failed.
+
+    With ``settings=True`` (creating a client) the ValueError/AssertionError/
+    TypeError kafka-python raises for bad options are translated as well.
+    """
+    config_errors: tuple[type[BaseException], ...] = (ValueError, AssertionError, TypeError) if settings else ()
+    try:
+        yield
+    except kafka_errors.KafkaError as exc:
+        raise TransportError(f"{what} failed: {_describe_error(exc)}", hint=_hint_for(exc, bootstrap)) from exc
+    except OSError as exc:
+        raise TransportError(f"{what} failed: {_describe_error(exc)}", hint=_hint_for(exc, bootstrap)) from exc
+    except config_errors as exc:
+        raise TransportError(f"{what} failed: {_describe_error(exc)}", hint=_hint_for(exc, bootstrap)) from None
+
+
+# --- Kafka producer ------------------------------------------------------------
+
+
+class KafkaPublisher:
+    """Publishes wire messages to one topic with acks from all in-sync replicas.
+
+    The producer is created lazily on the first ``publish`` (or by
+    :meth:`connect`), so an agent can start while the broker is down and spool;
+    every call then raises TransportError until the broker answers.
+
+    Settings and why:
+
+    - ``acks="all"``: no acknowledged record is lost on a leader change.
+    - ``enable_idempotence=False`` with one request in flight per connection:
+      retries keep a node's records in order; duplicates from a retry are
+      harmless because ingest is idempotent on (agent_id, boot_id, seq). The
+      idempotent producer's id/epoch state adds nothing here but a failure
+      mode: after a broker loses that state the client stays failed
+      (seen with kafka-python 3.0 against a restarted broker).
+    - ``linger_ms=50`` and ``compression_type="gzip"``: a fleet's ticks arrive
+      in bursts; 50 ms of batching costs nothing at a 10 s tick and gzip is in
+      the standard library (lz4/zstd would need extra packages).
+    - ``delivery_timeout_ms`` (default 30 s, not Kafka's 120 s): how long a
+      record may retry before ``flush`` reports it failed, so the agent notices
+      an outage within a few ticks and spools.
+    - ``max_block_ms`` (default 5 s): how long ``publish`` may block waiting for
+      metadata or buffer space before raising.
+
+    ``client_settings`` go to ``KafkaProducer`` unchanged and win over the
+    defaults above: TLS/SASL (``security_protocol``, ``sasl_mechanism``,
+    ``sasl_plain_username``, ``ssl_cafile``, ...) or any tuning.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        *,
+        client_settings: Mapping[str, Any] | None = None,
+        linger_ms: int = 50,
+        compression_type: str | None = "gzip",
+        delivery_timeout_ms: int = 30_000,
+        max_block_ms: int = 5_000,
+        bootstrap_timeout_ms: int = 10_000,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self._config: dict[str, Any] = {
+            "bootstrap_servers": bootstrap,
+            "acks": "all",
+            "enable_idempotence": False,
+            "max_in_flight_requests_per_connection": 1,
+            "linger_ms": linger_ms,
+            "batch_size": 256 * 1024,
+            "compression_type": compression_type,
+            "delivery_timeout_ms": delivery_timeout_ms,
+            "request_timeout_ms": min(30_000, delivery_timeout_ms - linger_ms),
+            "max_block_ms": max_block_ms,
+            "bootstrap_timeout_ms": bootstrap_timeout_ms,
+            "client_id": "gpuledger-agent",
+            **(client_settings or {}),
+        }
+        self._producer: KafkaProducer | None = None
+        self._lock = threading.Lock()
+        self._connect_lock = threading.Lock()
+        self._pending: list[Any] = []  # kafka FutureRecordMetadata since the last flush
+        self._closed = False
+
+    def connect(self) -> None:
+        """Create the producer now (contacting the broker); raise TransportError if it cannot."""
+        self._client()
+
+    def _client(self) -> KafkaProducer:
+        if self._closed:
+            raise TransportError("publish on a closed KafkaPublisher", hint="create a new publisher")
+        with self._connect_lock:  # one producer even when several threads publish at once
+            if self._producer is None:
+                with _translated(f"connecting a producer to {self.bootstrap}", self.bootstrap, settings=True):
+                    self._producer = KafkaProducer(**self._config)
+            return self._producer
+
+    def publish(self, key: bytes, value: bytes) -> None:
+        producer = self._client()
+        with _translated(f"publishing {len(value)} bytes to {self.topic}", self.bootstrap):
+            future = producer.send(self.topic, key=key, value=value)
+        future.add_errback(self._on_failure)
+        with self._lock:
+            self._pending.append(future)
+
+    def _on_failure(self, exc: BaseException) -> None:
+        # Runs on the client's I/O thread; flush() raises for the same record.
+        log.warning("record to %s not delivered: %s: %s", self.topic, type(exc).__name__, exc)
+
+    def flush(self, timeout_s: float | None = None) -> None:
+        """Wait for every record published since the last flush; raise if any failed.
+
+        On failure the error names how many records failed; all records since
+        the previous successful flush should be treated as not delivered (some
+        may have been: ingest deduplicates them).
+        """
+        if self._producer is None:
+            return
+        with self._lock:
+            pending, self._pending = self._pending, []
+        with _translated(f"flushing {len(pending)} records to {self.topic}", self.bootstrap):
+            self._producer.flush(timeout=timeout_s)
+        failures = [f.exception for f in pending if f.failed()]
+        unfinished = sum(1 for f in pending if not f.is_done)
+        if failures or unfinished:
+            first = failures[0] if failures else None
+            detail = _describe_error(first) if first is not None else "timed out"
+            raise TransportError(
+                f"{len(failures) + unfinished} of {len(pending)} records to {self.topic} were not acknowledged ({detail})",
+                hint=_hint_for(first, self.bootstrap),
+            )
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Flush (bounded by ``timeout_s`` seconds) and close; idempotent."""
+        if self._closed:
+            return
+        try:
+            self.flush(timeout_s)
+        finally:
+            self._closed = True
+            if self._producer is not None:
+                with _translated("closing the producer", self.bootstrap):
+                    self._producer.close(timeout=timeout_s)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --- Kafka consumer ------------------------------------------------------------
+
+
+class KafkaSubscriber:
+    """A member of consumer group ``group_id`` reading ``topic`` from the earliest
+    uncommitted offset, committing only when told (``enable_auto_commit=False``).
+
+    Group timing (milliseconds), and why it is configurable:
+
+    - ``max_poll_interval_ms`` (default 300 000): longest gap between polls
+      before the member is evicted. Kafka also uses it as the rebalance
+      timeout, and some brokers (tansu, used in tests) complete a join only
+      after it elapses, so tests pass ~1000-5000.
+    - ``session_timeout_ms`` (default 45 000): heartbeats missed before eviction.
+    - ``max_poll_records`` (default 500): records per poll; ingest stores one
+      poll as one DuckDB transaction.
+
+    The constructor contacts the broker and raises TransportError if it is
+    unreachable (within ``bootstrap_timeout_ms``).
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        group_id: str,
+        *,
+        client_settings: Mapping[str, Any] | None = None,
+        max_poll_interval_ms: int = 300_000,
+        session_timeout_ms: int = 45_000,
+        max_poll_records: int = 500,
+        bootstrap_timeout_ms: int = 10_000,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.group_id = group_id
+        session_timeout_ms = min(session_timeout_ms, max_poll_interval_ms)
+        config: dict[str, Any] = {
+            "bootstrap_servers": bootstrap,
+            "group_id": group_id,
+            "enable_auto_commit": False,
+            "auto_offset_reset": "earliest",
+            "max_poll_interval_ms": max_poll_interval_ms,
+            "session_timeout_ms": session_timeout_ms,
+            "heartbeat_interval_ms": max(100, min(3_000, session_timeout_ms // 3)),
+            "max_poll_records": max_poll_records,
+            "bootstrap_timeout_ms": bootstrap_timeout_ms,
+            "client_id": "gpuledger-ingest",
+            **(client_settings or {}),
+        }
+        with _translated(f"joining group {group_id!r} on {topic} at {bootstrap}", bootstrap, settings=True):
+            self._consumer = KafkaConsumer(topic, **config)
+        self._closed = False
+
+    def poll(self, timeout_s: float, max_records: int | None = None) -> list[Record]:
+        with _translated(f"polling {self.topic}", self.bootstrap):
+            batches = self._consumer.poll(timeout_ms=max(0, int(timeout_s * 1000)), max_records=max_records)
+        return [
+            Record(r.topic, r.partition, r.offset, r.key, r.value)
+            for records in batches.values()
+            for r in records
+        ]
+
+    def commit(self, records: Sequence[Record]) -> None:
+        offsets = {
+            TopicPartition(topic, partition): OffsetAndMetadata(offset, "", -1)
+            for (topic, partition), offset in next_offsets(records).items()
+        }
+        if not offsets:
+            return
+        with _translated(f"committing offsets {_describe(offsets)} for group {self.group_id!r}", self.bootstrap):
+            self._consumer.commit(offsets)
+
+    def close(self) -> None:
+        """Leave the group (so a successor gets the partitions at once); idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        with _translated("closing the consumer", self.bootstrap):
+            self._consumer.close(autocommit=False, timeout_ms=5_000)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _describe(offsets: Mapping[TopicPartition, OffsetAndMetadata]) -> str:
+    return ", ".join(f"{tp.topic}/{tp.partition}@{om.offset}" for tp, om in sorted(offsets.items()))
+
+
+# --- the fake twin -------------------------------------------------------------
+
+
+class MemoryTransport:
+    """An in-process topic: a Publisher and a Subscriber over the same bytes.
+
+    Used by the demo (agent and ingest in one process, no broker) and tests.
+    Records go to partition ``crc32(key) % partitions`` and get consecutive
+    offsets per partition, as with Kafka's keyed partitioning. One subscriber
+    position and one committed offset per partition model a single consumer
+    group; :meth:`rewind` models that consumer restarting (uncommitted records
+    come again). Thread-safe: ``poll`` waits on a condition for new records.
+
+    Fault injection: set ``available = False`` and ``publish``/``flush``/``poll``
+    raise TransportError as an unreachable broker would.
+    """
+
+    def __init__(self, topic: str = "memory", partitions: int = 1) -> None:
+        if partitions < 1:
+            raise ValueError("partitions must be >= 1")
+        self.topic = topic
+        self.partitions = partitions
+        self.log: list[list[tuple[bytes | None, bytes | None]]] = [[] for _ in range(partitions)]
+        self.committed: list[int] = [0] * partitions  # next offset to read after a restart
+        self.available = True
+        self._position: list[int] = [0] * partitions
+        self._cond = threading.Condition()
+        self._next_partition = 0  # round-robin start, so one partition cannot starve the others
+
+    # Publisher
+
+    def publish(self, key: bytes, value: bytes) -> None:
+        self._check("publish")
+        partition = zlib.crc32(key) % self.partitions if key is not None else 0
+        with self._cond:
+            self.log[partition].append((key, value))
+            self._cond.notify_all()
+
+    def flush(self, timeout_s: float | None = None) -> None:
+        self._check("flush")
+
+    def close(self) -> None:
+        """No-op: the log outlives its clients (both roles share this object)."""
+
+    # Subscriber
+
+    def poll(self, timeout_s: float, max_records: int | None = None) -> list[Record]:
+        self._check("poll")
+        limit = max_records if max_records is not None else 500
+        deadline = time.monotonic() + max(0.0, timeout_s)
+        with self._cond:
+            while not self._backlog():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return []
+                self._cond.wait(remaining)
+            out: list[Record] = []
+            for i in range(self.partitions):
+                p = (self._next_partition + i) % self.partitions
+                start = self._position[p]
+                take = self.log[p][start : start + limit - len(out)]
+                out.extend(Record(self.topic, p, start + j, k, v) for j, (k, v) in enumerate(take))
+                self._position[p] = start + len(take)
+                if len(out) >= limit:
+                    break
+            self._next_partition = (self._next_partition + 1) % self.partitions
+            return out
+
+    def commit(self, records: Sequence[Record]) -> None:
+        self._check("commit")
+        with self._cond:
+            for (topic, partition), offset in next_offsets(records).items():
+                if topic != self.topic:
+                    raise TransportError(f"commit for topic {topic!r} on a MemoryTransport of {self.topic!r}")
+                self.committed[partition] = max(self.committed[partition], offset)
+
+    # Test helpers
+
+    def rewind(self) -> None:
+        """Forget uncommitted progress, as a restarted consumer in the group would."""
+        with self._cond:
+            self._position = list(self.committed)
+
+    def lag(self) -> int:
+        """Records published but not yet committed, over all partitions."""
+        with self._cond:
+            return sum(len(log) - c for log, c in zip(self.log, self.committed))
+
+    def __len__(self) -> int:
+        with self._cond:
+            return sum(len(log) for log in self.log)
+
+    def _backlog(self) -> bool:
+        return any(len(log) > pos for log, pos in zip(self.log, self._position))
+
+    def _check(self, what: str) -> None:
+        if not self.available:
+            raise TransportError(
+                f"{what} failed: the in-memory broker is unavailable (simulated outage)",
+                hint="set MemoryTransport.available = True to end the simulated outage",
+            )
