@@ -11,6 +11,13 @@ NotFound, NoPermission, GpuLost) when NVML would return that status; the agent
 records it as null-plus-reason for that field and keeps the rest.
 
 Timestamps are the driver's CPU timestamps in microseconds since the epoch.
+
+Optional extension (looked up with ``getattr``, so a backend may lack it):
+``health_fields(i) -> dict[str, float | FieldError]`` returns the remaining
+wire device columns (``mem_copy_util``, ``enc_util``, ``dec_util``,
+``mem_temp_c``, ``pcie_replay_total``, ``xid_last``, ``remapped_rows_*``,
+``throttle_reasons``), each a value or the FieldError that field raised; it
+raises GpuLost for a lost GPU. Both NvmlBackend and SimNode implement it.
 """
 
 from __future__ import annotations

@@ -9,7 +9,12 @@ and v2, cgroupfs and systemd drivers; containerd, CRI-O, Docker)::
     /kubepods.slice/kubepods-besteffort.slice/
         kubepods-besteffort-pod<uid with _>.slice/cri-containerd-<id>.scope
     .../crio-<id>.scope   .../docker-<id>.scope
-    /slurm/uid_1000/job_4242/step_0                          (Slurm job cgroups)
+    /machine.slice/libpod-<id>.scope/container               (Podman)
+    /slurm/uid_1000/job_4242/step_0                          (Slurm job cgroups, v1)
+    /system.slice/slurmstepd.scope/job_4242/step_0/...       (Slurm, cgroup v2)
+
+Static pods' UIDs are a 32-hex hash rather than an RFC 4122 UUID; both are
+recognised. ``tests/agent/fixtures/cgroup/`` holds one real path shape per file.
 
 The pod's namespace and name are not in the path; the kubelet knows them
 (PodResources / pods endpoint). Without them the owner carries the UID only.
@@ -23,8 +28,12 @@ from pathlib import Path
 
 from gpuledger.agent.backend import Allocation, Owner, Pod
 
-_POD = re.compile(r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})")
-_CONTAINER = re.compile(r"(?:^|[/-])([0-9a-f]{64})(?:\.scope)?$")
+# A pod UID: RFC 4122 form (dashes; systemd escapes them to "_"), or the 32-hex hash of a static pod.
+_POD = re.compile(r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12}|[0-9a-f]{32})"
+                  r"(?![0-9a-f])")
+# A 64-hex container id as a whole path segment or after a runtime prefix (cri-containerd-, crio-,
+# docker-, libpod-), optionally ".scope", possibly followed by sub-cgroups (podman's ".../container").
+_CONTAINER = re.compile(r"(?:^|[/-])([0-9a-f]{64})(?:\.scope)?(?=/|$)")
 _SLURM_JOB = re.compile(r"/job_(\d+)(?:/|$)")
 
 
@@ -44,8 +53,8 @@ def parse_cgroup(text: str) -> CgroupIdentity:
             continue
         if pod is None and (m := _POD.search(path)):
             pod = m.group(1).replace("_", "-")
-        if container is None and (m := _CONTAINER.search(path)):
-            container = m.group(1)
+        if container is None and (found := _CONTAINER.findall(path)):
+            container = found[-1]  # the innermost: a podman pod's own id may come first
         if job is None and (m := _SLURM_JOB.search(path)):
             job = m.group(1)
     return CgroupIdentity(pod, container, job)
@@ -57,13 +66,20 @@ class ProcWorkloads:
     def __init__(self, proc_root: str | Path = "/proc") -> None:
         self.proc_root = Path(proc_root)
 
-    def owner_of(self, pid: int) -> Owner:
+    def identity(self, pid: int) -> CgroupIdentity | None:
+        """The parsed cgroup of a host PID; None when the process is gone or unreadable."""
         try:
-            ident = parse_cgroup((self.proc_root / str(pid) / "cgroup").read_text(errors="replace"))
+            return parse_cgroup((self.proc_root / str(pid) / "cgroup").read_text(errors="replace"))
         except OSError:
+            return None
+
+    def owner_of(self, pid: int) -> Owner:
+        ident = self.identity(pid)
+        if ident is None:
             return Owner()
         pod = Pod(uid=ident.pod_uid, namespace="", name="") if ident.pod_uid else None
         return Owner(pod=pod, container=ident.container_id, slurm_job=ident.slurm_job)
 
     def allocations(self) -> list[Allocation]:
-        return []  # PodResources (kubelet gRPC) is not wired yet; see README "Not built yet"
+        """None known from /proc alone: ``NodeWorkloads`` adds the kubelet's PodResources."""
+        return []

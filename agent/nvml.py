@@ -9,6 +9,8 @@ utilization use the driver's sample buffers from a caller-supplied
 
 from __future__ import annotations
 
+import math
+import re
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -24,6 +26,7 @@ except ImportError:  # pragma: no cover - nvidia-ml-py is a dependency
     pynvml = None
 
 T = TypeVar("T")
+_MIG_NAME = re.compile(r"MIG (\d+g\.\d+gb)")
 _EMPTY_U64 = np.zeros(0, dtype=np.uint64)
 
 
@@ -39,6 +42,16 @@ def _translate(exc: Exception) -> FieldError:
     return cls("" if cls is not FieldError else f"NVML error {code}: {exc}")
 
 
+def _handle_key(handle: Any) -> Any:
+    """Compare device handles: ctypes pointers by address, anything else (a replay) by value."""
+    contents = getattr(handle, "contents", None)
+    if contents is not None:
+        import ctypes
+
+        return ctypes.addressof(contents)
+    return handle
+
+
 def _call(fn: Callable[..., T], *args: Any) -> T:
     try:
         return fn(*args)
@@ -49,11 +62,15 @@ def _call(fn: Callable[..., T], *args: Any) -> T:
 class NvmlBackend:
     """GpuBackend over the local NVIDIA driver."""
 
-    def __init__(self, clock_ns: Callable[[], int] = time.time_ns) -> None:
+    def __init__(self, clock_ns: Callable[[], int] = time.time_ns, *, nvml: Any = None, dcgm: Any = None) -> None:
+        """``nvml``: the module whose ``nvml*`` functions are called (default: pynvml). Tests pass a
+        replay of recorded responses, so this class's parsing runs without a GPU. ``dcgm``: an optional
+        ``DcgmExporterScrape`` for MIG devices' GR_ENGINE_ACTIVE."""
         if pynvml is None:
             raise BackendUnavailable("the nvidia-ml-py package (pynvml) is not installed")
+        self._nv = nvml if nvml is not None else pynvml
         try:
-            pynvml.nvmlInit()
+            self._nv.nvmlInit()
         except pynvml.NVMLError as exc:
             raise BackendUnavailable(
                 f"NVML could not start: {exc}",
@@ -64,47 +81,54 @@ class NvmlBackend:
         self._handles: dict[int, Any] = {}
         self._mig_handles: dict[tuple[int, int], Any] = {}
         self._max_slices: dict[int, int] = {}
+        self._proc_util_v2: dict[int, bool] = {}  # device -> nvmlDeviceGetProcessesUtilizationInfo works
+        self._mem_seen_us: dict[int, int] = {}  # lastSeenTimeStamp of memory-utilization samples
+        self._xid_set: Any = None
+        self._xid_registered: dict[int, FieldError | None] = {}
+        self._xid_pending: dict[Any, int] = {}
+        self._dcgm = dcgm
+        self._mig_gi: dict[tuple[int, int], int] = {}  # (gpu, mig index) -> GPU instance id
 
     def close(self) -> None:
-        pynvml.nvmlShutdown()
+        self._nv.nvmlShutdown()
 
     def _h(self, i: int) -> Any:
         handle = self._handles.get(i)
         if handle is None:
-            handle = self._handles[i] = _call(pynvml.nvmlDeviceGetHandleByIndex, i)
+            handle = self._handles[i] = _call(self._nv.nvmlDeviceGetHandleByIndex, i)
         return handle
 
     def now_us(self) -> int:
         return self._clock_ns() // 1000
 
     def driver_version(self) -> str:
-        return str(_call(pynvml.nvmlSystemGetDriverVersion))
+        return str(_call(self._nv.nvmlSystemGetDriverVersion))
 
     def device_count(self) -> int:
-        return int(_call(pynvml.nvmlDeviceGetCount))
+        return int(_call(self._nv.nvmlDeviceGetCount))
 
     def uuid(self, i: int) -> str:
-        return str(_call(pynvml.nvmlDeviceGetUUID, self._h(i)))
+        return str(_call(self._nv.nvmlDeviceGetUUID, self._h(i)))
 
     def name(self, i: int) -> str:
-        return str(_call(pynvml.nvmlDeviceGetName, self._h(i)))
+        return str(_call(self._nv.nvmlDeviceGetName, self._h(i)))
 
     def pci_bus_id(self, i: int) -> str:
-        info = _call(pynvml.nvmlDeviceGetPciInfo, self._h(i))
+        info = _call(self._nv.nvmlDeviceGetPciInfo, self._h(i))
         bus = info.busId
         return bus.decode() if isinstance(bus, bytes) else str(bus)
 
     def memory_info(self, i: int) -> MemoryInfo:
         try:
-            mem = _call(pynvml.nvmlDeviceGetMemoryInfo, self._h(i), pynvml.nvmlMemory_v2)
+            mem = _call(self._nv.nvmlDeviceGetMemoryInfo, self._h(i), self._nv.nvmlMemory_v2)
             return MemoryInfo(int(mem.total), int(mem.used), int(mem.free), int(mem.reserved))
         except NotSupported:  # pre-R510 drivers: v1 has no reserved field
-            mem = _call(pynvml.nvmlDeviceGetMemoryInfo, self._h(i))
+            mem = _call(self._nv.nvmlDeviceGetMemoryInfo, self._h(i))
             return MemoryInfo(int(mem.total), int(mem.used), int(mem.free), None)
 
     def utilization_samples(self, i: int, since_us: int) -> ValueSamples:
         try:
-            _, samples = _call(pynvml.nvmlDeviceGetSamples, self._h(i), pynvml.NVML_GPU_UTILIZATION_SAMPLES, since_us)
+            _, samples = _call(self._nv.nvmlDeviceGetSamples, self._h(i), pynvml.NVML_GPU_UTILIZATION_SAMPLES, since_us)
         except NotFound:  # no sample newer than since_us
             return ValueSamples(_EMPTY_U64, np.zeros(0))
         ts = np.fromiter((s.timeStamp for s in samples), dtype=np.uint64, count=len(samples))
@@ -113,16 +137,38 @@ class NvmlBackend:
         return ValueSamples(ts[keep], val[keep])
 
     def process_samples(self, i: int, since_us: int) -> ProcessSamples:
-        try:
-            rows = _call(pynvml.nvmlDeviceGetProcessUtilization, self._h(i), since_us)
-        except NotFound:
-            rows = []
+        """Per-process samples after ``since_us``: nvmlDeviceGetProcessesUtilizationInfo (R535+, one
+        versioned struct) where the driver has it, else nvmlDeviceGetProcessUtilization."""
+        handle = self._h(i)
+        rows: Any = None
+        if self._proc_util_v2.get(i, True):
+            try:
+                rows = self._nv.nvmlDeviceGetProcessesUtilizationInfo(handle, since_us)
+                self._proc_util_v2[i] = True
+            except pynvml.NVMLError as exc:
+                code = getattr(exc, "value", None)
+                if code in (pynvml.NVML_ERROR_NOT_FOUND, pynvml.NVML_SUCCESS):
+                    rows = []  # no sample newer than since_us (pynvml raises SUCCESS for a zero count)
+                elif code in (pynvml.NVML_ERROR_FUNCTION_NOT_FOUND, pynvml.NVML_ERROR_NOT_SUPPORTED,
+                              pynvml.NVML_ERROR_ARGUMENT_VERSION_MISMATCH):
+                    self._proc_util_v2[i] = False  # older driver: use the v1 call from now on
+                else:
+                    raise _translate(exc) from None
+        if rows is None:
+            try:
+                rows = self._nv.nvmlDeviceGetProcessUtilization(handle, since_us)
+            except pynvml.NVMLError as exc:
+                if getattr(exc, "value", None) not in (pynvml.NVML_ERROR_NOT_FOUND, pynvml.NVML_SUCCESS):
+                    raise _translate(exc) from None
+                rows = []
         n = len(rows)
+        ts = np.fromiter((r.timeStamp for r in rows), dtype=np.uint64, count=n)
+        keep = ts > since_us  # NVML may repeat the sample stamped exactly at lastSeenTimeStamp
         return ProcessSamples(
-            pid=np.fromiter((r.pid for r in rows), dtype=np.uint32, count=n),
-            timestamp_us=np.fromiter((r.timeStamp for r in rows), dtype=np.uint64, count=n),
-            sm_util=np.fromiter((r.smUtil for r in rows), dtype=np.float64, count=n),
-            mem_util=np.fromiter((r.memUtil for r in rows), dtype=np.float64, count=n),
+            pid=np.fromiter((r.pid for r in rows), dtype=np.uint32, count=n)[keep],
+            timestamp_us=ts[keep],
+            sm_util=np.fromiter((r.smUtil for r in rows), dtype=np.float64, count=n)[keep],
+            mem_util=np.fromiter((r.memUtil for r in rows), dtype=np.float64, count=n)[keep],
         )
 
     def compute_processes(self, i: int) -> list[ComputeProcess]:
@@ -130,10 +176,10 @@ class NvmlBackend:
 
     def _processes(self, handle: Any) -> list[ComputeProcess]:
         getters = [
-            getattr(pynvml, name)
+            getattr(self._nv, name)
             for name in ("nvmlDeviceGetComputeRunningProcesses_v3", "nvmlDeviceGetComputeRunningProcesses_v2",
                          "nvmlDeviceGetComputeRunningProcesses")
-            if hasattr(pynvml, name)
+            if hasattr(self._nv, name)
         ]
         last: Exception | None = None
         for getter in getters:  # v3 -> v2 -> v1: older drivers lack the newer symbols
@@ -154,7 +200,8 @@ class NvmlBackend:
         ]
 
     def _mps_pids(self, handle: Any) -> set[int]:
-        getter = getattr(pynvml, "nvmlDeviceGetMPSComputeRunningProcesses", None)
+        getter = getattr(self._nv, "nvmlDeviceGetMPSComputeRunningProcesses_v3", None) or getattr(
+            self._nv, "nvmlDeviceGetMPSComputeRunningProcesses", None)
         if getter is None:
             return set()
         try:
@@ -162,50 +209,161 @@ class NvmlBackend:
         except pynvml.NVMLError:
             return set()
 
+    # --- health and the remaining DCGM fields ------------------------------------------
+
+    def health_fields(self, i: int) -> dict[str, float | FieldError]:
+        """Wire columns beyond the core: each value, or the FieldError that field raised.
+
+        mem_copy_util (memory-controller samples since the previous call, mean, 0..1),
+        enc_util/dec_util (nvmlDeviceGetEncoder/DecoderUtilization, 0..1), mem_temp_c
+        (field NVML_FI_DEV_MEMORY_TEMP), pcie_replay_total, remapped rows, throttle_reasons
+        (nvmlDeviceGetCurrentClocksEventReasons, else ...ThrottleReasons) and xid_last (the
+        last XID critical-error event since the previous call, 0 for none). GpuLost raises.
+        """
+        h = self._h(i)
+        out: dict[str, float | FieldError] = {}
+
+        def field(name: str, fn: Callable[[], float]) -> None:
+            try:
+                out[name] = float(fn())
+            except GpuLost:
+                raise
+            except FieldError as exc:
+                out[name] = exc
+            except pynvml.NVMLError as exc:
+                err = _translate(exc)
+                if isinstance(err, GpuLost):
+                    raise err from None
+                out[name] = err
+
+        field("mem_copy_util", lambda: self._mem_util(i, h))
+        field("enc_util", lambda: _call(self._nv.nvmlDeviceGetEncoderUtilization, h)[0] / 100.0)
+        field("dec_util", lambda: _call(self._nv.nvmlDeviceGetDecoderUtilization, h)[0] / 100.0)
+        field("mem_temp_c", lambda: self._field_value(h, pynvml.NVML_FI_DEV_MEMORY_TEMP))
+        field("pcie_replay_total", lambda: _call(self._nv.nvmlDeviceGetPcieReplayCounter, h))
+        rows: list[Any] = []
+
+        def remapped(k: int) -> float:
+            if not rows:
+                rows.append(_call(self._nv.nvmlDeviceGetRemappedRows, h))
+            return float(rows[0][k])
+
+        field("remapped_rows_correctable", lambda: remapped(0))
+        field("remapped_rows_uncorrectable", lambda: remapped(1))
+        field("throttle_reasons", lambda: self._throttle(h))
+        field("xid_last", lambda: self._xid(i, h))
+        return out
+
+    def _mem_util(self, i: int, h: Any) -> float:
+        since = self._mem_seen_us.get(i, 0)
+        try:
+            _, samples = _call(self._nv.nvmlDeviceGetSamples, h, pynvml.NVML_MEMORY_UTILIZATION_SAMPLES, since)
+        except NotFound:
+            samples = []
+        ts = np.fromiter((s.timeStamp for s in samples), dtype=np.uint64, count=len(samples))
+        val = np.fromiter((s.sampleValue.uiVal for s in samples), dtype=np.float64, count=len(samples))
+        keep = ts > since
+        if not keep.any():
+            raise NotFound("no memory-utilization samples in the interval")
+        self._mem_seen_us[i] = int(ts[keep].max())
+        return float(val[keep].mean()) / 100.0
+
+    def _field_value(self, h: Any, field_id: int) -> float:
+        (v,) = _call(self._nv.nvmlDeviceGetFieldValues, h, [field_id])
+        if v.nvmlReturn != pynvml.NVML_SUCCESS:
+            raise _translate(pynvml.NVMLError(v.nvmlReturn))
+        kind = v.valueType
+        value = v.value
+        return float({pynvml.NVML_VALUE_TYPE_DOUBLE: value.dVal, pynvml.NVML_VALUE_TYPE_UNSIGNED_INT: value.uiVal,
+                      pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG: value.ulVal,
+                      pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: value.ullVal,
+                      pynvml.NVML_VALUE_TYPE_SIGNED_LONG_LONG: value.sllVal}.get(kind, value.uiVal))
+
+    def _throttle(self, h: Any) -> float:
+        try:  # renamed "clocks event reasons" in R535; the old symbol may be missing on new drivers
+            return float(self._nv.nvmlDeviceGetCurrentClocksEventReasons(h))
+        except pynvml.NVMLError as exc:
+            if getattr(exc, "value", None) != pynvml.NVML_ERROR_FUNCTION_NOT_FOUND:
+                raise _translate(exc) from None
+        return float(_call(self._nv.nvmlDeviceGetCurrentClocksThrottleReasons, h))
+
+    def _xid(self, i: int, h: Any) -> float:
+        if i not in self._xid_registered:
+            try:
+                if self._xid_set is None:
+                    self._xid_set = _call(self._nv.nvmlEventSetCreate)
+                _call(self._nv.nvmlDeviceRegisterEvents, h, pynvml.nvmlEventTypeXidCriticalError, self._xid_set)
+                self._xid_registered[i] = None
+            except FieldError as exc:
+                self._xid_registered[i] = exc
+        if self._xid_registered[i] is not None:
+            raise self._xid_registered[i]  # type: ignore[misc]
+        for _ in range(256):  # drain every pending event of every device (bounded)
+            try:
+                data = self._nv.nvmlEventSetWait_v2(self._xid_set, 0)
+            except pynvml.NVMLError as exc:
+                if getattr(exc, "value", None) == pynvml.NVML_ERROR_TIMEOUT:
+                    break
+                raise _translate(exc) from None
+            if data.eventType & pynvml.nvmlEventTypeXidCriticalError:
+                self._xid_pending[_handle_key(data.device)] = int(data.eventData)
+        return float(self._xid_pending.pop(_handle_key(h), 0))
+
     def total_energy_mj(self, i: int) -> int:
-        return int(_call(pynvml.nvmlDeviceGetTotalEnergyConsumption, self._h(i)))
+        return int(_call(self._nv.nvmlDeviceGetTotalEnergyConsumption, self._h(i)))
 
     def power_mw(self, i: int) -> int:
-        return int(_call(pynvml.nvmlDeviceGetPowerUsage, self._h(i)))
+        return int(_call(self._nv.nvmlDeviceGetPowerUsage, self._h(i)))
 
     def temperature_c(self, i: int) -> int:
-        return int(_call(pynvml.nvmlDeviceGetTemperature, self._h(i), pynvml.NVML_TEMPERATURE_GPU))
+        return int(_call(self._nv.nvmlDeviceGetTemperature, self._h(i), pynvml.NVML_TEMPERATURE_GPU))
 
     def sm_clock_mhz(self, i: int) -> int:
-        return int(_call(pynvml.nvmlDeviceGetClockInfo, self._h(i), pynvml.NVML_CLOCK_SM))
+        return int(_call(self._nv.nvmlDeviceGetClockInfo, self._h(i), pynvml.NVML_CLOCK_SM))
 
     def mem_clock_mhz(self, i: int) -> int:
-        return int(_call(pynvml.nvmlDeviceGetClockInfo, self._h(i), pynvml.NVML_CLOCK_MEM))
+        return int(_call(self._nv.nvmlDeviceGetClockInfo, self._h(i), pynvml.NVML_CLOCK_MEM))
 
     def mig_devices(self, i: int) -> list[MigDevice]:
         handle = self._h(i)
         try:
-            current, _pending = _call(pynvml.nvmlDeviceGetMigMode, handle)
+            current, _pending = _call(self._nv.nvmlDeviceGetMigMode, handle)
         except NotSupported:
             return []
         if current != pynvml.NVML_DEVICE_MIG_ENABLE:
             return []
         slices = self._parent_slices(i)
         out = []
-        for m in range(int(_call(pynvml.nvmlDeviceGetMaxMigDeviceCount, handle))):
+        for m in range(int(_call(self._nv.nvmlDeviceGetMaxMigDeviceCount, handle))):
             try:
-                mh = _call(pynvml.nvmlDeviceGetMigDeviceHandleByIndex, handle, m)
+                mh = _call(self._nv.nvmlDeviceGetMigDeviceHandleByIndex, handle, m)
             except NotFound:
                 continue
             self._mig_handles[(i, m)] = mh
-            attrs = _call(pynvml.nvmlDeviceGetAttributes, mh)
+            attrs = _call(self._nv.nvmlDeviceGetAttributes, mh)
             n = int(attrs.gpuInstanceSliceCount)
+            gi = int(_call(self._nv.nvmlDeviceGetGpuInstanceId, mh))
+            self._mig_gi[(i, m)] = gi
             out.append(
                 MigDevice(
                     index=m,
-                    uuid=str(_call(pynvml.nvmlDeviceGetUUID, mh)),
-                    gpu_instance_id=int(_call(pynvml.nvmlDeviceGetGpuInstanceId, mh)),
-                    compute_instance_id=int(_call(pynvml.nvmlDeviceGetComputeInstanceId, mh)),
-                    profile=f"{n}g.{round(int(attrs.memorySizeMB) / 1024)}gb",
+                    uuid=str(_call(self._nv.nvmlDeviceGetUUID, mh)),
+                    gpu_instance_id=gi,
+                    compute_instance_id=int(_call(self._nv.nvmlDeviceGetComputeInstanceId, mh)),
+                    profile=self._mig_profile(mh, n, int(attrs.memorySizeMB)),
                     slice_fraction=n / slices,
                 )
             )
         return out
+
+    def _mig_profile(self, mh: Any, slices: int, memory_mb: int) -> str:
+        """The profile as NVIDIA names it: from the MIG device's name ("... MIG 3g.40gb") where the
+        driver gives it, else from its slices and memory (GB rounded up: 40192 MB is "40gb")."""
+        try:
+            match = _MIG_NAME.search(str(_call(self._nv.nvmlDeviceGetName, mh)))
+        except FieldError:
+            match = None
+        return match.group(1) if match else f"{slices}g.{math.ceil(memory_mb / 1024 - 0.3)}gb"
 
     def _parent_slices(self, i: int) -> int:
         if i not in self._max_slices:
@@ -213,7 +371,7 @@ class NvmlBackend:
             for slices, profile in ((8, "NVML_GPU_INSTANCE_PROFILE_8_SLICE"), (7, "NVML_GPU_INSTANCE_PROFILE_7_SLICE"),
                                     (4, "NVML_GPU_INSTANCE_PROFILE_4_SLICE")):
                 try:
-                    _call(pynvml.nvmlDeviceGetGpuInstanceProfileInfo, self._h(i), getattr(pynvml, profile))
+                    _call(self._nv.nvmlDeviceGetGpuInstanceProfileInfo, self._h(i), getattr(pynvml, profile))
                     self._max_slices[i] = slices
                     break
                 except (FieldError, AttributeError):
@@ -224,4 +382,6 @@ class NvmlBackend:
         return self._processes(self._mig_handles[(i, mig)])
 
     def mig_gr_engine_active(self, i: int, mig: int) -> float:
-        raise NotSupported("GR_ENGINE_ACTIVE needs DCGM profiling (not configured)")
+        if self._dcgm is None:
+            raise NotSupported("GR_ENGINE_ACTIVE needs DCGM profiling (set --dcgm-exporter-url)")
+        return float(self._dcgm.gr_engine_active(i, self._mig_gi[(i, mig)]))

@@ -13,6 +13,7 @@ returns None: an interval needs two edges.
 
 from __future__ import annotations
 
+import logging
 import math
 import uuid
 from collections.abc import Callable
@@ -23,10 +24,13 @@ import numpy as np
 
 from gpuledger import wire
 from gpuledger.agent.backend import GpuBackend, Owner, WorkloadSource
-from gpuledger.errors import FieldError, GpuLost
+from gpuledger.agent.metrics import DeviceInfo
+from gpuledger.errors import FieldError, GpuledgerError, GpuLost, NotSupported
 
 T = TypeVar("T")
+log = logging.getLogger("gpuledger.agent")
 _OWNER_TTL_TICKS = 3
+_NO_OWNER = Owner()
 
 
 @dataclass
@@ -35,6 +39,8 @@ class _DeviceState:
     proc_seen_us: int = 0  # lastSeenTimeStamp for per-process samples
     energy_mj: int | None = None
     lost: bool = False
+    uuid: str | None = None  # identity is read once: a GPU lost later keeps its name
+    model: str | None = None
 
 
 @dataclass
@@ -45,8 +51,8 @@ class _Build:
     pods: list[dict[str, Any]] = field(default_factory=list)
     pod_index: dict[str, int] = field(default_factory=dict)
     devices: list[dict[str, Any]] = field(default_factory=list)
-    processes: list[dict[str, Any]] = field(default_factory=list)
-    allocations: list[dict[str, Any]] = field(default_factory=list)
+    processes: list[tuple[Any, ...]] = field(default_factory=list)  # records in wire.PROCESS field order
+    allocations: list[tuple[Any, ...]] = field(default_factory=list)  # records in wire.ALLOCATION order
     errors: list[tuple[int, int, int, str, str]] = field(default_factory=list)
 
     def pod(self, owner_pod: Any) -> int:
@@ -61,12 +67,14 @@ class _Build:
             )
         return found
 
-    def table(self, name: str, rows: list[dict[str, Any]]) -> np.ndarray:
-        arr = wire.empty(name, len(rows))
-        for i, row in enumerate(rows):
-            for key, value in row.items():
-                arr[key][i] = value
-        return arr
+    def device_table(self) -> np.ndarray:
+        """Device rows (dicts: a device has many optional fields) -> records; absent floats are NaN."""
+        return np.array([tuple(row.get(name, default) for name, default in _DEVICE_DEFAULTS) for row in self.devices],
+                        dtype=wire.DEVICE)
+
+
+#: (field, value when a device row lacks it): NaN for measurements, 0 for the rest
+_DEVICE_DEFAULTS = tuple((name, math.nan if wire.DEVICE[name].kind == "f" else 0) for name in wire.DEVICE.names or ())
 
 
 class Sampler:
@@ -93,6 +101,10 @@ class Sampler:
         # pid -> (owner, last tick seen): a process that exited before this tick's
         # read still has samples in the buffer, and /proc no longer knows it.
         self._owners: dict[int, tuple[Owner, int]] = {}
+        #: (gpu, mig) -> labels the wire message does not carry (PCI bus id, MIG instance ids), for /metrics
+        self.device_info: dict[tuple[int, int], DeviceInfo] = {}
+        self._alloc_failing = False
+        self._health_fields = getattr(backend, "health_fields", None)  # optional GpuBackend extension
 
     def tick(self) -> wire.Message | None:
         """Sample every device since the previous tick; None on the priming tick."""
@@ -104,11 +116,19 @@ class Sampler:
         if self._prev_us is None:
             self._prev_us = now_us
             return None
-        for alloc in self.workloads.allocations():
+        extra: dict[str, Any] = {}
+        try:
+            allocs = self.workloads.allocations()
+        except GpuledgerError as exc:  # unknown is not "nobody holds anything": say so in the message
+            allocs = []
+            extra["allocations_unavailable"] = f"{type(exc).__name__}: {exc}"
+            if not self._alloc_failing:
+                log.warning("allocations unavailable: %s (hint: %s)", exc, exc.hint)
+        self._alloc_failing = bool(extra)
+        for alloc in allocs:
             build.allocations.append(
-                {"gpu_index": alloc.gpu_index, "mig_index": alloc.mig_index, "replica": alloc.replica,
-                 "pod": build.pod(alloc.pod), "container": build.strings(alloc.container),
-                 "resource": build.strings(alloc.resource), "share": alloc.share}
+                (alloc.gpu_index, alloc.mig_index, alloc.replica, build.pod(alloc.pod),
+                 build.strings(alloc.container), build.strings(alloc.resource), alloc.share)
             )
         errors = wire.empty("field_errors", len(build.errors))
         for j, (gpu, mig, pid, name, reason) in enumerate(build.errors):
@@ -122,11 +142,12 @@ class Sampler:
             interval_end_ns=now_us * 1000,
             strings=build.strings.items,
             pods=build.pods,
-            devices=build.table("devices", build.devices),
-            processes=build.table("processes", build.processes),
-            allocations=build.table("allocations", build.allocations),
+            devices=build.device_table(),
+            processes=np.array(build.processes, dtype=wire.PROCESS),
+            allocations=np.array(build.allocations, dtype=wire.ALLOCATION),
             field_errors=errors,
             driver_version=self._driver_version(),
+            extra=extra,
         )
         self.seq += 1
         self._prev_us = now_us
@@ -140,8 +161,12 @@ class Sampler:
         row: dict[str, Any] = {"gpu_index": i, "mig_index": -1, "slice_fraction": 1.0,
                                "profile": wire.NULL_STR, "health": wire.HEALTH_OK}
         read = _Reader(build, i, -1)
-        row["uuid"] = build.strings(read("uuid", lambda: self.backend.uuid(i), None))
-        row["model"] = build.strings(read("model", lambda: self.backend.name(i), None))
+        if state.uuid is None:
+            state.uuid = read("uuid", lambda: self.backend.uuid(i), None)
+        if state.model is None:
+            state.model = read("model", lambda: self.backend.name(i), None)
+        row["uuid"] = build.strings(state.uuid)
+        row["model"] = build.strings(state.model)
         if read.lost:
             self._mark_lost(row, build, state, read)
             return
@@ -153,6 +178,21 @@ class Sampler:
         row["gpu_temp_c"] = read("gpu_temp_c", lambda: self.backend.temperature_c(i))
         row["sm_clock_mhz"] = read("sm_clock_mhz", lambda: self.backend.sm_clock_mhz(i))
         row["mem_clock_mhz"] = read("mem_clock_mhz", lambda: self.backend.mem_clock_mhz(i))
+        health_fields = self._health_fields
+        if health_fields is not None:
+            for name, value in read("health_fields", lambda: health_fields(i), {}).items():
+                if isinstance(value, FieldError):
+                    # NotSupported is a capability of this GPU, not a fault: health stays OK
+                    read.skip(name, value.reason if not str(value) else f"{value.reason}: {value}",
+                              failure=not isinstance(value, NotSupported))
+                else:
+                    row[name] = value
+        if (i, -1) not in self.device_info:  # a /metrics label, not a wire column: read once, no error row
+            try:
+                bus: str | None = self.backend.pci_bus_id(i)
+            except FieldError:
+                bus = None
+            self.device_info[(i, -1)] = DeviceInfo(pci_bus_id=bus)
         energy = read("energy_total_mj", lambda: self.backend.total_energy_mj(i), None)
         row["energy_total_mj"] = math.nan if energy is None else energy
         row["energy_delta_mj"] = self._energy_delta(state, energy, read)
@@ -191,11 +231,17 @@ class Sampler:
             samples = None  # MIG has no per-process utilization (NVML: NotSupported)
         evidence: dict[int, tuple[int, float, float]] = {}
         if samples is not None and len(samples.pid):
-            pids, inverse = np.unique(samples.pid, return_inverse=True)
-            counts = np.bincount(inverse)
-            sm = np.bincount(inverse, weights=samples.sm_util) / 100.0
-            mem = np.bincount(inverse, weights=samples.mem_util) / 100.0
-            evidence = {int(p): (int(c), float(s), float(m)) for p, c, s, m in zip(pids, counts, sm, mem)}
+            # tens of samples per device per tick: a dict beats numpy's per-call overhead here
+            acc: dict[int, list[float]] = {}
+            for pid, sm, mem in zip(samples.pid.tolist(), samples.sm_util.tolist(), samples.mem_util.tolist()):
+                a = acc.get(pid)
+                if a is None:
+                    acc[pid] = [1, sm, mem]
+                else:
+                    a[0] += 1
+                    a[1] += sm
+                    a[2] += mem
+            evidence = {pid: (int(a[0]), a[1] / 100.0, a[2] / 100.0) for pid, a in acc.items()}
             state.proc_seen_us = max(state.proc_seen_us, int(samples.timestamp_us.max()))
         memory = {p.pid: p for p in procs}
         no_evidence = (0, math.nan, math.nan) if samples is None else (0, 0.0, 0.0)
@@ -205,14 +251,14 @@ class Sampler:
             owner = self._owner(pid)
             used = math.nan if proc is None or proc.used_memory_bytes is None else proc.used_memory_bytes
             build.processes.append(
-                {"gpu_index": i, "mig_index": mig, "pid": pid, "pod": build.pod(owner.pod),
-                 "container": build.strings(owner.container), "slurm_job": build.strings(owner.slurm_job),
-                 "kind": 0 if proc is None else proc.kind, "samples": count,
-                 "sm_util_sum": sm_sum, "mem_util_sum": mem_sum, "used_memory_bytes": used}
+                (i, mig, pid, build.pod(owner.pod), build.strings(owner.container), build.strings(owner.slurm_job),
+                 0 if proc is None else proc.kind, count, sm_sum, mem_sum, used)
             )
 
     def _sample_mig(self, i: int, mig: Any, parent: dict[str, Any], build: _Build) -> None:
         read = _Reader(build, i, mig.index)
+        self.device_info[(i, mig.index)] = DeviceInfo(gpu_instance_id=mig.gpu_instance_id,
+                                                      compute_instance_id=mig.compute_instance_id)
         row: dict[str, Any] = {
             "gpu_index": i, "mig_index": mig.index, "uuid": build.strings(mig.uuid),
             "model": parent["model"], "profile": build.strings(mig.profile),
@@ -247,7 +293,7 @@ class Sampler:
             owner = self.workloads.owner_of(pid)
         except (OSError, FieldError):
             owner = Owner()
-        if owner == Owner():
+        if owner is _NO_OWNER or owner == _NO_OWNER:
             cached = self._owners.get(pid)
             return cached[0] if cached else owner
         self._owners[pid] = (owner, self.seq)

@@ -203,13 +203,16 @@ class SimNode:
         self._no_mig(i, "per-process utilization")
         g, k = self._gpu(i)
         pid, ts, sm, mem = g.process_samples(since_us, k)
+        if g.spec.mps_clients_hidden:  # only the MPS server is visible: no per-client samples
+            keep = np.zeros(len(pid), dtype=bool)
+            pid, ts, sm, mem = pid[keep], ts[keep], sm[keep], mem[keep]
         return ProcessSamples(pid=pid, timestamp_us=ts, sm_util=sm, mem_util=mem)
 
     def compute_processes(self, i: int) -> list[ComputeProcess]:
         """Processes with a context now (all MIG devices' on a MIG parent); MPS clients have kind=2
         and the MPS control daemon's server process (no pod) is listed too."""
         g, _ = self._gpu(i, advance=False)
-        procs = g.compute_processes(self._now_s())
+        procs = [] if g.spec.mps_clients_hidden else g.compute_processes(self._now_s())
         if i in self.mps_pid:
             procs.insert(0, ComputeProcess(self.mps_pid[i], 30 * 2**20, 0))
         return procs
@@ -254,6 +257,24 @@ class SimNode:
         g = self._mig(i, mig)
         _, k = self._gpu(i)
         return g.gr_engine_active(mig, k)
+
+    def health_fields(self, i: int) -> dict[str, float | Exception]:
+        """The optional ``health_fields`` extension (see NvmlBackend.health_fields): the health
+        counters of a healthy simulated GPU. The memory controller and the video engines are not
+        simulated: those fields are NotSupported, as on a GPU that lacks them."""
+        g, k = self._gpu(i)
+        busy = g.at(k)[1] > 0.01
+        return {
+            "mem_temp_c": float(round(38 + 40 * g.at(k)[1])),
+            "pcie_replay_total": 0.0,
+            "xid_last": 0.0,  # no XID event in the interval
+            "remapped_rows_correctable": 0.0,
+            "remapped_rows_uncorrectable": 0.0,
+            "throttle_reasons": 0.0 if busy else 1.0,  # nvmlClocksEventReasonGpuIdle
+            "mem_copy_util": NotSupported("the simulator does not model the memory controller"),
+            "enc_util": NotSupported("the simulator does not model the video encoder"),
+            "dec_util": NotSupported("the simulator does not model the video decoder"),
+        }
 
     # --- WorkloadSource ------------------------------------------------------------
 

@@ -53,6 +53,7 @@ class GpuSpec:
     model: str  # a name from traces.gpu_models(), e.g. "NVIDIA H100 80GB HBM3"
     mig_profiles: tuple[str, ...] = ()  # configured MIG devices, e.g. ("3g.40gb", "1g.10gb"); () = MIG off
     mps: bool = False  # an MPS control daemon serves this GPU: clients are listed with kind=2
+    mps_clients_hidden: bool = False  # quirk (with mps): NVML lists only the MPS server, no clients or samples
     lost_at_s: float | None = None  # falls off the bus at this time: every call then raises GpuLost
     energy_reset_at_s: tuple[float, ...] = ()  # the energy counter restarts from 0 at these times
 

@@ -94,6 +94,7 @@ def test_a_gpu_that_falls_off_the_bus_is_reported_lost_and_the_rest_kept() -> No
     lost = last.devices[last.devices["gpu_index"] == 0][0]
     ok = last.devices[last.devices["gpu_index"] == 1][0]
     assert lost["health"] == wire.HEALTH_LOST and math.isnan(lost["gpu_util"])
+    assert last.strings[lost["uuid"]].startswith("GPU-")  # identity read before the loss is kept
     assert ok["health"] == wire.HEALTH_OK and not math.isnan(ok["gpu_util"])
     assert any(last.strings[e["reason"]] == "GpuLost" for e in last.field_errors)
 
@@ -118,3 +119,20 @@ def test_the_first_tick_only_primes_and_intervals_tile_time() -> None:
     assert [m.seq for m in msgs] == [0, 1, 2]
     assert all(a.interval_end_ns == b.interval_start_ns for a, b in zip(msgs, msgs[1:]))
     assert all(m.interval_end_ns - m.interval_start_ns == 10 * 10**9 for m in msgs)
+
+
+def test_a_lost_gpu_is_still_booked_in_full() -> None:
+    from gpuledger.analytics.job import run_attribution
+    from gpuledger.analytics.ledger import conservation_error
+    from gpuledger.store import Store
+
+    sim = fleet((GpuSpec(H100, lost_at_s=15.0), GpuSpec(H100)), (bursty_pod(0), bursty_pod(1, ns="team-b")))
+    msgs = ticks(sim, Sampler(sim.nodes[0], sim.nodes[0], node="node-0"), 4, 10.0)
+    store = Store()
+    store.write_messages(msgs)
+    run_attribution(store)
+    err = conservation_error(store.query("SELECT * FROM ledger").lazy(),
+                             store.query("SELECT * FROM devices").lazy()).collect()
+    assert err.height == 8 and err["error"].abs().max() < 1e-9
+    lost = store.query("SELECT kind, sum(gpu_seconds) s FROM ledger WHERE gpu_index = 0 AND seq >= 2 GROUP BY kind")
+    assert dict(zip(lost["kind"], lost["s"])) == {"unmeasured": pytest.approx(20.0)}

@@ -348,3 +348,36 @@ def test_quirks_noise_gaps_and_silent_processes() -> None:
     assert off > 100  # per-process values no longer sum to the device value
     truth = sim.truth()
     assert truth.filter(pl.col("pid") == pid)["busy_seconds"].sum() > 0  # it really ran
+
+
+def test_mps_lists_clients_with_kind_2_or_hides_them_behind_the_server() -> None:
+    holds = (Holding(0, share=0.5, replica=0),), (Holding(0, share=0.5, replica=1),)
+    pods = (pod("a", "a", holds[0], (const(0, 0.3),)), pod("b", "b", holds[1], (const(0, 0.2),)))
+    listed = one_node((GpuSpec(H100, mps=True),), pods)
+    hidden = one_node((GpuSpec(H100, mps=True, mps_clients_hidden=True),), pods)
+    for sim in (listed, hidden):
+        sim.advance(30)
+    node = listed.nodes[0]
+    kinds = sorted(p.kind for p in node.compute_processes(0))
+    assert kinds == [0, 2, 2]  # the MPS server, then the clients
+    assert len(set(node.process_samples(0, 0).pid)) == 2
+    server_only = hidden.nodes[0].compute_processes(0)
+    assert len(server_only) == 1 and hidden.nodes[0].owner_of(server_only[0].pid) == Owner()
+    assert len(hidden.nodes[0].process_samples(0, 0).pid) == 0
+    # what ran is the same either way
+    assert hidden.truth()["busy_seconds"].sum() == pytest.approx(listed.truth()["busy_seconds"].sum())
+
+
+def test_accuracy_scenarios_build_from_the_real_traces() -> None:
+    from gpuledger.agent import simscenarios
+
+    for name, build in simscenarios.SCENARIOS.items():
+        spec = build(seed=1, horizon_s=1800.0)
+        pods = [p for n in spec.nodes for p in n.pods]
+        assert pods, name
+        assert len({dict(p.labels)["team"] for p in pods}) >= 2, name
+    ts = simscenarios.timeslice(seed=1, horizon_s=1800.0)
+    replicas = [len({p.holds[0].replica for p in ts.nodes[0].pods if p.holds[0].gpu == g}) for g in range(7)]
+    assert replicas == list(range(2, 9))  # GPUs 0..6 are time-sliced into 2..8 replicas
+    starts = [x.start_s for p in ts.nodes[0].pods for x in p.procs if 0 < x.start_s < 1800]
+    assert len(starts) > 20 and any(s % 10 != 0 for s in starts)  # processes start mid-interval

@@ -1,0 +1,201 @@
+"""Agent cost per tick on a simulated 8-GPU node with 32 processes, simulator cost subtracted.
+
+Three passes over the same node (8 H100s, each time-sliced by 4 pods with one
+process each, 10 s tick, 1 s driver sample period):
+
+1. **direct**: the Sampler over the simulator, as ``gpuledger agent --backend
+   sim`` runs; every backend/workload call goes through a recording proxy that
+   also times the simulator's own share (CPU time inside the simulator calls).
+2. **replay**: the same ticks again over the recorded answers (a dict lookup
+   per call), so the figure is the agent's own CPU time -- sampling, message
+   building, wire encoding and the /metrics snapshot -- plus the lookups (an
+   overestimate, kept).
+3. **rss**: a fresh Python process that imports only the agent (no simulator,
+   no polars), loads 60 ticks of the recording and runs them with encoding and
+   /metrics; its resident set size after the imports, with the recording
+   loaded, after the run (VmRSS) and at peak (VmHWM), in MB. The recording
+   (replayed answers) is counted in the last two: an overestimate, kept.
+
+Targets (issue 3): <= 1 ms agent CPU per tick, <= 60 MB RSS.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+TICK_S = 10.0
+
+
+def node_spec() -> Any:
+    from gpuledger.agent.simspec import FleetSpec, GpuSpec, Holding, NodeSpec, PodSpec, ProcSpec
+
+    pods = []
+    for g in range(8):
+        for r in range(4):
+            pods.append(PodSpec(f"uid-{g}-{r}", f"team-{r}", f"svc-{g}-{r}", labels=(("team", f"t{r}"),),
+                                holds=(Holding(g, share=0.25, replica=r),),
+                                procs=(ProcSpec(g, series=(g * 4 + r) % 50, floor=0.05, scale=0.5),)))
+    return FleetSpec((NodeSpec("bench-node", tuple(GpuSpec("NVIDIA H100 80GB HBM3") for _ in range(8)),
+                               tuple(pods)),))
+
+
+class Recorder:
+    """Proxy over a SimNode: answers pass through, are recorded per tick, and timed."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.ticks: list[dict[tuple[Any, ...], Any]] = [{}]
+        self.sim_cpu_ns = 0
+
+    def next_tick(self) -> None:
+        self.ticks.append({})
+
+    def __getattr__(self, name: str) -> Any:
+        fn = getattr(self._inner, name)
+        if not callable(fn):
+            return fn
+
+        def call(*args: Any) -> Any:
+            t0 = time.process_time_ns()
+            try:
+                result: Any = fn(*args)
+            except Exception as exc:  # noqa: BLE001 - recorded and re-raised: NotSupported etc. are answers
+                result = exc
+            self.sim_cpu_ns += time.process_time_ns() - t0
+            self.ticks[-1][(name, *args)] = result
+            if isinstance(result, Exception):
+                raise result
+            return result
+
+        return call
+
+
+class Replay:
+    """Answers recorded by Recorder, tick by tick."""
+
+    def __init__(self, ticks: list[dict[tuple[Any, ...], Any]]) -> None:
+        self._ticks = ticks
+        self._k = 0
+        for name in {key[0] for t in ticks for key in t}:
+            setattr(self, name, self._make(name))
+
+    def next_tick(self) -> None:
+        self._k += 1
+
+    def _make(self, name: str) -> Any:
+        def call(*args: Any) -> Any:
+            result = self._ticks[self._k][(name, *args)]
+            if isinstance(result, Exception):
+                raise result
+            return result
+
+        return call
+
+
+def record(n_ticks: int) -> tuple[list[dict[tuple[Any, ...], Any]], float, float]:
+    """(recording, direct CPU ms per tick incl. simulator, simulator CPU ms per tick)."""
+    from gpuledger import wire
+    from gpuledger.agent.metrics import AgentCollector
+    from gpuledger.agent.sampler import Sampler
+    from gpuledger.agent.sim import FleetSim
+
+    sim = FleetSim(node_spec(), seed=11)
+    rec = Recorder(sim.nodes[0])
+    sampler = Sampler(rec, rec, node="bench-node")
+    collector = AgentCollector("bench-node")
+    sampler.tick()
+    advance_ns = 0
+    t0 = time.process_time_ns()
+    for _ in range(n_ticks):
+        a = time.process_time_ns()
+        sim.advance(TICK_S)
+        advance_ns += time.process_time_ns() - a
+        rec.next_tick()
+        msg = sampler.tick()
+        wire.encode(msg)
+        collector.update(msg, sampler.device_info)
+    total = time.process_time_ns() - t0
+    return rec.ticks, (total - advance_ns) / n_ticks / 1e6, (rec.sim_cpu_ns) / n_ticks / 1e6
+
+
+def replay_cost(ticks: list[dict[tuple[Any, ...], Any]], *, encode: bool = True) -> tuple[float, float, int, int]:
+    """(ms CPU per tick sampling only, ms CPU per tick with encode + /metrics, processes, message bytes)."""
+    from gpuledger import wire
+    from gpuledger.agent.metrics import AgentCollector
+    from gpuledger.agent.sampler import Sampler
+
+    results = []
+    nproc = size = 0
+    for full in (False, True):
+        rep = Replay(ticks)
+        sampler = Sampler(rep, rep, node="bench-node")
+        collector = AgentCollector("bench-node")
+        sampler.tick()
+        n = len(ticks) - 1
+        t0 = time.process_time_ns()
+        for _ in range(n):
+            rep.next_tick()
+            msg = sampler.tick()
+            if full:
+                size = len(wire.encode(msg))
+                collector.update(msg, sampler.device_info)
+        results.append((time.process_time_ns() - t0) / n / 1e6)
+        nproc = len(msg.processes)
+    return results[0], results[1], nproc, size
+
+
+def _rss_child(path: str) -> None:
+    """Runs in a fresh interpreter: agent modules only, then report memory (kB)."""
+    import gpuledger.agent.metrics
+    import gpuledger.agent.nvml
+    import gpuledger.agent.sampler
+    import gpuledger.agent.spool
+    import gpuledger.agent.workloads
+    import gpuledger.transport  # noqa: F401 - what `gpuledger agent --backend nvml --kafka` imports (grpc, kafka, pynvml)
+
+    base = _status()["VmRSS"]
+    ticks = pickle.loads(Path(path).read_bytes())
+    loaded = _status()["VmRSS"]
+    replay_cost(ticks)
+    status = _status()
+    mods = sorted(m for m in sys.modules if m.split(".")[0] in ("polars", "duckdb", "pyarrow"))
+    print(base, loaded, status["VmRSS"], status["VmHWM"], len(mods))
+
+
+def _status() -> dict[str, int]:
+    lines = Path("/proc/self/status").read_text().splitlines()
+    return {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in lines) if k in ("VmRSS", "VmHWM")}
+
+
+def run(quick: bool) -> list[dict[str, Any]]:
+    n = 60 if quick else 360
+    ticks, direct_ms, sim_ms = record(n)
+    sample_ms, full_ms, nproc, size = replay_cost(ticks)
+    rows: list[dict[str, Any]] = [{
+        "gpus": 8, "processes": nproc, "ticks": n, "message_bytes": size,
+        "direct_ms_per_tick": round(direct_ms, 3), "simulator_ms_per_tick": round(sim_ms, 3),
+        "direct_minus_sim_ms": round(direct_ms - sim_ms, 3),
+        "agent_sample_ms_per_tick": round(sample_ms, 3), "agent_full_ms_per_tick": round(full_ms, 3),
+        "target_ms": 1.0,
+    }]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "ticks.pkl"
+        path.write_bytes(pickle.dumps(ticks[:61]))  # 60 ticks: the recording itself is not the agent
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        out = subprocess.run([sys.executable, "-c", f"from benchmarks.bench_agent import _rss_child; "
+                              f"_rss_child({str(path)!r})"], capture_output=True, text=True, env=env, timeout=600)
+        if out.returncode != 0:
+            raise RuntimeError(f"RSS child failed: {out.stderr[-2000:]}")
+        base_kb, loaded_kb, rss_kb, hwm_kb, heavy = (int(x) for x in out.stdout.split())
+    rows.append({"rss_after_imports_mb": round(base_kb / 1024, 1),
+                 "rss_with_recording_mb": round(loaded_kb / 1024, 1), "rss_after_60_ticks_mb": round(rss_kb / 1024, 1),
+                 "peak_rss_mb": round(hwm_kb / 1024, 1), "polars_duckdb_arrow_loaded": heavy, "target_mb": 60})
+    return rows
+

@@ -1,0 +1,27 @@
+#!/bin/sh
+# System packages some tests need (a real Prometheus server scraping the agent,
+# Chromium for the showback page).
+# Idempotent and quiet: installs only what is missing, and only where it can
+# (root with apt-get, e.g. CI). Elsewhere it says what is missing and exits 0:
+# those tests then skip with the reason (or fail under CI=true).
+set -eu
+
+missing=""
+command -v prometheus >/dev/null 2>&1 || missing="$missing prometheus"
+# Headless browser for the built-in page test (tests/web), driven by Playwright.
+command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+
+[ -z "$missing" ] && exit 0
+
+if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "system-deps: installing$missing (apt-get)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null 2>&1 || true
+    # --no-install-recommends: the server binary only, no node-exporter etc.
+    apt-get install -y -qq --no-install-recommends $missing >/dev/null 2>&1 \
+        || echo "system-deps: apt-get install$missing failed; tests needing them will skip (fail under CI=true)"
+    # The Debian package may start a system service; the tests run their own.
+    (systemctl stop prometheus >/dev/null 2>&1 || service prometheus stop >/dev/null 2>&1 || true)
+else
+    echo "system-deps: missing$missing (not root with apt-get; tests needing them will skip)"
+fi
