@@ -1,11 +1,11 @@
 """DuckDB: the one module that imports ``duckdb``.
 
-Who writes: exactly one process holds the database file open for writing
-(``gpuledger ingest``, or the demo, which runs ingest and attribution in one
-process). Attribution runs inside that writer (``gpuledger attribute`` opens
-the file itself when no ingest runs). The API opens the file read-only
-(``Store(path, read_only=True)``); see docs/operations.md for the serving
-pattern while ingest writes.
+Who writes: one ingest worker per file, holding it only while a flush
+writes (``gpuledger.ingest.opener``); between flushes ``gpuledger
+attribute``/``retention`` open it for writing and the API read-only
+(``Store(path, read_only=True)``), each for one job or request. N workers
+write N files, merged by :meth:`Store.absorb`, or Parquet segments read in
+place by :meth:`Store.open_segments`. See docs/storage.md.
 
 Tables (times are integer nanoseconds since the Unix epoch, UTC):
 
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ import duckdb
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  # pa.compute.is_in
 
 from gpuledger import wire
 from gpuledger.errors import StoreError
@@ -173,6 +174,177 @@ class Store:
                 self._exec("ROLLBACK")
                 raise
             return len(batch)
+
+    def write_arrow(self, tables: Mapping[str, pa.Table]) -> int:
+        """Bulk-store one decoded batch (``ingest.batch.ArrowBatch.tables``) in one
+        transaction; returns how many messages were new.
+
+        Every table carries ``_m``, the message's ordinal in the batch (not
+        stored). Idempotent on (agent_id, boot_id, seq): messages already
+        stored, or repeated inside the batch, are dropped whole with their rows
+        (an Arrow filter on ``_m``) before one ``INSERT ... SELECT`` per table.
+        """
+        msgs = tables["messages"]
+        if msgs.num_rows == 0:
+            return 0
+        with self._lock:
+            try:
+                self._exec("BEGIN")
+                self.con.register("_keys", msgs.select(["agent_id", "boot_id", "seq", "_m"]))
+                fresh = [r[0] for r in self.con.execute(
+                    "SELECT min(k._m) FROM _keys k ANTI JOIN messages m USING (agent_id, boot_id, seq) "
+                    "GROUP BY k.agent_id, k.boot_id, k.seq").fetchall()]
+                self.con.unregister("_keys")
+                keep = None if len(fresh) == msgs.num_rows else pa.array(fresh, pa.int32())
+                for name, table in tables.items():
+                    if name == "pods":
+                        continue
+                    if keep is not None:
+                        table = table.filter(pa.compute.is_in(table["_m"], value_set=keep))
+                    if table.num_rows:
+                        cols = ", ".join(f'"{c}"' for c in table.column_names if c != "_m")
+                        self.con.register("_batch", table)
+                        self._exec(f"INSERT INTO {name} ({cols}) SELECT {cols} FROM _batch")
+                        self.con.unregister("_batch")
+                pods = tables.get("pods")
+                if fresh and pods is not None and pods.num_rows:
+                    self.con.register("_batch", pods)
+                    self._exec(
+                        "INSERT INTO pods SELECT * FROM _batch ON CONFLICT (pod_uid) DO UPDATE SET "
+                        "namespace = excluded.namespace, name = excluded.name, labels = excluded.labels, "
+                        "last_seen_ns = greatest(pods.last_seen_ns, excluded.last_seen_ns)"
+                    )
+                    self.con.unregister("_batch")
+                self._exec("COMMIT")
+            except duckdb.Error as exc:
+                self._exec("ROLLBACK")
+                raise StoreError(f"writing a batch of {msgs.num_rows} messages failed: {exc}") from exc
+            except BaseException:  # never leave the connection inside an open transaction
+                self._exec("ROLLBACK")
+                raise
+            return len(fresh)
+
+    def compact_into(self, dest: str | Path, storage_version: str = "latest") -> int:
+        """Copy the whole database into a new file, freshly laid out; returns its size in bytes.
+
+        Ingest appends in many small transactions, which leaves partly filled
+        row groups and free blocks behind; a copy rewrites every table in full
+        row groups with the newest storage format's compression
+        (``storage_version``: files in 'latest' need a DuckDB at least as new
+        to read them). Maintenance for a closed month or before archiving:
+        write the copy, stop writers, swap the files.
+        """
+        dest = Path(dest)
+        if dest.exists():
+            raise StoreError(f"{dest} exists", hint="compact into a new path, then swap the files")
+        with self._lock:
+            try:
+                self._exec(f"ATTACH ? AS _compact (STORAGE_VERSION '{storage_version}')", [str(dest)])
+                try:
+                    self._exec(f"COPY FROM DATABASE {self._name()} TO _compact")
+                finally:
+                    self._exec("DETACH _compact")
+            except duckdb.Error as exc:
+                raise StoreError(f"compacting into {dest} failed: {exc}") from exc
+        return dest.stat().st_size
+
+    def _name(self) -> str:
+        return str(self.scalar("SELECT current_database()"))
+
+    @classmethod
+    def open_segments(cls, root: str | Path) -> Store:
+        """An in-memory Store whose raw tables are views over Parquet segments under ``root``
+        (``ingest.segments`` layout), queried in place.
+
+        Per message key the rows of one segment only are visible (the lowest
+        segment id), so a batch two workers both wrote counts once; ``pods``
+        shows each pod as last seen; ``dead_letters`` each record once. The
+        ``day`` partition directories prune scans filtered on time. Tables
+        without segments stay empty; ``ledger`` and ``attributed`` are
+        ordinary (in-memory) tables.
+        """
+        store = cls(":memory:")
+        root = Path(root)
+
+        def files(name: str) -> str | None:
+            return f"{root}/{name}/*/*.parquet" if any((root / name).glob("*/*.parquet")) else None
+
+        def src(name: str) -> str:
+            return f"read_parquet('{files(name)}', hive_partitioning = true, union_by_name = true)"
+
+        try:
+            if files("messages"):
+                store._exec(f"CREATE VIEW _seg_messages AS SELECT * FROM {src('messages')}")
+                store._exec("CREATE VIEW _chosen AS SELECT agent_id, boot_id, seq, min(seg) AS seg "
+                            "FROM _seg_messages GROUP BY ALL")
+                store._exec("DROP TABLE messages")
+                store._exec("CREATE VIEW messages AS SELECT m.* EXCLUDE (seg, day) FROM _seg_messages m "
+                            "SEMI JOIN _chosen USING (agent_id, boot_id, seq, seg)")
+                for name in _ROW_TABLES:
+                    if files(name):
+                        store._exec(f"DROP TABLE {name}")
+                        store._exec(f"CREATE VIEW {name} AS SELECT t.* EXCLUDE (seg, day) FROM {src(name)} t "
+                                    "SEMI JOIN _chosen USING (agent_id, boot_id, seq, seg)")
+            if files("pods"):
+                store._exec("DROP TABLE pods")
+                store._exec("CREATE VIEW pods AS SELECT pod_uid, arg_max(namespace, last_seen_ns) AS namespace, "
+                            "arg_max(name, last_seen_ns) AS name, arg_max(labels, last_seen_ns)::JSON AS labels, "
+                            f"max(last_seen_ns) AS last_seen_ns FROM {src('pods')} GROUP BY pod_uid")
+            if files("dead_letters"):
+                store._exec("DROP TABLE dead_letters")
+                store._exec('CREATE VIEW dead_letters AS SELECT topic, partition, "offset", reason, payload, size_bytes, '
+                            "to_timestamp(interval_start_ns / 1e9) AS received_at "
+                            f"FROM {src('dead_letters')} QUALIFY row_number() OVER "
+                            '(PARTITION BY topic, partition, "offset" ORDER BY seg) = 1')
+        except duckdb.Error as exc:
+            store.close()
+            raise StoreError(f"cannot read segments under {root}: {exc}",
+                             hint="is it a gpuledger segment directory (ingest --segments)?") from exc
+        return store
+
+    def absorb(self, path: str | Path) -> int:
+        """Copy in what another gpuledger file holds and this one lacks; returns new messages.
+
+        The merge step of N ingest workers (one DuckDB file each): idempotent
+        on (agent_id, boot_id, seq) like ingest itself, so a message both a
+        dead worker and its successor stored (stored, not yet committed, then
+        redelivered) is kept once, and absorbing the same file twice changes
+        nothing. Dead letters merge on (topic, partition, offset); pods by
+        latest seen. The other file is attached read-only: its worker must not
+        hold it at that moment (workers release their file between flushes).
+        """
+        with self._lock:
+            try:
+                self._exec("ATTACH ? AS _w (READ_ONLY)", [str(path)])
+            except duckdb.Error as exc:
+                raise StoreError(f"cannot attach {path}: {exc}",
+                                 hint="is a worker holding it (--hold-db)? it is free between flushes") from exc
+            try:
+                self._exec("BEGIN")
+                self._exec("CREATE TEMP TABLE _new AS SELECT agent_id, boot_id, seq FROM _w.messages "
+                           "ANTI JOIN messages USING (agent_id, boot_id, seq)")
+                added = int(self.scalar("SELECT count(*) FROM _new"))
+                self._exec("INSERT INTO messages SELECT * FROM _w.messages SEMI JOIN _new USING (agent_id, boot_id, seq)")
+                for name in _ROW_TABLES:
+                    self._exec(f"INSERT INTO {name} SELECT * FROM _w.{name} SEMI JOIN _new USING (agent_id, boot_id, seq)")
+                self._exec(
+                    "INSERT INTO pods SELECT * FROM _w.pods ON CONFLICT (pod_uid) DO UPDATE SET "
+                    "namespace = CASE WHEN excluded.last_seen_ns >= pods.last_seen_ns THEN excluded.namespace ELSE pods.namespace END, "
+                    "name = CASE WHEN excluded.last_seen_ns >= pods.last_seen_ns THEN excluded.name ELSE pods.name END, "
+                    "labels = CASE WHEN excluded.last_seen_ns >= pods.last_seen_ns THEN excluded.labels ELSE pods.labels END, "
+                    "last_seen_ns = greatest(pods.last_seen_ns, excluded.last_seen_ns)")
+                self._exec(
+                    'INSERT INTO dead_letters SELECT * FROM _w.dead_letters d WHERE d.topic IS NULL OR d.partition IS NULL '
+                    'OR d."offset" IS NULL OR NOT EXISTS (SELECT 1 FROM dead_letters x WHERE x.topic = d.topic '
+                    'AND x.partition = d.partition AND x."offset" = d."offset")')
+                self._exec("DROP TABLE _new")
+                self._exec("COMMIT")
+            except duckdb.Error as exc:
+                self._exec("ROLLBACK")
+                raise StoreError(f"merging {path} failed: {exc}") from exc
+            finally:
+                self._exec("DETACH _w")
+            return added
 
     def _fresh(self, messages: Sequence[wire.Message]) -> list[int]:
         keys = pa.table(

@@ -1,12 +1,15 @@
 """Ingest: transport records -> decoded wire messages -> DuckDB, then commit.
 
-One poll is one unit of work::
+One flush is one unit of work::
 
-    records = subscriber.poll()                  # up to batch_max records
-    decode each: ok -> messages, failure -> dead letters (reason, payload, where)
-    store.write_messages(messages)               # one transaction, idempotent on
+    records = subscriber.poll()                  # up to batch_max records (linger_s to fill)
+    batch = decode_batch(values)                 # whole poll -> Arrow tables (ingest.batch);
+                                                 # failures -> dead letters (reason, payload, where)
+    clock check                                  # implausible intervals -> quarantined dead letters
+    with opener() as store:                      # the file is held only now (ingest.opener)
+        store.write_arrow(batch)                 # one transaction, idempotent on
                                                  # (agent_id, boot_id, seq)
-    store.write_dead_letters(dead)               # idempotent on topic/partition/offset
+        store.write_dead_letters(dead)           # idempotent on topic/partition/offset
     subscriber.commit(records)                   # only after both writes returned
 
 Delivery is at-least-once (a crash between store and commit redelivers the
@@ -20,11 +23,14 @@ once the store is fixed.
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, fields
 from pathlib import Path
 from types import FrameType
@@ -32,12 +38,16 @@ from typing import Any
 
 from gpuledger import wire
 from gpuledger.errors import StoreError, TransportError, WireError
+from gpuledger.ingest.batch import ArrowBatch, HeaderCache, decode_batch
+from gpuledger.ingest.clock import QUARANTINE, ClockCheck
+from gpuledger.ingest.opener import FileOpener
+from gpuledger.ingest.segments import SegmentWriter
 from gpuledger.store import DeadLetter, Store
 from gpuledger.transport import KafkaSubscriber, Record, Subscriber
 
 log = logging.getLogger(__name__)
 
-__all__ = ["IngestStats", "Ingestor", "decode_record", "run_ingest"]
+__all__ = ["ClockCheck", "IngestStats", "Ingestor", "decode_record", "run_ingest"]
 
 
 @dataclass
@@ -50,6 +60,8 @@ class IngestStats:
     duplicates: int = 0  # decoded but already stored (redelivery, replay, repeat in a batch)
     dead_letters: int = 0  # undecodable or unstorable records sent to dead_letters
     batches: int = 0  # non-empty polls processed
+    quarantined: int = 0  # of the dead letters: decodable, but the interval fails the clock check
+    rows: int = 0  # record-table rows (devices, processes, allocations, field errors) decoded
     commit_failures: int = 0  # commits the broker refused (records will be redelivered)
 
     def add(self, other: IngestStats) -> None:
@@ -62,7 +74,7 @@ class IngestStats:
     def summary(self) -> str:
         return (
             f"{self.records} records ({self.bytes / 1e6:.1f} MB): {self.stored} stored, "
-            f"{self.duplicates} duplicates, {self.dead_letters} dead letters"
+            f"{self.duplicates} duplicates, {self.dead_letters} dead letters ({self.quarantined} quarantined)"
         )
 
 
@@ -85,69 +97,161 @@ def _dead(record: Record, reason: str) -> DeadLetter:
                       partition=record.partition, offset=record.offset)
 
 
+class _Fallback(Exception):
+    """The batch decoder failed: store this flush message by message."""
+
+
+@dataclass
+class _Flush:
+    """One poll's records on their way: decoded (``batch``; None: decode failed), not yet stored."""
+
+    records: list[Record]
+    stats: IngestStats
+    batch: ArrowBatch | None
+    dead: list[DeadLetter]
+
+
 class Ingestor:
     """Moves records from a Subscriber into a Store, one committed batch at a time.
 
-    ``batch_max`` caps the records per poll, hence per DuckDB transaction
-    (500 records of ~10 KB: a few MB, tens of milliseconds to store).
+    ``batch_max`` caps the records per flush, hence per DuckDB transaction
+    (500 records of ~10 KB: a few MB, tens of milliseconds to store);
+    ``linger_s`` keeps polling up to that many seconds after the first record
+    to fill a flush. ``store`` is an open Store, or a :class:`FileOpener` that
+    holds the file only while a flush writes. ``pipeline``: in :meth:`run`,
+    decode the next poll while a background thread writes the previous flush
+    (DuckDB releases the GIL); commits stay in order, each after its write.
     ``progress`` is called after every step with the running totals.
-    ``clock`` (seconds, monotonic) is injectable for tests of ``max_idle_s``.
+    ``clock`` (seconds, monotonic) is injectable for tests of ``max_idle_s``;
+    ``wall_clock_ns`` (ns since the epoch) and ``clock_check`` decide which
+    intervals are quarantined as implausible (see :class:`ClockCheck`; the
+    default checks nothing, for replays of simulated or recorded data; the
+    ``gpuledger ingest`` service passes the configured bounds).
     """
 
     def __init__(
         self,
-        store: Store,
+        store: Store | FileOpener | SegmentWriter,
         subscriber: Subscriber,
         *,
         batch_max: int = 500,
         progress: Callable[[IngestStats], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        clock_check: ClockCheck | None = None,
+        wall_clock_ns: Callable[[], int] = time.time_ns,
+        linger_s: float = 0.0,
+        pipeline: bool = False,
     ) -> None:
         if batch_max < 1:
             raise ValueError("batch_max must be >= 1")
         self.store = store
+        self._open: Callable[[], AbstractContextManager[Store]] = (
+            (lambda: nullcontext(store)) if isinstance(store, Store) else store  # type: ignore[assignment,return-value]
+        )
         self.subscriber = subscriber
         self.batch_max = batch_max
         self.progress = progress
         self.clock = clock
         self.totals = IngestStats()
+        self.clock_check = clock_check or ClockCheck(max_future_s=None, max_age_s=None)
+        self.wall_clock_ns = wall_clock_ns
+        self.linger_s = linger_s
+        self.pipeline = pipeline
+        self._headers = HeaderCache()
 
     def step(self, timeout_s: float = 1.0) -> IngestStats:
         """Poll once (waiting up to ``timeout_s`` seconds), store, commit; return this step's counts."""
+        records = self._poll(timeout_s)
         stats = IngestStats()
-        records = self.subscriber.poll(timeout_s, max_records=self.batch_max)
         if records:
-            stats.records, stats.batches = len(records), 1
-            stats.bytes = sum(len(r.value) for r in records if r.value is not None)
-            messages: list[wire.Message] = []
-            origins: list[Record] = []
-            dead: list[DeadLetter] = []
-            for record in records:
-                decoded = decode_record(record)
-                if isinstance(decoded, DeadLetter):
-                    dead.append(decoded)
-                else:
-                    messages.append(decoded)
-                    origins.append(record)
-            stored, unstorable = self._store(messages, origins)
-            dead.extend(unstorable)
-            stats.stored = stored
-            stats.duplicates = len(messages) - len(unstorable) - stored
-            stats.dead_letters = len(dead)
-            self.store.write_dead_letters(dead)
+            flush = self._prepare(records)
+            self._write(flush)
+            self._finish(flush)
+            stats = flush.stats
+        self._account(stats)
+        return stats
+
+    def _poll(self, timeout_s: float) -> list[Record]:
+        records = self.subscriber.poll(timeout_s, max_records=self.batch_max)
+        if records and self.linger_s > 0:  # fill the flush: bigger batches, fewer file opens
+            deadline = self.clock() + self.linger_s
+            while len(records) < self.batch_max and (left := deadline - self.clock()) > 0:
+                more = self.subscriber.poll(left, max_records=self.batch_max - len(records))
+                if not more:
+                    break
+                records.extend(more)
+        return records
+
+    def _prepare(self, records: list[Record]) -> _Flush:
+        """Decode the whole poll into Arrow and quarantine bad clocks (no database work)."""
+        stats = IngestStats(records=len(records), batches=1,
+                            bytes=sum(len(r.value) for r in records if r.value is not None))
+        try:
+            batch = decode_batch([r.value for r in records], [r.source for r in records], self._headers)
+            dead = [_dead(records[i], reason) for i, reason in sorted(batch.failed.items())]
+            kept, late = self.clock_check.apply(batch, self.wall_clock_ns())
+            dead.extend(_dead(records[i], reason) for i, reason in late)
+            stats.rows = kept.rows()
+            return _Flush(records, stats, kept, dead)
+        except Exception as exc:  # noqa: BLE001  # a batch-decoder bug: take the slow, strict path
+            log.error("batch decode failed (%s: %s); decoding message by message", type(exc).__name__, exc)
+            return _Flush(records, stats, None, [])
+
+    def _write(self, flush: _Flush) -> None:
+        """Store one flush in one transaction, and its dead letters (touches only the store)."""
+        stats = flush.stats
+        with self._open() as store:  # the file is held only for this flush (see ingest.opener)
             try:
-                self.subscriber.commit(records)
-            except TransportError as exc:
-                # Stored already; a later commit covers these offsets, or they are
-                # redelivered and skipped as duplicates.
-                stats.commit_failures = 1
-                log.warning("offset commit failed (%s); %s", exc, exc.hint)
+                if flush.batch is None:
+                    raise _Fallback
+                stored = store.write_arrow(flush.batch.tables)
+                duplicates, dead = flush.batch.n_messages - stored, flush.dead
+            except StoreError:
+                raise
+            except Exception as exc:  # noqa: BLE001  # not storable as a batch: isolate message by message
+                if not isinstance(exc, _Fallback):
+                    log.error("batch not storable (%s: %s); storing message by message", type(exc).__name__, exc)
+                stored, duplicates, dead = self._store_one_by_one(store, flush.records)
+            stats.stored, stats.duplicates, stats.dead_letters = stored, duplicates, len(dead)
+            stats.quarantined = sum(1 for d in dead if d.reason.startswith(QUARANTINE))
+            store.write_dead_letters(dead)
+
+    def _finish(self, flush: _Flush) -> None:
+        """Commit past the flush's records: only after ``_write`` returned."""
+        try:
+            self.subscriber.commit(flush.records)
+        except TransportError as exc:
+            # Stored already; a later commit covers these offsets, or they are
+            # redelivered and skipped as duplicates.
+            flush.stats.commit_failures = 1
+            log.warning("offset commit failed (%s); %s", exc, exc.hint)
+
+    def _account(self, stats: IngestStats) -> None:
         self.totals.add(stats)
         if self.progress is not None:
             self.progress(self.totals.copy())
-        return stats
 
-    def _store(self, messages: Sequence[wire.Message], origins: Sequence[Record]) -> tuple[int, list[DeadLetter]]:
+    def _store_one_by_one(self, store: Store, records: Sequence[Record]) -> tuple[int, int, list[DeadLetter]]:
+        messages: list[wire.Message] = []
+        origins: list[Record] = []
+        dead: list[DeadLetter] = []
+        now = self.wall_clock_ns()
+        for record in records:
+            decoded = decode_record(record)
+            if isinstance(decoded, DeadLetter):
+                dead.append(decoded)
+                continue
+            reason = self.clock_check.reason(decoded.interval_start_ns, decoded.interval_end_ns, now)
+            if reason is not None:
+                dead.append(_dead(record, reason))
+                continue
+            messages.append(decoded)
+            origins.append(record)
+        stored, unstorable = self._store(store, messages, origins)
+        dead.extend(unstorable)
+        return stored, len(messages) - len(unstorable) - stored, dead
+
+    def _store(self, store: Store, messages: Sequence[wire.Message], origins: Sequence[Record]) -> tuple[int, list[DeadLetter]]:
         """Write messages in one transaction; returns (new count, unstorable as dead letters).
 
         ``StoreError`` (the database refused or failed) propagates: it is not
@@ -157,7 +261,7 @@ class Ingestor:
         """
         sources = [r.source for r in origins]
         try:
-            return self.store.write_messages(messages, sources=sources), []
+            return store.write_messages(messages, sources=sources), []
         except StoreError:
             raise
         except Exception as exc:  # noqa: BLE001  # a conversion failure: isolate the offending messages
@@ -165,7 +269,7 @@ class Ingestor:
         stored, dead = 0, []
         for message, record in zip(messages, origins):
             try:
-                stored += self.store.write_messages([message], sources=[record.source])
+                stored += store.write_messages([message], sources=[record.source])
             except StoreError:
                 raise
             except Exception as exc:  # noqa: BLE001  # this message cannot be stored: dead letter, with why
@@ -193,26 +297,59 @@ class Ingestor:
         run = IngestStats()
         last_record = self.clock()
         backoff = 0.0
-        while not stop.is_set():
-            if max_messages is not None and run.records >= max_messages:
-                break
-            wait = poll_s
-            if max_idle_s is not None:
-                idle_left = max_idle_s - (self.clock() - last_record)
-                if idle_left <= 0:
+        pool = ThreadPoolExecutor(1, thread_name_prefix="ingest-store") if self.pipeline else None
+        pending: tuple[Future[None], _Flush] | None = None
+
+        def complete() -> None:  # wait for the flush in flight, then commit it
+            nonlocal pending
+            if pending is None:
+                return
+            future, flush = pending
+            pending = None
+            future.result()  # StoreError propagates: nothing of this flush is committed
+            self._finish(flush)
+            self._account(flush.stats)
+            run.add(flush.stats)
+
+        try:
+            while not stop.is_set():
+                in_flight = len(pending[1].records) if pending is not None else 0
+                if max_messages is not None and run.records + in_flight >= max_messages:
                     break
-                wait = min(wait, idle_left)
-            try:
-                step = self.step(wait)
-            except TransportError as exc:
-                backoff = min(retry_max_s, max(0.5, backoff * 2))
-                log.warning("transport failed: %s (%s); retrying in %.1f s", exc, exc.hint, backoff)
-                stop.wait(backoff)
-                continue
-            backoff = 0.0
-            run.add(step)
-            if step.records:
+                wait = poll_s
+                if max_idle_s is not None:
+                    idle_left = max_idle_s - (self.clock() - last_record)
+                    if idle_left <= 0:
+                        break
+                    wait = min(wait, idle_left)
+                try:
+                    records = self._poll(wait)
+                except TransportError as exc:
+                    backoff = min(retry_max_s, max(0.5, backoff * 2))
+                    log.warning("transport failed: %s (%s); retrying in %.1f s", exc, exc.hint, backoff)
+                    complete()
+                    stop.wait(backoff)
+                    continue
+                backoff = 0.0
+                flush = self._prepare(records) if records else None  # overlaps the flush in flight
+                complete()
+                if flush is None:
+                    self._account(IngestStats())
+                    continue
                 last_record = self.clock()
+                if pool is not None:
+                    pending = (pool.submit(self._write, flush), flush)
+                else:
+                    self._write(flush)
+                    self._finish(flush)
+                    self._account(flush.stats)
+                    run.add(flush.stats)
+            complete()
+        finally:
+            if pending is not None:  # leaving on an error: let the write end, commit nothing more
+                pending[0].exception()
+            if pool is not None:
+                pool.shutdown(wait=True)
         return run
 
 
@@ -226,7 +363,12 @@ def run_ingest(
     db_path: str | Path,
     *,
     client_settings: Mapping[str, Any] | None = None,
-    batch_max: int = 500,
+    batch_max: int = 5000,
+    linger_s: float = 1.0,
+    hold_db: bool = False,
+    lock_wait_s: float = 30.0,
+    clock_check: ClockCheck | None = None,
+    segments: str | Path | None = None,
     log_every_s: float = 10.0,
     max_idle_s: float | None = None,
     max_messages: int | None = None,
@@ -246,7 +388,16 @@ def run_ingest(
         bootstrap: Kafka bootstrap servers, ``host:port[,host:port...]``.
         client_settings: passed to the Kafka client unchanged (TLS/SASL:
             ``security_protocol``, ``sasl_mechanism``, ``ssl_cafile``, ...).
-        batch_max: records per poll and per DuckDB transaction.
+        batch_max / linger_s: a flush (one DuckDB transaction, then one
+            offset commit) takes up to ``batch_max`` records, polling up to
+            ``linger_s`` seconds after the first to fill it.
+        hold_db / lock_wait_s: see :mod:`gpuledger.ingest.opener`: by default
+            the file is opened per flush and released between flushes, so the
+            API and jobs can open it; a flush waits up to ``lock_wait_s``
+            seconds for a reader to let go.
+        clock_check: quarantine bounds (:class:`ClockCheck`); None checks nothing.
+        segments: write Parquet segments under this directory instead of the
+            DuckDB file (:mod:`gpuledger.ingest.segments`, the scale path).
         log_every_s: seconds between progress log lines (INFO, logger
             ``gpuledger.ingest.consumer``).
         max_idle_s / max_messages: stop conditions for batch jobs and tests;
@@ -263,22 +414,26 @@ def run_ingest(
         StoreError: the database cannot be opened or written.
     """
     stop = stop or threading.Event()
-    store = Store(db_path)
+    opener: FileOpener | SegmentWriter = (
+        SegmentWriter(segments, worker=f"{socket.gethostname()}-{os.getpid()}") if segments is not None
+        else FileOpener(db_path, hold=hold_db, lock_wait_s=lock_wait_s)
+    )
     try:
         subscriber = KafkaSubscriber(
             bootstrap,
             topic,
             group_id,
-            client_settings=client_settings,
+            client_settings={**_FETCH, **(client_settings or {})},
             max_poll_interval_ms=max_poll_interval_ms,
             session_timeout_ms=session_timeout_ms,
             max_poll_records=batch_max,
         )
     except BaseException:
-        store.close()
+        opener.close()
         raise
     reporter = _ProgressLog(log_every_s)
-    ingestor = Ingestor(store, subscriber, batch_max=batch_max, progress=reporter)
+    ingestor = Ingestor(opener, subscriber, batch_max=batch_max, progress=reporter, linger_s=linger_s,
+                        clock_check=clock_check, pipeline=True)
     log.info("ingesting %s (group %s) from %s into %s", topic, group_id, bootstrap, db_path)
     try:
         with _stop_on_signals(stop, enabled=handle_signals):
@@ -287,9 +442,14 @@ def run_ingest(
         try:
             subscriber.close()
         finally:
-            store.close()
+            opener.close()
     log.info("ingest stopped: %s", ingestor.totals.summary())
     return stats
+
+
+#: Consumer fetch sizes for large flushes (kafka-python's defaults: 50 MiB per
+#: fetch, 1 MiB per partition, which caps a poll at ~100 node messages per partition).
+_FETCH = {"fetch_max_bytes": 64 * 2**20, "max_partition_fetch_bytes": 16 * 2**20}
 
 
 class _ProgressLog:

@@ -11,6 +11,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from factories import make_message, make_stream
@@ -162,7 +163,13 @@ def test_nothing_is_committed_when_the_store_fails(tmp_path: Path, transport: Me
 
 
 class UnstorableStore(Store):
-    """A store that cannot convert messages from agent 'poison' (as a conversion bug would)."""
+    """A store that cannot convert messages from agent 'poison' (as a conversion bug would),
+    on the bulk path and the one-by-one path alike."""
+
+    def write_arrow(self, tables: Any) -> int:
+        if "poison" in tables["messages"]["agent_id"].to_pylist():
+            raise ValueError("cannot convert this batch")
+        return super().write_arrow(tables)
 
     def write_messages(self, messages: Sequence[wire.Message], sources: Sequence[str | None] | None = None) -> int:
         if any(m.agent_id == "poison" for m in messages):
@@ -226,3 +233,21 @@ def test_stats_add_up() -> None:
 def test_batch_max_must_be_positive() -> None:
     with pytest.raises(ValueError):
         Ingestor(Store(), MemoryTransport(), batch_max=0)
+
+
+def test_pipelined_run_stores_everything_once_and_commits_only_stored_flushes(tmp_path: Path,
+                                                                               transport: MemoryTransport) -> None:
+    publish(transport, make_stream(60))
+    transport.publish(b"k", b"junk")
+    store = Store()
+    stats = Ingestor(store, transport, batch_max=7, pipeline=True).run(max_idle_s=0.3)
+    assert (stats.records, stats.stored, stats.dead_letters) == (61, 60, 1)
+    assert table_counts(store)["messages"] == 60 and transport.lag() == 0
+
+    db = tmp_path / "g.duckdb"
+    broken = Store(db)
+    publish(transport, make_stream(80)[60:])
+    broken.close()  # the database goes away under the pipelined writer
+    with pytest.raises(StoreError):
+        Ingestor(broken, transport, batch_max=7, pipeline=True).run(max_idle_s=0.3)
+    assert transport.lag() == 20  # nothing the store did not take was committed

@@ -1,0 +1,136 @@
+"""The whole-poll decoder is the strict decoder, only faster.
+
+Specification: for any mix of valid and damaged records, ``decode_batch``
+refuses exactly the records ``wire.decode`` refuses, with the same reasons,
+and what it accepts is stored row for row as the per-message path stores it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+from factories import make_message, make_stream
+from gpuledger.ingest.batch import HeaderCache, decode_batch
+from gpuledger.ingest.clock import ClockCheck
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_wire import COLUMNS, HEADER_KEYS, REFERENCES, column_values, join, json_values, split, text_with_surrogates
+
+from gpuledger import wire
+from gpuledger.errors import WireError
+from gpuledger.store import Store
+
+TABLES = ("messages", "devices", "processes", "allocations", "field_errors", "pods")
+
+
+def contents(store: Store) -> dict[str, pl.DataFrame]:
+    return {t: store.query(f"SELECT * EXCLUDE (ingested_at) FROM {t} ORDER BY ALL" if t == "messages"
+                           else f"SELECT * FROM {t} ORDER BY ALL") for t in TABLES}
+
+
+def damaged(data: st.DataObject, msg: wire.Message) -> bytes:
+    """``msg`` encoded, with up to three table cells and one header field changed, or cut short."""
+    for _ in range(data.draw(st.integers(0, 3))):
+        table, column = data.draw(st.sampled_from(REFERENCES) | st.sampled_from(COLUMNS))
+        arr = getattr(msg, table)
+        arr[column][data.draw(st.integers(0, len(arr) - 1))] = data.draw(column_values(arr.dtype[column]))
+    header, counts, tables = split(wire.encode(msg))
+    if data.draw(st.booleans()):
+        key = data.draw(st.sampled_from(["strings", "pods"]) | st.sampled_from(HEADER_KEYS))
+        if key == "strings":
+            header["strings"][data.draw(st.integers(0, len(header["strings"]) - 1))] = data.draw(text_with_surrogates)
+        elif key == "pods":
+            header["pods"][0][data.draw(st.sampled_from(["uid", "namespace", "name", "labels"]))] = data.draw(
+                text_with_surrogates | st.dictionaries(text_with_surrogates, text_with_surrogates, max_size=2)
+                | json_values)
+        else:
+            header[key] = data.draw(json_values | text_with_surrogates)
+    buf = join(header, counts, tables)
+    return buf[: data.draw(st.integers(0, len(buf)))] if data.draw(st.integers(0, 9)) == 0 else buf
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_batch_decode_refuses_and_stores_exactly_what_the_strict_decoder_does(data: st.DataObject) -> None:
+    values: list[bytes | None] = []
+    for i in range(data.draw(st.integers(1, 8))):
+        msg = make_message(agent_id=f"a{i % 2}", seq=i, node=f"n{i % 2}")
+        kind = data.draw(st.sampled_from(["valid", "damaged", "random", "tombstone"]))
+        if kind == "valid":
+            values.append(wire.encode(msg))
+        elif kind == "damaged":
+            values.append(damaged(data, msg))
+        elif kind == "random":
+            values.append(data.draw(st.binary(max_size=64)))
+        else:
+            values.append(None)
+    sources = [f"t/0/{i}" for i in range(len(values))]
+
+    strict: dict[int, str] = {}
+    decoded = []
+    for i, v in enumerate(values):
+        if v is None:
+            strict[i] = "record has no value (a tombstone)"
+            continue
+        try:
+            decoded.append((wire.decode(v), sources[i]))
+        except WireError as exc:
+            strict[i] = str(exc)
+    batch = decode_batch(values, sources)
+    assert batch.failed == strict
+
+    fast, slow = Store(), Store()
+    assert fast.write_arrow(batch.tables) == batch.n_messages
+    slow.write_messages([m for m, _ in decoded], [s for _, s in decoded])
+    got, want = contents(fast), contents(slow)
+    for t in TABLES:
+        assert got[t].equals(want[t]), t
+
+
+def test_header_cache_still_validates_a_changed_pod_list() -> None:
+    cache = HeaderCache()
+    good = make_message(seq=1)
+    bad = make_message(seq=2)
+    bad.pods = [{**bad.pods[0], "labels": {"team": 7}}, *bad.pods[1:]]
+    header, counts, tables = split(wire.encode(bad))
+    batch = decode_batch([wire.encode(good), join(header, counts, tables)], seen=cache)
+    assert batch.index == [0] and "pods" in batch.failed[1]
+    again = decode_batch([wire.encode(make_message(seq=3))], seen=cache)  # the cached (good) list still passes
+    assert again.index == [0]
+
+
+def test_repeats_inside_a_batch_and_across_batches_are_stored_once() -> None:
+    store = Store()
+    values = [wire.encode(m) for m in make_stream(10)]
+    assert store.write_arrow(decode_batch(values + values[:4]).tables) == 10
+    assert store.write_arrow(decode_batch(values[5:]).tables) == 0
+    assert store.count("messages") == 10 and store.count("devices") == 20
+
+
+def test_clock_check_quarantines_the_future_and_the_ancient_with_reasons() -> None:
+    now = 1_790_812_800 * 10**9
+    tick = 10 * 10**9
+    values = [
+        wire.encode(make_message(seq=1, start_ns=now - 3600 * 10**9)),  # an hour late: a spool replay, kept
+        wire.encode(make_message(seq=2, start_ns=now + 3600 * 10**9)),  # an hour ahead: quarantined
+        wire.encode(make_message(seq=3, start_ns=now - 30 * 86400 * 10**9)),  # a month old: quarantined
+        wire.encode(make_message(seq=4, start_ns=now + 60 * 10**9 - tick)),  # within the skew bound: kept
+    ]
+    kept, out = ClockCheck(max_future_s=300, max_age_s=7 * 86400).apply(decode_batch(values), now)
+    assert kept.index == [0, 3]
+    assert [i for i, _ in out] == [1, 2]
+    assert "3610 s in the future" in out[0][1] and out[0][1].startswith("quarantined:")
+    assert "30.00 days ago" in out[1][1] and "ingest_max_age_s" in out[1][1]
+    assert kept.tables["devices"].num_rows == 4
+
+
+def test_unknown_header_keys_and_nulls_survive_the_batch_path() -> None:
+    msg = make_message(seq=9, driver_version=None)
+    msg.extra = {"future_field": [1, 2]}
+    batch = decode_batch([wire.encode(msg)])
+    assert batch.index == [0] and batch.tables["messages"]["driver_version"].to_pylist() == [None]
+    assert batch.tables["devices"]["mem_temp_c"].null_count == 2  # NaN -> NULL: missing, not zero
+    assert batch.tables["devices"]["profile"].null_count == 2
+
+
