@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from gpuledger.analytics.ledger import LEDGER_COLUMNS, attribute
-from gpuledger.analytics.tenancy import TenancyRules
+from gpuledger.analytics.tenancy import SLURM_PREFIX, TenancyRules
 from gpuledger.store import Store
 
 _PENDING = """
@@ -47,7 +47,9 @@ def run_attribution(
             tx.execute("DELETE FROM attributed")
     pending = store.query(_PENDING)
     result = JobResult()
-    tenants = rules.tenant_table(store.query("SELECT pod_uid, namespace, labels FROM pods")).lazy()
+    jobs = store.query("SELECT DISTINCT slurm_job FROM processes WHERE slurm_job IS NOT NULL ORDER BY 1")
+    tenants = rules.tenant_table(store.query("SELECT pod_uid, namespace, labels, name FROM pods"),
+                                 jobs["slurm_job"].to_list()).lazy()
     total = pending.height
     for start in range(0, total, chunk_messages):
         keys = pending.slice(start, chunk_messages)
@@ -67,8 +69,14 @@ def _attribute_chunk(store: Store, keys: pl.DataFrame, tenants: pl.LazyFrame) ->
     try:
         frames = {
             table: store.query(f"SELECT t.* FROM {table} t SEMI JOIN _chunk k USING (agent_id, boot_id, seq)").lazy()
-            for table in ("devices", "processes", "allocations")
+            for table in ("devices", "allocations")
         }
+        # A Slurm process (no pod) is owned by its job: key it like a pod, "slurm:<job id>".
+        frames["processes"] = store.query(
+            f"SELECT t.* REPLACE (coalesce(t.pod_uid, '{SLURM_PREFIX}' || t.slurm_job) AS pod_uid) "
+            "FROM processes t SEMI JOIN _chunk k USING (agent_id, boot_id, seq) "
+            "ORDER BY agent_id, boot_id, seq, gpu_index, mig_index, pid"
+        ).lazy()
     finally:
         store.con.unregister("_chunk")
     return attribute(frames["devices"], frames["processes"], frames["allocations"], tenants).select(

@@ -23,8 +23,10 @@ UNATTRIBUTED_TENANT = "unattributed"
 
 #: How a ledger row was attributed (ledger.rule).
 RULE_PROCESS_SAMPLES = "process_samples"  # direct per-process evidence
+RULE_UNSAMPLED_REMAINDER = "unsampled_remainder"  # busy the samples leave unexplained -> listed, unsampled
 RULE_EQUAL_PROCESSES = "equal_split_processes"  # no usable samples: split among processes present
 RULE_ALLOCATION_SHARE = "allocation_share"  # no processes: split among allocation holders
+RULE_SERVER_ONLY = "allocation_share_server_only"  # only pod-less processes (MPS server): holders by share
 RULE_NO_HOLDER = "no_holder"  # busy with neither process nor holder
 RULE_IDLE_SHARE = "idle_allocation_share"
 RULE_UNALLOCATED = "unallocated_remainder"

@@ -44,10 +44,12 @@ def message(gpus: list[dict], seq: int = 0, dt_s: float = 10.0) -> wire.Message:
         for ns, share, replica in spec.get("holders", []):
             alloc_rows.append(dict(gpu_index=g, mig_index=-1, replica=replica, pod=pod(ns, None),
                                    container=table("c"), resource=table("nvidia.com/gpu"), share=share))
-        for ns, evidence in spec.get("procs", []):
-            proc_rows.append(dict(gpu_index=g, mig_index=-1, pid=1000 + len(proc_rows), pod=pod(ns, None),
-                                  container=table("c"), slurm_job=wire.NULL_STR, samples=10,
-                                  sm_util_sum=evidence, used_memory_bytes=2e9))
+        for ns, evidence, *more in spec.get("procs", []):  # (namespace or None, evidence[, samples[, slurm job]])
+            proc_rows.append(dict(gpu_index=g, mig_index=-1, pid=1000 + len(proc_rows),
+                                  pod=wire.NULL_POD if ns is None else pod(ns, None), container=table("c"),
+                                  slurm_job=table(more[1]) if len(more) > 1 else wire.NULL_STR,
+                                  samples=more[0] if more else 10, sm_util_sum=evidence, used_memory_bytes=2e9))
+        dev_rows[-1 - len(spec.get("migs", []))]["util_samples"] = spec.get("util_samples", 10)
 
     def build(name: str, rows: list[dict]) -> np.ndarray:
         arr = wire.empty(name, len(rows))
@@ -160,3 +162,32 @@ def test_conservation_used_plus_idle_plus_unallocated_is_capacity(gpus: list[dic
     assert err.height == len(gpus)
     assert err["error"].abs().max() <= 1e-9 * dt_s
     assert (ledger["gpu_seconds"] >= -1e-12).all()
+
+
+def test_busy_the_samples_leave_unexplained_goes_to_the_listed_unsampled_process() -> None:
+    # 10 device samples at 60 % over 10 s = 6 s busy; b's 10 samples say 0.2 each = 2 s; c is
+    # listed but has no sample: the unexplained 4 s are c's (rule unsampled_remainder).
+    ledger, _ = ledger_of(message([{"util": 0.6, "holders": [("b", 0.5, 0), ("c", 0.5, 1)],
+                                    "procs": [("b", 2.0, 10), ("c", 0.0, 0)]}]))
+    assert by(ledger, kind=K.BUSY, tenant="b", rule=K.RULE_PROCESS_SAMPLES) == pytest.approx(2.0)
+    assert by(ledger, kind=K.BUSY, tenant="c", rule=K.RULE_UNSAMPLED_REMAINDER) == pytest.approx(4.0)
+
+
+def test_samples_explaining_all_busy_leave_nothing_to_the_unsampled() -> None:
+    ledger, _ = ledger_of(message([{"util": 0.2, "holders": [("b", 0.5, 0), ("c", 0.5, 1)],
+                                    "procs": [("b", 2.5, 10), ("c", 0.0, 0)]}]))
+    assert by(ledger, kind=K.BUSY, tenant="b") == pytest.approx(2.0)  # over-reporting is normalised
+    assert by(ledger, kind=K.BUSY, tenant="c") == 0.0
+
+
+def test_only_an_mps_server_visible_falls_back_to_the_holders() -> None:
+    # the MPS control daemon's server process has no pod; clients are not listed
+    ledger, _ = ledger_of(message([{"util": 0.5, "holders": [("a", 0.5, 0), ("b", 0.5, 1)],
+                                    "procs": [(None, 0.0, 0)]}]))
+    assert by(ledger, kind=K.BUSY, tenant="a", rule=K.RULE_SERVER_ONLY) == pytest.approx(2.5)
+    assert by(ledger, kind=K.BUSY, tenant=K.UNATTRIBUTED_TENANT) == 0.0
+
+
+def test_pod_less_processes_on_a_gpu_nobody_holds_stay_visible_as_unattributed() -> None:
+    ledger, _ = ledger_of(message([{"util": 0.5, "procs": [(None, 3.0, 10)]}]))
+    assert by(ledger, kind=K.BUSY, tenant=K.UNATTRIBUTED_TENANT) == pytest.approx(5.0)

@@ -1,0 +1,82 @@
+"""Idle policy: who pays for idle capacity. Applied to ledger rows at reporting time.
+
+The ledger itself is policy-free: it books every GPU-second once, as ``busy``
+(the process's tenant), ``allocated_idle`` (the holder), ``unmeasured`` (the
+holder) or ``unallocated`` (``platform``). A policy only moves idle lines
+between tenants inside a *scope* (default: GPU model -- so a moved
+GPU-second keeps its price), never changes their sum:
+
+``holder`` (default)
+    allocated idle stays with the holder; unallocated stays on ``platform``.
+``share_unallocated``
+    like OpenCost's ``shareIdle``: each scope's unallocated GPU-seconds (and
+    joules) are spread over the tenants in proportion to what they were
+    charged in that scope (busy + allocated idle + unmeasured). Rule
+    ``shared_unallocated``. A scope where no tenant was charged keeps its
+    unallocated time on ``platform``.
+``platform``
+    tenants pay only for what ran (busy, and unmeasured held time, whose busy
+    share is unknown); allocated idle moves to ``platform`` (rule
+    ``idle_kept_on_platform``).
+
+Worked example (one H100 hour, scope = model): vision busy 0.60 h, nlp busy
+0.20 h, vision and nlp allocated idle 0.05 h each, unallocated 0.10 h.
+``share_unallocated`` gives vision 0.10 x 0.65/0.90 = 0.0722 h and nlp
+0.10 x 0.25/0.90 = 0.0278 h more; ``platform`` moves the 2 x 0.05 h to
+platform (0.20 h in all). Each column still sums to 1.00 h.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import polars as pl
+
+from gpuledger.analytics import kinds as K
+
+Policy = Literal["holder", "share_unallocated", "platform"]
+POLICIES: tuple[Policy, ...] = ("holder", "share_unallocated", "platform")
+RULE_SHARED_UNALLOCATED = "shared_unallocated"
+RULE_IDLE_ON_PLATFORM = "idle_kept_on_platform"
+LINE_KEYS = ["tenant", "kind", "rule"]
+
+
+def apply_idle_policy(ledger: pl.LazyFrame, policy: Policy = "holder",
+                      scope: tuple[str, ...] = ("model",)) -> pl.LazyFrame:
+    """Ledger rows -> lines (``*scope, tenant, kind, rule, gpu_seconds, energy_j``) under ``policy``.
+
+    ``Σ gpu_seconds`` per scope is unchanged (up to float rounding); energy likewise
+    where known (null energy stays null: it is not spread as zero).
+    """
+    if policy not in POLICIES:
+        raise ValueError(f"unknown idle policy {policy!r}; choose one of {', '.join(POLICIES)}")
+    keys = [*scope, *LINE_KEYS]
+    lines = ledger.group_by(keys).agg(
+        gpu_seconds=pl.col("gpu_seconds").sum(),
+        energy_j=pl.when(pl.col("energy_j").is_not_null().any()).then(pl.col("energy_j").sum()),
+    )
+    if policy == "holder":
+        return lines
+    if policy == "platform":
+        moved = pl.col("kind") == K.ALLOCATED_IDLE
+        return lines.with_columns(
+            tenant=pl.when(moved).then(pl.lit(K.PLATFORM_TENANT)).otherwise(pl.col("tenant")),
+            rule=pl.when(moved).then(pl.lit(RULE_IDLE_ON_PLATFORM)).otherwise(pl.col("rule")),
+        ).group_by(keys).agg(
+            gpu_seconds=pl.col("gpu_seconds").sum(),
+            energy_j=pl.when(pl.col("energy_j").is_not_null().any()).then(pl.col("energy_j").sum()),
+        )
+    scope_l = list(scope)
+    is_unalloc = pl.col("kind") == K.UNALLOCATED
+    charged = lines.filter(~is_unalloc).group_by([*scope_l, "tenant"]).agg(w=pl.col("gpu_seconds").sum())
+    charged = charged.filter(pl.col("w") > 0).with_columns(w=pl.col("w") / pl.col("w").sum().over(scope_l))
+    pool = lines.filter(is_unalloc).group_by(scope_l).agg(
+        pool_s=pl.col("gpu_seconds").sum(),
+        pool_j=pl.when(pl.col("energy_j").is_not_null().any()).then(pl.col("energy_j").sum()),
+    )
+    spread = pool.join(charged, on=scope_l, how="inner").select(
+        *scope_l, "tenant", kind=pl.lit(K.UNALLOCATED), rule=pl.lit(RULE_SHARED_UNALLOCATED),
+        gpu_seconds=pl.col("pool_s") * pl.col("w"), energy_j=pl.col("pool_j") * pl.col("w"),
+    )
+    kept = lines.filter(is_unalloc).join(charged.select(scope_l).unique(), on=scope_l, how="anti")
+    return pl.concat([lines.filter(~is_unalloc), kept, spread], how="vertical_relaxed")
