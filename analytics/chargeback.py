@@ -37,17 +37,35 @@ from decimal import Decimal
 from fractions import Fraction
 
 import polars as pl
-
 from gpuledger.analytics import kinds
 from gpuledger.analytics.money import allocate, quantize_fraction
 from gpuledger.analytics.prices import Price, PriceBook
+
 from gpuledger.errors import GpuledgerError
 from gpuledger.store import Store
 
 __all__ = [
-    "GROUPABLE", "LINE_KEYS", "Pool", "PoolMap", "Totals", "ReconciliationError", "LedgerDataError",
-    "month_bounds", "period_of", "to_ns", "in_period", "attach_prices", "pools", "costed_lines",
-    "chargeback_lines", "showback", "monthly_totals", "read_ledger", "chargeback_csv",
+    "CHARGE_PERIODS",
+    "DAY_NS",
+    "GROUPABLE",
+    "LINE_KEYS",
+    "LedgerDataError",
+    "Pool",
+    "PoolMap",
+    "ReconciliationError",
+    "Totals",
+    "attach_prices",
+    "chargeback_csv",
+    "chargeback_lines",
+    "costed_lines",
+    "in_period",
+    "month_bounds",
+    "monthly_totals",
+    "period_of",
+    "pools",
+    "read_ledger",
+    "showback",
+    "to_ns",
 ]
 
 #: Ledger columns a showback may group by.
@@ -57,6 +75,9 @@ LINE_KEYS = ("tenant", "model", "profile", "line_kind")
 #: Units of one physical GPU interval when MIG slices fall into different pools.
 SLICE_UNITS = 840  # lcm(1..8): 1/7 and 1/8 slices are whole units
 NS_PER_HOUR = 3_600 * 10**9
+DAY_NS = 24 * NS_PER_HOUR
+#: Charge period granularities of the file: one row per line per month, or per UTC day.
+CHARGE_PERIODS = ("month", "day")
 J_PER_KWH = 3_600_000
 _GPU_INTERVAL = ["agent_id", "boot_id", "seq", "gpu_index"]
 #: Ledger columns pricing reads (not pod names or memory).
@@ -210,7 +231,8 @@ def costed_lines(ledger: pl.LazyFrame, book: PriceBook, by: Sequence[str]) -> tu
     priced, prices = attach_prices(_with_line_kind(ledger), book)
     pool_map = pools(priced, prices, book.quantum)
     keys = list(dict.fromkeys([*by, "model", "entry_id"]))
-    lines = priced.group_by(keys).agg(**_METRICS).sort(keys, nulls_last=True).collect()
+    lines = (priced.group_by(keys).agg(**_METRICS, sharing_modes=pl.col("sharing").unique().sort().str.join(","))
+             .sort(keys, nulls_last=True).collect())
     bad = lines.filter(pl.col("gpu_seconds").is_nan() | (pl.col("gpu_seconds") < 0))
     if bad.height:
         raise LedgerDataError(f"{bad.height} charge line(s) have NaN or negative GPU-seconds, "
@@ -235,11 +257,20 @@ def costed_lines(ledger: pl.LazyFrame, book: PriceBook, by: Sequence[str]) -> tu
                               energy_cost=pl.Series(e_cost, dtype=money)), pool_map
 
 
-def chargeback_lines(ledger: pl.LazyFrame, book: PriceBook) -> tuple[pl.DataFrame, PoolMap]:
-    """One line per tenant × model × MIG profile × kind of line × price entry.
+def chargeback_lines(ledger: pl.LazyFrame, book: PriceBook, charge_period: str = "month",
+                     ) -> tuple[pl.DataFrame, PoolMap]:
+    """One line per tenant × model × MIG profile × kind of line × price entry (× UTC day).
 
     ``line_kind`` is ``unallocated`` for the platform's idle capacity, else ``usage``.
+    With ``charge_period="day"`` lines are also split by ``charge_day_ns`` (the
+    UTC midnight, ns, of the day each interval starts); pools stay monthly, so
+    the month's total is the same at either granularity.
     """
+    if charge_period not in CHARGE_PERIODS:
+        raise ValueError(f"charge period must be one of {CHARGE_PERIODS}, got {charge_period!r}")
+    if charge_period == "day":
+        ledger = ledger.with_columns(charge_day_ns=pl.col("interval_start_ns") - pl.col("interval_start_ns") % DAY_NS)
+        return costed_lines(ledger, book, [*LINE_KEYS, "charge_day_ns"])
     return costed_lines(ledger, book, LINE_KEYS)
 
 
@@ -302,9 +333,11 @@ def read_ledger(store: Store, start: datetime, end: datetime) -> pl.LazyFrame:
 
 
 def chargeback_csv(store: Store, month: str, book: PriceBook) -> str:
-    """The FOCUS chargeback file of ``month`` (YYYY-MM) as text, checked to reconcile."""
-    from gpuledger.analytics.focus import focus_csv  # focus imports this module
+    """The FOCUS chargeback file of ``month`` (YYYY-MM) as text, checked to reconcile.
 
-    start, end = month_bounds(month)
-    text, _ = focus_csv(read_ledger(store, start, end), book, month)
-    return text
+    A closed month is its stored file, byte for byte; an open month includes
+    the correction rows for closed months (see analytics/closing.py).
+    """
+    from gpuledger.analytics import closing  # closing imports this module
+
+    return closing.export(store, month, book).content.decode("utf-8")

@@ -1,39 +1,69 @@
-"""The monthly chargeback file: FOCUS 1.2 columns, one row per charge, CSV.
+"""The monthly chargeback file: FOCUS 1.2 columns, one row per charge, CSV or Parquet.
 
 Columns are declared once in :data:`COLUMNS` (name, type, how to compute it
 from a :class:`Charge`), so conformance work edits a table, not code paths.
 FOCUS names are used where one applies; gpuledger's own columns carry the
-``x_`` prefix FOCUS reserves for custom columns.
+``x_`` prefix FOCUS reserves for custom columns. docs/chargeback.md lists every
+column with its meaning, nullability and precision.
 
 Rows: for every chargeback line (tenant × model × MIG profile × price entry,
-see :func:`~gpuledger.analytics.chargeback.chargeback_lines`) one ``GPU-Hours``
-row, plus one ``kWh`` row when the price book charges measured energy.
-Dates are UTC ISO 8601 (``2025-03-01T00:00:00Z``), periods start inclusive
-and end exclusive. The file is UTF-8, RFC 4180 (CRLF), stable row order, no
-comment lines. Text cells that a spreadsheet would run as a formula (leading
-``= + - @``, tab or CR) get a leading apostrophe; numeric cells are written by
-this module from Decimals and are never formulas.
+× UTC day when the charge period is ``day``; see
+:func:`~gpuledger.analytics.chargeback.chargeback_lines`) one ``GPU-Hours``
+row, plus one ``kWh`` row when the price book charges measured energy, then
+any ``ChargeClass = Correction`` rows (built by
+:mod:`~gpuledger.analytics.closing`). Dates are UTC ISO 8601
+(``2025-03-01T00:00:00Z``), periods start inclusive and end exclusive.
+
+CSV: UTF-8, RFC 4180 (CRLF), stable row order, no comment lines. Text cells
+that a spreadsheet would run as a formula (leading ``= + - @``, tab or CR) get
+a leading apostrophe; numeric cells are written by this module from Decimals
+and are never formulas. Parquet: the same columns with exact types
+(``decimal128``: money at the book's quantum, quantities at 6 places, unit
+prices at 10; timestamps UTC, whole seconds, stored in ms); text is not altered.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal, Protocol
 
 import polars as pl
-
+import pyarrow as pa
+import pyarrow.parquet as pq
 from gpuledger.analytics import chargeback as cb
 from gpuledger.analytics.prices import Price, PriceBook
 
-__all__ = ["Charge", "Column", "COLUMNS", "charges", "focus_csv", "write_csv", "sanitize_cell"]
+from gpuledger.errors import ConfigError
+
+__all__ = [
+    "COLUMNS",
+    "CORRECTION",
+    "HOURS",
+    "METRICS",
+    "Charge",
+    "Column",
+    "ExportContext",
+    "charges",
+    "csv_bytes",
+    "focus_csv",
+    "metrics_of",
+    "parquet_bytes",
+    "sanitize_cell",
+    "write_csv",
+]
 
 HOURS = Decimal("0.000001")  # GPU-hours and kWh are written to 6 decimals (3.6 ms, 3.6 J)
+PRICE_SCALE = 10  # decimals of unit prices in Parquet
+CORRECTION = "Correction"
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+#: Additive usage measures of a row (x_ columns), keyed by name; coverage is a ratio, not additive.
+METRICS = ("used_h", "idle_h", "unmeasured_h", "unallocated_h", "energy_kwh")
 
 
 class Writable(Protocol):
@@ -41,23 +71,58 @@ class Writable(Protocol):
 
 
 @dataclass(frozen=True)
+class ExportContext:
+    """Who bills whom, and at what granularity (settings: docs/configuration.md)."""
+
+    billing_account_id: str = "gpuledger"
+    billing_account_name: str = "gpuledger GPU fleet"
+    provider_name: str = "gpuledger"
+    region_id: str | None = None  # None: RegionId/RegionName are null (not known)
+    charge_period: Literal["month", "day"] = "month"
+
+    @classmethod
+    def from_settings(cls, settings: Any, charge_period: str | None = None) -> ExportContext:
+        """From :class:`~gpuledger.config.Settings` (ConfigError for an unknown charge period)."""
+        period = charge_period or settings.charge_period
+        if period not in cb.CHARGE_PERIODS:
+            raise ConfigError(f"charge period {period!r} is not one of {', '.join(cb.CHARGE_PERIODS)}",
+                              hint="set GPULEDGER_CHARGE_PERIOD or --charge-period to month or day")
+        return cls(settings.billing_account_id, settings.billing_account_name, settings.provider_name,
+                   settings.region_id, period)
+
+
+@dataclass(frozen=True)
 class Charge:
     """One row of the file, before formatting."""
 
-    line: dict[str, Any]  # a row of chargeback_lines (seconds, joules, keys)
+    tenant: str
+    model: str
+    profile: str | None
+    line_kind: str  # "usage" or "unallocated"
     price: Price
     unit: Literal["GPU-Hours", "kWh"]
     quantity: Decimal  # in ``unit``
     unit_price: Decimal  # money per ``unit``
     cost: Decimal
     period: tuple[datetime, datetime]  # billing period (the month)
-    charge_period: tuple[datetime, datetime]  # month ∩ the price entry's effective period
+    charge_period: tuple[datetime, datetime]  # month (or day) ∩ the price entry's effective period
+    metrics: Mapping[str, Decimal | None]  # METRICS (6 decimals) and "coverage"; GPU-Hours rows only
+    sharing: str | None = None  # sharing modes seen, comma-separated
+    charge_class: str | None = None  # None or "Correction"
+    corrects: str | None = None  # YYYY-MM of the closed month a correction row corrects
+    context: ExportContext = field(default_factory=ExportContext)
+
+    @property
+    def key(self) -> tuple[str, ...]:
+        """What a correction is matched on: charge period start, tenant, model, profile, kind, entry, unit."""
+        return (_iso(self.charge_period[0]), self.tenant, self.model, self.profile or "", self.line_kind,
+                self.price.entry_id, self.unit)
 
 
 @dataclass(frozen=True)
 class Column:
     name: str
-    kind: Literal["text", "decimal", "datetime"]
+    kind: Literal["text", "decimal", "money", "price", "datetime", "json"]
     value: Callable[[Charge], str | Decimal | datetime | None]
 
 
@@ -65,47 +130,86 @@ def _hours(seconds: float | None) -> Decimal | None:
     return None if seconds is None else (Decimal(seconds) / 3600).quantize(HOURS)
 
 
-def _gpu_only(get: Callable[[Charge], Any]) -> Callable[[Charge], Any]:
+def _kwh(joules: float | None) -> Decimal | None:
+    return None if joules is None else (Decimal(joules) / cb.J_PER_KWH).quantize(HOURS)
+
+
+def metrics_of(line: Mapping[str, Any]) -> dict[str, Decimal | None]:
+    """The x_ measures of one chargeback line, rounded as written (6 decimals)."""
+    busy = line["busy_seconds"]
+    return {
+        "used_h": _hours(busy), "idle_h": _hours(line["idle_seconds"]),
+        "unmeasured_h": _hours(line["unmeasured_seconds"]), "unallocated_h": _hours(line["unallocated_seconds"]),
+        "energy_kwh": _kwh(line["energy_j"]),
+        "coverage": None if not busy else (Decimal(line["direct_busy_seconds"]) / Decimal(busy)).quantize(HOURS),
+    }
+
+
+def _gpu_only(name: str) -> Callable[[Charge], Decimal | None]:
     """A capacity measure: shown on the GPU-Hours row only, so column sums do not double count."""
-    return lambda c: get(c) if c.unit == "GPU-Hours" else None
+    return lambda c: c.metrics.get(name) if c.unit == "GPU-Hours" else None
+
+
+def _where(c: Charge) -> str:
+    return c.model + (f" MIG {c.profile}" if c.profile else "")
 
 
 def _description(c: Charge) -> str:
-    line, p = c.line, c.price
-    where = line["model"] + (f" MIG {line['profile']}" if line["profile"] else "")
-    what = ("Unallocated GPU capacity (idle, held by no tenant)" if line["line_kind"] == "unallocated"
-            else f"GPU capacity used or held by tenant {line['tenant']}")
+    p = c.price
+    what = ("Unallocated GPU capacity (idle, held by no tenant)" if c.line_kind == "unallocated"
+            else f"GPU capacity used or held by tenant {c.tenant}")
     if c.unit == "kWh":
-        what = f"Measured GPU energy of tenant {line['tenant']}"
+        what = f"Measured GPU energy of tenant {c.tenant}"
     rate = f"{c.unit_price} {p.currency}/{'kWh' if c.unit == 'kWh' else 'GPU-hour'}"
     entry = (f"default price entry '{p.entry_id}' (no price entry matches this model)"
              if p.is_default else f"price entry '{p.entry_id}'")
-    return f"{what} on {where} at {rate}, {entry}"
-
-
-def _coverage(c: Charge) -> Decimal | None:
-    busy = c.line["busy_seconds"]
-    return None if not busy else (Decimal(c.line["direct_busy_seconds"]) / Decimal(busy)).quantize(HOURS)
+    text = f"{what} on {_where(c)} at {rate}, {entry}"
+    if c.charge_class == CORRECTION:
+        text = (f"Correction to {c.corrects} (closed): usage or attribution changed after the close; "
+                f"difference to what was billed. {text}")
+    return text
 
 
 def _sku(c: Charge) -> str:
-    base = ("gpu-energy/" if c.unit == "kWh" else "gpu/") + c.line["model"]
-    return base + (f"/{c.line['profile']}" if c.line["profile"] else "")
+    base = ("gpu-energy/" if c.unit == "kWh" else "gpu/") + c.model
+    return base + (f"/{c.profile}" if c.profile else "")
 
 
-#: The file's columns, in order. ChargeClass is null: no corrections yet.
+def _resource_id(c: Charge) -> str:
+    """The fleet's pool of one GPU model (and MIG profile): rows aggregate GPUs of a model."""
+    return f"{c.context.billing_account_id}/gpu-pool/{c.model}" + (f"/{c.profile}" if c.profile else "")
+
+
+def _tags(c: Charge) -> str:
+    """Provider-defined tags (prefix ``gpuledger/``), JSON object, keys sorted."""
+    tags: dict[str, str] = {"gpuledger/tenant": c.tenant, "gpuledger/gpu-model": c.model,
+                            "gpuledger/charge-type": _charge_type(c)}
+    if c.profile:
+        tags["gpuledger/mig-profile"] = c.profile
+    if c.sharing:
+        tags["gpuledger/sharing"] = c.sharing
+    return json.dumps(tags, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def _charge_type(c: Charge) -> str:
+    return "unallocated" if c.line_kind == "unallocated" else ("energy" if c.unit == "kWh" else "usage")
+
+
+#: The file's columns, in order.
 COLUMNS: tuple[Column, ...] = (
-    Column("BilledCost", "decimal", lambda c: c.cost),
-    Column("EffectiveCost", "decimal", lambda c: c.cost),
-    Column("ListCost", "decimal", lambda c: c.cost),
-    Column("ContractedCost", "decimal", lambda c: c.cost),
+    Column("BilledCost", "money", lambda c: c.cost),
+    Column("EffectiveCost", "money", lambda c: c.cost),
+    Column("ListCost", "money", lambda c: c.cost),
+    Column("ContractedCost", "money", lambda c: c.cost),
     Column("BillingCurrency", "text", lambda c: c.price.currency),
+    Column("BillingAccountId", "text", lambda c: c.context.billing_account_id),
+    Column("BillingAccountName", "text", lambda c: c.context.billing_account_name),
     Column("BillingPeriodStart", "datetime", lambda c: c.period[0]),
     Column("BillingPeriodEnd", "datetime", lambda c: c.period[1]),
     Column("ChargePeriodStart", "datetime", lambda c: c.charge_period[0]),
     Column("ChargePeriodEnd", "datetime", lambda c: c.charge_period[1]),
     Column("ChargeCategory", "text", lambda c: "Usage"),
-    Column("ChargeClass", "text", lambda c: None),
+    Column("ChargeClass", "text", lambda c: c.charge_class),
     Column("ChargeFrequency", "text", lambda c: "Usage-Based"),
     Column("ChargeDescription", "text", _description),
     Column("PricingCategory", "text", lambda c: "Standard"),
@@ -113,63 +217,81 @@ COLUMNS: tuple[Column, ...] = (
     Column("PricingUnit", "text", lambda c: c.unit),
     Column("ConsumedQuantity", "decimal", lambda c: c.quantity),
     Column("ConsumedUnit", "text", lambda c: c.unit),
-    Column("ListUnitPrice", "decimal", lambda c: c.unit_price),
-    Column("ContractedUnitPrice", "decimal", lambda c: c.unit_price),
-    Column("ProviderName", "text", lambda c: "gpuledger"),
-    Column("PublisherName", "text", lambda c: "gpuledger"),
-    Column("InvoiceIssuerName", "text", lambda c: "gpuledger"),
+    Column("ListUnitPrice", "price", lambda c: c.unit_price),
+    Column("ContractedUnitPrice", "price", lambda c: c.unit_price),
+    Column("ProviderName", "text", lambda c: c.context.provider_name),
+    Column("PublisherName", "text", lambda c: c.context.provider_name),
+    Column("InvoiceIssuerName", "text", lambda c: c.context.provider_name),
     Column("ServiceName", "text", lambda c: "GPU compute"),
     Column("ServiceCategory", "text", lambda c: "AI and Machine Learning"),
-    Column("SubAccountId", "text", lambda c: c.line["tenant"]),
-    Column("SubAccountName", "text", lambda c: c.line["tenant"]),
-    Column("ResourceType", "text", lambda c: "MIG slice" if c.line["profile"] else "GPU"),
+    Column("SubAccountId", "text", lambda c: c.tenant),
+    Column("SubAccountName", "text", lambda c: c.tenant),
+    Column("RegionId", "text", lambda c: c.context.region_id),
+    Column("RegionName", "text", lambda c: c.context.region_id),
+    Column("ResourceId", "text", _resource_id),
+    Column("ResourceName", "text", lambda c: f"{_where(c)} pool"),
+    Column("ResourceType", "text", lambda c: "MIG slice" if c.profile else "GPU"),
     Column("SkuId", "text", _sku),
     Column("SkuPriceId", "text", lambda c: c.price.entry_id),
-    Column("x_UsedGpuHours", "decimal", _gpu_only(lambda c: _hours(c.line["busy_seconds"]))),
-    Column("x_AllocatedIdleGpuHours", "decimal", _gpu_only(lambda c: _hours(c.line["idle_seconds"]))),
-    Column("x_UnmeasuredGpuHours", "decimal", _gpu_only(lambda c: _hours(c.line["unmeasured_seconds"]))),
-    Column("x_UnallocatedGpuHours", "decimal", _gpu_only(lambda c: _hours(c.line["unallocated_seconds"]))),
-    Column("x_EnergyKwh", "decimal", _gpu_only(lambda c: None if c.line["energy_j"] is None
-                                               else (Decimal(c.line["energy_j"]) / cb.J_PER_KWH).quantize(HOURS))),
-    Column("x_GpuModel", "text", lambda c: c.line["model"]),
-    Column("x_MigProfile", "text", lambda c: c.line["profile"]),
-    Column("x_Coverage", "decimal", _gpu_only(_coverage)),
+    Column("Tags", "json", _tags),
+    Column("x_UsedGpuHours", "decimal", _gpu_only("used_h")),
+    Column("x_AllocatedIdleGpuHours", "decimal", _gpu_only("idle_h")),
+    Column("x_UnmeasuredGpuHours", "decimal", _gpu_only("unmeasured_h")),
+    Column("x_UnallocatedGpuHours", "decimal", _gpu_only("unallocated_h")),
+    Column("x_EnergyKwh", "decimal", _gpu_only("energy_kwh")),
+    Column("x_GpuModel", "text", lambda c: c.model),
+    Column("x_MigProfile", "text", lambda c: c.profile),
+    Column("x_SharingModes", "text", lambda c: c.sharing),
+    Column("x_Coverage", "decimal", _gpu_only("coverage")),
     Column("x_DefaultPrice", "text", lambda c: "true" if c.price.is_default else "false"),
-    Column("x_ChargeType", "text", lambda c: "unallocated" if c.line["line_kind"] == "unallocated"
-           else ("energy" if c.unit == "kWh" else "usage")),
+    Column("x_ChargeType", "text", _charge_type),
+    Column("x_CorrectedPeriod", "text", lambda c: c.corrects),
 )
 
 
-def charges(ledger: pl.LazyFrame, book: PriceBook, month: str) -> tuple[list[Charge], cb.Totals]:
-    """The month's charges in file order, and totals checked to reconcile."""
+def charges(ledger: pl.LazyFrame, book: PriceBook, month: str,
+            context: ExportContext | None = None) -> tuple[list[Charge], cb.Totals]:
+    """The month's regular charges in file order, and totals checked to reconcile."""
+    ctx = context or ExportContext()
     period = cb.month_bounds(month)
-    lines, pool_map = cb.chargeback_lines(cb.in_period(ledger, *period), book)
+    lines, pool_map = cb.chargeback_lines(cb.in_period(ledger, *period), book, ctx.charge_period)
     totals = cb.monthly_totals(lines, pool_map, book.currency)
     out: list[Charge] = []
     for line in lines.iter_rows(named=True):
         price = pool_map[(line["model"], line["entry_id"])].price
         start = max(period[0], _midnight(price.effective_from) or period[0])
         end = min(period[1], _midnight(price.effective_until) or period[1])
+        if ctx.charge_period == "day":
+            start = datetime.fromtimestamp(line["charge_day_ns"] // 10**9, UTC)
+            end = datetime.fromtimestamp((line["charge_day_ns"] + cb.DAY_NS) // 10**9, UTC)
         hours = _hours(line["gpu_seconds"])
         assert hours is not None
-        out.append(Charge(line, price, "GPU-Hours", hours, price.per_gpu_hour, line["capacity_cost"],
-                          period, (start, end)))
+        common = {"tenant": line["tenant"], "model": line["model"], "profile": line["profile"],
+                      "line_kind": line["line_kind"], "price": price, "period": period, "charge_period": (start, end),
+                      "sharing": line["sharing_modes"] or None, "context": ctx}
+        out.append(Charge(unit="GPU-Hours", quantity=hours, unit_price=price.per_gpu_hour,
+                          cost=line["capacity_cost"], metrics=metrics_of(line), **common))  # type: ignore[arg-type]
         if line["energy_cost"] is not None and price.energy_per_kwh is not None:
-            kwh = (Decimal(line["energy_j"]) / cb.J_PER_KWH).quantize(HOURS)
-            out.append(Charge(line, price, "kWh", kwh, price.energy_per_kwh, line["energy_cost"],
-                              period, (start, end)))
-    out.sort(key=_order)
+            kwh = _kwh(line["energy_j"])
+            assert kwh is not None
+            out.append(Charge(unit="kWh", quantity=kwh, unit_price=price.energy_per_kwh, cost=line["energy_cost"],
+                              metrics={}, **common))  # type: ignore[arg-type]
+    out.sort(key=order)
     return out, totals
 
 
-def _order(c: Charge) -> tuple[Any, ...]:
-    line = c.line
-    return (line["line_kind"] == "unallocated", line["tenant"], line["model"], line["profile"] or "",
-            c.charge_period[0], line["entry_id"], c.unit)
+def order(c: Charge) -> tuple[Any, ...]:
+    """File order: regular rows, then corrections by corrected month; then tenant, model, period."""
+    return (c.charge_class or "", c.corrects or "", c.line_kind == "unallocated", c.tenant, c.model,
+            c.profile or "", c.charge_period[0], c.price.entry_id, c.unit)
 
 
 def _midnight(day: Any) -> datetime | None:
     return None if day is None else datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def sanitize_cell(text: str) -> str:
@@ -183,8 +305,8 @@ def _format(column: Column, charge: Charge) -> str:
         return ""
     if column.kind == "datetime":
         assert isinstance(value, datetime)
-        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    if column.kind == "decimal":
+        return _iso(value)
+    if column.kind in ("decimal", "money", "price"):
         return format(Decimal(value), "f")
     return sanitize_cell(str(value))
 
@@ -200,9 +322,43 @@ def write_csv(rows: Iterable[Charge], out: Writable, columns: tuple[Column, ...]
     return n
 
 
-def focus_csv(ledger: pl.LazyFrame, book: PriceBook, month: str) -> tuple[str, cb.Totals]:
-    """The month's chargeback file as text (encode as UTF-8), and its checked totals."""
-    rows, totals = charges(ledger, book, month)
+def csv_bytes(rows: Iterable[Charge]) -> bytes:
+    """The CSV file as UTF-8 bytes (no byte-order mark)."""
+    buf = io.StringIO()
+    write_csv(rows, buf)
+    return buf.getvalue().encode("utf-8")
+
+
+def parquet_bytes(rows: list[Charge], quantum: Decimal, columns: tuple[Column, ...] = COLUMNS) -> bytes:
+    """The file as Parquet: decimals stay exact (decimal128), timestamps UTC, text unaltered.
+
+    Raises ValueError if a unit price has more than 10 decimal places.
+    """
+    money_scale = max(0, -int(quantum.as_tuple().exponent))  # type: ignore[operator]
+    types: dict[str, pa.DataType] = {
+        "money": pa.decimal128(38, money_scale), "decimal": pa.decimal128(38, 6),
+        "price": pa.decimal128(38, PRICE_SCALE), "datetime": pa.timestamp("s", tz="UTC"),
+        "text": pa.string(), "json": pa.string(),
+    }
+    arrays = []
+    for col in columns:
+        values = [col.value(c) for c in rows]
+        if col.kind == "price":
+            exact = [v for v in values if v is not None and Decimal(v) != Decimal(v).quantize(Decimal(10) ** -PRICE_SCALE)]
+            if exact:
+                raise ValueError(f"{col.name} {exact[0]} has more than {PRICE_SCALE} decimal places; "
+                                 "round the price book entry")
+        arrays.append(pa.array(values, types[col.kind]))
+    table = pa.table(arrays, names=[c.name for c in columns])
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+def focus_csv(ledger: pl.LazyFrame, book: PriceBook, month: str,
+              context: ExportContext | None = None) -> tuple[str, cb.Totals]:
+    """The month's chargeback file (regular rows only) as text (encode as UTF-8), and its checked totals."""
+    rows, totals = charges(ledger, book, month, context)
     buf = io.StringIO()
     write_csv(rows, buf)
     return buf.getvalue(), totals

@@ -12,14 +12,14 @@ from typing import Any
 
 import polars as pl
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from gpuledger.analytics import chargeback as cb
 from gpuledger.analytics import kinds as K
 from gpuledger.analytics.focus import COLUMNS, focus_csv, sanitize_cell
 from gpuledger.analytics.money import quantize_fraction
 from gpuledger.analytics.prices import default_price_book, parse_price_book
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from gpuledger.store import Store
 
 H100, A100 = "NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-40GB"
@@ -369,3 +369,61 @@ def test_mig_pools_are_exact_in_sevenths(intervals: list[tuple[int, list[tuple[s
     expected = sum((quantize_fraction(Fraction(units, 7 * cb.NS_PER_HOUR) * Fraction(prices[e]))
                     for e, units in sevenths.items()), Decimal(0))
     assert billed(text) == expected
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(random_ledgers(), st.sampled_from(["month", "day"]), st.booleans())
+def test_every_row_satisfies_the_focus_rules_and_sums_to_capacity_cost(
+        case: tuple[list[dict[str, Any]], dict[str, int]], period: str, energy: bool) -> None:
+    from gpuledger.analytics.focus import (
+        ExportContext,
+        charges,
+        csv_bytes,
+        parquet_bytes,
+    )
+    from gpuledger.analytics.focus_rules import check_rows
+
+    rows, capacity_ns = case
+    book = default_price_book() if not energy else parse_price_book(
+        'currency = "USD"\nenergy_per_kwh = "0.17"\n[[price]]\nmodel = "*"\nper_gpu_hour = "1.37"\n'
+        'effective_from = 2024-01-01\n[[price]]\nmodel = "*H100*"\nper_gpu_hour = "2.99"\neffective_from = 2024-01-01\n')
+    out, totals = charges(ledger(rows), book, "2025-03", ExportContext(charge_period=period, region_id="eu-1"))
+    text = csv_bytes(out).decode("utf-8")
+    parsed = parse(text)
+    assert check_rows(parsed, text.split("\r\n")[0].split(","), book.quantum) == []
+    expected = sum((quantize_fraction(Fraction(ns, cb.NS_PER_HOUR) * Fraction(book.price_for(m, None, date(2025, 3, 1))
+                                                                               .per_gpu_hour))
+                    for m, ns in capacity_ns.items()), Decimal(0))
+    assert billed(text) == totals.fleet_cost == expected + (totals.energy_cost or 0)
+    for r in parsed:  # the x_ hours split each GPU-Hours row's quantity (up to 6-place rounding of each)
+        if r["PricingUnit"] == "GPU-Hours":
+            parts = sum(Decimal(r[c]) for c in ("x_UsedGpuHours", "x_AllocatedIdleGpuHours", "x_UnmeasuredGpuHours",
+                                                "x_UnallocatedGpuHours"))
+            assert abs(parts - Decimal(r["PricingQuantity"])) <= Decimal("0.0000025")
+    import pyarrow.parquet as pq
+    table = pq.read_table(io.BytesIO(parquet_bytes(out, book.quantum)))
+    assert sum(table.column("BilledCost").to_pylist(), Decimal(0)) == billed(text)
+
+
+@pytest.mark.parametrize(("column", "value", "problem"), [
+    ("BilledCost", "", "BilledCost is null"),
+    ("BilledCost", "1e3", "not NumericFormat"),
+    ("ListCost", "+1.00", "not NumericFormat"),
+    ("ChargePeriodStart", "2025-03-01 00:00:00", "YYYY-MM-DDTHH:mm:ssZ"),
+    ("ChargeClass", "Refund", "neither null nor Correction"),
+    ("PricingQuantity", "", "PricingQuantity is null on a Usage row"),
+    ("ListUnitPrice", "9.99", "ListUnitPrice x PricingQuantity"),
+    ("SubAccountId", "", "SubAccountName is set but SubAccountId is null"),
+    ("Tags", '{"a": {"b": 1}}', "not a scalar"),
+    ("Tags", '{"a": 1, "a": 2}', "unique keys"),
+    ("x_GpuModel", "=1+1", "formula character"),
+    ("BillingCurrency", "usd", "ISO 4217"),
+    ("ChargePeriodEnd", "2025-04-02T00:00:00Z", "outside its billing period"),
+])
+def test_the_rule_checker_catches_each_violation(column: str, value: str, problem: str) -> None:
+    from gpuledger.analytics.focus_rules import check_rows
+
+    text, _ = focus_csv(ledger([row("ml", K.BUSY, 3600)]), default_price_book(), "2025-03")
+    (good,) = parse(text)
+    assert check_rows([good], list(good)) == []
+    assert any(problem in p for p in check_rows([{**good, column: value}], list(good))), problem

@@ -1,0 +1,134 @@
+"""The IO edges of exporting: ``gpuledger export ...`` and the scheduled close of ``serve --close-months``.
+
+``gpuledger export chargeback --month 2026-10 [--format csv|parquet] [--out PATH] [--final]``
+writes the month's FOCUS file (stdout, a file, or ``PATH/gpuledger-chargeback-2026-10.csv``
+when PATH is a directory). ``--final`` closes the month (it opens the database
+for writing, like ``gpuledger attribute``). ``gpuledger export reconciliation
+--month 2026-10`` prints the report (``--format json`` for JSON) and exits 1
+when it does not add up. ``--month previous`` is the month before now (UTC),
+for schedulers.
+
+:class:`MonthCloser` runs inside ``gpuledger serve --close-months``: once an
+hour it closes every month with data that ended at least
+``close_grace_hours`` ago, in order, opening the file for writing only for
+the close (it retries later while another writer holds it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from gpuledger.analytics import closing
+from gpuledger.analytics.focus import ExportContext
+from gpuledger.analytics.prices import PriceBook
+from gpuledger.analytics.reconcile import reconcile
+
+from gpuledger.errors import GpuledgerError, StoreError
+from gpuledger.store import Store
+
+__all__ = ["MonthCloser", "file_name", "run_export"]
+
+log = logging.getLogger(__name__)
+
+
+def file_name(what: str, month: str, fmt: str) -> str:
+    return f"gpuledger-{what}-{month}.{fmt}"
+
+
+def run_export(args: Any, book: PriceBook, settings: Any, now: datetime | None = None) -> int:
+    """The ``export`` subcommand; returns the exit code (1: reconciliation failed)."""
+    ctx = ExportContext.from_settings(settings, args.charge_period)
+    try:
+        month = closing.resolve_month(args.month, now)
+    except ValueError as exc:
+        raise GpuledgerError(str(exc), hint="--month 2026-10, or --month previous") from None
+    if not Path(args.db).exists():
+        raise GpuledgerError(f"no database at {args.db}", hint="pass --db, or run `gpuledger demo` first")
+    if args.what == "reconciliation":
+        with Store(args.db, read_only=True) as store:
+            report = reconcile(store, month, book, ctx, now=now)
+        fmt = "json" if args.format == "json" else "txt"
+        text = json.dumps(report.to_dict(), indent=2) + "\n" if fmt == "json" else report.text() + "\n"
+        _emit(text.encode("utf-8"), args.out, file_name("reconciliation", month, fmt))
+        if not report.ok:
+            print(f"error: reconciliation of {month} failed: {'; '.join(report.problems)}", file=sys.stderr)
+            return 1
+        return 0
+    fmt = args.format or "csv"
+    if fmt not in closing.FORMATS:
+        raise GpuledgerError(f"chargeback has no format {fmt!r}", hint="--format csv or --format parquet")
+    with Store(args.db, read_only=not args.final) as store:
+        result = closing.export(store, month, book, fmt=fmt, final=args.final, context=ctx, now=now)
+    where = _emit(result.content, args.out, file_name("chargeback", month, fmt))
+    state = "closed" if result.closed else "open (preview; --final closes it)"
+    if where:
+        print(f"wrote {where}: {month} {state}, sha256 {result.sha256}", file=sys.stderr)
+    return 0
+
+
+def _emit(content: bytes, out: str | None, default_name: str) -> Path | None:
+    if not out:
+        sys.stdout.buffer.write(content)
+        sys.stdout.flush()
+        return None
+    path = Path(out)
+    if path.is_dir() or out.endswith("/"):
+        path.mkdir(parents=True, exist_ok=True)
+        path = path / default_name
+    path.write_bytes(content)
+    return path
+
+
+class MonthCloser:
+    """Closes completed months in the background (``serve --close-months``)."""
+
+    def __init__(self, db_path: str | Path, book: PriceBook, context: ExportContext, grace_hours: float,
+                 every_s: float = 3600.0, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.db_path, self.book, self.context, self.grace_hours = Path(db_path), book, context, grace_hours
+        self.every_s, self.clock = every_s, clock
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def run_once(self) -> list[str]:
+        """Close what is due; returns the months closed (none while another writer holds the file)."""
+        now = self.clock()
+        try:
+            with Store(self.db_path, read_only=True) as store:
+                due = closing.months_to_close(store, now, self.grace_hours)
+            if not due:
+                return []
+            done = []
+            with Store(self.db_path) as store:
+                for month in due:
+                    result = closing.export(store, month, self.book, final=True, context=self.context, now=now)
+                    log.info("closed %s: sha256 %s", month, result.sha256)
+                    done.append(month)
+            return done
+        except StoreError as exc:
+            log.warning("month close postponed: %s (%s)", exc, exc.hint)
+            return []
+
+    def start(self) -> MonthCloser:
+        self._thread = threading.Thread(target=self._loop, name="gpuledger-month-closer", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+            except Exception:  # keep serving, loudly: a close that fails is logged with its cause every hour
+                log.exception("month close failed")
+            self._stop.wait(self.every_s)
