@@ -16,7 +16,7 @@ from fastapi import FastAPI
 @contextmanager
 def serving(app: FastAPI) -> Iterator[httpx.Client]:
     """Run ``app`` under uvicorn on a free 127.0.0.1 port in a thread; yield a client for it."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # proto: asyncio sets TCP_NODELAY
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))

@@ -17,6 +17,7 @@ import polars as pl
 import pytest
 from gpuledger.analytics import kinds as K
 from gpuledger.api.app import create_app
+from gpuledger.api.tokens import create_token
 
 from gpuledger.store import Store
 from tests.live_server import serving
@@ -63,16 +64,18 @@ def write_ledger(store: Store, rows: list[dict[str, Any]]) -> None:
 
 
 @pytest.fixture(scope="module")
-def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def db(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     path = tmp_path_factory.mktemp("api") / "gpuledger.duckdb"
     with Store(path) as store:
         write_ledger(store, LEDGER)
-    return path
+        _, token = create_token(store, "admin")
+    return path, token
 
 
 @pytest.fixture(scope="module")
-def api(db: Path) -> Iterator[httpx.Client]:
-    with serving(create_app(str(db))) as client:
+def api(db: tuple[Path, str]) -> Iterator[httpx.Client]:
+    with serving(create_app(str(db[0]))) as client:
+        client.headers["Authorization"] = f"Bearer {db[1]}"
         yield client
 
 
@@ -88,8 +91,9 @@ def test_showback_defaults_to_the_latest_month_with_data(api: httpx.Client) -> N
     rows = {r["tenant"]: r for r in body["rows"]}
     assert rows["ml"] == {
         "tenant": "ml", "gpu_hours": 0.833333, "used_gpu_hours": 0.5, "allocated_idle_gpu_hours": 0.333333,
-        "unmeasured_gpu_hours": 0.0, "unallocated_gpu_hours": 0.0, "energy_kwh": 1.0, "cost": "2.49",
-        "currency": "USD", "coverage": 1.0,
+        "unmeasured_gpu_hours": 0.0, "unallocated_gpu_hours": 0.0, "memory_gb_hours": None, "energy_kwh": 1.0,
+        "cost": "2.49", "currency": "USD", "coverage": 1.0,
+        "drilldown": "/v1/drilldown?tenant=ml&start=2025-03-01T00%3A00%3A00Z&end=2025-04-01T00%3A00%3A00Z",
     }
     assert (rows["cv"]["cost"], rows["cv"]["coverage"], rows["cv"]["energy_kwh"]) == ("1.29", 0.25, None)
     assert (rows["platform"]["cost"], rows["platform"]["unallocated_gpu_hours"], rows["platform"]["coverage"]) == (
@@ -128,7 +132,17 @@ ERRORS = [
     ("POST", "/healthz", {}, 405, "method_not_allowed"),
     ("GET", "/v1/chargeback.csv", {}, 422, "invalid_request"),
     ("GET", "/v1/chargeback.csv", {"month": "2025-13"}, 400, "bad_month"),
-    ("GET", "/v1/showback", {"group_by": "tenant,pod"}, 400, "bad_group_by"),
+    ("GET", "/v1/showback", {"group_by": "tenant,kind"}, 400, "bad_group_by"),
+    ("GET", "/v1/showback", {"granularity": "week"}, 400, "bad_granularity"),
+    ("GET", "/v1/showback", {"limit": "0"}, 400, "bad_limit"),
+    ("GET", "/v1/showback", {"cursor": "!!"}, 400, "bad_cursor"),
+    ("GET", "/v1/showback", {"start": "2020-01-01", "end": "2025-01-01"}, 400, "range_too_large"),
+    ("GET", "/v1/showback", {"start": "2025-01-01", "end": "2025-04-01", "granularity": "hour"}, 400,
+     "too_many_buckets"),
+    ("GET", "/v1/drilldown", {"view": "everything"}, 400, "bad_view"),
+    ("GET", "/v1/efficiency/top-wasters", {"order_by": "name"}, 400, "bad_order_by"),
+    ("GET", "/v1/efficiency/idle-gpus", {"min_hours": "-1"}, 400, "bad_min_hours"),
+    ("GET", "/v1/series/gpu", {}, 422, "invalid_request"),
     ("GET", "/v1/showback", {"start": "2025-03-01"}, 400, "bad_period"),
     ("GET", "/v1/showback", {"start": "yesterday", "end": "2025-03-01"}, 400, "bad_period"),
     ("GET", "/v1/showback", {"start": "2025-03-02", "end": "2025-03-01"}, 400, "bad_period"),
@@ -154,7 +168,7 @@ def test_every_error_has_one_shape(api: httpx.Client, method: str, path: str, pa
 
 
 def test_missing_database_is_503_with_a_hint(tmp_path: Path) -> None:
-    with serving(create_app(str(tmp_path / "absent.duckdb"))) as client:
+    with serving(create_app(str(tmp_path / "absent.duckdb"), auth=False)) as client:
         error = assert_error_shape(client.get("/v1/showback"), 503, "no_database")
     assert "gpuledger ingest" in error["hint"]
 
@@ -163,7 +177,7 @@ def test_database_without_a_ledger_is_503(tmp_path: Path) -> None:
     path = tmp_path / "fresh.duckdb"
     with Store(path) as store:
         store.execute("DROP TABLE ledger")
-    with serving(create_app(str(path))) as client:
+    with serving(create_app(str(path), auth=False)) as client:
         assert_error_shape(client.get("/v1/chargeback.csv", params={"month": "2025-03"}), 503, "no_ledger")
 
 
@@ -178,7 +192,7 @@ def test_a_writer_holding_the_file_gives_503_busy(tmp_path: Path) -> None:
     )
     try:
         assert writer.stdout is not None and writer.stdout.readline() == b"ready\n"
-        with serving(create_app(str(path))) as client:
+        with serving(create_app(str(path), auth=False)) as client:
             r = client.get("/v1/showback")
             error = assert_error_shape(r, 503, "database_busy")
             assert r.headers["retry-after"] == "5" and "writer" in error["hint"]
@@ -195,7 +209,7 @@ def test_a_writer_holding_the_file_gives_503_busy(tmp_path: Path) -> None:
 def test_an_in_process_store_is_served_directly() -> None:
     store = Store(":memory:")
     write_ledger(store, LEDGER)
-    with serving(create_app(store=store)) as client:
+    with serving(create_app(store=store, auth=False)) as client:
         body = client.get("/v1/showback", params={"group_by": "model"}).json()
         assert [(r["model"], r["cost"]) for r in body["rows"]] == [(A100, "1.29"), (H100, "2.99"), (L4, "0.69")]
         write_ledger(store, [row("ml", K.BUSY, 3600, seq=2, start_ns=MARCH + HOUR_NS)])  # the demo keeps writing

@@ -1,0 +1,123 @@
+"""Who may call what: bearer tokens, roles, and the tenant scope of every data route.
+
+``Authorization: Bearer glt_<id>_<secret>`` (see :mod:`~gpuledger.api.tokens`).
+
+- no token, or an unknown / revoked / malformed one: **401** with
+  ``WWW-Authenticate: Bearer`` (codes ``unauthenticated``, ``invalid_token``);
+- a valid token whose role a route does not allow: **403** ``forbidden``;
+- a tenant token asking for another tenant (``tenant=other``): **403**
+  ``forbidden_tenant``. Without ``tenant=`` a tenant token's queries are
+  limited to its own tenant on every data route (:func:`data_filters`).
+
+With ``auth=False`` (``gpuledger serve --no-auth``, for local development
+only) every request is an admin. Token checks are cached with the data (per
+database version, see :mod:`~gpuledger.api.reader`), so creating or revoking
+a token, which writes the file, takes effect on the next request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Callable
+
+from fastapi import Depends, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from gpuledger.api.errors import ApiError
+from gpuledger.api.params import FILTERS, Filters, split_values
+from gpuledger.api.reader import Database, Session
+from gpuledger.api.tokens import Principal, verify_token
+
+__all__ = [
+    "DATA_ROLES",
+    "EXPORT_ROLES",
+    "NO_AUTH",
+    "SHOWBACK_ROLES",
+    "bearer",
+    "data_filters",
+    "principal",
+    "require",
+    "session",
+]
+
+#: Who may read each family of routes.
+DATA_ROLES = ("admin", "tenant")
+SHOWBACK_ROLES = ("admin", "tenant", "finance")
+EXPORT_ROLES = ("admin", "finance")
+NO_AUTH = Principal("no-auth", "admin")
+
+bearer = HTTPBearer(auto_error=False, description="An API token from `gpuledger token create`.")
+_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
+
+async def session(request: Request) -> AsyncIterator[Session]:
+    """The request's database session (opened lazily in the handler's thread, closed after the response)."""
+    s = Session(request.app.state.db)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+async def principal(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
+                    s: Session = Depends(session)) -> Principal:
+    if not request.app.state.auth:
+        return NO_AUTH
+    if credentials is None or not credentials.credentials:
+        raise ApiError(401, "unauthenticated", "this route needs an API token",
+                       "send `Authorization: Bearer <token>`; create one with `gpuledger token create`",
+                       _CHALLENGE)
+    token = credentials.credentials.strip()
+    db: Database = request.app.state.db
+    key = ("token", hashlib.sha256(token.encode("utf-8", "replace")).hexdigest())
+    hit = db.peek(key)  # the common case, answered on the event loop; a miss reads the database in a thread
+    found, why = hit if hit is not None else await run_in_threadpool(db.cached, key, lambda: verify_token(s.store, token))
+    if found is None:
+        raise ApiError(401, "invalid_token", why, "create a new token with `gpuledger token create`", _CHALLENGE)
+    return found
+
+
+def require(*roles: str) -> Callable[..., Principal]:
+    """A dependency that lets only ``roles`` through (403 otherwise)."""
+
+    async def check(who: Principal = Depends(principal)) -> Principal:  # no IO: stays on the event loop
+        if who.role not in roles:
+            raise ApiError(403, "forbidden", f"role {who.role} may not use this route",
+                           f"it needs a token with role {' or '.join(roles)}")
+        return who
+
+    return check
+
+
+def data_filters(
+    who: Principal,
+    tenant: str | None = None, namespace: str | None = None, node: str | None = None,
+    model: str | None = None, sharing: str | None = None, pod: str | None = None,
+    workload: str | None = None, gpu: str | None = None,
+) -> Filters:
+    """The exact-match filters of a request, with a tenant token held to its tenant."""
+    given = {"tenant": tenant, "namespace": namespace, "node": node, "model": model, "sharing": sharing,
+             "pod": pod, "workload": workload, "gpu": gpu}
+    values = {k: split_values(given[k]) for k in FILTERS}
+    if who.scoped:
+        assert who.tenant is not None
+        asked = values["tenant"]
+        if asked and set(asked) != {who.tenant}:
+            raise ApiError(403, "forbidden_tenant", f"this token may only read tenant {who.tenant!r}",
+                           "drop the tenant parameter or use a token of that tenant")
+        values["tenant"] = (who.tenant,)
+    return Filters({k: v for k, v in values.items() if v})
+
+
+def filter_params(
+    tenant: str | None = Query(None, description="tenant(s), comma-separated"),
+    namespace: str | None = Query(None, description="Kubernetes namespace(s)"),
+    node: str | None = Query(None, description="node name(s)"),
+    model: str | None = Query(None, description="GPU model name(s), e.g. NVIDIA H100 80GB HBM3"),
+    sharing: str | None = Query(None, description="exclusive, time_sliced, fractional, mig, mps, unallocated"),
+    pod: str | None = Query(None, description="pod name(s)"),
+    workload: str | None = Query(None, description="workload(s): pod name without its generated suffixes"),
+    gpu: str | None = Query(None, description="GPU UUID(s)"),
+) -> dict[str, str | None]:
+    return {"tenant": tenant, "namespace": namespace, "node": node, "model": model, "sharing": sharing,
+            "pod": pod, "workload": workload, "gpu": gpu}

@@ -1,0 +1,195 @@
+"""``/v1/showback`` (usage and cost per group) and ``/v1/drilldown`` (the ledger rows behind a line)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+from urllib.parse import urlencode
+
+import polars as pl
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
+from gpuledger.api import views
+from gpuledger.api.auth import (
+    DATA_ROLES,
+    SHOWBACK_ROLES,
+    data_filters,
+    filter_params,
+    require,
+    session,
+)
+from gpuledger.api.errors import ERROR_RESPONSES, ApiError
+from gpuledger.api.models import DrilldownOut, ShowbackOut
+from gpuledger.api.params import (
+    DEFAULT_PAGE,
+    MAX_PAGE,
+    Filters,
+    Period,
+    check_size,
+    iso,
+    next_cursor,
+    parse_granularity,
+    parse_group_by,
+    parse_moment,
+    parse_page,
+    parse_period,
+    split_values,
+)
+from gpuledger.api.reader import Session
+from gpuledger.api.tokens import Principal
+
+router = APIRouter(prefix="/v1", responses=ERROR_RESPONSES)
+
+_START = Query(None, description="period start: ISO date/datetime (UTC) or epoch ms; omit with end for the "
+               "latest month with data")
+_END = Query(None, description="period end (exclusive): ISO date/datetime (UTC) or epoch ms")
+_LIMIT = Query(DEFAULT_PAGE, description=f"rows per page, 1..{MAX_PAGE}")
+_CURSOR = Query(None, description="next_cursor of the previous page")
+
+
+def latest_ns(s: Session, filters: Filters) -> int | None:
+    """Interval start of the newest ledger row (of the tenant, for a tenant token)."""
+    tenants = filters.values.get("tenant", ())
+    sql = "SELECT max(interval_start_ns) AS latest FROM ledger"
+    if tenants:
+        sql += f" WHERE tenant IN ({', '.join('?' for _ in tenants)})"
+    frame = s.query(sql, list(tenants))
+    return None if frame.is_empty() else frame["latest"][0]
+
+
+def resolve_period(s: Session, start: str | None, end: str | None, filters: Filters) -> Period | None:
+    if start is None and end is None:
+        return parse_period(None, None, latest_ns(s, filters))
+    return parse_period(start, end, None)
+
+
+def period_out(period: Period | None) -> dict[str, str] | None:
+    return None if period is None else {"start": iso(period.start), "end": iso(period.end)}
+
+
+def drill_link(period: Period, keys: dict[str, Any], filters: Filters, granularity: str | None) -> str:
+    """The /v1/drilldown URL for one showback row (its bucket, keys and the request's filters)."""
+    params: dict[str, str] = {k: ",".join(v) for k, v in filters.values.items() if v}
+    start, end = period.start, period.end
+    if granularity and keys.get("time") is not None:
+        bucket = parse_moment(str(keys["time"]), "time")
+        start, end = max(start, bucket), min(end, bucket_end(bucket, granularity))
+    params.update({k: str(v) for k, v in keys.items() if k != "time" and v is not None})
+    params.update(start=iso(start), end=iso(end))
+    return "/v1/drilldown?" + urlencode(params)
+
+
+@router.get("/showback", response_model=None, responses={200: {"model": ShowbackOut}},
+            summary="GPU-hours used, allocated-idle, memory, energy and cost per group")
+def showback(request: Request, start: str | None = _START, end: str | None = _END,
+             group_by: str = Query("tenant", description="comma-separated: tenant, namespace, node, model, "
+                                   "sharing, profile, pod, workload, gpu"),
+             granularity: str | None = Query(None, description="hour, day or month buckets; omit for none"),
+             limit: int = _LIMIT, cursor: str | None = _CURSOR,
+             f: dict[str, str | None] = Depends(filter_params),
+             who: Principal = Depends(require(*SHOWBACK_ROLES)), s: Session = Depends(session)) -> JSONResponse:
+    by = parse_group_by(group_by)
+    filters = data_filters(who, **f)
+    page = parse_page(limit, cursor)
+    period = resolve_period(s, start, end, filters)
+    book = request.app.state.book
+    if period is None:
+        return JSONResponse({"period": None, "group_by": by, "granularity": granularity, "currency": book.currency,
+                             "total_cost": None, "rows": [], "total_rows": 0, "next_cursor": None})
+    gran = parse_granularity(granularity, period)
+
+    def compute() -> tuple[list[dict[str, Any]], str]:
+        rows = views.with_dimensions(views.read_rows(s, period, filters.values.get("node", ())), gran)
+        frame = views.showback_rows(rows, book, by, filters, gran)
+        check_size(frame.height, "showback rows")
+        out = []
+        for r in frame.iter_rows(named=True):
+            keys = {k: r[k] for k in by}
+            if gran:
+                keys = {"time": iso(_ms(r["time"])), **keys}
+            out.append({**keys, **views.metric_fields(r), "cost": str(r["cost"]), "currency": book.currency,
+                        "drilldown": drill_link(period, keys, filters, gran)})
+        total = sum((Decimal(r["cost"]) for r in out), Decimal(0))
+        return out, str(total.quantize(book.quantum))
+
+    rows, total = request.app.state.db.cached(("showback", period, tuple(by), gran, filters.key()), compute)
+    return JSONResponse({"period": period_out(period), "group_by": by, "granularity": gran,
+                         "currency": book.currency, "total_cost": total,
+                         "rows": rows[page.offset:page.offset + page.limit], "total_rows": len(rows),
+                         "next_cursor": next_cursor(page, len(rows))})
+
+
+def _ms(ms: int) -> datetime:
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
+
+
+def bucket_end(start: datetime, granularity: str) -> datetime:
+    """The exclusive end of the UTC hour, day or month bucket starting at ``start``."""
+    if granularity == "hour":
+        return start + timedelta(hours=1)
+    if granularity == "day":
+        return start + timedelta(days=1)
+    return datetime(start.year + start.month // 12, start.month % 12 + 1, 1, tzinfo=UTC)
+
+
+_DRILL_VIEWS = ("intervals", "gpus", "rules")
+
+
+@router.get("/drilldown", response_model=None, responses={200: {"model": DrilldownOut}},
+            summary="The ledger rows behind a showback line: intervals, GPUs, or attribution rules")
+def drilldown(request: Request, start: str | None = _START, end: str | None = _END,
+              view: str = Query("intervals", description="intervals (ledger rows), gpus, or rules"),
+              kind: str | None = Query(None, description="busy, allocated_idle, unmeasured, unallocated"),
+              rule: str | None = Query(None, description="attribution rule name(s)"),
+              limit: int = _LIMIT, cursor: str | None = _CURSOR,
+              f: dict[str, str | None] = Depends(filter_params),
+              who: Principal = Depends(require(*DATA_ROLES)), s: Session = Depends(session)) -> JSONResponse:
+    if view not in _DRILL_VIEWS:
+        raise ApiError(400, "bad_view", f"view={view!r} is not one of {', '.join(_DRILL_VIEWS)}",
+                       "intervals lists ledger rows; gpus and rules summarise them")
+    filters = data_filters(who, **f)
+    page = parse_page(limit, cursor)
+    period = resolve_period(s, start, end, filters)
+    if period is None:
+        return JSONResponse({"period": None, "view": view, "rows": [], "total_rows": 0, "next_cursor": None})
+    extra = Filters({k: v for k, v in {"kind": split_values(kind), "rule": split_values(rule)}.items() if v})
+
+    def compute() -> list[dict[str, Any]]:
+        rows = views.with_dimensions(views.read_rows(s, period, filters.values.get("node", ())))
+        rows = views.apply_filters(views.apply_filters(rows, filters), extra)
+        return _drill(rows, view)
+
+    rows = request.app.state.db.cached(("drill", period, view, filters.key(), extra.key()), compute)
+    return JSONResponse({"period": period_out(period), "view": view,
+                         "rows": rows[page.offset:page.offset + page.limit], "total_rows": len(rows),
+                         "next_cursor": next_cursor(page, len(rows))})
+
+
+def _drill(rows: pl.LazyFrame, view: str) -> list[dict[str, Any]]:
+    to_iso = pl.from_epoch(pl.col("interval_start_ns"), time_unit="ns").dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    to_iso_end = pl.from_epoch(pl.col("interval_end_ns"), time_unit="ns").dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    if view == "intervals":
+        check_size(rows.select(pl.len()).collect().item(), "ledger rows")
+        frame = rows.sort("interval_start_ns", "node", "gpu_index", "mig_index", "kind", "tenant", "pod",
+                          nulls_last=True).select(
+            interval_start=to_iso, interval_end=to_iso_end, node="node", gpu="gpu_uuid", gpu_index="gpu_index",
+            mig_index="mig_index", model="model", profile="profile", sharing="sharing", kind="kind",
+            tenant="tenant", namespace="namespace", pod="pod", rule="rule", gpu_seconds="gpu_seconds",
+            energy_j="energy_j", memory_gb_seconds="memory_gb_seconds")
+    elif view == "gpus":
+        frame = (rows.group_by("gpu_uuid", "node", "gpu_index", "mig_index", "model", "profile", "sharing")
+                 .agg(gpu_seconds=pl.col("gpu_seconds").sum(), rows=pl.len(),
+                      first=pl.col("interval_start_ns").min(), last=pl.col("interval_end_ns").max(),
+                      tenants=pl.col("tenant").unique().sort())
+                 .sort("node", "gpu_index", "mig_index", "sharing", nulls_last=True)
+                 .select(gpu="gpu_uuid", node="node", gpu_index="gpu_index", mig_index="mig_index", model="model",
+                         profile="profile", sharing="sharing",
+                         gpu_hours=(pl.col("gpu_seconds") / 3600).round(6), rows="rows", tenants="tenants",
+                         first_interval_start=pl.from_epoch("first", time_unit="ns").dt.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                         last_interval_end=pl.from_epoch("last", time_unit="ns").dt.strftime("%Y-%m-%dT%H:%M:%SZ")))
+    else:
+        frame = (rows.group_by("kind", "rule").agg(gpu_seconds=pl.col("gpu_seconds").sum(), rows=pl.len())
+                 .sort("kind", "rule")
+                 .select("kind", "rule", gpu_hours=(pl.col("gpu_seconds") / 3600).round(6), rows="rows"))
+    return frame.collect().to_dicts()

@@ -1,0 +1,130 @@
+"""Ledger rows to the API's answers: pure functions, LazyFrame/DataFrame in, rows out.
+
+The IO edge is :func:`read_rows` (one SQL query per request, pushed down to
+the period). Costs come from :func:`~gpuledger.analytics.chargeback.costed_lines`
+over the *whole* period, and only then are filters applied: a tenant's line
+costs the same whether or not other tenants' rows are shown beside it, and the
+capacity of a GPU shared by several tenants is never charged whole to one of
+them. Each answer's lines sum to what the lines in it cost; lines of different
+groupings may differ by a rounding cent (one largest-remainder allocation per
+grouping).
+
+Units: GPU-seconds and joules in the ledger; GPU-hours, memory GB-hours and
+kWh in answers (6 decimals), money as decimal strings in JSON answers and as
+numbers in series rows (charts).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any
+
+import polars as pl
+from gpuledger.analytics import chargeback as cb
+from gpuledger.analytics.prices import PriceBook
+from gpuledger.api.params import Filters, Period
+from gpuledger.api.reader import Session
+
+__all__ = ["WORKLOAD", "apply_filters", "costed", "hours", "read_rows", "showback_rows", "with_dimensions"]
+
+_COLUMNS = ("agent_id, boot_id, seq, node, interval_start_ns, interval_end_ns, gpu_uuid, gpu_index, mig_index, "
+            "model, profile, sharing, kind, tenant, namespace, pod, rule, gpu_seconds, energy_j, memory_gb_seconds")
+#: pod name -> workload: drop a ReplicaSet hash and the 5-character pod suffix Kubernetes generates.
+WORKLOAD = r"^(.+?)(?:-[0-9a-f]{8,10})?-[a-z0-9]{5}$"
+_ROUND = 6
+_BUCKET = {"hour": "1h", "day": "1d", "month": "1mo"}
+
+
+def read_rows(s: Session, period: Period, nodes: Sequence[str] = ()) -> pl.LazyFrame:
+    """Ledger rows whose interval starts in the period (node filter pushed down: a node's GPUs are whole)."""
+    sql = f"SELECT {_COLUMNS} FROM ledger WHERE interval_start_ns >= ? AND interval_start_ns < ?"
+    params: list[Any] = [cb.to_ns(period.start), cb.to_ns(period.end)]
+    if nodes:
+        sql += f" AND node IN ({', '.join('?' for _ in nodes)})"
+        params.extend(nodes)
+    return s.query(sql, params).lazy()
+
+
+def with_dimensions(rows: pl.LazyFrame, granularity: str | None = None) -> pl.LazyFrame:
+    """Add ``workload``, ``gpu`` (the physical GPU's UUID) and, with a granularity, ``time`` (bucket start, ms)."""
+    out = rows.with_columns(workload=pl.col("pod").str.extract(WORKLOAD, 1).fill_null(pl.col("pod")),
+                            gpu=pl.col("gpu_uuid"))
+    if granularity:
+        start = pl.from_epoch("interval_start_ns", time_unit="ns").dt.truncate(_BUCKET[granularity])
+        out = out.with_columns(time=start.dt.epoch("ms"))
+    return out
+
+
+def costed(rows: pl.LazyFrame, book: PriceBook, keys: Sequence[str]) -> pl.DataFrame:
+    """Metrics and cost per ``keys`` (any ledger or derived columns), costed over all ``rows``."""
+    keys = list(dict.fromkeys(keys))
+    lines, _ = cb.costed_lines(rows, book, keys)
+    memory = (rows.group_by(keys).agg(memory_gb_seconds=pl.when(pl.col("memory_gb_seconds").is_not_null().any())
+                                      .then(pl.col("memory_gb_seconds").sum())).collect())
+    summed = lines.group_by(keys).agg(
+        *[pl.col(m).sum() for m in ("gpu_seconds", "busy_seconds", "idle_seconds", "unmeasured_seconds",
+                                    "unallocated_seconds", "direct_busy_seconds")],
+        energy_j=pl.when(pl.col("energy_j").is_not_null().any()).then(pl.col("energy_j").sum()),
+        capacity_cost=pl.col("capacity_cost").sum(),
+        energy_cost=pl.when(pl.col("energy_cost").is_not_null().any()).then(pl.col("energy_cost").sum()),
+    )
+    if summed.is_empty():
+        return summed.with_columns(memory_gb_seconds=pl.lit(None, pl.Float64))
+    return summed.join(memory, on=keys, how="left", nulls_equal=True)
+
+
+def apply_filters(frame: pl.DataFrame | pl.LazyFrame, filters: Filters) -> Any:
+    """Keep rows matching every filter (values of one filter: any of them)."""
+    for dim, values in filters.values.items():
+        if values:
+            frame = frame.filter(pl.col(dim).is_in(list(values)))
+    return frame
+
+
+def hours(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds / 3600, _ROUND)
+
+
+def money(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def showback_rows(rows: pl.LazyFrame, book: PriceBook, by: list[str], filters: Filters,
+                  granularity: str | None) -> pl.DataFrame:
+    """One row per group (and bucket): metrics, ``cost`` (capacity + charged energy), ``coverage``."""
+    keys = [*(["time"] if granularity else []), *by]
+    lines = costed(rows, book, [*keys, *filters.dims()])
+    lines = apply_filters(lines, filters)
+    out = lines.group_by(keys).agg(
+        *[pl.col(m).sum() for m in ("gpu_seconds", "busy_seconds", "idle_seconds", "unmeasured_seconds",
+                                    "unallocated_seconds", "direct_busy_seconds", "capacity_cost")],
+        energy_j=pl.when(pl.col("energy_j").is_not_null().any()).then(pl.col("energy_j").sum()),
+        memory_gb_seconds=pl.when(pl.col("memory_gb_seconds").is_not_null().any())
+        .then(pl.col("memory_gb_seconds").sum()),
+        energy_cost=pl.when(pl.col("energy_cost").is_not_null().any()).then(pl.col("energy_cost").sum()),
+    )
+    return out.with_columns(
+        cost=pl.col("capacity_cost") + pl.col("energy_cost").fill_null(0),
+        coverage=pl.when(pl.col("busy_seconds") > 0).then(pl.col("direct_busy_seconds") / pl.col("busy_seconds")),
+    ).sort(keys, nulls_last=True)
+
+
+def metric_fields(r: dict[str, Any]) -> dict[str, Any]:
+    """The usage fields of an answer row, from a :func:`showback_rows` row."""
+    return {
+        "gpu_hours": hours(r["gpu_seconds"]),
+        "used_gpu_hours": hours(r["busy_seconds"]),
+        "allocated_idle_gpu_hours": hours(r["idle_seconds"]),
+        "unmeasured_gpu_hours": hours(r["unmeasured_seconds"]),
+        "unallocated_gpu_hours": hours(r["unallocated_seconds"]),
+        "memory_gb_hours": hours(r["memory_gb_seconds"]),
+        "energy_kwh": None if r["energy_j"] is None else round(r["energy_j"] / cb.J_PER_KWH, _ROUND),
+        "coverage": None if r["coverage"] is None else round(r["coverage"], _ROUND),
+    }
+
+
+def read_last_end(rows: pl.LazyFrame) -> dict[str, int]:
+    """Per node, the end (ns) of its newest interval among ``rows``."""
+    frame = rows.group_by("node").agg(last=pl.col("interval_end_ns").max()).collect()
+    return dict(zip(frame["node"].to_list(), frame["last"].to_list()))

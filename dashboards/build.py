@@ -1,0 +1,196 @@
+"""Grafana dashboards as code: ``python dashboards/build.py`` writes dashboards/*.json.
+
+Plain dicts in Grafana's dashboard JSON model (schemaVersion 39), no
+dependency: the maintained dashboards-as-code libraries on PyPI were either
+unmaintained (grafanalib, last release 2024) or a large generated SDK for
+four small dashboards. tests/dashboards checks that the committed JSON equals
+this output, checks its structure, and runs every query: each Infinity URL
+against the live API on demo data, each PromQL expression against a real
+Prometheus scraping the agent's /metrics.
+
+Data sources (fixed uids, see provisioning/datasources/gpuledger.yaml):
+
+- ``gpuledger-api``: Infinity (``yesoreyeram-infinity-datasource``) with the
+  API's base URL and a bearer token; panels use relative URLs with
+  ``start=${__from}&end=${__to}`` (epoch ms);
+- ``prometheus``: Prometheus scraping the agents (DCGM field names).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).parent
+INFINITY = {"type": "yesoreyeram-infinity-datasource", "uid": "gpuledger-api"}
+PROMETHEUS = {"type": "prometheus", "uid": "prometheus"}
+PERIOD = "start=${__from}&end=${__to}"
+
+
+def col(selector: str, kind: str = "number", text: str | None = None) -> dict[str, str]:
+    return {"selector": selector, "text": text or selector, "type": kind}
+
+
+def infinity(url: str, columns: list[dict[str, str]], fmt: str = "table", root: str = "",
+             ref: str = "A") -> dict[str, Any]:
+    return {"refId": ref, "datasource": INFINITY, "type": "json", "source": "url", "parser": "backend",
+            "format": fmt, "url": url, "url_options": {"method": "GET", "data": ""},
+            "root_selector": root, "columns": columns, "filters": []}
+
+
+def prom(expr: str, legend: str, ref: str = "A") -> dict[str, Any]:
+    return {"refId": ref, "datasource": PROMETHEUS, "expr": expr, "legendFormat": legend, "range": True}
+
+
+def panel(pid: int, title: str, kind: str, targets: list[dict[str, Any]], x: int, y: int, w: int = 12, h: int = 8,
+          unit: str = "short", description: str = "", **options: Any) -> dict[str, Any]:
+    ds = targets[0]["datasource"]
+    return {"id": pid, "title": title, "type": kind, "datasource": ds, "description": description,
+            "gridPos": {"x": x, "y": y, "w": w, "h": h}, "targets": targets,
+            "fieldConfig": {"defaults": {"unit": unit}, "overrides": []}, "options": options}
+
+
+def dashboard(uid: str, title: str, panels: list[dict[str, Any]], variables: list[dict[str, Any]] | None = None,
+              time_from: str = "now-7d") -> dict[str, Any]:
+    return {"uid": uid, "title": title, "tags": ["gpuledger"], "timezone": "utc", "schemaVersion": 39,
+            "version": 1, "editable": True, "refresh": "", "time": {"from": time_from, "to": "now"},
+            "templating": {"list": variables or []}, "panels": panels,
+            "links": [{"title": "gpuledger dashboards", "type": "dashboards", "tags": ["gpuledger"]}]}
+
+
+def query_var(name: str, label: str, url: str, selector: str) -> dict[str, Any]:
+    """An Infinity-backed template variable (one column of the API's answer)."""
+    q = infinity(url, [col(selector, "string")], root="rows")
+    return {"name": name, "label": label, "type": "query", "datasource": INFINITY, "refresh": 2,
+            "query": {"infinityQuery": q, "query": "", "queryType": "infinity"}, "includeAll": False,
+            "multi": False, "current": {}}
+
+
+USAGE_COLS = [col("time", "timestamp_epoch"), col("tenant", "string"), col("used_gpu_hours"),
+              col("allocated_idle_gpu_hours"), col("unmeasured_gpu_hours"), col("unallocated_gpu_hours"),
+              col("cost")]
+
+
+def fleet() -> dict[str, Any]:
+    util = "DCGM_FI_DEV_GPU_UTIL"
+    panels = [
+        panel(1, "Fleet GPU utilization", "timeseries", [prom(f"avg({util})", "fleet")], 0, 0, unit="percent",
+              description="Mean of every GPU's driver utilization samples (DCGM_FI_DEV_GPU_UTIL)."),
+        panel(2, "Utilization by node", "timeseries", [prom(f"avg by (Hostname) ({util})", "{{Hostname}}")], 12, 0,
+              unit="percent"),
+        panel(3, "GPU utilization per GPU", "timeseries",
+              [prom(f"{util}", "{{Hostname}} gpu{{gpu}} {{modelName}}")], 0, 8, unit="percent"),
+        panel(4, "Framebuffer used", "timeseries",
+              [prom("sum by (Hostname) (DCGM_FI_DEV_FB_USED)", "{{Hostname}}")], 12, 8, unit="decmbytes"),
+        panel(5, "Power draw", "timeseries", [prom("sum by (Hostname) (DCGM_FI_DEV_POWER_USAGE)", "{{Hostname}}")],
+              0, 16, unit="watt"),
+        panel(6, "GPU temperature (max)", "timeseries",
+              [prom("max by (Hostname) (DCGM_FI_DEV_GPU_TEMP)", "{{Hostname}}")], 12, 16, unit="celsius"),
+        panel(7, "GPUs not healthy (degraded or lost)", "stat",
+              [prom("count(gpuledger_gpu_health_state > 0) or vector(0)", "not healthy")], 0, 24, w=6,
+              description="gpuledger_gpu_health_state: 0 ok, 1 degraded, 2 lost."),
+        panel(8, "XID errors in the last interval", "stat",
+              [prom("count(DCGM_FI_DEV_XID_ERRORS > 0) or vector(0)", "GPUs with an XID")], 6, 24, w=6),
+        panel(9, "Fields NVML could not read", "timeseries",
+              [prom("sum by (field, reason) (gpuledger_field_errors)", "{{field}}: {{reason}}")], 12, 24),
+        panel(10, "Fleet: health, sharing and current holders (API)", "table",
+              [infinity(f"/v1/fleet?{PERIOD}&limit=1000", [
+                  col("node", "string"), col("gpu_index"), col("gpu", "string"), col("model", "string"),
+                  col("sharing", "string"), col("health", "string"), col("xid_events"), col("field_errors"),
+                  col("last_seen", "timestamp")], root="rows")], 0, 32, w=24, h=10),
+    ]
+    return dashboard("gpuledger-fleet", "gpuledger / Fleet utilization and health", panels, time_from="now-6h")
+
+
+def showback() -> dict[str, Any]:
+    panels = [
+        panel(1, "GPU-hours used per tenant", "timeseries",
+              [infinity(f"/v1/series/showback?{PERIOD}&group_by=tenant", USAGE_COLS, fmt="timeseries")], 0, 0,
+              unit="h", description="Busy GPU-hours per time bucket (hour/day/month by range)."),
+        panel(2, "Cost per tenant over time", "timeseries",
+              [infinity(f"/v1/series/showback?{PERIOD}&group_by=tenant",
+                        [col("time", "timestamp_epoch"), col("tenant", "string"), col("cost")], fmt="timeseries")],
+              12, 0, unit="currencyUSD"),
+        panel(3, "Showback by tenant", "table",
+              [infinity(f"/v1/showback?{PERIOD}&group_by=tenant&limit=1000", [
+                  col("tenant", "string"), col("used_gpu_hours"), col("allocated_idle_gpu_hours"),
+                  col("unmeasured_gpu_hours"), col("unallocated_gpu_hours"), col("memory_gb_hours"),
+                  col("energy_kwh"), col("coverage"), col("cost"), col("currency", "string")], root="rows")],
+              0, 8, w=24, h=9),
+        panel(4, "Cost by tenant and GPU model", "barchart",
+              [infinity(f"/v1/showback?{PERIOD}&group_by=tenant,model&limit=1000", [
+                  col("tenant", "string"), col("model", "string"), col("cost")], root="rows")], 0, 17, w=24,
+              unit="currencyUSD"),
+    ]
+    return dashboard("gpuledger-showback", "gpuledger / Tenant showback and cost", panels)
+
+
+def idle() -> dict[str, Any]:
+    panels = [
+        panel(1, "Allocated vs used GPU-hours", "timeseries",
+              [infinity(f"/v1/series/efficiency?{PERIOD}&group_by=tenant", [
+                  col("time", "timestamp_epoch"), col("tenant", "string"), col("allocated_gpu_hours"),
+                  col("used_gpu_hours"), col("idle_gpu_hours"), col("utilization")], fmt="timeseries")], 0, 0,
+              unit="h"),
+        panel(2, "Idle cost per tenant over time", "timeseries",
+              [infinity(f"/v1/series/efficiency?{PERIOD}&group_by=tenant", [
+                  col("time", "timestamp_epoch"), col("tenant", "string"), col("idle_cost")], fmt="timeseries")],
+              12, 0, unit="currencyUSD"),
+        panel(3, "Top wasters (idle cost)", "table",
+              [infinity(f"/v1/efficiency/top-wasters?{PERIOD}&group_by=tenant,workload&limit=20", [
+                  col("tenant", "string"), col("workload", "string"), col("idle_gpu_hours"), col("idle_cost"),
+                  col("utilization"), col("allocated_gpu_hours")], root="rows")], 0, 8),
+        panel(4, "GPUs allocated but idle for 2 h or more", "table",
+              [infinity(f"/v1/efficiency/idle-gpus?{PERIOD}&min_hours=2&limit=1000", [
+                  col("node", "string"), col("gpu", "string"), col("mig_index"), col("tenant", "string"),
+                  col("pod", "string"), col("idle_since", "timestamp"), col("idle_hours"), col("ongoing", "string")],
+                        root="rows")], 12, 8),
+        panel(5, "Efficiency and coverage by tenant", "table",
+              [infinity(f"/v1/efficiency?{PERIOD}&group_by=tenant&limit=1000", [
+                  col("tenant", "string"), col("allocated_gpu_hours"), col("used_gpu_hours"), col("idle_gpu_hours"),
+                  col("utilization"), col("idle_cost"), col("coverage")], root="rows")], 0, 16, w=24),
+    ]
+    return dashboard("gpuledger-idle", "gpuledger / Idle waste", panels)
+
+
+def gpu() -> dict[str, Any]:
+    variables = [query_var("gpu", "GPU", f"/v1/fleet?{PERIOD}&limit=1000", "gpu")]
+    panels = [
+        panel(1, "Who used this GPU over time", "timeseries",
+              [infinity(f"/v1/series/gpu?gpu=${{gpu}}&{PERIOD}&group_by=tenant", USAGE_COLS, fmt="timeseries")],
+              0, 0, w=24, unit="h", description="Busy and allocated-idle GPU-hours per tenant on the GPU."),
+        panel(2, "Device utilization (DCGM)", "timeseries",
+              [prom('DCGM_FI_DEV_GPU_UTIL{UUID="${gpu}"}', "gpu{{gpu}} {{GPU_I_PROFILE}}")], 0, 8, unit="percent"),
+        panel(3, "Per-pod share of this GPU (gpuledger)", "timeseries",
+              [prom('gpuledger_pod_gpu_busy_ratio{UUID="${gpu}"}', "{{namespace}}/{{pod}}")], 12, 8,
+              unit="percentunit"),
+        panel(4, "Units, sharing and tenants of this GPU (ledger)", "table",
+              [infinity(f"/v1/drilldown?gpu=${{gpu}}&{PERIOD}&view=gpus&limit=1000", [
+                  col("gpu", "string"), col("mig_index"), col("profile", "string"), col("sharing", "string"),
+                  col("gpu_hours"), col("tenants", "string")], root="rows")], 0, 16, w=24),
+        panel(5, "Attribution rules on this GPU", "table",
+              [infinity(f"/v1/drilldown?gpu=${{gpu}}&{PERIOD}&view=rules", [
+                  col("kind", "string"), col("rule", "string"), col("gpu_hours"), col("rows")], root="rows")],
+              0, 24, w=24),
+    ]
+    return dashboard("gpuledger-gpu", "gpuledger / GPU drill-down", panels, variables, time_from="now-2d")
+
+
+DASHBOARDS = {"fleet": fleet, "showback": showback, "idle": idle, "gpu": gpu}
+
+
+def render(name: str) -> str:
+    return json.dumps(DASHBOARDS[name](), indent=2, sort_keys=True) + "\n"
+
+
+def main() -> int:
+    for name in DASHBOARDS:
+        (HERE / f"gpuledger-{name}.json").write_text(render(name), encoding="utf-8")
+        print(f"wrote dashboards/gpuledger-{name}.json", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
