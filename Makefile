@@ -4,12 +4,13 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench setup clean help
+.PHONY: demo test bench soak setup clean help
 
 help:
 	@echo "make demo   simulate a 32-GPU fleet for a day through the whole pipeline, then serve the API"
 	@echo "make test   set up and run the whole test suite"
 	@echo "make bench  run the benchmarks under benchmarks/"
+	@echo "make soak   run the agent for 3,600 ticks against the simulator; fails if its memory grows"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,10 +24,14 @@ demo: setup
 	$(VENV)/bin/gpuledger demo $(DEMO_ARGS)
 
 test: setup
+	sh scripts/system-deps.sh
 	$(PY) -m pytest -q $(TEST_ARGS)
 
 bench: setup
 	$(PY) -m benchmarks $(BENCH_ARGS)
+
+soak: setup
+	$(PY) -m benchmarks.soak_agent $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache .hypothesis

@@ -54,6 +54,20 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     a.add_argument("--node", default=settings.node_name, help="node name on messages (default: hostname)")
     a.add_argument("--ticks", type=int, default=None, help="stop after this many ticks (default: run until Ctrl-C)")
     a.add_argument("--seed", type=int, default=7, help="simulator seed (with --backend sim)")
+    a.add_argument("--metrics-port", type=int, default=settings.metrics_port, metavar="PORT",
+                   help="serve Prometheus /metrics (DCGM field names + per-pod series) here; 0: off "
+                   "(default: %(default)s)")
+    a.add_argument("--metrics-host", default=settings.metrics_host, help="/metrics bind address (default: %(default)s)")
+    a.add_argument("--spool-dir", default=settings.spool_dir, metavar="DIR",
+                   help="store-and-forward spool while the broker is unreachable (with --kafka)")
+    a.add_argument("--spool-max-bytes", type=int, default=settings.spool_max_bytes, metavar="BYTES",
+                   help="spool bound; the oldest records are dropped beyond it (default: %(default)s)")
+    a.add_argument("--pod-resources-socket", default=settings.pod_resources_socket, metavar="PATH",
+                   help="kubelet PodResources socket (with --backend nvml; default: %(default)s)")
+    a.add_argument("--kubelet-pods-url", default=settings.kubelet_pods_url, metavar="URL",
+                   help="kubelet /pods endpoint for pod labels (with --backend nvml)")
+    a.add_argument("--dcgm-exporter-url", default=settings.dcgm_exporter_url, metavar="URL",
+                   help="read MIG GR_ENGINE_ACTIVE from a local dcgm-exporter (optional, with --backend nvml)")
 
     i = sub.add_parser(
         "ingest", formatter_class=_formatter, epilog=_EPILOG,
@@ -69,6 +83,33 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     i.add_argument("--db", default=settings.db_path, help="DuckDB file (default: %(default)s)")
     i.add_argument("--max-idle", type=float, default=None, metavar="SECONDS",
                    help="exit after this long with no new messages (default: run until Ctrl-C)")
+    i.add_argument("--batch-max", type=int, default=settings.ingest_batch_max, metavar="N",
+                   help="most records per flush: one DuckDB transaction, then one offset commit (default: %(default)s)")
+    i.add_argument("--linger", type=float, default=settings.ingest_linger_s, metavar="SECONDS",
+                   help="keep polling this long after a flush's first record to fill it (default: %(default)s)")
+    i.add_argument("--hold-db", action="store_true",
+                   help="keep the DuckDB file open between flushes (fastest; nobody else can open it meanwhile). "
+                   "Default: open it per flush, so the API and jobs can read it between flushes")
+    i.add_argument("--max-future", type=float, default=settings.ingest_max_future_s, metavar="SECONDS",
+                   help="quarantine intervals ending more than this far in the future (default: %(default)s)")
+    i.add_argument("--max-age", type=float, default=settings.ingest_max_age_s, metavar="SECONDS",
+                   help="quarantine intervals starting longer ago than this; 0: no bound (default: %(default)s)")
+    i.add_argument("--segments", metavar="DIR", default=None,
+                   help="write immutable Parquet segments, partitioned by day, under DIR instead of --db "
+                   "(the scale path for N workers; see docs/storage.md)")
+    i.add_argument("--group-timeout-ms", type=int, default=None, metavar="MS",
+                   help="consumer-group max poll interval and session timeout (default: Kafka's 300000/45000)")
+
+    r = sub.add_parser(
+        "retention", formatter_class=_formatter, epilog=_EPILOG,
+        help="delete raw samples older than the retained billing months (the ledger stays)",
+        description="Retention job (run daily, e.g. a CronJob): deletes raw rows (messages, devices, processes, "
+        "allocations, field_errors) whose interval starts before the oldest retained UTC month, if the ledger "
+        "already covers them. The ledger and dead letters are kept.",
+    )
+    r.add_argument("--db", default=settings.db_path, help="DuckDB file (default: %(default)s)")
+    r.add_argument("--months", type=int, default=settings.raw_retention_months,
+                   help="billing months of raw data to keep, the current one included (default: %(default)s)")
 
     t = sub.add_parser(
         "attribute", formatter_class=_formatter, epilog=_EPILOG,
@@ -81,29 +122,77 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     t.add_argument("--full", action="store_true", help="re-attribute every stored interval")
     t.add_argument("--tenancy", default=settings.tenancy_path, metavar="TOML", help="tenancy rules file")
 
+    x = sub.add_parser(
+        "explain", formatter_class=_formatter, epilog=_EPILOG,
+        help="list the GPUs, intervals and rules behind a tenant's line",
+        description="Drill-down for one tenant and period: its GPU-hours by kind, its coverage (share of busy "
+        "time attributed from per-process samples), and one row per GPU, pod, kind and attribution rule with "
+        "the first and last interval. Opens the database read-only.\n\n"
+        "  gpuledger explain --tenant vision --start 2026-10-01 --end 2026-11-01",
+    )
+    x.add_argument("--db", default=settings.db_path, help="DuckDB file (default: %(default)s)")
+    x.add_argument("--tenant", required=True, help="tenant name as on the showback")
+    x.add_argument("--start", default=None, help="period start, ISO date/time, UTC (default: all)")
+    x.add_argument("--end", default=None, help="period end (exclusive), ISO date/time, UTC (default: all)")
+    x.add_argument("--format", choices=["table", "csv"], default="table", help="output (default: %(default)s)")
+
     s = sub.add_parser(
         "serve", formatter_class=_formatter, epilog=_EPILOG,
         help="serve the showback API (FastAPI) over the DuckDB file",
-        description="Showback API: /healthz, /v1/showback, /v1/chargeback.csv; OpenAPI at /docs. Opens the "
-        "database read-only, so it can run beside a writing ingest worker.",
+        description="Showback API and page: showback, efficiency, fleet, Grafana series, drill-down, chargeback CSV; "
+        "OpenAPI at /docs, a showback page at /. Opens the database read-only. Every /v1 route needs a token "
+        "(`gpuledger token create`); --no-auth turns that off for local development only.",
     )
     s.add_argument("--db", default=settings.db_path, help="DuckDB file (default: %(default)s)")
     s.add_argument("--host", default=settings.api_host, help="bind address (default: %(default)s)")
     s.add_argument("--port", type=int, default=settings.api_port, help="port (default: %(default)s)")
     s.add_argument("--prices", default=settings.prices_path, metavar="TOML", help="price book file")
+    s.add_argument("--close-months", action="store_true",
+                   help="close each month's chargeback file once it has ended (+ grace); needs the writer lock")
+    s.add_argument("--close-grace-hours", type=float, default=settings.close_grace_hours, metavar="HOURS",
+                   help="wait this long after a month ends before closing it (default: %(default)s)")
+    s.add_argument("--no-auth", action="store_true",
+                   help="serve every route without a token, as admin (local development only; never expose it)")
+
+    k = sub.add_parser(
+        "token", formatter_class=_formatter, epilog=_EPILOG,
+        help="create, list or revoke API tokens",
+        description="API tokens for `gpuledger serve`. Roles: admin (every tenant), tenant (one tenant, on every "
+        "route), finance (exports and showback). The token is printed once; only its SHA-256 is stored. Writes "
+        "the database, so run it where no other writer (ingest) holds the file.\n\n"
+        "  gpuledger token create --role tenant --tenant nlp --name nlp-grafana\n"
+        "  gpuledger token list\n"
+        "  gpuledger token revoke 1a2b3c4d",
+    )
+    k.add_argument("action", choices=["create", "list", "revoke"], help="what to do")
+    k.add_argument("token_id", nargs="?", metavar="ID", help="token id to revoke (from `token list`)")
+    k.add_argument("--role", choices=["admin", "tenant", "finance"], help="role of a new token")
+    k.add_argument("--tenant", help="tenant of a --role tenant token")
+    k.add_argument("--name", help="a label for the new token (e.g. who holds it)")
+    k.add_argument("--db", default=settings.db_path, help="DuckDB file (default: %(default)s)")
 
     e = sub.add_parser(
         "export", formatter_class=_formatter, epilog=_EPILOG,
         help="write the monthly chargeback file for finance",
         description="Exports. `export chargeback --month 2026-10` writes one row per tenant x GPU model "
-        "(plus the platform's unallocated line) with FOCUS column names; the BilledCost total equals the "
-        "fleet's capacity cost to the cent.",
+        "(plus the platform's unallocated line) with FOCUS 1.2 columns; the BilledCost total equals the "
+        "fleet's capacity cost to the cent. --final closes the month (later exports return the same bytes; "
+        "later changes become Correction rows in the next open month). `export reconciliation` checks a "
+        "month and exits 1 when it does not add up. See docs/chargeback.md.\n\n"
+        "  gpuledger export chargeback --month previous --final --out exports/\n"
+        "  gpuledger export reconciliation --month 2026-10",
     )
-    e.add_argument("what", choices=["chargeback"], help="which export")
-    e.add_argument("--month", required=True, metavar="YYYY-MM", help="billing month (UTC)")
+    e.add_argument("what", choices=["chargeback", "reconciliation"], help="the FOCUS file, or its reconciliation report")
+    e.add_argument("--month", required=True, metavar="YYYY-MM", help="billing month (UTC), or `previous`")
     e.add_argument("--db", default=settings.db_path, help="DuckDB file (default: %(default)s)")
-    e.add_argument("--out", default=None, metavar="PATH", help="output file (default: stdout)")
+    e.add_argument("--out", default=None, metavar="PATH", help="output file or directory (default: stdout)")
     e.add_argument("--prices", default=settings.prices_path, metavar="TOML", help="price book file")
+    e.add_argument("--format", choices=["csv", "parquet", "txt", "json"], default=None,
+                   help="chargeback: csv (default) or parquet; reconciliation: txt (default) or json")
+    e.add_argument("--final", action="store_true", help="close the month: later exports return this exact file, "
+                   "later changes become corrections (writes the database; see docs/chargeback.md)")
+    e.add_argument("--charge-period", choices=["month", "day"], default=settings.charge_period,
+                   help="one row per line per month or per UTC day (default: %(default)s)")
 
     d = sub.add_parser(
         "demo", formatter_class=_formatter, epilog=_EPILOG,
@@ -151,18 +240,40 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int | None:
 
         return run_agent(args, settings)
     if args.command == "ingest":
+        from gpuledger.ingest.clock import ClockCheck
         from gpuledger.ingest.consumer import run_ingest
 
+        timing = ({"max_poll_interval_ms": args.group_timeout_ms, "session_timeout_ms": args.group_timeout_ms}
+                  if args.group_timeout_ms else {})
         run_ingest(args.kafka, args.topic, args.group, args.db,
                    client_settings=settings.kafka_client_settings(),
-                   max_idle_s=args.max_idle)
+                   max_idle_s=args.max_idle, batch_max=args.batch_max, linger_s=args.linger, hold_db=args.hold_db,
+                   clock_check=ClockCheck(max_future_s=args.max_future or None, max_age_s=args.max_age or None),
+                   segments=args.segments,
+                   **timing)
+        return 0
+    if args.command == "retention":
+        from gpuledger.ingest.retention import enforce_retention
+        from gpuledger.store import Store
+
+        with Store(args.db) as store:
+            res = enforce_retention(store, months=args.months)
+        print(f"deleted {res.messages_deleted} messages ({res.rows_deleted} rows) before "
+              f"{res.cutoff_ns // 10**9} (epoch s); kept {res.kept_unattributed} not yet attributed")
         return 0
     if args.command == "attribute":
         return _attribute(args)
+    if args.command == "explain":
+        from gpuledger.analytics.explain import explain_command
+
+        print(explain_command(args.db, args.tenant, args.start, args.end, args.format), end="")
+        return 0
     if args.command == "serve":
-        return _serve(args)
+        return _serve(args, settings)
     if args.command == "export":
-        return _export(args)
+        return _export(args, settings)
+    if args.command == "token":
+        return _token(args)
     if args.command == "demo":
         from gpuledger.demo import run_demo
 
@@ -182,31 +293,60 @@ def _attribute(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from gpuledger.api.app import create_app
 
     if not Path(args.db).exists():
         raise GpuledgerError(f"no database at {args.db}", hint="run `gpuledger ingest` or `gpuledger demo` first, or pass --db")
-    app = create_app(args.db, prices=_prices(args.prices))
+    app = create_app(args.db, prices=_prices(args.prices), auth=not args.no_auth)
+    if args.close_months:  # the scheduled monthly close (docs/chargeback.md)
+        from gpuledger.analytics.export_cmd import MonthCloser
+        from gpuledger.analytics.focus import ExportContext
+
+        MonthCloser(args.db, _prices(args.prices), ExportContext.from_settings(settings),
+                    args.close_grace_hours).start()
     print(f"gpuledger API on http://{args.host}:{args.port}/  (OpenAPI: /docs)")
+    if args.no_auth:
+        print("warning: --no-auth: every request is served as admin; for local development only", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
 
-def _export(args: argparse.Namespace) -> int:
-    from gpuledger.analytics.chargeback import chargeback_csv
+def _token(args: argparse.Namespace) -> int:
+    from gpuledger.api import tokens
     from gpuledger.store import Store
 
-    with Store(args.db, read_only=True) as store:
-        text = chargeback_csv(store, args.month, _prices(args.prices))
-    if args.out:
-        Path(args.out).write_text(text, encoding="utf-8")
-        print(f"wrote {args.out}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
+    if args.action == "create":
+        if not args.role:
+            raise GpuledgerError("token create needs --role", hint="--role admin|tenant|finance [--tenant T]")
+        with Store(args.db) as store:
+            token_id, token = tokens.create_token(store, args.role, args.tenant, args.name)
+        scope = f" for tenant {args.tenant}" if args.tenant else ""
+        print(f"created {args.role} token {token_id}{scope}; it is shown only now:", file=sys.stderr)
+        print(token)
+        return 0
+    if args.action == "list":
+        with Store(args.db) as store:
+            frame = tokens.list_tokens(store)
+        for r in frame.iter_rows(named=True):
+            state = f"revoked {r['revoked_at']:%Y-%m-%d %H:%M}" if r["revoked_at"] else "active"
+            print(f"{r['id']}  {r['role']:<8} {r['tenant'] or '-':<16} {r['name'] or '-':<20} "
+                  f"created {r['created_at']:%Y-%m-%d %H:%M}  {state}")
+        return 0
+    if not args.token_id:
+        raise GpuledgerError("token revoke needs the token id", hint="`gpuledger token list` shows the ids")
+    with Store(args.db) as store:
+        tokens.revoke_token(store, args.token_id)
+    print(f"revoked {args.token_id[:12]}", file=sys.stderr)
     return 0
+
+
+def _export(args: argparse.Namespace, settings: Settings) -> int:
+    from gpuledger.analytics.export_cmd import run_export
+
+    return run_export(args, _prices(args.prices), settings)
 
 
 def _prices(path: str | None):  # type: ignore[no-untyped-def]

@@ -32,10 +32,51 @@ class Settings(BaseSettings):
         None, description="Node name stamped on messages (DaemonSet: NODE_NAME from the downward API)."
     )
     metrics_port: int = Field(9400, description="Port of the agent's Prometheus /metrics (0: off).")
+    metrics_host: str = Field("0.0.0.0", description="Address the agent's /metrics binds (127.0.0.1: this host only).")
+    spool_dir: str | None = Field(
+        None, description="Agent store-and-forward spool directory; unset: <temp dir>/gpuledger-spool-<node>."
+    )
+    spool_max_bytes: int = Field(
+        256 * 2**20, description="Spool bound in bytes; when full the oldest records are dropped (and counted)."
+    )
+    pod_resources_socket: str = Field(
+        "/var/lib/kubelet/pod-resources/kubelet.sock",
+        description="Kubelet PodResources v1 gRPC socket: which container holds which GPU.",
+    )
+    kubelet_insecure_tls: bool = Field(
+        False, description="Skip verifying the kubelet's serving certificate (self-signed without serverTLSBootstrap)."
+    )
+    dcgm_exporter_url: str | None = Field(
+        None, description="A local dcgm-exporter's /metrics to read MIG GR_ENGINE_ACTIVE from (optional)."
+    )
+    proc_root: str = Field("/proc", description="Host /proc as the agent sees it (DaemonSet: /host/proc, mounted read-only).")
+    kubelet_pods_url: str | None = Field(
+        None, description="Kubelet pods endpoint for pod labels and container ids (e.g. https://$NODE_IP:10250/pods)."
+    )
+    ingest_batch_max: int = Field(5000, description="Ingest: most records per flush (one DuckDB transaction, then one offset commit).")
+    ingest_linger_s: float = Field(1.0, description="Ingest: seconds to keep polling after a flush's first record to fill it.")
+    ingest_max_future_s: float = Field(
+        300.0, description="Ingest: an interval ending more than this many seconds after now is quarantined (clock skew bound)."
+    )
+    ingest_max_age_s: float = Field(
+        7 * 86400.0,
+        description="Ingest: an interval starting more than this many seconds ago is quarantined (above the agent spool's reach).",
+    )
+    raw_retention_months: int = Field(
+        2, description="Billing months of raw samples `gpuledger retention` keeps (2: the current and the previous month)."
+    )
     api_host: str = Field("127.0.0.1", description="Address `gpuledger serve` binds.")
     api_port: int = Field(8080, description="Port `gpuledger serve` binds.")
     prices_path: str | None = Field(None, description="Price book TOML; unset: the shipped default book.")
     tenancy_path: str | None = Field(None, description="Tenancy rules TOML; unset: label `team`, else namespace.")
+    billing_account_id: str = Field("gpuledger", description="FOCUS BillingAccountId of the chargeback file.")
+    billing_account_name: str = Field("gpuledger GPU fleet", description="FOCUS BillingAccountName.")
+    provider_name: str = Field("gpuledger", description="FOCUS ProviderName, PublisherName and InvoiceIssuerName.")
+    region_id: str | None = Field(None, description="FOCUS RegionId/RegionName of the fleet; unset: null.")
+    charge_period: str = Field("month", description="Chargeback rows per `month` or per UTC `day`.")
+    close_grace_hours: float = Field(
+        6.0, description="`serve --close-months`: close a month this many hours after it ends."
+    )
 
     def kafka_client_settings(self) -> dict[str, str]:
         """TLS/SASL options passed straight through to the Kafka client."""

@@ -178,12 +178,18 @@ def _serve(args: argparse.Namespace, db_path: Path, console: Console) -> int:
     import uvicorn
 
     from gpuledger.api.app import create_app
+    from gpuledger.api.tokens import create_token
 
+    with Store(db_path) as store:  # the demo's own admin token (auth stays on, as in production)
+        _, token = create_token(store, "admin", name="demo")
     app = create_app(str(db_path), prices=default_price_book())
     base = f"http://{args.host}:{args.port}"
     console.print(
-        f"\nServing the API until Ctrl-C:\n  {base}/v1/showback?group_by=tenant\n"
-        f"  {base}/v1/chargeback.csv?month={DEMO_START:%Y-%m}\n  {base}/docs  (OpenAPI)"
+        f"\nServing the API until Ctrl-C. An admin token for this demo (shown once):\n  {token}\n"
+        f"  {base}/#token={token}  (the showback page)\n"
+        f"  curl -H 'Authorization: Bearer {token}' '{base}/v1/showback?group_by=tenant'\n"
+        f"  {base}/docs  (OpenAPI)",
+        soft_wrap=True,
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

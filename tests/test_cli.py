@@ -47,7 +47,7 @@ def test_real_backend_without_a_driver_fails_with_a_hint_not_a_traceback() -> No
 
 
 def test_simulated_agent_prints_ticks() -> None:
-    out = gpuledger("agent", "--backend", "sim", "--ticks", "2", "--interval", "0.2")
+    out = gpuledger("agent", "--backend", "sim", "--ticks", "2", "--interval", "0.2", "--metrics-port", "0")
     assert out.returncode == 0, out.stderr
     lines = [line for line in out.stdout.splitlines() if line.startswith("seq ")]
     assert len(lines) == 2 and "8 GPUs" in lines[0]

@@ -88,7 +88,7 @@ def test_ledger_conserves_capacity_for_every_gpu_and_interval(run: dict) -> None
 
 
 def test_api_over_http_reports_what_the_ledger_holds(run: dict) -> None:
-    with serving(create_app(run["db"])) as client:
+    with serving(create_app(run["db"], auth=False)) as client:  # auth: tests/api/test_auth.py
         r = client.get("/v1/showback", params={"group_by": "tenant"})
         assert r.status_code == 200, r.text
         body = r.json()
