@@ -123,6 +123,13 @@ class Store:
         # DuckDB 2 refuses new work while a statement's result is unread: drain it.
         self.con.execute(sql, params or []).fetchall()
 
+    def _rollback(self) -> None:
+        """Roll back after a failure; a connection that is itself gone has nothing to undo."""
+        try:
+            self._exec("ROLLBACK")
+        except duckdb.Error:
+            pass
+
     def __enter__(self) -> Store:
         return self
 
@@ -137,43 +144,11 @@ class Store:
         """Store decoded messages in one transaction; returns how many were new.
 
         Idempotent on (agent_id, boot_id, seq): a message already stored, or
-        repeated inside the batch, is skipped whole.
+        repeated inside the batch, is skipped whole (see ``write_arrow``).
         """
         if not messages:
             return 0
-        sources = sources or [None] * len(messages)
-        with self._lock:
-            try:
-                fresh = self._fresh(messages)
-            except duckdb.Error as exc:
-                raise StoreError(f"checking {len(messages)} messages against the store failed: {exc}") from exc
-            if not fresh:
-                return 0
-            batch = [messages[i] for i in fresh]
-            tables = batch_to_arrow(batch, [sources[i] for i in fresh])
-            try:
-                self._exec("BEGIN")
-                for name, table in tables.items():
-                    if table.num_rows:
-                        self.con.register("_batch", table)
-                        if name == "pods":
-                            self._exec(
-                                "INSERT INTO pods SELECT * FROM _batch ON CONFLICT (pod_uid) DO UPDATE SET "
-                                "namespace = excluded.namespace, name = excluded.name, labels = excluded.labels, "
-                                "last_seen_ns = greatest(pods.last_seen_ns, excluded.last_seen_ns)"
-                            )
-                        else:
-                            cols = ", ".join(f'"{c}"' for c in table.column_names)
-                            self._exec(f"INSERT INTO {name} ({cols}) SELECT {cols} FROM _batch")
-                        self.con.unregister("_batch")
-                self._exec("COMMIT")
-            except duckdb.Error as exc:
-                self._exec("ROLLBACK")
-                raise StoreError(f"writing {len(batch)} messages failed: {exc}") from exc
-            except BaseException:  # never leave the connection inside an open transaction
-                self._exec("ROLLBACK")
-                raise
-            return len(batch)
+        return self.write_arrow(batch_to_arrow(messages, sources or [None] * len(messages)))
 
     def write_arrow(self, tables: Mapping[str, pa.Table]) -> int:
         """Bulk-store one decoded batch (``ingest.batch.ArrowBatch.tables``) in one
@@ -209,18 +184,19 @@ class Store:
                 pods = tables.get("pods")
                 if fresh and pods is not None and pods.num_rows:
                     self.con.register("_batch", pods)
+                    # Latest seen wins: a replayed old message never overwrites newer labels.
                     self._exec(
                         "INSERT INTO pods SELECT * FROM _batch ON CONFLICT (pod_uid) DO UPDATE SET "
                         "namespace = excluded.namespace, name = excluded.name, labels = excluded.labels, "
-                        "last_seen_ns = greatest(pods.last_seen_ns, excluded.last_seen_ns)"
+                        "last_seen_ns = excluded.last_seen_ns WHERE excluded.last_seen_ns >= pods.last_seen_ns"
                     )
                     self.con.unregister("_batch")
                 self._exec("COMMIT")
             except duckdb.Error as exc:
-                self._exec("ROLLBACK")
+                self._rollback()
                 raise StoreError(f"writing a batch of {msgs.num_rows} messages failed: {exc}") from exc
             except BaseException:  # never leave the connection inside an open transaction
-                self._exec("ROLLBACK")
+                self._rollback()
                 raise
             return len(fresh)
 
@@ -340,28 +316,11 @@ class Store:
                 self._exec("DROP TABLE _new")
                 self._exec("COMMIT")
             except duckdb.Error as exc:
-                self._exec("ROLLBACK")
+                self._rollback()
                 raise StoreError(f"merging {path} failed: {exc}") from exc
             finally:
                 self._exec("DETACH _w")
             return added
-
-    def _fresh(self, messages: Sequence[wire.Message]) -> list[int]:
-        keys = pa.table(
-            {
-                "agent_id": [m.agent_id for m in messages],
-                "boot_id": [m.boot_id for m in messages],
-                "seq": pa.array([m.seq for m in messages], pa.uint64()),
-                "i": pa.array(range(len(messages)), pa.int64()),
-            }
-        )
-        self.con.register("_keys", keys)
-        rows = self.con.execute(
-            "SELECT min(k.i) FROM _keys k ANTI JOIN messages m USING (agent_id, boot_id, seq) "
-            "GROUP BY k.agent_id, k.boot_id, k.seq ORDER BY 1"
-        ).fetchall()
-        self.con.unregister("_keys")
-        return [int(r[0]) for r in rows]
 
     def write_dead_letters(self, letters: Iterable[DeadLetter]) -> int:
         """Store undecodable records; returns how many were new.
@@ -385,7 +344,7 @@ class Store:
                 added = self.count("dead_letters") - before
                 self._exec("COMMIT")
             except duckdb.Error as exc:
-                self._exec("ROLLBACK")
+                self._rollback()
                 raise StoreError(f"writing {len(rows)} dead letters failed: {exc}") from exc
         return added
 
@@ -459,6 +418,7 @@ def batch_to_arrow(messages: Sequence[wire.Message], sources: Sequence[str | Non
                 "schema_version": pa.array([m.schema_version for m in messages], pa.uint16()),
                 "driver_version": [m.driver_version for m in messages],
                 "source": list(sources),
+                "_m": pa.array(range(len(messages)), pa.int32()),  # ordinal in the batch (not stored)
             }
         )
     }
@@ -473,6 +433,7 @@ def _row_table(messages: Sequence[wire.Message], name: str) -> pa.Table:
     counts = np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
     rows = np.concatenate(arrays) if arrays else wire.empty(name)
     cols: dict[str, pa.Array] = {
+        "_m": pa.array(np.repeat(np.arange(len(messages), dtype=np.int32), counts)),
         "agent_id": _repeat([m.agent_id for m in messages], counts),
         "boot_id": _repeat([m.boot_id for m in messages], counts),
         "seq": pa.array(np.repeat([m.seq for m in messages], counts).astype(np.uint64)),
