@@ -357,6 +357,16 @@ def pod_shares(msg: wire.Message) -> dict[tuple[int, int, str, str, str], PodSha
     names = [(p["namespace"], p["name"]) for p in msg.pods]
     strings = msg.strings
     rows: dict[tuple[int, int, str, str, str], int] = {}
+
+    def share_of(r: int, pod: int, container: int) -> PodShare:
+        """The PodShare of (device row r, pod, container), created on first use."""
+        key = (int(gpu[r]), int(mig[r]), *names[pod], strings[container] if container < len(strings) else "")
+        found = out.get(key)
+        if found is None:
+            found = out[key] = PodShare()
+            rows[key] = r
+        return found
+
     procs = msg.processes
     if len(procs):
         row, ok = device_row(procs)
@@ -370,12 +380,7 @@ def pod_shares(msg: wire.Message) -> dict[tuple[int, int, str, str, str], PodSha
                                                       procs["used_memory_bytes"].tolist())):
             if pod < 0 or not ok[k]:
                 continue
-            r = int(row[k])
-            key = (int(gpu[r]), int(mig[r]), *names[pod], strings[container] if container < len(strings) else "")
-            s = out.get(key)
-            if s is None:
-                s = out[key] = PodShare()
-                rows[key] = r
+            s = share_of(int(row[k]), pod, container)
             b = float(busy[k])
             if b == b:
                 s.busy = b if s.busy != s.busy else s.busy + b
@@ -388,13 +393,7 @@ def pod_shares(msg: wire.Message) -> dict[tuple[int, int, str, str, str], PodSha
                                                         allocs["share"].tolist())):
             if pod < 0 or not ok[k]:
                 continue
-            r = int(row[k])
-            key = (int(gpu[r]), int(mig[r]), *names[pod], strings[container] if container < len(strings) else "")
-            s = out.get(key)
-            if s is None:
-                s = out[key] = PodShare()
-                rows[key] = r
-            s.allocated += share
+            share_of(int(row[k]), pod, container).allocated += share
     for key, s in out.items():
         r = rows[key]
         u, e = float(util[r]), float(energy[r])
