@@ -90,7 +90,7 @@ def create_app(db_path: str | Path | None = None, prices: PriceBook | None = Non
                                  "description": "FOCUS chargeback file"}},
              summary="The month's chargeback file, FOCUS columns (admin, finance)")
     def chargeback(request: Request, month: str = Query(..., description="billing month, YYYY-MM (UTC)"),
-                   _: Principal = Depends(require(*EXPORT_ROLES)), s: Session = Depends(session)) -> Response:
+                   _: Principal = Depends(require(*EXPORT_ROLES)), s: Session = Depends(session, scope="function")) -> Response:
         try:
             start, end = cb.month_bounds(month)
         except ValueError as exc:

@@ -51,7 +51,9 @@ _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
 async def session(request: Request) -> AsyncIterator[Session]:
-    """The request's database session (opened lazily in the handler's thread, closed after the response)."""
+    """The request's database session: opened lazily in the handler's thread, closed
+    when the handler returns, before the response is sent (scope="function" at every
+    use), because a read-only open holds the file lock that the ingest writer needs."""
     s = Session(request.app.state.db)
     try:
         yield s
@@ -60,7 +62,7 @@ async def session(request: Request) -> AsyncIterator[Session]:
 
 
 async def principal(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
-                    s: Session = Depends(session)) -> Principal:
+                    s: Session = Depends(session, scope="function")) -> Principal:
     if not request.app.state.auth:
         return NO_AUTH
     if credentials is None or not credentials.credentials:

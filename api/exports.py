@@ -34,7 +34,7 @@ router = APIRouter(prefix="/v1/exports", responses=ERROR_RESPONSES, tags=["expor
 
 _MEDIA = {"csv": "text/csv; charset=utf-8", "parquet": "application/vnd.apache.parquet"}
 _MONTH = Query(..., description="billing month, YYYY-MM (UTC), or `previous`")
-_SESSION = Depends(session)
+_SESSION = Depends(session, scope="function")
 
 
 def _context(request: Request, charge_period: str | None) -> ExportContext:

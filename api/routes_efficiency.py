@@ -114,7 +114,7 @@ def _answer(request: Request, s: Session, who: Principal, start: str | None, end
 def efficiency(request: Request, start: str | None = _START, end: str | None = _END,
                group_by: str = Query("tenant", description="comma-separated dimensions (see /v1/showback)"),
                limit: int = _LIMIT, cursor: str | None = _CURSOR, f: dict[str, str | None] = Depends(filter_params),
-               who: Principal = Depends(require(*DATA_ROLES)), s: Session = Depends(session)) -> JSONResponse:
+               who: Principal = Depends(require(*DATA_ROLES)), s: Session = Depends(session, scope="function")) -> JSONResponse:
     return _answer(request, s, who, start, end, group_by, f, None, limit, cursor)
 
 
@@ -125,7 +125,7 @@ def top_wasters(request: Request, start: str | None = _START, end: str | None = 
                 order_by: str = Query("idle_cost", description="idle_cost, idle_gpu_hours or allocated_gpu_hours"),
                 limit: int = Query(10, description="how many, 1..1000"), cursor: str | None = _CURSOR,
                 f: dict[str, str | None] = Depends(filter_params),
-                who: Principal = Depends(require(*DATA_ROLES)), s: Session = Depends(session)) -> JSONResponse:
+                who: Principal = Depends(require(*DATA_ROLES)), s: Session = Depends(session, scope="function")) -> JSONResponse:
     if order_by not in _ORDER:
         raise ApiError(400, "bad_order_by", f"order_by={order_by!r} is not one of {', '.join(_ORDER)}",
                        "idle_cost ranks by money")
@@ -137,7 +137,7 @@ def top_wasters(request: Request, start: str | None = _START, end: str | None = 
 def idle_gpus(request: Request, start: str | None = _START, end: str | None = _END,
               min_hours: float = Query(1.0, description="shortest idle run to list, hours (0..8784)"),
               limit: int = _LIMIT, cursor: str | None = _CURSOR, f: dict[str, str | None] = Depends(filter_params),
-              who: Principal = Depends(require(*DATA_ROLES)), s: Session = Depends(session)) -> JSONResponse:
+              who: Principal = Depends(require(*DATA_ROLES)), s: Session = Depends(session, scope="function")) -> JSONResponse:
     if not 0 <= min_hours <= 8784:
         raise ApiError(400, "bad_min_hours", f"min_hours={min_hours} is outside 0..8784", "e.g. min_hours=4")
     filters = data_filters(who, **f)

@@ -48,7 +48,7 @@ _HEALTH = {wire.HEALTH_OK: "ok", wire.HEALTH_DEGRADED: "degraded", wire.HEALTH_L
             summary="GPUs with model, node, sharing mode, health (XID, lost) and current holders")
 def fleet(request: Request, start: str | None = _START, end: str | None = _END, limit: int = _LIMIT,
           cursor: str | None = _CURSOR, f: dict[str, str | None] = Depends(filter_params),
-          who: Principal = Depends(require(*DATA_ROLES)), s: Session = Depends(session)) -> JSONResponse:
+          who: Principal = Depends(require(*DATA_ROLES)), s: Session = Depends(session, scope="function")) -> JSONResponse:
     filters = data_filters(who, **f)
     page = parse_page(limit, cursor)
     period = resolve_period(s, start, end, filters)

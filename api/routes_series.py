@@ -73,7 +73,7 @@ def series_showback(request: Request, start: str | None = _START, end: str | Non
                     granularity: str = _GRAN,
                     group_by: str = Query("tenant", description="comma-separated dimensions (see /v1/showback)"),
                     f: dict[str, str | None] = Depends(filter_params),
-                    who: Principal = Depends(require(*DATA_ROLES)), s: Session = Depends(session)) -> JSONResponse:
+                    who: Principal = Depends(require(*DATA_ROLES)), s: Session = Depends(session, scope="function")) -> JSONResponse:
     return JSONResponse(_frame(request, s, who, start, end, granularity, parse_group_by(group_by), f, []))
 
 
@@ -83,7 +83,7 @@ def series_efficiency(request: Request, start: str | None = _START, end: str | N
                       granularity: str = _GRAN,
                       group_by: str = Query("tenant", description="comma-separated dimensions"),
                       f: dict[str, str | None] = Depends(filter_params),
-                      who: Principal = Depends(require(*DATA_ROLES)), s: Session = Depends(session)) -> JSONResponse:
+                      who: Principal = Depends(require(*DATA_ROLES)), s: Session = Depends(session, scope="function")) -> JSONResponse:
     by = parse_group_by(group_by)
     rows = _frame(request, s, who, start, end, granularity, by, f, ["kind"])
     merged: dict[tuple[Any, ...], dict[str, Any]] = {}
@@ -112,7 +112,7 @@ def series_efficiency(request: Request, start: str | None = _START, end: str | N
 def series_gpu(request: Request, gpu: str = Query(..., description="GPU UUID (from /v1/fleet)"),
                start: str | None = _START, end: str | None = _END, granularity: str = _GRAN,
                group_by: str = Query("tenant", description="tenant, pod, workload or namespace"),
-               who: Principal = Depends(require(*DATA_ROLES)), s: Session = Depends(session)) -> JSONResponse:
+               who: Principal = Depends(require(*DATA_ROLES)), s: Session = Depends(session, scope="function")) -> JSONResponse:
     by = parse_group_by(group_by, ("tenant", "namespace", "pod", "workload", "profile", "sharing"))
     f: dict[str, str | None] = {"tenant": None, "namespace": None, "node": None, "model": None, "sharing": None,
                                 "pod": None, "workload": None, "gpu": gpu}

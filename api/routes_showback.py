@@ -88,7 +88,7 @@ def showback(request: Request, start: str | None = _START, end: str | None = _EN
              granularity: str | None = Query(None, description="hour, day or month buckets; omit for none"),
              limit: int = _LIMIT, cursor: str | None = _CURSOR,
              f: dict[str, str | None] = Depends(filter_params),
-             who: Principal = Depends(require(*SHOWBACK_ROLES)), s: Session = Depends(session)) -> JSONResponse:
+             who: Principal = Depends(require(*SHOWBACK_ROLES)), s: Session = Depends(session, scope="function")) -> JSONResponse:
     by = parse_group_by(group_by)
     filters = data_filters(who, **f)
     page = parse_page(limit, cursor)
@@ -144,7 +144,7 @@ def drilldown(request: Request, start: str | None = _START, end: str | None = _E
               rule: str | None = Query(None, description="attribution rule name(s)"),
               limit: int = _LIMIT, cursor: str | None = _CURSOR,
               f: dict[str, str | None] = Depends(filter_params),
-              who: Principal = Depends(require(*DATA_ROLES)), s: Session = Depends(session)) -> JSONResponse:
+              who: Principal = Depends(require(*DATA_ROLES)), s: Session = Depends(session, scope="function")) -> JSONResponse:
     if view not in _DRILL_VIEWS:
         raise ApiError(400, "bad_view", f"view={view!r} is not one of {', '.join(_DRILL_VIEWS)}",
                        "intervals lists ledger rows; gpus and rules summarise them")

@@ -163,7 +163,7 @@ def test_revoking_takes_effect_on_the_next_request(tmp_path: Path, demo: dict[st
             revoke_token(store, token_id)
         r = c.get("/v1/whoami", headers=auth(token))
         assert r.status_code == 401 and token_id in r.json()["error"]["message"]
-        assert token.split("_")[2] not in r.text
+        assert token.split("_", 2)[2] not in r.text
 
 
 def test_tokens_are_stored_hashed_and_never_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -191,9 +191,9 @@ def test_token_cli_create_list_revoke(tmp_path: Path) -> None:
     assert made.returncode == 0, made.stderr
     token = made.stdout.strip()
     assert token.startswith("glt_") and "shown only now" in made.stderr
-    token_id = token.split("_")[1]
+    token_id = token.split("_", 2)[1]
     listed = cli("list")
-    assert token_id in listed.stdout and "vision-grafana" in listed.stdout and token.split("_")[2] not in listed.stdout
+    assert token_id in listed.stdout and "vision-grafana" in listed.stdout and token.split("_", 2)[2] not in listed.stdout
     assert cli("revoke", token_id).returncode == 0
     assert "revoked" in cli("list").stdout
     bad = cli("create", "--role", "tenant")
