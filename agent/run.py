@@ -66,8 +66,11 @@ def open_publisher(args: argparse.Namespace, settings: Settings, node: str) -> A
     spool_dir = getattr(args, "spool_dir", None) or str(Path(tempfile.gettempdir()) / f"gpuledger-spool-{node}")
     spool = Spool(spool_dir, max_bytes=getattr(args, "spool_max_bytes", None) or settings.spool_max_bytes)
     log.info("spool %s (bound %d bytes, %d records waiting from before)", spool_dir, spool.max_bytes, spool.pending())
+    codec = None if settings.kafka_compression == "none" else settings.kafka_compression
     return SpoolingPublisher(
-        lambda: KafkaPublisher(args.kafka, args.topic, client_settings=settings.kafka_client_settings()), spool
+        lambda: KafkaPublisher(args.kafka, args.topic, client_settings=settings.kafka_client_settings(),
+                               compression_type=codec),
+        spool,
     )
 
 

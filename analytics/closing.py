@@ -167,6 +167,13 @@ def stored_file(store: Store, month: str, fmt: Format) -> bytes:
     return bytes(frame["content"][0])
 
 
+def _retired(store: Store) -> set[str]:
+    """Months whose interval-grain ledger retention removed (closed before, by its rule)."""
+    if not store.scalar("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'ledger_retired'"):
+        return set()
+    return set(store.query("SELECT month FROM ledger_retired")["month"].to_list())
+
+
 def _billed(store: Store, usage_month: str) -> dict[tuple[str, ...], dict[str, Any]]:
     """What closed files billed for ``usage_month`` so far, summed per row key."""
     if not _has_tables(store):
@@ -196,8 +203,9 @@ def corrections(store: Store, month: str, book: PriceBook, context: ExportContex
     period = cb.month_bounds(month)
     out: list[Charge] = []
     expected: dict[str, Decimal] = {}
+    retired = _retired(store)
     for m, record in sorted(closed.items()):
-        if m >= month:
+        if m >= month or m in retired:  # a retired month's ledger is gone (ingest/retention.py): its bill is final
             continue
         ctx_m = ExportContext(**{**context.__dict__, "charge_period": record.charge_period})
         start, end = cb.month_bounds(m)

@@ -22,6 +22,7 @@ from typing import Any
 
 import polars as pl
 from gpuledger.analytics import chargeback as cb
+from gpuledger.analytics.hourly import HOUR_NS
 from gpuledger.analytics.prices import PriceBook
 from gpuledger.api.params import Filters, Period
 from gpuledger.api.reader import Session
@@ -30,6 +31,15 @@ __all__ = ["WORKLOAD", "apply_filters", "costed", "hours", "read_rows", "showbac
 
 _COLUMNS = ("agent_id, boot_id, seq, node, interval_start_ns, interval_end_ns, gpu_uuid, gpu_index, mig_index, "
             "model, profile, sharing, kind, tenant, namespace, pod, rule, gpu_seconds, energy_j, memory_gb_seconds")
+#: ``ledger_hourly`` rows in the ledger's columns (retired months). Each physical GPU-hour
+#: stands in for one GPU interval (key: node, 'hourly', hour number; chargeback prices a
+#: GPU interval once): it spans the GPU's GPU-seconds summed over the hour, which
+#: conservation makes its capacity (the ledger's rows of a GPU interval sum to its length
+#: within 1e-4 ns, so rounding to the nanosecond gives the integer capacity pricing used).
+_FROM_HOURLY = (f"node, 'hourly', (hour_start_ns // {HOUR_NS})::UBIGINT, node, hour_start_ns, "
+                "hour_start_ns + round(sum(gpu_seconds) OVER (PARTITION BY hour_start_ns, node, gpu_index) * 1e9)"
+                "::BIGINT, gpu_uuid, gpu_index, mig_index, model, profile, sharing, "
+                "kind, tenant, namespace, pod, rule, gpu_seconds, energy_j, memory_gb_seconds")
 #: pod name -> workload: drop a ReplicaSet hash and the 5-character pod suffix Kubernetes generates.
 WORKLOAD = r"^(.+?)(?:-[0-9a-f]{8,10})?-[a-z0-9]{5}$"
 _ROUND = 6
@@ -37,12 +47,23 @@ _BUCKET = {"hour": "1h", "day": "1d", "month": "1mo"}
 
 
 def read_rows(s: Session, period: Period, nodes: Sequence[str] = ()) -> pl.LazyFrame:
-    """Ledger rows whose interval starts in the period (node filter pushed down: a node's GPUs are whole)."""
-    sql = f"SELECT {_COLUMNS} FROM ledger WHERE interval_start_ns >= ? AND interval_start_ns < ?"
-    params: list[Any] = [cb.to_ns(period.start), cb.to_ns(period.end)]
-    if nodes:
-        sql += f" AND node IN ({', '.join('?' for _ in nodes)})"
-        params.extend(nodes)
+    """Ledger rows whose interval starts in the period (node filter pushed down: a node's GPUs are whole).
+
+    For months whose interval-grain ledger retention removed (``ledger_retired``),
+    the hourly rollups stand in: one row per hour and group, ``interval_start_ns``
+    the hour's start (see ``_FROM_HOURLY``). Totals, costs and hourly or coarser
+    buckets come out as the ledger gave them (tested); the drill-down to
+    intervals is gone with the ledger.
+    """
+    lo, hi = cb.to_ns(period.start), cb.to_ns(period.end)
+    node_sql = f" AND node IN ({', '.join('?' for _ in nodes)})" if nodes else ""
+    sql = f"SELECT {_COLUMNS} FROM ledger WHERE interval_start_ns >= ? AND interval_start_ns < ?{node_sql}"
+    params: list[Any] = [lo, hi, *nodes]
+    retired = s.query("SELECT start_ns, end_ns FROM ledger_retired WHERE end_ns > ? AND start_ns < ?", [lo, hi])
+    for start, end in retired.iter_rows():
+        sql += (f" UNION ALL SELECT {_FROM_HOURLY} FROM ledger_hourly "
+                f"WHERE hour_start_ns >= ? AND hour_start_ns < ?{node_sql}")
+        params += [max(lo, start), min(hi, end), *nodes]
     return s.query(sql, params).lazy()
 
 

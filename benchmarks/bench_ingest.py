@@ -5,7 +5,8 @@ GPUs, 32 processes (4 pods time-slicing each GPU), 32 allocations, 8 field
 errors, 32 pods with labels in the header: 80 record rows per message, of
 which 40 are *sample rows* (device + process rows, the rows the ledger reads).
 Messages are published to a real tansu broker on loopback with the agent's
-producer settings (gzip, acks=all), then consumed in one run per variant:
+producer settings (``KafkaPublisher`` defaults: zstd, acks=all), then consumed
+in one run per variant:
 
 - ``gpuledger``: the real worker (``KafkaSubscriber`` -> ``Ingestor``: whole-poll
   decode into Arrow, one bulk DuckDB transaction per flush of up to 5000
@@ -13,13 +14,20 @@ producer settings (gzip, acks=all), then consumed in one run per variant:
 - ``gpuledger_release_file``: the same with the service's default file
   handling (``ingest.opener``: open, write, close per flush, so readers can
   open the file between flushes);
+- ``gpuledger_segments``: the same worker writing Parquet segments
+  (``ingest --segments``, the scale path) instead of a DuckDB file;
 - ``naive_json``: the straightforward design the issue names as the baseline:
   the same rows as JSON-per-message (a dict per row, strings inline),
   ``json.loads`` per message, a dict per row, rows appended to the same DuckDB
   tables through Polars (``Store.append``) per poll, then commit;
 - ``decode_only`` / ``store_only``: the worker's two halves on in-memory bytes
   (no broker), to show where the time goes; ``fetch_only``: the Kafka client
-  polling the topic and discarding the records (kafka-python's fetch path).
+  polling the topic and discarding the records (kafka-python's fetch path);
+  ``fetch_only_gzip``: the same for a copy published with gzip, the codec
+  the agent used before zstd.
+
+``cpu`` is the worker process's CPU seconds per wall second (above 1: the
+store thread overlaps fetch and decode).
 
 Rates count every record-table row and, separately, sample rows; they are
 steady-state: the first poll (consumer-group join) is excluded. The machine is
@@ -43,9 +51,10 @@ import numpy as np
 import polars as pl
 
 from gpuledger import wire
-from gpuledger.ingest.batch import decode_batch
+from gpuledger.ingest.batch import HeaderCache, decode_batch
 from gpuledger.ingest.consumer import Ingestor
 from gpuledger.ingest.opener import FileOpener
+from gpuledger.ingest.segments import SegmentWriter
 from gpuledger.store import Store
 from gpuledger.transport import KafkaPublisher, KafkaSubscriber
 
@@ -179,8 +188,8 @@ class Tansu:
         self.proc.wait()
 
 
-def publish(bootstrap: str, topic: str, values: list[tuple[bytes, bytes]]) -> None:
-    with KafkaPublisher(bootstrap, topic, client_settings={"max_request_size": 16 * 2**20}) as pub:
+def publish(bootstrap: str, topic: str, values: list[tuple[bytes, bytes]], **settings: Any) -> None:
+    with KafkaPublisher(bootstrap, topic, client_settings={"max_request_size": 16 * 2**20, **settings}) as pub:
         for k, v in values:
             pub.publish(k, v)
         pub.flush(120)
@@ -225,16 +234,19 @@ def run(quick: bool) -> list[dict[str, Any]]:
     sample_per_msg = len(messages[0].devices) + len(messages[0].processes)
     out: list[dict[str, Any]] = []
 
-    def row(variant: str, seconds: float, msgs: int, rows: int, nbytes: int) -> dict[str, Any]:
+    def row(variant: str, seconds: float, msgs: int, rows: int, nbytes: int, cpu: float | None = None) -> dict[str, Any]:
         return {"variant": variant, "messages": msgs, "seconds": round(seconds, 3),
                 "msgs_per_s": round(msgs / seconds), "rows_per_s": round(rows / seconds),
                 "sample_rows_per_s": round(msgs * sample_per_msg / seconds),
-                "MB_per_s": round(nbytes / seconds / 1e6, 1)}
+                "MB_per_s": round(nbytes / seconds / 1e6, 1),
+                **({"cpu": round(cpu / seconds, 2)} if cpu is not None else {})}
 
     # In-memory halves of the worker.
     sources = [f"t/0/{i}" for i in range(len(encoded))]
     t = time.perf_counter()
-    batches = [decode_batch(encoded[i:i + BATCH], sources[i:i + BATCH]) for i in range(0, len(encoded), BATCH)]
+    headers = HeaderCache()  # kept across polls, as the worker keeps it
+    batches = [decode_batch(encoded[i:i + BATCH], sources[i:i + BATCH], headers)
+               for i in range(0, len(encoded), BATCH)]
     dt = time.perf_counter() - t
     out.append(row("decode_only", dt, len(encoded), len(encoded) * rows_per_msg, sum(map(len, encoded))))
     with tempfile.TemporaryDirectory() as tmp:
@@ -247,22 +259,33 @@ def run(quick: bool) -> list[dict[str, Any]]:
 
     broker = Tansu()
     try:
-        topics = {"gpuledger": f"bench-bin-{uuid.uuid4().hex[:6]}", "naive_json": f"bench-json-{uuid.uuid4().hex[:6]}"}
-        publish(broker.bootstrap, topics["gpuledger"], [(m.node.encode(), v) for m, v in zip(messages, encoded)])
+        topics = {"gpuledger": f"bench-bin-{uuid.uuid4().hex[:6]}", "naive_json": f"bench-json-{uuid.uuid4().hex[:6]}",
+                  "gzip": f"bench-gzip-{uuid.uuid4().hex[:6]}"}
+        keyed = [(m.node.encode(), v) for m, v in zip(messages, encoded)]
+        publish(broker.bootstrap, topics["gpuledger"], keyed)
+        publish(broker.bootstrap, topics["gzip"], keyed, compression_type="gzip")
         publish(broker.bootstrap, topics["naive_json"], [(m.node.encode(), v) for m, v in zip(messages, naive)])
         dt, n, _, nb = consume(broker.bootstrap, topics["gpuledger"], len(encoded), lambda rs: 0, BATCH)
         out.append(row("fetch_only", dt, n, n * rows_per_msg, nb))
+        dt, n, _, nb = consume(broker.bootstrap, topics["gzip"], len(encoded), lambda rs: 0, BATCH)
+        out.append(row("fetch_only_gzip", dt, n, n * rows_per_msg, nb))
         with tempfile.TemporaryDirectory() as tmp:
             with Store(Path(tmp) / "w.duckdb") as store:
-                dt, n, rows, nb = ingest_worker(broker.bootstrap, topics["gpuledger"], store, len(encoded))
+                dt, n, rows, nb, cpu = ingest_worker(broker.bootstrap, topics["gpuledger"], store, len(encoded))
                 assert store.count("messages") == len(encoded), "gpuledger variant lost messages"
-        out.append(row("gpuledger", dt, n, rows, nb))
+        out.append(row("gpuledger", dt, n, rows, nb, cpu))
         with tempfile.TemporaryDirectory() as tmp:
             opener = FileOpener(Path(tmp) / "r.duckdb")  # the service default: the file is free between flushes
-            dt, n, rows, nb = ingest_worker(broker.bootstrap, topics["gpuledger"], opener, len(encoded))
+            dt, n, rows, nb, cpu = ingest_worker(broker.bootstrap, topics["gpuledger"], opener, len(encoded))
             with Store(Path(tmp) / "r.duckdb", read_only=True) as check:
                 assert check.count("messages") == len(encoded), "release variant lost messages"
-        out.append(row("gpuledger_release_file", dt, n, rows, nb))
+        out.append(row("gpuledger_release_file", dt, n, rows, nb, cpu))
+        with tempfile.TemporaryDirectory() as tmp:
+            segments = SegmentWriter(Path(tmp) / "seg", worker="bench")
+            dt, n, rows, nb, cpu = ingest_worker(broker.bootstrap, topics["gpuledger"], segments, len(encoded))
+            with Store.open_segments(Path(tmp) / "seg") as check:
+                assert check.count("messages") == len(encoded), "segments variant lost messages"
+        out.append(row("gpuledger_segments", dt, n, rows, nb, cpu))
         with tempfile.TemporaryDirectory() as tmp:
             with Store(Path(tmp) / "n.duckdb") as store:
                 dt, n, rows, nb = consume(broker.bootstrap, topics["naive_json"], len(naive),
@@ -279,22 +302,23 @@ def run(quick: bool) -> list[dict[str, Any]]:
     return out
 
 
-def ingest_worker(bootstrap: str, topic: str, store: Any, expect: int) -> tuple[float, int, int, int]:
-    """The real worker (``Ingestor.run`` over ``KafkaSubscriber``), timed after its first poll."""
+def ingest_worker(bootstrap: str, topic: str, store: Any, expect: int) -> tuple[float, int, int, int, float]:
+    """The real worker (``Ingestor.run`` over ``KafkaSubscriber``), timed after its first poll;
+    returns (seconds, records, rows, bytes, CPU seconds of this process)."""
     sub = KafkaSubscriber(bootstrap, topic, f"bench-{uuid.uuid4().hex[:8]}", max_poll_records=BATCH,
                           client_settings=FETCH, **GROUP)
     first: list[Any] = []
 
     def progress(totals: Any) -> None:
         if not first and totals.records:
-            first.append((time.perf_counter(), totals.copy()))
+            first.append((time.perf_counter(), time.process_time(), totals.copy()))
 
     ing = Ingestor(store, sub, batch_max=BATCH, progress=progress, linger_s=0.2, pipeline=True)  # as run_ingest
     try:
         ing.run(max_messages=expect, max_idle_s=60)
     finally:
         sub.close()
-    end = time.perf_counter()
-    t0, at = first[0]
+    end, cpu_end = time.perf_counter(), time.process_time()
+    t0, cpu0, at = first[0]
     tot = ing.totals
-    return end - t0, tot.records - at.records, tot.rows - at.rows, tot.bytes - at.bytes
+    return end - t0, tot.records - at.records, tot.rows - at.rows, tot.bytes - at.bytes, cpu_end - cpu0

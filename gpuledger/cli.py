@@ -102,14 +102,65 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
 
     r = sub.add_parser(
         "retention", formatter_class=_formatter, epilog=_EPILOG,
-        help="delete raw samples older than the retained billing months (the ledger stays)",
-        description="Retention job (run daily, e.g. a CronJob): deletes raw rows (messages, devices, processes, "
-        "allocations, field_errors) whose interval starts before the oldest retained UTC month, if the ledger "
-        "already covers them. The ledger and dead letters are kept.",
+        help="delete raw samples, then ledger and hourly rollups, past their retained months",
+        description="Retention job (run daily, e.g. a CronJob), three tiers by UTC month, each kept longer than "
+        "the one before (docs/storage.md#retention):\n\n"
+        "  raw samples (messages, devices, processes, allocations, field_errors): --months, default 2 (the current\n"
+        "    and the previous billing month: the evidence a dispute needs); a message the ledger does not cover\n"
+        "    yet is never deleted;\n"
+        "  interval-grain ledger: --ledger-months, default 13; a month goes only once it is closed (export\n"
+        "    --final), has no raw samples left and every hour is rolled up, else it is kept and the reason printed;\n"
+        "  hourly rollups (ledger_hourly): --rollup-months, default 36; only after the month's ledger is gone.\n\n"
+        "Dead letters are kept. Needs the file free for writing, like `gpuledger attribute`.\n\n"
+        "  gpuledger retention --db /data/gpuledger.duckdb\n"
+        "  gpuledger retention --months 3 --ledger-months 25 --rollup-months 0    # rollups forever",
     )
     r.add_argument("--db", default=settings.db_path, help="DuckDB file (default: %(default)s)")
     r.add_argument("--months", type=int, default=settings.raw_retention_months,
                    help="billing months of raw data to keep, the current one included (default: %(default)s)")
+    r.add_argument("--ledger-months", type=int, default=settings.ledger_retention_months, metavar="MONTHS",
+                   help="months of the interval-grain ledger to keep; 0: forever (default: %(default)s)")
+    r.add_argument("--rollup-months", type=int, default=settings.rollup_retention_months, metavar="MONTHS",
+                   help="months of hourly rollups to keep; 0: forever (default: %(default)s)")
+
+    mg = sub.add_parser(
+        "merge", formatter_class=_formatter, epilog=_EPILOG,
+        help="merge N ingest workers' DuckDB files into the serving file (idempotent)",
+        description="The merge step of N ingest workers, each writing its own DuckDB file (docs/operations.md). "
+        "Copies into --db every message (with its rows) whose key (agent_id, boot_id, seq) the serving file lacks, "
+        "pods by latest seen and dead letters by topic/partition/offset. Idempotent: a batch two workers both "
+        "stored after a rebalance is kept once, and merging the same file again adds nothing. Each worker file is "
+        "attached read-only between its worker's flushes (not while a worker runs with --hold-db). Then run "
+        "`gpuledger attribute` on the serving file.\n\n"
+        "  gpuledger merge --db /data/gpuledger.duckdb /data/ingest-0.duckdb /data/ingest-1.duckdb",
+    )
+    mg.add_argument("workers", nargs="+", metavar="WORKER_FILE", help="worker DuckDB files to merge in")
+    mg.add_argument("--db", default=settings.db_path, help="the serving DuckDB file to merge into (default: %(default)s)")
+
+    c = sub.add_parser(
+        "compact", formatter_class=_formatter, epilog=_EPILOG,
+        help="rewrite Parquet segments one file per table and day, or a DuckDB file in full row groups",
+        description="Storage maintenance (docs/storage.md).\n\n"
+        "--segments DIR: each day's many small Parquet segments (one per worker flush) become one file per table "
+        "and day. Readers see the same rows before, during and after: per message key only the copy readers "
+        "choose is kept; new files are renamed into place (messages last), then the old ones deleted (messages "
+        "first). Days before today (UTC) by default; files younger than --min-age are left for the next run. "
+        "Safe while workers write.\n\n"
+        "--db FILE --out NEW: copy the DuckDB file into NEW, rewritten in full row groups with the newest storage "
+        "format (smaller, faster scans). Then stop the writers and swap the files yourself.\n\n"
+        "  gpuledger compact --segments /shared/gpuledger-raw\n"
+        "  gpuledger compact --segments /shared/gpuledger-raw --day 2026-11-20\n"
+        "  gpuledger compact --db /data/gpuledger.duckdb --out /data/gpuledger.compact.duckdb",
+    )
+    c.add_argument("--segments", metavar="DIR", default=None, help="segment directory (ingest --segments DIR)")
+    c.add_argument("--day", action="append", default=None, metavar="YYYY-MM-DD",
+                   help="compact this day only (repeatable); default: every day before --before")
+    c.add_argument("--before", default=None, metavar="YYYY-MM-DD",
+                   help="with no --day: compact the days before this one (default: today, UTC)")
+    c.add_argument("--min-age", type=float, default=300.0, metavar="SECONDS",
+                   help="leave files younger than this for the next run (default: %(default)s)")
+    c.add_argument("--db", default=None, metavar="FILE", help="DuckDB file to copy compacted (with --out)")
+    c.add_argument("--out", default=None, metavar="NEW", help="where the compacted copy of --db goes (must not exist)")
 
     t = sub.add_parser(
         "attribute", formatter_class=_formatter, epilog=_EPILOG,
@@ -119,7 +170,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         "Incremental by default; --full re-attributes everything (after a tenancy-rule change).",
     )
     t.add_argument("--db", default=settings.db_path, help="DuckDB file (default: %(default)s)")
-    t.add_argument("--full", action="store_true", help="re-attribute every stored interval")
+    t.add_argument("--full", action="store_true", help="re-attribute every interval still stored raw (after a tenancy-rule change); months whose raw samples retention removed keep their ledger")
     t.add_argument("--tenancy", default=settings.tenancy_path, metavar="TOML", help="tenancy rules file")
 
     x = sub.add_parser(
@@ -253,14 +304,11 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int | None:
                    **timing)
         return 0
     if args.command == "retention":
-        from gpuledger.ingest.retention import enforce_retention
-        from gpuledger.store import Store
-
-        with Store(args.db) as store:
-            res = enforce_retention(store, months=args.months)
-        print(f"deleted {res.messages_deleted} messages ({res.rows_deleted} rows) before "
-              f"{res.cutoff_ns // 10**9} (epoch s); kept {res.kept_unattributed} not yet attributed")
-        return 0
+        return _retention(args)
+    if args.command == "merge":
+        return _merge(args)
+    if args.command == "compact":
+        return _compact(args)
     if args.command == "attribute":
         return _attribute(args)
     if args.command == "explain":
@@ -279,6 +327,86 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int | None:
 
         return run_demo(args)
     raise AssertionError(args.command)
+
+
+def _retention(args: argparse.Namespace) -> int:
+    import datetime
+
+    from gpuledger.ingest.retention import enforce_retention
+    from gpuledger.store import Store
+
+    if not Path(args.db).exists():
+        raise GpuledgerError(f"no database at {args.db}", hint="pass --db, the file `gpuledger ingest`/`merge` writes")
+    with Store(args.db) as store:
+        res = enforce_retention(store, months=args.months, ledger_months=args.ledger_months,
+                                rollup_months=args.rollup_months)
+
+    def day(ns: int | None) -> str:
+        return "-" if ns is None else datetime.datetime.fromtimestamp(ns // 10**9, datetime.UTC).strftime("%Y-%m-%d")
+
+    print(f"raw: deleted {res.messages_deleted} messages ({res.rows_deleted} rows) before {day(res.cutoff_ns)}; "
+          f"kept {res.kept_unattributed} not yet attributed")
+    print(f"ledger: retired {', '.join(res.ledger_months_retired) or 'no month'} ({res.ledger_rows_deleted} rows) "
+          f"before {day(res.ledger_cutoff_ns)}")
+    for month, why in res.ledger_kept.items():
+        print(f"  kept ledger of {month}: {why}")
+    print(f"rollups: deleted {res.rollup_rows_deleted} hourly rows before {day(res.rollup_cutoff_ns)}")
+    for month, why in res.rollup_kept.items():
+        print(f"  kept rollups of {month}: {why}")
+    return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    import time
+
+    from gpuledger.store import Store
+
+    missing = [w for w in args.workers if not Path(w).is_file()]
+    if missing:
+        raise GpuledgerError(f"no worker file at {', '.join(missing)}",
+                             hint="pass the files each `gpuledger ingest --db FILE` worker writes")
+    if any(Path(w).resolve() == Path(args.db).resolve() for w in args.workers):
+        raise GpuledgerError(f"{args.db} is both the target and a worker file", hint="--db names the serving file")
+    total = 0
+    with Store(args.db) as serving:
+        for n, worker in enumerate(args.workers, 1):
+            t0 = time.monotonic()
+            added = serving.absorb(worker)
+            total += added
+            print(f"[{n}/{len(args.workers)}] {worker}: {added} new messages ({time.monotonic() - t0:.1f} s)",
+                  file=sys.stderr)
+        messages = serving.count("messages")
+    print(f"merged {total} new messages into {args.db} ({messages} in all); next: gpuledger attribute --db {args.db}")
+    return 0
+
+
+def _compact(args: argparse.Namespace) -> int:
+    from gpuledger.store import Store
+
+    if not args.segments and not args.db:
+        raise GpuledgerError("nothing to compact", hint="give --segments DIR, or --db FILE --out NEW (or both)")
+    if args.segments:
+        from gpuledger.ingest.segments import compact_segments
+
+        root = Path(args.segments)
+        if not root.is_dir():
+            raise GpuledgerError(f"no segment directory at {root}", hint="the DIR of `gpuledger ingest --segments DIR`")
+        res = compact_segments(root, args.day, before=args.before, min_age_s=args.min_age,
+                               observer=lambda event: print(event, file=sys.stderr) if event.startswith("renamed") else None)
+        print(f"segments: {len(res.days)} days rewritten, {res.files_before} files -> {res.files_after}, "
+              f"{res.bytes_before:,} -> {res.bytes_after:,} bytes; {res.duplicate_rows_dropped} rows readers ignored "
+              f"dropped, {res.orphans_deleted} orphan files of killed flushes deleted")
+    if args.db:
+        if not args.out:
+            raise GpuledgerError("--db needs --out NEW", hint="the compacted copy goes to a new file; swap them after")
+        if not Path(args.db).exists():
+            raise GpuledgerError(f"no database at {args.db}", hint="pass the DuckDB file to compact")
+        with Store(args.db) as store:  # ATTACH of the new file needs a writable connection
+            before = Path(args.db).stat().st_size
+            size = store.compact_into(args.out)
+        print(f"database: {args.db} ({before:,} bytes) copied compacted into {args.out} ({size:,} bytes); "
+              "stop the writers, then swap the files")
+    return 0
 
 
 def _attribute(args: argparse.Namespace) -> int:

@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     kafka_sasl_username: str | None = Field(None, description="SASL user name.")
     kafka_sasl_password: str | None = Field(None, description="SASL password (never logged).")
     kafka_ssl_cafile: str | None = Field(None, description="CA bundle for broker TLS.")
+    kafka_compression: str = Field(
+        "zstd", description="Agent's producer codec: zstd, gzip, lz4, snappy or none (gzip for brokers older than Kafka 2.1)."
+    )
     interval_s: float = Field(10.0, description="Agent tick in seconds: one message per node per tick.")
     node_name: str | None = Field(
         None, description="Node name stamped on messages (DaemonSet: NODE_NAME from the downward API)."
@@ -64,6 +67,13 @@ class Settings(BaseSettings):
     )
     raw_retention_months: int = Field(
         2, description="Billing months of raw samples `gpuledger retention` keeps (2: the current and the previous month)."
+    )
+    ledger_retention_months: int = Field(
+        13, description="Months of the interval-grain ledger `gpuledger retention` keeps, the current one included "
+        "(13: a year of invoices can be drilled down; only closed, rolled-up months go; 0: forever)."
+    )
+    rollup_retention_months: int = Field(
+        36, description="Months of hourly rollups (ledger_hourly) `gpuledger retention` keeps (0: forever)."
     )
     api_host: str = Field("127.0.0.1", description="Address `gpuledger serve` binds.")
     api_port: int = Field(8080, description="Port `gpuledger serve` binds.")

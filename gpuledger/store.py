@@ -18,6 +18,9 @@ Tables (times are integer nanoseconds since the Unix epoch, UTC):
 - ``ledger``: attribution output (analytics), one row per GPU unit, interval,
   tenant and kind (busy, allocated_idle, unallocated, unmeasured).
 - ``attributed``: which messages the ledger already covers (incremental runs).
+- ``ledger_hourly``: the ledger summed per UTC hour (``analytics/hourly.py``), kept
+  longer than the ledger; ``ledger_hourly_pending`` the hours to recompute;
+  ``ledger_retired`` the months whose interval-grain ledger retention removed.
 """
 
 from __future__ import annotations
@@ -82,7 +85,18 @@ CREATE TABLE IF NOT EXISTS ledger (
     kind VARCHAR NOT NULL, tenant VARCHAR NOT NULL, namespace VARCHAR, pod VARCHAR,
     rule VARCHAR NOT NULL, gpu_seconds DOUBLE NOT NULL, energy_j DOUBLE,
     memory_gb_seconds DOUBLE);
-CREATE TABLE IF NOT EXISTS attributed ({_KEY}, PRIMARY KEY (agent_id, boot_id, seq));
+CREATE TABLE IF NOT EXISTS attributed ({_KEY}, rules_version VARCHAR, PRIMARY KEY (agent_id, boot_id, seq)); ALTER TABLE attributed ADD COLUMN IF NOT EXISTS rules_version VARCHAR;
+CREATE TABLE IF NOT EXISTS ledger_hourly (
+    hour_start_ns BIGINT NOT NULL, node VARCHAR NOT NULL,
+    gpu_uuid VARCHAR NOT NULL, gpu_index USMALLINT NOT NULL, mig_index SMALLINT NOT NULL,
+    model VARCHAR NOT NULL, profile VARCHAR, sharing VARCHAR NOT NULL,
+    kind VARCHAR NOT NULL, tenant VARCHAR NOT NULL, namespace VARCHAR, pod VARCHAR,
+    rule VARCHAR NOT NULL, gpu_seconds DOUBLE NOT NULL, energy_j DOUBLE, energy_intervals UINTEGER NOT NULL,
+    memory_gb_seconds DOUBLE, intervals UINTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS ledger_hourly_pending (hour_start_ns BIGINT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS ledger_retired (
+    month VARCHAR PRIMARY KEY, start_ns BIGINT NOT NULL, end_ns BIGINT NOT NULL,
+    ledger_rows BIGINT NOT NULL, gpu_seconds DOUBLE, retired_at TIMESTAMPTZ DEFAULT now());
 """
 
 _ROW_TABLES = ("devices", "processes", "allocations", "field_errors")

@@ -39,12 +39,14 @@ from typing import Any, Protocol, Self, runtime_checkable
 
 from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
 from kafka import errors as kafka_errors
+from kafka.codec import has_zstd
 
 from gpuledger.errors import TransportError
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "DEFAULT_COMPRESSION",
     "KafkaPublisher",
     "KafkaSubscriber",
     "MemoryTransport",
@@ -53,6 +55,11 @@ __all__ = [
     "Subscriber",
     "next_offsets",
 ]
+
+
+#: The producer's codec: zstd where the ``zstandard`` package is installed (a
+#: dependency of gpuledger), else gzip (standard library). See KafkaPublisher.
+DEFAULT_COMPRESSION = "zstd" if has_zstd() else "gzip"
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,9 +179,15 @@ class KafkaPublisher:
       idempotent producer's id/epoch state adds nothing here but a failure
       mode: after a broker loses that state the client stays failed
       (seen with kafka-python 3.0 against a restarted broker).
-    - ``linger_ms=50`` and ``compression_type="gzip"``: a fleet's ticks arrive
-      in bursts; 50 ms of batching costs nothing at a 10 s tick and gzip is in
-      the standard library (lz4/zstd would need extra packages).
+    - ``linger_ms=50``: a fleet's ticks arrive in bursts; 50 ms of batching
+      costs nothing at a 10 s tick.
+    - ``compression_type="zstd"`` (:data:`DEFAULT_COMPRESSION`; ``"gzip"`` when
+      the ``zstandard`` package is missing): measured on node messages, zstd
+      makes batches 10 % smaller than gzip (2.3 vs 2.5 KB per 9.7 KB message),
+      compresses ~5x faster (less agent CPU) and decompresses ~3x faster (more
+      ingest throughput; see benchmarks/bench_ingest.py). Consumers read any
+      codec; brokers need Kafka >= 2.1 for zstd (pass ``compression_type="gzip"``
+      for older ones).
     - ``delivery_timeout_ms`` (default 30 s, not Kafka's 120 s): how long a
       record may retry before ``flush`` reports it failed, so the agent notices
       an outage within a few ticks and spools.
@@ -193,7 +206,7 @@ class KafkaPublisher:
         *,
         client_settings: Mapping[str, Any] | None = None,
         linger_ms: int = 50,
-        compression_type: str | None = "gzip",
+        compression_type: str | None = DEFAULT_COMPRESSION,
         delivery_timeout_ms: int = 30_000,
         max_block_ms: int = 5_000,
         bootstrap_timeout_ms: int = 10_000,

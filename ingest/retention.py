@@ -1,30 +1,52 @@
-"""Retention of raw samples: keep the billing months a dispute can reach.
+"""Retention in three tiers, each kept longer than the one it summarises.
 
-Raw rows (``messages`` and the four record tables) are the evidence behind
-every ledger line. Billing disputes concern the month just invoiced, so by
-default raw data of the current and the previous calendar month (UTC) is
-kept (``raw_retention_months = 2``) and older raw data is deleted. The ledger
-(attribution output: per GPU, interval, tenant and kind, far smaller than raw
-samples) and ``dead_letters`` are kept; aggregate them further or export them
-for longer horizons.
+1. **Raw samples** (``messages`` and the four record tables): the evidence
+   behind every ledger line. Billing disputes concern the month just
+   invoiced, so by default the current and the previous calendar month (UTC)
+   are kept (``raw_retention_months = 2``). Never deleted: a message the
+   ledger does not cover yet (not in ``attributed``) -- deleting it would lose
+   GPU-seconds from a bill.
+2. **The interval-grain ledger** (``ledger``): kept ``ledger_retention_months``
+   (default 13: the current month and the twelve before it, so every line of
+   the last year's invoices can still be drilled down to its GPUs and
+   intervals, and a month can be compared with the same month a year ago).
+   A month's ledger goes only when all of these hold, else it is kept and the
+   reason reported:
 
-Never deleted: a message the ledger does not cover yet (not in
-``attributed``) -- deleting it would lose GPU-seconds from a bill. The job
-reports how many such messages it kept. After retention, ``gpuledger
-attribute --full`` can only re-attribute the retained months.
+   - the month is *closed* (``chargeback_closes``): its bill is stored byte
+     for byte, and ``analytics/closing.py`` stops recomputing corrections for
+     a month listed in ``ledger_retired`` (recomputing it from an empty ledger
+     would credit the whole month back);
+   - none of its raw samples are left (so nothing can re-attribute it);
+   - every hour is rolled up: not pending in ``ledger_hourly_pending``, and
+     the rollup's ``intervals`` add up to the hour's ledger rows.
+
+   The month is recorded in ``ledger_retired`` (rows and GPU-seconds removed)
+   in the same transaction.
+3. **Hourly rollups** (``ledger_hourly``): kept ``rollup_retention_months``
+   (default 36: three years of trends for capacity planning, the span of a
+   typical GPU depreciation schedule). A month's rollups go only once it has
+   no ledger rows left (they would no longer sum to it otherwise).
+
+Cut-offs are UTC month starts; 0 months keeps a tier (ledger, rollups)
+forever. Tiers must nest: raw <= ledger <= rollups. The ``dead_letters`` and
+``attributed`` keys are kept. After raw retention, ``gpuledger attribute
+--full`` can only re-attribute the retained months.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from gpuledger.errors import GpuledgerError
 from gpuledger.store import Store
 
-__all__ = ["RetentionResult", "cutoff_ns", "enforce_retention"]
+__all__ = ["RetentionResult", "cutoff_ns", "enforce_retention", "month_of"]
 
 RAW_TABLES = ("devices", "processes", "allocations", "field_errors")
+_HOUR_NS = 3600 * 10**9
 
 
 @dataclass
@@ -33,6 +55,13 @@ class RetentionResult:
     messages_deleted: int
     rows_deleted: int  # record-table rows
     kept_unattributed: int  # eligible by age, kept because the ledger lacks them
+    ledger_cutoff_ns: int | None = None  # None: the ledger is kept forever
+    ledger_months_retired: list[str] = field(default_factory=list)
+    ledger_rows_deleted: int = 0
+    ledger_kept: dict[str, str] = field(default_factory=dict)  # month -> why its ledger was kept
+    rollup_cutoff_ns: int | None = None
+    rollup_rows_deleted: int = 0
+    rollup_kept: dict[str, str] = field(default_factory=dict)
 
 
 def cutoff_ns(now_ns: int, months: int) -> int:
@@ -45,9 +74,40 @@ def cutoff_ns(now_ns: int, months: int) -> int:
     return int(start.timestamp()) * 10**9
 
 
-def enforce_retention(store: Store, months: int = 2, now_ns: int | None = None) -> RetentionResult:
-    """Delete attributed raw data older than the retained months, in one transaction."""
-    cut = cutoff_ns(time.time_ns() if now_ns is None else now_ns, months)
+def month_of(ns: int) -> tuple[str, int, int]:
+    """``YYYY-MM`` of the UTC month containing ``ns``, and its [start, end) in ns."""
+    t = dt.datetime.fromtimestamp(ns // 10**9, tz=dt.UTC)
+    start = dt.datetime(t.year, t.month, 1, tzinfo=dt.UTC)
+    end = dt.datetime(t.year + (t.month == 12), t.month % 12 + 1, 1, tzinfo=dt.UTC)
+    return f"{t.year:04d}-{t.month:02d}", int(start.timestamp()) * 10**9, int(end.timestamp()) * 10**9
+
+
+def _check_tiers(raw: int, ledger: int, rollup: int) -> None:
+    forever = 10**9
+    lm, rm = ledger or forever, rollup or forever
+    if raw < 1 or ledger < 0 or rollup < 0 or not raw <= lm <= rm:
+        raise GpuledgerError(
+            f"retention months must nest (raw {raw} <= ledger {ledger or 'forever'} <= rollups {rollup or 'forever'})",
+            hint="raw >= 1; ledger and rollups >= raw, or 0 to keep them forever; each tier summarises the one "
+            "before it, so it must outlive it")
+
+
+def enforce_retention(store: Store, months: int = 2, now_ns: int | None = None, *,
+                      ledger_months: int = 13, rollup_months: int = 36) -> RetentionResult:
+    """Apply the three tiers (see the module docstring); one transaction per step."""
+    _check_tiers(months, ledger_months, rollup_months)
+    now = time.time_ns() if now_ns is None else now_ns
+    result = _raw(store, cutoff_ns(now, months))
+    if ledger_months:
+        result.ledger_cutoff_ns = cutoff_ns(now, ledger_months)
+        _ledger(store, result.ledger_cutoff_ns, result)
+    if rollup_months:
+        result.rollup_cutoff_ns = cutoff_ns(now, rollup_months)
+        _rollups(store, result.rollup_cutoff_ns, result)
+    return result
+
+
+def _raw(store: Store, cut: int) -> RetentionResult:
     with store.transaction() as tx:
         tx.execute("CREATE TEMP TABLE _expired AS SELECT agent_id, boot_id, seq FROM messages "
                    "SEMI JOIN attributed USING (agent_id, boot_id, seq) WHERE interval_start_ns < ?", [cut])
@@ -61,3 +121,65 @@ def enforce_retention(store: Store, months: int = 2, now_ns: int | None = None) 
         tx.execute("DELETE FROM messages WHERE (agent_id, boot_id, seq) IN (SELECT (agent_id, boot_id, seq) FROM _expired)")
         tx.execute("DROP TABLE _expired")
     return RetentionResult(cut, n_messages, rows, kept)
+
+
+def _months(store: Store, table: str, column: str, cut: int) -> list[tuple[str, int, int]]:
+    """The UTC months (name, start, end) with rows in ``table`` before ``cut``, oldest first."""
+    lo = store.scalar(f"SELECT min({column}) FROM {table} WHERE {column} < ?", [cut])
+    out: list[tuple[str, int, int]] = []
+    while lo is not None and lo < cut:
+        month = month_of(int(lo))
+        if store.scalar(f"SELECT 1 FROM {table} WHERE {column} >= ? AND {column} < ? LIMIT 1", month[1:]):
+            out.append(month)
+        lo = month[2]
+    return out
+
+
+def _closed(store: Store) -> set[str]:
+    if not store.scalar("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'chargeback_closes'"):
+        return set()
+    return set(store.query("SELECT month FROM chargeback_closes")["month"].to_list())
+
+
+def _ledger(store: Store, cut: int, result: RetentionResult) -> None:
+    closed = _closed(store)
+    for month, lo, hi in _months(store, "ledger", "interval_start_ns", cut):
+        span = [lo, hi]
+        if month not in closed:
+            result.ledger_kept[month] = "not closed (export --final, or serve --close-months, closes a month)"
+            continue
+        if store.scalar("SELECT 1 FROM messages WHERE interval_start_ns >= ? AND interval_start_ns < ? LIMIT 1", span):
+            result.ledger_kept[month] = "raw samples of it are still stored (not yet attributed?)"
+            continue
+        unrolled = store.scalar(
+            f"WITH l AS (SELECT interval_start_ns - interval_start_ns % {_HOUR_NS} AS h, count(*) AS n FROM ledger "
+            "WHERE interval_start_ns >= ? AND interval_start_ns < ? GROUP BY h), "
+            "r AS (SELECT hour_start_ns AS h, sum(intervals) AS n FROM ledger_hourly "
+            "WHERE hour_start_ns >= ? AND hour_start_ns < ? GROUP BY h) "
+            "SELECT count(*) FROM l LEFT JOIN r USING (h) WHERE r.n IS DISTINCT FROM l.n "
+            "OR h IN (SELECT hour_start_ns FROM ledger_hourly_pending)", span + span)
+        if unrolled:
+            result.ledger_kept[month] = f"{unrolled} hours not rolled up (run `gpuledger attribute`)"
+            continue
+        with store.transaction() as tx:
+            rows, secs = tx.query("SELECT count(*) AS n, sum(gpu_seconds) AS s FROM ledger "
+                                  "WHERE interval_start_ns >= ? AND interval_start_ns < ?", span).row(0)
+            tx.execute("INSERT INTO ledger_retired (month, start_ns, end_ns, ledger_rows, gpu_seconds) "
+                       "VALUES (?, ?, ?, ?, ?) ON CONFLICT (month) DO UPDATE SET "
+                       "ledger_rows = ledger_retired.ledger_rows + excluded.ledger_rows, "
+                       "gpu_seconds = ledger_retired.gpu_seconds + excluded.gpu_seconds", [month, lo, hi, rows, secs])
+            tx.execute("DELETE FROM ledger WHERE interval_start_ns >= ? AND interval_start_ns < ?", span)
+        result.ledger_months_retired.append(month)
+        result.ledger_rows_deleted += int(rows)
+
+
+def _rollups(store: Store, cut: int, result: RetentionResult) -> None:
+    for month, lo, hi in _months(store, "ledger_hourly", "hour_start_ns", cut):
+        if store.scalar("SELECT 1 FROM ledger WHERE interval_start_ns >= ? AND interval_start_ns < ? LIMIT 1", [lo, hi]):
+            result.rollup_kept[month] = "its interval-grain ledger is still stored"
+            continue
+        with store.transaction() as tx:
+            result.rollup_rows_deleted += int(tx.scalar(
+                "SELECT count(*) FROM ledger_hourly WHERE hour_start_ns >= ? AND hour_start_ns < ?", [lo, hi]))
+            tx.execute("DELETE FROM ledger_hourly WHERE hour_start_ns >= ? AND hour_start_ns < ?", [lo, hi])
+            tx.execute("DELETE FROM ledger_hourly_pending WHERE hour_start_ns >= ? AND hour_start_ns < ?", [lo, hi])

@@ -27,3 +27,4 @@ def test_the_same_message_twice_is_stored_once_with_its_rows() -> None:
     assert store.count("messages") == 1
     assert store.count("devices") == len(msg.devices)
     assert store.count("processes") == len(msg.processes)
+

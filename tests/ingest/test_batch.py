@@ -7,11 +7,13 @@ and what it accepts is stored row for row as the per-message path stores it.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import polars as pl
+import pytest
 from factories import make_message, make_stream
-from gpuledger.ingest.batch import HeaderCache, decode_batch
+from gpuledger.ingest.batch import ArrowBatch, HeaderCache, decode_batch
 from gpuledger.ingest.clock import ClockCheck
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -77,7 +79,12 @@ def test_batch_decode_refuses_and_stores_exactly_what_the_strict_decoder_does(da
             decoded.append((wire.decode(v), sources[i]))
         except WireError as exc:
             strict[i] = str(exc)
-    batch = decode_batch(values, sources)
+    warm = data.draw(st.booleans())
+    cache = HeaderCache()
+    if warm:  # the agents' valid headers seen before: unchanged lists come from the cache, changed ones must not
+        decode_batch([wire.encode(make_message(agent_id=f"a{i}", seq=100 + i, node=f"n{i}")) for i in range(2)],
+                     seen=cache)
+    batch = decode_batch(values, sources, cache)
     assert batch.failed == strict
 
     fast, slow = Store(), Store()
@@ -134,3 +141,69 @@ def test_unknown_header_keys_and_nulls_survive_the_batch_path() -> None:
     assert batch.tables["devices"]["profile"].null_count == 2
 
 
+
+
+def strict_and_batch(values: list[bytes]) -> tuple[dict[str, pl.DataFrame], dict[str, pl.DataFrame], ArrowBatch]:
+    """Store ``values`` through the strict decoder and through the batch decoder (shared cache, one
+    message per batch, then all in one batch); the two batch stores must agree."""
+    cache = HeaderCache()
+    one_by_one, whole, slow = Store(), Store(), Store()
+    for v in values:
+        one_by_one.write_arrow(decode_batch([v], seen=cache).tables)
+    batch = decode_batch(values)
+    whole.write_arrow(batch.tables)
+    slow.write_messages([wire.decode(v) for v in values])
+    assert all(contents(one_by_one)[t].equals(contents(whole)[t]) for t in TABLES)
+    return contents(whole), contents(slow), batch
+
+
+def test_headers_the_typed_decoder_does_not_take_are_judged_as_the_strict_decoder_does() -> None:
+    def with_raw_header(seq: int, edit: Any) -> bytes:
+        header, counts, tables = split(wire.encode(make_message(seq=seq)))
+        return join(None, counts, tables, raw_header=edit(json.dumps(header).encode()))
+
+    values = [
+        with_raw_header(1, lambda h: h.replace(b'"seq": 1', b'"seq": -1, "seq": 1')),  # duplicate key: the last counts
+        with_raw_header(2, lambda h: h[:-1] + b', "future": NaN}'),  # NaN in an unknown field: json.loads takes it
+        with_raw_header(3, lambda h: h.replace(b'"team": "team-a"', b'"team": "\\u00e9quipe"')),  # escaped non-ASCII
+        with_raw_header(4, lambda h: h.replace(b'"team": "team-a"', '"team": "équipe-漢"'.encode())),  # raw UTF-8
+    ]
+    got, want, batch = strict_and_batch(values)
+    assert batch.failed == {} and batch.n_messages == 4
+    for t in TABLES:
+        assert got[t].equals(want[t]), t
+    assert {json.loads(x)["team"] for x in got["pods"]["labels"]} == {"équipe-漢"}  # seq 4: the latest
+
+
+def test_invalid_utf8_in_a_skipped_header_field_is_refused_like_the_strict_decoder() -> None:
+    header, counts, tables = split(wire.encode(make_message(seq=1)))
+    bad = join(None, counts, tables, raw_header=json.dumps(header).encode()[:-1] + b', "future": "\xff"}')
+    with pytest.raises(WireError) as exc:
+        wire.decode(bad)
+    batch = decode_batch([bad, wire.encode(make_message(seq=2))])
+    assert batch.index == [1] and batch.failed == {0: str(exc.value)}
+
+
+def test_pods_changing_inside_a_batch_keep_the_latest_labels_whatever_the_order() -> None:
+    def tick(seq: int, team: str) -> bytes:
+        m = make_message(seq=seq)
+        m.pods = [{**p, "labels": {"team": team}} for p in m.pods]
+        return wire.encode(m)
+
+    for values in ([tick(1, "old"), tick(2, "new")], [tick(2, "new"), tick(1, "old")],
+                   [tick(1, "old"), tick(2, "new"), tick(3, "old"), tick(4, "new")]):
+        got, want, _ = strict_and_batch(values)
+        assert got["pods"].equals(want["pods"])
+        assert {json.loads(x)["team"] for x in got["pods"]["labels"]} == {"new"}
+
+
+def test_the_header_cache_reuses_an_unchanged_part_and_rebuilds_a_changed_one() -> None:
+    cache = HeaderCache()
+    stream = [wire.encode(m) for m in make_stream(6)]
+    decode_batch(stream[:3], seen=cache)
+    decode_batch(stream[3:], seen=cache)
+    changed = make_message(seq=99)
+    changed.pods = changed.pods[:1]
+    decode_batch([wire.encode(changed)], seen=cache)
+    agents = {wire.decode(v).agent_id for v in stream}
+    assert cache.misses == len(agents) + 1

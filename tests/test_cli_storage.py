@@ -1,0 +1,97 @@
+"""Storage commands as an operator runs them: merge worker files, compact, retention."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from factories import make_stream
+from gpuledger.ingest.batch import decode_batch
+from gpuledger.ingest.segments import SegmentWriter
+
+from gpuledger import wire
+from gpuledger.store import DeadLetter, Store
+
+
+def gpuledger(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gpuledger.cli", *args], capture_output=True, text=True, timeout=120,
+                          check=False)
+
+
+def worker_file(path: Path, messages: int) -> Path:
+    with Store(path) as store:
+        store.write_arrow(decode_batch([wire.encode(m) for m in make_stream(messages)]).tables)
+        store.write_dead_letters([DeadLetter("truncated", b"\x00", "gpuledger.samples.v1", 0, 3)])
+    return path
+
+
+@pytest.mark.parametrize("command", ["merge", "compact", "retention"])
+def test_storage_commands_have_an_explaining_help(command: str) -> None:
+    out = gpuledger(command, "--help")
+    assert out.returncode == 0, out.stderr
+    assert f"usage: gpuledger {command}" in out.stdout and len(out.stdout.split()) > 80
+
+
+def test_merge_combines_worker_files_once_and_again_adds_nothing(tmp_path: Path) -> None:
+    w0 = worker_file(tmp_path / "ingest-0.duckdb", 12)
+    w1 = worker_file(tmp_path / "ingest-1.duckdb", 20)  # the first 12 again (a rebalance), and 8 more
+    serving = tmp_path / "gpuledger.duckdb"
+    out = gpuledger("merge", "--db", str(serving), str(w0), str(w1))
+    assert out.returncode == 0, out.stderr
+    assert "merged 20 new messages" in out.stdout and "gpuledger attribute" in out.stdout
+    assert "[1/2]" in out.stderr and "[2/2]" in out.stderr and "8 new messages" in out.stderr
+    again = gpuledger("merge", "--db", str(serving), str(w1), str(w0))
+    assert again.returncode == 0 and "merged 0 new messages" in again.stdout and "(20 in all)" in again.stdout
+    with Store(serving, read_only=True) as store:
+        assert (store.count("messages"), store.count("devices"), store.count("dead_letters")) == (20, 40, 1)
+    attributed = gpuledger("attribute", "--db", str(serving))
+    assert attributed.returncode == 0 and "attributed 20 messages" in attributed.stdout
+
+
+def test_merge_errors_say_what_to_do(tmp_path: Path) -> None:
+    w0 = worker_file(tmp_path / "ingest-0.duckdb", 4)
+    missing = gpuledger("merge", "--db", str(tmp_path / "s.duckdb"), str(tmp_path / "nope.duckdb"))
+    assert missing.returncode == 2 and "no worker file" in missing.stderr and "hint:" in missing.stderr
+    with Store(w0):  # a worker holding its file (--hold-db): another process cannot attach it now
+        held = gpuledger("merge", "--db", str(tmp_path / "s.duckdb"), str(w0))
+    assert held.returncode == 2 and "hint:" in held.stderr and "Traceback" not in held.stderr
+    same = gpuledger("merge", "--db", str(w0), str(w0))
+    assert same.returncode == 2 and "both the target and a worker file" in same.stderr
+
+
+def test_compact_segments_and_a_database_copy(tmp_path: Path) -> None:
+    root = tmp_path / "segments"
+    values = [wire.encode(m) for m in make_stream(20)]
+    for i in range(0, 20, 4):
+        SegmentWriter(root, "w0").write_arrow(decode_batch(values[i:i + 4]).tables)
+    SegmentWriter(root, "w1").write_arrow(decode_batch(values[8:16]).tables)
+    with Store.open_segments(root) as store:
+        before = store.query("SELECT * FROM devices ORDER BY ALL")
+    out = gpuledger("compact", "--segments", str(root), "--min-age", "0")
+    assert out.returncode == 0, out.stderr
+    assert "1 days rewritten, 36 files -> 6" in out.stdout and "renamed messages/" in out.stderr
+    with Store.open_segments(root) as store:
+        assert store.query("SELECT * FROM devices ORDER BY ALL").equals(before)
+
+    db = worker_file(tmp_path / "g.duckdb", 12)
+    copy = gpuledger("compact", "--db", str(db), "--out", str(tmp_path / "g2.duckdb"))
+    assert copy.returncode == 0 and "swap the files" in copy.stdout
+    with Store(tmp_path / "g2.duckdb", read_only=True) as store:
+        assert store.count("devices") == 24
+    exists = gpuledger("compact", "--db", str(db), "--out", str(tmp_path / "g2.duckdb"))
+    assert exists.returncode == 2 and "hint:" in exists.stderr
+    nothing = gpuledger("compact")
+    assert nothing.returncode == 2 and "--segments DIR" in nothing.stderr
+
+
+def test_retention_reports_each_tier(tmp_path: Path) -> None:
+    db = worker_file(tmp_path / "g.duckdb", 6)  # samples from 2025-01-01, long before "now"
+    assert gpuledger("attribute", "--db", str(db)).returncode == 0
+    out = gpuledger("retention", "--db", str(db))
+    assert out.returncode == 0, out.stderr
+    assert "raw: deleted 6 messages" in out.stdout
+    assert "kept ledger of 2025-01: not closed" in out.stdout  # never exported --final: the ledger stays
+    bad = gpuledger("retention", "--db", str(db), "--ledger-months", "1")
+    assert bad.returncode == 2 and "must nest" in bad.stderr and "hint:" in bad.stderr
