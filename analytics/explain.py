@@ -9,13 +9,20 @@ GPU-seconds and joules. The rows sum exactly to the tenant's line in
 identified by ``(agent_id, boot_id, seq)`` in the store, so any row can be
 followed down to the raw samples (tables ``devices``, ``processes``,
 ``allocations``). Output is sorted, so the same data gives the same listing.
+``gpuledger explain`` also names the tenancy-rule version(s) the rows were
+attributed under (``attributed.rules_version``, written by the job).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import polars as pl
 
 from gpuledger.analytics.rollups import in_period
+
+if TYPE_CHECKING:
+    from gpuledger.store import Store
 
 GROUP = ["node", "gpu_uuid", "gpu_index", "mig_index", "model", "sharing", "namespace", "pod", "kind", "rule"]
 
@@ -52,6 +59,22 @@ def parse_instant(text: str) -> int:
     return int(when.timestamp()) * 10**9 + when.microsecond * 1000
 
 
+def rules_versions(store: Store, where: str, params: list[object]) -> list[str]:
+    """Tenancy-rule versions the ledger rows matching ``where`` were attributed under (``attributed.rules_version``).
+
+    Files written before the column existed, or messages attributed then, say ``unrecorded``.
+    """
+    has = store.scalar("SELECT count(*) FROM information_schema.columns WHERE table_name = 'attributed' "
+                       "AND column_name = 'rules_version'")
+    if not has:
+        return ["unrecorded"]
+    rows = store.query(
+        "SELECT DISTINCT coalesce(a.rules_version, 'unrecorded') AS v FROM attributed a SEMI JOIN "
+        f"(SELECT agent_id, boot_id, seq FROM ledger WHERE {where}) l USING (agent_id, boot_id, seq) ORDER BY 1",
+        params)
+    return rows["v"].to_list()
+
+
 def explain_command(db: str, tenant: str, start: str | None, end: str | None, fmt: str = "table") -> str:
     """Text for ``gpuledger explain``: the tenant's line (coverage included) and the rows behind it."""
     import io
@@ -70,6 +93,7 @@ def explain_command(db: str, tenant: str, start: str | None, end: str | None, fm
             where.append("interval_start_ns < ?")
             params.append(end_ns)  # type: ignore[arg-type]
         ledger = store.query(f"SELECT * FROM ledger WHERE {' AND '.join(where)}", params).lazy()
+        versions = rules_versions(store, " AND ".join(where), params)
     rows = explain(ledger, tenant).collect()
     line = tenant_lines(ledger).collect()
     if fmt == "csv":
@@ -81,7 +105,8 @@ def explain_command(db: str, tenant: str, start: str | None, end: str | None, fm
     r = line.row(0, named=True)
     cov = "-" if r["coverage"] is None else f"{100 * r['coverage']:.1f} %"
     head = (f"tenant {tenant}: {r['total_s'] / 3600:.3f} GPU-h (busy {r['busy_s'] / 3600:.3f}, allocated idle "
-            f"{r['allocated_idle_s'] / 3600:.3f}, unmeasured {r['unmeasured_s'] / 3600:.3f}); coverage {cov}\n")
+            f"{r['allocated_idle_s'] / 3600:.3f}, unmeasured {r['unmeasured_s'] / 3600:.3f}); coverage {cov}\n"
+            f"attributed under tenancy rules {', '.join(versions) or 'unrecorded'}\n")
     with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200, fmt_str_lengths=40, tbl_hide_dataframe_shape=True):
         shown = rows.with_columns(
             first=pl.from_epoch(pl.col("first_start_ns"), time_unit="ns").dt.strftime("%Y-%m-%d %H:%M:%S"),
