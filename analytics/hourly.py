@@ -20,7 +20,10 @@ so it would be a sixth of the ledger, which is kept (13 months by default) for
 every finer question. The hour is where the saving is (360 intervals per row).
 
 Consistency: for every hour not listed in ``ledger_hourly_pending``, the
-rollup equals the ledger summed per hour. The attribution job marks the hours
+rollup equals the ledger summed per hour -- the API relies on it, answering
+hour-or-coarser questions from the rollups for such hours (api/views.py). A
+file whose ledger predates the rollups gets every ledger hour marked pending
+when a writer first opens it (``Store``), so the next run rolls it up. The attribution job marks the hours
 of the messages it is about to book as pending (committed before it books
 them) and recomputes them at the end -- delete the hour's rows, insert them
 afresh from ``ledger``, clear the mark, in one transaction per hour -- so late

@@ -9,7 +9,7 @@ measured, never zero.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class _Open(BaseModel):
@@ -157,6 +157,7 @@ class LedgerRowOut(_Open):
     gpu_seconds: float
     energy_j: float | None
     memory_gb_seconds: float | None
+    grain: str = Field(description="interval: one ledger row; hour: a retired month's hourly rollup row")
 
 
 class DrilldownOut(Paged):

@@ -98,7 +98,7 @@ def _answer(request: Request, s: Session, who: Principal, start: str | None, end
                              "total_rows": 0, "next_cursor": None})
 
     def compute() -> list[dict[str, Any]]:
-        rows = views.with_dimensions(views.read_rows(s, period, filters.values.get("node", ())))
+        rows = views.with_dimensions(views.read_rows(s, period, filters.values.get("node", ()), hourly=True))
         return [_row(r, by, book.quantum) for r in efficiency_frame(rows, book, by, filters).iter_rows(named=True)]
 
     rows = request.app.state.db.cached(("efficiency", period, tuple(by), filters.key()), compute)

@@ -46,25 +46,56 @@ _ROUND = 6
 _BUCKET = {"hour": "1h", "day": "1d", "month": "1mo"}
 
 
-def read_rows(s: Session, period: Period, nodes: Sequence[str] = ()) -> pl.LazyFrame:
+def read_rows(s: Session, period: Period, nodes: Sequence[str] = (), *, hourly: bool = False) -> pl.LazyFrame:
     """Ledger rows whose interval starts in the period (node filter pushed down: a node's GPUs are whole).
 
-    For months whose interval-grain ledger retention removed (``ledger_retired``),
-    the hourly rollups stand in: one row per hour and group, ``interval_start_ns``
-    the hour's start (see ``_FROM_HOURLY``). Totals, costs and hourly or coarser
-    buckets come out as the ledger gave them (tested); the drill-down to
-    intervals is gone with the ledger.
+    Hourly rollups (``ledger_hourly``) stand in for the ledger, one row per
+    hour and group with ``interval_start_ns`` the hour's start (see
+    ``_FROM_HOURLY``; their drill-down rows say ``grain: hour``):
+
+    - always for months whose interval-grain ledger retention removed
+      (``ledger_retired``);
+    - with ``hourly`` (answers bucketed by hour or coarser: showback, series,
+      efficiency), for every whole hour of the period that is rolled up: not
+      pending in ``ledger_hourly_pending`` and older than the newest rolled-up
+      hour (which may still be filling). Edge hours the period cuts, pending
+      hours and the newest hour come from the ledger. A month of 1,000 GPUs
+      at a 10 s tick is then ~720 x fewer rows to read and price.
+
+    Totals, costs and hourly or coarser buckets come out as the ledger gives
+    them (tests/api/test_hourly_reads.py, tests/ingest/test_retention_rollups.py).
     """
     lo, hi = cb.to_ns(period.start), cb.to_ns(period.end)
     node_sql = f" AND node IN ({', '.join('?' for _ in nodes)})" if nodes else ""
-    sql = f"SELECT {_COLUMNS} FROM ledger WHERE interval_start_ns >= ? AND interval_start_ns < ?{node_sql}"
-    params: list[Any] = [lo, hi, *nodes]
+    # A file no writer has opened since these tables were added lacks them (the API opens read-only).
+    rolled = _has_table(s, "ledger_hourly") and _has_table(s, "ledger_retired")
+    a = b = 0  # live hours [a, b) answered from rollups
+    if hourly and rolled:
+        newest = s.query("SELECT max(hour_start_ns) AS h FROM ledger_hourly WHERE hour_start_ns < ?", [hi])["h"][0]
+        a, b = -(-lo // HOUR_NS) * HOUR_NS, min(hi // HOUR_NS * HOUR_NS, newest if newest is not None else 0)
+        a, b = (a, b) if a < b else (0, 0)
+    if not rolled:
+        return s.query(f"SELECT {_COLUMNS} FROM ledger WHERE interval_start_ns >= ? AND interval_start_ns < ?{node_sql}",
+                       [lo, hi, *nodes]).lazy()
+    pending = "NOT IN (SELECT hour_start_ns FROM ledger_hourly_pending)"
+    ledger_sql = (f"SELECT {_COLUMNS} FROM ledger WHERE interval_start_ns >= ? AND interval_start_ns < ?{node_sql} "
+                  f"AND NOT (interval_start_ns >= ? AND interval_start_ns < ? "
+                  f"AND interval_start_ns - interval_start_ns % {HOUR_NS} {pending})")
+    params: list[Any] = [lo, hi, *nodes, a, b]
     retired = s.query("SELECT start_ns, end_ns FROM ledger_retired WHERE end_ns > ? AND start_ns < ?", [lo, hi])
-    for start, end in retired.iter_rows():
-        sql += (f" UNION ALL SELECT {_FROM_HOURLY} FROM ledger_hourly "
-                f"WHERE hour_start_ns >= ? AND hour_start_ns < ?{node_sql}")
-        params += [max(lo, start), min(hi, end), *nodes]
+    ranges = [(a, b, True), *((max(lo, start), min(hi, end), False) for start, end in retired.iter_rows())]
+    ranges = [(x, y, live) for x, y, live in ranges if x < y]
+    if not ranges:
+        return s.query(ledger_sql, params).lazy()
+    where = " OR ".join(f"(hour_start_ns >= ? AND hour_start_ns < ?{' AND hour_start_ns ' + pending if live else ''})"
+                        for _, _, live in ranges)
+    sql = f"{ledger_sql} UNION ALL SELECT {_FROM_HOURLY} FROM ledger_hourly WHERE ({where}){node_sql}"
+    params += [v for x, y, _ in ranges for v in (x, y)] + list(nodes)
     return s.query(sql, params).lazy()
+
+
+def _has_table(s: Session, name: str) -> bool:
+    return s.query("SELECT count(*) AS n FROM duckdb_tables() WHERE table_name = ?", [name])["n"][0] > 0
 
 
 def with_dimensions(rows: pl.LazyFrame, granularity: str | None = None) -> pl.LazyFrame:

@@ -44,17 +44,18 @@ HOUR_NS = 3_600 * 10**9
 MODELS = ("NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB", "NVIDIA L4")
 
 
-def synthetic_ledger(n_gpus: int, hours: int, n_tenants: int, seed: int = 1) -> pl.DataFrame:
-    """Ledger rows (the ``ledger`` table's columns) for ``n_gpus`` x ``hours`` hourly intervals."""
+def synthetic_ledger(n_gpus: int, hours: int, n_tenants: int, seed: int = 1, tick_s: int = 3600) -> pl.DataFrame:
+    """Ledger rows (the ``ledger`` table's columns) for ``n_gpus`` x ``hours`` of ``tick_s`` intervals."""
     rng = np.random.default_rng(seed)
-    g = np.repeat(np.arange(n_gpus), hours)
-    h = np.tile(np.arange(hours), n_gpus)
+    n = hours * 3600 // tick_s
+    g = np.repeat(np.arange(n_gpus), n)
+    h = np.tile(np.arange(n), n_gpus)
     owner = rng.integers(0, n_tenants, n_gpus)[g]
     held = rng.random(n_gpus)[g] > 0.10
-    busy = np.where(held, rng.random(g.size) * 3600.0, 0.0)
+    busy = np.where(held, rng.random(g.size) * tick_s, 0.0)
     second = (rng.random(n_gpus) < 0.20)[g] & held
     other = (owner + 1 + rng.integers(0, n_tenants - 1, n_gpus)[g]) % n_tenants
-    start = MONTH_START + h.astype(np.int64) * HOUR_NS
+    start = MONTH_START + h.astype(np.int64) * tick_s * 10**9
     node = g // 8
     frames = []
 
@@ -65,7 +66,7 @@ def synthetic_ledger(n_gpus: int, hours: int, n_tenants: int, seed: int = 1) -> 
         frames.append(pl.DataFrame({
             "agent_id": [f"node-{n:03d}" for n in node[idx]], "boot_id": "b", "seq": h[idx].astype(np.uint64),
             "node": [f"node-{n:03d}" for n in node[idx]], "interval_start_ns": start[idx],
-            "interval_end_ns": start[idx] + HOUR_NS, "gpu_uuid": [f"GPU-{x:05d}" for x in g[idx]],
+            "interval_end_ns": start[idx] + tick_s * 10**9, "gpu_uuid": [f"GPU-{x:05d}" for x in g[idx]],
             "gpu_index": (g[idx] % 8).astype(np.uint16), "mig_index": np.full(idx.size, -1, np.int16),
             "model": np.array(MODELS)[g[idx] % 3], "profile": None,
             "sharing": np.where(second[idx], "time_sliced", np.where(held[idx], "exclusive", "unallocated")),
@@ -77,10 +78,10 @@ def synthetic_ledger(n_gpus: int, hours: int, n_tenants: int, seed: int = 1) -> 
 
     share = np.where(second, 0.5, 1.0)
     part(held, K.BUSY, owner, busy * share, K.RULE_PROCESS_SAMPLES)
-    part(held, K.ALLOCATED_IDLE, owner, (3600.0 - busy) * share, K.RULE_IDLE_SHARE)
+    part(held, K.ALLOCATED_IDLE, owner, (tick_s - busy) * share, K.RULE_IDLE_SHARE)
     part(second, K.BUSY, other, busy * 0.5, K.RULE_PROCESS_SAMPLES)
-    part(second, K.ALLOCATED_IDLE, other, (3600.0 - busy) * 0.5, K.RULE_IDLE_SHARE)
-    part(~held, K.UNALLOCATED, None, np.full(g.size, 3600.0), K.RULE_UNALLOCATED)
+    part(second, K.ALLOCATED_IDLE, other, (tick_s - busy) * 0.5, K.RULE_IDLE_SHARE)
+    part(~held, K.UNALLOCATED, None, np.full(g.size, float(tick_s)), K.RULE_UNALLOCATED)
     return pl.concat(frames, how="vertical_relaxed")
 
 
@@ -163,7 +164,52 @@ def run(quick: bool) -> list[dict[str, Any]]:
          "server_cpu_ms_per_request": round(server_cpu_s * 1000 / max(1, lat.size), 2),
          "load_avg_1m": round(os.getloadavg()[0], 1)},
         wrk,
+        _cold_at_tick(Path(__file__).resolve().parents[1], quick),
     ]
+
+
+def _cold_at_tick(repo: Path, quick: bool) -> dict[str, Any]:
+    """The first showback request over a ledger at the agent's 10 s tick: from the hourly
+    rollups (as served), then with every hour marked pending (forces the interval-grain ledger)."""
+    from gpuledger.analytics.hourly import rebuild_hourly
+    from gpuledger.api.tokens import create_token
+
+    from gpuledger.store import Store
+
+    n_gpus, days = (16, 1) if quick else (100, 2)
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "tick.duckdb"
+        ledger = synthetic_ledger(n_gpus, days * 24, 20, seed=2, tick_s=10)
+        with Store(db) as store:
+            store.append("ledger", ledger)
+            t0 = time.perf_counter()
+            rebuild_hourly(store)
+            rollup_s = time.perf_counter() - t0
+            hourly_rows = store.count("ledger_hourly")
+            _, token = create_token(store, "admin")
+        port = _free_port()
+        server = subprocess.Popen([sys.executable, "-m", "gpuledger.cli", "serve", "--db", str(db), "--port", str(port)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=repo)
+        base = f"http://127.0.0.1:{port}"
+        url = f"{base}/v1/showback?start=2026-10-01&end=2026-11-01&group_by=tenant,node"
+        try:
+            _wait(base)
+            t0 = time.perf_counter()
+            fast = _get(url, token)
+            rollups_s = time.perf_counter() - t0
+            with Store(db) as store:  # the file changes: the API's cache is dropped
+                store.execute(f"INSERT INTO ledger_hourly_pending SELECT DISTINCT interval_start_ns - "
+                              f"interval_start_ns % {HOUR_NS} FROM ledger ON CONFLICT DO NOTHING")
+            t0 = time.perf_counter()
+            slow = _get(url, token)
+            ledger_s = time.perf_counter() - t0
+        finally:
+            server.terminate()
+            server.wait(10)
+    return {"case": "cold_10s_tick", "gpus": n_gpus, "days": days, "ledger_rows": ledger.height,
+            "hourly_rows": hourly_rows, "rollup_build_s": round(rollup_s, 2),
+            "cold_from_rollups_ms": round(rollups_s * 1000, 1), "cold_from_ledger_ms": round(ledger_s * 1000, 1),
+            "same_answer": fast == slow, "load_avg_1m": round(os.getloadavg()[0], 1)}
 
 
 def _wrk(url: str, token: str, concurrency: int, seconds: float) -> dict[str, Any]:
@@ -207,6 +253,15 @@ def _wait(base: str) -> None:
         except httpx.HTTPError:
             time.sleep(0.2)
     raise RuntimeError("gpuledger serve did not start in 60 s")
+
+
+def _get(url: str, token: str) -> Any:
+    import httpx
+
+    r = httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=600)
+    if r.status_code != 200:
+        raise RuntimeError(f"{r.status_code}: {r.text[:500]}")
+    return r.json()
 
 
 def _once(url: str, token: str) -> float:

@@ -94,12 +94,14 @@ CREATE TABLE IF NOT EXISTS ledger_hourly (
     rule VARCHAR NOT NULL, gpu_seconds DOUBLE NOT NULL, energy_j DOUBLE, energy_intervals UINTEGER NOT NULL,
     memory_gb_seconds DOUBLE, intervals UINTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS ledger_hourly_pending (hour_start_ns BIGINT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS merged_segments (file VARCHAR PRIMARY KEY, merged_at TIMESTAMPTZ DEFAULT now());
 CREATE TABLE IF NOT EXISTS ledger_retired (
     month VARCHAR PRIMARY KEY, start_ns BIGINT NOT NULL, end_ns BIGINT NOT NULL,
     ledger_rows BIGINT NOT NULL, gpu_seconds DOUBLE, retired_at TIMESTAMPTZ DEFAULT now());
 """
 
 _ROW_TABLES = ("devices", "processes", "allocations", "field_errors")
+_HOUR_NS = 3600 * 10**9  # analytics.hourly.HOUR_NS (the store does not import analytics)
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,13 @@ class Store:
         try:
             self.con = duckdb.connect(self.path, read_only=read_only)
             if not read_only:
+                tables = {r[0] for r in self.con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
                 self._exec(SCHEMA)
+                if "ledger" in tables and "ledger_hourly" not in tables:
+                    # A ledger older than its hourly rollups: every hour of it is pending, so the
+                    # next attribution run rolls it up and readers use the ledger until then.
+                    self._exec(f"INSERT INTO ledger_hourly_pending SELECT DISTINCT interval_start_ns - "
+                               f"interval_start_ns % {_HOUR_NS} FROM ledger ON CONFLICT DO NOTHING")
         except duckdb.Error as exc:
             hint = (
                 "another process holds the file for writing: read it with read_only=True or stop the writer"
