@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from gpuledger import __version__
@@ -116,6 +117,9 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         "  gpuledger retention --months 3 --ledger-months 25 --rollup-months 0    # rollups forever",
     )
     r.add_argument("--db", default=settings.db_path, help="DuckDB file (default: %(default)s)")
+    r.add_argument("--segments", metavar="DIR", default=None,
+                   help="also delete the segment day directories (ingest --segments DIR) before the raw cut-off "
+                        "that --db has merged and attributed in full")
     r.add_argument("--months", type=int, default=settings.raw_retention_months,
                    help="billing months of raw data to keep, the current one included (default: %(default)s)")
     r.add_argument("--ledger-months", type=int, default=settings.ledger_retention_months, metavar="MONTHS",
@@ -125,16 +129,21 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
 
     mg = sub.add_parser(
         "merge", formatter_class=_formatter, epilog=_EPILOG,
-        help="merge N ingest workers' DuckDB files into the serving file (idempotent)",
+        help="merge N ingest workers' DuckDB files, or Parquet segments, into the serving file (idempotent)",
         description="The merge step of N ingest workers, each writing its own DuckDB file (docs/operations.md). "
         "Copies into --db every message (with its rows) whose key (agent_id, boot_id, seq) the serving file lacks, "
         "pods by latest seen and dead letters by topic/partition/offset. Idempotent: a batch two workers both "
         "stored after a rebalance is kept once, and merging the same file again adds nothing. Each worker file is "
         "attached read-only between its worker's flushes (not while a worker runs with --hold-db). Then run "
-        "`gpuledger attribute` on the serving file.\n\n"
-        "  gpuledger merge --db /data/gpuledger.duckdb /data/ingest-0.duckdb /data/ingest-1.duckdb",
+        "`gpuledger attribute` on the serving file. With --segments DIR (workers run `ingest --segments DIR`), "
+        "the segments not merged before are copied the same way; each is read once (listed in the file's "
+        "merged_segments table).\n\n"
+        "  gpuledger merge --db /data/gpuledger.duckdb /data/ingest-0.duckdb /data/ingest-1.duckdb\n"
+        "  gpuledger merge --db /data/gpuledger.duckdb --segments /shared/gpuledger-raw",
     )
-    mg.add_argument("workers", nargs="+", metavar="WORKER_FILE", help="worker DuckDB files to merge in")
+    mg.add_argument("workers", nargs="*", metavar="WORKER_FILE", help="worker DuckDB files to merge in")
+    mg.add_argument("--segments", metavar="DIR", default=None,
+                    help="also merge the Parquet segments under DIR (ingest --segments DIR)")
     mg.add_argument("--db", default=settings.db_path, help="the serving DuckDB file to merge into (default: %(default)s)")
 
     c = sub.add_parser(
@@ -353,6 +362,15 @@ def _retention(args: argparse.Namespace) -> int:
     print(f"rollups: deleted {res.rollup_rows_deleted} hourly rows before {day(res.rollup_cutoff_ns)}")
     for month, why in res.rollup_kept.items():
         print(f"  kept rollups of {month}: {why}")
+    if args.segments:
+        from gpuledger.ingest.segment_merge import retire_segments
+
+        with Store(args.db) as store:
+            seg = retire_segments(store, args.segments, res.cutoff_ns)
+        print(f"segments: deleted {len(seg.days_deleted)} days ({seg.files_deleted} files, "
+              f"{seg.bytes_deleted / 1e6:.1f} MB) before {day(res.cutoff_ns)}")
+        for d, why in seg.kept.items():
+            print(f"  kept segments of {d}: {why}")
     return 0
 
 
@@ -361,6 +379,8 @@ def _merge(args: argparse.Namespace) -> int:
 
     from gpuledger.store import Store
 
+    if not args.workers and not args.segments:
+        raise GpuledgerError("nothing to merge", hint="name worker DuckDB files, or --segments DIR, or both")
     missing = [w for w in args.workers if not Path(w).is_file()]
     if missing:
         raise GpuledgerError(f"no worker file at {', '.join(missing)}",
@@ -374,6 +394,16 @@ def _merge(args: argparse.Namespace) -> int:
             added = serving.absorb(worker)
             total += added
             print(f"[{n}/{len(args.workers)}] {worker}: {added} new messages ({time.monotonic() - t0:.1f} s)",
+                  file=sys.stderr)
+        if args.segments:
+            from gpuledger.ingest.segment_merge import merge_segments
+
+            t0 = time.monotonic()
+            with _progress("segments", "files") as bar:
+                res = merge_segments(serving, args.segments, progress=bar)
+            total += res.messages
+            print(f"{args.segments}: {res.messages} new messages from {res.segments} segments, {res.dead_letters} "
+                  f"new dead letters from {res.dead_letter_files} files ({time.monotonic() - t0:.1f} s)",
                   file=sys.stderr)
         messages = serving.count("messages")
     print(f"merged {total} new messages into {args.db} ({messages} in all); next: gpuledger attribute --db {args.db}")
@@ -409,6 +439,18 @@ def _compact(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextmanager
+def _progress(label: str, unit: str) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar on stderr for long work; yields ``update(done, total)``."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn(f"{label} ({unit})"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=Console(stderr=True)) as bar:
+        task = bar.add_task(label, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
 def _attribute(args: argparse.Namespace) -> int:
     from gpuledger.analytics.job import run_attribution
     from gpuledger.analytics.tenancy import TenancyRules
@@ -416,7 +458,8 @@ def _attribute(args: argparse.Namespace) -> int:
 
     rules = TenancyRules.load(args.tenancy) if args.tenancy else TenancyRules()
     with Store(args.db) as store:
-        result = run_attribution(store, rules, full=args.full)
+        with _progress("attributing", "messages") as bar:
+            result = run_attribution(store, rules, full=args.full, progress=bar)
     print(f"attributed {result.messages} messages into {result.ledger_rows} ledger rows")
     return 0
 

@@ -95,3 +95,28 @@ def test_retention_reports_each_tier(tmp_path: Path) -> None:
     assert "kept ledger of 2025-01: not closed" in out.stdout  # never exported --final: the ledger stays
     bad = gpuledger("retention", "--db", str(db), "--ledger-months", "1")
     assert bad.returncode == 2 and "must nest" in bad.stderr and "hint:" in bad.stderr
+
+
+def test_segments_merge_into_the_serving_file_then_retention_frees_their_days(tmp_path: Path) -> None:
+    root, serving = tmp_path / "segments", tmp_path / "gpuledger.duckdb"
+    values = [wire.encode(m) for m in make_stream(20)]  # samples of 2025-01-01, long before "now"
+    for i in range(0, 20, 5):
+        SegmentWriter(root, "w0").write_arrow(decode_batch(values[i:i + 5]).tables)
+    SegmentWriter(root, "w1").write_arrow(decode_batch(values[10:20]).tables)  # a rebalance: 10 again
+    nothing = gpuledger("merge", "--db", str(serving))
+    assert nothing.returncode == 2 and "--segments DIR" in nothing.stderr
+    out = gpuledger("merge", "--db", str(serving), "--segments", str(root))
+    assert out.returncode == 0, out.stderr
+    assert "merged 20 new messages" in out.stdout and "20 new messages from 5 segments" in out.stderr
+    kept = gpuledger("retention", "--db", str(serving), "--segments", str(root))
+    assert kept.returncode == 0, kept.stderr
+    assert "segments: deleted 0 days" in kept.stdout and "20 messages not attributed yet" in kept.stdout
+    assert "raw: deleted 0 messages" in kept.stdout
+    attributed = gpuledger("attribute", "--db", str(serving))
+    assert attributed.returncode == 0 and "attributed 20 messages" in attributed.stdout
+    freed = gpuledger("retention", "--db", str(serving), "--segments", str(root))
+    assert freed.returncode == 0, freed.stderr
+    assert "raw: deleted 20 messages" in freed.stdout and "segments: deleted 1 days" in freed.stdout
+    assert not list(root.glob("*/day=2025-01-01"))
+    bad = gpuledger("merge", "--db", str(serving), "--segments", str(tmp_path / "nope"))
+    assert bad.returncode == 2 and "hint:" in bad.stderr

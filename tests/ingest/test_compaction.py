@@ -1,5 +1,6 @@
-"""Segment compaction: one file per table and day, and readers see exactly the
-same rows before, after, and at every file-system step in between."""
+"""Parquet segments: compaction (one file per table and day; readers see exactly
+the same rows before, after, and at every file-system step in between), merging
+into the serving DuckDB file, and retention of merged, attributed days."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 from factories import make_stream
 from gpuledger.analytics.job import run_attribution
 from gpuledger.ingest.batch import decode_batch
+from gpuledger.ingest.segment_merge import merge_segments, retire_segments
 from gpuledger.ingest.segments import SegmentWriter, compact_segments
 
 from gpuledger import wire
@@ -135,3 +137,60 @@ def test_one_compaction_at_a_time(tmp_path: Path) -> None:
         with pytest.raises(GpuledgerError, match="another compaction"):
             compact_segments(tmp_path, before=FUTURE, min_age_s=0, settle_s=0)
     assert compact_segments(tmp_path, before=FUTURE, min_age_s=0, settle_s=0).days
+
+
+def in_file(store: Store) -> dict[str, pl.DataFrame]:
+    """``seen`` for a DuckDB file: every table and the attributed totals."""
+    out = {t: store.query(f"SELECT * FROM {t} ORDER BY ALL") for t in TABLES}
+    run_attribution(store)
+    out["ledger"] = store.query("SELECT tenant, kind, sum(gpu_seconds) AS s, sum(energy_j) AS e "
+                                "FROM ledger GROUP BY ALL ORDER BY ALL")
+    return out
+
+
+def test_merging_segments_gives_the_serving_file_what_readers_see_once(tmp_path: Path) -> None:
+    root = tmp_path / "raw"
+    overlapping_segments(root)
+    want = seen(root)
+    with Store(tmp_path / "serving.duckdb") as store:
+        res = merge_segments(store, root, files_per_step=3)  # several transactions
+        assert (res.messages, res.dead_letters) == (40, 2)
+        assert res.segments == len(list(root.glob("messages/*/*.parquet")))
+        assert_same(in_file(store), want)
+        again = merge_segments(store, root)  # each segment is read once
+        assert (again.segments, again.dead_letter_files, again.messages) == (0, 0, 0)
+        # A compaction rewrites the files: read once more, nothing new, the record follows the files.
+        compact_segments(root, before=FUTURE, min_age_s=0, orphan_age_s=0, settle_s=0)
+        after = merge_segments(store, root)
+        assert after.segments == 1 and after.messages == after.dead_letters == 0
+        assert_same(in_file(store), want)
+        listed = {p.relative_to(root).as_posix() for p in root.glob("*/*/*.parquet")}
+        assert set(store.query("SELECT file FROM merged_segments")["file"]) <= listed
+        # Late data in a new segment: only it is read.
+        values = [wire.encode(m) for m in make_stream(46)]
+        SegmentWriter(root, "w3").write_arrow(decode_batch(values[38:46]).tables)  # 6 new, 2 known
+        late = merge_segments(store, root)
+        assert (late.segments, late.messages) == (1, 6)
+        assert store.count("messages") == 46
+
+
+def test_retention_deletes_segment_days_only_once_merged_and_attributed(tmp_path: Path) -> None:
+    root = tmp_path / "raw"
+    overlapping_segments(root)
+    cutoff = 1_738_368_000 * 10**9  # 2025-02-01: the samples' day (2025-01-01) is before it
+    with Store(tmp_path / "serving.duckdb") as store:
+        kept = retire_segments(store, root, cutoff)
+        assert kept.days_deleted == [] and "not merged" in kept.kept["2025-01-01"]
+        merge_segments(store, root)
+        kept = retire_segments(store, root, cutoff)
+        assert kept.days_deleted == [] and "40 messages not attributed" in kept.kept["2025-01-01"]
+        run_attribution(store)
+        bill = store.query("SELECT tenant, sum(gpu_seconds) AS s FROM ledger GROUP BY ALL ORDER BY ALL")
+        events: list[str] = []
+        res = retire_segments(store, root, cutoff, observer=events.append)
+        assert res.days_deleted == ["2025-01-01"] and res.files_deleted > 0 and not res.kept
+        assert events[0] == "deleted messages/day=2025-01-01"  # readers stop choosing the day first
+        assert not list(root.glob("*/day=2025-01-01"))
+        assert list(root.glob("dead_letters/*/*.parquet"))  # arrival day (today): not before the cut-off
+        assert store.query("SELECT tenant, sum(gpu_seconds) AS s FROM ledger GROUP BY ALL ORDER BY ALL").equals(bill)
+        assert merge_segments(store, root).messages == 0
