@@ -187,8 +187,9 @@ def prometheus(demo: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -
             while True:
                 assert proc.poll() is None, (work / "prometheus.log").read_text()[-2000:]
                 try:
-                    got = c.get("/api/v1/query", params={"query": "DCGM_FI_DEV_GPU_UTIL"}).json()
-                    if got["data"]["result"]:
+                    r = c.get("/api/v1/query", params={"query": "DCGM_FI_DEV_GPU_UTIL"})
+                    # 503 "Service Unavailable" (plain text) until Prometheus is ready
+                    if r.status_code == 200 and r.json()["data"]["result"]:
                         break
                 except httpx.HTTPError:
                     pass
