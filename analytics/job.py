@@ -22,13 +22,14 @@ import polars as pl
 
 from gpuledger.analytics import fastledger
 from gpuledger.analytics.hourly import mark_pending, refresh_hourly
+from gpuledger.analytics import kinds as K
 from gpuledger.analytics.kinds import UNATTRIBUTED_TENANT
 from gpuledger.analytics.ledger import LEDGER_COLUMNS, MSG, attribute
 from gpuledger.analytics.tenancy import SLURM_PREFIX, TenancyRules
 from gpuledger.store import Store
 
 _PENDING = """
-SELECT m.agent_id, m.boot_id, m.seq FROM messages m
+SELECT m.agent_id, m.boot_id, m.seq, m.allocations_unavailable IS NOT NULL AS holders_unknown FROM messages m
 ANTI JOIN attributed a USING (agent_id, boot_id, seq)
 ORDER BY m.interval_start_ns, m.agent_id, m.seq
 """
@@ -66,16 +67,31 @@ def run_attribution(
     total = pending.height
     for start in range(0, total, chunk_messages):
         keys = pending.slice(start, chunk_messages)
-        ledger = _attribute_chunk(store, keys, tenants)
+        ledger = holders_unknown(_attribute_chunk(store, keys.select(MSG), tenants),
+                                 keys.filter("holders_unknown").select(MSG))
         with store.transaction() as tx:
             tx.append("ledger", ledger)
-            tx.append("attributed", keys.with_columns(rules_version=pl.lit(rules.version)))
+            tx.append("attributed", keys.select(MSG).with_columns(rules_version=pl.lit(rules.version)))
         result.messages += keys.height
         result.ledger_rows += ledger.height
         if progress:
             progress(result.messages, total)
     refresh_hourly(store)  # ledger_hourly = ledger summed per hour again (late data, --full included)
     return result
+
+
+def holders_unknown(ledger: pl.DataFrame, flagged: pl.DataFrame) -> pl.DataFrame:
+    """Relabel the unallocated idle of messages whose agent could not read the allocations
+    (``flagged``: their keys) as ``allocations_unavailable``: holders unknown, not nobody.
+    Amounts, kinds and tenants are unchanged."""
+    if flagged.is_empty() or ledger.is_empty():
+        return ledger
+    keys = ledger.select(pl.col(c).cast(flagged.schema[c]) for c in MSG)  # the frame's strings are Enum
+    hit = keys.join(flagged.with_columns(_hit=pl.lit(True)), on=MSG, how="left",
+                    maintain_order="left")["_hit"].fill_null(False)
+    hit = hit & (ledger["rule"].cast(pl.String) == K.RULE_UNALLOCATED)
+    rule = pl.when(hit).then(pl.lit(K.RULE_HOLDERS_UNKNOWN)).otherwise(pl.col("rule").cast(pl.String))
+    return ledger.with_columns(rule=rule.cast(ledger.schema["rule"]))
 
 
 def _attribute_chunk(store: Store, keys: pl.DataFrame, tenants: pl.LazyFrame) -> pl.DataFrame:

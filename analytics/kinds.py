@@ -31,4 +31,8 @@ RULE_NO_HOLDER = "no_holder"  # busy with neither process nor holder
 RULE_IDLE_SHARE = "idle_allocation_share"
 RULE_UNALLOCATED = "unallocated_remainder"
 RULE_MIG_UNMEASURED = "mig_allocation_only"
+#: Idle held by nobody *the agent could see*: it could not read the allocations (kubelet PodResources
+#: unreachable; the message's ``allocations_unavailable``). Booked as ``unallocated`` like
+#: RULE_UNALLOCATED, but it may have had holders: unknown, not nobody.
+RULE_HOLDERS_UNKNOWN = "allocations_unavailable"
 DIRECT_RULES = (RULE_PROCESS_SAMPLES,)

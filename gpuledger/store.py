@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS messages (
     schema_version USMALLINT NOT NULL, driver_version VARCHAR,
     source VARCHAR, ingested_at TIMESTAMPTZ DEFAULT now(),
     PRIMARY KEY (agent_id, boot_id, seq));
+ALTER TABLE messages ADD COLUMN IF NOT EXISTS allocations_unavailable VARCHAR;
 CREATE TABLE IF NOT EXISTS devices (
     {_KEY}, {_INTERVAL},
     gpu_index USMALLINT NOT NULL, mig_index SMALLINT NOT NULL,
@@ -275,13 +276,15 @@ class Store:
                 store._exec(f"CREATE VIEW _seg_messages AS SELECT * FROM {src('messages')}")
                 store._exec("CREATE VIEW _chosen AS SELECT agent_id, boot_id, seq, min(seg) AS seg "
                             "FROM _seg_messages GROUP BY ALL")
+                cols = store._columns("messages", "_seg_messages")  # older segments lack newer columns
                 store._exec("DROP TABLE messages")
-                store._exec("CREATE VIEW messages AS SELECT m.* EXCLUDE (seg, day) FROM _seg_messages m "
+                store._exec(f"CREATE VIEW messages AS SELECT {cols} FROM _seg_messages m "
                             "SEMI JOIN _chosen USING (agent_id, boot_id, seq, seg)")
                 for name in _ROW_TABLES:
                     if files(name):
+                        cols = store._columns(name, src(name))
                         store._exec(f"DROP TABLE {name}")
-                        store._exec(f"CREATE VIEW {name} AS SELECT t.* EXCLUDE (seg, day) FROM {src(name)} t "
+                        store._exec(f"CREATE VIEW {name} AS SELECT {cols} FROM {src(name)} t "
                                     "SEMI JOIN _chosen USING (agent_id, boot_id, seq, seg)")
             if files("pods"):
                 store._exec("DROP TABLE pods")
@@ -299,6 +302,13 @@ class Store:
             raise StoreError(f"cannot read segments under {root}: {exc}",
                              hint="is it a gpuledger segment directory (ingest --segments)?") from exc
         return store
+
+    def _columns(self, table: str, source: str) -> str:
+        """A SELECT list giving ``source``'s rows the table's columns in order (NULL for columns it lacks)."""
+        cols = self.query("SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = ? "
+                          "ORDER BY column_index", [table]).rows()
+        found = set(self.query(f"DESCRIBE SELECT * FROM {source}")["column_name"])
+        return ", ".join(f'"{c}"' if c in found else f'NULL::{t} AS "{c}"' for c, t in cols)
 
     def absorb(self, path: str | Path) -> int:
         """Copy in what another gpuledger file holds and this one lacks; returns new messages.
@@ -322,9 +332,11 @@ class Store:
                 self._exec("CREATE TEMP TABLE _new AS SELECT agent_id, boot_id, seq FROM _w.messages "
                            "ANTI JOIN messages USING (agent_id, boot_id, seq)")
                 added = int(self.scalar("SELECT count(*) FROM _new"))
-                self._exec("INSERT INTO messages SELECT * FROM _w.messages SEMI JOIN _new USING (agent_id, boot_id, seq)")
+                self._exec("INSERT INTO messages BY NAME SELECT * FROM _w.messages "
+                           "SEMI JOIN _new USING (agent_id, boot_id, seq)")
                 for name in _ROW_TABLES:
-                    self._exec(f"INSERT INTO {name} SELECT * FROM _w.{name} SEMI JOIN _new USING (agent_id, boot_id, seq)")
+                    self._exec(f"INSERT INTO {name} BY NAME SELECT * FROM _w.{name} "
+                               "SEMI JOIN _new USING (agent_id, boot_id, seq)")
                 self._exec(
                     "INSERT INTO pods SELECT * FROM _w.pods ON CONFLICT (pod_uid) DO UPDATE SET "
                     "namespace = CASE WHEN excluded.last_seen_ns >= pods.last_seen_ns THEN excluded.namespace ELSE pods.namespace END, "
@@ -440,6 +452,8 @@ def batch_to_arrow(messages: Sequence[wire.Message], sources: Sequence[str | Non
                 "schema_version": pa.array([m.schema_version for m in messages], pa.uint16()),
                 "driver_version": [m.driver_version for m in messages],
                 "source": list(sources),
+                "allocations_unavailable": pa.array(
+                    [wire.header_note(m.extra.get("allocations_unavailable")) for m in messages], pa.string()),
                 "_m": pa.array(range(len(messages)), pa.int32()),  # ordinal in the batch (not stored)
             }
         )

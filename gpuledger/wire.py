@@ -181,6 +181,11 @@ class StringTable:
         return found
 
 
+def header_note(value: object) -> str | None:
+    """An optional header note (``allocations_unavailable``) as stored text: agents may send any JSON value."""
+    return None if value is None else value if isinstance(value, str) else json.dumps(value)
+
+
 def encode(msg: Message) -> bytes:
     header = {
         "agent_id": msg.agent_id,

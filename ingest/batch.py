@@ -79,6 +79,7 @@ class _Head(msgspec.Struct):
     strings: msgspec.Raw  # scanned, not parsed: compared with the agent's last one
     pods: msgspec.Raw
     driver_version: str | None = None
+    allocations_unavailable: str | None = None  # the agent could not read who holds its GPUs, and why
 
 
 class _Pod(msgspec.Struct):
@@ -164,8 +165,8 @@ class HeaderCache:
 
 
 #: One accepted message: (input position, agent_id, boot_id, seq, node, interval_start_ns,
-#: interval_end_ns, driver_version, part, counts, table offset, raw bytes).
-_Item = tuple[int, str, str, int, str, int, int, "str | None", _Part, tuple[int, ...], int, bytes]
+#: interval_end_ns, driver_version, allocations_unavailable, part, counts, table offset, raw bytes).
+_Item = tuple[int, str, str, int, str, int, int, "str | None", "str | None", _Part, tuple[int, ...], int, bytes]
 
 
 def decode_batch(values: Sequence[bytes | None], sources: Sequence[str | None] | None = None,
@@ -246,7 +247,7 @@ def _light(i: int, buf: bytes, seen: HeaderCache) -> _Item | str:
         if h.interval_end_ns <= h.interval_start_ns:
             raise WireError("interval")
         return (i, h.agent_id, h.boot_id, h.seq, h.node, h.interval_start_ns, h.interval_end_ns,
-                h.driver_version, part, counts, offset, buf)
+                h.driver_version, h.allocations_unavailable, part, counts, offset, buf)
     except Exception:  # noqa: BLE001  # the strict decoder names the reason
         return _reason(buf)
 
@@ -259,7 +260,9 @@ def _general(i: int, head: bytes, counts: tuple[int, ...], offset: int, buf: byt
         wire._check_unicode(header)
     part = _Part(header["strings"], [(p["uid"], p["namespace"], p["name"], p.get("labels", {})) for p in header["pods"]])
     return (i, header["agent_id"], header["boot_id"], header["seq"], header["node"], header["interval_start_ns"],
-            header["interval_end_ns"], header.get("driver_version"), part, counts, offset, buf)
+            header["interval_end_ns"], header.get("driver_version"),
+            wire.header_note(header.get("allocations_unavailable")),
+            part, counts, offset, buf)
 
 
 def _is_utf8(b: bytes) -> bool:
@@ -282,8 +285,8 @@ def _reason(buf: bytes) -> str:
 
 def _build(heads: Sequence[_Item], sources: Sequence[str | None]) -> dict[str, pa.Table]:
     n = len(heads)
-    (pos, agent_id, boot_id, seq, node, start, end, driver, parts, counts_t, offsets, bufs) = (
-        zip(*heads) if n else ((),) * 12)
+    (pos, agent_id, boot_id, seq, node, start, end, driver, no_allocs, parts, counts_t, offsets, bufs) = (
+        zip(*heads) if n else ((),) * 13)
     counts = np.array(counts_t, dtype=np.int64).reshape(n, len(_NAMES))
     ends = np.array(end, np.int64)
     # One global string list and pod list for the batch: each distinct part
@@ -320,6 +323,7 @@ def _build(heads: Sequence[_Item], sources: Sequence[str | None]) -> dict[str, p
             "schema_version": pa.array(np.full(n, wire.SCHEMA_VERSION, np.uint16)),
             "driver_version": pa.array(driver, pa.string()),
             "source": pa.array([sources[i] for i in pos], pa.string()),
+            "allocations_unavailable": pa.array(no_allocs, pa.string()),
             "_m": pa.array(np.arange(n, dtype=np.int32)),
         })
     except (pa.ArrowException, UnicodeError, OverflowError, TypeError) as exc:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from gpuledger.api.app import create_app
+from gpuledger.transport import KafkaPublisher
 from test_failures_kafka import assert_same, encoded, ingest_cmd, publish, reference, snapshot, started, stream
 
 from gpuledger.errors import StoreError
@@ -38,21 +40,36 @@ def count(db: Path, timeout_s: float = 10) -> int:
             time.sleep(0.02)
 
 
+def publish_slowly(bootstrap: str, topic: str, values: list[tuple[bytes, bytes]], per_s: float,
+                   stop: threading.Event) -> None:
+    with KafkaPublisher(bootstrap, topic) as pub:
+        for key, value in values:
+            if stop.is_set():
+                return
+            pub.publish(key, value)
+            pub.flush(30)
+            time.sleep(1 / per_s)
+
+
 def test_two_workers_split_a_topic_and_the_survivor_takes_over_without_loss_or_duplicates(
     tansu: Any, tmp_path: Path
 ) -> None:
     topic = tansu.create_topic(partitions=2)
     messages = stream(30, nodes=8)  # 240 messages over 8 keys: both partitions get some
-    publish(tansu.bootstrap, topic, encoded(messages))
-    want = reference(tansu.bootstrap, topic, len(messages), tmp_path / "ref.duckdb")
-
+    values = encoded(messages)
+    first, rest = values[:120], values[120:]
     dbs = [tmp_path / "w0.duckdb", tmp_path / "w1.duckdb"]
     procs = [subprocess.Popen(ingest_cmd(tansu.bootstrap, topic, "workers", db, "--batch-max", "6", "--linger", "0",
                                          "--max-idle", "4"),
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for db in dbs]
+    stop = threading.Event()
+    # The first half trickles in (10 a second) while the group forms, so neither worker can drain it
+    # alone before the other is assigned a partition; the rest comes only after worker 0 died.
+    trickle = threading.Thread(target=publish_slowly, args=(tansu.bootstrap, topic, first, 10.0, stop), daemon=True)
     try:
         for p in procs:
             started(p)
+        trickle.start()
         deadline = time.monotonic() + 30
         while min(count(db) for db in dbs) <= 0:  # both hold a partition and have stored from it
             assert time.monotonic() < deadline, f"the workers did not split the topic: {[count(d) for d in dbs]}"
@@ -60,13 +77,17 @@ def test_two_workers_split_a_topic_and_the_survivor_takes_over_without_loss_or_d
         procs[0].send_signal(signal.SIGKILL)  # worker 0 dies mid-stream
         procs[0].wait()
         died_with = count(dbs[0])
+        trickle.join(60)
+        publish(tansu.bootstrap, topic, rest)
         assert 0 < died_with < len(messages)
         assert procs[1].wait(90) == 0  # the survivor drains both partitions, then idles out
     finally:
+        stop.set()
         for p in procs:
             if p.poll() is None:
                 p.kill()
                 p.wait()
+    want = reference(tansu.bootstrap, topic, len(messages), tmp_path / "ref.duckdb")
     survivor = count(dbs[1])
     with Store(dbs[1], read_only=True) as store:  # the survivor read both partitions: it took over
         assert store.scalar("SELECT count(DISTINCT split_part(source, '/', 2)) FROM messages") == 2
