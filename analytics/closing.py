@@ -167,7 +167,7 @@ def stored_file(store: Store, month: str, fmt: Format) -> bytes:
     return bytes(frame["content"][0])
 
 
-def _retired(store: Store) -> set[str]:
+def retired_months(store: Store) -> set[str]:
     """Months whose interval-grain ledger retention removed (closed before, by its rule)."""
     if not store.scalar("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'ledger_retired'"):
         return set()
@@ -203,7 +203,7 @@ def corrections(store: Store, month: str, book: PriceBook, context: ExportContex
     period = cb.month_bounds(month)
     out: list[Charge] = []
     expected: dict[str, Decimal] = {}
-    retired = _retired(store)
+    retired = retired_months(store)
     for m, record in sorted(closed.items()):
         if m >= month or m in retired:  # a retired month's ledger is gone (ingest/retention.py): its bill is final
             continue

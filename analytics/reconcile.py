@@ -53,7 +53,7 @@ class Reconciliation:
     month: str
     currency: str
     closed: bool
-    fleet_cost: Decimal  # capacity + energy cost of the month, recomputed from the ledger now
+    fleet_cost: Decimal  # capacity + energy cost of the month, recomputed from the ledger now (retired: as closed)
     capacity_gpu_hours: Decimal
     regular_total: Decimal  # Σ BilledCost of the month's own rows in the file
     corrections: dict[str, Decimal]  # corrected month -> Σ BilledCost of its correction rows
@@ -170,17 +170,23 @@ def reconcile(store: Store, month: str, book: PriceBook, context: ExportContext 
         checks.append(Check("CSV, Parquet and close record agree", same,
                             f"{len(csv_rows)}/{len(rows)}/{record.n_rows} rows, "
                             f"{csv_total}/{billed_total}/{record.billed_total} billed"))
+    retired = month in closing.retired_months(store)
+    if retired:  # the interval ledger is gone: the month stands as closed and is never recomputed
+        checks.append(Check("interval ledger retired", True, "figures as closed; a retired month is never "
+                            "recomputed (no drift, no corrections); hourly rollups and the closed files remain"))
     drift = None
-    if record is not None:
+    if record is not None and not retired:
         billed_for_month = sum((b["cost"] for b in closing._billed(store, month).values()), Decimal(0))
         drift = totals.fleet_cost - billed_for_month
     unallocated = sum((r["BilledCost"] for r in regular if r["x_ChargeType"] == "unallocated"), Decimal(0))
+    table, column = ("ledger_hourly", "hour_start_ns") if retired else ("ledger", "interval_start_ns")
     cov = store.query("SELECT sum(gpu_seconds) FILTER (WHERE kind = 'busy') AS busy, sum(gpu_seconds) FILTER "
-                      "(WHERE kind = 'busy' AND rule = 'process_samples') AS direct FROM ledger "
-                      "WHERE interval_start_ns >= ? AND interval_start_ns < ?", [cb.to_ns(start), cb.to_ns(end)])
+                      f"(WHERE kind = 'busy' AND rule = 'process_samples') AS direct FROM {table} "
+                      f"WHERE {column} >= ? AND {column} < ?", [cb.to_ns(start), cb.to_ns(end)])
     busy, direct = cov["busy"][0], cov["direct"][0]
-    return Reconciliation(month, book.currency, record is not None, totals.fleet_cost,
-                          Decimal(float(totals.capacity_gpu_hours)).quantize(Decimal("0.000001")), regular_total,
+    capacity_hours = hours if retired else Decimal(float(totals.capacity_gpu_hours)).quantize(Decimal("0.000001"))
+    fleet_cost = record.fleet_cost if retired and record else totals.fleet_cost
+    return Reconciliation(month, book.currency, record is not None, fleet_cost, capacity_hours, regular_total,
                           fixes, billed_total, unallocated, tenants,
                           None if not busy else (direct or 0.0) / busy, drift, checks, result.sha256)
 

@@ -5,6 +5,7 @@ a retired month's closed bill is never corrected from an emptied ledger."""
 from __future__ import annotations
 
 import datetime as dt
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from gpuledger.api.app import create_app
 from gpuledger.analytics.hourly import mark_hours, refresh_hourly
 from gpuledger.analytics.job import run_attribution
 from gpuledger.analytics.prices import default_price_book
+from gpuledger.analytics.reconcile import reconcile
 from gpuledger.ingest.batch import decode_batch
 from gpuledger.ingest.retention import enforce_retention
 
@@ -164,8 +166,17 @@ def test_the_api_answers_a_retired_month_from_its_rollups(tmp_path: Path) -> Non
     assert rows_before and {r["grain"] for r in rows_before} == {"interval"}
     assert before[0]["rows"] and float(before[0]["total_cost"]) > 0
     with Store(path) as s:
+        rec_before = reconcile(s, "2025-08", BOOK, now=NOW)
         assert enforce_retention(s, months=2, now_ns=now_ns()).ledger_months_retired == ["2025-08"]
         assert month_rows(s, "ledger", "interval_start_ns", 2025, 8) == 0
+        # The reconciliation of the retired month: as closed, no drift (not "everything credited back").
+        rec = reconcile(s, "2025-08", BOOK, now=NOW)
+    assert rec_before.ok and rec_before.drift == 0
+    assert rec.ok and rec.drift is None and "retired" in rec.text()
+    assert (rec.fleet_cost, rec.billed_total, rec.tenants) == (rec_before.fleet_cost, rec_before.billed_total,
+                                                               rec_before.tenants)
+    assert rec.coverage == pytest.approx(rec_before.coverage, rel=1e-9)
+    assert abs(rec.capacity_gpu_hours - rec_before.capacity_gpu_hours) <= Decimal("0.00001")  # 6-decimal rows
     after = answers()
     # Every figure of the month and of its days, read from the hourly rollups now.
     for a, b in zip(after, before):
