@@ -53,7 +53,7 @@ __all__ = ["Chunk", "Result", "code", "decode", "identify", "ledger"]
 _KINDS = list(K.KINDS)  # BUSY, ALLOCATED_IDLE, UNMEASURED, UNALLOCATED = 0..3
 _RULES = [K.RULE_PROCESS_SAMPLES, K.RULE_UNSAMPLED_REMAINDER, K.RULE_EQUAL_PROCESSES, K.RULE_ALLOCATION_SHARE,
           K.RULE_SERVER_ONLY, K.RULE_NO_HOLDER, K.RULE_IDLE_SHARE, K.RULE_MIG_UNMEASURED, K.RULE_UNALLOCATED,
-          K.RULE_HOLDERS_UNKNOWN]  # the last is set by the job (job.holders_unknown), never by the kernel
+          K.RULE_HOLDERS_UNKNOWN, K.RULE_IDLE_PROCESS_HOLDERS]  # the last two: set by job.holders_unknown
 _SHARING = ["exclusive", "time_sliced", "fractional", "mig", "unallocated"]
 (R_SAMPLES, R_REMAINDER, R_EQUAL, R_ALLOC, R_SERVER, R_NOBODY, R_IDLE, R_MIG, R_UNALLOC) = range(9)
 _BUSY, _IDLE, _UNMEASURED, _UNALLOCATED = range(4)

@@ -81,17 +81,38 @@ def run_attribution(
 
 
 def holders_unknown(ledger: pl.DataFrame, flagged: pl.DataFrame) -> pl.DataFrame:
-    """Relabel the unallocated idle of messages whose agent could not read the allocations
-    (``flagged``: their keys) as ``allocations_unavailable``: holders unknown, not nobody.
-    Amounts, kinds and tenants are unchanged."""
+    """Re-home the unallocated idle of messages whose agent could not read the allocations
+    (``flagged``: their keys): unknown holders, not nobody.
+
+    Per GPU unit (message, GPU, MIG device) of such a message, the pods that ran
+    processes on it held it, so its unallocated idle (GPU-seconds and joules) goes
+    to them in equal parts as ``allocated_idle`` (rule ``idle_process_holders``);
+    a unit without such a pod keeps its idle on ``platform`` under the rule
+    ``allocations_unavailable``. Sums per unit are unchanged.
+    """
     if flagged.is_empty() or ledger.is_empty():
         return ledger
+    unit = [*MSG, "gpu_index", "mig_index"]
     keys = ledger.select(pl.col(c).cast(flagged.schema[c]) for c in MSG)  # the frame's strings are Enum
     hit = keys.join(flagged.with_columns(_hit=pl.lit(True)), on=MSG, how="left",
                     maintain_order="left")["_hit"].fill_null(False)
-    hit = hit & (ledger["rule"].cast(pl.String) == K.RULE_UNALLOCATED)
-    rule = pl.when(hit).then(pl.lit(K.RULE_HOLDERS_UNKNOWN)).otherwise(pl.col("rule").cast(pl.String))
-    return ledger.with_columns(rule=rule.cast(ledger.schema["rule"]))
+    dtypes = ledger.schema
+    rule, kind = pl.col("rule").cast(pl.String), pl.col("kind").cast(pl.String)
+    marked = ledger.with_columns(_hit=hit)
+    moved = marked.filter(pl.col("_hit") & (rule == K.RULE_UNALLOCATED)).drop("_hit")
+    if moved.is_empty():
+        return ledger
+    holders = (marked.filter(pl.col("_hit") & (kind == K.BUSY) & pl.col("pod").is_not_null())
+               .select(*unit, "tenant", "namespace", "pod").unique(maintain_order=True))
+    holders = holders.join(holders.group_by(unit).len(), on=unit)
+    split = (moved.drop("tenant", "namespace", "pod").join(holders, on=unit, maintain_order="left")
+             .with_columns(pl.col("gpu_seconds", "energy_j") / pl.col("len"),
+                           kind=pl.lit(K.ALLOCATED_IDLE), rule=pl.lit(K.RULE_IDLE_PROCESS_HOLDERS)))
+    unknown = moved.join(holders.select(unit).unique(), on=unit, how="anti").with_columns(
+        rule=pl.lit(K.RULE_HOLDERS_UNKNOWN))
+    kept = marked.filter(~(pl.col("_hit") & (rule == K.RULE_UNALLOCATED))).drop("_hit")
+    return pl.concat([frame.select(pl.col(c).cast(dtypes[c]) for c in ledger.columns)
+                      for frame in (kept, split, unknown)])
 
 
 def _attribute_chunk(store: Store, keys: pl.DataFrame, tenants: pl.LazyFrame) -> pl.DataFrame:

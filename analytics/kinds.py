@@ -32,7 +32,11 @@ RULE_IDLE_SHARE = "idle_allocation_share"
 RULE_UNALLOCATED = "unallocated_remainder"
 RULE_MIG_UNMEASURED = "mig_allocation_only"
 #: Idle held by nobody *the agent could see*: it could not read the allocations (kubelet PodResources
-#: unreachable; the message's ``allocations_unavailable``). Booked as ``unallocated`` like
-#: RULE_UNALLOCATED, but it may have had holders: unknown, not nobody.
+#: unreachable; the message's ``allocations_unavailable``) and no pod ran a process on the GPU. Booked
+#: as ``unallocated`` like RULE_UNALLOCATED, but it may have had holders: unknown, not nobody.
 RULE_HOLDERS_UNKNOWN = "allocations_unavailable"
+#: ... and the GPU ran processes of pods: those pods held it (a pod runs on a GPU only through an
+#: allocation), so its idle goes to them, equally (the replica shares of a time-sliced GPU are equal).
+#: Kind ``allocated_idle``; pods holding the GPU without a process in the interval are not seen.
+RULE_IDLE_PROCESS_HOLDERS = "idle_process_holders"
 DIRECT_RULES = (RULE_PROCESS_SAMPLES,)
