@@ -184,9 +184,10 @@ def retire_segments(store: Store, root: str | Path, cutoff_ns: int,
     days = sorted({p.name.removeprefix("day=") for p in root.glob("*/day=*") if p.is_dir()})
     result = RetireResult()
     listed = {name: _listing(root, name) for name in _TABLES}
+    segments = {p.stem: k in merged for k, p in listed["messages"].items()}  # segment -> merged?
     for day in (d for d in days if d < cutoff_day):
         mine = {name: {k: p for k, p in files.items() if f"/day={day}/" in k} for name, files in listed.items()}
-        why = _why_kept(store, mine, merged)
+        why = _why_kept(store, mine, merged, segments)
         if why:
             result.kept[day] = why
             continue
@@ -203,8 +204,11 @@ def retire_segments(store: Store, root: str | Path, cutoff_ns: int,
     return result
 
 
-def _why_kept(store: Store, mine: dict[str, dict[str, Path]], merged: set[str]) -> str | None:
+def _why_kept(store: Store, mine: dict[str, dict[str, Path]], merged: set[str],
+              segments: dict[str, bool]) -> str | None:
     unmerged = [k for name in ("messages", "dead_letters") for k in mine[name] if k not in merged]
+    # A segment's pods are filed by the day last seen, which may precede its messages' day.
+    unmerged += [k for k, p in mine["pods"].items() if not segments.get(p.stem, True)]
     if unmerged:
         return f"{len(unmerged)} segment files not merged yet (gpuledger merge --segments)"
     if mine["messages"]:

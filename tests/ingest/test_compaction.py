@@ -194,3 +194,18 @@ def test_retention_deletes_segment_days_only_once_merged_and_attributed(tmp_path
         assert list(root.glob("dead_letters/*/*.parquet"))  # arrival day (today): not before the cut-off
         assert store.query("SELECT tenant, sum(gpu_seconds) AS s FROM ledger GROUP BY ALL ORDER BY ALL").equals(bill)
         assert merge_segments(store, root).messages == 0
+
+
+def test_a_pods_file_filed_a_day_before_its_messages_waits_for_their_merge(tmp_path: Path) -> None:
+    root = tmp_path / "raw"
+    overlapping_segments(root)
+    pods = sorted(root.glob("pods/day=2025-01-01/w0-*.parquet"))[0]
+    earlier = root / "pods" / "day=2024-12-31"
+    earlier.mkdir()
+    pods.rename(earlier / pods.name)  # last seen before midnight, its messages' interval after
+    cutoff = 1_735_689_600 * 10**9  # 2025-01-01: only the pods day is before it
+    with Store(tmp_path / "serving.duckdb") as store:
+        kept = retire_segments(store, root, cutoff)
+        assert kept.days_deleted == [] and "not merged" in kept.kept["2024-12-31"]
+        merge_segments(store, root)
+        assert retire_segments(store, root, cutoff).days_deleted == ["2024-12-31"]
