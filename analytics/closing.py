@@ -143,7 +143,7 @@ def resolve_month(month: str, now: datetime | None = None) -> str:
 
 
 def _has_tables(store: Store) -> bool:
-    return bool(store.scalar("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'chargeback_closes'"))
+    return store.has_table("chargeback_closes")
 
 
 def closed_months(store: Store) -> dict[str, CloseRecord]:
@@ -169,7 +169,7 @@ def stored_file(store: Store, month: str, fmt: Format) -> bytes:
 
 def retired_months(store: Store) -> set[str]:
     """Months whose interval-grain ledger retention removed (closed before, by its rule)."""
-    if not store.scalar("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'ledger_retired'"):
+    if not store.has_table("ledger_retired"):
         return set()
     return set(store.query("SELECT month FROM ledger_retired")["month"].to_list())
 

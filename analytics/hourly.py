@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from gpuledger.store import Store
+from gpuledger.store import HOUR_NS, Store
 
 __all__ = [
     "HOURLY_COLUMNS",
@@ -55,7 +55,6 @@ __all__ = [
     "refresh_hourly",
 ]
 
-HOUR_NS = 3600 * 10**9
 
 #: The rollup's grain, in table order.
 HOURLY_KEYS = ("hour_start_ns", "node", "gpu_uuid", "gpu_index", "mig_index", "model", "profile", "sharing",
@@ -146,8 +145,7 @@ def refresh_hourly(store: Store, hours: Iterable[int] = (), *, max_rows: int = 2
 def rebuild_hourly(store: Store, *, max_rows: int = 2_000_000,
                    progress: Callable[[int, int], None] | None = None) -> RefreshResult:
     """Recompute every hour the ledger has (a check, or the first run on a store older than the rollups)."""
-    store.execute(f"INSERT INTO ledger_hourly_pending SELECT DISTINCT interval_start_ns - interval_start_ns % {HOUR_NS} "
-                  "FROM ledger ON CONFLICT DO NOTHING")
+    store.pend_ledger_hours()
     return refresh_hourly(store, max_rows=max_rows, progress=progress)
 
 

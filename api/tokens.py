@@ -124,7 +124,7 @@ def verify_token(store: Store, token: str) -> tuple[Principal | None, str]:
     if match is None:
         return None, "the token is malformed (expected glt_<8 hex>_<43 characters>)"
     token_id, secret = match.groups()
-    if not store.scalar("SELECT count(*) FROM information_schema.tables WHERE table_name = 'api_tokens'"):
+    if not store.has_table("api_tokens"):
         return None, "this database has no tokens yet"
     row = store.query("SELECT secret_sha256, role, tenant, revoked_at_ns FROM api_tokens WHERE id = ?", [token_id])
     if row.is_empty() or not hmac.compare_digest(row["secret_sha256"][0], _digest(secret)):

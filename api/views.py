@@ -22,10 +22,10 @@ from typing import Any
 
 import polars as pl
 from gpuledger.analytics import chargeback as cb
-from gpuledger.analytics.hourly import HOUR_NS
 from gpuledger.analytics.prices import PriceBook
 from gpuledger.api.params import Filters, Period
 from gpuledger.api.reader import Session
+from gpuledger.store import HOUR_NS
 
 __all__ = ["WORKLOAD", "apply_filters", "costed", "hours", "read_rows", "showback_rows", "with_dimensions"]
 
@@ -68,7 +68,7 @@ def read_rows(s: Session, period: Period, nodes: Sequence[str] = (), *, hourly: 
     lo, hi = cb.to_ns(period.start), cb.to_ns(period.end)
     node_sql = f" AND node IN ({', '.join('?' for _ in nodes)})" if nodes else ""
     # A file no writer has opened since these tables were added lacks them (the API opens read-only).
-    rolled = _has_table(s, "ledger_hourly") and _has_table(s, "ledger_retired")
+    rolled = s.store.has_table("ledger_hourly") and s.store.has_table("ledger_retired")
     a = b = 0  # live hours [a, b) answered from rollups
     if hourly and rolled:
         newest = s.query("SELECT max(hour_start_ns) AS h FROM ledger_hourly WHERE hour_start_ns < ?", [hi])["h"][0]
@@ -92,10 +92,6 @@ def read_rows(s: Session, period: Period, nodes: Sequence[str] = (), *, hourly: 
     sql = f"{ledger_sql} UNION ALL SELECT {_FROM_HOURLY} FROM ledger_hourly WHERE ({where}){node_sql}"
     params += [v for x, y, _ in ranges for v in (x, y)] + list(nodes)
     return s.query(sql, params).lazy()
-
-
-def _has_table(s: Session, name: str) -> bool:
-    return s.query("SELECT count(*) AS n FROM duckdb_tables() WHERE table_name = ?", [name])["n"][0] > 0
 
 
 def with_dimensions(rows: pl.LazyFrame, granularity: str | None = None) -> pl.LazyFrame:

@@ -198,8 +198,7 @@ def _cold_at_tick(repo: Path, quick: bool) -> dict[str, Any]:
             fast = _get(url, token)
             rollups_s = time.perf_counter() - t0
             with Store(db) as store:  # the file changes: the API's cache is dropped
-                store.execute(f"INSERT INTO ledger_hourly_pending SELECT DISTINCT interval_start_ns - "
-                              f"interval_start_ns % {HOUR_NS} FROM ledger ON CONFLICT DO NOTHING")
+                store.pend_ledger_hours()
             t0 = time.perf_counter()
             slow = _get(url, token)
             ledger_s = time.perf_counter() - t0

@@ -102,7 +102,8 @@ CREATE TABLE IF NOT EXISTS ledger_retired (
 """
 
 _ROW_TABLES = ("devices", "processes", "allocations", "field_errors")
-_HOUR_NS = 3600 * 10**9  # analytics.hourly.HOUR_NS (the store does not import analytics)
+#: One hour in ns: the grain of ``ledger_hourly`` (an interval belongs to the hour of its start).
+HOUR_NS = 3600 * 10**9
 
 
 @dataclass(frozen=True)
@@ -124,13 +125,10 @@ class Store:
         try:
             self.con = duckdb.connect(self.path, read_only=read_only)
             if not read_only:
-                tables = {r[0] for r in self.con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+                upgrading = self.has_table("ledger") and not self.has_table("ledger_hourly")
                 self._exec(SCHEMA)
-                if "ledger" in tables and "ledger_hourly" not in tables:
-                    # A ledger older than its hourly rollups: every hour of it is pending, so the
-                    # next attribution run rolls it up and readers use the ledger until then.
-                    self._exec(f"INSERT INTO ledger_hourly_pending SELECT DISTINCT interval_start_ns - "
-                               f"interval_start_ns % {_HOUR_NS} FROM ledger ON CONFLICT DO NOTHING")
+                if upgrading:  # a ledger older than its hourly rollups: the next attribution run rolls it up,
+                    self.pend_ledger_hours()  # and readers use the ledger until then
         except duckdb.Error as exc:
             hint = (
                 "another process holds the file for writing: read it with read_only=True or stop the writer"
@@ -141,6 +139,15 @@ class Store:
 
     def close(self) -> None:
         self.con.close()
+
+    def has_table(self, name: str) -> bool:
+        """Whether the file has this table (a read-only open of an older file may lack newer ones)."""
+        return bool(self.scalar("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [name]))
+
+    def pend_ledger_hours(self) -> None:
+        """Mark every hour the ledger has as pending: its ``ledger_hourly`` rollup is recomputed next run."""
+        self.execute(f"INSERT INTO ledger_hourly_pending SELECT DISTINCT interval_start_ns - interval_start_ns % "
+                     f"{HOUR_NS} FROM ledger ON CONFLICT DO NOTHING")
 
     def _exec(self, sql: str, params: Sequence[Any] | None = None) -> None:
         # DuckDB 2 refuses new work while a statement's result is unread: drain it.

@@ -41,12 +41,11 @@ import time
 from dataclasses import dataclass, field
 
 from gpuledger.errors import GpuledgerError
-from gpuledger.store import Store
+from gpuledger.store import HOUR_NS, Store
 
 __all__ = ["RetentionResult", "cutoff_ns", "enforce_retention", "month_of"]
 
 RAW_TABLES = ("devices", "processes", "allocations", "field_errors")
-_HOUR_NS = 3600 * 10**9
 
 
 @dataclass
@@ -136,7 +135,7 @@ def _months(store: Store, table: str, column: str, cut: int) -> list[tuple[str, 
 
 
 def _closed(store: Store) -> set[str]:
-    if not store.scalar("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'chargeback_closes'"):
+    if not store.has_table("chargeback_closes"):
         return set()
     return set(store.query("SELECT month FROM chargeback_closes")["month"].to_list())
 
@@ -152,7 +151,7 @@ def _ledger(store: Store, cut: int, result: RetentionResult) -> None:
             result.ledger_kept[month] = "raw samples of it are still stored (not yet attributed?)"
             continue
         unrolled = store.scalar(
-            f"WITH l AS (SELECT interval_start_ns - interval_start_ns % {_HOUR_NS} AS h, count(*) AS n FROM ledger "
+            f"WITH l AS (SELECT interval_start_ns - interval_start_ns % {HOUR_NS} AS h, count(*) AS n FROM ledger "
             "WHERE interval_start_ns >= ? AND interval_start_ns < ? GROUP BY h), "
             "r AS (SELECT hour_start_ns AS h, sum(intervals) AS n FROM ledger_hourly "
             "WHERE hour_start_ns >= ? AND hour_start_ns < ? GROUP BY h) "

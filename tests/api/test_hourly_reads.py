@@ -68,8 +68,7 @@ def ledger_only(demo: Path, tmp_path: Path) -> Path:
     shutil.copy(demo, path)
     with Store(path) as s:
         s.execute("DELETE FROM ledger_hourly")
-        s.execute(f"INSERT INTO ledger_hourly_pending SELECT DISTINCT interval_start_ns - interval_start_ns % "
-                  f"{HOUR_NS} FROM ledger ON CONFLICT DO NOTHING")
+        s.pend_ledger_hours()
     return path
 
 
