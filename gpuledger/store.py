@@ -102,6 +102,14 @@ CREATE TABLE IF NOT EXISTS ledger_retired (
 """
 
 _ROW_TABLES = ("devices", "processes", "allocations", "field_errors")
+#: The tail of every ``INSERT INTO pods``: latest seen wins (a replayed old message, an older worker
+#: file or segment never overwrites newer labels). Its input must hold each pod once.
+PODS_LATEST_WINS = ("ON CONFLICT (pod_uid) DO UPDATE SET namespace = excluded.namespace, name = excluded.name, "
+                    "labels = excluded.labels, last_seen_ns = excluded.last_seen_ns "
+                    "WHERE excluded.last_seen_ns >= pods.last_seen_ns")
+#: Keeps a dead letter (alias ``d``) not stored yet: idempotent on (topic, partition, offset) where all known.
+NEW_DEAD_LETTER = ('(d.topic IS NULL OR d.partition IS NULL OR d."offset" IS NULL OR NOT EXISTS (SELECT 1 FROM '
+                   'dead_letters x WHERE x.topic = d.topic AND x.partition = d.partition AND x."offset" = d."offset"))')
 #: One hour in ns: the grain of ``ledger_hourly`` (an interval belongs to the hour of its start).
 HOUR_NS = 3600 * 10**9
 
@@ -214,12 +222,7 @@ class Store:
                 pods = tables.get("pods")
                 if fresh and pods is not None and pods.num_rows:
                     self.con.register("_batch", pods)
-                    # Latest seen wins: a replayed old message never overwrites newer labels.
-                    self._exec(
-                        "INSERT INTO pods SELECT * FROM _batch ON CONFLICT (pod_uid) DO UPDATE SET "
-                        "namespace = excluded.namespace, name = excluded.name, labels = excluded.labels, "
-                        "last_seen_ns = excluded.last_seen_ns WHERE excluded.last_seen_ns >= pods.last_seen_ns"
-                    )
+                    self._exec(f"INSERT INTO pods SELECT * FROM _batch {PODS_LATEST_WINS}")
                     self.con.unregister("_batch")
                 self._exec("COMMIT")
             except duckdb.Error as exc:
@@ -344,16 +347,8 @@ class Store:
                 for name in _ROW_TABLES:
                     self._exec(f"INSERT INTO {name} BY NAME SELECT * FROM _w.{name} "
                                "SEMI JOIN _new USING (agent_id, boot_id, seq)")
-                self._exec(
-                    "INSERT INTO pods SELECT * FROM _w.pods ON CONFLICT (pod_uid) DO UPDATE SET "
-                    "namespace = CASE WHEN excluded.last_seen_ns >= pods.last_seen_ns THEN excluded.namespace ELSE pods.namespace END, "
-                    "name = CASE WHEN excluded.last_seen_ns >= pods.last_seen_ns THEN excluded.name ELSE pods.name END, "
-                    "labels = CASE WHEN excluded.last_seen_ns >= pods.last_seen_ns THEN excluded.labels ELSE pods.labels END, "
-                    "last_seen_ns = greatest(pods.last_seen_ns, excluded.last_seen_ns)")
-                self._exec(
-                    'INSERT INTO dead_letters SELECT * FROM _w.dead_letters d WHERE d.topic IS NULL OR d.partition IS NULL '
-                    'OR d."offset" IS NULL OR NOT EXISTS (SELECT 1 FROM dead_letters x WHERE x.topic = d.topic '
-                    'AND x.partition = d.partition AND x."offset" = d."offset")')
+                self._exec(f"INSERT INTO pods BY NAME SELECT * FROM _w.pods {PODS_LATEST_WINS}")
+                self._exec(f"INSERT INTO dead_letters BY NAME SELECT * FROM _w.dead_letters d WHERE {NEW_DEAD_LETTER}")
                 self._exec("DROP TABLE _new")
                 self._exec("COMMIT")
             except duckdb.Error as exc:
@@ -377,9 +372,9 @@ class Store:
                 self._exec("BEGIN")
                 before = self.count("dead_letters")
                 self.con.executemany(  # noqa: the result is drained by count() below
-                    'INSERT INTO dead_letters (topic, partition, "offset", reason, payload, size_bytes) '
-                    "SELECT $1, $2, $3, $4, $5, $6 WHERE $1 IS NULL OR $2 IS NULL OR $3 IS NULL OR NOT EXISTS ("
-                    'SELECT 1 FROM dead_letters WHERE topic = $1 AND partition = $2 AND "offset" = $3)',
+                    'INSERT INTO dead_letters (topic, partition, "offset", reason, payload, size_bytes) SELECT * FROM '
+                    '(SELECT $1::VARCHAR AS topic, $2::INTEGER AS partition, $3::BIGINT AS "offset", $4 AS reason, '
+                    f"$5::BLOB AS payload, $6::BIGINT AS size_bytes) d WHERE {NEW_DEAD_LETTER}",
                     rows,
                 )
                 added = self.count("dead_letters") - before

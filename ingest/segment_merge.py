@@ -32,7 +32,7 @@ import numpy as np
 import polars as pl
 
 from gpuledger.errors import GpuledgerError, StoreError
-from gpuledger.store import Store
+from gpuledger.store import NEW_DEAD_LETTER, PODS_LATEST_WINS, Store
 
 __all__ = ["MergeResult", "RetireResult", "merge_segments", "retire_segments"]
 
@@ -130,9 +130,7 @@ def _merge_step(store: Store, messages: list[Path], by_seg: dict[str, dict[str, 
             tx.execute(
                 "INSERT INTO pods SELECT pod_uid, arg_max(namespace, last_seen_ns), arg_max(name, last_seen_ns), "
                 f"arg_max(labels, last_seen_ns)::JSON, max(last_seen_ns) FROM {_read(pods)} GROUP BY pod_uid "
-                "ON CONFLICT (pod_uid) DO UPDATE SET namespace = excluded.namespace, name = excluded.name, "
-                "labels = excluded.labels, last_seen_ns = excluded.last_seen_ns "
-                "WHERE excluded.last_seen_ns >= pods.last_seen_ns")
+                f"{PODS_LATEST_WINS}")
         tx.execute("DROP TABLE _segnew")
         _record(tx, messages, lambda p: p.relative_to(root).as_posix())
     return added
@@ -144,10 +142,7 @@ def _merge_letters(store: Store, files: list[Path]) -> int:
         before = tx.count("dead_letters")
         tx.execute(
             'INSERT INTO dead_letters SELECT topic, partition, "offset", reason, payload, size_bytes, '
-            f"to_timestamp(interval_start_ns / 1e9) FROM {_read(files)} d "
-            "WHERE d.topic IS NULL OR d.partition IS NULL OR d.\"offset\" IS NULL OR NOT EXISTS ("
-            'SELECT 1 FROM dead_letters x WHERE x.topic = d.topic AND x.partition = d.partition '
-            'AND x."offset" = d."offset") '
+            f"to_timestamp(interval_start_ns / 1e9) FROM {_read(files)} d WHERE {NEW_DEAD_LETTER} "
             'QUALIFY row_number() OVER (PARTITION BY topic, partition, "offset", '
             'CASE WHEN "offset" IS NULL THEN seg END ORDER BY seg) = 1')
         added = tx.count("dead_letters") - before
