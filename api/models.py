@@ -157,7 +157,8 @@ class LedgerRowOut(_Open):
     gpu_seconds: float
     energy_j: float | None
     memory_gb_seconds: float | None
-    grain: str = Field(description="interval: one ledger row; hour: a retired month's hourly rollup row")
+    grain: str = Field(description="interval: one ledger row; hour: a retired month's hourly rollup row "
+                       "(its interval the hour's start plus the GPU's GPU-seconds in it)")
 
 
 class DrilldownOut(Paged):

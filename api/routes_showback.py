@@ -178,7 +178,7 @@ def _drill(rows: pl.LazyFrame, view: str) -> list[dict[str, Any]]:
             tenant="tenant", namespace="namespace", pod="pod", rule="rule", gpu_seconds="gpu_seconds",
             energy_j="energy_j", memory_gb_seconds="memory_gb_seconds",
             # A month whose interval-grain ledger retention removed answers from its hourly rollups.
-            grain=pl.when(pl.col("boot_id") == "hourly").then(pl.lit("hour")).otherwise(pl.lit("interval")))
+            grain=pl.when(pl.col("boot_id") == views.HOURLY_BOOT).then(pl.lit("hour")).otherwise(pl.lit("interval")))
     elif view == "gpus":
         frame = (rows.group_by("gpu_uuid", "node", "gpu_index", "mig_index", "model", "profile", "sharing")
                  .agg(gpu_seconds=pl.col("gpu_seconds").sum(), rows=pl.len(),

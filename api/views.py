@@ -27,16 +27,18 @@ from gpuledger.api.params import Filters, Period
 from gpuledger.api.reader import Session
 from gpuledger.store import HOUR_NS
 
-__all__ = ["WORKLOAD", "apply_filters", "costed", "hours", "read_rows", "showback_rows", "with_dimensions"]
+__all__ = ["HOURLY_BOOT", "WORKLOAD", "apply_filters", "costed", "hours", "read_rows", "showback_rows", "with_dimensions"]
 
 _COLUMNS = ("agent_id, boot_id, seq, node, interval_start_ns, interval_end_ns, gpu_uuid, gpu_index, mig_index, "
             "model, profile, sharing, kind, tenant, namespace, pod, rule, gpu_seconds, energy_j, memory_gb_seconds")
-#: ``ledger_hourly`` rows in the ledger's columns (retired months). Each physical GPU-hour
-#: stands in for one GPU interval (key: node, 'hourly', hour number; chargeback prices a
+#: ``boot_id`` of rows read from the hourly rollups (drill-down rows say ``grain: hour``).
+HOURLY_BOOT = "hourly"
+#: ``ledger_hourly`` rows in the ledger's columns (see ``read_rows``). Each physical GPU-hour
+#: stands in for one GPU interval (key: node, HOURLY_BOOT, hour number; chargeback prices a
 #: GPU interval once): it spans the GPU's GPU-seconds summed over the hour, which
 #: conservation makes its capacity (the ledger's rows of a GPU interval sum to its length
 #: within 1e-4 ns, so rounding to the nanosecond gives the integer capacity pricing used).
-_FROM_HOURLY = (f"node, 'hourly', (hour_start_ns // {HOUR_NS})::UBIGINT, node, hour_start_ns, "
+_FROM_HOURLY = (f"node, '{HOURLY_BOOT}', (hour_start_ns // {HOUR_NS})::UBIGINT, node, hour_start_ns, "
                 "hour_start_ns + round(sum(gpu_seconds) OVER (PARTITION BY hour_start_ns, node, gpu_index) * 1e9)"
                 "::BIGINT, gpu_uuid, gpu_index, mig_index, model, profile, sharing, "
                 "kind, tenant, namespace, pod, rule, gpu_seconds, energy_j, memory_gb_seconds")

@@ -349,6 +349,10 @@ def _retention(args: argparse.Namespace) -> int:
     with Store(args.db) as store:
         res = enforce_retention(store, months=args.months, ledger_months=args.ledger_months,
                                 rollup_months=args.rollup_months)
+        if args.segments:
+            from gpuledger.ingest.segment_merge import retire_segments
+
+            seg = retire_segments(store, args.segments, res.cutoff_ns)
 
     def day(ns: int | None) -> str:
         return "-" if ns is None else datetime.datetime.fromtimestamp(ns // 10**9, datetime.UTC).strftime("%Y-%m-%d")
@@ -363,10 +367,6 @@ def _retention(args: argparse.Namespace) -> int:
     for month, why in res.rollup_kept.items():
         print(f"  kept rollups of {month}: {why}")
     if args.segments:
-        from gpuledger.ingest.segment_merge import retire_segments
-
-        with Store(args.db) as store:
-            seg = retire_segments(store, args.segments, res.cutoff_ns)
         print(f"segments: deleted {len(seg.days_deleted)} days ({seg.files_deleted} files, "
               f"{seg.bytes_deleted / 1e6:.1f} MB) before {day(res.cutoff_ns)}")
         for d, why in seg.kept.items():

@@ -74,9 +74,9 @@ def ledger_only(demo: Path, tmp_path: Path) -> Path:
 
 def test_rollup_reads_answer_what_the_ledger_answers(demo: Path, tmp_path: Path) -> None:
     reference = ledger_only(demo, tmp_path)
-    assert rows(reference).filter(pl.col("boot_id") == "hourly").is_empty()
+    assert rows(reference).filter(pl.col("boot_id") == views.HOURLY_BOOT).is_empty()
     fast = rows(demo)
-    hourly = fast.filter(pl.col("boot_id") == "hourly")
+    hourly = fast.filter(pl.col("boot_id") == views.HOURLY_BOOT)
     # Nine simulated hours: the newest may still be filling and comes from the ledger, the rest
     # from the rollups, in far fewer rows.
     assert hourly["interval_start_ns"].n_unique() == 8
@@ -94,7 +94,7 @@ def test_a_pending_hour_is_read_from_the_ledger(demo: Path, tmp_path: Path) -> N
         s.execute("INSERT INTO ledger_hourly_pending VALUES (?)", [hour])
         s.execute("DELETE FROM ledger_hourly WHERE hour_start_ns = ? AND kind = 'busy'", [hour])  # now stale
     got = rows(path)
-    assert hour not in set(got.filter(pl.col("boot_id") == "hourly")["interval_start_ns"])
+    assert hour not in set(got.filter(pl.col("boot_id") == views.HOURLY_BOOT)["interval_start_ns"])
     assert got.filter(pl.col("interval_start_ns").is_between(hour, hour + HOUR_NS - 1)).height > 100
     assert answers(path) == answers(demo)
 
@@ -107,10 +107,10 @@ def test_a_file_older_than_its_rollups_is_rolled_up_by_the_next_run(demo: Path, 
         s.execute("DROP TABLE ledger_hourly")  # as a gpuledger without rollups left the file
     with Store(path) as s:  # a writer's open adds the table and marks every hour of the ledger pending
         assert s.count("ledger_hourly") == 0 and s.count("ledger_hourly_pending") == 9
-    assert rows(path).filter(pl.col("boot_id") == "hourly").is_empty()
+    assert rows(path).filter(pl.col("boot_id") == views.HOURLY_BOOT).is_empty()
     assert answers(path) == want
     with Store(path) as s:
         run_attribution(s)
         assert s.count("ledger_hourly_pending") == 0 and s.count("ledger_hourly") > 0
-    assert not rows(path).filter(pl.col("boot_id") == "hourly").is_empty()
+    assert not rows(path).filter(pl.col("boot_id") == views.HOURLY_BOOT).is_empty()
     assert answers(path) == want
