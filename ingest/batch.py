@@ -39,7 +39,7 @@ import json
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 import msgspec
 import numpy as np
@@ -164,9 +164,22 @@ class HeaderCache:
         return part
 
 
-#: One accepted message: (input position, agent_id, boot_id, seq, node, interval_start_ns,
-#: interval_end_ns, driver_version, allocations_unavailable, part, counts, table offset, raw bytes).
-_Item = tuple[int, str, str, int, str, int, int, "str | None", "str | None", _Part, tuple[int, ...], int, bytes]
+class _Item(NamedTuple):
+    """One accepted message, header checked, tables not yet read."""
+
+    pos: int  # position in the input
+    agent_id: str
+    boot_id: str
+    seq: int
+    node: str
+    interval_start_ns: int
+    interval_end_ns: int
+    driver_version: str | None
+    allocations_unavailable: str | None
+    part: _Part
+    counts: tuple[int, ...]  # rows per table
+    offset: int  # where the tables start in ``buf``
+    buf: bytes
 
 
 def decode_batch(values: Sequence[bytes | None], sources: Sequence[str | None] | None = None,
@@ -209,16 +222,16 @@ def _decode(values: Sequence[bytes | None], sources: Sequence[str | None] | None
         good = []
         for item in heads:
             try:
-                wire.decode(item[-1])
+                wire.decode(item.buf)
                 _build([item], sources)  # what decode accepts, Arrow must hold too
                 good.append(item)
             except WireError as exc:
-                failed[item[0]] = str(exc)
+                failed[item.pos] = str(exc)
             except _BatchCheckFailed as exc:
-                failed[item[0]] = f"decoded but not storable: {exc}"
+                failed[item.pos] = f"decoded but not storable: {exc}"
         heads = good
         tables = _build(heads, sources)
-    return ArrowBatch(tables=tables, index=[h[0] for h in heads], failed=failed)
+    return ArrowBatch(tables=tables, index=[h.pos for h in heads], failed=failed)
 
 
 def _light(i: int, buf: bytes, seen: HeaderCache) -> _Item | str:
@@ -246,8 +259,8 @@ def _light(i: int, buf: bytes, seen: HeaderCache) -> _Item | str:
             return _general(i, head, counts, offset, buf)
         if h.interval_end_ns <= h.interval_start_ns:
             raise WireError("interval")
-        return (i, h.agent_id, h.boot_id, h.seq, h.node, h.interval_start_ns, h.interval_end_ns,
-                h.driver_version, h.allocations_unavailable, part, counts, offset, buf)
+        return _Item(i, h.agent_id, h.boot_id, h.seq, h.node, h.interval_start_ns, h.interval_end_ns,
+                     h.driver_version, h.allocations_unavailable, part, counts, offset, buf)
     except Exception:  # noqa: BLE001  # the strict decoder names the reason
         return _reason(buf)
 
@@ -259,10 +272,9 @@ def _general(i: int, head: bytes, counts: tuple[int, ...], offset: int, buf: byt
     if b"\\ud" in head.lower():
         wire._check_unicode(header)
     part = _Part(header["strings"], [(p["uid"], p["namespace"], p["name"], p.get("labels", {})) for p in header["pods"]])
-    return (i, header["agent_id"], header["boot_id"], header["seq"], header["node"], header["interval_start_ns"],
-            header["interval_end_ns"], header.get("driver_version"),
-            wire.header_note(header.get("allocations_unavailable")),
-            part, counts, offset, buf)
+    return _Item(i, header["agent_id"], header["boot_id"], header["seq"], header["node"],
+                 header["interval_start_ns"], header["interval_end_ns"], header.get("driver_version"),
+                 wire.header_note(header.get("allocations_unavailable")), part, counts, offset, buf)
 
 
 def _is_utf8(b: bytes) -> bool:
@@ -286,7 +298,7 @@ def _reason(buf: bytes) -> str:
 def _build(heads: Sequence[_Item], sources: Sequence[str | None]) -> dict[str, pa.Table]:
     n = len(heads)
     (pos, agent_id, boot_id, seq, node, start, end, driver, no_allocs, parts, counts_t, offsets, bufs) = (
-        zip(*heads) if n else ((),) * 13)
+        zip(*heads) if n else ((),) * len(_Item._fields))
     counts = np.array(counts_t, dtype=np.int64).reshape(n, len(_NAMES))
     ends = np.array(end, np.int64)
     # One global string list and pod list for the batch: each distinct part
