@@ -1,6 +1,6 @@
 """Attribution accuracy against the simulator's ground truth, with a request-based baseline.
 
-For each scenario (``agent/simscenarios.py``: real GenAI duty-cycle shapes and
+For each scenario (``gpuledger/sim/scenarios.py``: real GenAI duty-cycle shapes and
 openb lifetimes/fractions; plus the mixed demo fleet) and each agent tick
 (1 s, 10 s, 60 s) the whole agent path runs: simulator -> Sampler (driver
 sample buffers) -> wire encode/decode -> DuckDB Store -> ``run_attribution``.
@@ -25,10 +25,10 @@ from typing import Any
 
 import polars as pl
 
-from gpuledger.agent import simscenarios
-from gpuledger.agent.sim import FleetSim, demo_fleet
-from gpuledger.agent.simspec import Quirks
-from gpuledger.analytics.accuracy import MIN_TRUE_S, compare, errors, simulate
+from gpuledger.sim import scenarios as simscenarios
+from gpuledger.sim.fleetsim import FleetSim, demo_fleet
+from gpuledger.sim.spec import Quirks
+from gpuledger.sim.accuracy import MIN_TRUE_S, compare, errors, simulate
 
 
 def scenarios(quick: bool) -> list[tuple[str, Any]]:

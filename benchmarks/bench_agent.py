@@ -34,7 +34,7 @@ TICK_S = 10.0
 
 
 def node_spec() -> Any:
-    from gpuledger.agent.simspec import FleetSpec, GpuSpec, Holding, NodeSpec, PodSpec, ProcSpec
+    from gpuledger.sim.spec import FleetSpec, GpuSpec, Holding, NodeSpec, PodSpec, ProcSpec
 
     pods = []
     for g in range(8):
@@ -104,7 +104,7 @@ def record(n_ticks: int) -> tuple[list[dict[tuple[Any, ...], Any]], float, float
     from gpuledger import wire
     from gpuledger.agent.metrics import AgentCollector
     from gpuledger.agent.sampler import Sampler
-    from gpuledger.agent.sim import FleetSim
+    from gpuledger.sim.fleetsim import FleetSim
 
     sim = FleetSim(node_spec(), seed=11)
     rec = Recorder(sim.nodes[0])
@@ -157,7 +157,7 @@ def _rss_child(path: str) -> None:
     import gpuledger.agent.nvml
     import gpuledger.agent.sampler
     import gpuledger.agent.spool
-    import gpuledger.agent.workloads
+    import gpuledger.agent.holders
     import gpuledger.transport  # noqa: F401 - what `gpuledger agent --backend nvml --kafka` imports (grpc, kafka, pynvml)
 
     base = _status()["VmRSS"]

@@ -52,7 +52,7 @@ def rss_kb() -> int:
 
 def agent_bytes(snapshot: tracemalloc.Snapshot) -> int:
     keep = [tracemalloc.Filter(True, "*/agent/*"), tracemalloc.Filter(True, "*/gpuledger/wire.py")]
-    drop = [tracemalloc.Filter(False, "*/agent/sim*.py"), tracemalloc.Filter(False, "*/agent/traces.py")]
+    drop = [tracemalloc.Filter(False, "*/sim/*")]
     total = 0
     for f in keep:
         total += sum(s.size for s in snapshot.filter_traces([f, *drop]).statistics("filename"))
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     from gpuledger import wire
     from gpuledger.agent.metrics import AgentCollector
     from gpuledger.agent.sampler import Sampler
-    from gpuledger.agent.sim import demo_fleet
+    from gpuledger.sim.fleetsim import demo_fleet
     from gpuledger.agent.spool import Spool, SpoolingPublisher
 
     tracemalloc.start(1)

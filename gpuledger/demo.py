@@ -20,14 +20,14 @@ from rich.table import Table
 
 from gpuledger import wire
 from gpuledger.agent.sampler import Sampler
-from gpuledger.agent.sim import demo_fleet
-from gpuledger.analytics import kinds as K
 from gpuledger.analytics.chargeback import chargeback_csv
 from gpuledger.analytics.job import run_attribution
 from gpuledger.analytics.prices import default_price_book
 from gpuledger.analytics.tenancy import TenancyRules
 from gpuledger.ingest.consumer import Ingestor
 from gpuledger.store import Store
+from gpuledger.sim.accuracy import compare
+from gpuledger.sim.fleetsim import demo_fleet
 from gpuledger.transport import MemoryTransport
 
 DEMO_START = dt.datetime(2026, 10, 1, tzinfo=dt.UTC)
@@ -77,7 +77,7 @@ def run_demo(args: argparse.Namespace, console: Console | None = None) -> int:
     month = DEMO_START.strftime("%Y-%m")
     csv_path = out / f"chargeback-{month}.csv"
     csv_path.write_text(chargeback_csv(store, month, default_price_book()), encoding="utf-8")
-    accuracy = compare_with_truth(store, fleet.truth(), rules)
+    accuracy = compare(fleet, store, rules)
     _report(console, store, accuracy, csv_path, db_path)
     store.close()
     if args.no_serve:
@@ -105,26 +105,6 @@ def _drain(ingestor: Ingestor) -> None:
 def _progress(console: Console) -> Progress:
     return Progress(TextColumn("{task.description:<18}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                     TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
-
-
-def compare_with_truth(store: Store, truth: pl.DataFrame, rules: TenancyRules) -> pl.DataFrame:
-    """Per tenant: true busy GPU-seconds (simulator) vs attributed busy GPU-seconds (ledger)."""
-    tenants = rules.tenant_table(store.query("SELECT pod_uid, namespace, labels FROM pods"))
-    true_busy = (
-        truth.join(tenants, on="pod_uid", how="left")
-        .with_columns(tenant=pl.col("tenant").fill_null(K.UNATTRIBUTED_TENANT))
-        .group_by("tenant")
-        .agg(true_busy_s=pl.col("busy_gpu_seconds").sum())
-    )
-    booked = store.query(
-        "SELECT tenant, sum(gpu_seconds) AS ledger_busy_s FROM ledger WHERE kind = 'busy' GROUP BY tenant"
-    )
-    return (
-        true_busy.join(booked, on="tenant", how="full", coalesce=True)
-        .with_columns(pl.col("true_busy_s", "ledger_busy_s").fill_null(0.0))
-        .with_columns(error_pct=100 * (pl.col("ledger_busy_s") - pl.col("true_busy_s")) / pl.col("true_busy_s"))
-        .sort("tenant")
-    )
 
 
 def _report(console: Console, store: Store, accuracy: pl.DataFrame, csv_path: Path, db_path: Path) -> None:
@@ -163,9 +143,9 @@ def _costs(csv_path: Path) -> tuple[dict[str, Decimal], str, Decimal]:
 
 
 def _err(row: dict[str, Any] | None) -> str:
-    if row is None or (abs(row["true_busy_s"]) < 1.0 and abs(row["ledger_busy_s"]) < 1.0):
+    if row is None or (abs(row["true_s"]) < 1.0 and abs(row["ledger_s"]) < 1.0):
         return "-"  # no work to compare (under a GPU-second either way)
-    if row["true_busy_s"] == 0:
+    if row["true_s"] == 0:
         return "no truth"
     return f"{row['error_pct']:+.2f}%"
 

@@ -18,7 +18,7 @@ Tables (times are integer nanoseconds since the Unix epoch, UTC):
 - ``ledger``: attribution output (analytics), one row per GPU unit, interval,
   tenant and kind (busy, allocated_idle, unallocated, unmeasured).
 - ``attributed``: which messages the ledger already covers (incremental runs).
-- ``ledger_hourly``: the ledger summed per UTC hour (``analytics/hourly.py``), kept
+- ``ledger_hourly``: the ledger summed per UTC hour (``gpuledger/analytics/hourly.py``), kept
   longer than the ledger; ``ledger_hourly_pending`` the hours to recompute;
   ``ledger_retired`` the months whose interval-grain ledger retention removed.
 """

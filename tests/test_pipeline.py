@@ -12,12 +12,12 @@ import pytest
 
 from gpuledger import wire
 from gpuledger.agent.sampler import Sampler
-from gpuledger.agent.sim import demo_fleet
-from gpuledger.agent.simspec import Quirks
+from gpuledger.sim.fleetsim import demo_fleet
+from gpuledger.sim.spec import Quirks
 from gpuledger.analytics.job import run_attribution
 from gpuledger.analytics.tenancy import TenancyRules
 from gpuledger.api.app import create_app
-from gpuledger.demo import compare_with_truth
+from gpuledger.sim.accuracy import compare
 from gpuledger.ingest.consumer import Ingestor
 from gpuledger.store import Store
 from gpuledger.transport import KafkaPublisher
@@ -69,12 +69,12 @@ def test_every_tick_of_every_node_is_stored_once(run: dict) -> None:
 
 def test_attributed_busy_matches_ground_truth_per_tenant(run: dict) -> None:
     with Store(run["db"], read_only=True) as store:
-        acc = compare_with_truth(store, run["fleet"].truth(), TenancyRules())
-    busy = acc.filter(pl.col("true_busy_s") > 60)  # tenants with at least a GPU-minute of work
+        acc = compare(run["fleet"], store, TenancyRules())
+    busy = acc.filter(pl.col("true_s") > 60)  # tenants with at least a GPU-minute of work
     assert busy.height >= 3
     worst = busy["error_pct"].abs().max()
     assert worst < 1.0, f"worst tenant busy error {worst:.3f}% over 1%:\n{acc}"
-    assert acc.filter(pl.col("true_busy_s") == 0)["ledger_busy_s"].abs().max() < 1e-6
+    assert acc.filter(pl.col("true_s") == 0)["ledger_s"].abs().max() < 1e-6
 
 
 def test_ledger_conserves_capacity_for_every_gpu_and_interval(run: dict) -> None:

@@ -13,8 +13,8 @@ from gpuledger import wire
 from gpuledger.agent.metrics import AgentCollector, pod_shares
 from gpuledger.agent.run import serve_metrics
 from gpuledger.agent.sampler import Sampler
-from gpuledger.agent.sim import FleetSim
-from gpuledger.agent.simspec import FleetSpec, GpuSpec, Holding, NodeSpec, PodSpec, ProcSpec
+from gpuledger.sim.fleetsim import FleetSim
+from gpuledger.sim.spec import FleetSpec, GpuSpec, Holding, NodeSpec, PodSpec, ProcSpec
 
 H100 = "NVIDIA H100 80GB HBM3"
 

@@ -8,10 +8,10 @@ import math
 import numpy as np
 import polars as pl
 import pytest
-from gpuledger.agent import traces
+from gpuledger.sim import traces
 from gpuledger.agent.backend import GpuBackend, Owner, WorkloadSource
-from gpuledger.agent.sim import FleetSim, SimNode, demo_fleet
-from gpuledger.agent.simspec import (
+from gpuledger.sim.fleetsim import FleetSim, SimNode, demo_fleet
+from gpuledger.sim.spec import (
     FleetSpec,
     GpuSpec,
     Holding,
@@ -369,7 +369,7 @@ def test_mps_lists_clients_with_kind_2_or_hides_them_behind_the_server() -> None
 
 
 def test_accuracy_scenarios_build_from_the_real_traces() -> None:
-    from gpuledger.agent import simscenarios
+    from gpuledger.sim import scenarios as simscenarios
 
     for name, build in simscenarios.SCENARIOS.items():
         spec = build(seed=1, horizon_s=1800.0)

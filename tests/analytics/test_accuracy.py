@@ -1,7 +1,7 @@
 """Every sharing mode, end to end against the simulator's ground truth.
 
 Simulator -> Sampler -> wire -> Store -> run_attribution, then per-tenant busy
-GPU-seconds vs ``FleetSim.truth()`` (analytics/accuracy.py). Horizons are short
+GPU-seconds vs ``FleetSim.truth()`` (gpuledger/sim/accuracy.py). Horizons are short
 (15 min at a 10 s tick) to keep the suite fast; benchmarks/bench_accuracy.py
 runs the long versions and the 1 s / 60 s ticks.
 """
@@ -13,11 +13,11 @@ import math
 import polars as pl
 import pytest
 
-from gpuledger.agent import simscenarios
-from gpuledger.agent.sim import FleetSim, demo_fleet
-from gpuledger.agent.simspec import FleetSpec, GpuSpec, Holding, NodeSpec, PodSpec, ProcSpec, Quirks
+from gpuledger.sim import scenarios as simscenarios
+from gpuledger.sim.fleetsim import FleetSim, demo_fleet
+from gpuledger.sim.spec import FleetSpec, GpuSpec, Holding, NodeSpec, PodSpec, ProcSpec, Quirks
 from gpuledger.analytics import kinds as K
-from gpuledger.analytics.accuracy import compare, errors, simulate
+from gpuledger.sim.accuracy import compare, errors, simulate
 from gpuledger.analytics.ledger import conservation_error
 from gpuledger.analytics.tenancy import TenancyRules
 

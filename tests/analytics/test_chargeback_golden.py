@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from gpuledger.agent.sampler import Sampler
-from gpuledger.agent.sim import demo_fleet
+from gpuledger.sim.fleetsim import demo_fleet
 from gpuledger.analytics import chargeback as cb
 from gpuledger.analytics import closing
 from gpuledger.analytics.focus import ExportContext

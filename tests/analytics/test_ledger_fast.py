@@ -1,4 +1,4 @@
-"""The integer-coded ledger kernel (analytics/fastledger.py) gives ``attribute``'s rows, for every input.
+"""The integer-coded ledger kernel (gpuledger/analytics/fastledger.py) gives ``attribute``'s rows, for every input.
 
 Three ways in: store-shaped frames coded in Polars (``fastledger.code``), the
 job's DuckDB read path (``job.read_chunk``), and the job end to end (the
@@ -18,12 +18,12 @@ from hypothesis import strategies as st
 from test_ledger import message
 
 from gpuledger import cli, wire
-from gpuledger.agent import simscenarios
-from gpuledger.agent.sim import FleetSim, demo_fleet
-from gpuledger.agent.simspec import Quirks
+from gpuledger.sim import scenarios as simscenarios
+from gpuledger.sim.fleetsim import FleetSim, demo_fleet
+from gpuledger.sim.spec import Quirks
 from gpuledger.analytics import fastledger
 from gpuledger.analytics import kinds as K
-from gpuledger.analytics.accuracy import simulate
+from gpuledger.sim.accuracy import simulate
 from gpuledger.analytics.job import read_chunk, read_frames, reference_chunk, run_attribution
 from gpuledger.analytics.ledger import LEDGER_COLUMNS, attribute
 from gpuledger.analytics.tenancy import TenancyRules

@@ -1,6 +1,6 @@
 """Small seeded demo data through the real pipeline, for API, dashboard and page tests.
 
-simulator (agent/sim.py) -> Sampler -> wire messages -> Store.write_messages
+simulator (gpuledger/sim/fleetsim.py) -> Sampler -> wire messages -> Store.write_messages
 -> run_attribution -> a DuckDB file. Two nodes of eight GPUs (exclusive,
 time-sliced, fractional, MIG, a notebook held idle, a free GPU; the mild quirks
 and, with ``lost_gpu``, a GPU lost at three quarters of the run) for ``hours`` simulated hours from
@@ -15,8 +15,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from gpuledger.agent.sampler import Sampler
-from gpuledger.agent.sim import demo_fleet
-from gpuledger.agent.simspec import Quirks
+from gpuledger.sim.fleetsim import demo_fleet
+from gpuledger.sim.spec import Quirks
 from gpuledger.analytics.job import run_attribution
 
 from gpuledger import wire

@@ -69,7 +69,7 @@ def test_committed_json_is_what_build_py_writes() -> None:
 
 
 def test_structure() -> None:
-    metrics_src = (ROOT / "agent" / "metrics.py").read_text()
+    metrics_src = (ROOT / "gpuledger" / "agent" / "metrics.py").read_text()
     exported = set(re.findall(r'"((?:DCGM_FI|gpuledger)_[A-Za-z_]+)"', metrics_src))
     provisioned = yaml.safe_load((BOARDS / "provisioning" / "datasources" / "gpuledger.yaml").read_text())
     uids = {d["uid"]: d["type"] for d in provisioned["datasources"]}

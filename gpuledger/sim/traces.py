@@ -27,7 +27,7 @@ _MISSING = 65535  # uint16 sentinel in the slice: not observed
 
 
 def _data(name: str) -> bytes:
-    return resources.files("gpuledger").joinpath("data", name).read_bytes()
+    return resources.files("gpuledger.sim").joinpath("data", name).read_bytes()
 
 
 @dataclass(frozen=True)

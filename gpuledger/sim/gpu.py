@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from gpuledger.agent.backend import ComputeProcess, Pod
-from gpuledger.agent.simspec import GpuSpec, ProcSpec, Quirks, mig_profile_slices
-from gpuledger.agent.traces import GpuModel
+from gpuledger.sim.spec import GpuSpec, ProcSpec, Quirks, mig_profile_slices
+from gpuledger.sim.traces import GpuModel
 
 __all__ = ["ResolvedProc", "Series", "SimGpu", "Timing"]
 

@@ -22,7 +22,7 @@ import polars as pl
 
 from gpuledger import wire
 from gpuledger.agent.sampler import Sampler
-from gpuledger.agent.sim import FleetSim
+from gpuledger.sim.fleetsim import FleetSim
 from gpuledger.analytics import kinds as K
 from gpuledger.analytics.job import run_attribution
 from gpuledger.analytics.tenancy import TenancyRules
@@ -56,7 +56,11 @@ def simulate(sim: FleetSim, tick_s: float, horizon_s: float) -> Store:
 
 
 def compare(sim: FleetSim, store: Store, rules: TenancyRules | None = None) -> pl.DataFrame:
-    """Per tenant: true busy, attributed busy and the two baselines (GPU-seconds)."""
+    """Per tenant: true busy, attributed busy and the two baselines (GPU-seconds).
+
+    ``error_pct`` is the signed error of the attributed busy time against the
+    truth (infinite or NaN where the truth is zero).
+    """
     rules = rules or TenancyRules()
     tenants = rules.tenant_table(store.query("SELECT pod_uid, namespace, labels FROM pods"))
 
@@ -81,7 +85,9 @@ def compare(sim: FleetSim, store: Store, rules: TenancyRules | None = None) -> p
     out = truth
     for f in (ledger, request, dev):
         out = out.join(f, on="tenant", how="full", coalesce=True)
-    return out.with_columns(pl.exclude("tenant").fill_null(0.0)).sort("tenant")
+    return (out.with_columns(pl.exclude("tenant").fill_null(0.0))
+            .with_columns(error_pct=100 * (pl.col("ledger_s") - pl.col("true_s")) / pl.col("true_s"))
+            .sort("tenant"))
 
 
 def errors(table: pl.DataFrame, column: str) -> tuple[float, float]:

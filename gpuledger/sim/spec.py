@@ -4,7 +4,7 @@ A :class:`FleetSpec` is data: nodes, their GPUs, the pods holding them and the
 processes those pods run, plus the driver :class:`Quirks` to inject. Times are
 seconds relative to the simulation start (``start_us``); a negative start means
 "already running when the simulation began", ``math.inf`` "never ends".
-``gpuledger.agent.simfleet.demo_spec`` builds a realistic one; tests write small
+``gpuledger.sim.fleets.demo_spec`` builds a realistic one; tests write small
 ones by hand.
 
 Demand model: a process's duty cycle at time ``t`` (seconds) is

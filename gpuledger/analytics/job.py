@@ -53,7 +53,7 @@ def run_attribution(
     rules = rules or TenancyRules()
     if full:
         # Only what can be re-attributed: ledger rows whose raw samples retention already
-        # removed (ingest/retention.py) stay, or their months' bills would drop to zero.
+        # removed (gpuledger/ingest/retention.py) stay, or their months' bills would drop to zero.
         with store.transaction() as tx:
             for table in ("ledger", "attributed"):
                 tx.execute(f"DELETE FROM {table} t USING messages m WHERE t.agent_id = m.agent_id "

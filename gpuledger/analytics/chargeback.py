@@ -336,7 +336,7 @@ def chargeback_csv(store: Store, month: str, book: PriceBook) -> str:
     """The FOCUS chargeback file of ``month`` (YYYY-MM) as text, checked to reconcile.
 
     A closed month is its stored file, byte for byte; an open month includes
-    the correction rows for closed months (see analytics/closing.py).
+    the correction rows for closed months (see gpuledger/analytics/closing.py).
     """
     from gpuledger.analytics import closing  # closing imports this module
 

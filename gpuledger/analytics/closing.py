@@ -205,7 +205,7 @@ def corrections(store: Store, month: str, book: PriceBook, context: ExportContex
     expected: dict[str, Decimal] = {}
     retired = retired_months(store)
     for m, record in sorted(closed.items()):
-        if m >= month or m in retired:  # a retired month's ledger is gone (ingest/retention.py): its bill is final
+        if m >= month or m in retired:  # a retired month's ledger is gone (gpuledger/ingest/retention.py): its bill is final
             continue
         ctx_m = ExportContext(**{**context.__dict__, "charge_period": record.charge_period})
         start, end = cb.month_bounds(m)

@@ -1,7 +1,7 @@
 """Per-tenant lines for a period: GPU-seconds by kind, energy, memory, coverage.
 
 ``tenant_lines`` is what a showback row says about one tenant over one
-period, under an idle policy (``analytics/policy.py``):
+period, under an idle policy (``gpuledger/analytics/policy.py``):
 
 - ``busy_s``, ``allocated_idle_s``, ``unmeasured_s``, ``unallocated_s``: GPU-seconds by kind
   (``unallocated_s`` is ``platform``'s, or a share of it under ``share_unallocated``);

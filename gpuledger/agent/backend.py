@@ -1,7 +1,7 @@
 """The GPU seam: what the agent asks of NVML, as a Protocol.
 
 Two implementations share it: ``gpuledger.agent.nvml.NvmlBackend`` (the only
-module that imports ``pynvml``) and ``gpuledger.agent.sim.SimNode`` (the fleet
+module that imports ``pynvml``) and ``gpuledger.sim.fleetsim.SimNode`` (the fleet
 simulator with ground truth). The agent's sampling logic (sample-buffer
 integration, fallbacks, per-field errors) runs unchanged on either.
 

@@ -14,7 +14,7 @@
    reason reported:
 
    - the month is *closed* (``chargeback_closes``): its bill is stored byte
-     for byte, and ``analytics/closing.py`` stops recomputing corrections for
+     for byte, and ``gpuledger/analytics/closing.py`` stops recomputing corrections for
      a month listed in ``ledger_retired`` (recomputing it from an empty ledger
      would credit the whole month back);
    - none of its raw samples are left (so nothing can re-attribute it);

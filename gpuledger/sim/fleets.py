@@ -35,8 +35,8 @@ import uuid
 from dataclasses import replace
 
 import numpy as np
-from gpuledger.agent import traces
-from gpuledger.agent.simspec import (
+from gpuledger.sim import traces
+from gpuledger.sim.spec import (
     FleetSpec,
     GpuSpec,
     Holding,

@@ -1,8 +1,8 @@
 """The fleet simulator: NVML's fake twin, with ground truth.
 
-:class:`FleetSim` runs a :class:`~gpuledger.agent.simspec.FleetSpec` on a
+:class:`FleetSim` runs a :class:`~gpuledger.sim.spec.FleetSpec` on a
 simulated clock. Each :class:`SimNode` implements both seams of
-``agent/backend.py`` -- ``GpuBackend`` (the NVML calls) and ``WorkloadSource``
+``gpuledger/agent/backend.py`` -- ``GpuBackend`` (the NVML calls) and ``WorkloadSource``
 (PodResources + /proc) -- so the agent runs on it unchanged. Sample physics,
 ring buffers and the energy counter live in ``simgpu.py``; the realistic demo
 fleet in ``simfleet.py``.
@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from gpuledger.agent import traces
+from gpuledger.sim import traces
 from gpuledger.agent.backend import (
     Allocation,
     ComputeProcess,
@@ -44,9 +44,9 @@ from gpuledger.agent.backend import (
     ProcessSamples,
     ValueSamples,
 )
-from gpuledger.agent.simfleet import demo_spec
-from gpuledger.agent.simgpu import ResolvedProc, Series, SimGpu, Timing
-from gpuledger.agent.simspec import FleetSpec, NodeSpec, Quirks
+from gpuledger.sim.fleets import demo_spec
+from gpuledger.sim.gpu import ResolvedProc, Series, SimGpu, Timing
+from gpuledger.sim.spec import FleetSpec, NodeSpec, Quirks
 
 from gpuledger.errors import GpuLost, NotFound, NotSupported
 

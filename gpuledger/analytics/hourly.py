@@ -21,7 +21,7 @@ every finer question. The hour is where the saving is (360 intervals per row).
 
 Consistency: for every hour not listed in ``ledger_hourly_pending``, the
 rollup equals the ledger summed per hour -- the API relies on it, answering
-hour-or-coarser questions from the rollups for such hours (api/views.py). A
+hour-or-coarser questions from the rollups for such hours (gpuledger/api/views.py). A
 file whose ledger predates the rollups gets every ledger hour marked pending
 when a writer first opens it (``Store``), so the next run rolls it up. The attribution job marks the hours
 of the messages it is about to book as pending (committed before it books

@@ -25,7 +25,7 @@ from gpuledger.agent.kubelet import KubeletPods
 from gpuledger.agent.podresources.client import PodResourcesClient, resolve_holds
 from gpuledger.errors import FieldError
 
-log = logging.getLogger("gpuledger.agent.workloads")
+log = logging.getLogger("gpuledger.agent.holders")
 
 
 def device_ids(backend: GpuBackend) -> dict[str, tuple[int, int]]:

@@ -34,7 +34,7 @@ def open_backend(
     """(gpu backend, workload source, advance-clock function or None for real time)."""
     if name == "nvml":
         from gpuledger.agent.nvml import NvmlBackend
-        from gpuledger.agent.workloads import NodeWorkloads
+        from gpuledger.agent.holders import NodeWorkloads
 
         dcgm = None
         dcgm_url = getattr(args, "dcgm_exporter_url", None)
@@ -51,7 +51,7 @@ def open_backend(
             kubelet_insecure_tls=bool(getattr(args, "kubelet_insecure_tls", False)),
         )
         return backend, workloads, None
-    from gpuledger.agent.sim import demo_fleet
+    from gpuledger.sim.fleetsim import demo_fleet
 
     fleet = demo_fleet(n_nodes=1, gpus_per_node=8, seed=seed, start_us=time.time_ns() // 1000)
     sim_node = fleet.nodes[0]

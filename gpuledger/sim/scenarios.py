@@ -1,6 +1,6 @@
 """Hand-built accuracy scenarios for the fleet simulator (one sharing mode each).
 
-Each builder returns a :class:`~gpuledger.agent.simspec.FleetSpec` whose
+Each builder returns a :class:`~gpuledger.sim.spec.FleetSpec` whose
 workloads are real: every process's demand follows one of the GenAI trace's
 per-pod duty-cycle series (``traces.duty_cycles``) at a random phase, pod
 lifetimes and ``gpu_milli`` fractions come from the openb allocation trace
@@ -19,8 +19,8 @@ import uuid
 from collections.abc import Callable
 
 import numpy as np
-from gpuledger.agent import traces
-from gpuledger.agent.simspec import FleetSpec, GpuSpec, Holding, NodeSpec, PodSpec, ProcSpec, Quirks
+from gpuledger.sim import traces
+from gpuledger.sim.spec import FleetSpec, GpuSpec, Holding, NodeSpec, PodSpec, ProcSpec, Quirks
 
 __all__ = ["SCENARIOS", "fractional", "mig_mix", "mps", "timeslice"]
 

@@ -1,11 +1,11 @@
 """Build the simulator's data slice from the public traces (build time only).
 
-    python gpuledger/data/make_slice.py TRACE_DIR
+    python gpuledger/sim/data/make_slice.py TRACE_DIR
 
 TRACE_DIR holds the public traces as ``alibaba-gpu-2023/`` and
 ``alibaba-genai-2026/`` (see PROVENANCE.md for where they come from).
 Nothing in the package runs this at run time: it writes the small files next to
-it, which ``gpuledger.agent.traces`` loads through importlib.resources. See
+it, which ``gpuledger.sim.traces`` loads through importlib.resources. See
 PROVENANCE.md for what each output holds.
 
 Outputs (all in this directory):
@@ -93,7 +93,7 @@ def openb_pods(src: Path) -> pl.DataFrame:
 
 def main(argv: list[str]) -> None:
     if len(argv) != 2:
-        raise SystemExit("usage: python gpuledger/data/make_slice.py TRACE_DIR")
+        raise SystemExit("usage: python gpuledger/sim/data/make_slice.py TRACE_DIR")
     src = Path(argv[1])
     out = Path(__file__).resolve().parent
     np.savez_compressed(out / "pod_duty_cycle.npz", **duty_cycle_grid(src))

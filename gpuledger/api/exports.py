@@ -1,6 +1,6 @@
 """Export routes: the month's FOCUS file (CSV or Parquet) and its reconciliation report.
 
-Mounted by ``create_app`` (api/app.py ``_include_exports``) behind the
+Mounted by ``create_app`` (gpuledger/api/app.py ``_include_exports``) behind the
 admin/finance roles. The API never writes: a closed month is served from its
 stored bytes; an open month is a preview computed now (closing is
 ``gpuledger export ... --final`` or ``serve --close-months``).

@@ -22,8 +22,8 @@ never reported as zero busy) and the rest is unallocated.
 Energy follows the same split: busy energy ``E × util × w_p``, idle energy
 ``E × (1 − util) × a_h``. ``attribute`` is a pure LazyFrame -> LazyFrame
 function (no IO; it materialises three shared intermediates of one chunk);
-IO lives in ``analytics/job.py``. The busy rules, fallbacks included, are
-tabled in docs/attribution.md; ``analytics/fastledger.py`` computes the same
+IO lives in ``gpuledger/analytics/job.py``. The busy rules, fallbacks included, are
+tabled in docs/attribution.md; ``gpuledger/analytics/fastledger.py`` computes the same
 rows on integer codes (the job's default path, checked against this function).
 """
 
