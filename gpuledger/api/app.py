@@ -14,33 +14,25 @@ Routes (times UTC, periods start inclusive, end exclusive; see docs/api.md):
 - ``GET /v1/efficiency``, ``/v1/efficiency/top-wasters``, ``/v1/efficiency/idle-gpus``
 - ``GET /v1/fleet`` GPUs, health, holders
 - ``GET /v1/series/showback``, ``/v1/series/efficiency``, ``/v1/series/gpu`` flat rows for Grafana
-- ``GET /v1/chargeback.csv?month=YYYY-MM`` FOCUS columns (admin, finance)
+- ``GET /v1/chargeback.csv?month=YYYY-MM``, ``/v1/exports/chargeback``, ``/v1/exports/reconciliation``
+  the month's FOCUS file and its report (admin, finance; :mod:`~gpuledger.api.exports`)
 
 Errors have one shape (:mod:`~gpuledger.api.errors`).
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from pathlib import Path
 
-from fastapi import Depends, FastAPI, Query, Request
-from fastapi.responses import FileResponse, Response
-from gpuledger.analytics import chargeback as cb
-from gpuledger.analytics import closing
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import FileResponse
 from gpuledger.analytics.prices import PriceBook, default_price_book
-from gpuledger.api import (
-    routes_efficiency,
-    routes_fleet,
-    routes_series,
-    routes_showback,
-    views,
-)
-from gpuledger.api.auth import EXPORT_ROLES, principal, require, session
+from gpuledger.api import errors as E
+from gpuledger.api import exports, routes_efficiency, routes_fleet, routes_series, routes_showback
+from gpuledger.api.auth import EXPORT_ROLES, principal, require
 from gpuledger.api.errors import ERROR_RESPONSES, ApiError, install_error_handlers
 from gpuledger.api.models import WhoAmI
-from gpuledger.api.reader import Database, Session
+from gpuledger.api.reader import Database
 from gpuledger.api.respcache import ResponseCache
 from gpuledger.api.tokens import Principal
 
@@ -78,53 +70,15 @@ def create_app(db_path: str | Path | None = None, prices: PriceBook | None = Non
     def static(name: str) -> FileResponse:
         path = STATIC / name
         if "/" in name or name.startswith(".") or not path.is_file():
-            raise ApiError(404, "not_found", f"no static file {name!r}", "the page needs only /static/app.js")
+            raise ApiError(E.NOT_FOUND, f"no static file {name!r}", "the page needs only /static/app.js")
         return FileResponse(path)
 
     @app.get("/v1/whoami", response_model=WhoAmI, responses=ERROR_RESPONSES, summary="the token's role and tenant")
     def whoami(request: Request, who: Principal = Depends(principal)) -> WhoAmI:
         return WhoAmI(token_id=who.token_id, role=who.role, tenant=who.tenant, auth=request.app.state.auth)
 
-    @app.get("/v1/chargeback.csv", response_class=Response, responses={
-        **ERROR_RESPONSES, 200: {"content": {"text/csv": {"schema": {"type": "string"}}},
-                                 "description": "FOCUS chargeback file"}},
-             summary="The month's chargeback file, FOCUS columns (admin, finance)")
-    def chargeback(request: Request, month: str = Query(..., description="billing month, YYYY-MM (UTC)"),
-                   _: Principal = Depends(require(*EXPORT_ROLES)), s: Session = Depends(session, scope="function")) -> Response:
-        try:
-            start, end = cb.month_bounds(month)
-        except ValueError as exc:
-            raise ApiError(400, "bad_month", str(exc), "e.g. month=2025-03") from None
-        book = request.app.state.book
-
-        def compute() -> tuple[bytes, str]:
-            # A closed month is its stored file; an open one carries corrections for closed months.
-            s.query("SELECT 1 FROM ledger LIMIT 0")  # 503 no_ledger, with a hint, before any work
-            result = closing.export(s.store, month, book)
-            billed = closing.money_sum(row["BilledCost"] for row in closing.parse_csv(result.content)[1])
-            return result.content, f"{billed} {book.currency}"
-
-        body, total = db.cached(("chargeback", month), compute)
-        return Response(body, media_type="text/csv; charset=utf-8", headers={
-            "Content-Disposition": f'attachment; filename="gpuledger-chargeback-{month}.csv"',
-            "X-Billed-Total": total,
-        })
-
     for module in (routes_showback, routes_efficiency, routes_fleet, routes_series):
         app.include_router(module.router)
-    _include_exports(app)
+    # The finance files: every route there is behind the admin/finance check (the isolation test walks them).
+    app.include_router(exports.router, dependencies=[Depends(require(*EXPORT_ROLES))])
     return app
-
-
-def _include_exports(app: FastAPI) -> None:
-    """Mount ``gpuledger.api.exports.router`` (the export routes, built separately) when it exists.
-
-    Its routes get the finance/admin check here, so every route of the app is
-    behind a role (the isolation test walks them all).
-    """
-    if importlib.util.find_spec("gpuledger.api.exports") is None:
-        return
-    module = importlib.import_module("gpuledger.api.exports")
-    router = getattr(module, "router", None)
-    if router is not None:
-        app.include_router(router, dependencies=[Depends(require(*EXPORT_ROLES))])

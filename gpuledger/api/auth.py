@@ -20,9 +20,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import AsyncIterator, Callable
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from gpuledger.api import errors as E
 from gpuledger.api.errors import ApiError
 from gpuledger.api.params import FILTERS, Filters, split_values
 from gpuledger.api.reader import Database, Session
@@ -66,7 +67,7 @@ async def principal(request: Request, credentials: HTTPAuthorizationCredentials 
     if not request.app.state.auth:
         return NO_AUTH
     if credentials is None or not credentials.credentials:
-        raise ApiError(401, "unauthenticated", "this route needs an API token",
+        raise ApiError(E.UNAUTHENTICATED, "this route needs an API token",
                        "send `Authorization: Bearer <token>`; create one with `gpuledger token create`",
                        _CHALLENGE)
     token = credentials.credentials.strip()
@@ -75,7 +76,7 @@ async def principal(request: Request, credentials: HTTPAuthorizationCredentials 
     hit = db.peek(key)  # the common case, answered on the event loop; a miss reads the database in a thread
     found, why = hit if hit is not None else await run_in_threadpool(db.cached, key, lambda: verify_token(s.store, token))
     if found is None:
-        raise ApiError(401, "invalid_token", why, "create a new token with `gpuledger token create`", _CHALLENGE)
+        raise ApiError(E.INVALID_TOKEN, why, "create a new token with `gpuledger token create`", _CHALLENGE)
     return found
 
 
@@ -84,7 +85,7 @@ def require(*roles: str) -> Callable[..., Principal]:
 
     async def check(who: Principal = Depends(principal)) -> Principal:  # no IO: stays on the event loop
         if who.role not in roles:
-            raise ApiError(403, "forbidden", f"role {who.role} may not use this route",
+            raise ApiError(E.FORBIDDEN, f"role {who.role} may not use this route",
                            f"it needs a token with role {' or '.join(roles)}")
         return who
 
@@ -105,21 +106,8 @@ def data_filters(
         assert who.tenant is not None
         asked = values["tenant"]
         if asked and set(asked) != {who.tenant}:
-            raise ApiError(403, "forbidden_tenant", f"this token may only read tenant {who.tenant!r}",
+            raise ApiError(E.FORBIDDEN_TENANT, f"this token may only read tenant {who.tenant!r}",
                            "drop the tenant parameter or use a token of that tenant")
         values["tenant"] = (who.tenant,)
     return Filters({k: v for k, v in values.items() if v})
 
-
-def filter_params(
-    tenant: str | None = Query(None, description="tenant(s), comma-separated"),
-    namespace: str | None = Query(None, description="Kubernetes namespace(s)"),
-    node: str | None = Query(None, description="node name(s)"),
-    model: str | None = Query(None, description="GPU model name(s), e.g. NVIDIA H100 80GB HBM3"),
-    sharing: str | None = Query(None, description="exclusive, time_sliced, fractional, mig, mps, unallocated"),
-    pod: str | None = Query(None, description="pod name(s)"),
-    workload: str | None = Query(None, description="workload(s): pod name without its generated suffixes"),
-    gpu: str | None = Query(None, description="GPU UUID(s)"),
-) -> dict[str, str | None]:
-    return {"tenant": tenant, "namespace": namespace, "node": node, "model": model, "sharing": sharing,
-            "pod": pod, "workload": workload, "gpu": gpu}

@@ -9,7 +9,7 @@ measured, never zero.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
 
 class _Open(BaseModel):
@@ -137,28 +137,6 @@ class FleetGpu(BaseModel):
 class FleetOut(Paged):
     period: PeriodOut | None
     rows: list[FleetGpu]
-
-
-class LedgerRowOut(_Open):
-    interval_start: str
-    interval_end: str
-    node: str
-    gpu: str
-    gpu_index: int
-    mig_index: int
-    model: str
-    profile: str | None
-    sharing: str
-    kind: str
-    tenant: str
-    namespace: str | None
-    pod: str | None
-    rule: str
-    gpu_seconds: float
-    energy_j: float | None
-    memory_gb_seconds: float | None
-    grain: str = Field(description="interval: one ledger row; hour: a retired month's hourly rollup row "
-                       "(its interval the hour's start plus the GPU's GPU-seconds in it)")
 
 
 class DrilldownOut(Paged):

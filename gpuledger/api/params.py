@@ -1,4 +1,10 @@
-"""Query parameters shared by the routes: periods, filters, granularity, pages, limits.
+"""The query parameters the routes share: their declarations, parsing and limits, in one place.
+
+Routes declare shared parameters with the constants here (:data:`START`,
+:data:`END`, :data:`LIMIT`, :data:`CURSOR`, :data:`MONTH`, the
+:func:`filter_params` dependency), so each has one description in the
+OpenAPI document, and turn them into values with the ``parse_*`` functions
+and :func:`resolve_period`, which answer a bad value with its 400 code.
 
 Times: ``start``/``end`` take an ISO 8601 date or datetime (UTC when no
 offset) or integer epoch milliseconds, which is what Grafana's ``${__from}``
@@ -12,26 +18,45 @@ import base64
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from fastapi import Query
 from gpuledger.analytics import chargeback as cb
+from gpuledger.analytics import closing
+from gpuledger.api import errors as E
 from gpuledger.api.errors import ApiError
+from gpuledger.api.reader import Session
 
 __all__ = [
+    "CURSOR",
+    "DEFAULT_PAGE",
     "DIMENSIONS",
+    "END",
     "FILTERS",
     "GRANULARITIES",
+    "LIMIT",
     "MAX_BUCKETS",
     "MAX_PAGE",
     "MAX_RANGE_DAYS",
+    "MAX_RESULT_ROWS",
+    "MONTH",
+    "START",
     "Filters",
     "Page",
     "Period",
     "buckets_in",
+    "check_size",
+    "filter_params",
     "iso",
+    "latest_ns",
+    "next_cursor",
     "parse_granularity",
     "parse_group_by",
     "parse_moment",
+    "parse_month",
     "parse_page",
     "parse_period",
+    "period_out",
+    "resolve_period",
+    "split_values",
 ]
 
 #: What showback and series may group by (ledger columns plus derived ``workload`` and ``gpu``).
@@ -46,6 +71,29 @@ MAX_RESULT_ROWS = 200_000  # rows one answer may hold across all its pages (memo
 DEFAULT_PAGE = 100
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MIN, _MAX = datetime(1970, 1, 1, tzinfo=UTC), datetime(9999, 1, 1, tzinfo=UTC)
+
+# --- declarations (one description each in the OpenAPI document) ----------------------
+START = Query(None, description="period start: ISO date/datetime (UTC) or epoch ms; omit with end for the "
+              "latest month with data")
+END = Query(None, description="period end (exclusive): ISO date/datetime (UTC) or epoch ms")
+LIMIT = Query(DEFAULT_PAGE, description=f"rows per page, 1..{MAX_PAGE}")
+CURSOR = Query(None, description="next_cursor of the previous page")
+MONTH = Query(..., description="billing month, YYYY-MM (UTC), or `previous`")
+
+
+def filter_params(
+    tenant: str | None = Query(None, description="tenant(s), comma-separated"),
+    namespace: str | None = Query(None, description="Kubernetes namespace(s)"),
+    node: str | None = Query(None, description="node name(s)"),
+    model: str | None = Query(None, description="GPU model name(s), e.g. NVIDIA H100 80GB HBM3"),
+    sharing: str | None = Query(None, description="exclusive, time_sliced, fractional, mig, mps, unallocated"),
+    pod: str | None = Query(None, description="pod name(s)"),
+    workload: str | None = Query(None, description="workload(s): pod name without its generated suffixes"),
+    gpu: str | None = Query(None, description="GPU UUID(s)"),
+) -> dict[str, str | None]:
+    """The exact-match filters every data route accepts (a dependency; see ``auth.data_filters``)."""
+    return {"tenant": tenant, "namespace": namespace, "node": node, "model": model, "sharing": sharing,
+            "pod": pod, "workload": workload, "gpu": gpu}
 
 
 @dataclass(frozen=True)
@@ -91,10 +139,10 @@ def parse_moment(text: str, name: str) -> datetime:
             moment = datetime.fromisoformat(raw)
             moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
     except (ValueError, OverflowError):
-        raise ApiError(400, "bad_period", f"{name}={text!r} is not an ISO 8601 date/datetime or epoch milliseconds",
+        raise ApiError(E.BAD_PERIOD, f"{name}={text!r} is not an ISO 8601 date/datetime or epoch milliseconds",
                        "e.g. 2025-03-01, 2025-03-01T12:00:00Z, or 1740787200000 (Grafana's ${__from})") from None
     if not _MIN <= moment < _MAX:
-        raise ApiError(400, "bad_period", f"{name}={text!r} is outside 1970..9999", "use a real date")
+        raise ApiError(E.BAD_PERIOD, f"{name}={text!r} is outside 1970..9999", "use a real date")
     return moment
 
 
@@ -106,23 +154,53 @@ def parse_period(start: str | None, end: str | None, latest_ns: int | None) -> P
         begin, finish = cb.period_of(datetime.fromtimestamp(latest_ns // 10**9, UTC).date())
         return Period(begin, finish)
     if start is None or end is None:
-        raise ApiError(400, "bad_period", "give both start and end, or neither",
+        raise ApiError(E.BAD_PERIOD, "give both start and end, or neither",
                        "e.g. start=2025-03-01&end=2025-04-01 (end exclusive); neither = latest month with data")
     begin, finish = parse_moment(start, "start"), parse_moment(end, "end")
     if begin >= finish:
-        raise ApiError(400, "bad_period", f"start {start} is not before end {end}", "end is exclusive")
+        raise ApiError(E.BAD_PERIOD, f"start {start} is not before end {end}", "end is exclusive")
     period = Period(begin, finish)
     if period.days > MAX_RANGE_DAYS:
-        raise ApiError(400, "range_too_large", f"the period covers {period.days:.0f} days; at most "
+        raise ApiError(E.RANGE_TOO_LARGE, f"the period covers {period.days:.0f} days; at most "
                        f"{MAX_RANGE_DAYS} are allowed", "split the request into shorter periods")
     return period
+
+
+def latest_ns(s: Session, filters: Filters) -> int | None:
+    """Interval start of the newest ledger row (of the tenant, for a tenant token)."""
+    tenants = filters.values.get("tenant", ())
+    sql = "SELECT max(interval_start_ns) AS latest FROM ledger"
+    if tenants:
+        sql += f" WHERE tenant IN ({', '.join('?' for _ in tenants)})"
+    frame = s.query(sql, list(tenants))
+    latest = None if frame.is_empty() else frame["latest"][0]
+    return None if latest is None else int(latest)
+
+
+def resolve_period(s: Session, start: str | None, end: str | None, filters: Filters) -> Period | None:
+    """The request's period: start/end as given, else the latest month with data (None: no data)."""
+    if start is None and end is None:
+        return parse_period(None, None, latest_ns(s, filters))
+    return parse_period(start, end, None)
+
+
+def period_out(period: Period | None) -> dict[str, str] | None:
+    return None if period is None else {"start": iso(period.start), "end": iso(period.end)}
+
+
+def parse_month(month: str) -> str:
+    """A billing month: ``YYYY-MM``, or ``previous`` / ``current`` (UTC) resolved now (400 bad_month)."""
+    try:
+        return closing.resolve_month(month)
+    except ValueError as exc:
+        raise ApiError(E.BAD_MONTH, str(exc), "e.g. month=2026-10, or month=previous") from None
 
 
 def parse_group_by(raw: str, allowed: tuple[str, ...] = DIMENSIONS) -> list[str]:
     by = list(dict.fromkeys(p.strip() for p in raw.split(",") if p.strip()))
     bad = [b for b in by if b not in allowed]
     if bad or not by:
-        raise ApiError(400, "bad_group_by", f"cannot group by {', '.join(bad) or 'nothing'}",
+        raise ApiError(E.BAD_GROUP_BY, f"cannot group by {', '.join(bad) or 'nothing'}",
                        f"group_by is a comma-separated list of: {', '.join(allowed)}")
     return by
 
@@ -134,11 +212,11 @@ def parse_granularity(raw: str | None, period: Period, *, auto: bool = False) ->
             return None
         raw = "hour" if period.days <= 3 else "day" if period.days <= 93 else "month"
     if raw not in GRANULARITIES:
-        raise ApiError(400, "bad_granularity", f"granularity={raw!r} is not one of {', '.join(GRANULARITIES)}",
+        raise ApiError(E.BAD_GRANULARITY, f"granularity={raw!r} is not one of {', '.join(GRANULARITIES)}",
                        "hour, day or month (UTC buckets)")
     n = buckets_in(period, raw)
     if n > MAX_BUCKETS:
-        raise ApiError(400, "too_many_buckets", f"{raw} buckets over this period: {n}, at most {MAX_BUCKETS}",
+        raise ApiError(E.TOO_MANY_BUCKETS, f"{raw} buckets over this period: {n}, at most {MAX_BUCKETS}",
                        "use a coarser granularity or a shorter period")
     return raw
 
@@ -152,7 +230,7 @@ def buckets_in(period: Period, granularity: str) -> int:
 
 def parse_page(limit: int, cursor: str | None) -> Page:
     if not 1 <= limit <= MAX_PAGE:
-        raise ApiError(400, "bad_limit", f"limit={limit} is outside 1..{MAX_PAGE}",
+        raise ApiError(E.BAD_LIMIT, f"limit={limit} is outside 1..{MAX_PAGE}",
                        "page through larger results with the next_cursor of each answer")
     if cursor is None or cursor == "":
         return Page(0, limit)
@@ -161,7 +239,7 @@ def parse_page(limit: int, cursor: str | None) -> Page:
         if offset < 0:
             raise ValueError
     except (ValueError, UnicodeError):
-        raise ApiError(400, "bad_cursor", f"cursor={cursor!r} is not one this API issued",
+        raise ApiError(E.BAD_CURSOR, f"cursor={cursor!r} is not one this API issued",
                        "pass next_cursor from the previous page unchanged, or omit it") from None
     return Page(offset, limit)
 
@@ -174,7 +252,7 @@ def next_cursor(page: Page, total: int) -> str | None:
 def check_size(rows: int, what: str) -> None:
     """400 ``result_too_large`` beyond :data:`MAX_RESULT_ROWS`."""
     if rows > MAX_RESULT_ROWS:
-        raise ApiError(400, "result_too_large", f"{rows} {what}, at most {MAX_RESULT_ROWS} per request",
+        raise ApiError(E.RESULT_TOO_LARGE, f"{rows} {what}, at most {MAX_RESULT_ROWS} per request",
                        "narrow the period or filter (tenant, node, gpu, pod), or group by fewer dimensions")
 
 

@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
+from gpuledger.api import errors as E
 from gpuledger.api.errors import ApiError
 
 from gpuledger.errors import StoreError
@@ -123,7 +124,7 @@ class Database:
             return
         assert self.path is not None
         if not self.path.exists():
-            raise ApiError(503, "no_database", f"database {self.path} does not exist yet",
+            raise ApiError(E.NO_DATABASE, f"database {self.path} does not exist yet",
                            "start `gpuledger ingest` (or the demo) to create it, or check the --db path")
         store = None
         deadline = time.monotonic() + BUSY_WAIT_S
@@ -144,11 +145,11 @@ class Database:
 
     def _refuse(self, exc: StoreError) -> NoReturn:
         if "lock" in str(exc).lower():
-            raise ApiError(503, "database_busy", f"database {self.path} is held by a writer",
+            raise ApiError(E.DATABASE_BUSY, f"database {self.path} is held by a writer",
                            "a writer process (gpuledger ingest) holds the file; retry shortly, or serve "
                            "the API from the writer process (see docs/operations.md)",
                            {"Retry-After": "5"}) from None
-        raise ApiError(503, "database_unavailable", str(exc), exc.hint) from None
+        raise ApiError(E.DATABASE_UNAVAILABLE, str(exc), exc.hint) from None
 
 
 class Session:
@@ -179,6 +180,6 @@ class Session:
         except StoreError as exc:
             text = str(exc).lower()
             if "does not exist" in text and "table" in text:
-                raise ApiError(503, "no_ledger", f"the database is missing a table: {exc}",
+                raise ApiError(E.NO_LEDGER, f"the database is missing a table: {exc}",
                                "run attribution (`gpuledger attribute`) or let ingest run it") from None
             raise

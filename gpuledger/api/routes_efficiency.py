@@ -19,27 +19,27 @@ import polars as pl
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from gpuledger.analytics import kinds as K
+from gpuledger.api import errors as E
 from gpuledger.api import views
-from gpuledger.api.auth import DATA_ROLES, data_filters, filter_params, require, session
+from gpuledger.api.auth import DATA_ROLES, data_filters, require, session
 from gpuledger.api.errors import ERROR_RESPONSES, ApiError
 from gpuledger.api.models import EfficiencyOut, IdleOut
 from gpuledger.api.params import (
+    CURSOR,
+    END,
+    LIMIT,
+    START,
     Filters,
     Period,
+    filter_params,
     iso,
     next_cursor,
     parse_group_by,
     parse_page,
-)
-from gpuledger.api.reader import Session
-from gpuledger.api.routes_showback import (
-    _CURSOR,
-    _END,
-    _LIMIT,
-    _START,
     period_out,
     resolve_period,
 )
+from gpuledger.api.reader import Session
 from gpuledger.api.tokens import Principal
 
 router = APIRouter(prefix="/v1/efficiency", responses=ERROR_RESPONSES)
@@ -111,35 +111,35 @@ def _answer(request: Request, s: Session, who: Principal, start: str | None, end
 
 @router.get("", response_model=None, responses={200: {"model": EfficiencyOut}},
             summary="Allocated vs used GPU-hours, idle GPU-hours and their cost, coverage, per group")
-def efficiency(request: Request, start: str | None = _START, end: str | None = _END,
+def efficiency(request: Request, start: str | None = START, end: str | None = END,
                group_by: str = Query("tenant", description="comma-separated dimensions (see /v1/showback)"),
-               limit: int = _LIMIT, cursor: str | None = _CURSOR, f: dict[str, str | None] = Depends(filter_params),
+               limit: int = LIMIT, cursor: str | None = CURSOR, f: dict[str, str | None] = Depends(filter_params),
                who: Principal = Depends(require(*DATA_ROLES)), s: Session = Depends(session, scope="function")) -> JSONResponse:
     return _answer(request, s, who, start, end, group_by, f, None, limit, cursor)
 
 
 @router.get("/top-wasters", response_model=None, responses={200: {"model": EfficiencyOut}},
             summary="Groups ranked by what their allocated-but-idle GPU time cost")
-def top_wasters(request: Request, start: str | None = _START, end: str | None = _END,
+def top_wasters(request: Request, start: str | None = START, end: str | None = END,
                 group_by: str = Query("tenant", description="e.g. tenant, namespace, workload or pod"),
                 order_by: str = Query("idle_cost", description="idle_cost, idle_gpu_hours or allocated_gpu_hours"),
-                limit: int = Query(10, description="how many, 1..1000"), cursor: str | None = _CURSOR,
+                limit: int = Query(10, description="how many, 1..1000"), cursor: str | None = CURSOR,
                 f: dict[str, str | None] = Depends(filter_params),
                 who: Principal = Depends(require(*DATA_ROLES)), s: Session = Depends(session, scope="function")) -> JSONResponse:
     if order_by not in _ORDER:
-        raise ApiError(400, "bad_order_by", f"order_by={order_by!r} is not one of {', '.join(_ORDER)}",
+        raise ApiError(E.BAD_ORDER_BY, f"order_by={order_by!r} is not one of {', '.join(_ORDER)}",
                        "idle_cost ranks by money")
     return _answer(request, s, who, start, end, group_by, f, order_by, limit, cursor)
 
 
 @router.get("/idle-gpus", response_model=None, responses={200: {"model": IdleOut}},
             summary="GPU units held by a pod that ran nothing on them for at least min_hours in a row")
-def idle_gpus(request: Request, start: str | None = _START, end: str | None = _END,
+def idle_gpus(request: Request, start: str | None = START, end: str | None = END,
               min_hours: float = Query(1.0, description="shortest idle run to list, hours (0..8784)"),
-              limit: int = _LIMIT, cursor: str | None = _CURSOR, f: dict[str, str | None] = Depends(filter_params),
+              limit: int = LIMIT, cursor: str | None = CURSOR, f: dict[str, str | None] = Depends(filter_params),
               who: Principal = Depends(require(*DATA_ROLES)), s: Session = Depends(session, scope="function")) -> JSONResponse:
     if not 0 <= min_hours <= 8784:
-        raise ApiError(400, "bad_min_hours", f"min_hours={min_hours} is outside 0..8784", "e.g. min_hours=4")
+        raise ApiError(E.BAD_MIN_HOURS, f"min_hours={min_hours} is outside 0..8784", "e.g. min_hours=4")
     filters = data_filters(who, **f)
     page = parse_page(limit, cursor)
     period = resolve_period(s, start, end, filters)

@@ -23,19 +23,24 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from gpuledger.analytics import chargeback as cb
 from gpuledger.api import views
-from gpuledger.api.auth import DATA_ROLES, data_filters, filter_params, require, session
+from gpuledger.api.auth import DATA_ROLES, data_filters, require, session
 from gpuledger.api.errors import ERROR_RESPONSES
 from gpuledger.api.models import FleetOut
-from gpuledger.api.params import Filters, Period, iso, next_cursor, parse_page
-from gpuledger.api.reader import Session
-from gpuledger.api.routes_showback import (
-    _CURSOR,
-    _END,
-    _LIMIT,
-    _START,
+from gpuledger.api.params import (
+    CURSOR,
+    END,
+    LIMIT,
+    START,
+    Filters,
+    Period,
+    filter_params,
+    iso,
+    next_cursor,
+    parse_page,
     period_out,
     resolve_period,
 )
+from gpuledger.api.reader import Session
 from gpuledger.api.tokens import Principal
 
 from gpuledger import wire
@@ -46,8 +51,8 @@ _HEALTH = {wire.HEALTH_OK: "ok", wire.HEALTH_DEGRADED: "degraded", wire.HEALTH_L
 
 @router.get("/fleet", response_model=None, responses={200: {"model": FleetOut}},
             summary="GPUs with model, node, sharing mode, health (XID, lost) and current holders")
-def fleet(request: Request, start: str | None = _START, end: str | None = _END, limit: int = _LIMIT,
-          cursor: str | None = _CURSOR, f: dict[str, str | None] = Depends(filter_params),
+def fleet(request: Request, start: str | None = START, end: str | None = END, limit: int = LIMIT,
+          cursor: str | None = CURSOR, f: dict[str, str | None] = Depends(filter_params),
           who: Principal = Depends(require(*DATA_ROLES)), s: Session = Depends(session, scope="function")) -> JSONResponse:
     filters = data_filters(who, **f)
     page = parse_page(limit, cursor)

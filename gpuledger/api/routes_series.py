@@ -17,13 +17,13 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from gpuledger.analytics import kinds as K
+from gpuledger.api import errors as E
 from gpuledger.api import views
-from gpuledger.api.auth import DATA_ROLES, data_filters, filter_params, require, session
+from gpuledger.api.auth import DATA_ROLES, data_filters, require, session
 from gpuledger.api.errors import ERROR_RESPONSES, ApiError
 from gpuledger.api.models import Dimensions, Usage
-from gpuledger.api.params import parse_granularity, parse_group_by
+from gpuledger.api.params import END, START, filter_params, parse_granularity, parse_group_by, resolve_period
 from gpuledger.api.reader import Session
-from gpuledger.api.routes_showback import _END, _START, resolve_period
 from gpuledger.api.tokens import Principal
 
 router = APIRouter(prefix="/v1/series", responses=ERROR_RESPONSES)
@@ -59,7 +59,7 @@ def _frame(request: Request, s: Session, who: Principal, start: str | None, end:
         rows = views.with_dimensions(views.read_rows(s, period, filters.values.get("node", ()), hourly=True), gran)
         frame = views.showback_rows(rows, book, [*by, *extra_keys], filters, gran)
         if frame.height > MAX_ROWS:
-            raise ApiError(400, "result_too_large", f"{frame.height} series rows, at most {MAX_ROWS}",
+            raise ApiError(E.RESULT_TOO_LARGE, f"{frame.height} series rows, at most {MAX_ROWS}",
                            "use a coarser granularity, a shorter period, or fewer group_by dimensions")
         return [{"time": r["time"], **{k: r[k] for k in by + extra_keys}, **views.metric_fields(r),
                  "cost": float(r["cost"])} for r in frame.iter_rows(named=True)]
@@ -69,7 +69,7 @@ def _frame(request: Request, s: Session, who: Principal, start: str | None, end:
 
 @router.get("/showback", response_model=None, responses={200: {"model": list[SeriesRow]}},
             summary="Used / idle / unallocated GPU-hours, energy and cost per time bucket and group (flat rows)")
-def series_showback(request: Request, start: str | None = _START, end: str | None = _END,
+def series_showback(request: Request, start: str | None = START, end: str | None = END,
                     granularity: str = _GRAN,
                     group_by: str = Query("tenant", description="comma-separated dimensions (see /v1/showback)"),
                     f: dict[str, str | None] = Depends(filter_params),
@@ -79,7 +79,7 @@ def series_showback(request: Request, start: str | None = _START, end: str | Non
 
 @router.get("/efficiency", response_model=None, responses={200: {"model": list[EfficiencySeriesRow]}},
             summary="Allocated vs used GPU-hours, utilization and idle cost per time bucket and group")
-def series_efficiency(request: Request, start: str | None = _START, end: str | None = _END,
+def series_efficiency(request: Request, start: str | None = START, end: str | None = END,
                       granularity: str = _GRAN,
                       group_by: str = Query("tenant", description="comma-separated dimensions"),
                       f: dict[str, str | None] = Depends(filter_params),
@@ -110,7 +110,7 @@ def series_efficiency(request: Request, start: str | None = _START, end: str | N
 @router.get("/gpu", response_model=None, responses={200: {"model": list[SeriesRow]}},
             summary="One GPU over time: which tenants used it or held it idle, per bucket")
 def series_gpu(request: Request, gpu: str = Query(..., description="GPU UUID (from /v1/fleet)"),
-               start: str | None = _START, end: str | None = _END, granularity: str = _GRAN,
+               start: str | None = START, end: str | None = END, granularity: str = _GRAN,
                group_by: str = Query("tenant", description="tenant, pod, workload or namespace"),
                who: Principal = Depends(require(*DATA_ROLES)), s: Session = Depends(session, scope="function")) -> JSONResponse:
     by = parse_group_by(group_by, ("tenant", "namespace", "pod", "workload", "profile", "sharing"))

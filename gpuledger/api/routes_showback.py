@@ -10,62 +10,34 @@ from urllib.parse import urlencode
 import polars as pl
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
+from gpuledger.api import errors as E
 from gpuledger.api import views
-from gpuledger.api.auth import (
-    DATA_ROLES,
-    SHOWBACK_ROLES,
-    data_filters,
-    filter_params,
-    require,
-    session,
-)
+from gpuledger.api.auth import DATA_ROLES, SHOWBACK_ROLES, data_filters, require, session
 from gpuledger.api.errors import ERROR_RESPONSES, ApiError
 from gpuledger.api.models import DrilldownOut, ShowbackOut
 from gpuledger.api.params import (
-    DEFAULT_PAGE,
-    MAX_PAGE,
+    CURSOR,
+    END,
+    LIMIT,
+    START,
     Filters,
     Period,
     check_size,
+    filter_params,
     iso,
     next_cursor,
     parse_granularity,
     parse_group_by,
     parse_moment,
     parse_page,
-    parse_period,
+    period_out,
+    resolve_period,
     split_values,
 )
 from gpuledger.api.reader import Session
 from gpuledger.api.tokens import Principal
 
 router = APIRouter(prefix="/v1", responses=ERROR_RESPONSES)
-
-_START = Query(None, description="period start: ISO date/datetime (UTC) or epoch ms; omit with end for the "
-               "latest month with data")
-_END = Query(None, description="period end (exclusive): ISO date/datetime (UTC) or epoch ms")
-_LIMIT = Query(DEFAULT_PAGE, description=f"rows per page, 1..{MAX_PAGE}")
-_CURSOR = Query(None, description="next_cursor of the previous page")
-
-
-def latest_ns(s: Session, filters: Filters) -> int | None:
-    """Interval start of the newest ledger row (of the tenant, for a tenant token)."""
-    tenants = filters.values.get("tenant", ())
-    sql = "SELECT max(interval_start_ns) AS latest FROM ledger"
-    if tenants:
-        sql += f" WHERE tenant IN ({', '.join('?' for _ in tenants)})"
-    frame = s.query(sql, list(tenants))
-    return None if frame.is_empty() else frame["latest"][0]
-
-
-def resolve_period(s: Session, start: str | None, end: str | None, filters: Filters) -> Period | None:
-    if start is None and end is None:
-        return parse_period(None, None, latest_ns(s, filters))
-    return parse_period(start, end, None)
-
-
-def period_out(period: Period | None) -> dict[str, str] | None:
-    return None if period is None else {"start": iso(period.start), "end": iso(period.end)}
 
 
 def drill_link(period: Period, keys: dict[str, Any], filters: Filters, granularity: str | None) -> str:
@@ -82,11 +54,11 @@ def drill_link(period: Period, keys: dict[str, Any], filters: Filters, granulari
 
 @router.get("/showback", response_model=None, responses={200: {"model": ShowbackOut}},
             summary="GPU-hours used, allocated-idle, memory, energy and cost per group")
-def showback(request: Request, start: str | None = _START, end: str | None = _END,
+def showback(request: Request, start: str | None = START, end: str | None = END,
              group_by: str = Query("tenant", description="comma-separated: tenant, namespace, node, model, "
                                    "sharing, profile, pod, workload, gpu"),
              granularity: str | None = Query(None, description="hour, day or month buckets; omit for none"),
-             limit: int = _LIMIT, cursor: str | None = _CURSOR,
+             limit: int = LIMIT, cursor: str | None = CURSOR,
              f: dict[str, str | None] = Depends(filter_params),
              who: Principal = Depends(require(*SHOWBACK_ROLES)), s: Session = Depends(session, scope="function")) -> JSONResponse:
     by = parse_group_by(group_by)
@@ -138,15 +110,15 @@ _DRILL_VIEWS = ("intervals", "gpus", "rules")
 
 @router.get("/drilldown", response_model=None, responses={200: {"model": DrilldownOut}},
             summary="The ledger rows behind a showback line: intervals, GPUs, or attribution rules")
-def drilldown(request: Request, start: str | None = _START, end: str | None = _END,
+def drilldown(request: Request, start: str | None = START, end: str | None = END,
               view: str = Query("intervals", description="intervals (ledger rows), gpus, or rules"),
               kind: str | None = Query(None, description="busy, allocated_idle, unmeasured, unallocated"),
               rule: str | None = Query(None, description="attribution rule name(s)"),
-              limit: int = _LIMIT, cursor: str | None = _CURSOR,
+              limit: int = LIMIT, cursor: str | None = CURSOR,
               f: dict[str, str | None] = Depends(filter_params),
               who: Principal = Depends(require(*DATA_ROLES)), s: Session = Depends(session, scope="function")) -> JSONResponse:
     if view not in _DRILL_VIEWS:
-        raise ApiError(400, "bad_view", f"view={view!r} is not one of {', '.join(_DRILL_VIEWS)}",
+        raise ApiError(E.BAD_VIEW, f"view={view!r} is not one of {', '.join(_DRILL_VIEWS)}",
                        "intervals lists ledger rows; gpus and rules summarise them")
     filters = data_filters(who, **f)
     page = parse_page(limit, cursor)

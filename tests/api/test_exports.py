@@ -12,7 +12,9 @@ import httpx
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
+from fastapi import FastAPI
 from gpuledger.analytics import closing
+from gpuledger.analytics.focus import ExportContext
 from gpuledger.analytics import kinds as K
 from gpuledger.analytics.prices import default_price_book
 from gpuledger.api.app import create_app
@@ -80,3 +82,63 @@ def test_export_errors_have_the_one_shape(served: tuple[httpx.Client, Path, byte
     tenant = client.get("/v1/exports/chargeback", params={"month": "2026-10"},
                         headers={"Authorization": f"Bearer {tokens['tenant']}"})
     assert tenant.status_code == 403 and tenant.json()["error"]["code"] == "forbidden"
+
+
+# --- /v1/chargeback.csv and /v1/exports/chargeback are one route ----------------------
+
+
+@pytest.fixture(scope="module")
+def day_closed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Client, FastAPI, bytes]]:
+    """October closed with charge period ``day``; November open."""
+    path = tmp_path_factory.mktemp("day-closed") / "gpuledger.duckdb"
+    with Store(path) as store:
+        rows = [row("ml", K.BUSY, 3600, seq=0, start_ns=OCT), row("nlp", K.BUSY, 1800, seq=1, start_ns=NOV)]
+        store.append("ledger", pl.DataFrame(rows, schema=SCHEMA))
+        closed = closing.export(store, "2026-10", default_price_book(), final=True,
+                                context=ExportContext(charge_period="day"), now=datetime(2026, 11, 2, tzinfo=UTC)).content
+        token = create_token(store, "finance")[1]
+    app = create_app(str(path))
+    with serving(app) as client:
+        client.headers["Authorization"] = f"Bearer {token}"
+        yield client, app, closed
+
+
+def _file_headers(r: httpx.Response) -> dict[str, str]:
+    return {k: v for k, v in r.headers.items() if k.startswith("x-") or k in ("content-disposition", "content-type")}
+
+
+def test_both_chargeback_routes_serve_a_closed_month_as_it_was_closed(
+        day_closed: tuple[httpx.Client, FastAPI, bytes]) -> None:
+    client, _, closed = day_closed
+    page = client.get("/v1/chargeback.csv", params={"month": "2026-10"})  # was 500: it asked for a month-period file
+    export = client.get("/v1/exports/chargeback", params={"month": "2026-10"})
+    assert page.status_code == export.status_code == 200
+    assert page.content == export.content == closed
+    assert _file_headers(page) == _file_headers(export)
+    billed = closing.money_sum(r["BilledCost"] for r in closing.parse_csv(closed)[1])
+    assert page.headers["x-billed-total"] == f"{billed} USD" and page.headers["x-month-closed"] == "true"
+    parquet = client.get("/v1/exports/chargeback", params={"month": "2026-10", "format": "parquet"})
+    assert parquet.headers["x-billed-total"] == page.headers["x-billed-total"]
+    # Asking for another charge period than the close's is refused, also once the file is cached.
+    clash = client.get("/v1/exports/chargeback", params={"month": "2026-10", "charge_period": "month"})
+    assert clash.status_code == 409 and clash.json()["error"]["code"] == "closed_month"
+
+
+def test_both_chargeback_routes_parse_months_alike(day_closed: tuple[httpx.Client, FastAPI, bytes]) -> None:
+    client = day_closed[0]
+    for month in ("previous", "2026-13", "2026-1"):
+        page = client.get("/v1/chargeback.csv", params={"month": month})
+        export = client.get("/v1/exports/chargeback", params={"month": month})
+        assert (page.status_code, page.content) == (export.status_code, export.content), month
+    assert client.get("/v1/chargeback.csv", params={"month": "previous"}).status_code == 200
+    assert client.get("/v1/chargeback.csv", params={"month": "2026-13"}).json()["error"]["code"] == "bad_month"
+
+
+def test_both_chargeback_routes_share_one_cached_file(day_closed: tuple[httpx.Client, FastAPI, bytes]) -> None:
+    client, app, _ = day_closed
+    page = client.get("/v1/chargeback.csv", params={"month": "2026-11"})
+    export = client.get("/v1/exports/chargeback", params={"month": "2026-11", "format": "csv"})
+    files = [key for _, key in app.state.db._cache if "2026-11" in key]  # (version, key) -> value
+    assert len(files) == 1, files  # one computation answered both routes
+    assert page.status_code == 200 and page.content == export.content
+    assert _file_headers(page) == _file_headers(export)
