@@ -28,6 +28,43 @@ except ImportError:  # pragma: no cover - nvidia-ml-py is a dependency
 T = TypeVar("T")
 _MIG_NAME = re.compile(r"MIG (\d+g\.\d+gb)")
 _EMPTY_U64 = np.zeros(0, dtype=np.uint64)
+#: The member of the ``nvmlValue_t`` union that holds each ``NVML_VALUE_TYPE_*`` (nvml.h). A type not
+#: listed (or not known to the installed pynvml) is a field error: reading another member would
+#: reinterpret the bytes (a signed -3 read as unsigned is 4294967293).
+_VALUE_MEMBERS = (("DOUBLE", "dVal"), ("UNSIGNED_INT", "uiVal"), ("UNSIGNED_LONG", "ulVal"),
+                  ("UNSIGNED_LONG_LONG", "ullVal"), ("SIGNED_LONG_LONG", "sllVal"), ("SIGNED_INT", "siVal"),
+                  ("UNSIGNED_SHORT", "usVal"))
+
+
+def value_member(value_type: int) -> str | None:
+    """The ``nvmlValue_t`` member holding a value of ``value_type``; None for a type this agent does not know."""
+    for name, member in _VALUE_MEMBERS:
+        if getattr(pynvml, f"NVML_VALUE_TYPE_{name}", None) == value_type:
+            return member
+    return None
+
+
+def mig_profile_name(slices: int, memory_mb: int, gpu_memory_mib: float | None) -> str:
+    """A MIG profile's name as NVIDIA gives it, from its compute slices and memory (when the driver gives no name).
+
+    NVIDIA names the memory by the profile's share of the GPU's *marketed*
+    memory: 1, 2, 4 or all 8 eighths of it (the A30's quarters are 2, 4 and 8
+    eighths), rounded half up to whole GB. A100 40GB: 1g.5gb, 2g.10gb,
+    3g.20gb, 7g.40gb; H100 80GB: 1g.10gb, 1g.20gb, 3g.40gb, 7g.80gb; H100 NVL
+    94GB: 1g.12gb, 3g.47gb; H200 141GB: 1g.18gb, 1g.35gb, 3g.71gb, 7g.141gb
+    (NVIDIA's MIG user guide). The memory a MIG device reports is somewhat
+    below its share (A100 40GB 7g.40gb: 40192 of 40960 MiB), so the share is
+    the nearest power of two eighths. The marketed size is the GPU's total
+    memory in GiB rounded up (A100 40GB: 40960 MiB, 40). Without the GPU's
+    total (``None``): the device's own memory in GiB rounded up (A100 40GB
+    7g.40gb, 40192 MB: 40gb; H100 7g.80gb, 81152 MB: 80gb), which misses
+    where a share is more than 1 GiB below its marketed size.
+    """
+    if gpu_memory_mib is None or gpu_memory_mib <= 0 or memory_mb <= 0:
+        return f"{slices}g.{math.ceil(memory_mb / 1024)}gb"
+    marketed_gb = math.ceil(gpu_memory_mib / 1024)
+    eighths = min(8, 2 ** max(0, round(math.log2(memory_mb / gpu_memory_mib * 8))))
+    return f"{slices}g.{(marketed_gb * eighths + 4) // 8}gb"  # + 4: half up
 
 
 def _translate(exc: Exception) -> FieldError:
@@ -272,12 +309,10 @@ class NvmlBackend:
         (v,) = _call(self._nv.nvmlDeviceGetFieldValues, h, [field_id])
         if v.nvmlReturn != pynvml.NVML_SUCCESS:
             raise _translate(pynvml.NVMLError(v.nvmlReturn))
-        kind = v.valueType
-        value = v.value
-        return float({pynvml.NVML_VALUE_TYPE_DOUBLE: value.dVal, pynvml.NVML_VALUE_TYPE_UNSIGNED_INT: value.uiVal,
-                      pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG: value.ulVal,
-                      pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: value.ullVal,
-                      pynvml.NVML_VALUE_TYPE_SIGNED_LONG_LONG: value.sllVal}.get(kind, value.uiVal))
+        member = value_member(v.valueType)
+        if member is None:
+            raise FieldError(f"field {field_id} has NVML value type {v.valueType}, which this agent cannot read")
+        return float(getattr(v.value, member))
 
     def _throttle(self, h: Any) -> float:
         try:  # renamed "clocks event reasons" in R535; the old symbol may be missing on new drivers
@@ -350,20 +385,26 @@ class NvmlBackend:
                     uuid=str(_call(self._nv.nvmlDeviceGetUUID, mh)),
                     gpu_instance_id=gi,
                     compute_instance_id=int(_call(self._nv.nvmlDeviceGetComputeInstanceId, mh)),
-                    profile=self._mig_profile(mh, n, int(attrs.memorySizeMB)),
+                    profile=self._mig_profile(i, mh, n, int(attrs.memorySizeMB)),
                     slice_fraction=n / slices,
                 )
             )
         return out
 
-    def _mig_profile(self, mh: Any, slices: int, memory_mb: int) -> str:
+    def _mig_profile(self, i: int, mh: Any, slices: int, memory_mb: int) -> str:
         """The profile as NVIDIA names it: from the MIG device's name ("... MIG 3g.40gb") where the
-        driver gives it, else from its slices and memory (GB rounded up: 40192 MB is "40gb")."""
+        driver gives it, else from its slices, its memory and the GPU's (:func:`mig_profile_name`)."""
         try:
             match = _MIG_NAME.search(str(_call(self._nv.nvmlDeviceGetName, mh)))
         except FieldError:
             match = None
-        return match.group(1) if match else f"{slices}g.{math.ceil(memory_mb / 1024 - 0.3)}gb"
+        if match:
+            return match.group(1)
+        try:
+            gpu_mib: float | None = self.memory_info(i).total / 2**20
+        except FieldError:
+            gpu_mib = None
+        return mig_profile_name(slices, memory_mb, gpu_mib)
 
     def _parent_slices(self, i: int) -> int:
         if i not in self._max_slices:

@@ -27,6 +27,13 @@ ERRORS = {
 }
 
 
+#: nvmlValue_t member per NVML_VALUE_TYPE_* (nvml.h), for writing field values
+_VALUE_MEMBER = {pynvml.NVML_VALUE_TYPE_DOUBLE: "dVal", pynvml.NVML_VALUE_TYPE_UNSIGNED_INT: "uiVal",
+                 pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG: "ulVal", pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: "ullVal",
+                 pynvml.NVML_VALUE_TYPE_SIGNED_LONG_LONG: "sllVal", pynvml.NVML_VALUE_TYPE_SIGNED_INT: "siVal",
+                 pynvml.NVML_VALUE_TYPE_UNSIGNED_SHORT: "usVal"}
+
+
 def load(name: str) -> dict[str, Any]:
     return json.loads((Path(__file__).resolve().parent / "fixtures" / "nvml" / name).read_text())
 
@@ -182,9 +189,11 @@ class ReplayNvml:
 
     def nvmlDeviceGetFieldValues(self, h: str, ids: list[int]) -> list[Any]:  # noqa: N802
         f = self._dev(h, "memory_temp_field")
-        return [SimpleNamespace(fieldId=ids[0], nvmlReturn=f["ret"], valueType=f["type"],
-                                value=SimpleNamespace(uiVal=f["value"], dVal=float(f["value"]),
-                                                      ulVal=f["value"], ullVal=f["value"], sllVal=f["value"]))]
+        # pynvml's own union, filled as the driver fills it: only the member of valueType is meant,
+        # the others read the same bytes (an unknown type's bytes are written as unsigned 64-bit).
+        value = pynvml.c_nvmlValue_t()
+        setattr(value, _VALUE_MEMBER.get(f["type"], "ullVal"), f["value"])
+        return [SimpleNamespace(fieldId=ids[0], nvmlReturn=f["ret"], valueType=f["type"], value=value)]
 
     def nvmlDeviceGetPcieReplayCounter(self, h: str) -> int:  # noqa: N802
         return self._dev(h, "pcie_replay")

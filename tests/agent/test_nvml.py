@@ -14,7 +14,7 @@ import pytest
 
 from gpuledger import wire
 from gpuledger.agent.backend import Owner
-from gpuledger.agent.nvml import NvmlBackend
+from gpuledger.agent.nvml import NvmlBackend, mig_profile_name, pynvml
 from gpuledger.agent.sampler import Sampler
 from gpuledger.errors import FieldError, GpuLost, NotSupported
 from tests.agent.nvml_replay import ReplayNvml, load
@@ -156,6 +156,58 @@ def test_a_mig_gpu_is_sampled_without_inventing_utilization(replay) -> None:
     procs = m.processes[m.processes["gpu_index"] == 3]
     assert sorted(zip(procs["mig_index"].tolist(), procs["pid"].tolist())) == [(0, 6001), (2, 6002)]
     assert np.isnan(procs["sm_util_sum"]).all()  # no per-process evidence on MIG: NaN, not 0
+
+
+def test_a_mig_device_without_a_name_is_named_by_its_share_of_the_marketed_memory(replay) -> None:
+    backend, nv, _ = replay
+    nv.devices[3]["mig"]["2"].update(slices=7, memory_mb=40192)  # A100 40GB (40960 MiB) 7g.40gb
+    assert [m.profile for m in backend.mig_devices(3)] == ["3g.20gb", "7g.40gb"]  # was "7g.39gb"
+    nv.devices[3]["memory_v2"] = {"error": "NOT_SUPPORTED"}
+    nv.devices[3]["memory_v1"] = {"error": "NOT_SUPPORTED"}  # no total: the device's own GiB, rounded up
+    assert [m.profile for m in backend.mig_devices(3)] == ["3g.20gb", "7g.40gb"]
+
+
+# NVIDIA's names (MIG user guide). A100 40GB and H100 80GB sizes are those `nvidia-smi mig -lgip` lists
+# (GiB: 4.75, 9.75, 19.62, 39.25/39.5, 79.25) and the fixture's; for the other GPUs no reported size is
+# recorded here, so their names are checked for any reported size between 88 % and 100 % of the share.
+@pytest.mark.parametrize(("slices", "memory_mb", "gpu_mib", "name"), [
+    (1, 4864, 40960, "1g.5gb"), (2, 9984, 40960, "2g.10gb"), (3, 19968, 40960, "3g.20gb"),
+    (4, 20096, 40960, "4g.20gb"), (7, 40192, 40960, "7g.40gb"), (7, 40448, 40960, "7g.40gb"),
+    (1, 9984, 81920, "1g.10gb"), (1, 20096, 81920, "1g.20gb"), (3, 40448, 81920, "3g.40gb"),
+    (7, 81152, 81920, "7g.80gb"), (7, 81152, None, "7g.80gb"), (7, 40192, None, "7g.40gb"),
+])
+def test_mig_profile_names_from_slices_and_memory(slices: int, memory_mb: int, gpu_mib: int | None,
+                                                  name: str) -> None:
+    assert mig_profile_name(slices, memory_mb, gpu_mib) == name
+
+
+@pytest.mark.parametrize(("marketed_gb", "profiles"), [
+    (24, {"1g.6gb": 2, "2g.12gb": 4, "4g.24gb": 8}),  # A30: memory in quarters
+    (94, {"1g.12gb": 1, "1g.24gb": 2, "2g.24gb": 2, "3g.47gb": 4, "4g.47gb": 4, "7g.94gb": 8}),  # H100 NVL
+    (141, {"1g.18gb": 1, "1g.35gb": 2, "2g.35gb": 2, "3g.71gb": 4, "4g.71gb": 4, "7g.141gb": 8}),  # H200
+    (180, {"1g.23gb": 1, "1g.45gb": 2, "2g.45gb": 2, "3g.90gb": 4, "4g.90gb": 4, "7g.180gb": 8}),  # B200
+])
+def test_mig_profile_names_follow_the_marketed_size(marketed_gb: int, profiles: dict[str, int]) -> None:
+    """Each name: (its memory eighths) x the marketed size, half up -- whatever part of the share is usable."""
+    gpu_mib = marketed_gb * 1024 - 700  # a total a little under the marketed size, as GPUs report
+    for name, eighths in profiles.items():
+        slices = int(name.split("g.")[0])
+        for usable in (0.88, 0.93, 0.97, 1.0):
+            memory_mb = int(gpu_mib * eighths / 8 * usable)
+            assert mig_profile_name(slices, memory_mb, gpu_mib) == name, (name, usable)
+
+
+def test_field_values_are_read_by_their_type_and_an_unknown_type_is_a_field_error(replay) -> None:
+    backend, nv, now = replay
+    now[0] += 10_000_000
+    field = nv.devices[0]["memory_temp_field"]
+    field.update(type=pynvml.NVML_VALUE_TYPE_SIGNED_INT, value=-3)
+    assert backend.health_fields(0)["mem_temp_c"] == -3.0  # was 4294967293.0: read as unsigned
+    field.update(type=pynvml.NVML_VALUE_TYPE_DOUBLE, value=41.5)
+    assert backend.health_fields(0)["mem_temp_c"] == 41.5
+    field.update(type=99, value=70)  # a type this agent does not know
+    err = backend.health_fields(0)["mem_temp_c"]
+    assert isinstance(err, FieldError) and "value type 99" in str(err)  # was 70.0: guessed unsigned
 
 
 DCGM_TEXT = """# HELP DCGM_FI_PROF_GR_ENGINE_ACTIVE Ratio of time the graphics engine is active.
