@@ -121,7 +121,7 @@ FIELD_ERROR = np.dtype(
     [
         ("gpu_index", "<u2"),
         ("mig_index", "<i2"),
-        ("pid", "<u4"),  # 0 for a device-level field
+        ("pid", "<u4"),  # the process of a per-process field (used_memory_bytes); 0 for a device-level field
         ("field", "<u4"),  # string index: column name
         ("reason", "<u4"),  # string index: NotSupported, NotFound, GpuLost, NoPermission, Error: ...
     ]

@@ -250,6 +250,8 @@ class Sampler:
             proc = memory.get(pid)
             owner = self._owner(pid)
             used = math.nan if proc is None or proc.used_memory_bytes is None else proc.used_memory_bytes
+            if proc is not None and proc.used_memory_bytes is None:  # NVML: NVML_VALUE_NOT_AVAILABLE
+                read.skip("used_memory_bytes", "NotAvailable", failure=False, pid=pid)
             build.processes.append(
                 (i, mig, pid, build.pod(owner.pod), build.strings(owner.container), build.strings(owner.slurm_job),
                  0 if proc is None else proc.kind, count, sm_sum, mem_sum, used)
@@ -334,6 +336,7 @@ class _Reader:
             self.skip(name, exc.reason if not str(exc) else f"{exc.reason}: {exc}")
         return default
 
-    def skip(self, name: str, reason: str, failure: bool = True) -> None:
+    def skip(self, name: str, reason: str, failure: bool = True, pid: int = 0) -> None:
+        """Record ``name`` as missing; ``pid`` names the process of a per-process field (0: the device's)."""
         self.failed = self.failed or failure
-        self.build.errors.append((self.gpu, self.mig, 0, name, reason))
+        self.build.errors.append((self.gpu, self.mig, pid, name, reason))

@@ -118,6 +118,19 @@ def test_a_sampled_node_keeps_every_good_field_and_explains_every_missing_one(re
     wire.decode(wire.encode(m))  # and it is a valid message
 
 
+def test_a_per_process_field_error_names_its_process(replay) -> None:
+    backend, nv, now = replay
+    nv.devices[0]["processes_v3"][1][1] = None  # NVML: usedGpuMemory not available for PID 4102
+    m = wire.decode(wire.encode(run_ticks(backend, now, 2)[-1]))
+    per_process = sorted((int(e["gpu_index"]), int(e["pid"]), m.string(int(e["field"])), m.string(int(e["reason"])))
+                         for e in m.field_errors if e["pid"] != 0)
+    assert per_process == [(0, 4102, "used_memory_bytes", "NotAvailable"),  # was no row at all: NaN unexplained
+                           (1, 5001, "used_memory_bytes", "NotAvailable")]
+    device_level = {m.string(int(e["field"])) for e in m.field_errors if e["pid"] == 0}
+    assert "used_memory_bytes" not in device_level and "power_w" in device_level
+    assert m.devices[m.devices["gpu_index"] == 0]["health"][0] == wire.HEALTH_OK  # a missing value, not a fault
+
+
 def test_an_xid_event_lands_in_the_interval_it_happened_in(replay) -> None:
     backend, _, now = replay
     xids = [float(m.devices[m.devices["gpu_index"] == 0]["xid_last"][0]) for m in run_ticks(backend, now, 3)]
