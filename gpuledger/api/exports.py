@@ -25,8 +25,6 @@ from gpuledger.api.auth import session
 from gpuledger.api.errors import ERROR_RESPONSES, ApiError
 from gpuledger.api.reader import Session
 
-from gpuledger.config import Settings
-from gpuledger.errors import ConfigError
 
 __all__ = ["router"]
 
@@ -37,15 +35,10 @@ _MONTH = Query(..., description="billing month, YYYY-MM (UTC), or `previous`")
 _SESSION = Depends(session, scope="function")
 
 
-def _context(request: Request, charge_period: str | None) -> ExportContext:
-    """Settings are read once per app (first export request), then kept on app.state."""
-    state = request.app.state
-    if getattr(state, "export_settings", None) is None:
-        state.export_settings = Settings()
-    try:
-        return ExportContext.from_settings(state.export_settings, charge_period)
-    except ConfigError as exc:  # an unknown charge period
-        raise ApiError(400, "bad_charge_period", str(exc), "charge_period=month or charge_period=day") from None
+def _context(request: Request, charge_period: Literal["month", "day"] | None) -> ExportContext:
+    """The app's export context (``create_app(export_context=...)``), with the request's charge period."""
+    ctx: ExportContext = request.app.state.export_context
+    return ctx if charge_period is None else replace(ctx, charge_period=charge_period)
 
 
 def _month(month: str) -> str:
