@@ -4,7 +4,8 @@ simulator -> agent samplers -> transport (in-process, or Kafka with --kafka)
 -> ingest -> DuckDB -> attribution -> chargeback CSV -> API. At the end the
 ledger is compared with the simulator's ground truth per tenant. This is
 wiring, so it may import the simulator (``gpuledger.sim``); production
-modules never do.
+modules never do. The pipeline's modules are imported when the demo runs, not
+when the command line is built, so every other command starts as fast as before.
 """
 
 from __future__ import annotations
@@ -14,26 +15,18 @@ import datetime as dt
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import polars as pl
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
-
-from gpuledger import wire
-from gpuledger.agent.sampler import Sampler
-from gpuledger.analytics.chargeback import chargeback_csv
-from gpuledger.analytics.job import run_attribution
-from gpuledger.analytics.prices import default_price_book
-from gpuledger.analytics.tenancy import TenancyRules
 from gpuledger.cli.common import add_command, setting_flags
 from gpuledger.config import Settings
-from gpuledger.ingest.consumer import Ingestor
-from gpuledger.sim.accuracy import compare
-from gpuledger.sim.fleetsim import demo_fleet
-from gpuledger.store import Store
-from gpuledger.transport import MemoryTransport
+
+if TYPE_CHECKING:
+    import polars as pl
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from gpuledger.ingest.consumer import Ingestor
+    from gpuledger.store import Store
 
 DEMO_START = dt.datetime(2026, 10, 1, tzinfo=dt.UTC)
 DEMO_TOPIC = "gpuledger.samples.v1"
@@ -83,6 +76,19 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_demo(options: DemoOptions, settings: Settings, console: Console | None = None) -> int:
+    from rich.console import Console
+
+    from gpuledger import wire
+    from gpuledger.agent.sampler import Sampler
+    from gpuledger.analytics.chargeback import chargeback_csv
+    from gpuledger.analytics.job import run_attribution
+    from gpuledger.analytics.prices import default_price_book
+    from gpuledger.analytics.tenancy import TenancyRules
+    from gpuledger.ingest.consumer import Ingestor
+    from gpuledger.sim.accuracy import compare
+    from gpuledger.sim.fleetsim import demo_fleet
+    from gpuledger.store import Store
+
     console = console or Console()
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -134,6 +140,8 @@ def run_demo(options: DemoOptions, settings: Settings, console: Console | None =
 
 
 def _transport(options: DemoOptions) -> tuple[Any, Any]:
+    from gpuledger.transport import MemoryTransport
+
     if not options.kafka:
         memory = MemoryTransport(DEMO_TOPIC)
         return memory, memory
@@ -151,11 +159,15 @@ def _drain(ingestor: Ingestor) -> None:
 
 
 def _progress(console: Console) -> Progress:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
     return Progress(TextColumn("{task.description:<18}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                     TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
 
 
 def _report(console: Console, store: Store, accuracy: pl.DataFrame, csv_path: Path, db_path: Path) -> None:
+    from rich.table import Table
+
     summary = store.query(
         """SELECT tenant,
                   sum(gpu_seconds) FILTER (WHERE kind = 'busy') / 3600 AS used_h,
@@ -182,6 +194,8 @@ def _report(console: Console, store: Store, accuracy: pl.DataFrame, csv_path: Pa
 
 def _costs(csv_path: Path) -> tuple[dict[str, Decimal], str, Decimal]:
     """Per-tenant BilledCost from the chargeback CSV, its currency and grand total."""
+    import polars as pl
+
     frame = pl.read_csv(csv_path, infer_schema=False)
     totals: dict[str, Decimal] = {}
     for tenant, cost in zip(frame["SubAccountId"], frame["BilledCost"], strict=True):
@@ -206,8 +220,10 @@ def _serve(settings: Settings, db_path: Path, console: Console) -> int:
     import uvicorn
 
     from gpuledger.analytics.focus import ExportContext
+    from gpuledger.analytics.prices import default_price_book
     from gpuledger.api.app import create_app
     from gpuledger.api.tokens import create_token
+    from gpuledger.store import Store
 
     with Store(db_path) as store:  # the demo's own admin token (auth stays on, as in production)
         _, token = create_token(store, "admin", name="demo")
