@@ -1,38 +1,58 @@
-"""Every setting, declared once: name, default, help.
+"""Every setting, declared once: name, type, default, help.
 
-Read at start-up (``Settings()``), from ``GPULEDGER_*`` environment variables,
-overridden by command-line flags; never at import time. ``docs/configuration.md``
-documents each one, and a test checks that it does.
+Read at start-up (:func:`load_settings`), from ``GPULEDGER_*`` environment
+variables, overridden by command-line flags (:func:`with_changes`; the CLI
+generates those flags from these declarations); never at import time. A value
+that does not validate is a ``ConfigError`` naming the setting, not a
+traceback. ``docs/configuration.md`` documents each one, and a test checks
+that it does.
 """
 
 from __future__ import annotations
 
-from pydantic import Field
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gpuledger.errors import ConfigError
+
+#: The producer codecs the agent can use (kafka-python's ``compression_type``; "none": uncompressed).
+Compression = Literal["zstd", "gzip", "lz4", "snappy", "none"]
+#: Kafka's security protocols (kafka-python's ``security_protocol``).
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+#: Rows of the chargeback file per billing month or per UTC day.
+ChargePeriod = Literal["month", "day"]
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="GPULEDGER_", extra="ignore")
+    """Validated on construction; frozen, so what start-up read is what every stage sees."""
+
+    model_config = SettingsConfigDict(env_prefix="GPULEDGER_", extra="ignore", frozen=True)
 
     db_path: str = Field("gpuledger.duckdb", description="DuckDB file that ingest writes and the API reads.")
     kafka_bootstrap: str | None = Field(
-        None, description="Kafka bootstrap servers (host:port[,host:port]); unset: the agent does not publish."
+        None,
+        description="Kafka bootstrap servers (host:port[,host:port]) the agent publishes to and ingest reads; "
+        "unset: the agent prints instead (ingest needs it).",
     )
     kafka_topic: str = Field("gpuledger.samples.v1", description="Topic the agents publish to and ingest reads.")
     kafka_group: str = Field("gpuledger-ingest", description="Consumer group of the ingest workers.")
-    kafka_security_protocol: str | None = Field(
+    kafka_security_protocol: SecurityProtocol | None = Field(
         None, description="Passed to the Kafka client: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."
     )
     kafka_sasl_mechanism: str | None = Field(None, description="Passed to the Kafka client, e.g. SCRAM-SHA-512.")
     kafka_sasl_username: str | None = Field(None, description="SASL user name.")
-    kafka_sasl_password: str | None = Field(None, description="SASL password (never logged).")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password (never logged).")
     kafka_ssl_cafile: str | None = Field(None, description="CA bundle for broker TLS.")
-    kafka_compression: str = Field(
+    kafka_compression: Compression = Field(
         "zstd", description="Agent's producer codec: zstd, gzip, lz4, snappy or none (gzip for brokers older than Kafka 2.1)."
     )
     interval_s: float = Field(10.0, description="Agent tick in seconds: one message per node per tick.")
     node_name: str | None = Field(
-        None, description="Node name stamped on messages (DaemonSet: NODE_NAME from the downward API)."
+        None,
+        description="Node name stamped on messages; unset: the host name (DaemonSet: NODE_NAME from the downward API).",
     )
     metrics_port: int = Field(9400, description="Port of the agent's Prometheus /metrics (0: off).")
     metrics_host: str = Field("0.0.0.0", description="Address the agent's /metrics binds (127.0.0.1: this host only).")
@@ -40,7 +60,7 @@ class Settings(BaseSettings):
         None, description="Agent store-and-forward spool directory; unset: <temp dir>/gpuledger-spool-<node>."
     )
     spool_max_bytes: int = Field(
-        256 * 2**20, description="Spool bound in bytes; when full the oldest records are dropped (and counted)."
+        256 * 2**20, gt=0, description="Spool bound in bytes; when full the oldest records are dropped (and counted)."
     )
     pod_resources_socket: str = Field(
         "/var/lib/kubelet/pod-resources/kubelet.sock",
@@ -75,26 +95,57 @@ class Settings(BaseSettings):
     rollup_retention_months: int = Field(
         36, description="Months of hourly rollups (ledger_hourly) `gpuledger retention` keeps (0: forever)."
     )
-    api_host: str = Field("127.0.0.1", description="Address `gpuledger serve` binds.")
-    api_port: int = Field(8080, description="Port `gpuledger serve` binds.")
+    api_host: str = Field("127.0.0.1", description="Address the API binds (`gpuledger serve`, and the demo's).")
+    api_port: int = Field(8080, description="Port the API binds (`gpuledger serve`, and the demo's).")
     prices_path: str | None = Field(None, description="Price book TOML; unset: the shipped default book.")
     tenancy_path: str | None = Field(None, description="Tenancy rules TOML; unset: label `team`, else namespace.")
     billing_account_id: str = Field("gpuledger", description="FOCUS BillingAccountId of the chargeback file.")
     billing_account_name: str = Field("gpuledger GPU fleet", description="FOCUS BillingAccountName.")
     provider_name: str = Field("gpuledger", description="FOCUS ProviderName, PublisherName and InvoiceIssuerName.")
     region_id: str | None = Field(None, description="FOCUS RegionId/RegionName of the fleet; unset: null.")
-    charge_period: str = Field("month", description="Chargeback rows per `month` or per UTC `day`.")
+    charge_period: ChargePeriod = Field("month", description="Chargeback rows per `month` or per UTC `day`.")
     close_grace_hours: float = Field(
         6.0, description="`serve --close-months`: close a month this many hours after it ends."
     )
 
     def kafka_client_settings(self) -> dict[str, str]:
-        """TLS/SASL options passed straight through to the Kafka client."""
+        """TLS/SASL options passed straight through to the Kafka client (the password as plain text:
+        the client needs it; nothing else sees it unmasked, ``repr`` and logs show ``**********``)."""
+        password = self.kafka_sasl_password
         pairs = {
             "security_protocol": self.kafka_security_protocol,
             "sasl_mechanism": self.kafka_sasl_mechanism,
             "sasl_plain_username": self.kafka_sasl_username,
-            "sasl_plain_password": self.kafka_sasl_password,
+            "sasl_plain_password": password.get_secret_value() if password is not None else None,
             "ssl_cafile": self.kafka_ssl_cafile,
         }
         return {k: v for k, v in pairs.items() if v is not None}
+
+
+def load_settings() -> Settings:
+    """``Settings`` from the environment; a value that does not validate is a :class:`ConfigError`."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+
+
+def with_changes(settings: Settings, changes: Mapping[str, Any]) -> Settings:
+    """A copy of ``settings`` with ``changes`` (command-line flags), validated like the environment's values."""
+    if not changes:
+        return settings
+    try:
+        return Settings.model_validate({**settings.model_dump(), **changes})
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+
+
+def _invalid(exc: ValidationError) -> ConfigError:
+    """Names each setting that failed, what it accepts, and where it came from."""
+    errors = exc.errors()
+    names = [str(e["loc"][0]) for e in errors if e["loc"]]
+    problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
+    where = ", ".join(f"GPULEDGER_{n.upper()}" for n in dict.fromkeys(names)) or "the GPULEDGER_* variables"
+    return ConfigError(f"invalid setting {problems}",
+                       hint=f"fix {where} or its command-line flag (docs/configuration.md: each setting and "
+                       "what it accepts)")

@@ -1,20 +1,23 @@
 """The agent's main loop: tick, encode, publish.
 
-``run_agent`` is what ``gpuledger agent`` runs. With ``--backend sim`` one
-simulated node stands in for the GPUs and its clock advances one interval per
-tick, so the same loop, encoder and publisher run without a driver.
+``run_agent`` is what ``gpuledger agent`` runs, over a :class:`GpuSource`:
+the GPUs, who holds them, and how the clock moves. :func:`open_nvml` is the
+production source (the local driver, kubelet and /proc); the CLI builds the
+simulated one for ``--backend sim`` (production code never imports the
+simulator), whose clock advances one interval per tick, so the same loop,
+encoder and publisher run without a driver.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
 import socket
-import threading
 import tempfile
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,47 +31,53 @@ from gpuledger.errors import ConfigError
 log = logging.getLogger("gpuledger.agent")
 
 
-def open_backend(
-    name: str, *, seed: int = 7, node: str | None = None, args: argparse.Namespace | None = None
-) -> tuple[GpuBackend, WorkloadSource, Callable[[float], None] | None]:
-    """(gpu backend, workload source, advance-clock function or None for real time)."""
-    if name == "nvml":
-        from gpuledger.agent.nvml import NvmlBackend
-        from gpuledger.agent.holders import NodeWorkloads
+@dataclass(frozen=True)
+class GpuSource:
+    """What the agent samples: the GPUs, who holds them, and how time passes."""
 
-        dcgm = None
-        dcgm_url = getattr(args, "dcgm_exporter_url", None)
-        if dcgm_url:
-            from gpuledger.agent.dcgm import DcgmExporterScrape
-
-            dcgm = DcgmExporterScrape(dcgm_url)
-        backend = NvmlBackend(dcgm=dcgm)
-        workloads = NodeWorkloads.for_node(
-            backend,
-            socket_path=getattr(args, "pod_resources_socket", None),
-            pods_url=getattr(args, "kubelet_pods_url", None),
-            proc_root=getattr(args, "proc_root", None) or "/proc",
-            kubelet_insecure_tls=bool(getattr(args, "kubelet_insecure_tls", False)),
-        )
-        return backend, workloads, None
-    from gpuledger.sim.fleetsim import demo_fleet
-
-    fleet = demo_fleet(n_nodes=1, gpus_per_node=8, seed=seed, start_us=time.time_ns() // 1000)
-    sim_node = fleet.nodes[0]
-    return sim_node, sim_node, fleet.advance
+    backend: GpuBackend
+    workloads: WorkloadSource
+    #: None: real time. Else called with each tick's length in seconds before the tick is sampled
+    #: (a simulator's clock, which moves only when told).
+    advance: Callable[[float], None] | None = None
 
 
-def open_publisher(args: argparse.Namespace, settings: Settings, node: str) -> Any:
-    """A SpoolingPublisher over a KafkaPublisher (the spool covers broker outages)."""
+def open_nvml(settings: Settings) -> GpuSource:
+    """The local NVIDIA driver, the kubelet's PodResources and pods, /proc, and optionally dcgm-exporter."""
+    from gpuledger.agent.holders import NodeWorkloads
+    from gpuledger.agent.nvml import NvmlBackend
+
+    dcgm = None
+    if settings.dcgm_exporter_url:
+        from gpuledger.agent.dcgm import DcgmExporterScrape
+
+        dcgm = DcgmExporterScrape(settings.dcgm_exporter_url)
+    backend = NvmlBackend(dcgm=dcgm)
+    workloads = NodeWorkloads.for_node(
+        backend,
+        socket_path=settings.pod_resources_socket,
+        pods_url=settings.kubelet_pods_url,
+        proc_root=settings.proc_root,
+        kubelet_insecure_tls=settings.kubelet_insecure_tls,
+    )
+    return GpuSource(backend, workloads)
+
+
+def open_publisher(settings: Settings, node: str) -> Any:
+    """A SpoolingPublisher over a KafkaPublisher to ``settings.kafka_bootstrap`` (the spool covers outages)."""
     from gpuledger.agent.spool import Spool, SpoolingPublisher
     from gpuledger.transport import KafkaPublisher
 
-    spool_dir = getattr(args, "spool_dir", None) or str(Path(tempfile.gettempdir()) / f"gpuledger-spool-{node}")
-    spool = Spool(spool_dir, max_bytes=getattr(args, "spool_max_bytes", None) or settings.spool_max_bytes)
+    bootstrap = settings.kafka_bootstrap
+    if not bootstrap:
+        raise ConfigError("the agent has no Kafka bootstrap servers to publish to",
+                          hint="pass --kafka host:port or set GPULEDGER_KAFKA_BOOTSTRAP")
+    spool_dir = settings.spool_dir or str(Path(tempfile.gettempdir()) / f"gpuledger-spool-{node}")
+    spool = Spool(spool_dir, max_bytes=settings.spool_max_bytes)
     log.info("spool %s (bound %d bytes, %d records waiting from before)", spool_dir, spool.max_bytes, spool.pending())
     codec = None if settings.kafka_compression == "none" else settings.kafka_compression
     return SpoolingPublisher(
-        lambda: KafkaPublisher(args.kafka, args.topic, client_settings=settings.kafka_client_settings(),
+        lambda: KafkaPublisher(bootstrap, settings.kafka_topic, client_settings=settings.kafka_client_settings(),
                                compression_type=codec),
         spool,
     )
@@ -89,46 +98,44 @@ def serve_metrics(collector: AgentCollector, host: str, port: int) -> Any:
     return server
 
 
-def run_agent(args: argparse.Namespace, settings: Settings, *, stop: threading.Event | None = None,
-              ready: Callable[[Any], None] | None = None) -> int:
-    """The agent loop, until ``--ticks`` ticks, SIGINT/SIGTERM or ``stop``.
+def run_agent(settings: Settings, source: GpuSource, *, ticks: int | None = None,
+              stop: threading.Event | None = None, ready: Callable[[Any], None] | None = None) -> int:
+    """The agent loop, until ``ticks`` ticks (None: no bound), SIGINT/SIGTERM or ``stop``.
 
-    ``ready(server)`` is called once /metrics serves (None when off): embedders
-    and tests learn the bound port from ``server.server_port``.
+    Publishes to ``settings.kafka_bootstrap`` when set, else prints a summary per
+    tick. ``ready(server)`` is called once /metrics serves (None when off):
+    embedders and tests learn the bound port from ``server.server_port``.
     """
-    if getattr(args, "proc_root", None) is None:
-        args.proc_root = settings.proc_root
-    if getattr(args, "kubelet_insecure_tls", None) is None:
-        args.kubelet_insecure_tls = settings.kubelet_insecure_tls
-    backend, workloads, advance = open_backend(args.backend, seed=args.seed, args=args)
-    node = args.node or socket.gethostname()
-    sampler = Sampler(backend, workloads, node=node)
-    publisher: Any = open_publisher(args, settings, node) if args.kafka else None
+    backend, advance, interval = source.backend, source.advance, settings.interval_s
+    node = settings.node_name or socket.gethostname()
+    sampler = Sampler(backend, source.workloads, node=node)
+    publisher: Any = open_publisher(settings, node) if settings.kafka_bootstrap else None
     collector = AgentCollector(node, extra=[publisher.collect] if publisher is not None else [])
-    port = getattr(args, "metrics_port", 0)
-    server = serve_metrics(collector, getattr(args, "metrics_host", "0.0.0.0"), port) if port else None
+    port = settings.metrics_port
+    server = serve_metrics(collector, settings.metrics_host, port) if port else None
     if ready is not None:
         ready(server)
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
-    log.info("agent on %s: %d GPUs, tick %.1f s, %s", node, backend.device_count(), args.interval,
-             f"publishing to {args.kafka} topic {args.topic}" if publisher else "printing (no --kafka)")
+    log.info("agent on %s: %d GPUs, tick %.1f s, %s", node, backend.device_count(), interval,
+             f"publishing to {settings.kafka_bootstrap} topic {settings.kafka_topic}" if publisher
+             else "printing (no --kafka)")
     sampler.tick()  # primes the sample-buffer timestamps and the energy counter
-    ticks = 0
-    next_at = time.monotonic() + args.interval
+    done = 0
+    next_at = time.monotonic() + interval
     try:
-        while not stop.is_set() and (args.ticks is None or ticks < args.ticks):
+        while not stop.is_set() and (ticks is None or done < ticks):
             if stop.wait(max(0.0, next_at - time.monotonic())):
                 break
-            next_at += args.interval
+            next_at += interval
             if advance is not None:
-                advance(args.interval)
+                advance(interval)
             msg = sampler.tick()
             if msg is None:
                 continue
-            ticks += 1
+            done += 1
             collector.update(msg, sampler.device_info)
             if publisher is not None:
                 publisher.publish(msg.node.encode(), wire.encode(msg))

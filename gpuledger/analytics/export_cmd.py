@@ -21,9 +21,10 @@ import logging
 import sys
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Literal
 
 from gpuledger.analytics import closing
 from gpuledger.analytics.focus import ExportContext
@@ -33,7 +34,7 @@ from gpuledger.analytics.reconcile import reconcile
 from gpuledger.errors import GpuledgerError, StoreError
 from gpuledger.store import Store
 
-__all__ = ["MonthCloser", "file_name", "run_export"]
+__all__ = ["ExportRequest", "MonthCloser", "file_name", "run_export"]
 
 log = logging.getLogger(__name__)
 
@@ -42,31 +43,42 @@ def file_name(what: str, month: str, fmt: str) -> str:
     return f"gpuledger-{what}-{month}.{fmt}"
 
 
-def run_export(args: Any, book: PriceBook, settings: Any, now: datetime | None = None) -> int:
+@dataclass(frozen=True)
+class ExportRequest:
+    """One ``gpuledger export`` run (who bills whom and per which period is the :class:`ExportContext`)."""
+
+    what: Literal["chargeback", "reconciliation"]
+    month: str  # YYYY-MM (UTC) or "previous"
+    db_path: str
+    out: str | None = None  # a file, a directory (ends in / or exists), or None: stdout
+    format: Literal["csv", "parquet", "txt", "json"] | None = None  # None: csv, or txt for reconciliation
+    final: bool = False  # close the month (writes the database)
+
+
+def run_export(request: ExportRequest, book: PriceBook, context: ExportContext, now: datetime | None = None) -> int:
     """The ``export`` subcommand; returns the exit code (1: reconciliation failed)."""
-    ctx = ExportContext.from_settings(settings, args.charge_period)
     try:
-        month = closing.resolve_month(args.month, now)
+        month = closing.resolve_month(request.month, now)
     except ValueError as exc:
         raise GpuledgerError(str(exc), hint="--month 2026-10, or --month previous") from None
-    if not Path(args.db).exists():
-        raise GpuledgerError(f"no database at {args.db}", hint="pass --db, or run `gpuledger demo` first")
-    if args.what == "reconciliation":
-        with Store(args.db, read_only=True) as store:
-            report = reconcile(store, month, book, ctx, now=now)
-        fmt = "json" if args.format == "json" else "txt"
+    if not Path(request.db_path).exists():
+        raise GpuledgerError(f"no database at {request.db_path}", hint="pass --db, or run `gpuledger demo` first")
+    if request.what == "reconciliation":
+        with Store(request.db_path, read_only=True) as store:
+            report = reconcile(store, month, book, context, now=now)
+        fmt = "json" if request.format == "json" else "txt"
         text = json.dumps(report.to_dict(), indent=2) + "\n" if fmt == "json" else report.text() + "\n"
-        _emit(text.encode("utf-8"), args.out, file_name("reconciliation", month, fmt))
+        _emit(text.encode("utf-8"), request.out, file_name("reconciliation", month, fmt))
         if not report.ok:
             print(f"error: reconciliation of {month} failed: {'; '.join(report.problems)}", file=sys.stderr)
             return 1
         return 0
-    fmt = args.format or "csv"
-    if fmt not in closing.FORMATS:
+    fmt = request.format or "csv"
+    if fmt == "txt" or fmt == "json":
         raise GpuledgerError(f"chargeback has no format {fmt!r}", hint="--format csv or --format parquet")
-    with Store(args.db, read_only=not args.final) as store:
-        result = closing.export(store, month, book, fmt=fmt, final=args.final, context=ctx, now=now)
-    where = _emit(result.content, args.out, file_name("chargeback", month, fmt))
+    with Store(request.db_path, read_only=not request.final) as store:
+        result = closing.export(store, month, book, fmt=fmt, final=request.final, context=context, now=now)
+    where = _emit(result.content, request.out, file_name("chargeback", month, fmt))
     state = "closed" if result.closed else "open (preview; --final closes it)"
     if where:
         print(f"wrote {where}: {month} {state}, sha256 {result.sha256}", file=sys.stderr)

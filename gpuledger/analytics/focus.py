@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 from gpuledger.analytics import chargeback as cb
 from gpuledger.analytics.prices import Price, PriceBook
 
-from gpuledger.errors import ConfigError
+from gpuledger.config import Settings
 
 __all__ = [
     "COLUMNS",
@@ -81,14 +81,10 @@ class ExportContext:
     charge_period: Literal["month", "day"] = "month"
 
     @classmethod
-    def from_settings(cls, settings: Any, charge_period: str | None = None) -> ExportContext:
-        """From :class:`~gpuledger.config.Settings` (ConfigError for an unknown charge period)."""
-        period = charge_period or settings.charge_period
-        if period not in cb.CHARGE_PERIODS:
-            raise ConfigError(f"charge period {period!r} is not one of {', '.join(cb.CHARGE_PERIODS)}",
-                              hint="set GPULEDGER_CHARGE_PERIOD or --charge-period to month or day")
+    def from_settings(cls, settings: Settings) -> ExportContext:
+        """From the validated :class:`~gpuledger.config.Settings` (docs/configuration.md)."""
         return cls(settings.billing_account_id, settings.billing_account_name, settings.provider_name,
-                   settings.region_id, period)
+                   settings.region_id, settings.charge_period)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import FileResponse
+from gpuledger.analytics.focus import ExportContext
 from gpuledger.analytics.prices import PriceBook, default_price_book
 from gpuledger.api import errors as E
 from gpuledger.api import exports, routes_efficiency, routes_fleet, routes_series, routes_showback
@@ -45,16 +46,20 @@ STATIC = Path(__file__).parent / "static"
 
 
 def create_app(db_path: str | Path | None = None, prices: PriceBook | None = None, *,
-               store: Store | None = None, auth: bool = True, cache_ttl_s: float = 60.0) -> FastAPI:
+               store: Store | None = None, auth: bool = True, cache_ttl_s: float = 60.0,
+               export_context: ExportContext | None = None) -> FastAPI:
     """The API over a DuckDB file (read-only per request) or an open ``store``.
 
-    ``prices`` defaults to the shipped book (gpuledger/defaults/prices.toml).
+    ``prices`` defaults to the shipped book (gpuledger/defaults/prices.toml);
+    ``export_context`` (who bills whom on the FOCUS file; ``gpuledger serve``
+    builds it from the settings) to the settings' documented defaults.
     """
     db = Database(db_path, store, ttl_s=cache_ttl_s)
     app = FastAPI(title="gpuledger", version=__version__,
                   description="GPU showback, efficiency, fleet health and chargeback. Send "
                   "`Authorization: Bearer <token>` (create one with `gpuledger token create`).")
     app.state.db, app.state.book, app.state.auth = db, prices or default_price_book(), auth
+    app.state.export_context = export_context or ExportContext()
     install_error_handlers(app)
     app.add_middleware(ResponseCache, db=db)
 

@@ -68,8 +68,6 @@ BAD_VIEW = _code("bad_view", 400, "the drill-down view is not intervals, gpus or
 BAD_ORDER_BY = _code("bad_order_by", 400, "order_by is not idle_cost, idle_gpu_hours or allocated_gpu_hours")
 BAD_MIN_HOURS = _code("bad_min_hours", 400, "min_hours is outside 0..8784")
 BAD_MONTH = _code("bad_month", 400, "month is not YYYY-MM, previous or current")
-BAD_CHARGE_PERIOD = _code("bad_charge_period", 400, "the charge period the export would use "
-                          "(GPULEDGER_CHARGE_PERIOD when charge_period is not given) is not month or day")
 RESULT_TOO_LARGE = _code("result_too_large", 400, "the answer would hold more rows than one request may "
                          "(200,000; 20,000 for a series)")
 # --- 401 / 403: who is asking ---------------------------------------------------------

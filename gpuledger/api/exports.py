@@ -32,8 +32,6 @@ from gpuledger.api.errors import ERROR_RESPONSES, ApiError
 from gpuledger.api.params import MONTH, parse_month
 from gpuledger.api.reader import Database, Session
 
-from gpuledger.config import Settings
-from gpuledger.errors import ConfigError
 
 __all__ = ["ChargebackFile", "chargeback_file", "router"]
 
@@ -55,19 +53,14 @@ class ChargebackFile:
     billed_total: str  # "<BilledCost sum> <currency>"
 
 
-def _context(request: Request, charge_period: str | None) -> ExportContext:
-    """Settings are read once per app (first export request), then kept on app.state."""
-    state = request.app.state
-    if getattr(state, "export_settings", None) is None:
-        state.export_settings = Settings()
-    try:
-        return ExportContext.from_settings(state.export_settings, charge_period)
-    except ConfigError as exc:  # an unknown charge period
-        raise ApiError(E.BAD_CHARGE_PERIOD, str(exc), "charge_period=month or charge_period=day") from None
+def _context(request: Request, charge_period: Literal["month", "day"] | None) -> ExportContext:
+    """The app's export context (``create_app(export_context=...)``), with the request's charge period."""
+    ctx: ExportContext = request.app.state.export_context
+    return ctx if charge_period is None else replace(ctx, charge_period=charge_period)
 
 
 def chargeback_file(request: Request, s: Session, month: str, fmt: closing.Format = "csv",
-                    charge_period: str | None = None) -> ChargebackFile:
+                    charge_period: Literal["month", "day"] | None = None) -> ChargebackFile:
     """The month's file, for both chargeback routes: a closed month's stored bytes, else computed now.
 
     Without ``charge_period`` a closed month is served with the charge period it

@@ -179,18 +179,18 @@ def test_gpuledger_agent_serves_metrics_on_the_flagged_port() -> None:
     import threading
     import time
 
-    from gpuledger.agent.run import run_agent
-    from gpuledger.cli import build_parser
-    from gpuledger.config import Settings
+    from gpuledger.cli import agent as agent_command
+    from gpuledger.cli import parse
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    args = build_parser(Settings()).parse_args(
+    args, settings = parse(
         ["agent", "--backend", "sim", "--interval", "0.2", "--ticks", "40", "--node", "cli-node",
          "--metrics-port", str(port), "--metrics-host", "127.0.0.1"])
+    assert args.handler is agent_command.run
     stop = threading.Event()
-    agent = threading.Thread(target=run_agent, args=(args, Settings()), kwargs={"stop": stop}, daemon=True)
+    agent = threading.Thread(target=agent_command.run, args=(args, settings), kwargs={"stop": stop}, daemon=True)
     agent.start()
     try:
         text = ""

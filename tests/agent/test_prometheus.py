@@ -7,7 +7,6 @@ the reason, except under CI=true where it fails.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import socket
@@ -20,6 +19,7 @@ import httpx
 import pytest
 
 from gpuledger.agent.run import run_agent
+from gpuledger.cli.agent import simulated_node
 from gpuledger.config import Settings
 
 
@@ -51,17 +51,16 @@ def test_prometheus_scrapes_the_agent_and_answers_promql(tmp_path: Path) -> None
     binary = _prometheus()
     servers: list = []
     stop = threading.Event()
-    args = argparse.Namespace(backend="sim", seed=7, node="prom-node", kafka=None, topic="t", interval=0.5,
-                              ticks=None, metrics_port=_free_port(), metrics_host="127.0.0.1", spool_dir=None,
-                              spool_max_bytes=None, pod_resources_socket=None, kubelet_pods_url=None)
-    agent = threading.Thread(target=run_agent, args=(args, Settings()),
+    settings = Settings(node_name="prom-node", kafka_bootstrap=None, kafka_topic="t", interval_s=0.5,
+                        metrics_port=_free_port(), metrics_host="127.0.0.1")
+    agent = threading.Thread(target=run_agent, args=(settings, simulated_node(seed=7)),
                              kwargs={"stop": stop, "ready": servers.append}, daemon=True)
     agent.start()
     prom_port = _free_port()
     (tmp_path / "prometheus.yml").write_text(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
         "scrape_configs:\n  - job_name: gpuledger-agent\n    static_configs:\n"
-        f"      - targets: ['127.0.0.1:{args.metrics_port}']\n")
+        f"      - targets: ['127.0.0.1:{settings.metrics_port}']\n")
     log = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115
     prom = subprocess.Popen([binary, f"--config.file={tmp_path / 'prometheus.yml'}",
                              f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{prom_port}"],

@@ -148,16 +148,14 @@ def test_broker_outage_and_restart_every_tick_arrives_exactly_once(private_tansu
 @pytest.mark.kafka
 def test_the_agent_loop_publishes_through_the_spool(kafka_broker, kafka_topic, tmp_path: Path) -> None:
     """`gpuledger agent --backend sim --kafka ... --ticks 3` as run_agent runs it: spool, send, drain."""
-    import argparse
-
     from gpuledger.agent.run import run_agent
+    from gpuledger.cli.agent import simulated_node
     from gpuledger.config import Settings
 
-    args = argparse.Namespace(backend="sim", seed=7, node="loop-node", kafka=kafka_broker, topic=kafka_topic,
-                              interval=0.05, ticks=3, metrics_port=0, metrics_host="127.0.0.1",
-                              spool_dir=str(tmp_path / "spool"), spool_max_bytes=2**20,
-                              pod_resources_socket=None, kubelet_pods_url=None)
-    assert run_agent(args, Settings()) == 0
+    settings = Settings(node_name="loop-node", kafka_bootstrap=kafka_broker, kafka_topic=kafka_topic,
+                        interval_s=0.05, metrics_port=0, metrics_host="127.0.0.1",
+                        spool_dir=str(tmp_path / "spool"), spool_max_bytes=2**20)
+    assert run_agent(settings, simulated_node(seed=7), ticks=3) == 0
     assert Spool(tmp_path / "spool").pending() == 0  # all acknowledged, and the cursor says so on disk
     assert sum(p.stat().st_size for p in (tmp_path / "spool").glob("*.seg")) == 0  # and the data is gone
     sub = KafkaSubscriber(kafka_broker, kafka_topic, f"loop-{time.monotonic_ns()}", **KAFKA_GROUP_TIMING)

@@ -1,0 +1,7 @@
+"""``python -m gpuledger.cli``: the same as the ``gpuledger`` console script."""
+
+import sys
+
+from gpuledger.cli import main
+
+sys.exit(main())

@@ -1,0 +1,56 @@
+"""``gpuledger attribute`` (the ledger job) and ``gpuledger explain`` (the rows behind a tenant's line)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from gpuledger.cli.common import add_command, progress, setting_flags
+from gpuledger.config import Settings
+
+
+def register(sub: Any, settings: Settings) -> None:
+    t = add_command(
+        sub, "attribute", attribute,
+        help="run the ledger: every GPU-second and joule to a tenant",
+        description="Attribution job. Splits each GPU's capacity per interval into busy (by per-process "
+        "evidence), allocated-idle (by allocation share) and unallocated, and books it to tenants. "
+        "Incremental by default; --full re-attributes everything (after a tenancy-rule change).",
+    )
+    setting_flags(t, settings, "--db")
+    t.add_argument("--full", action="store_true", help="re-attribute every interval still stored raw (after a "
+                   "tenancy-rule change); months whose raw samples retention removed keep their ledger")
+    setting_flags(t, settings, "--tenancy")
+
+    x = add_command(
+        sub, "explain", explain,
+        help="list the GPUs, intervals and rules behind a tenant's line",
+        description="Drill-down for one tenant and period: its GPU-hours by kind, its coverage (share of busy "
+        "time attributed from per-process samples), and one row per GPU, pod, kind and attribution rule with "
+        "the first and last interval. Opens the database read-only.\n\n"
+        "  gpuledger explain --tenant vision --start 2026-10-01 --end 2026-11-01",
+    )
+    setting_flags(x, settings, "--db")
+    x.add_argument("--tenant", required=True, help="tenant name as on the showback")
+    x.add_argument("--start", default=None, help="period start, ISO date/time, UTC (default: all)")
+    x.add_argument("--end", default=None, help="period end (exclusive), ISO date/time, UTC (default: all)")
+    x.add_argument("--format", choices=["table", "csv"], default="table", help="output (default: %(default)s)")
+
+
+def attribute(args: argparse.Namespace, settings: Settings) -> int:
+    from gpuledger.analytics.job import run_attribution
+    from gpuledger.analytics.tenancy import TenancyRules
+    from gpuledger.store import Store
+
+    rules = TenancyRules.load(settings.tenancy_path) if settings.tenancy_path else TenancyRules()
+    with Store(settings.db_path) as store, progress("attributing", "messages") as bar:
+        result = run_attribution(store, rules, full=args.full, progress=bar)
+    print(f"attributed {result.messages} messages into {result.ledger_rows} ledger rows")
+    return 0
+
+
+def explain(args: argparse.Namespace, settings: Settings) -> int:
+    from gpuledger.analytics.explain import explain_command
+
+    print(explain_command(settings.db_path, args.tenant, args.start, args.end, args.format), end="")
+    return 0

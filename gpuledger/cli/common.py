@@ -1,0 +1,172 @@
+"""What every command module shares: how a command is added, flags generated from settings, progress bars.
+
+A flag that mirrors a setting is not written by hand: :func:`setting_flags`
+adds it from :class:`~gpuledger.config.Settings` (its ``dest`` is the
+setting's name, its help the setting's description, its default the value
+start-up read, its type and choices the setting's annotation). So one
+sentence describes a setting in ``--help``, in docs/configuration.md and in
+the code, and ``gpuledger.cli.main`` turns the parsed flags back into one
+validated ``Settings`` (:func:`flag_values`) that the stages receive.
+"""
+
+from __future__ import annotations
+
+import argparse
+import types
+import typing
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from gpuledger.config import Settings
+
+if TYPE_CHECKING:
+    from gpuledger.analytics.prices import PriceBook
+
+EPILOG = "Settings also come from GPULEDGER_* environment variables; see docs/configuration.md."
+
+#: Flag name -> (setting, metavar). A flag name means the same setting on every command that has it
+#: (except the few flags listed in :data:`NOT_SETTINGS`); metavars keep the usage lines they always had.
+SETTING_FLAGS: dict[str, tuple[str, str | None]] = {
+    "--db": ("db_path", "DB"),
+    "--kafka": ("kafka_bootstrap", "BOOTSTRAP"),
+    "--topic": ("kafka_topic", "TOPIC"),
+    "--group": ("kafka_group", "GROUP"),
+    "--interval": ("interval_s", "SECONDS"),
+    "--node": ("node_name", "NODE"),
+    "--metrics-port": ("metrics_port", "PORT"),
+    "--metrics-host": ("metrics_host", "METRICS_HOST"),
+    "--spool-dir": ("spool_dir", "DIR"),
+    "--spool-max-bytes": ("spool_max_bytes", "BYTES"),
+    "--pod-resources-socket": ("pod_resources_socket", "PATH"),
+    "--kubelet-pods-url": ("kubelet_pods_url", "URL"),
+    "--dcgm-exporter-url": ("dcgm_exporter_url", "URL"),
+    "--batch-max": ("ingest_batch_max", "N"),
+    "--linger": ("ingest_linger_s", "SECONDS"),
+    "--max-future": ("ingest_max_future_s", "SECONDS"),
+    "--max-age": ("ingest_max_age_s", "SECONDS"),
+    "--months": ("raw_retention_months", "MONTHS"),
+    "--ledger-months": ("ledger_retention_months", "MONTHS"),
+    "--rollup-months": ("rollup_retention_months", "MONTHS"),
+    "--tenancy": ("tenancy_path", "TOML"),
+    "--host": ("api_host", "HOST"),
+    "--port": ("api_port", "PORT"),
+    "--prices": ("prices_path", "TOML"),
+    "--close-grace-hours": ("close_grace_hours", "HOURS"),
+    "--charge-period": ("charge_period", None),  # choices show as {month,day}
+}
+
+#: (command, flag) pairs spelled like a setting's flag that deliberately are not that setting, and why.
+NOT_SETTINGS: dict[tuple[str, str], str] = {
+    ("compact", "--db"): "optional: no --db means no database to compact, not the default database",
+    ("demo", "--kafka"): "the demo uses its embedded transport unless told, whatever GPULEDGER_KAFKA_BOOTSTRAP says",
+}
+
+
+class Handler(Protocol):
+    """What a command runs: the parsed flags and the validated settings in, the exit code out."""
+
+    def __call__(self, args: argparse.Namespace, settings: Settings, /) -> int: ...
+
+
+class SettingFlag(argparse.Action):
+    """A flag that sets one setting (``self.setting``); added by :func:`setting_flags` only."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, *, setting: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.setting = setting
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: str | Sequence[Any] | None, option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions keep their line breaks; a setting's flag shows its default after the description."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=32)
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help
+        if text is None or not isinstance(action, SettingFlag):
+            return text
+        text = text.replace("%", "%%")  # the description is prose, not a format string
+        if action.default is not None and not action.required:
+            text += " (default: %(default)s)"
+        return text
+
+
+def add_command(sub: Any, name: str, handler: Handler, *, help: str, description: str) -> argparse.ArgumentParser:
+    """A subcommand whose ``handler`` ``gpuledger.cli.main`` calls."""
+    parser: argparse.ArgumentParser = sub.add_parser(name, formatter_class=HelpFormatter, epilog=EPILOG,
+                                                     help=help, description=description)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def setting_flags(parser: argparse.ArgumentParser, settings: Settings, *flags: str,
+                  required: Sequence[str] = ()) -> None:
+    """Add ``flags`` (names in :data:`SETTING_FLAGS`) with default, help, type and choices from the settings.
+
+    A flag in ``required`` must be given when the setting has no value (its default is None).
+    """
+    for flag in flags:
+        name, metavar = SETTING_FLAGS[flag]
+        kind, choices = _value_type(name)
+        default = getattr(settings, name)
+        parser.add_argument(flag, action=SettingFlag, setting=name, dest=name, type=kind, choices=choices,
+                            default=default, metavar=metavar, required=flag in required and default is None,
+                            help=Settings.model_fields[name].description)
+
+
+def flag_values(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
+    """The settings the parsed command's flags carry, by setting name (for ``config.with_changes``)."""
+    return {a.setting: getattr(args, a.dest) for a in setting_actions(parser, args)}
+
+
+def setting_actions(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[SettingFlag]:
+    """The setting flags of the subcommand ``args`` were parsed for."""
+    command = subcommands(parser)[args.command]
+    return [a for a in command._actions if isinstance(a, SettingFlag)]
+
+
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """Name -> parser of each subcommand of ``parser`` (empty when it has none)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _value_type(name: str) -> tuple[type, list[str] | None]:
+    """(argparse type, choices) from the setting's annotation: int, float, str, or a Literal of strings."""
+    annotation = Settings.model_fields[name].annotation
+    options = [annotation]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):  # X | None: the flag gives an X
+        options = [a for a in typing.get_args(annotation) if a is not type(None)]
+    (inner,) = options
+    if typing.get_origin(inner) is Literal:
+        return str, [str(v) for v in typing.get_args(inner)]
+    if inner in (int, float, str):
+        return inner, None  # type: ignore[return-value]  # narrowed by the membership test
+    raise TypeError(f"setting {name} ({annotation}) cannot be a flag: give it an int, float, str or Literal type")
+
+
+@contextmanager
+def progress(label: str, unit: str) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar on stderr for long work; yields ``update(done, total)``."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn(f"{label} ({unit})"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=Console(stderr=True)) as bar:
+        task = bar.add_task(label, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+def price_book(path: str | None) -> PriceBook:
+    """The price book at ``path``, or the shipped default book."""
+    from gpuledger.analytics.prices import default_price_book, load_price_book
+
+    return load_price_book(path) if path else default_price_book()

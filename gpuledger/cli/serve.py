@@ -1,0 +1,97 @@
+"""``gpuledger serve`` (the showback API) and ``gpuledger token`` (its tokens)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from gpuledger.cli.common import add_command, price_book, setting_flags
+from gpuledger.config import Settings
+from gpuledger.errors import GpuledgerError
+
+
+def register(sub: Any, settings: Settings) -> None:
+    s = add_command(
+        sub, "serve", serve,
+        help="serve the showback API (FastAPI) over the DuckDB file",
+        description="Showback API and page: showback, efficiency, fleet, Grafana series, drill-down, chargeback CSV; "
+        "OpenAPI at /docs, a showback page at /. Opens the database read-only. Every /v1 route needs a token "
+        "(`gpuledger token create`); --no-auth turns that off for local development only.",
+    )
+    setting_flags(s, settings, "--db", "--host", "--port", "--prices")
+    s.add_argument("--close-months", action="store_true",
+                   help="close each month's chargeback file once it has ended (+ grace); needs the writer lock")
+    setting_flags(s, settings, "--close-grace-hours")
+    s.add_argument("--no-auth", action="store_true",
+                   help="serve every route without a token, as admin (local development only; never expose it)")
+
+    k = add_command(
+        sub, "token", token,
+        help="create, list or revoke API tokens",
+        description="API tokens for `gpuledger serve`. Roles: admin (every tenant), tenant (one tenant, on every "
+        "route), finance (exports and showback). The token is printed once; only its SHA-256 is stored. Writes "
+        "the database, so run it where no other writer (ingest) holds the file.\n\n"
+        "  gpuledger token create --role tenant --tenant nlp --name nlp-grafana\n"
+        "  gpuledger token list\n"
+        "  gpuledger token revoke 1a2b3c4d",
+    )
+    k.add_argument("action", choices=["create", "list", "revoke"], help="what to do")
+    k.add_argument("token_id", nargs="?", metavar="ID", help="token id to revoke (from `token list`)")
+    k.add_argument("--role", choices=["admin", "tenant", "finance"], help="role of a new token")
+    k.add_argument("--tenant", help="tenant of a --role tenant token")
+    k.add_argument("--name", help="a label for the new token (e.g. who holds it)")
+    setting_flags(k, settings, "--db")
+
+
+def serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from gpuledger.analytics.focus import ExportContext
+    from gpuledger.api.app import create_app
+
+    db = settings.db_path
+    if not Path(db).exists():
+        raise GpuledgerError(f"no database at {db}",
+                             hint="run `gpuledger ingest` or `gpuledger demo` first, or pass --db")
+    book, context = price_book(settings.prices_path), ExportContext.from_settings(settings)
+    app = create_app(db, prices=book, auth=not args.no_auth, export_context=context)
+    if args.close_months:  # the scheduled monthly close (docs/chargeback.md)
+        from gpuledger.analytics.export_cmd import MonthCloser
+
+        MonthCloser(db, book, context, settings.close_grace_hours).start()
+    print(f"gpuledger API on http://{settings.api_host}:{settings.api_port}/  (OpenAPI: /docs)")
+    if args.no_auth:
+        print("warning: --no-auth: every request is served as admin; for local development only", file=sys.stderr)
+    uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="warning")
+    return 0
+
+
+def token(args: argparse.Namespace, settings: Settings) -> int:
+    from gpuledger.api import tokens
+    from gpuledger.store import Store
+
+    if args.action == "create":
+        if not args.role:
+            raise GpuledgerError("token create needs --role", hint="--role admin|tenant|finance [--tenant T]")
+        with Store(settings.db_path) as store:
+            token_id, secret = tokens.create_token(store, args.role, args.tenant, args.name)
+        scope = f" for tenant {args.tenant}" if args.tenant else ""
+        print(f"created {args.role} token {token_id}{scope}; it is shown only now:", file=sys.stderr)
+        print(secret)
+        return 0
+    if args.action == "list":
+        with Store(settings.db_path) as store:
+            frame = tokens.list_tokens(store)
+        for r in frame.iter_rows(named=True):
+            state = f"revoked {r['revoked_at']:%Y-%m-%d %H:%M}" if r["revoked_at"] else "active"
+            print(f"{r['id']}  {r['role']:<8} {r['tenant'] or '-':<16} {r['name'] or '-':<20} "
+                  f"created {r['created_at']:%Y-%m-%d %H:%M}  {state}")
+        return 0
+    if not args.token_id:
+        raise GpuledgerError("token revoke needs the token id", hint="`gpuledger token list` shows the ids")
+    with Store(settings.db_path) as store:
+        tokens.revoke_token(store, args.token_id)
+    print(f"revoked {args.token_id[:12]}", file=sys.stderr)
+    return 0
