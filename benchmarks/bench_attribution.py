@@ -23,7 +23,7 @@ tenant; the ledger variants compute every kind, rule, energy and memory line):
   normalisation over the string unit key + join to units + join to tenants +
   group-by (baseline);
 - ``duckdb_sql``: the same in DuckDB SQL on the same Arrow data (baseline);
-- ``fast_kernel``: ``analytics.fastledger.ledger`` on integer-coded chunks
+- ``fast_kernel``: ``analytics.ledger.attribute_chunk`` on integer-coded chunks
   (``Chunk``, as the job's read path delivers them; coding is outside the
   timing): the whole ledger as normalised rows (unit, owner, kind, rule, GPU-s,
   J, GB-s) plus the chunk's unit and owner tables -- compiled (Numba) passes
@@ -33,7 +33,7 @@ tenant; the ledger variants compute every kind, rule, energy and memory line):
 - ``fast_ledger``: ``fast_kernel`` plus ``Result.frame()``: LEDGER_COLUMNS with
   dictionary-encoded (Enum) strings, what the job appends;
 - ``fast_ledger_2t``: ``fast_ledger`` with two chunks at a time in two threads;
-- ``fast_from_strings``: ``fastledger.code`` (store-shaped string frames ->
+- ``fast_from_strings``: ``ledger.chunk_from_frames`` (store-shaped string frames ->
   codes, in Polars) + ``fast_ledger``: the cost when the input is not coded;
 - ``attribute``: the reference ledger (``analytics.ledger.attribute``);
 - ``job_read``: the slice written to a real DuckDB file first (untimed), then
@@ -159,7 +159,7 @@ def _job_variant(variant: str, gpus: int, ticks: int, chunks: int) -> dict[str, 
     import tempfile
     from pathlib import Path
 
-    from gpuledger.analytics import fastledger
+    from gpuledger.analytics import ledger as L
     from gpuledger.analytics.job import _PENDING, read_chunk, run_attribution
     from gpuledger.analytics.tenancy import TenancyRules
     from gpuledger.store import Store
@@ -179,7 +179,7 @@ def _job_variant(variant: str, gpus: int, ticks: int, chunks: int) -> dict[str, 
                 tenants = TenancyRules().tenant_table(store.query("SELECT pod_uid, namespace, labels, name FROM pods"))
                 for start in range(0, pending.height, 5000):
                     keys = pending.slice(start, 5000)
-                    out_rows += fastledger.ledger(read_chunk(store, keys, tenants.lazy())).frame().height
+                    out_rows += L.attribute_chunk(read_chunk(store, keys, tenants.lazy())).frame().height
             secs, cpu = time.perf_counter() - t0, time.process_time() - c0
     return {"rows": rows, "seconds": secs, "cpu_seconds": cpu, "out_rows": out_rows}
 
@@ -187,8 +187,7 @@ def _job_variant(variant: str, gpus: int, ticks: int, chunks: int) -> dict[str, 
 def _warm_up(variant: str, store: Any, gpus: int, ticks: int) -> None:
     """One untimed full-size chunk first: thread pools, caches and the allocator's thresholds settle for
     every variant alike, as they have in a streamed month after its first chunk."""
-    from gpuledger.analytics import fastledger
-    from gpuledger.analytics.ledger import attribute
+    from gpuledger.analytics import ledger as L
 
     c = make_chunk(gpus, ticks, seed=99)
     if variant == "polars_naive":
@@ -200,17 +199,16 @@ def _warm_up(variant: str, store: Any, gpus: int, ticks: int) -> None:
         for name in ("devices", "processes", "tenants"):
             store.con.unregister(name)
     elif variant == "attribute":
-        attribute(*(c[k].lazy() for k in ("devices", "processes", "allocations", "tenants"))).collect()
+        L.attribute(*(c[k].lazy() for k in ("devices", "processes", "allocations", "tenants"))).collect()
     else:
-        fastledger.ledger(fastledger.code(c["devices"], c["processes"], c["allocations"], c["tenants"])).frame()
+        L.attribute_chunk(L.chunk_from_frames(c["devices"], c["processes"], c["allocations"], c["tenants"])).frame()
 
 
 def _one(variant: str, gpus: int, ticks: int, chunks: int, q: Any) -> None:
     """Child process: build chunks, time only the attribution of each, report rows, seconds, peak RSS."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from gpuledger.analytics import fastledger
-    from gpuledger.analytics.ledger import attribute
+    from gpuledger.analytics import ledger as L
     from gpuledger.store import Store
 
     if variant in ("job_read", "job"):
@@ -225,14 +223,14 @@ def _one(variant: str, gpus: int, ticks: int, chunks: int, q: Any) -> None:
     _warm_up(variant, store, gpus, ticks)
     two = variant in ("fast_kernel_2t", "fast_ledger_2t")
     if two:  # two chunks in flight, one per thread
-        def attribute_one(ch: fastledger.Chunk) -> int:
-            r = fastledger.ledger(ch)
+        def attribute_one(ch: L.Chunk) -> int:
+            r = L.attribute_chunk(ch)
             return r.rows.height if variant == "fast_kernel_2t" else r.frame().height
 
         with ThreadPoolExecutor(2) as pool:
             for i in range(0, chunks, 2):
                 cs = [make_chunk(gpus, ticks, seed=j) for j in range(i, min(i + 2, chunks))]
-                coded = [fastledger.code(c["devices"], c["processes"], c["allocations"], c["tenants"]) for c in cs]
+                coded = [L.chunk_from_frames(c["devices"], c["processes"], c["allocations"], c["tenants"]) for c in cs]
                 rows += sum(c["processes"].height for c in cs)
                 del cs
                 t0, c0 = time.perf_counter(), time.process_time()
@@ -242,11 +240,11 @@ def _one(variant: str, gpus: int, ticks: int, chunks: int, q: Any) -> None:
                 del coded
     for i in range(chunks if not two else 0):
         c = make_chunk(gpus, ticks, seed=i)
-        coded = fastledger.code(c["devices"], c["processes"], c["allocations"], c["tenants"]) \
+        coded = L.chunk_from_frames(c["devices"], c["processes"], c["allocations"], c["tenants"]) \
             if variant in ("fast_kernel", "fast_ledger") else None
         t0, c0 = time.perf_counter(), time.process_time()
         if variant == "attribute":
-            n_out = attribute(c["devices"].lazy(), c["processes"].lazy(), c["allocations"].lazy(),
+            n_out = L.attribute(c["devices"].lazy(), c["processes"].lazy(), c["allocations"].lazy(),
                               c["tenants"].lazy()).collect().height
         elif variant == "polars_naive":
             n_out = _polars_naive(c).height
@@ -259,12 +257,12 @@ def _one(variant: str, gpus: int, ticks: int, chunks: int, q: Any) -> None:
                 store.con.unregister(name)
         elif variant == "fast_kernel":
             assert coded is not None
-            n_out = fastledger.ledger(coded).rows.height
+            n_out = L.attribute_chunk(coded).rows.height
         elif variant == "fast_ledger":
             assert coded is not None
-            n_out = fastledger.ledger(coded).frame().height
+            n_out = L.attribute_chunk(coded).frame().height
         else:  # fast_from_strings
-            n_out = fastledger.ledger(fastledger.code(c["devices"], c["processes"], c["allocations"],
+            n_out = L.attribute_chunk(L.chunk_from_frames(c["devices"], c["processes"], c["allocations"],
                                                       c["tenants"])).frame().height
         secs += time.perf_counter() - t0
         cpu += time.process_time() - c0

@@ -43,8 +43,10 @@ missing is in ``gpuledger_field_errors``.
 
 **gpuledger series** (base units in names): device utilization, energy and
 health, per-field errors, agent heartbeat, and per-pod series that split each
-GPU among its holders with the ledger's rule (busy by per-process sample
-share, idle by allocation share; DESIGN.md): ``gpuledger_pod_gpu_busy_ratio``,
+GPU among its holders with the ledger's rule, from the ledger's own code
+(``gpuledger.split``: busy by per-process sample share with the ledger's
+fallbacks, idle by allocation share; how the series differ from ledger lines
+is in docs/agent.md): ``gpuledger_pod_gpu_busy_ratio``,
 ``..._allocated_ratio``, ``..._memory_used_bytes``, ``..._busy_seconds_total``
 and ``..._energy_joules_total``. Per-pod series are bounded: at most
 ``max_pod_series`` (namespace, pod, container, GPU) keys, a key unseen for
@@ -63,7 +65,7 @@ import numpy as np
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from gpuledger import wire
+from gpuledger import split, wire
 
 MIB = 2**20
 
@@ -250,8 +252,8 @@ class AgentCollector(Collector):
     def _pods(self, msg: wire.Message, labels: list[tuple[str, ...]],
               shares: dict[tuple[int, int, str, str, str], PodShare]) -> list[Metric]:
         busy = Metric("gpuledger_pod_gpu_busy_ratio", "Share of the GPU's capacity this container kept busy in "
-                      "the last interval (device utilization x its share of per-process samples); absent when "
-                      "the device reports no utilization.", "gauge")
+                      "the last interval (device utilization x its share by the ledger's busy rule); absent when "
+                      "the rule gives it none or the device reports no utilization.", "gauge")
         alloc = Metric("gpuledger_pod_gpu_allocated_ratio", "Share of the GPU allocated to this container "
                        "(PodResources: 1 whole, 1/N time-slicing replica, MIG slice of its device).", "gauge")
         memory = Metric("gpuledger_pod_gpu_memory_used_bytes", "GPU memory used by this container's processes.",
@@ -259,7 +261,7 @@ class AgentCollector(Collector):
         busy_total = Metric("gpuledger_pod_gpu_busy_seconds", "GPU-seconds this container kept busy, summed over "
                             "the ticks this agent has seen.", "counter")
         energy_total = Metric("gpuledger_pod_gpu_energy_joules", "Energy attributed to this container: busy "
-                              "energy by sample share, idle energy by allocation share.", "counter")
+                              "energy by its busy share, idle energy by allocation share.", "counter")
         by_device = {(int(g), int(m)): k for k, (g, m) in
                      enumerate(zip(msg.devices["gpu_index"], msg.devices["mig_index"]))}
 
@@ -325,13 +327,20 @@ class PodShare:
 def pod_shares(msg: wire.Message) -> dict[tuple[int, int, str, str, str], PodShare]:
     """Split each device among containers: (gpu, mig, namespace, pod, container) -> share.
 
-    busy_p = util x w_p, w_p = the process's share of per-process SM samples on
-    the device (equal split among processes when no sample evidence); energy_p =
-    E x (util x w_p + (1 - util) x a_p) with a_p the allocation share, so busy
-    energy follows use and idle energy follows holding. MIG devices: the holder's
-    busy is GR_ENGINE_ACTIVE when DCGM gives it, and energy is the parent's delta
-    x slice fraction split by allocation share. Processes outside pods (host,
-    Slurm) take their busy share but get no series here.
+    The ledger's rule, from the same code (``gpuledger.split``; tested against
+    the ledger in tests/analytics/test_agent_split.py): each device row is a
+    unit whose busy ``util`` (MIG: GR_ENGINE_ACTIVE) goes to its processes by
+    SM-sample share, the unsampled remainder, an equal split, or -- no owned
+    process listed -- to the holders by allocation share; idle energy goes to
+    the holders by ``share / max(Σ share, 1)``. A GPU in MIG mode is, as in the
+    ledger, its unconfigured remainder: nothing runs there (util 0), energy ×
+    (1 − Σ slice fractions). Per container: ``busy`` is the fraction of the
+    device's capacity it kept busy (NaN when the rule gives it none, or the
+    device reports no utilization), ``energy_j`` its busy + idle energy. What
+    differs from the ledger (docs/agent.md, "Per-pod series and the ledger"):
+    containers instead of pods, device fractions instead of GPU-seconds, no
+    tenancy and no unknown-holders rule, memory on every device. Processes
+    outside pods (host, Slurm) take their busy share but get no series here.
     """
     dev = msg.devices
     n = len(dev)
@@ -341,71 +350,84 @@ def pod_shares(msg: wire.Message) -> dict[tuple[int, int, str, str, str], PodSha
     gpu = dev["gpu_index"].astype(np.int64)
     mig = dev["mig_index"].astype(np.int64)
     is_mig = mig >= 0
-    util = np.where(is_mig, dev["gr_engine_active"], dev["gpu_util"])
+    slices = np.bincount(gpu[is_mig], weights=dev["slice_fraction"][is_mig], minlength=int(gpu.max()) + 1)
+    mig_mode = ~is_mig & (np.bincount(gpu[is_mig], minlength=int(gpu.max()) + 1)[gpu] > 0)
+    rest = np.clip(1.0 - slices[gpu], 0.0, 1.0)
+    util = np.clip(np.where(is_mig, dev["gr_engine_active"], np.where(mig_mode, 0.0, dev["gpu_util"])), 0.0, 1.0)
     parent_j = np.full(int(gpu.max()) + 1, np.nan)
     parent_j[gpu[~is_mig]] = dev["energy_delta_mj"][~is_mig] / 1000.0
-    energy = parent_j[gpu] * np.where(is_mig, dev["slice_fraction"], 1.0)
+    energy = parent_j[gpu] * np.where(is_mig, dev["slice_fraction"], np.where(mig_mode, rest, 1.0))
+    util_samples = np.where(is_mig | mig_mode, 0.0, dev["util_samples"])
     dkey = gpu * 4096 + mig + 1
     order = np.argsort(dkey, kind="stable")
     sorted_key = dkey[order]
 
     def device_row(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's device row, and whether it has one; rows without are dropped (as by the ledger)."""
         key = table["gpu_index"].astype(np.int64) * 4096 + table["mig_index"].astype(np.int64) + 1
         pos = np.minimum(np.searchsorted(sorted_key, key), n - 1)
         return order[pos], sorted_key[pos] == key
 
+    procs, allocs = msg.processes, msg.allocations
+    p_row, p_ok = device_row(procs)
+    procs, p_row = procs[p_ok], p_row[p_ok]
+    a_row, a_ok = device_row(allocs)
+    allocs, a_row = allocs[a_ok], a_row[a_ok]
+    owned = (procs["pod"] >= 0) | (procs["slurm_job"] != wire.NULL_STR)  # a pod or a Slurm job
+    samples = procs["samples"].astype(np.float64)
+    evidence = split.clean_evidence(procs["sm_util_sum"])
+
+    def per_device(values: np.ndarray, rows: np.ndarray = p_row) -> np.ndarray:
+        return np.bincount(rows, weights=np.asarray(values, np.float64), minlength=n)
+
+    n_procs, n_owned = per_device(np.ones(len(procs))), per_device(owned)
+    n_sampled, n_unsampled = per_device(samples > 0), per_device(owned & (samples <= 0))
+    evidence_sum, share_sum = per_device(evidence), per_device(allocs["share"], a_row)
+    capacity = np.ones(n)  # busy as a fraction of the device
+    unit = split.split_units(util, capacity, util_samples, n_procs, n_owned, n_sampled, n_unsampled, evidence_sum,
+                             share_sum)
+    w, _ = split.process_weights(evidence, owned, samples, unit.remainder[p_row], unit.r[p_row],
+                                 evidence_sum[p_row], n_unsampled[p_row], n_owned[p_row], n_procs[p_row])
+    p_busy = np.where(unit.by_process[p_row], unit.busy[p_row] * w, np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a_frac = allocs["share"] / share_sum[a_row]
+    a_busy = np.where(unit.by_share[a_row], unit.busy[a_row] * a_frac, np.nan)
+    idle_energy = np.where(unit.measured, energy * (1.0 - util), energy)  # unmeasured: all of it held, not busy
+
     names = [(p["namespace"], p["name"]) for p in msg.pods]
     strings = msg.strings
-    rows: dict[tuple[int, int, str, str, str], int] = {}
 
     def share_of(r: int, pod: int, container: int) -> PodShare:
         """The PodShare of (device row r, pod, container), created on first use."""
         key = (int(gpu[r]), int(mig[r]), *names[pod], strings[container] if container < len(strings) else "")
         found = out.get(key)
         if found is None:
-            found = out[key] = PodShare()
-            rows[key] = r
+            found = out[key] = PodShare(energy_j=0.0 if energy[r] == energy[r] else math.nan)
         return found
 
-    procs = msg.processes
-    if len(procs):
-        row, ok = device_row(procs)
-        sm = np.nan_to_num(procs["sm_util_sum"], nan=0.0) * ok
-        sm_sum = np.bincount(row, weights=sm, minlength=n)
-        count = np.bincount(row, weights=ok.astype(np.float64), minlength=n)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            w = np.where(sm_sum[row] > 0, sm / sm_sum[row], 1.0 / count[row])
-        busy = np.where(is_mig[row], np.nan, util[row] * w)
-        for k, (pod, container, mem) in enumerate(zip(procs["pod"].tolist(), procs["container"].tolist(),
-                                                      procs["used_memory_bytes"].tolist())):
-            if pod < 0 or not ok[k]:
-                continue
-            s = share_of(int(row[k]), pod, container)
-            b = float(busy[k])
-            if b == b:
-                s.busy = b if s.busy != s.busy else s.busy + b
-            if mem == mem:
-                s.memory = mem if s.memory != s.memory else s.memory + mem
-    allocs = msg.allocations
-    if len(allocs):
-        row, ok = device_row(allocs)
-        for k, (pod, container, share) in enumerate(zip(allocs["pod"].tolist(), allocs["container"].tolist(),
-                                                        allocs["share"].tolist())):
-            if pod < 0 or not ok[k]:
-                continue
-            share_of(int(row[k]), pod, container).allocated += share
-    for key, s in out.items():
-        r = rows[key]
-        u, e = float(util[r]), float(energy[r])
-        if is_mig[r]:
-            if s.allocated > 0 and u == u:
-                s.busy = u
-            if e == e:
-                s.energy_j = e * min(s.allocated, 1.0)
-        elif e == e:
-            b = 0.0 if s.busy != s.busy else s.busy
-            idle = 1.0 - u if u == u else 1.0
-            s.energy_j = e * (b + idle * min(s.allocated, 1.0))
+    def add_busy(s: PodShare, busy: float, r: int) -> None:
+        if busy == busy:  # not NaN: the rule gave this container a busy part (and busy energy E × part)
+            s.busy = busy if s.busy != s.busy else s.busy + busy
+            s.energy_j += energy[r] * busy
+
+    for k, (pod, container, mem) in enumerate(zip(procs["pod"].tolist(), procs["container"].tolist(),
+                                                  procs["used_memory_bytes"].tolist())):
+        if pod < 0:
+            continue
+        r = int(p_row[k])
+        s = share_of(r, pod, container)
+        add_busy(s, float(p_busy[k]), r)
+        if mem == mem:
+            s.memory = mem if s.memory != s.memory else s.memory + mem
+    for k, (pod, container, share) in enumerate(zip(allocs["pod"].tolist(), allocs["container"].tolist(),
+                                                    allocs["share"].tolist())):
+        if pod < 0:
+            continue
+        r = int(a_row[k])
+        s = share_of(r, pod, container)
+        s.allocated += share
+        add_busy(s, float(a_busy[k]), r)
+        s.energy_j += idle_energy[r] * share / unit.norm[r]
     return out
 
 

@@ -1,4 +1,4 @@
-"""The attribution job: IO around the pure ledger function.
+"""The attribution job: IO around the pure ledger (``gpuledger.analytics.ledger``).
 
 Incremental by default: only messages not yet in ``attributed`` are read,
 attributed and appended to ``ledger`` in one transaction with their keys, so a
@@ -6,10 +6,11 @@ crash never leaves half an interval booked. ``full=True`` re-attributes
 every message still stored raw (after a tenancy-rule or price change); ledger
 rows whose raw samples retention removed are kept as they are. Work is chunked by message
 so memory stays bounded on a large store. Each chunk is read already
-integer-coded (``read_chunk``) and attributed by ``fastledger.ledger``, which
-gives ``ledger.attribute``'s rows (``reference_chunk`` runs the reference on
-the same chunk; tests/analytics/test_ledger_fast.py compares them). Every
-attributed message records the tenancy rules' version (``attributed.rules_version``).
+integer-coded (``read_chunk``) and attributed by the compiled kernel
+(``ledger.attribute_chunk``), which gives the reference's rows
+(``reference_chunk`` runs ``ledger.attribute`` on the same chunk;
+tests/analytics/test_ledger_fast.py compares them). Every attributed message
+records the tenancy rules' version (``attributed.rules_version``).
 """
 
 from __future__ import annotations
@@ -20,16 +21,14 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from gpuledger.analytics import fastledger
 from gpuledger.analytics.hourly import mark_pending, refresh_hourly
-from gpuledger.analytics import kinds as K
 from gpuledger.analytics.kinds import UNATTRIBUTED_TENANT
-from gpuledger.analytics.ledger import LEDGER_COLUMNS, MSG, attribute
+from gpuledger.analytics.ledger import LEDGER_COLUMNS, MSG, Chunk, attribute, attribute_chunk, device_idents
 from gpuledger.analytics.tenancy import SLURM_PREFIX, TenancyRules
 from gpuledger.store import Store
 
 _PENDING = """
-SELECT m.agent_id, m.boot_id, m.seq, m.allocations_unavailable IS NOT NULL AS holders_unknown FROM messages m
+SELECT m.agent_id, m.boot_id, m.seq FROM messages m
 ANTI JOIN attributed a USING (agent_id, boot_id, seq)
 ORDER BY m.interval_start_ns, m.agent_id, m.seq
 """
@@ -67,8 +66,7 @@ def run_attribution(
     total = pending.height
     for start in range(0, total, chunk_messages):
         keys = pending.slice(start, chunk_messages)
-        ledger = holders_unknown(_attribute_chunk(store, keys.select(MSG), tenants),
-                                 keys.filter("holders_unknown").select(MSG))
+        ledger = attribute_chunk(read_chunk(store, keys, tenants)).frame()
         with store.transaction() as tx:
             tx.append("ledger", ledger)
             tx.append("attributed", keys.select(MSG).with_columns(rules_version=pl.lit(rules.version)))
@@ -80,46 +78,6 @@ def run_attribution(
     return result
 
 
-def holders_unknown(ledger: pl.DataFrame, flagged: pl.DataFrame) -> pl.DataFrame:
-    """Re-home the unallocated idle of messages whose agent could not read the allocations
-    (``flagged``: their keys): unknown holders, not nobody.
-
-    Per GPU unit (message, GPU, MIG device) of such a message, the pods that ran
-    processes on it held it, so its unallocated idle (GPU-seconds and joules) goes
-    to them in equal parts as ``allocated_idle`` (rule ``idle_process_holders``);
-    a unit without such a pod keeps its idle on ``platform`` under the rule
-    ``allocations_unavailable``. Sums per unit are unchanged.
-    """
-    if flagged.is_empty() or ledger.is_empty():
-        return ledger
-    unit = [*MSG, "gpu_index", "mig_index"]
-    keys = ledger.select(pl.col(c).cast(flagged.schema[c]) for c in MSG)  # the frame's strings are Enum
-    hit = keys.join(flagged.with_columns(_hit=pl.lit(True)), on=MSG, how="left",
-                    maintain_order="left")["_hit"].fill_null(False)
-    dtypes = ledger.schema
-    rule, kind = pl.col("rule").cast(pl.String), pl.col("kind").cast(pl.String)
-    marked = ledger.with_columns(_hit=hit)
-    moved = marked.filter(pl.col("_hit") & (rule == K.RULE_UNALLOCATED)).drop("_hit")
-    if moved.is_empty():
-        return ledger
-    holders = (marked.filter(pl.col("_hit") & (kind == K.BUSY) & pl.col("pod").is_not_null())
-               .select(*unit, "tenant", "namespace", "pod").unique(maintain_order=True))
-    holders = holders.join(holders.group_by(unit).len(), on=unit)
-    split = (moved.drop("tenant", "namespace", "pod").join(holders, on=unit, maintain_order="left")
-             .with_columns(pl.col("gpu_seconds", "energy_j") / pl.col("len"),
-                           kind=pl.lit(K.ALLOCATED_IDLE), rule=pl.lit(K.RULE_IDLE_PROCESS_HOLDERS)))
-    unknown = moved.join(holders.select(unit).unique(), on=unit, how="anti").with_columns(
-        rule=pl.lit(K.RULE_HOLDERS_UNKNOWN))
-    kept = marked.filter(~(pl.col("_hit") & (rule == K.RULE_UNALLOCATED))).drop("_hit")
-    return pl.concat([frame.select(pl.col(c).cast(dtypes[c]) for c in ledger.columns)
-                      for frame in (kept, split, unknown)])
-
-
-def _attribute_chunk(store: Store, keys: pl.DataFrame, tenants: pl.LazyFrame) -> pl.DataFrame:
-    """One chunk's ledger rows by the integer-coded kernel (``fastledger``; same rows as ``attribute``)."""
-    return fastledger.ledger(read_chunk(store, keys, tenants)).frame()
-
-
 def _window(store: Store) -> str:
     """SQL filter on the chunk's interval starts: lets DuckDB skip row groups by their min/max (zone maps)."""
     lo, hi = store.query("SELECT min(interval_start_ns) AS lo, max(interval_start_ns) AS hi FROM messages "
@@ -127,12 +85,13 @@ def _window(store: Store) -> str:
     return "TRUE" if lo is None else f"t.interval_start_ns BETWEEN {int(lo)} AND {int(hi)}"
 
 
-def read_chunk(store: Store, keys: pl.DataFrame, tenants: pl.LazyFrame) -> fastledger.Chunk:
-    """The chunk's rows as a ``fastledger.Chunk``: integer codes are made in DuckDB, no per-row string leaves it.
+def read_chunk(store: Store, keys: pl.DataFrame, tenants: pl.LazyFrame) -> Chunk:
+    """The chunk's rows as a ``ledger.Chunk``: integer codes are made in DuckDB, no per-row string leaves it.
 
     Message keys become the ordinal ``m`` of ``keys`` (a join on the registered
-    keys); pod uids (Slurm processes: ``slurm:<job id>``) become owner codes, rows
-    of the tenant table, with namespace and pod name from ``pods``. Only the
+    keys), with whether their agent could read the allocations; pod uids (Slurm
+    processes: ``slurm:<job id>``) become owner codes, rows of the tenant table,
+    with namespace and pod name from ``pods``. Only the
     needed columns are read, sorted the way the kernel expects (message, GPU,
     MIG device, owner). A chunk naming a pod the tenant table lacks is coded
     with a dictionary of its own rows instead (slower, same ledger).
@@ -141,6 +100,9 @@ def read_chunk(store: Store, keys: pl.DataFrame, tenants: pl.LazyFrame) -> fastl
     store.con.register("_chunk", msgs.to_arrow())
     try:
         window = _window(store)
+        messages = store.query(
+            "SELECT k.agent_id, k.boot_id, k.seq, m.allocations_unavailable IS NOT NULL AS holders_unknown "
+            "FROM _chunk k LEFT JOIN messages m USING (agent_id, boot_id, seq) ORDER BY k.m")
         devices = store.query(
             "SELECT k.m, t.gpu_index, t.mig_index, t.interval_start_ns, t.interval_end_ns, t.slice_fraction, "
             "t.gpu_util, t.gr_engine_active, t.util_samples, t.energy_delta_mj, t.node, t.uuid, t.model, t.profile "
@@ -150,9 +112,9 @@ def read_chunk(store: Store, keys: pl.DataFrame, tenants: pl.LazyFrame) -> fastl
     finally:
         store.con.unregister("_chunk")
     processes, allocations, owners = coded
-    devices, idents = fastledger.identify(devices)
-    return fastledger.Chunk(messages=msgs.drop("m"), idents=idents, devices=devices, processes=processes,
-                            allocations=allocations, owners=owners)
+    devices, idents = device_idents(devices)
+    return Chunk(messages=messages, idents=idents, devices=devices, processes=processes, allocations=allocations,
+                 owners=owners)
 
 
 _PROC_OWNER = f"coalesce(t.pod_uid, '{SLURM_PREFIX}' || t.slurm_job)"  # a Slurm process is owned by its job
@@ -233,13 +195,17 @@ def _coded_by_chunk(store: Store, window: str, tenants: pl.LazyFrame
 
 
 def read_frames(store: Store, keys: pl.DataFrame) -> dict[str, pl.DataFrame]:
-    """The chunk's store-shaped frames, as ``ledger.attribute`` reads them (the reference path)."""
+    """The chunk's store-shaped frames, as ``ledger.attribute`` reads them (the reference path);
+    ``allocations_unavailable``: the keys of the messages whose agent could not read the allocations."""
     store.con.register("_chunk", keys.select(MSG).to_arrow())
     try:
         frames = {
             table: store.query(f"SELECT t.* FROM {table} t SEMI JOIN _chunk k USING (agent_id, boot_id, seq)")
             for table in ("devices", "allocations")
         }
+        frames["allocations_unavailable"] = store.query(
+            "SELECT agent_id, boot_id, seq FROM messages SEMI JOIN _chunk k USING (agent_id, boot_id, seq) "
+            "WHERE allocations_unavailable IS NOT NULL")
         # A Slurm process (no pod) is owned by its job: key it like a pod, "slurm:<job id>".
         frames["processes"] = store.query(
             f"SELECT t.* REPLACE (coalesce(t.pod_uid, '{SLURM_PREFIX}' || t.slurm_job) AS pod_uid) "
@@ -254,6 +220,5 @@ def read_frames(store: Store, keys: pl.DataFrame) -> dict[str, pl.DataFrame]:
 def reference_chunk(store: Store, keys: pl.DataFrame, tenants: pl.LazyFrame) -> pl.DataFrame:
     """The same chunk by ``ledger.attribute`` (the readable reference; tests compare the two)."""
     f = read_frames(store, keys)
-    return attribute(f["devices"].lazy(), f["processes"].lazy(), f["allocations"].lazy(), tenants).select(
-        LEDGER_COLUMNS
-    ).collect()
+    return attribute(f["devices"].lazy(), f["processes"].lazy(), f["allocations"].lazy(), tenants,
+                     f["allocations_unavailable"].lazy()).select(LEDGER_COLUMNS).collect()
