@@ -8,6 +8,7 @@ import os
 import pkgutil
 import platform
 import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,10 +35,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --json {args.json} is a file\nhint: give a directory; each benchmark writes DIR/<name>.json",
               file=sys.stderr)
         return 2
+    selected = args.only or names
+    if len(selected) > 1:
+        return _each_in_its_own_process(selected, args.quick, args.json)
     command = shlex.join(["python", "-m", "benchmarks", *(argv if argv is not None else sys.argv[1:])])
     print(f"# {platform.node()} {platform.machine()} {os.cpu_count()} CPUs, Python {platform.python_version()}, "
           f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}, load average {' '.join(map(str, result.load_average()))}")
-    for name in args.only or names:
+    for name in selected:
         module = importlib.import_module(f"benchmarks.bench_{name}")
         print(f"\n## {name}")
         doc = result.run_benchmark(name, module, quick=args.quick, command=command, on_row=_print_row)
@@ -46,6 +50,25 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  target: {t['what']} {t['op']} {t['value']:g} {t['unit']}: measured {t['measured']} ({verdict})")
         if args.json is not None:
             print(f"  wrote {result.write(doc, args.json)}")
+    return 0
+
+
+def _each_in_its_own_process(names: list[str], quick: bool, json_dir: Path | None) -> int:
+    """Run each benchmark in a fresh interpreter, one after the other.
+
+    Linux keeps a process's peak RSS (``ru_maxrss``) across exec, and the benchmarks that report peak
+    memory measure it in spawned children: in one long-lived runner, a child would start at the peak of
+    every benchmark run before it. A fresh runner per benchmark keeps each figure its own.
+    """
+    failed = []
+    for name in names:
+        flags = [*(["--quick"] if quick else []), *(["--json", str(json_dir)] if json_dir is not None else [])]
+        if subprocess.run([sys.executable, "-m", "benchmarks", *flags, name], check=False).returncode != 0:
+            failed.append(name)
+    if failed:
+        print(f"error: benchmark(s) failed: {', '.join(failed)}\nhint: run one alone to see its traceback: "
+              f"python -m benchmarks {failed[0]}", file=sys.stderr)
+        return 1
     return 0
 
 

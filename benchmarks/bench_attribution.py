@@ -7,7 +7,9 @@ representative slice -- ``chunks`` chunks of ``gpus`` GPUs x ``ticks`` ticks,
 ~4 processes per GPU-interval (1-8, a time-sliced mix), store-shaped columns
 (string message keys, pod uids) -- and the month is extrapolated from the
 measured rate (rows / rate), stating the slice. Every variant runs in its own
-spawned process, so its peak RSS (``ru_maxrss``) is its own, and first
+spawned process, so its peak RSS (``ru_maxrss``) is its own (plus the
+runner's ~60 MB at spawn: Linux keeps ``ru_maxrss`` across exec, which is
+also why ``python -m benchmarks`` runs each benchmark in a fresh runner), and first
 attributes one untimed chunk of the same size (thread pools, caches and the
 allocator settle alike for all, as after a streamed month's first chunk; for
 the fast variants this also loads the compiled kernel from Numba's cache, or

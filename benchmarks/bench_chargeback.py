@@ -3,7 +3,8 @@
 A synthetic month of ledger rows (``gpus`` H100/A100 GPUs x ``ticks``
 intervals spread evenly over October 2026 x 3 rows each: a busy tenant, an
 idle holder, the unallocated remainder; 40 tenants) is written to a DuckDB
-file; then, each timed once in a spawned process (its own peak RSS):
+file; then, each timed once in a spawned process (its own peak RSS, plus the
+runner's ~60 MB at spawn: Linux keeps ``ru_maxrss`` across exec):
 
 - ``preview``: ``closing.export`` of the open month (ledger read, pricing,
   allocation, CSV and Parquet built);
