@@ -80,7 +80,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
                 tables.append(compare(sim, store))
                 store.close()
             table = pl.concat(tables)
-            row: dict[str, Any] = {"scenario": name, "tick_s": tick, "hours": horizon / 3600, "seeds": len(seeds),
+            row: dict[str, Any] = {"scenario": name, "tick_s": tick, "hours": round(horizon / 3600, 3), "seeds": len(seeds),
                                    "tenants": int((table["true_s"] >= MIN_TRUE_S).sum())}
             for label, col in (("ledger", "ledger_s"), ("request", "request_s"), ("dev_x_req", "dev_x_req_s")):
                 mean, worst = errors(table, col)

@@ -93,7 +93,8 @@ def _verdict(target: Mapping[str, Any]) -> str:
 
 
 def _goal(target: Mapping[str, Any]) -> str:
-    return f"{target['op']} {fmt(target['value'])} {target['unit']}"
+    op = {"<=": "≤", ">=": "≥"}.get(target["op"], target["op"])
+    return f"{op} {fmt(target['value'])} {target['unit']}"
 
 
 def _measured(target: Mapping[str, Any]) -> str:
@@ -137,7 +138,7 @@ def _figures(result: Mapping[str, Any]) -> list[str]:
 
 def _section(result: Mapping[str, Any]) -> list[str]:
     m, git = result["machine"], result["git"]
-    commit = f"`{git['commit'][:10]}`" + (" (with uncommitted changes)" if git["dirty"] else "") \
+    commit = f"`{git['commit'][:10]}`" + (" (with uncommitted changes to the measured code)" if git["dirty"] else "") \
         if git.get("commit") else "— (not run from a git checkout)"
     before = " / ".join(fmt(x) for x in m["load_avg_before"])
     after = " / ".join(fmt(x) for x in m["load_avg_after"])

@@ -12,7 +12,7 @@ figure is written down once. Schema version 1::
       "mode": "quick" | "full",                   # --quick: smaller sizes, a smoke run
       "command": "python -m benchmarks --quick --json benchmarks/results ingest",
       "started_utc": "2026-12-03T21:10:00Z", "wall_s": 123.4,
-      "git": {"commit": "<40 hex>" | null, "dirty": false | null},   # dirty ignores benchmarks/results/
+      "git": {"commit": "<40 hex>" | null, "dirty": false | null},   # dirty: the measured code differed
       "machine": {"cpus": 2, "cpu_model": "...", "ram_gib": 23.4, "platform": "...", "python": "3.11.2",
                   "load_avg_before": [1.2, 0.9, 0.8], "load_avg_after": [...]},   # 1, 5, 15 min
       "packages": {"duckdb": "1.4.2", ...},
@@ -104,14 +104,19 @@ def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+#: What a run measures: a change here (uncommitted) makes the run's commit not the code that ran.
+#: Docs, tests, the stored results and the report generator do not change a figure.
+MEASURED_PATHS = ("gpuledger", "benchmarks", "pyproject.toml", ":(exclude)benchmarks/results",
+                  ":(exclude)benchmarks/report.py")
+
+
 def git_state(root: Path = ROOT) -> dict[str, Any]:
-    """The commit measured and whether the tree differed from it (results/ aside); nulls outside git."""
+    """The commit measured and whether the measured code (MEASURED_PATHS) differed from it; nulls outside git."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                                 check=True, timeout=30).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-                                 ":(exclude)benchmarks/results"], cwd=root, capture_output=True, text=True,
-                                check=True, timeout=30).stdout
+        status = subprocess.run(["git", "status", "--porcelain", "--", *MEASURED_PATHS], cwd=root,
+                                capture_output=True, text=True, check=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
     return {"commit": commit, "dirty": bool(status.strip())}
