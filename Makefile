@@ -4,12 +4,14 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench soak setup clean help
+.PHONY: demo test bench bench-json bench-doc soak setup clean help
 
 help:
 	@echo "make demo   simulate a 32-GPU fleet for a day through the whole pipeline, then serve the API"
 	@echo "make test   set up and run the whole test suite"
 	@echo "make bench  run the benchmarks under benchmarks/"
+	@echo "make bench-json  run them, store each result in benchmarks/results/ and regenerate docs/benchmarks.md"
+	@echo "make bench-doc   regenerate docs/benchmarks.md and the README's status table from benchmarks/results/"
 	@echo "make soak   run the agent for 3,600 ticks against the simulator; fails if its memory grows"
 
 $(STAMP): pyproject.toml
@@ -29,6 +31,13 @@ test: setup
 
 bench: setup
 	$(PY) -m benchmarks $(BENCH_ARGS)
+
+bench-json: setup
+	$(PY) -m benchmarks --json benchmarks/results $(BENCH_ARGS)
+	$(PY) -m benchmarks.report
+
+bench-doc: setup
+	$(PY) -m benchmarks.report
 
 soak: setup
 	$(PY) -m benchmarks.soak_agent $(SOAK_ARGS)

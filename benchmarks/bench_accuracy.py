@@ -30,6 +30,18 @@ from gpuledger.sim.fleetsim import FleetSim, demo_fleet
 from gpuledger.sim.spec import Quirks
 from gpuledger.sim.accuracy import MIN_TRUE_S, compare, errors, simulate
 
+from benchmarks.result import Target
+
+UNITS = {
+    "tick_s": "s", "hours": "h", "seeds": "count", "tenants": "count",
+    "ledger_mean_pct": "%", "ledger_worst_pct": "%", "request_mean_pct": "%", "request_worst_pct": "%",
+    "dev_x_req_mean_pct": "%", "dev_x_req_worst_pct": "%", "wall_s": "s",
+}
+TARGETS = (
+    Target("worst tenant's busy GPU-seconds error, time-sliced GPUs, 10 s tick", "ledger_worst_pct", "<=", 1.0,
+           "%", "issue 5", {"scenario": "timeslice 2-8 pods", "tick_s": 10.0}),
+)
+
 
 def scenarios(quick: bool) -> list[tuple[str, Any]]:
     """(name, builder(seed, horizon_s) -> FleetSim)."""
@@ -47,11 +59,16 @@ def scenarios(quick: bool) -> list[tuple[str, Any]]:
     return out[:3] if quick else out
 
 
+def parameters(quick: bool) -> dict[str, Any]:
+    return {"horizon_s": 1200.0 if quick else 3600.0, "ticks_s": [10.0] if quick else [1.0, 10.0, 60.0],
+            "seeds": [7] if quick else [7, 8, 9], "scenarios": [name for name, _ in scenarios(quick)],
+            "min_true_busy_s": MIN_TRUE_S}
+
+
 def run(quick: bool = False) -> list[dict[str, Any]]:
     """One row per scenario and tick; errors pooled over the tenants of every seed."""
-    horizon = 1200.0 if quick else 3600.0
-    ticks = (10.0,) if quick else (1.0, 10.0, 60.0)
-    seeds = (7,) if quick else (7, 8, 9)
+    params = parameters(quick)
+    horizon, ticks, seeds = params["horizon_s"], params["ticks_s"], params["seeds"]
     rows = []
     for name, build in scenarios(quick):
         for tick in ticks:
@@ -63,7 +80,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
                 tables.append(compare(sim, store))
                 store.close()
             table = pl.concat(tables)
-            row: dict[str, Any] = {"scenario": name, "tick_s": tick, "hours": horizon / 3600, "seeds": len(seeds),
+            row: dict[str, Any] = {"scenario": name, "tick_s": tick, "hours": round(horizon / 3600, 3), "seeds": len(seeds),
                                    "tenants": int((table["true_s"] >= MIN_TRUE_S).sum())}
             for label, col in (("ledger", "ledger_s"), ("request", "request_s"), ("dev_x_req", "dev_x_req_s")):
                 mean, worst = errors(table, col)

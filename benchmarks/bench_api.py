@@ -39,6 +39,19 @@ import numpy as np
 import polars as pl
 from gpuledger.analytics import kinds as K
 
+from benchmarks.result import Target
+
+UNITS = {
+    "gpus": "count", "tenants": "count", "days": "d", "ledger_rows": "rows", "build_s": "s",
+    "latency_ms": "ms", "second_request_ms": "ms", "clients": "count", "seconds": "s", "requests": "count",
+    "errors": "count", "p50_ms": "ms", "p99_ms": "ms", "max_ms": "ms", "throughput_rps": "req/s", "cpus": "count",
+    "server_cpu_ms_per_request": "ms CPU", "load_avg_1m": "load", "hourly_rows": "rows", "rollup_build_s": "s",
+    "cold_from_rollups_ms": "ms", "cold_from_ledger_ms": "ms", "same_answer": "bool",
+}
+TARGETS = (
+    Target("monthly showback by tenant, p99 latency at 50 concurrent clients (wrk)", "p99_ms", "<", 50.0, "ms",
+           "issue 6", {"case": "load_wrk"}),
+)
 MONTH_START = 1_790_812_800 * 10**9  # 2026-10-01T00:00:00Z in ns
 HOUR_NS = 3_600 * 10**9
 MODELS = ("NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB", "NVIDIA L4")
@@ -115,13 +128,20 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def parameters(quick: bool) -> dict[str, Any]:
+    return {"gpus": 100 if quick else 1000, "days": 7 if quick else 31, "tenants": 50, "clients": 50,
+            "seconds": 3.0 if quick else 15.0, "tick_case_gpus": 16 if quick else 100,
+            "tick_case_days": 1 if quick else 2, "tick_case_tick_s": 10}
+
+
 def run(quick: bool) -> list[dict[str, Any]]:
     from gpuledger.api.tokens import create_token
 
     from gpuledger.store import Store
 
-    n_gpus, days, tenants, concurrency = (100, 7, 50, 50) if quick else (1000, 31, 50, 50)
-    seconds = 3.0 if quick else 15.0
+    params = parameters(quick)
+    n_gpus, days, tenants, concurrency = params["gpus"], params["days"], params["tenants"], params["clients"]
+    seconds = params["seconds"]
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "bench.duckdb"
         t0 = time.perf_counter()
@@ -176,7 +196,7 @@ def _cold_at_tick(repo: Path, quick: bool) -> dict[str, Any]:
 
     from gpuledger.store import Store
 
-    n_gpus, days = (16, 1) if quick else (100, 2)
+    n_gpus, days = parameters(quick)["tick_case_gpus"], parameters(quick)["tick_case_days"]
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "tick.duckdb"
         ledger = synthetic_ledger(n_gpus, days * 24, 20, seed=2, tick_s=10)

@@ -7,7 +7,9 @@ representative slice -- ``chunks`` chunks of ``gpus`` GPUs x ``ticks`` ticks,
 ~4 processes per GPU-interval (1-8, a time-sliced mix), store-shaped columns
 (string message keys, pod uids) -- and the month is extrapolated from the
 measured rate (rows / rate), stating the slice. Every variant runs in its own
-spawned process, so its peak RSS (``ru_maxrss``) is its own, and first
+spawned process, so its peak RSS (``ru_maxrss``) is its own (plus the
+runner's ~60 MB at spawn: Linux keeps ``ru_maxrss`` across exec, which is
+also why ``python -m benchmarks`` runs each benchmark in a fresh runner), and first
 attributes one untimed chunk of the same size (thread pools, caches and the
 allocator settle alike for all, as after a streamed month's first chunk; for
 the fast variants this also loads the compiled kernel from Numba's cache, or
@@ -54,6 +56,19 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from benchmarks.result import Target
+
+UNITS = {
+    "process_rows": "rows", "ledger_rows": "rows", "seconds": "s", "rows_per_s_M": "M rows/s",
+    "cpu_s": "CPU-s", "rows_per_cpu_s_M": "M rows/CPU-s", "peak_rss_mb": "MiB", "month_1e9_rows_min": "min",
+}
+TARGETS = (
+    Target("compiled ledger kernel, process-interval rows per second (wall)", "rows_per_s_M", ">=", 30.0,
+           "M rows/s", "issue 5", {"variant": "fast_kernel"}),
+    Target("attribution job end to end (read, attribute, write), rows per second (wall)", "rows_per_s_M", ">=", 5.0,
+           "M rows/s", "issue 14", {"variant": "job"}),
+    Target("attribution job peak memory (4 GB)", "peak_rss_mb", "<", 3815.0, "MiB", "issue 5", {"variant": "job"}),
+)
 MONTH_ROWS = 1_000 * 259_200 * 3.9  # process-intervals in a month of 1,000 GPUs at 10 s
 VARIANTS = ("polars_naive", "duckdb_sql", "fast_kernel", "fast_kernel_2t", "fast_ledger", "fast_ledger_2t",
             "fast_from_strings",
@@ -287,8 +302,15 @@ def measure(variant: str, gpus: int, ticks: int, chunks: int) -> dict[str, Any]:
     return got
 
 
-def run(quick: bool = False) -> list[dict[str, Any]]:
+def parameters(quick: bool) -> dict[str, Any]:
     gpus, ticks, chunks = (200, 60, 2) if quick else (1000, 360, 4)  # full: 1,000 GPUs x 1 h per chunk
+    return {"gpus": gpus, "ticks": ticks, "tick_s": 10, "chunks": chunks, "month_rows": MONTH_ROWS,
+            "variants": list(VARIANTS)}
+
+
+def run(quick: bool = False) -> list[dict[str, Any]]:
+    params = parameters(quick)
+    gpus, ticks, chunks = params["gpus"], params["ticks"], params["chunks"]
     rows = []
     for variant in VARIANTS:
         r = measure(variant, gpus, ticks, chunks)

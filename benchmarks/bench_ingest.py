@@ -58,6 +58,20 @@ from gpuledger.ingest.segments import SegmentWriter
 from gpuledger.store import Store
 from gpuledger.transport import KafkaPublisher, KafkaSubscriber
 
+from benchmarks.result import Target
+
+UNITS = {
+    "messages": "count", "seconds": "s", "msgs_per_s": "msg/s", "rows_per_s": "rows/s",
+    "sample_rows_per_s": "rows/s", "MB_per_s": "MB/s", "cpu": "CPU-s/s", "x": "x",
+    "bytes_per_msg_wire": "B", "bytes_per_msg_json": "B", "rows_per_msg": "rows", "sample_rows_per_msg": "rows",
+    "cpus": "count",
+}
+TARGETS = (
+    Target("one worker into a DuckDB file (default: opened per flush), sample rows per second", "sample_rows_per_s",
+           ">=", 1_000_000, "rows/s", "issue 4", {"variant": "gpuledger_release_file"}),
+    Target("one worker into Parquet segments, sample rows per second", "sample_rows_per_s", ">=", 1_000_000,
+           "rows/s", "issue 4", {"variant": "gpuledger_segments"}),
+)
 GPUS, PROCS_PER_GPU = 8, 4
 BATCH = 5000  # records per flush: run_ingest's default (ingest_batch_max)
 FETCH = {"fetch_max_bytes": 64 * 2**20, "max_partition_fetch_bytes": 16 * 2**20, "fetch_min_bytes": 1}
@@ -224,8 +238,14 @@ def consume(bootstrap: str, topic: str, expect: int, handle: Callable[[list[Any]
         sub.close()
 
 
-def run(quick: bool) -> list[dict[str, Any]]:
+def parameters(quick: bool) -> dict[str, Any]:
     n_nodes, ticks = (250, 48) if quick else (500, 60)
+    return {"nodes": n_nodes, "ticks": ticks, "messages": n_nodes * ticks, "gpus_per_node": GPUS,
+            "processes_per_gpu": PROCS_PER_GPU, "flush_records": BATCH, "compression": "zstd"}
+
+
+def run(quick: bool) -> list[dict[str, Any]]:
+    n_nodes, ticks = parameters(quick)["nodes"], parameters(quick)["ticks"]
     rng = np.random.default_rng(1)
     messages = [node_message(n, t, rng) for t in range(ticks) for n in range(n_nodes)]
     encoded = [wire.encode(m) for m in messages]

@@ -40,6 +40,18 @@ from gpuledger.ingest.batch import decode_batch
 from gpuledger.ingest.segments import SegmentWriter
 from gpuledger.store import Store
 
+from benchmarks.result import Target
+
+UNITS = {
+    "gpus": "count", "hours": "h", "values": "count", "bytes": "B", "bytes_per_gpu_day": "B",
+    "bytes_per_value": "B", "duckdb_x": "x", "duckdb_compacted_x": "x", "parquet_x": "x",
+}
+TARGETS = (
+    Target("raw samples, bytes per stored value, live DuckDB file / Prometheus TSDB", "duckdb_x", "<=", 1.0, "x",
+           "issue 4", {"store": "ratio_to_prometheus"}),
+    Target("raw samples, bytes per stored value, Parquet segments / Prometheus TSDB", "parquet_x", "<=", 1.0, "x",
+           "issue 4", {"store": "ratio_to_prometheus"}),
+)
 TICK_S = 10
 START_S = 1_790_812_800  # 2026-10-01T00:00:00Z
 DCGM = {  # wire column -> DCGM exporter metric name
@@ -139,8 +151,13 @@ def store_prometheus(values: dict[str, np.ndarray], gpus: int, ticks: int, tmp: 
     return sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
 
 
-def run(quick: bool) -> list[dict[str, Any]]:
+def parameters(quick: bool) -> dict[str, Any]:
     gpus, hours = (16, 6) if quick else (16, 24)
+    return {"gpus": gpus, "hours": hours, "tick_s": TICK_S, "metrics": len(DCGM)}
+
+
+def run(quick: bool) -> list[dict[str, Any]]:
+    gpus, hours = parameters(quick)["gpus"], parameters(quick)["hours"]
     ticks = hours * 3600 // TICK_S
     values = series(gpus, ticks)
     n_values = gpus * ticks * len(DCGM)

@@ -26,3 +26,10 @@ def test_every_wire_field_is_documented() -> None:
 def test_readme_shows_the_two_commands() -> None:
     readme = (ROOT / "README.md").read_text()
     assert "make demo" in readme and "make test" in readme
+
+
+def test_readme_fits_on_a_page_and_indexes_every_doc() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 150, "the README is a page: move detail into docs/"
+    unlisted = sorted(p.name for p in (ROOT / "docs").glob("*.md") if f"(docs/{p.name})" not in readme)
+    assert not unlisted, f"add these to the README's documentation index: {unlisted}"
