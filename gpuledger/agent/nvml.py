@@ -119,12 +119,18 @@ class NvmlBackend:
         return bus.decode() if isinstance(bus, bytes) else str(bus)
 
     def memory_info(self, i: int) -> MemoryInfo:
+        handle = self._h(i)
         try:
-            mem = _call(self._nv.nvmlDeviceGetMemoryInfo, self._h(i), self._nv.nvmlMemory_v2)
+            mem = self._nv.nvmlDeviceGetMemoryInfo(handle, self._nv.nvmlMemory_v2)
             return MemoryInfo(int(mem.total), int(mem.used), int(mem.free), int(mem.reserved))
-        except NotSupported:  # pre-R510 drivers: v1 has no reserved field
-            mem = _call(self._nv.nvmlDeviceGetMemoryInfo, self._h(i))
-            return MemoryInfo(int(mem.total), int(mem.used), int(mem.free), None)
+        except pynvml.NVMLError as exc:
+            # pre-R510 drivers lack the nvmlDeviceGetMemoryInfo_v2 symbol (FUNCTION_NOT_FOUND) or
+            # refuse the struct version: v1, which has no reserved field (its used includes it)
+            if getattr(exc, "value", None) not in (pynvml.NVML_ERROR_NOT_SUPPORTED, pynvml.NVML_ERROR_FUNCTION_NOT_FOUND,
+                                                   pynvml.NVML_ERROR_ARGUMENT_VERSION_MISMATCH):
+                raise _translate(exc) from None
+        mem = _call(self._nv.nvmlDeviceGetMemoryInfo, handle)
+        return MemoryInfo(int(mem.total), int(mem.used), int(mem.free), None)
 
     def utilization_samples(self, i: int, since_us: int) -> ValueSamples:
         try:
@@ -186,8 +192,8 @@ class NvmlBackend:
             try:
                 procs = getter(handle)
                 break
-            except pynvml.NVMLError_FunctionNotFound as exc:
-                last = exc
+            except (pynvml.NVMLError_FunctionNotFound, pynvml.NVMLLibraryMismatchError) as exc:
+                last = exc  # pynvml's unversioned call raises LibraryMismatch when the _v3 symbol is missing
             except pynvml.NVMLError as exc:
                 raise _translate(exc) from None
         else:
