@@ -126,7 +126,8 @@ class NvmlBackend:
         except pynvml.NVMLError as exc:
             # pre-R510 drivers lack the nvmlDeviceGetMemoryInfo_v2 symbol (FUNCTION_NOT_FOUND) or
             # refuse the struct version: v1, which has no reserved field (its used includes it)
-            if getattr(exc, "value", None) not in (pynvml.NVML_ERROR_NOT_SUPPORTED, pynvml.NVML_ERROR_FUNCTION_NOT_FOUND,
+            if getattr(exc, "value", None) not in (pynvml.NVML_ERROR_NOT_SUPPORTED,
+                                                   pynvml.NVML_ERROR_FUNCTION_NOT_FOUND,
                                                    pynvml.NVML_ERROR_ARGUMENT_VERSION_MISMATCH):
                 raise _translate(exc) from None
         mem = _call(self._nv.nvmlDeviceGetMemoryInfo, handle)
