@@ -219,6 +219,29 @@ def test_a_driver_without_any_process_list_symbol_says_not_supported_not_empty(l
         b.compute_processes(0)
 
 
+def test_processes_and_samples_that_arrive_between_the_size_query_and_the_fill(load, tmp_path) -> None:
+    fake = load()
+    b, node = fake.backend(), fake.node
+    fake.advance(20)
+    i = next(i for i in range(8) if not node.mig_devices(i) and len(node.process_samples(i, 0).pid))
+    last = int(b.process_samples(i, 0).timestamp_us.max())
+    # 1. three processes start between pynvml's size query and its fill: it oversizes (2n + 5)
+    grown = tmp_path / "grown.txt"
+    fakenvml.write(grown, node, {i: ["proc 90001 1048576", "proc 90002 1048576", "proc 90003 1048576"]})
+    fake.lib.fakeNvmlSwitchAfterSizeQuery(str(grown).encode())
+    assert [p.pid for p in b.compute_processes(i)][-3:] == [90001, 90002, 90003]
+    # 2. samples arrive between the two ProcessesUtilizationInfo calls (pynvml does not oversize):
+    #    the fill answers INSUFFICIENT_SIZE and the agent asks again
+    fake.sim.advance(3)
+    fakenvml.write(grown, node)  # the library reads grown.txt since the switch: 3 s of new samples
+    fake.sim.advance(3)
+    later = tmp_path / "later.txt"  # ... and 3 s more by the time pynvml fills its buffer
+    fakenvml.write(later, node)
+    fake.lib.fakeNvmlSwitchAfterSizeQuery(str(later).encode())
+    got = b.process_samples(i, last)
+    assert len(got.pid) and got.timestamp_us.tolist() == node.process_samples(i, last).timestamp_us.tolist()
+
+
 def test_energy_counter_reset_and_a_missing_energy_symbol(load) -> None:
     fake = load()
     sampler = Sampler(fake.backend(), fake.node, node="n0")

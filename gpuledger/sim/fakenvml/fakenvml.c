@@ -116,6 +116,7 @@ static char driver[80] = "0.0";
 static unsigned long long now_us;
 static char global_fail_fn[MAX_FAILS][64]; static int global_fail_code[MAX_FAILS]; static int n_global_fail;
 static char path[4096];
+static char next_path[4096]; /* test hook: the scenario to switch to after the next size query */
 static struct stat seen;
 static struct { char name[64]; unsigned long n; } calls[128];
 static int n_calls;
@@ -235,6 +236,17 @@ static nvmlReturn_t reload(void) {
     fclose(f);
     seen = st;
     return NVML_SUCCESS;
+}
+
+/* A size query just answered INSUFFICIENT_SIZE: if a test asked for it, the node changes now,
+ * between the caller's two calls (processes start, samples arrive), as it can on a real driver. */
+static nvmlReturn_t size_query(void) {
+    if (next_path[0]) {
+        snprintf(path, sizeof path, "%s", next_path);
+        next_path[0] = 0;
+        memset(&seen, 0, sizeof seen);
+    }
+    return NVML_ERROR_INSUFFICIENT_SIZE;
 }
 
 static int global_fail(const char *fn) {
@@ -448,8 +460,7 @@ nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t d, nvmlProcessUtilizat
     if (!processSamplesCount) LEAVE(NVML_ERROR_INVALID_ARGUMENT);
     size_t n = psamples_after(d, lastSeenTimeStamp), w = 0;
     if (!n) LEAVE(NVML_ERROR_NOT_FOUND);
-    if (!utilization || *processSamplesCount < n) { *processSamplesCount = (unsigned int)n;
-                                                   LEAVE(NVML_ERROR_INSUFFICIENT_SIZE); }
+    if (!utilization || *processSamplesCount < n) { *processSamplesCount = (unsigned int)n; LEAVE(size_query()); }
     for (size_t i = 0; i < d->psamp.n; i++) {
         const psample *s = &d->psamp.v[i];
         if (s->ts <= lastSeenTimeStamp) continue;
@@ -468,7 +479,7 @@ nvmlReturn_t nvmlDeviceGetProcessesUtilizationInfo(nvmlDevice_t d, nvmlProcesses
     if (!n) LEAVE(NVML_ERROR_NOT_FOUND);
     if (!info->procUtilArray || info->processSamplesCount < n) {
         info->processSamplesCount = (unsigned int)n;
-        LEAVE(NVML_ERROR_INSUFFICIENT_SIZE);
+        LEAVE(size_query());
     }
     for (size_t i = 0; i < d->psamp.n; i++) {
         const psample *s = &d->psamp.v[i];
@@ -485,7 +496,7 @@ nvmlReturn_t nvmlDeviceGetProcessesUtilizationInfo(nvmlDevice_t d, nvmlProcesses
 static nvmlReturn_t list_procs(const proc *p, size_t n, struct fake_dev *d, unsigned int *count,
                                nvmlProcessInfo_v2_t *infos) {
     if (!count) return NVML_ERROR_INVALID_ARGUMENT;
-    if (*count < n || (!infos && n)) { *count = (unsigned int)n; return NVML_ERROR_INSUFFICIENT_SIZE; }
+    if (*count < n || (!infos && n)) { *count = (unsigned int)n; return size_query(); }
     for (size_t i = 0; i < n; i++)
         infos[i] = (nvmlProcessInfo_v2_t){p[i].pid, p[i].mem, d->mig >= 0 ? d->gi : 0xFFFFFFFFu,
                                           d->mig >= 0 ? d->ci : 0xFFFFFFFFu};
@@ -671,9 +682,16 @@ unsigned long fakeNvmlCallCount(const char *name) {
 /* Forget calls, init references and event registrations: a fresh driver for the next test. */
 void fakeNvmlReset(void) {
     pthread_mutex_lock(&lock);
-    n_calls = 0; init_refs = 0;
+    n_calls = 0; init_refs = 0; next_path[0] = 0;
     memset(&event_set, 0, sizeof event_set);
     memset(&seen, 0, sizeof seen);
+    pthread_mutex_unlock(&lock);
+}
+
+/* After the next INSUFFICIENT_SIZE answer, read the scenario at `next` instead (a race test). */
+void fakeNvmlSwitchAfterSizeQuery(const char *next) {
+    pthread_mutex_lock(&lock);
+    snprintf(next_path, sizeof next_path, "%s", next ? next : "");
     pthread_mutex_unlock(&lock);
 }
 
