@@ -96,6 +96,19 @@ def _call(fn: Callable[..., T], *args: Any) -> T:
         raise _translate(exc) from None
 
 
+def _sized(fn: Callable[..., T], *args: Any) -> T:
+    """A pynvml call that sizes its buffer from a first C call and fills it in a second: samples or
+    processes that arrive in between make the second INSUFFICIENT_SIZE (nvml.h: call again with the
+    new count). pynvml does not retry; ask again, a few times."""
+    for attempt in range(3):
+        try:
+            return fn(*args)
+        except pynvml.NVMLError as exc:
+            if getattr(exc, "value", None) != pynvml.NVML_ERROR_INSUFFICIENT_SIZE or attempt == 2:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 class NvmlBackend:
     """GpuBackend over the local NVIDIA driver."""
 
@@ -156,12 +169,19 @@ class NvmlBackend:
         return bus.decode() if isinstance(bus, bytes) else str(bus)
 
     def memory_info(self, i: int) -> MemoryInfo:
+        handle = self._h(i)
         try:
-            mem = _call(self._nv.nvmlDeviceGetMemoryInfo, self._h(i), self._nv.nvmlMemory_v2)
+            mem = self._nv.nvmlDeviceGetMemoryInfo(handle, self._nv.nvmlMemory_v2)
             return MemoryInfo(int(mem.total), int(mem.used), int(mem.free), int(mem.reserved))
-        except NotSupported:  # pre-R510 drivers: v1 has no reserved field
-            mem = _call(self._nv.nvmlDeviceGetMemoryInfo, self._h(i))
-            return MemoryInfo(int(mem.total), int(mem.used), int(mem.free), None)
+        except pynvml.NVMLError as exc:
+            # pre-R510 drivers lack the nvmlDeviceGetMemoryInfo_v2 symbol (FUNCTION_NOT_FOUND) or
+            # refuse the struct version: v1, which has no reserved field (its used includes it)
+            if getattr(exc, "value", None) not in (pynvml.NVML_ERROR_NOT_SUPPORTED,
+                                                   pynvml.NVML_ERROR_FUNCTION_NOT_FOUND,
+                                                   pynvml.NVML_ERROR_ARGUMENT_VERSION_MISMATCH):
+                raise _translate(exc) from None
+        mem = _call(self._nv.nvmlDeviceGetMemoryInfo, handle)
+        return MemoryInfo(int(mem.total), int(mem.used), int(mem.free), None)
 
     def utilization_samples(self, i: int, since_us: int) -> ValueSamples:
         try:
@@ -180,7 +200,7 @@ class NvmlBackend:
         rows: Any = None
         if self._proc_util_v2.get(i, True):
             try:
-                rows = self._nv.nvmlDeviceGetProcessesUtilizationInfo(handle, since_us)
+                rows = _sized(self._nv.nvmlDeviceGetProcessesUtilizationInfo, handle, since_us)
                 self._proc_util_v2[i] = True
             except pynvml.NVMLError as exc:
                 code = getattr(exc, "value", None)
@@ -193,7 +213,7 @@ class NvmlBackend:
                     raise _translate(exc) from None
         if rows is None:
             try:
-                rows = self._nv.nvmlDeviceGetProcessUtilization(handle, since_us)
+                rows = _sized(self._nv.nvmlDeviceGetProcessUtilization, handle, since_us)
             except pynvml.NVMLError as exc:
                 if getattr(exc, "value", None) not in (pynvml.NVML_ERROR_NOT_FOUND, pynvml.NVML_SUCCESS):
                     raise _translate(exc) from None
@@ -221,10 +241,10 @@ class NvmlBackend:
         last: Exception | None = None
         for getter in getters:  # v3 -> v2 -> v1: older drivers lack the newer symbols
             try:
-                procs = getter(handle)
+                procs = _sized(getter, handle)
                 break
-            except pynvml.NVMLError_FunctionNotFound as exc:
-                last = exc
+            except (pynvml.NVMLError_FunctionNotFound, pynvml.NVMLLibraryMismatchError) as exc:
+                last = exc  # pynvml's unversioned call raises LibraryMismatch when the _v3 symbol is missing
             except pynvml.NVMLError as exc:
                 raise _translate(exc) from None
         else:

@@ -17,10 +17,12 @@ at least ``MIN_TRUE_S`` true busy GPU-seconds.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
 import polars as pl
 
 from gpuledger import wire
+from gpuledger.agent.backend import GpuBackend
 from gpuledger.agent.sampler import Sampler
 from gpuledger.sim.fleetsim import FleetSim
 from gpuledger.analytics import kinds as K
@@ -33,15 +35,25 @@ __all__ = ["MIN_TRUE_S", "compare", "errors", "simulate"]
 MIN_TRUE_S = 60.0  # tenants with less true busy time are too small for a relative error
 
 
-def simulate(sim: FleetSim, tick_s: float, horizon_s: float) -> Store:
-    """Run the agent path over ``horizon_s`` at ``tick_s`` into an in-memory Store, attributed."""
-    samplers = [Sampler(n, n, node=n.spec.name, boot_id="acc") for n in sim.nodes]
+def simulate(sim: FleetSim, tick_s: float, horizon_s: float, *, backends: Sequence[GpuBackend] | None = None,
+             after_advance: Callable[[], None] | None = None) -> Store:
+    """Run the agent path over ``horizon_s`` at ``tick_s`` into an in-memory Store, attributed.
+
+    ``backends``: one GPU backend per node in place of the simulator's own (e.g. NvmlBackend over
+    the fake libnvidia-ml, gpuledger.sim.fakenvml); ``after_advance`` runs after each clock step,
+    before the agents tick (there: write the scenario the fake library reads)."""
+    samplers = [Sampler(b, n, node=n.spec.name, boot_id="acc")
+                for n, b in zip(sim.nodes, backends if backends is not None else sim.nodes, strict=True)]
+    if after_advance is not None:
+        after_advance()
     for s in samplers:
         s.tick()  # prime
     store = Store()
     batch: list[wire.Message] = []
     for _ in range(int(round(horizon_s / tick_s))):
         sim.advance(tick_s)
+        if after_advance is not None:
+            after_advance()
         for s in samplers:
             msg = s.tick()
             if msg is not None:
