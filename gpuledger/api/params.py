@@ -133,16 +133,29 @@ def parse_moment(text: str, name: str) -> datetime:
     """ISO 8601 date/datetime or epoch milliseconds -> aware UTC datetime (400 bad_period otherwise)."""
     raw = text.strip()
     try:
-        if raw.lstrip("-").isdigit():
-            moment = _EPOCH + timedelta(milliseconds=int(raw))
-        else:
-            moment = datetime.fromisoformat(raw)
-            moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-    except (ValueError, OverflowError):
+        if raw.isascii() and raw.lstrip("-").isdigit():
+            return _in_range(_EPOCH + timedelta(milliseconds=int(raw)), text, name)
+        moment = datetime.fromisoformat(raw)
+    except (ValueError, OverflowError) as exc:
+        if raw.isascii() and raw.lstrip("-").isdigit():  # epoch ms beyond what datetime holds
+            raise _out_of_range(text, name) from None
         raise ApiError(E.BAD_PERIOD, f"{name}={text!r} is not an ISO 8601 date/datetime or epoch milliseconds",
                        "e.g. 2025-03-01, 2025-03-01T12:00:00Z, or 1740787200000 (Grafana's ${__from})") from None
+    try:  # a valid ISO text whose UTC instant falls outside datetime (0001-01-01T00:00+01:00) is a range problem
+        moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise _out_of_range(text, name) from None
+    return _in_range(moment, text, name)
+
+
+def _out_of_range(text: str, name: str) -> ApiError:
+    return ApiError(E.BAD_PERIOD, f"{name}={text!r} is outside 1970-01-01..9999-01-01 (UTC)",
+                    "use a date within the ledger's range, e.g. 2025-03-01")
+
+
+def _in_range(moment: datetime, text: str, name: str) -> datetime:
     if not _MIN <= moment < _MAX:
-        raise ApiError(E.BAD_PERIOD, f"{name}={text!r} is outside 1970..9999", "use a real date")
+        raise _out_of_range(text, name)
     return moment
 
 

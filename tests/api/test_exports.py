@@ -142,3 +142,12 @@ def test_both_chargeback_routes_share_one_cached_file(day_closed: tuple[httpx.Cl
     assert len(files) == 1, files  # one computation answered both routes
     assert page.status_code == 200 and page.content == export.content
     assert _file_headers(page) == _file_headers(export)
+
+
+@pytest.mark.parametrize("route", ["/v1/chargeback.csv", "/v1/exports/chargeback", "/v1/exports/reconciliation"])
+@pytest.mark.parametrize("month", ["２０２６-１０", "2026-10\u00e9", "9999-12"])
+def test_a_month_is_validated_before_it_reaches_a_header(
+        served: tuple[httpx.Client, Path, bytes, dict[str, str]], route: str, month: str) -> None:
+    r = served[0].get(route, params={"month": month})  # full-width digits were a 500 (latin-1 header)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "bad_month", r.text
+    assert "year 10000" not in r.text
