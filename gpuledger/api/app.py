@@ -17,7 +17,8 @@ Routes (times UTC, periods start inclusive, end exclusive; see docs/api.md):
 - ``GET /v1/chargeback.csv?month=YYYY-MM``, ``/v1/exports/chargeback``, ``/v1/exports/reconciliation``
   the month's FOCUS file and its report (admin, finance; :mod:`~gpuledger.api.exports`)
 
-Errors have one shape (:mod:`~gpuledger.api.errors`).
+Every GET route also answers ``HEAD`` (the GET's status and headers, no body;
+:mod:`~gpuledger.api.head`). Errors have one shape (:mod:`~gpuledger.api.errors`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from gpuledger.api import errors as E
 from gpuledger.api import exports, routes_efficiency, routes_fleet, routes_series, routes_showback
 from gpuledger.api.auth import EXPORT_ROLES, principal, require
 from gpuledger.api.errors import ERROR_RESPONSES, ApiError, install_error_handlers
+from gpuledger.api.head import HeadAsGet
 from gpuledger.api.models import WhoAmI
 from gpuledger.api.reader import Database
 from gpuledger.api.respcache import ResponseCache
@@ -57,6 +59,7 @@ def create_app(db_path: str | Path | None = None, prices: PriceBook | None = Non
     app.state.db, app.state.book, app.state.auth = db, prices or default_price_book(), auth
     install_error_handlers(app)
     app.add_middleware(ResponseCache, db=db)
+    app.add_middleware(HeadAsGet)  # outside the cache: a HEAD is a GET from there in
 
     @app.get("/healthz", summary="liveness (no token needed)")
     def healthz() -> dict[str, str]:

@@ -79,7 +79,7 @@ FORBIDDEN = _code("forbidden", 403, "the token's role may not use this route")
 FORBIDDEN_TENANT = _code("forbidden_tenant", 403, "a tenant token asked for another tenant")
 # --- 404 / 405 / 409 / 422: the request itself ----------------------------------------
 NOT_FOUND = _code("not_found", 404, "no such route or static file")
-METHOD_NOT_ALLOWED = _code("method_not_allowed", 405, "the route exists but answers only GET")
+METHOD_NOT_ALLOWED = _code("method_not_allowed", 405, "the route exists but answers only GET (and HEAD)")
 CLOSED_MONTH = _code("closed_month", 409, "the month was closed with another charge period; a closed file "
                      "never changes")
 INVALID_REQUEST = _code("invalid_request", 422, "a parameter is missing or has the wrong type")
@@ -150,7 +150,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        codes = {404: (NOT_FOUND, "see /docs for the routes"), 405: (METHOD_NOT_ALLOWED, "use GET")}
+        codes = {404: (NOT_FOUND, "see /docs for the routes"), 405: (METHOD_NOT_ALLOWED, "use GET (or HEAD)")}
         code, hint = codes.get(exc.status_code, (HTTP_ERROR, ""))
         message = f"{request.method} {request.url.path}: {exc.detail}"
         return error_response(code, message, hint, getattr(exc, "headers", None), status=exc.status_code)
