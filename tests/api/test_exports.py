@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -151,3 +152,21 @@ def test_a_month_is_validated_before_it_reaches_a_header(
     r = served[0].get(route, params={"month": month})  # full-width digits were a 500 (latin-1 header)
     assert r.status_code == 400 and r.json()["error"]["code"] == "bad_month", r.text
     assert "year 10000" not in r.text
+
+
+def test_both_csv_routes_neutralise_formula_names(served: tuple[httpx.Client, Path, bytes, dict[str, str]]) -> None:
+    client = served[0]  # November bills a tenant named "=evil"; the page's download is /v1/chargeback.csv
+    for r in (client.get("/v1/chargeback.csv", params={"month": "2026-11"}),
+              client.get("/v1/exports/chargeback", params={"month": "2026-11"})):
+        rows = list(csv.DictReader(io.StringIO(r.content.decode("utf-8"), newline="")))
+        assert "'=evil" in {x["SubAccountId"] for x in rows}
+        assert not [v for x in rows for k, v in x.items() if v and v.startswith(("=", "+", "@", "\t", "\r"))
+                    or (v.startswith("-") and not _is_number(v))]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        Decimal(text)
+    except ArithmeticError:
+        return False
+    return True
