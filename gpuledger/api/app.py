@@ -17,7 +17,9 @@ Routes (times UTC, periods start inclusive, end exclusive; see docs/api.md):
 - ``GET /v1/chargeback.csv?month=YYYY-MM``, ``/v1/exports/chargeback``, ``/v1/exports/reconciliation``
   the month's FOCUS file and its report (admin, finance; :mod:`~gpuledger.api.exports`)
 
-Every GET route also answers ``HEAD`` (the GET's status and headers, no body;
+With ``audit=`` every ``/v1/`` request is logged (:mod:`~gpuledger.api.audit`);
+TLS is uvicorn's, from settings (:mod:`~gpuledger.api.serving`). Every GET
+route also answers ``HEAD`` (the GET's status and headers, no body;
 :mod:`~gpuledger.api.head`). Errors have one shape (:mod:`~gpuledger.api.errors`).
 """
 
@@ -30,6 +32,7 @@ from fastapi.responses import FileResponse
 from gpuledger.analytics.prices import PriceBook, default_price_book
 from gpuledger.api import errors as E
 from gpuledger.api import exports, routes_efficiency, routes_fleet, routes_series, routes_showback
+from gpuledger.api.audit import AuditLog, AuditMiddleware
 from gpuledger.api.auth import EXPORT_ROLES, principal, require
 from gpuledger.api.errors import ERROR_RESPONSES, ApiError, install_error_handlers
 from gpuledger.api.head import HeadAsGet
@@ -47,10 +50,13 @@ STATIC = Path(__file__).parent / "static"
 
 
 def create_app(db_path: str | Path | None = None, prices: PriceBook | None = None, *,
-               store: Store | None = None, auth: bool = True, cache_ttl_s: float = 60.0) -> FastAPI:
+               store: Store | None = None, auth: bool = True, cache_ttl_s: float = 60.0,
+               audit: AuditLog | None = None) -> FastAPI:
     """The API over a DuckDB file (read-only per request) or an open ``store``.
 
-    ``prices`` defaults to the shipped book (gpuledger/defaults/prices.toml).
+    ``prices`` defaults to the shipped book (gpuledger/defaults/prices.toml);
+    ``audit`` logs every ``/v1/`` request's token, route and status
+    (:mod:`~gpuledger.api.audit`; ``serving.audit_log(settings)``).
     """
     db = Database(db_path, store, ttl_s=cache_ttl_s)
     app = FastAPI(title="gpuledger", version=__version__,
@@ -60,6 +66,8 @@ def create_app(db_path: str | Path | None = None, prices: PriceBook | None = Non
     install_error_handlers(app)
     app.add_middleware(ResponseCache, db=db)
     app.add_middleware(HeadAsGet)  # outside the cache: a HEAD is a GET from there in
+    if audit is not None:  # outermost: it sees HEAD as HEAD and every status, cached answers included
+        app.add_middleware(AuditMiddleware, log=audit)
 
     @app.get("/healthz", summary="liveness (no token needed)")
     def healthz() -> dict[str, str]:

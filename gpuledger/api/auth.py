@@ -24,6 +24,7 @@ from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from gpuledger.api import errors as E
+from gpuledger.api.audit import PRINCIPAL_KEY
 from gpuledger.api.errors import ApiError
 from gpuledger.api.params import FILTERS, Filters, filter_values
 from gpuledger.api.reader import Database, Session
@@ -66,6 +67,7 @@ async def session(request: Request) -> AsyncIterator[Session]:
 async def principal(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
                     s: Session = Depends(session, scope="function")) -> Principal:
     if not request.app.state.auth:
+        request.scope.setdefault("state", {})[PRINCIPAL_KEY] = NO_AUTH
         return NO_AUTH
     if credentials is None or not credentials.credentials:
         raise ApiError(E.UNAUTHENTICATED, "this route needs an API token",
@@ -78,6 +80,7 @@ async def principal(request: Request, credentials: HTTPAuthorizationCredentials 
     found, why = hit if hit is not None else await run_in_threadpool(db.cached, key, lambda: verify_token(s.store, token))
     if found is None:
         raise ApiError(E.INVALID_TOKEN, why, "create a new token with `gpuledger token create`", _CHALLENGE)
+    request.scope.setdefault("state", {})[PRINCIPAL_KEY] = found  # for the audit log: id, role, tenant
     return found
 
 
