@@ -97,6 +97,17 @@ class Settings(BaseSettings):
     )
     api_host: str = Field("127.0.0.1", description="Address the API binds (`gpuledger serve`, and the demo's).")
     api_port: int = Field(8080, description="Port the API binds (`gpuledger serve`, and the demo's).")
+    api_tls_certfile: str | None = Field(
+        None, description="`serve` over HTTPS: PEM certificate (chain) file; with api_tls_keyfile. Unset: plain HTTP."
+    )
+    api_tls_keyfile: str | None = Field(None, description="`serve` over HTTPS: PEM private key of api_tls_certfile.")
+    api_audit_dir: str | None = Field(
+        None, description="`serve`: directory of the audit log of token use (one JSON-lines file per UTC day); "
+        "unset: no audit log."
+    )
+    api_audit_retention_days: int = Field(
+        90, description="`serve`: days of audit log files kept, today included (0: forever)."
+    )
     prices_path: str | None = Field(None, description="Price book TOML; unset: the shipped default book.")
     tenancy_path: str | None = Field(None, description="Tenancy rules TOML; unset: label `team`, else namespace.")
     billing_account_id: str = Field("gpuledger", description="FOCUS BillingAccountId of the chargeback file.")

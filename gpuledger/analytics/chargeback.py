@@ -30,6 +30,7 @@ billed on the day it started.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -144,15 +145,24 @@ class Totals:
         return self.fleet_cost == self.billed_total
 
 
+_MONTH = re.compile(r"[0-9]{4}-[0-9]{2}")  # [0-9], not \d: \d matches any Unicode digit
+
+
 def month_bounds(month: str) -> tuple[datetime, datetime]:
-    """``"2025-03"`` → (2025-03-01T00:00Z, 2025-04-01T00:00Z); ValueError otherwise."""
-    try:
-        year, mon = (int(p) for p in month.split("-"))
-        start = datetime(year, mon, 1, tzinfo=UTC)
-    except ValueError:
-        raise ValueError(f"month must be YYYY-MM, got {month!r}") from None
-    if len(month) != 7:
-        raise ValueError(f"month must be YYYY-MM, got {month!r}")
+    """``"2025-03"`` → (2025-03-01T00:00Z, 2025-04-01T00:00Z); ValueError otherwise.
+
+    Only ASCII ``YYYY-MM``: ``int()`` alone would take full-width or other
+    Unicode digits (``２０２６-１０``), and a month is a key of the close tables.
+    """
+    if not _MONTH.fullmatch(month):
+        raise ValueError(f"month must be YYYY-MM (ASCII digits), got {month!r}")
+    year, mon = int(month[:4]), int(month[5:])
+    if not 1 <= mon <= 12:
+        raise ValueError(f"month must be YYYY-MM with MM 01..12, got {month!r}")
+    if year == 0 or (year, mon) == (9999, 12):  # datetime spans 0001-01-01 .. 9999-12-31
+        raise ValueError(f"month {month!r} is out of range: months run 0001-01..9999-11 "
+                         "(a month ends where the next one starts)")
+    start = datetime(year, mon, 1, tzinfo=UTC)
     end = datetime(year + mon // 12, mon % 12 + 1, 1, tzinfo=UTC)
     return start, end
 

@@ -14,29 +14,30 @@ any ``ChargeClass = Correction`` rows (built by
 :mod:`~gpuledger.analytics.closing`). Dates are UTC ISO 8601
 (``2025-03-01T00:00:00Z``), periods start inclusive and end exclusive.
 
-CSV: UTF-8, RFC 4180 (CRLF), stable row order, no comment lines. Text cells
+CSV: UTF-8, RFC 4180 (CRLF), stable row order, no comment lines, written by
+the project's one CSV writer (:mod:`~gpuledger.analytics.csvfile`): text cells
 that a spreadsheet would run as a formula (leading ``= + - @``, tab or CR) get
-a leading apostrophe; numeric cells are written by this module from Decimals
-and are never formulas. Parquet: the same columns with exact types
+a leading apostrophe; numeric cells are handed to it as Decimals and are never
+altered. Parquet: the same columns with exact types
 (``decimal128``: money at the book's quantum, quantities at 6 places, unit
 prices at 10; timestamps UTC, whole seconds, stored in ms); text is not altered.
 """
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 from gpuledger.analytics import chargeback as cb
+from gpuledger.analytics.csvfile import Writable, sanitize_cell, write_rows
 from gpuledger.analytics.prices import Price, PriceBook
 
 from gpuledger.config import Settings
@@ -61,13 +62,8 @@ __all__ = [
 HOURS = Decimal("0.000001")  # GPU-hours and kWh are written to 6 decimals (3.6 ms, 3.6 J)
 PRICE_SCALE = 10  # decimals of unit prices in Parquet
 CORRECTION = "Correction"
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 #: Additive usage measures of a row (x_ columns), keyed by name; coverage is a ratio, not additive.
 METRICS = ("used_h", "idle_h", "unmeasured_h", "unallocated_h", "energy_kwh")
-
-
-class Writable(Protocol):
-    def write(self, text: str, /) -> object: ...
 
 
 @dataclass(frozen=True)
@@ -290,32 +286,19 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def sanitize_cell(text: str) -> str:
-    """Neutralise spreadsheet formula injection (OWASP CSV injection)."""
-    return "'" + text if text.startswith(_FORMULA_START) else text
-
-
-def _format(column: Column, charge: Charge) -> str:
+def _cell(column: Column, charge: Charge) -> str | Decimal | datetime | None:
+    """A cell as the CSV writer takes it: numbers as Decimals (never altered), text as str (neutralised)."""
     value = column.value(charge)
-    if value is None:
-        return ""
-    if column.kind == "datetime":
-        assert isinstance(value, datetime)
-        return _iso(value)
+    if value is None or column.kind == "datetime":
+        return value
     if column.kind in ("decimal", "money", "price"):
-        return format(Decimal(value), "f")
-    return sanitize_cell(str(value))
+        return Decimal(value)
+    return str(value)
 
 
 def write_csv(rows: Iterable[Charge], out: Writable, columns: tuple[Column, ...] = COLUMNS) -> int:
     """Write the header and one line per charge to a text stream; returns rows written."""
-    writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow([c.name for c in columns])
-    n = 0
-    for charge in rows:
-        writer.writerow([_format(col, charge) for col in columns])
-        n += 1
-    return n
+    return write_rows(out, [c.name for c in columns], ([_cell(col, charge) for col in columns] for charge in rows))
 
 
 def csv_bytes(rows: Iterable[Charge]) -> bytes:

@@ -36,6 +36,8 @@ import re
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
 
+from gpuledger.analytics.csvfile import FORMULA_START
+
 __all__ = ["MANDATORY", "check_rows"]
 
 MANDATORY = (
@@ -62,7 +64,6 @@ _SERVICE_CATEGORIES = {
     "Multicloud", "Identity", "Integration", "Internet of Things", "Management and Governance", "Media",
     "Migration", "Mobile", "Networking", "Security", "Storage", "Web", "Other",
 }
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _QUANTITY_ROUNDING = Decimal("0.0000005")
 
 
@@ -128,7 +129,7 @@ def _check_row(row: Mapping[str, str], quantum: Decimal) -> list[str]:
     if get("Tags") is not None:
         out += _check_tags(row["Tags"])
     for name, value in row.items():
-        if value and value.startswith(_FORMULA_START) and not _NUMBER.fullmatch(value):
+        if value and value.startswith(FORMULA_START) and not _NUMBER.fullmatch(value):
             out.append(f"{name} starts with a formula character: {value[:20]!r}")
     return out
 

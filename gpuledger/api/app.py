@@ -17,7 +17,10 @@ Routes (times UTC, periods start inclusive, end exclusive; see docs/api.md):
 - ``GET /v1/chargeback.csv?month=YYYY-MM``, ``/v1/exports/chargeback``, ``/v1/exports/reconciliation``
   the month's FOCUS file and its report (admin, finance; :mod:`~gpuledger.api.exports`)
 
-Errors have one shape (:mod:`~gpuledger.api.errors`).
+With ``audit=`` every ``/v1/`` request is logged (:mod:`~gpuledger.api.audit`);
+TLS is uvicorn's, from settings (:mod:`~gpuledger.api.serving`). Every GET
+route also answers ``HEAD`` (the GET's status and headers, no body;
+:mod:`~gpuledger.api.head`). Errors have one shape (:mod:`~gpuledger.api.errors`).
 """
 
 from __future__ import annotations
@@ -30,8 +33,10 @@ from gpuledger.analytics.focus import ExportContext
 from gpuledger.analytics.prices import PriceBook, default_price_book
 from gpuledger.api import errors as E
 from gpuledger.api import exports, routes_efficiency, routes_fleet, routes_series, routes_showback
+from gpuledger.api.audit import AuditLog, AuditMiddleware
 from gpuledger.api.auth import EXPORT_ROLES, principal, require
 from gpuledger.api.errors import ERROR_RESPONSES, ApiError, install_error_handlers
+from gpuledger.api.head import HeadAsGet
 from gpuledger.api.models import WhoAmI
 from gpuledger.api.reader import Database
 from gpuledger.api.respcache import ResponseCache
@@ -47,12 +52,14 @@ STATIC = Path(__file__).parent / "static"
 
 def create_app(db_path: str | Path | None = None, prices: PriceBook | None = None, *,
                store: Store | None = None, auth: bool = True, cache_ttl_s: float = 60.0,
-               export_context: ExportContext | None = None) -> FastAPI:
+               export_context: ExportContext | None = None, audit: AuditLog | None = None) -> FastAPI:
     """The API over a DuckDB file (read-only per request) or an open ``store``.
 
     ``prices`` defaults to the shipped book (gpuledger/defaults/prices.toml);
     ``export_context`` (who bills whom on the FOCUS file; ``gpuledger serve``
-    builds it from the settings) to the settings' documented defaults.
+    builds it from the settings) to the settings' documented defaults;
+    ``audit`` logs every ``/v1/`` request's token, route and status
+    (:mod:`~gpuledger.api.audit`; ``serving.audit_log(settings)``).
     """
     db = Database(db_path, store, ttl_s=cache_ttl_s)
     app = FastAPI(title="gpuledger", version=__version__,
@@ -62,6 +69,9 @@ def create_app(db_path: str | Path | None = None, prices: PriceBook | None = Non
     app.state.export_context = export_context or ExportContext()
     install_error_handlers(app)
     app.add_middleware(ResponseCache, db=db)
+    app.add_middleware(HeadAsGet)  # outside the cache: a HEAD is a GET from there in
+    if audit is not None:  # outermost: it sees HEAD as HEAD and every status, cached answers included
+        app.add_middleware(AuditMiddleware, log=audit)
 
     @app.get("/healthz", summary="liveness (no token needed)")
     def healthz() -> dict[str, str]:

@@ -24,8 +24,9 @@ from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from gpuledger.api import errors as E
+from gpuledger.api.audit import PRINCIPAL_KEY
 from gpuledger.api.errors import ApiError
-from gpuledger.api.params import FILTERS, Filters, split_values
+from gpuledger.api.params import FILTERS, Filters, filter_values
 from gpuledger.api.reader import Database, Session
 from gpuledger.api.tokens import Principal, verify_token
 
@@ -49,6 +50,7 @@ NO_AUTH = Principal("no-auth", "admin")
 
 bearer = HTTPBearer(auto_error=False, description="An API token from `gpuledger token create`.")
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
+Given = str | list[str] | None  # a filter parameter as received: once, repeated, or absent
 
 
 async def session(request: Request) -> AsyncIterator[Session]:
@@ -65,6 +67,7 @@ async def session(request: Request) -> AsyncIterator[Session]:
 async def principal(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
                     s: Session = Depends(session, scope="function")) -> Principal:
     if not request.app.state.auth:
+        request.scope.setdefault("state", {})[PRINCIPAL_KEY] = NO_AUTH
         return NO_AUTH
     if credentials is None or not credentials.credentials:
         raise ApiError(E.UNAUTHENTICATED, "this route needs an API token",
@@ -77,6 +80,7 @@ async def principal(request: Request, credentials: HTTPAuthorizationCredentials 
     found, why = hit if hit is not None else await run_in_threadpool(db.cached, key, lambda: verify_token(s.store, token))
     if found is None:
         raise ApiError(E.INVALID_TOKEN, why, "create a new token with `gpuledger token create`", _CHALLENGE)
+    request.scope.setdefault("state", {})[PRINCIPAL_KEY] = found  # for the audit log: id, role, tenant
     return found
 
 
@@ -94,20 +98,28 @@ def require(*roles: str) -> Callable[..., Principal]:
 
 def data_filters(
     who: Principal,
-    tenant: str | None = None, namespace: str | None = None, node: str | None = None,
-    model: str | None = None, sharing: str | None = None, pod: str | None = None,
-    workload: str | None = None, gpu: str | None = None,
+    tenant: Given = None, namespace: Given = None, node: Given = None, model: Given = None,
+    sharing: Given = None, pod: Given = None, workload: Given = None, gpu: Given = None,
 ) -> Filters:
-    """The exact-match filters of a request, with a tenant token held to its tenant."""
+    """The exact-match filters of a request, with a tenant token held to its tenant.
+
+    Each parameter may be repeated or comma-separated (:func:`~gpuledger.api.params.filter_values`).
+    """
     given = {"tenant": tenant, "namespace": namespace, "node": node, "model": model, "sharing": sharing,
              "pod": pod, "workload": workload, "gpu": gpu}
-    values = {k: split_values(given[k]) for k in FILTERS}
+    values = {k: filter_values(given[k]) for k in FILTERS}
     if who.scoped:
         assert who.tenant is not None
         asked = values["tenant"]
-        if asked and set(asked) != {who.tenant}:
+        if asked and set(asked) != {who.tenant} and _whole(tenant) != who.tenant:
             raise ApiError(E.FORBIDDEN_TENANT, f"this token may only read tenant {who.tenant!r}",
                            "drop the tenant parameter or use a token of that tenant")
         values["tenant"] = (who.tenant,)
     return Filters({k: v for k, v in values.items() if v})
 
+
+def _whole(given: Given) -> str | None:
+    """A single value as given, unsplit: a tenant token's own name with a comma (``Acme, Inc.``) is unambiguous."""
+    if isinstance(given, list):
+        given = given[0] if len(given) == 1 else None
+    return None if given is None else given.strip()

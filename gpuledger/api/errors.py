@@ -56,8 +56,8 @@ def _code(code: str, status: int, meaning: str) -> ErrorCode:
 
 
 # --- 400: a parameter has a value the route cannot use -------------------------------
-BAD_PERIOD = _code("bad_period", 400, "start/end is not an ISO date/datetime or epoch ms, is outside 1970..9999, "
-                   "only one of them is given, or start is not before end")
+BAD_PERIOD = _code("bad_period", 400, "start/end is not an ISO date/datetime or epoch ms, is outside "
+                   "1970-01-01..9999-01-01 (UTC), only one of them is given, or start is not before end")
 RANGE_TOO_LARGE = _code("range_too_large", 400, "the period covers more than 400 days")
 BAD_GROUP_BY = _code("bad_group_by", 400, "group_by names no dimension, or one the route cannot group by")
 BAD_GRANULARITY = _code("bad_granularity", 400, "granularity is not hour, day or month")
@@ -67,7 +67,7 @@ BAD_CURSOR = _code("bad_cursor", 400, "cursor is not a next_cursor this API issu
 BAD_VIEW = _code("bad_view", 400, "the drill-down view is not intervals, gpus or rules")
 BAD_ORDER_BY = _code("bad_order_by", 400, "order_by is not idle_cost, idle_gpu_hours or allocated_gpu_hours")
 BAD_MIN_HOURS = _code("bad_min_hours", 400, "min_hours is outside 0..8784")
-BAD_MONTH = _code("bad_month", 400, "month is not YYYY-MM, previous or current")
+BAD_MONTH = _code("bad_month", 400, "month is not YYYY-MM (ASCII digits, 0001-01..9999-11), previous or current")
 RESULT_TOO_LARGE = _code("result_too_large", 400, "the answer would hold more rows than one request may "
                          "(200,000; 20,000 for a series)")
 # --- 401 / 403: who is asking ---------------------------------------------------------
@@ -77,7 +77,7 @@ FORBIDDEN = _code("forbidden", 403, "the token's role may not use this route")
 FORBIDDEN_TENANT = _code("forbidden_tenant", 403, "a tenant token asked for another tenant")
 # --- 404 / 405 / 409 / 422: the request itself ----------------------------------------
 NOT_FOUND = _code("not_found", 404, "no such route or static file")
-METHOD_NOT_ALLOWED = _code("method_not_allowed", 405, "the route exists but answers only GET")
+METHOD_NOT_ALLOWED = _code("method_not_allowed", 405, "the route exists but answers only GET (and HEAD)")
 CLOSED_MONTH = _code("closed_month", 409, "the month was closed with another charge period; a closed file "
                      "never changes")
 INVALID_REQUEST = _code("invalid_request", 422, "a parameter is missing or has the wrong type")
@@ -148,7 +148,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        codes = {404: (NOT_FOUND, "see /docs for the routes"), 405: (METHOD_NOT_ALLOWED, "use GET")}
+        codes = {404: (NOT_FOUND, "see /docs for the routes"), 405: (METHOD_NOT_ALLOWED, "use GET (or HEAD)")}
         code, hint = codes.get(exc.status_code, (HTTP_ERROR, ""))
         message = f"{request.method} {request.url.path}: {exc.detail}"
         return error_response(code, message, hint, getattr(exc, "headers", None), status=exc.status_code)

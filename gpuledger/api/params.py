@@ -15,6 +15,8 @@ ledger row belongs to the period containing its interval start.
 from __future__ import annotations
 
 import base64
+import csv
+import io
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -45,6 +47,8 @@ __all__ = [
     "buckets_in",
     "check_size",
     "filter_params",
+    "filter_values",
+    "join_values",
     "iso",
     "latest_ns",
     "next_cursor",
@@ -61,7 +65,7 @@ __all__ = [
 
 #: What showback and series may group by (ledger columns plus derived ``workload`` and ``gpu``).
 DIMENSIONS = ("tenant", "namespace", "node", "model", "sharing", "profile", "pod", "workload", "gpu")
-#: Filters every data route accepts (exact match; comma-separated values mean any of them).
+#: Filters every data route accepts (exact match; several values mean any of them: :func:`filter_values`).
 FILTERS = ("tenant", "namespace", "node", "model", "sharing", "pod", "workload", "gpu")
 GRANULARITIES = ("hour", "day", "month")
 MAX_RANGE_DAYS = 400  # the longest period one request may cover
@@ -81,19 +85,69 @@ CURSOR = Query(None, description="next_cursor of the previous page")
 MONTH = Query(..., description="billing month, YYYY-MM (UTC), or `previous`")
 
 
+_REPEAT = " (repeat the parameter for several; a single value is comma-separated, \"double-quote\" a comma)"
+
+
 def filter_params(
-    tenant: str | None = Query(None, description="tenant(s), comma-separated"),
-    namespace: str | None = Query(None, description="Kubernetes namespace(s)"),
-    node: str | None = Query(None, description="node name(s)"),
-    model: str | None = Query(None, description="GPU model name(s), e.g. NVIDIA H100 80GB HBM3"),
-    sharing: str | None = Query(None, description="exclusive, time_sliced, fractional, mig, mps, unallocated"),
-    pod: str | None = Query(None, description="pod name(s)"),
-    workload: str | None = Query(None, description="workload(s): pod name without its generated suffixes"),
-    gpu: str | None = Query(None, description="GPU UUID(s)"),
-) -> dict[str, str | None]:
+    tenant: list[str] | None = Query(None, description="tenant(s)" + _REPEAT),
+    namespace: list[str] | None = Query(None, description="Kubernetes namespace(s)" + _REPEAT),
+    node: list[str] | None = Query(None, description="node name(s)" + _REPEAT),
+    model: list[str] | None = Query(None, description="GPU model name(s), e.g. NVIDIA H100 80GB HBM3" + _REPEAT),
+    sharing: list[str] | None = Query(None, description="exclusive, time_sliced, fractional, mig, mps, unallocated"),
+    pod: list[str] | None = Query(None, description="pod name(s)" + _REPEAT),
+    workload: list[str] | None = Query(None, description="workload(s): pod name without its generated suffixes"),
+    gpu: list[str] | None = Query(None, description="GPU UUID(s)" + _REPEAT),
+) -> dict[str, list[str] | None]:
     """The exact-match filters every data route accepts (a dependency; see ``auth.data_filters``)."""
     return {"tenant": tenant, "namespace": namespace, "node": node, "model": model, "sharing": sharing,
             "pod": pod, "workload": workload, "gpu": gpu}
+
+
+def filter_values(given: str | list[str] | None) -> tuple[str, ...]:
+    """The values of one filter parameter, as docs/api.md states the rule.
+
+    Repeated (``tenant=a&tenant=Acme, Inc.``): each occurrence is one value,
+    commas and all. Given once: a comma-separated list, for compatibility
+    with the form the API always took (``tenant=a,b``); a value holding a
+    comma is double-quoted there (``tenant="Acme, Inc.",b``, CSV quoting).
+    Surrounding spaces and empty values are dropped, duplicates merged.
+    """
+    if given is None:
+        return ()
+    if isinstance(given, str):
+        given = [given]
+    if len(given) == 1:
+        given = _split(given[0])
+    return tuple(dict.fromkeys(v.strip() for v in given if v.strip()))
+
+
+def _split(text: str) -> list[str]:
+    """Comma-separated values, CSV quoting (``"a, b"``, ``""`` a quote inside); any other character is data
+    (the csv module would reject a CR or LF in an unquoted value; here it is part of the value)."""
+    values, cur, quoted, i = [], "", False, 0
+    while i < len(text):
+        ch = text[i]
+        if quoted and ch == '"' and text[i + 1:i + 2] == '"':
+            cur, i = cur + '"', i + 1
+        elif quoted and ch == '"':
+            quoted = False
+        elif not quoted and ch == '"' and not cur.strip():
+            cur, quoted = "", True
+        elif not quoted and ch == ",":
+            values.append(cur)
+            cur = ""
+        else:
+            cur += ch
+        i += 1
+    values.append(cur)
+    return values
+
+
+def join_values(values: tuple[str, ...] | list[str]) -> str:
+    """Values as one parameter that :func:`filter_values` reads back (``a,b``; ``"Acme, Inc."`` quoted)."""
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="").writerow(values)
+    return buf.getvalue()
 
 
 @dataclass(frozen=True)
@@ -133,16 +187,29 @@ def parse_moment(text: str, name: str) -> datetime:
     """ISO 8601 date/datetime or epoch milliseconds -> aware UTC datetime (400 bad_period otherwise)."""
     raw = text.strip()
     try:
-        if raw.lstrip("-").isdigit():
-            moment = _EPOCH + timedelta(milliseconds=int(raw))
-        else:
-            moment = datetime.fromisoformat(raw)
-            moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-    except (ValueError, OverflowError):
+        if raw.isascii() and raw.lstrip("-").isdigit():
+            return _in_range(_EPOCH + timedelta(milliseconds=int(raw)), text, name)
+        moment = datetime.fromisoformat(raw)
+    except (ValueError, OverflowError) as exc:
+        if raw.isascii() and raw.lstrip("-").isdigit():  # epoch ms beyond what datetime holds
+            raise _out_of_range(text, name) from None
         raise ApiError(E.BAD_PERIOD, f"{name}={text!r} is not an ISO 8601 date/datetime or epoch milliseconds",
                        "e.g. 2025-03-01, 2025-03-01T12:00:00Z, or 1740787200000 (Grafana's ${__from})") from None
+    try:  # a valid ISO text whose UTC instant falls outside datetime (0001-01-01T00:00+01:00) is a range problem
+        moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise _out_of_range(text, name) from None
+    return _in_range(moment, text, name)
+
+
+def _out_of_range(text: str, name: str) -> ApiError:
+    return ApiError(E.BAD_PERIOD, f"{name}={text!r} is outside 1970-01-01..9999-01-01 (UTC)",
+                    "use a date within the ledger's range, e.g. 2025-03-01")
+
+
+def _in_range(moment: datetime, text: str, name: str) -> datetime:
     if not _MIN <= moment < _MAX:
-        raise ApiError(E.BAD_PERIOD, f"{name}={text!r} is outside 1970..9999", "use a real date")
+        raise _out_of_range(text, name)
     return moment
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gpuledger.api.audit import PRINCIPAL_KEY
 from gpuledger.api.reader import Database
 
 __all__ = ["ResponseCache"]
@@ -29,7 +30,7 @@ Key = tuple[Any, ...]
 class ResponseCache:
     def __init__(self, app: ASGIApp, db: Database, *, entries: int = 1024, max_body: int = 1 << 20) -> None:
         self.app, self.db, self.entries, self.max_body = app, db, entries, max_body
-        self._store: OrderedDict[Key, tuple[float, list[Message]]] = OrderedDict()
+        self._store: OrderedDict[Key, tuple[float, list[Message], Any]] = OrderedDict()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "GET" or not scope["path"].startswith("/v1/"):
@@ -44,6 +45,8 @@ class ResponseCache:
         hit = self._store.get(key)
         if hit is not None and time.monotonic() - hit[0] <= self.db.ttl_s:
             self._store.move_to_end(key)
+            if hit[2] is not None:  # who asked, for the audit log, as when the answer was computed
+                scope.setdefault("state", {})[PRINCIPAL_KEY] = hit[2]
             for message in hit[1]:
                 await send(dict(message))
             return
@@ -60,6 +63,6 @@ class ResponseCache:
         await self.app(scope, receive, record)
         start = sent[0] if sent else {}
         if start.get("status") == 200 and size <= self.max_body and self.db.version() == version:
-            self._store[key] = (time.monotonic(), sent)
+            self._store[key] = (time.monotonic(), sent, scope.get("state", {}).get(PRINCIPAL_KEY))
             while len(self._store) > self.entries:
                 self._store.popitem(last=False)

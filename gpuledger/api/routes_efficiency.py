@@ -87,7 +87,7 @@ def _fleet(rows: list[dict[str, Any]], quantum: Decimal) -> dict[str, Any]:
 
 
 def _answer(request: Request, s: Session, who: Principal, start: str | None, end: str | None, group_by: str,
-            f: dict[str, str | None], order: str | None, limit: int, cursor: str | None) -> JSONResponse:
+            f: dict[str, list[str] | None], order: str | None, limit: int, cursor: str | None) -> JSONResponse:
     by = parse_group_by(group_by)
     filters = data_filters(who, **f)
     page = parse_page(limit, cursor)
@@ -113,7 +113,7 @@ def _answer(request: Request, s: Session, who: Principal, start: str | None, end
             summary="Allocated vs used GPU-hours, idle GPU-hours and their cost, coverage, per group")
 def efficiency(request: Request, start: str | None = START, end: str | None = END,
                group_by: str = Query("tenant", description="comma-separated dimensions (see /v1/showback)"),
-               limit: int = LIMIT, cursor: str | None = CURSOR, f: dict[str, str | None] = Depends(filter_params),
+               limit: int = LIMIT, cursor: str | None = CURSOR, f: dict[str, list[str] | None] = Depends(filter_params),
                who: Principal = Depends(require(*DATA_ROLES)), s: Session = Depends(session, scope="function")) -> JSONResponse:
     return _answer(request, s, who, start, end, group_by, f, None, limit, cursor)
 
@@ -124,7 +124,7 @@ def top_wasters(request: Request, start: str | None = START, end: str | None = E
                 group_by: str = Query("tenant", description="e.g. tenant, namespace, workload or pod"),
                 order_by: str = Query("idle_cost", description="idle_cost, idle_gpu_hours or allocated_gpu_hours"),
                 limit: int = Query(10, description="how many, 1..1000"), cursor: str | None = CURSOR,
-                f: dict[str, str | None] = Depends(filter_params),
+                f: dict[str, list[str] | None] = Depends(filter_params),
                 who: Principal = Depends(require(*DATA_ROLES)), s: Session = Depends(session, scope="function")) -> JSONResponse:
     if order_by not in _ORDER:
         raise ApiError(E.BAD_ORDER_BY, f"order_by={order_by!r} is not one of {', '.join(_ORDER)}",
@@ -136,7 +136,7 @@ def top_wasters(request: Request, start: str | None = START, end: str | None = E
             summary="GPU units held by a pod that ran nothing on them for at least min_hours in a row")
 def idle_gpus(request: Request, start: str | None = START, end: str | None = END,
               min_hours: float = Query(1.0, description="shortest idle run to list, hours (0..8784)"),
-              limit: int = LIMIT, cursor: str | None = CURSOR, f: dict[str, str | None] = Depends(filter_params),
+              limit: int = LIMIT, cursor: str | None = CURSOR, f: dict[str, list[str] | None] = Depends(filter_params),
               who: Principal = Depends(require(*DATA_ROLES)), s: Session = Depends(session, scope="function")) -> JSONResponse:
     if not 0 <= min_hours <= 8784:
         raise ApiError(E.BAD_MIN_HOURS, f"min_hours={min_hours} is outside 0..8784", "e.g. min_hours=4")

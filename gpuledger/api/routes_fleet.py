@@ -52,7 +52,7 @@ _HEALTH = {wire.HEALTH_OK: "ok", wire.HEALTH_DEGRADED: "degraded", wire.HEALTH_L
 @router.get("/fleet", response_model=None, responses={200: {"model": FleetOut}},
             summary="GPUs with model, node, sharing mode, health (XID, lost) and current holders")
 def fleet(request: Request, start: str | None = START, end: str | None = END, limit: int = LIMIT,
-          cursor: str | None = CURSOR, f: dict[str, str | None] = Depends(filter_params),
+          cursor: str | None = CURSOR, f: dict[str, list[str] | None] = Depends(filter_params),
           who: Principal = Depends(require(*DATA_ROLES)), s: Session = Depends(session, scope="function")) -> JSONResponse:
     filters = data_filters(who, **f)
     page = parse_page(limit, cursor)

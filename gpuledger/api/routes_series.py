@@ -47,7 +47,7 @@ class EfficiencySeriesRow(Dimensions):
 
 
 def _frame(request: Request, s: Session, who: Principal, start: str | None, end: str | None,
-           granularity: str, by: list[str], f: dict[str, str | None], extra_keys: list[str]) -> list[dict[str, Any]]:
+           granularity: str, by: list[str], f: dict[str, list[str] | None], extra_keys: list[str]) -> list[dict[str, Any]]:
     filters = data_filters(who, **f)
     period = resolve_period(s, start, end, filters)
     if period is None:
@@ -72,7 +72,7 @@ def _frame(request: Request, s: Session, who: Principal, start: str | None, end:
 def series_showback(request: Request, start: str | None = START, end: str | None = END,
                     granularity: str = _GRAN,
                     group_by: str = Query("tenant", description="comma-separated dimensions (see /v1/showback)"),
-                    f: dict[str, str | None] = Depends(filter_params),
+                    f: dict[str, list[str] | None] = Depends(filter_params),
                     who: Principal = Depends(require(*DATA_ROLES)), s: Session = Depends(session, scope="function")) -> JSONResponse:
     return JSONResponse(_frame(request, s, who, start, end, granularity, parse_group_by(group_by), f, []))
 
@@ -82,7 +82,7 @@ def series_showback(request: Request, start: str | None = START, end: str | None
 def series_efficiency(request: Request, start: str | None = START, end: str | None = END,
                       granularity: str = _GRAN,
                       group_by: str = Query("tenant", description="comma-separated dimensions"),
-                      f: dict[str, str | None] = Depends(filter_params),
+                      f: dict[str, list[str] | None] = Depends(filter_params),
                       who: Principal = Depends(require(*DATA_ROLES)), s: Session = Depends(session, scope="function")) -> JSONResponse:
     by = parse_group_by(group_by)
     rows = _frame(request, s, who, start, end, granularity, by, f, ["kind"])
@@ -114,6 +114,6 @@ def series_gpu(request: Request, gpu: str = Query(..., description="GPU UUID (fr
                group_by: str = Query("tenant", description="tenant, pod, workload or namespace"),
                who: Principal = Depends(require(*DATA_ROLES)), s: Session = Depends(session, scope="function")) -> JSONResponse:
     by = parse_group_by(group_by, ("tenant", "namespace", "pod", "workload", "profile", "sharing"))
-    f: dict[str, str | None] = {"tenant": None, "namespace": None, "node": None, "model": None, "sharing": None,
+    f: dict[str, list[str] | None] = {"tenant": None, "namespace": None, "node": None, "model": None, "sharing": None,
                                 "pod": None, "workload": None, "gpu": gpu}
     return JSONResponse(_frame(request, s, who, start, end, granularity, by, f, []))

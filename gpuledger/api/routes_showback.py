@@ -25,6 +25,7 @@ from gpuledger.api.params import (
     check_size,
     filter_params,
     iso,
+    join_values,
     next_cursor,
     parse_granularity,
     parse_group_by,
@@ -42,12 +43,12 @@ router = APIRouter(prefix="/v1", responses=ERROR_RESPONSES)
 
 def drill_link(period: Period, keys: dict[str, Any], filters: Filters, granularity: str | None) -> str:
     """The /v1/drilldown URL for one showback row (its bucket, keys and the request's filters)."""
-    params: dict[str, str] = {k: ",".join(v) for k, v in filters.values.items() if v}
+    params: dict[str, str] = {k: join_values(v) for k, v in filters.values.items() if v}
     start, end = period.start, period.end
     if granularity and keys.get("time") is not None:
         bucket = parse_moment(str(keys["time"]), "time")
         start, end = max(start, bucket), min(end, bucket_end(bucket, granularity))
-    params.update({k: str(v) for k, v in keys.items() if k != "time" and v is not None})
+    params.update({k: join_values([str(v)]) for k, v in keys.items() if k != "time" and v is not None})
     params.update(start=iso(start), end=iso(end))
     return "/v1/drilldown?" + urlencode(params)
 
@@ -59,7 +60,7 @@ def showback(request: Request, start: str | None = START, end: str | None = END,
                                    "sharing, profile, pod, workload, gpu"),
              granularity: str | None = Query(None, description="hour, day or month buckets; omit for none"),
              limit: int = LIMIT, cursor: str | None = CURSOR,
-             f: dict[str, str | None] = Depends(filter_params),
+             f: dict[str, list[str] | None] = Depends(filter_params),
              who: Principal = Depends(require(*SHOWBACK_ROLES)), s: Session = Depends(session, scope="function")) -> JSONResponse:
     by = parse_group_by(group_by)
     filters = data_filters(who, **f)
@@ -115,7 +116,7 @@ def drilldown(request: Request, start: str | None = START, end: str | None = END
               kind: str | None = Query(None, description="busy, allocated_idle, unmeasured, unallocated"),
               rule: str | None = Query(None, description="attribution rule name(s)"),
               limit: int = LIMIT, cursor: str | None = CURSOR,
-              f: dict[str, str | None] = Depends(filter_params),
+              f: dict[str, list[str] | None] = Depends(filter_params),
               who: Principal = Depends(require(*DATA_ROLES)), s: Session = Depends(session, scope="function")) -> JSONResponse:
     if view not in _DRILL_VIEWS:
         raise ApiError(E.BAD_VIEW, f"view={view!r} is not one of {', '.join(_DRILL_VIEWS)}",

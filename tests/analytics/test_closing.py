@@ -231,3 +231,32 @@ def test_the_cronjob_runs_commands_the_cli_accepts() -> None:
     for argv in commands:
         args = parser.parse_args(argv[1:])
         assert args.command == "export" and args.month == "previous"
+
+
+@pytest.mark.parametrize("month", ["２０２６-１０", "2026-１０", "٢٠٢٦-10", "2026-10 ", " 2026-10", "2026-1", "26-10"])
+def test_a_month_is_ascii_yyyy_mm_before_any_lookup(store: Store, month: str) -> None:
+    with pytest.raises(ValueError, match="YYYY-MM"):
+        closing.resolve_month(month)
+    with pytest.raises(ValueError, match="YYYY-MM"):  # int() took full-width digits: a second key for one month
+        closing.export(store, month, BOOK, final=True, now=AFTER_NOV)
+    assert closing.closed_months(store) == {}
+
+
+def test_a_month_out_of_range_says_so() -> None:
+    with pytest.raises(ValueError, match=r"'9999-12' is out of range: months run 0001-01\.\.9999-11"):
+        cb.month_bounds("9999-12")  # was "year 10000 is out of range", a year nobody asked for
+    with pytest.raises(ValueError, match="MM 01..12"):
+        cb.month_bounds("2026-13")
+    assert cb.month_bounds("9999-11")[1] == datetime(9999, 12, 1, tzinfo=UTC)
+
+
+def test_cli_final_cannot_close_a_month_under_a_full_width_key(store: Store, tmp_path: Path, capsys: Any) -> None:
+    from gpuledger.cli import main
+
+    db = str(tmp_path / "close.duckdb")
+    store.close()
+    assert main(["export", "chargeback", "--month", "２０２６-１０", "--db", db, "--final", "--out", str(tmp_path)]) == 2
+    assert "YYYY-MM" in capsys.readouterr().err
+    assert main(["export", "chargeback", "--month", "2026-10", "--db", db, "--final", "--out", str(tmp_path)]) == 0
+    with Store(db, read_only=True) as s:
+        assert list(closing.closed_months(s)) == ["2026-10"]  # one close of October, under its ASCII key

@@ -220,3 +220,20 @@ def test_an_in_process_store_is_served_directly() -> None:
 def test_create_app_needs_exactly_one_source() -> None:
     with pytest.raises(ValueError, match="exactly one"):
         create_app()
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/", "/static/app.js", "/openapi.json", "/v1/whoami", "/v1/showback",
+                                  "/v1/chargeback.csv?month=2025-03"])
+def test_head_is_get_without_a_body(api: httpx.Client, path: str) -> None:
+    get, head = api.get(path), api.head(path)  # HEAD was 405 on every route, /healthz included
+    assert get.status_code == head.status_code == 200 and head.content == b""
+    assert head.headers["content-type"] == get.headers["content-type"]
+    assert head.headers.get("content-length") == get.headers.get("content-length")
+
+
+def test_head_keeps_the_get_errors(api: httpx.Client) -> None:
+    anonymous = httpx.head(str(api.base_url.join("/v1/showback")))
+    assert anonymous.status_code == 401 and anonymous.headers["www-authenticate"] == "Bearer" and not anonymous.content
+    assert api.head("/v1/showback", params={"limit": "0"}).status_code == 400
+    assert api.head("/nope").status_code == 404
+    assert_error_shape(api.post("/healthz"), 405, "method_not_allowed")  # other methods stay 405

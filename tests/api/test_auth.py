@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from gpuledger.analytics import kinds as K
 from gpuledger.api.app import create_app
 from gpuledger.api.tokens import create_token, revoke_token
 
@@ -230,3 +231,52 @@ def test_cached_answers_are_per_token(client: httpx.Client, demo: dict[str, Any]
     assert {r["tenant"] for r in mine["rows"]} == {TENANT}
     assert client.get("/v1/showback").status_code == 401
     assert client.get("/v1/showback", headers=auth(demo["tokens"]["revoked"])).status_code == 401
+
+
+# --- names that hold a comma (issue 15): repeated parameters, quoting, a tenant token's own name ------------
+
+
+@pytest.fixture(scope="module")
+def comma_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Client, dict[str, str]]]:
+    from tests.api.test_api import row, write_ledger
+
+    path = tmp_path_factory.mktemp("comma") / "gpuledger.duckdb"
+    with Store(path) as store:
+        write_ledger(store, [row(name, K.BUSY, 3600, seq=0, gpu=i) for i, name in
+                             enumerate(["Acme, Inc.", "Acme", "Inc.", "ml", 'say "hi", world'])])
+        tokens = {"admin": create_token(store, "admin")[1], "acme": create_token(store, "tenant", "Acme, Inc.")[1]}
+    with serving(create_app(str(path))) as client:
+        yield client, tokens
+
+
+def _tenants(client: httpx.Client, token: str, query: list[tuple[str, str]]) -> set[str] | int:
+    r = client.get("/v1/showback", params=[("group_by", "tenant"), *query],
+                   headers={"Authorization": f"Bearer {token}"})
+    return {x["tenant"] for x in r.json()["rows"]} if r.status_code == 200 else r.status_code
+
+
+def test_a_tenant_whose_name_holds_a_comma_can_be_asked_for(comma_api: tuple[httpx.Client, dict[str, str]]) -> None:
+    client, tokens = comma_api
+    admin, acme = tokens["admin"], tokens["acme"]
+    # its own token, the name given once as it is: was split on "," and answered 403 forbidden_tenant
+    assert _tenants(client, acme, [("tenant", "Acme, Inc.")]) == {"Acme, Inc."}
+    assert _tenants(client, acme, []) == {"Acme, Inc."}
+    assert _tenants(client, acme, [("tenant", "Acme, Inc."), ("tenant", "ml")]) == 403
+    assert _tenants(client, acme, [("tenant", "Acme")]) == 403
+    # repeated parameters: each occurrence whole
+    assert _tenants(client, admin, [("tenant", "Acme, Inc."), ("tenant", "ml")]) == {"Acme, Inc.", "ml"}
+    assert _tenants(client, admin, [("tenant", 'say "hi", world'), ("tenant", "")]) == {'say "hi", world'}
+    # given once: the comma-separated form stays, double quotes protect a comma
+    assert _tenants(client, admin, [("tenant", "Acme,ml")]) == {"Acme", "ml"}
+    assert _tenants(client, admin, [("tenant", " Acme , ml ,")]) == {"Acme", "ml"}
+    assert _tenants(client, admin, [("tenant", '"Acme, Inc.",ml')]) == {"Acme, Inc.", "ml"}
+    assert _tenants(client, admin, [("tenant", '"say ""hi"", world"')]) == {'say "hi", world'}
+
+
+def test_drilldown_links_keep_a_name_with_a_comma_whole(comma_api: tuple[httpx.Client, dict[str, str]]) -> None:
+    client, tokens = comma_api
+    auth = {"Authorization": f"Bearer {tokens['admin']}"}
+    lines = client.get("/v1/showback", params={"group_by": "tenant"}, headers=auth).json()["rows"]
+    for line in lines:
+        rows = client.get(line["drilldown"], headers=auth).json()["rows"]
+        assert rows and {r["tenant"] for r in rows} == {line["tenant"]}, line["drilldown"]

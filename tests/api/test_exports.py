@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -142,3 +143,30 @@ def test_both_chargeback_routes_share_one_cached_file(day_closed: tuple[httpx.Cl
     assert len(files) == 1, files  # one computation answered both routes
     assert page.status_code == 200 and page.content == export.content
     assert _file_headers(page) == _file_headers(export)
+
+
+@pytest.mark.parametrize("route", ["/v1/chargeback.csv", "/v1/exports/chargeback", "/v1/exports/reconciliation"])
+@pytest.mark.parametrize("month", ["２０２６-１０", "2026-10\u00e9", "9999-12"])
+def test_a_month_is_validated_before_it_reaches_a_header(
+        served: tuple[httpx.Client, Path, bytes, dict[str, str]], route: str, month: str) -> None:
+    r = served[0].get(route, params={"month": month})  # full-width digits were a 500 (latin-1 header)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "bad_month", r.text
+    assert "year 10000" not in r.text
+
+
+def test_both_csv_routes_neutralise_formula_names(served: tuple[httpx.Client, Path, bytes, dict[str, str]]) -> None:
+    client = served[0]  # November bills a tenant named "=evil"; the page's download is /v1/chargeback.csv
+    for r in (client.get("/v1/chargeback.csv", params={"month": "2026-11"}),
+              client.get("/v1/exports/chargeback", params={"month": "2026-11"})):
+        rows = list(csv.DictReader(io.StringIO(r.content.decode("utf-8"), newline="")))
+        assert "'=evil" in {x["SubAccountId"] for x in rows}
+        assert not [v for x in rows for k, v in x.items() if v and v.startswith(("=", "+", "@", "\t", "\r"))
+                    or (v.startswith("-") and not _is_number(v))]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        Decimal(text)
+    except ArithmeticError:
+        return False
+    return True
