@@ -53,6 +53,10 @@ SETTING_FLAGS: dict[str, tuple[str, str | None]] = {
     "--port": ("api_port", "PORT"),
     "--prices": ("prices_path", "TOML"),
     "--close-grace-hours": ("close_grace_hours", "HOURS"),
+    "--tls-certfile": ("api_tls_certfile", "PEM"),
+    "--tls-keyfile": ("api_tls_keyfile", "PEM"),
+    "--audit-dir": ("api_audit_dir", "DIR"),
+    "--audit-retention-days": ("api_audit_retention_days", "DAYS"),
     "--charge-period": ("charge_period", None),  # choices show as {month,day}
 }
 

@@ -23,7 +23,8 @@ def register(sub: Any, settings: Settings) -> None:
     setting_flags(s, settings, "--db", "--host", "--port", "--prices")
     s.add_argument("--close-months", action="store_true",
                    help="close each month's chargeback file once it has ended (+ grace); needs the writer lock")
-    setting_flags(s, settings, "--close-grace-hours")
+    setting_flags(s, settings, "--close-grace-hours", "--tls-certfile", "--tls-keyfile", "--audit-dir",
+                  "--audit-retention-days")
     s.add_argument("--no-auth", action="store_true",
                    help="serve every route without a token, as admin (local development only; never expose it)")
 
@@ -50,21 +51,24 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
 
     from gpuledger.analytics.focus import ExportContext
     from gpuledger.api.app import create_app
+    from gpuledger.api.serving import audit_log, tls_options
 
     db = settings.db_path
     if not Path(db).exists():
         raise GpuledgerError(f"no database at {db}",
                              hint="run `gpuledger ingest` or `gpuledger demo` first, or pass --db")
     book, context = price_book(settings.prices_path), ExportContext.from_settings(settings)
-    app = create_app(db, prices=book, auth=not args.no_auth, export_context=context)
+    tls = tls_options(settings)  # a half-set or missing TLS file fails here, before anything runs
+    app = create_app(db, prices=book, auth=not args.no_auth, export_context=context, audit=audit_log(settings))
     if args.close_months:  # the scheduled monthly close (docs/chargeback.md)
         from gpuledger.analytics.export_cmd import MonthCloser
 
         MonthCloser(db, book, context, settings.close_grace_hours).start()
-    print(f"gpuledger API on http://{settings.api_host}:{settings.api_port}/  (OpenAPI: /docs)")
+    scheme = "https" if tls else "http"
+    print(f"gpuledger API on {scheme}://{settings.api_host}:{settings.api_port}/  (OpenAPI: /docs)")
     if args.no_auth:
         print("warning: --no-auth: every request is served as admin; for local development only", file=sys.stderr)
-    uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="warning")
+    uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="warning", **tls)
     return 0
 
 
