@@ -15,6 +15,7 @@ attributed under (``attributed.rules_version``, written by the job).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import polars as pl
@@ -60,7 +61,7 @@ def parse_instant(text: str) -> int:
     return int(when.timestamp()) * 10**9 + when.microsecond * 1000
 
 
-def rules_versions(store: Store, where: str, params: list[object]) -> list[str]:
+def rules_versions(store: Store, where: str, params: Sequence[object]) -> list[str]:
     """Tenancy-rule versions the ledger rows matching ``where`` were attributed under (``attributed.rules_version``).
 
     Files written before the column existed, or messages attributed then, say ``unrecorded``.
@@ -86,13 +87,13 @@ def explain_command(db: str, tenant: str, start: str | None, end: str | None, fm
     start_ns = parse_instant(start) if start else None
     end_ns = parse_instant(end) if end else None
     with Store(db, read_only=True) as store:
-        where, params = ["tenant = ?"], [tenant]
+        where, params = ["tenant = ?"], list[object]([tenant])
         if start_ns is not None:
             where.append("interval_start_ns >= ?")
-            params.append(start_ns)  # type: ignore[arg-type]
+            params.append(start_ns)
         if end_ns is not None:
             where.append("interval_start_ns < ?")
-            params.append(end_ns)  # type: ignore[arg-type]
+            params.append(end_ns)
         ledger = store.query(f"SELECT * FROM ledger WHERE {' AND '.join(where)}", params).lazy()
         versions = rules_versions(store, " AND ".join(where), params)
     rows = explain(ledger, tenant).collect()

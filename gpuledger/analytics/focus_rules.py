@@ -84,7 +84,10 @@ def check_rows(rows: Iterable[Mapping[str, str]], header: Iterable[str], quantum
 
 def _check_row(row: Mapping[str, str], quantum: Decimal) -> list[str]:
     out: list[str] = []
-    get = lambda c: row.get(c) or None
+
+    def get(c: str) -> str | None:
+        return row.get(c) or None
+
     out += [f"{c} is null" for c in _NOT_NULL if get(c) is None]
     for c in _DECIMALS:
         if get(c) is not None and not _NUMBER.fullmatch(row[c]):

@@ -18,7 +18,7 @@ a token, which writes the file, takes effect on the next request.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
@@ -84,7 +84,7 @@ async def principal(request: Request, credentials: HTTPAuthorizationCredentials 
     return found
 
 
-def require(*roles: str) -> Callable[..., Principal]:
+def require(*roles: str) -> Callable[..., Awaitable[Principal]]:
     """A dependency that lets only ``roles`` through (403 otherwise)."""
 
     async def check(who: Principal = Depends(principal)) -> Principal:  # no IO: stays on the event loop

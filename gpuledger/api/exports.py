@@ -59,6 +59,13 @@ def _context(request: Request, charge_period: Literal["month", "day"] | None) ->
     return ctx if charge_period is None else replace(ctx, charge_period=charge_period)
 
 
+def _period(stored: str) -> Literal["month", "day"]:
+    """A close record's charge period (written by this code: month or day)."""
+    if stored not in ("month", "day"):
+        raise ValueError(f"a close record holds charge period {stored!r}")
+    return "month" if stored == "month" else "day"
+
+
 def chargeback_file(request: Request, s: Session, month: str, fmt: closing.Format = "csv",
                     charge_period: Literal["month", "day"] | None = None) -> ChargebackFile:
     """The month's file, for both chargeback routes: a closed month's stored bytes, else computed now.
@@ -73,7 +80,7 @@ def chargeback_file(request: Request, s: Session, month: str, fmt: closing.Forma
     def compute() -> ChargebackFile:
         s.query("SELECT 1 FROM ledger LIMIT 0")  # 503 no_ledger, with a hint, before any work
         closed = closing.closed_months(s.store).get(month)
-        use = ctx if charge_period is not None or closed is None else replace(ctx, charge_period=closed.charge_period)
+        use = ctx if charge_period is not None or closed is None else replace(ctx, charge_period=_period(closed.charge_period))
         try:
             result = closing.export(s.store, month, book, fmt=fmt, context=use)
         except closing.ExportError as exc:

@@ -12,6 +12,7 @@ ledger rows are absent, not zero.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -19,7 +20,7 @@ from fastapi.responses import JSONResponse
 from gpuledger.analytics import kinds as K
 from gpuledger.api import errors as E
 from gpuledger.api import views
-from gpuledger.api.auth import DATA_ROLES, data_filters, require, session
+from gpuledger.api.auth import DATA_ROLES, Given, data_filters, require, session
 from gpuledger.api.errors import ERROR_RESPONSES, ApiError
 from gpuledger.api.models import Dimensions, Usage
 from gpuledger.api.params import END, START, filter_params, parse_granularity, parse_group_by, resolve_period
@@ -47,7 +48,7 @@ class EfficiencySeriesRow(Dimensions):
 
 
 def _frame(request: Request, s: Session, who: Principal, start: str | None, end: str | None,
-           granularity: str, by: list[str], f: dict[str, list[str] | None], extra_keys: list[str]) -> list[dict[str, Any]]:
+           granularity: str, by: list[str], f: Mapping[str, Given], extra_keys: list[str]) -> list[dict[str, Any]]:
     filters = data_filters(who, **f)
     period = resolve_period(s, start, end, filters)
     if period is None:
@@ -114,6 +115,6 @@ def series_gpu(request: Request, gpu: str = Query(..., description="GPU UUID (fr
                group_by: str = Query("tenant", description="tenant, pod, workload or namespace"),
                who: Principal = Depends(require(*DATA_ROLES)), s: Session = Depends(session, scope="function")) -> JSONResponse:
     by = parse_group_by(group_by, ("tenant", "namespace", "pod", "workload", "profile", "sharing"))
-    f: dict[str, list[str] | None] = {"tenant": None, "namespace": None, "node": None, "model": None, "sharing": None,
+    f: dict[str, Given] = {"tenant": None, "namespace": None, "node": None, "model": None, "sharing": None,
                                 "pod": None, "workload": None, "gpu": gpu}
     return JSONResponse(_frame(request, s, who, start, end, granularity, by, f, []))

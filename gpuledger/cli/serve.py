@@ -68,7 +68,8 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     print(f"gpuledger API on {scheme}://{settings.api_host}:{settings.api_port}/  (OpenAPI: /docs)")
     if args.no_auth:
         print("warning: --no-auth: every request is served as admin; for local development only", file=sys.stderr)
-    uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="warning", **tls)
+    uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="warning",
+                ssl_certfile=tls.get("ssl_certfile"), ssl_keyfile=tls.get("ssl_keyfile"))
     return 0
 
 

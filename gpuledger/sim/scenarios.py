@@ -102,7 +102,7 @@ def fractional(seed: int = 0, horizon_s: float = 3600.0, quirks: Quirks | None =
     gpus, pods = [], []
     for i in range(8):
         gpus.append(GpuSpec(H100))
-        want, millis = int(d.rng.integers(2, 5)), []
+        want, millis = int(d.rng.integers(2, 5)), list[int]()
         for _ in range(100):
             m = int(d.rng.choice(d.milli))
             if sum(millis) + m <= 1000:

@@ -28,6 +28,7 @@ import gzip
 import io
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -53,9 +54,10 @@ def duty_cycle_grid(src: Path) -> dict[str, np.ndarray]:
     duty = pl.read_csv(src / "alibaba-genai-2026" / "pod_gpu_duty_cycle_anon.csv.gz")
     mem = pl.read_csv(src / "alibaba-genai-2026" / "pod_gpu_memory_used_bytes_anon.csv.gz")
     pods = sorted(duty["container_ip"].unique().to_list())  # memory has one extra pod: dropped
-    t0 = float(duty["timestamp_anon"].min())
+    stamps = duty["timestamp_anon"].to_numpy()
+    t0 = float(stamps.min())
     step = float(np.median(np.diff(np.sort(duty["timestamp_anon"].unique().to_numpy()))))
-    n_steps = round((float(duty["timestamp_anon"].max()) - t0) / step) + 1
+    n_steps = round((float(stamps.max()) - t0) / step) + 1
     row_of = {p: k for k, p in enumerate(pods)}
 
     def grid(frame: pl.DataFrame, scale: float, top: int) -> np.ndarray:
@@ -96,7 +98,8 @@ def main(argv: list[str]) -> None:
         raise SystemExit("usage: python gpuledger/sim/data/make_slice.py TRACE_DIR")
     src = Path(argv[1])
     out = Path(__file__).resolve().parent
-    np.savez_compressed(out / "pod_duty_cycle.npz", **duty_cycle_grid(src))
+    grid: dict[str, Any] = duty_cycle_grid(src)
+    np.savez_compressed(out / "pod_duty_cycle.npz", **grid)
     buf = io.BytesIO()
     openb_pods(src).write_csv(buf)
     # mtime=0: the gzip bytes depend only on the content (reproducible builds)

@@ -152,8 +152,8 @@ def _health_lines(node: SimNode, i: int) -> list[str]:
         out.append(f"remapped {int(c)} {int(u)} 0 0")
     if (b := value("throttle_reasons", "nvmlDeviceGetCurrentClocksEventReasons")) is not None:
         out.append(f"clocks_event {int(b)}")
-    if isinstance(h.get("mem_copy_util"), Exception):
-        out.append(_fail("nvmlDeviceGetSamples:2", h["mem_copy_util"]))  # 2: NVML_MEMORY_UTILIZATION_SAMPLES
+    if isinstance(mem_copy := h.get("mem_copy_util"), Exception):
+        out.append(_fail("nvmlDeviceGetSamples:2", mem_copy))  # 2: NVML_MEMORY_UTILIZATION_SAMPLES
     for key, fn, line in (("enc_util", "nvmlDeviceGetEncoderUtilization", "enc"),
                           ("dec_util", "nvmlDeviceGetDecoderUtilization", "dec")):
         if (e := value(key, fn)) is not None:
