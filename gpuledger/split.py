@@ -62,7 +62,8 @@ class UnitSplit(NamedTuple):
 
 def clean_evidence(sm_util_sum: np.ndarray) -> np.ndarray:
     """A process's SM-sample sum as evidence: missing (NaN) -> 0, +inf -> float max, below 0 -> 0."""
-    return np.clip(np.nan_to_num(np.asarray(sm_util_sum, np.float64), nan=0.0, posinf=_DBL_MAX), 0.0, None)
+    x = np.asarray(sm_util_sum, np.float64)
+    return np.where(x > 0.0, np.minimum(x, _DBL_MAX), 0.0)  # NaN > 0 is false: NaN -> 0
 
 
 def held_fraction(share_sum: np.ndarray) -> np.ndarray:
@@ -89,7 +90,8 @@ def split_units(util: np.ndarray, capacity: np.ndarray, util_samples: np.ndarray
     # the unsampled processes' (all of busy when the sampled ones reported only zeros).
     remainder = (n_unsampled > 0) & (n_sampled > 0) & (util_samples > 0) & (busy > 0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        r = np.where(remainder, np.clip(1.0 - evidence_sum * capacity / util_samples / busy, 0.0, 1.0), 0.0)
+        unexplained = 1.0 - evidence_sum * capacity / util_samples / busy
+        r = np.where(remainder, np.minimum(np.maximum(unexplained, 0.0), 1.0), 0.0)  # clipped; NaN stays NaN
     server_only = (n_owned == 0) & (share_sum > 0)  # only an MPS server / host daemon listed, unit held
     no_proc = measured & (busy > 0) & ((n_procs == 0) | ((evidence_sum <= 0) & server_only))
     return UnitSplit(
@@ -111,12 +113,11 @@ def process_weights(evidence: np.ndarray, owned: np.ndarray, samples: np.ndarray
     """
     unsampled = owned & (samples <= 0)
     take_remainder = remainder & unsampled
-    with np.errstate(divide="ignore", invalid="ignore"):
-        w = np.select(
-            [take_remainder, evidence_sum > 0, remainder, n_owned > 0],
-            [r / n_unsampled, (1.0 - r) * evidence / evidence_sum, 0.0, owned / n_owned],
-            1.0 / n_procs,
-        )
+    by_evidence = evidence_sum > 0
+    with np.errstate(divide="ignore", invalid="ignore"):  # each branch is computed for every row
+        equal = np.where(n_owned > 0, owned / n_owned, 1.0 / n_procs)
+        w = np.where(take_remainder, r / n_unsampled,
+                     np.where(by_evidence, (1.0 - r) * evidence / evidence_sum, np.where(remainder, 0.0, equal)))
     rule = np.where(take_remainder, UNSAMPLED_REMAINDER,
-                    np.where((evidence_sum > 0) | remainder, PROCESS_SAMPLES, EQUAL_PROCESSES))
+                    np.where(by_evidence | remainder, PROCESS_SAMPLES, EQUAL_PROCESSES))
     return w, rule

@@ -21,17 +21,17 @@ from hypothesis import strategies as st
 from test_ledger import message
 
 from gpuledger import cli, split, wire
-from gpuledger.sim import scenarios as simscenarios
-from gpuledger.sim.fleetsim import FleetSim, demo_fleet
-from gpuledger.sim.spec import Quirks
 from gpuledger.analytics import kinds as K
 from gpuledger.analytics import ledger as L
 from gpuledger.analytics.job import read_chunk, read_frames, reference_chunk, run_attribution
 from gpuledger.analytics.ledger import LEDGER_COLUMNS, attribute, attribute_chunk, chunk_from_frames
 from gpuledger.analytics.ledger import passes as P
 from gpuledger.analytics.ledger.columns import KINDS, RULES
-from gpuledger.sim.accuracy import simulate
 from gpuledger.analytics.tenancy import TenancyRules
+from gpuledger.sim import scenarios as simscenarios
+from gpuledger.sim.accuracy import simulate
+from gpuledger.sim.fleetsim import FleetSim, demo_fleet
+from gpuledger.sim.spec import Quirks
 from gpuledger.store import Store
 
 NUM = ["gpu_seconds", "energy_j", "memory_gb_seconds"]

@@ -193,17 +193,14 @@ def _units(dev: pl.DataFrame, dkey: np.ndarray, drow: np.ndarray) -> _Units:
     return units
 
 
-def _int_max(column: pl.Series) -> int:
-    """The largest value of an integer column (0 when it has only nulls)."""
-    top = column.max()
-    return int(top) if isinstance(top, int) else 0
-
-
 def attribute_chunk(chunk: Chunk) -> Result:
     """Ledger rows (LEDGER_COLUMNS) of one chunk: the same rows as ``attribute`` on ``frames_of_chunk(chunk)``."""
     dev, proc, alloc = chunk.devices, chunk.processes, chunk.allocations
-    g_max = max([_int_max(f["gpu_index"]) for f in (dev, proc, alloc) if f.height] + [0]) + 1
-    mi_max = max([_int_max(f["mig_index"]) for f in (dev, proc, alloc) if f.height] + [0]) + 2
+
+    def largest(col: str) -> int:
+        return max([int(f.select(pl.max(col)).item() or 0) for f in (dev, proc, alloc) if f.height] + [0])
+
+    g_max, mi_max = largest("gpu_index") + 1, largest("mig_index") + 2
 
     # --- units: device rows sorted by key (MIG parent's remainder keeps the parent's key) ---
     dkey = _i64(dev, "m") * g_max  # in place from here: fresh arrays cost page faults

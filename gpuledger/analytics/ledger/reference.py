@@ -184,7 +184,7 @@ def unit_rules(unit_frame: pl.LazyFrame, holder_totals: pl.LazyFrame, process_to
     if allocations_unavailable is not None:
         u = u.join(allocations_unavailable.select(MSG).unique().with_columns(_flag=pl.lit(True)), on=MSG, how="left")
         flagged = pl.col("_flag").fill_null(False)
-    units = u.with_columns(
+    table = u.with_columns(
         holders_unknown=flagged,
         sharing=pl.when(pl.col("is_mig")).then(pl.lit("mig"))
         .when(pl.col("n_holders") == 0).then(pl.lit("unallocated"))
@@ -197,11 +197,11 @@ def unit_rules(unit_frame: pl.LazyFrame, holder_totals: pl.LazyFrame, process_to
     ).collect()
 
     def col(name: str) -> pl.Series:
-        return units[name].cast(pl.Float64)
+        return table[name].cast(pl.Float64)
 
     s = split.split_units(*(col(c).to_numpy() for c in ("util", "capacity", "util_samples", "n_procs", "n_owned",
                                                           "n_sampled", "n_unsampled", "evidence_sum", "share_sum")))
-    return units.with_columns(pl.Series(name, value) for name, value in s._asdict().items()).with_columns(
+    return table.with_columns(pl.Series(name, value) for name, value in s._asdict().items()).with_columns(
         held=pl.Series(split.held_fraction(col("share_sum").to_numpy())))
 
 
