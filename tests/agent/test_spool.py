@@ -16,7 +16,7 @@ from gpuledger.agent.spool import Spool, SpoolingPublisher
 from gpuledger.ingest.consumer import Ingestor
 from gpuledger.store import Store
 from gpuledger.transport import KafkaPublisher, KafkaSubscriber, MemoryTransport
-from tests.conftest import KAFKA_GROUP_TIMING
+from tests.support.kafka import KAFKA_GROUP_TIMING
 
 
 def drain(spool: Spool) -> list[bytes]:

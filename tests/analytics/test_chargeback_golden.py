@@ -34,7 +34,7 @@ from gpuledger.analytics.prices import default_price_book, parse_price_book
 from gpuledger.analytics.reconcile import reconcile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_chargeback import parse
+from tests.support.chargeback_rows import parse
 
 from gpuledger.store import Store
 

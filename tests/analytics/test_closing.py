@@ -18,7 +18,7 @@ from gpuledger.analytics.prices import default_price_book
 from gpuledger.analytics.reconcile import reconcile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_chargeback import HOUR_NS, SCHEMA, billed, parse, random_ledgers, row
+from tests.support.chargeback_rows import HOUR_NS, SCHEMA, billed, parse, random_ledgers, row
 
 from gpuledger.store import Store
 

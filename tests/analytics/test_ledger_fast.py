@@ -15,7 +15,7 @@ import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_ledger import message
+from tests.support.ledger_inputs import message
 
 from gpuledger import cli, wire
 from gpuledger.sim import scenarios as simscenarios

@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_ledger import gpu_spec, ledger_of, message
+from tests.support.ledger_inputs import gpu_spec, ledger_of, message
 
 from gpuledger.analytics import kinds as K
 from gpuledger.analytics.explain import explain

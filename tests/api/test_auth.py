@@ -16,8 +16,8 @@ from gpuledger.api.app import create_app
 from gpuledger.api.tokens import create_token, revoke_token
 
 from gpuledger.store import Store
-from tests.api.demo_data import build_demo_db, other_tenants_pods
-from tests.live_server import serving
+from tests.support.demo_data import build_demo_db, other_tenants_pods
+from tests.support.live_server import serving
 
 TENANT = "nlp"
 

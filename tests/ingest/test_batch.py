@@ -12,12 +12,12 @@ from typing import Any
 
 import polars as pl
 import pytest
-from factories import make_message, make_stream
+from tests.support.factories import make_message, make_stream
 from gpuledger.ingest.batch import ArrowBatch, HeaderCache, decode_batch
 from gpuledger.ingest.clock import ClockCheck
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_wire import COLUMNS, HEADER_KEYS, REFERENCES, column_values, join, json_values, split, text_with_surrogates
+from tests.support.wire_frames import COLUMNS, HEADER_KEYS, REFERENCES, column_values, join, json_values, split, text_with_surrogates
 
 from gpuledger import wire
 from gpuledger.errors import WireError

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from factories import make_stream
+from tests.support.factories import make_stream
 from gpuledger.analytics.job import run_attribution
 from gpuledger.ingest.batch import decode_batch
 from gpuledger.ingest.segment_merge import merge_segments, retire_segments

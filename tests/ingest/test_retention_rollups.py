@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from factories import make_message
+from tests.support.factories import make_message
 from gpuledger.analytics import closing
 from gpuledger.api.app import create_app
 from gpuledger.analytics.hourly import mark_hours, refresh_hourly
@@ -23,7 +23,7 @@ from gpuledger.ingest.retention import enforce_retention
 from gpuledger import wire
 from gpuledger.errors import GpuledgerError
 from gpuledger.store import Store
-from tests.live_server import serving
+from tests.support.live_server import serving
 
 BOOK = default_price_book()
 NOW = dt.datetime(2026, 11, 22, tzinfo=dt.UTC)

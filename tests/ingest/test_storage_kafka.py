@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 from gpuledger.api.app import create_app
 from gpuledger.transport import KafkaPublisher
-from test_failures_kafka import assert_same, encoded, ingest_cmd, publish, reference, snapshot, started, stream
 
 from gpuledger.errors import StoreError
 from gpuledger.store import Store
-from tests.live_server import serving
+from tests.support.ingest_runs import assert_same, encoded, ingest_cmd, publish, reference, snapshot, started, stream
+from tests.support.live_server import serving
 
 pytestmark = pytest.mark.kafka
 
