@@ -4,11 +4,12 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench soak setup clean help
+.PHONY: demo test test-fast bench soak setup clean help
 
 help:
 	@echo "make demo   simulate a 32-GPU fleet for a day through the whole pipeline, then serve the API"
 	@echo "make test   set up and run the whole test suite"
+	@echo "make test-fast  the tests that need no broker or system tool and take under ~5 s each (docs/testing.md)"
 	@echo "make bench  run the benchmarks under benchmarks/"
 	@echo "make soak   run the agent for 3,600 ticks against the simulator; fails if its memory grows"
 
@@ -26,6 +27,10 @@ demo: setup
 test: setup
 	sh scripts/system-deps.sh
 	$(PY) -m pytest -q $(TEST_ARGS)
+
+# While iterating: no Kafka broker, Prometheus or browser, nothing slow (markers in pyproject.toml).
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow and not external" $(TEST_ARGS)
 
 bench: setup
 	$(PY) -m benchmarks $(BENCH_ARGS)

@@ -23,7 +23,7 @@ from gpuledger.store import Store
 from gpuledger.transport import KafkaPublisher
 from tests.support.live_server import serving
 
-pytestmark = pytest.mark.kafka
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]  # one module fixture runs the whole pipeline
 START_US = 1_790_812_800 * 10**6  # 2026-10-01T00:00:00Z
 TICK_S = 10.0
 TICKS = 180  # half an hour of 2 nodes x 8 GPUs: 360 messages

@@ -100,6 +100,7 @@ def ingest(bootstrap: str, topic: str, db: Path, n: int) -> None:
             sub.close()
 
 
+@pytest.mark.slow
 @pytest.mark.kafka
 def test_broker_outage_and_restart_every_tick_arrives_exactly_once(private_tansu, tmp_path: Path) -> None:
     broker = private_tansu

@@ -263,6 +263,7 @@ def test_row_order_does_not_depend_on_input_order() -> None:
 # --- the property: any ledger, the file total is the fleet's capacity cost ------
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(random_ledgers())
 def test_file_total_is_capacity_times_price_exactly(case: tuple[list[dict[str, Any]], dict[str, int]]) -> None:
@@ -320,6 +321,7 @@ def test_mig_pools_are_exact_in_sevenths(intervals: list[tuple[int, list[tuple[s
     assert billed(text) == expected
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(random_ledgers(), st.sampled_from(["month", "day"]), st.booleans())
 def test_every_row_satisfies_the_focus_rules_and_sums_to_capacity_cost(

@@ -74,6 +74,7 @@ def test_reattribution_is_identical_and_incremental_runs_add_only_new_intervals(
     assert first.equals(again)
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(gpus=st.lists(gpu_spec, min_size=1, max_size=4), dt_s=st.sampled_from([1.0, 10.0, 60.0]))
 def test_conservation_used_plus_idle_plus_unallocated_is_capacity(gpus: list[dict], dt_s: float) -> None:

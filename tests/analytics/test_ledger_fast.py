@@ -198,6 +198,7 @@ gpu = st.fixed_dictionaries(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(messages=st.lists(st.lists(gpu, min_size=1, max_size=4), min_size=1, max_size=3),
        dt_s=st.sampled_from([1.0, 10.0, 60.0]), shuffle=st.one_of(st.none(), st.integers(0, 3)))

@@ -19,6 +19,7 @@ from gpuledger.store import Store
 from tests.support.demo_data import build_demo_db, other_tenants_pods
 from tests.support.live_server import serving
 
+pytestmark = pytest.mark.slow  # most tests read the module's demo file (simulated hours, built once)
 TENANT = "nlp"
 
 

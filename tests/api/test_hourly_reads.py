@@ -21,6 +21,8 @@ from gpuledger.store import Store
 from tests.support.demo_data import START, build_demo_db
 from tests.support.live_server import serving
 
+pytestmark = pytest.mark.slow  # every test reads the module's demo file (simulated hours, built once)
+
 #: Whole and cut periods, every grouping and bucket the hour-grain reads serve.
 REQUESTS: list[tuple[str, dict[str, str]]] = [
     ("/v1/showback", {"start": "2026-10-01", "end": "2026-10-03", "group_by": "tenant"}),

@@ -124,6 +124,7 @@ def expand(text: str, gpu: str) -> str:
     return text.replace("${__from}", str(start)).replace("${__to}", str(end)).replace("${gpu}", gpu)
 
 
+@pytest.mark.slow
 def test_every_infinity_query_returns_a_full_frame_from_the_live_api(demo: dict[str, Any]) -> None:
     client: httpx.Client = demo["client"]
     start, end = demo_period_ms()

@@ -52,6 +52,7 @@ def stored(db: Path) -> int:
         return store.count("messages")
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_points_then_restart_stores_what_an_uninterrupted_run_stores(
     kafka_broker: str, kafka_topic: str, tmp_path: Path
 ) -> None:
@@ -139,6 +140,7 @@ EXPECTED_REASON = {
 }
 
 
+@pytest.mark.slow
 @settings(max_examples=3, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_poison_interleaved_with_valid_traffic_is_set_aside_and_the_partition_moves_on(
@@ -180,6 +182,7 @@ def test_poison_interleaved_with_valid_traffic_is_set_aside_and_the_partition_mo
     store.close()
 
 
+@pytest.mark.slow
 def test_late_out_of_order_spool_replay_is_attributed_as_if_it_came_in_order(
     kafka_broker: str, kafka_topic: str, tmp_path: Path
 ) -> None:

@@ -48,6 +48,7 @@ def ingest(store: Store, subscriber: Any, *, expect: int, idle_s: float = 3.0) -
         subscriber.close()
 
 
+@pytest.mark.slow
 def test_published_twice_stored_once_and_the_group_resumes_after_the_commit(
     kafka_broker: str, kafka_topic: str, kafka_subscriber: Callable[..., Any], unique_name: Callable[[str], str]
 ) -> None:

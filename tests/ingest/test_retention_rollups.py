@@ -140,6 +140,7 @@ def test_full_reattribution_keeps_the_ledger_of_months_without_raw_samples(store
     assert store.scalar("SELECT sum(gpu_seconds) FROM ledger") == pytest.approx(total, rel=1e-12)
 
 
+@pytest.mark.slow
 def test_the_api_answers_a_retired_month_from_its_rollups(tmp_path: Path) -> None:
     path = tmp_path / "g.duckdb"
     with Store(path) as s:

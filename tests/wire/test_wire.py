@@ -184,6 +184,7 @@ def test_null_references_and_missing_values_are_allowed() -> None:
 # --- fuzzing ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @settings(max_examples=500, deadline=None)
 @given(st.binary(max_size=512))
 def test_arbitrary_bytes_only_raise_wire_error(buf: bytes) -> None:
@@ -193,6 +194,7 @@ def test_arbitrary_bytes_only_raise_wire_error(buf: bytes) -> None:
         pass
 
 
+@pytest.mark.slow
 @settings(max_examples=500, deadline=None)
 @given(st.binary(max_size=400), st.lists(st.integers(0, 3), min_size=4, max_size=4))
 def test_arbitrary_bytes_behind_a_valid_frame_only_raise_wire_error(body: bytes, counts: list[int]) -> None:
@@ -204,6 +206,7 @@ def test_arbitrary_bytes_behind_a_valid_frame_only_raise_wire_error(body: bytes,
         pass
 
 
+@pytest.mark.slow
 def test_whatever_decodes_can_be_stored() -> None:
     """Mutated header fields and table cells: decode refuses, or the store accepts it."""
     store = Store()
