@@ -4,11 +4,12 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench bench-json bench-doc soak setup clean help
+.PHONY: demo test test-fast bench bench-json bench-doc soak setup clean help
 
 help:
 	@echo "make demo   simulate a 32-GPU fleet for a day through the whole pipeline, then serve the API"
 	@echo "make test   set up and run the whole test suite"
+	@echo "make test-fast  the tests that need no broker or system tool and take under ~5 s each (docs/testing.md)"
 	@echo "make bench  run the benchmarks under benchmarks/"
 	@echo "make bench-json  run them, store each result in benchmarks/results/ and regenerate docs/benchmarks.md"
 	@echo "make bench-doc   regenerate docs/benchmarks.md and the README's status table from benchmarks/results/"
@@ -28,6 +29,10 @@ demo: setup
 test: setup
 	sh scripts/system-deps.sh
 	$(PY) -m pytest -q $(TEST_ARGS)
+
+# While iterating: no Kafka broker, Prometheus or browser, nothing slow (markers in pyproject.toml).
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow and not external" $(TEST_ARGS)
 
 bench: setup
 	$(PY) -m benchmarks $(BENCH_ARGS)

@@ -8,9 +8,12 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 
 import polars as pl
+import pytest
 
 from gpuledger.analytics.prices import default_price_book
 from gpuledger.store import Store
+
+pytestmark = pytest.mark.slow  # the whole demo: a simulated day of 32 GPUs through every stage
 
 
 def test_demo_writes_outputs_and_its_csv_totals_fleet_capacity_times_price(tmp_path: Path) -> None:

@@ -21,9 +21,9 @@ from gpuledger.sim.accuracy import compare
 from gpuledger.ingest.consumer import Ingestor
 from gpuledger.store import Store
 from gpuledger.transport import KafkaPublisher
-from tests.live_server import serving
+from tests.support.live_server import serving
 
-pytestmark = pytest.mark.kafka
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]  # one module fixture runs the whole pipeline
 START_US = 1_790_812_800 * 10**6  # 2026-10-01T00:00:00Z
 TICK_S = 10.0
 TICKS = 180  # half an hour of 2 nodes x 8 GPUs: 360 messages
@@ -31,7 +31,7 @@ TICKS = 180  # half an hour of 2 nodes x 8 GPUs: 360 messages
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory, kafka_broker: str) -> dict:
-    from tests.conftest import KAFKA_GROUP_TIMING
+    from tests.support.kafka import KAFKA_GROUP_TIMING
 
     topic = f"pipeline-{tmp_path_factory.getbasetemp().name}"
     fleet = demo_fleet(n_nodes=2, gpus_per_node=8, seed=3, quirks=Quirks(), horizon_s=TICKS * TICK_S,
@@ -108,7 +108,7 @@ def test_api_over_http_reports_what_the_ledger_holds(run: dict) -> None:
 
 def test_redelivering_every_message_changes_no_total(run: dict, tmp_path: Path) -> None:
     from gpuledger.transport import KafkaSubscriber
-    from tests.conftest import KAFKA_GROUP_TIMING
+    from tests.support.kafka import KAFKA_GROUP_TIMING
 
     with Store(run["db"], read_only=True) as store:
         before = store.query("SELECT tenant, kind, sum(gpu_seconds) s FROM ledger GROUP BY ALL ORDER BY ALL")

@@ -15,6 +15,7 @@ from gpuledger.agent.run import serve_metrics
 from gpuledger.agent.sampler import Sampler
 from gpuledger.sim.fleetsim import FleetSim
 from gpuledger.sim.spec import FleetSpec, GpuSpec, Holding, NodeSpec, PodSpec, ProcSpec
+from tests.support.system import free_port
 
 H100 = "NVIDIA H100 80GB HBM3"
 
@@ -175,16 +176,13 @@ def test_stale_pod_series_expire() -> None:
 
 def test_gpuledger_agent_serves_metrics_on_the_flagged_port() -> None:
     """`gpuledger agent --backend sim --metrics-port N`: the CLI's flags reach /metrics."""
-    import socket
     import threading
     import time
 
     from gpuledger.cli import agent as agent_command
     from gpuledger.cli import parse
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     args, settings = parse(
         ["agent", "--backend", "sim", "--interval", "0.2", "--ticks", "40", "--node", "cli-node",
          "--metrics-port", str(port), "--metrics-host", "127.0.0.1"])

@@ -17,7 +17,7 @@ from gpuledger.agent.backend import Owner
 from gpuledger.agent.nvml import NvmlBackend, mig_profile_name, pynvml
 from gpuledger.agent.sampler import Sampler
 from gpuledger.errors import FieldError, GpuLost, NotSupported
-from tests.agent.nvml_replay import ReplayNvml, load
+from tests.support.nvml_replay import ReplayNvml, load
 
 
 class NoWorkloads:
@@ -237,7 +237,7 @@ def test_mig_gr_engine_active_from_a_local_dcgm_exporter_over_http(replay) -> No
     from fastapi.responses import PlainTextResponse
 
     from gpuledger.agent.dcgm import DcgmExporterScrape, parse_gr_engine_active
-    from tests.live_server import serving
+    from tests.support.live_server import serving
 
     assert parse_gr_engine_active(DCGM_TEXT) == {(3, 2): 0.625, (0, -1): 0.9}
     _, nv, now = replay

@@ -22,7 +22,8 @@ from gpuledger.sim.fleetsim import FleetSim
 from gpuledger.sim.spec import FleetSpec, GpuSpec, NodeSpec
 from gpuledger.agent.holders import NodeWorkloads, device_ids
 from gpuledger.errors import BackendError
-from tests.live_server import serving
+from tests.support.live_server import serving
+from tests.support.system import need_binary
 
 H100 = "NVIDIA H100 80GB HBM3"
 CID = "a" * 64
@@ -287,18 +288,17 @@ def test_the_pods_endpoint_is_called_with_the_service_account_token(tmp_path: Pa
         assert anonymous.by_name("a", "train") is None and anonymous.failures == 1  # 401: kept empty, logged
 
 
+@pytest.mark.external
 def test_kubelet_https_verifies_against_the_ca_or_is_explicitly_insecure(tmp_path: Path) -> None:
     """A real TLS server with a self-signed certificate for another host name (like a kubelet's)."""
     import http.server
     import json
-    import shutil
     import ssl
     import threading
 
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl CLI not installed (needed to make a test certificate)")
+    openssl = need_binary("openssl", hint="needed to make a test certificate; apt-get install openssl")
     cert, key = tmp_path / "kubelet.crt", tmp_path / "kubelet.key"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
                     "/CN=gpu-node-7", "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
 
     class Handler(http.server.BaseHTTPRequestHandler):

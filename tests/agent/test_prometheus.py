@@ -7,9 +7,6 @@ the reason, except under CI=true where it fails.
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -21,22 +18,10 @@ import pytest
 from gpuledger.agent.run import run_agent
 from gpuledger.cli.agent import simulated_node
 from gpuledger.config import Settings
+from tests.support.system import free_port, need_binary
 
-
-def _prometheus() -> str:
-    binary = shutil.which("prometheus") or ("/usr/bin/prometheus" if Path("/usr/bin/prometheus").exists() else None)
-    if binary is None:
-        reason = "the prometheus server binary is not installed (scripts/system-deps.sh installs it as root)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{reason}; CI must run the Prometheus test")
-        pytest.skip(reason)
-    return binary
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+pytestmark = [pytest.mark.external, pytest.mark.slow]
+PROMETHEUS_HINT = "the Debian package; scripts/system-deps.sh installs it as root"
 
 
 def query(client: httpx.Client, promql: str) -> list[dict]:
@@ -48,15 +33,15 @@ def query(client: httpx.Client, promql: str) -> list[dict]:
 
 
 def test_prometheus_scrapes_the_agent_and_answers_promql(tmp_path: Path) -> None:
-    binary = _prometheus()
+    binary = need_binary("prometheus", "/usr/bin/prometheus", hint=PROMETHEUS_HINT)
     servers: list = []
     stop = threading.Event()
     settings = Settings(node_name="prom-node", kafka_bootstrap=None, kafka_topic="t", interval_s=0.5,
-                        metrics_port=_free_port(), metrics_host="127.0.0.1")
+                        metrics_port=free_port(), metrics_host="127.0.0.1")
     agent = threading.Thread(target=run_agent, args=(settings, simulated_node(seed=7)),
                              kwargs={"stop": stop, "ready": servers.append}, daemon=True)
     agent.start()
-    prom_port = _free_port()
+    prom_port = free_port()
     (tmp_path / "prometheus.yml").write_text(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
         "scrape_configs:\n  - job_name: gpuledger-agent\n    static_configs:\n"

@@ -121,6 +121,7 @@ def test_the_first_tick_only_primes_and_intervals_tile_time() -> None:
     assert all(m.interval_end_ns - m.interval_start_ns == 10 * 10**9 for m in msgs)
 
 
+@pytest.mark.slow
 def test_a_lost_gpu_is_still_booked_in_full() -> None:
     from gpuledger.analytics.job import run_attribution
     from gpuledger.analytics.ledger import conservation_error

@@ -16,7 +16,7 @@ from gpuledger.agent.spool import Spool, SpoolingPublisher
 from gpuledger.ingest.consumer import Ingestor
 from gpuledger.store import Store
 from gpuledger.transport import KafkaPublisher, KafkaSubscriber, MemoryTransport
-from tests.conftest import KAFKA_GROUP_TIMING
+from tests.support.kafka import KAFKA_GROUP_TIMING
 
 
 def drain(spool: Spool) -> list[bytes]:
@@ -100,6 +100,7 @@ def ingest(bootstrap: str, topic: str, db: Path, n: int) -> None:
             sub.close()
 
 
+@pytest.mark.slow
 @pytest.mark.kafka
 def test_broker_outage_and_restart_every_tick_arrives_exactly_once(private_tansu, tmp_path: Path) -> None:
     broker = private_tansu

@@ -17,8 +17,7 @@ import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_ledger import message
-from test_ledger_fast import CASES, gpu
+from tests.support.ledger_inputs import CASES, gpu, message
 
 from gpuledger import wire
 from gpuledger.agent.metrics import pod_shares

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import io
 import random
 from datetime import UTC, date, datetime
@@ -21,44 +20,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gpuledger.store import Store
-
-H100, A100 = "NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-40GB"
-HOUR_NS = 3_600 * 10**9
-T0 = cb.to_ns(datetime(2025, 3, 1, tzinfo=UTC))
-MARCH_NS = 31 * 24 * HOUR_NS
-SCHEMA = {
-    "agent_id": pl.String, "boot_id": pl.String, "seq": pl.UInt64, "node": pl.String,
-    "interval_start_ns": pl.Int64, "interval_end_ns": pl.Int64, "gpu_uuid": pl.String, "gpu_index": pl.UInt16,
-    "mig_index": pl.Int16, "model": pl.String, "profile": pl.String, "sharing": pl.String, "kind": pl.String,
-    "tenant": pl.String, "namespace": pl.String, "pod": pl.String, "rule": pl.String, "gpu_seconds": pl.Float64,
-    "energy_j": pl.Float64, "memory_gb_seconds": pl.Float64,
-}
-RULES = {K.BUSY: K.RULE_PROCESS_SAMPLES, K.ALLOCATED_IDLE: K.RULE_IDLE_SHARE, K.UNMEASURED: K.RULE_MIG_UNMEASURED,
-         K.UNALLOCATED: K.RULE_UNALLOCATED}
-
-
-def row(tenant: str, kind: str, seconds: float, *, seq: int = 0, gpu: int = 0, start_ns: int = T0,
-        dt_ns: int = HOUR_NS, model: str = H100, profile: str | None = None, mig: int = -1,
-        rule: str | None = None, energy_j: float | None = None, sharing: str = "exclusive") -> dict[str, Any]:
-    """One ledger row (the ledger table's columns)."""
-    return {"agent_id": "agent-a", "boot_id": "boot-1", "seq": seq, "node": "node-a",
-            "interval_start_ns": start_ns, "interval_end_ns": start_ns + dt_ns, "gpu_uuid": f"GPU-{gpu}",
-            "gpu_index": gpu, "mig_index": mig, "model": model, "profile": profile, "sharing": sharing,
-            "kind": kind, "tenant": K.PLATFORM_TENANT if kind == K.UNALLOCATED else tenant,
-            "namespace": None if kind == K.UNALLOCATED else tenant, "pod": None, "rule": rule or RULES[kind],
-            "gpu_seconds": float(seconds), "energy_j": energy_j, "memory_gb_seconds": None}
-
-
-def ledger(rows: list[dict[str, Any]]) -> pl.LazyFrame:
-    return pl.DataFrame(rows, schema=SCHEMA).lazy()
-
-
-def parse(text: str) -> list[dict[str, str]]:
-    return list(csv.DictReader(io.StringIO(text, newline="")))
-
-
-def billed(text: str) -> Decimal:
-    return sum((Decimal(r["BilledCost"]) for r in parse(text)), Decimal(0))
+from tests.support.chargeback_rows import (
+    A100,
+    H100,
+    HOUR_NS,
+    SCHEMA,
+    T0,
+    billed,
+    ledger,
+    parse,
+    random_ledgers,
+    row,
+)
 
 
 # --- hand-computed examples ---------------------------------------------------
@@ -289,31 +262,8 @@ def test_row_order_does_not_depend_on_input_order() -> None:
 
 # --- the property: any ledger, the file total is the fleet's capacity cost ------
 
-MODELS = [H100, A100, "NVIDIA L4", "Tesla T4", "Mystery GPU"]
-TENANTS = ["ml", "cv", "nlp", "=evil", "équipe"]
-KINDS = [K.BUSY, K.ALLOCATED_IDLE, K.UNMEASURED, K.UNALLOCATED]
 
-
-@st.composite
-def random_ledgers(draw: st.DrawFn) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """Random GPUs and intervals, each split among tenants and kinds so rows sum to capacity."""
-    models = draw(st.lists(st.sampled_from(MODELS), min_size=1, max_size=4))
-    rows: list[dict[str, Any]] = []
-    capacity_ns: dict[str, int] = {}
-    for seq in range(draw(st.integers(1, 6))):
-        start = T0 + draw(st.integers(0, MARCH_NS - 1))
-        dt = draw(st.integers(1, 6 * HOUR_NS))
-        for gpu, model in enumerate(models):
-            parts = draw(st.lists(st.tuples(st.sampled_from(TENANTS), st.sampled_from(KINDS),
-                                            st.integers(1, 1000), st.booleans()), min_size=1, max_size=5))
-            weight = sum(p[2] for p in parts)
-            for tenant, kind, w, measured in parts:
-                rows.append(row(tenant, kind, dt / 1e9 * w / weight, seq=seq, gpu=gpu, start_ns=start, dt_ns=dt,
-                                model=model, energy_j=float(w) if measured else None))
-            capacity_ns[model] = capacity_ns.get(model, 0) + dt
-    return rows, capacity_ns
-
-
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(random_ledgers())
 def test_file_total_is_capacity_times_price_exactly(case: tuple[list[dict[str, Any]], dict[str, int]]) -> None:
@@ -371,6 +321,7 @@ def test_mig_pools_are_exact_in_sevenths(intervals: list[tuple[int, list[tuple[s
     assert billed(text) == expected
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(random_ledgers(), st.sampled_from(["month", "day"]), st.booleans())
 def test_every_row_satisfies_the_focus_rules_and_sums_to_capacity_cost(

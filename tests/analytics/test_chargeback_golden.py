@@ -34,7 +34,7 @@ from gpuledger.analytics.prices import default_price_book, parse_price_book
 from gpuledger.analytics.reconcile import reconcile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_chargeback import parse
+from tests.support.chargeback_rows import parse
 
 from gpuledger.store import Store
 
@@ -111,6 +111,7 @@ def test_golden_month_close_and_correction(tmp_path: Path) -> None:
 
 # --- the property over simulated fleets: whatever the fleet, the file bills exactly its capacity ---
 
+@pytest.mark.slow
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 10_000), gpus=st.integers(1, 8), ticks=st.integers(2, 8),
        tick_s=st.sampled_from([30.0, 120.0, 600.0]), period=st.sampled_from(["month", "day"]))

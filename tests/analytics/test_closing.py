@@ -18,7 +18,7 @@ from gpuledger.analytics.prices import default_price_book
 from gpuledger.analytics.reconcile import reconcile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_chargeback import HOUR_NS, SCHEMA, billed, parse, random_ledgers, row
+from tests.support.chargeback_rows import HOUR_NS, SCHEMA, billed, parse, random_ledgers, row
 
 from gpuledger.store import Store
 
@@ -138,6 +138,7 @@ def test_months_to_close_waits_for_the_grace_period(store: Store) -> None:
 # --- the property: whatever arrives late, each closed month is billed exactly its cost, once ---
 
 
+@pytest.mark.slow
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(random_ledgers(), st.data())
 def test_late_rows_are_billed_exactly_once_as_corrections(case: Any, data: st.DataObject) -> None:

@@ -8,7 +8,6 @@ from decimal import Decimal
 from pathlib import Path
 
 import polars as pl
-import pytest
 from gpuledger.analytics import kinds as K
 from gpuledger.analytics.csvfile import FORMULA_START, write_frame, write_rows
 from gpuledger.analytics.explain import explain_command
@@ -16,7 +15,7 @@ from gpuledger.analytics.focus import focus_csv
 from gpuledger.analytics.prices import default_price_book
 
 from gpuledger.store import Store
-from tests.api.test_api import SCHEMA, row
+from tests.support.api_ledger import SCHEMA, row
 
 #: Names a pod or namespace may carry (anyone who can start a pod picks them), one per formula start.
 CRAFTED = ["=HYPERLINK(\"http://x\",\"y\")", "+1+1", "-2+3", "@SUM(A1)", "\t=1", "\r=1", "=cmd|' /C calc'!A0"]

@@ -9,7 +9,7 @@ from dataclasses import replace
 import numpy as np
 import polars as pl
 import pytest
-from factories import make_message
+from tests.support.factories import make_message
 from gpuledger.analytics import kinds as K
 from gpuledger.analytics.job import run_attribution
 from gpuledger.ingest.batch import decode_batch

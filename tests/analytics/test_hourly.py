@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import polars as pl
 import pytest
-from factories import EPOCH_NS, make_message
+from tests.support.factories import EPOCH_NS, make_message
 from gpuledger.analytics.hourly import (
     HOUR_NS,
     HOURLY_COLUMNS,

@@ -18,7 +18,7 @@ import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_ledger import message
+from tests.support.ledger_inputs import CASES, gpu, message
 
 from gpuledger import cli, split, wire
 from gpuledger.analytics import kinds as K
@@ -96,27 +96,6 @@ def store_of(*messages: wire.Message) -> Store:
     return store
 
 
-# Every sharing mode and fallback of tests/analytics/test_ledger.py, in one message per case.
-CASES = {
-    "time_sliced": [{"util": 0.8, "energy_mj": 10_000.0, "holders": [("a", 0.25, 0), ("b", 0.25, 1)],
-                     "procs": [("a", 3.0), ("b", 1.0)]}],
-    "equal_split": [{"util": 0.5, "holders": [("a", 0.5, 0), ("b", 0.5, 1)], "procs": [("a", 0.0), ("b", 0.0)]}],
-    "holders_by_share": [{"util": 0.4, "holders": [("a", 0.75, -1), ("b", 0.25, -1)]}],
-    "unmeasured": [{"util": math.nan, "holders": [("a", 1.0, -1)]}],
-    "mig": [{"migs": [{"profile": "3g.40gb", "fraction": 3 / 7, "holder": "a", "util": 0.5},
-                      {"profile": "2g.20gb", "fraction": 2 / 7, "holder": "b"}]}],
-    "unsampled_remainder": [{"util": 0.6, "holders": [("b", 0.5, 0), ("c", 0.5, 1)],
-                             "procs": [("b", 2.0, 10), ("c", 0.0, 0)]}],
-    "over_reporting": [{"util": 0.2, "holders": [("b", 0.5, 0), ("c", 0.5, 1)],
-                        "procs": [("b", 2.5, 10), ("c", 0.0, 0)]}],
-    "mps_server_only": [{"util": 0.5, "holders": [("a", 0.5, 0), ("b", 0.5, 1)], "procs": [(None, 0.0, 0)]}],
-    "pod_less_unheld": [{"util": 0.5, "procs": [(None, 3.0, 10)]}],
-    "no_holder": [{"util": 0.7, "energy_mj": 5e5}],
-    "slurm": [{"util": 0.5, "procs": [(None, 3.0, 10, "4242"), (None, 1.0, 10, "777")]}],
-    "fractional_overcommitted": [{"util": 0.9, "holders": [("a", 0.7, -1), ("b", 0.6, -1)],
-                                  "procs": [("a", 5.0), ("b", 1.0), (None, 2.0)]}],
-    "zero_shares": [{"util": 0.3, "holders": [("a", 0.0, -1)], "procs": [(None, 0.0, 0)]}],
-}
 
 
 REASON = "PodResourcesError: kubelet PodResources List failed: connection refused"
@@ -222,32 +201,9 @@ def test_a_gpu_lost_before_its_identity_was_read_books_under_an_unknown_uuid() -
     assert "unknown:node-0:1" in set(store.query("SELECT gpu_uuid FROM ledger")["gpu_uuid"])
 
 
-proc = st.tuples(st.sampled_from(["a", "b", "c", None]),
-                 st.one_of(st.just(math.nan), st.just(0.0), st.floats(0, 50)),
-                 st.sampled_from([0, 0, 3, 10]),
-                 st.sampled_from([None, None, "4242", "777"])).map(
-    lambda t: (t[0], t[1], t[2]) if t[0] is not None or t[3] is None else (t[0], t[1], t[2], t[3]))
-gpu = st.fixed_dictionaries(
-    {
-        "util": st.one_of(st.just(math.nan), st.just(0.0), st.floats(0, 1)),
-        "energy_mj": st.one_of(st.just(math.nan), st.floats(0, 1e7)),
-        "util_samples": st.sampled_from([0, 1, 10]),
-        "holders": st.lists(st.tuples(st.sampled_from("abcd"), st.sampled_from([0.0, 0.25, 0.5, 1.0, 1 / 3]),
-                                      st.integers(-1, 3)), max_size=4),
-        "procs": st.lists(proc, max_size=5),
-        "migs": st.one_of(
-            st.just([]),
-            st.lists(st.fixed_dictionaries({"profile": st.sampled_from(["1g.10gb", "3g.40gb"]),
-                                            "fraction": st.sampled_from([1 / 7, 3 / 7]),
-                                            "holder": st.sampled_from(["a", "b", None]),
-                                            "util": st.one_of(st.just(math.nan), st.floats(0, 1))}),
-                     min_size=1, max_size=4),
-        ),
-        "lost": st.booleans(),
-    }
-)
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(messages=st.lists(st.tuples(st.lists(gpu, min_size=1, max_size=4), st.sampled_from(["read", "unknown",
                                                                                          "unknown_but_listed"])),

@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_ledger import gpu_spec, ledger_of, message
+from tests.support.ledger_inputs import gpu_spec, ledger_of, message
 
 from gpuledger.analytics import kinds as K
 from gpuledger.analytics.explain import explain
@@ -61,6 +61,7 @@ def test_unknown_policy_says_which_exist() -> None:
         apply_idle_policy(worked_example().lazy(), "everyone")  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(gpus=st.lists(gpu_spec, min_size=1, max_size=4), policy=st.sampled_from(POLICIES))
 def test_every_policy_conserves_capacity(gpus: list[dict], policy: str) -> None:

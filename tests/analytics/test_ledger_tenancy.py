@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 import pytest
-from test_ledger import by, ledger_of, message
+from tests.support.ledger_inputs import by, ledger_of, message
 
 from gpuledger import cli, wire
 from gpuledger.analytics import kinds as K

@@ -17,9 +17,10 @@ from gpuledger.api.app import create_app
 from gpuledger.api.tokens import create_token, revoke_token
 
 from gpuledger.store import Store
-from tests.api.demo_data import build_demo_db, other_tenants_pods
-from tests.live_server import serving
+from tests.support.demo_data import build_demo_db, other_tenants_pods
+from tests.support.live_server import serving
 
+pytestmark = pytest.mark.slow  # most tests read the module's demo file (simulated hours, built once)
 TENANT = "nlp"
 
 
@@ -238,7 +239,7 @@ def test_cached_answers_are_per_token(client: httpx.Client, demo: dict[str, Any]
 
 @pytest.fixture(scope="module")
 def comma_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Client, dict[str, str]]]:
-    from tests.api.test_api import row, write_ledger
+    from tests.support.api_ledger import row, write_ledger
 
     path = tmp_path_factory.mktemp("comma") / "gpuledger.duckdb"
     with Store(path) as store:

@@ -22,8 +22,8 @@ from gpuledger.api.app import create_app
 from gpuledger.api.tokens import create_token
 
 from gpuledger.store import Store
-from tests.api.test_api import HOUR_NS, SCHEMA, row
-from tests.live_server import serving
+from tests.support.api_ledger import HOUR_NS, SCHEMA, row
+from tests.support.live_server import serving
 
 OCT = int(datetime(2026, 10, 1, tzinfo=UTC).timestamp()) * 10**9
 NOV = int(datetime(2026, 11, 1, tzinfo=UTC).timestamp()) * 10**9

@@ -18,8 +18,10 @@ from gpuledger.api.params import Period
 from gpuledger.api.reader import Database, Session
 
 from gpuledger.store import Store
-from tests.api.demo_data import START, build_demo_db
-from tests.live_server import serving
+from tests.support.demo_data import START, build_demo_db
+from tests.support.live_server import serving
+
+pytestmark = pytest.mark.slow  # every test reads the module's demo file (simulated hours, built once)
 
 #: Whole and cut periods, every grouping and bucket the hour-grain reads serve.
 REQUESTS: list[tuple[str, dict[str, str]]] = [

@@ -1,6 +1,6 @@
 """Showback buckets and pages, drill-down, efficiency, idle runs and series on a hand-written ledger.
 
-The ledger (tests/api/test_api.py ``LEDGER`` plus an idle notebook) has known
+The ledger (tests/support/api_ledger.py ``LEDGER`` plus an idle notebook) has known
 answers, so every figure below is derived by hand in the comments.
 """
 
@@ -17,8 +17,8 @@ from gpuledger.api.app import create_app
 from gpuledger.api.tokens import create_token
 
 from gpuledger.store import Store
-from tests.api.test_api import HOUR_NS, L4, LEDGER, MARCH, row, write_ledger
-from tests.live_server import serving
+from tests.support.api_ledger import HOUR_NS, L4, LEDGER, MARCH, row, write_ledger
+from tests.support.live_server import serving
 
 #: "nb" holds an L4 on node-c for 3 consecutive hours from 2025-03-02 and never runs anything,
 #: then runs for an hour: one idle run of 3 h, not ongoing (node-c has a later interval).

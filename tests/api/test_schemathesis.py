@@ -24,9 +24,10 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from gpuledger.store import Store
-from tests.api.demo_data import build_demo_db
-from tests.live_server import serving
+from tests.support.demo_data import build_demo_db
+from tests.support.live_server import serving
 
+pytestmark = pytest.mark.slow  # demo data, then hypothesis over every route
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 

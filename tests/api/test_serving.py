@@ -27,7 +27,7 @@ from gpuledger.config import Settings
 from gpuledger.errors import ConfigError
 
 from gpuledger.store import Store
-from tests.api.test_api import LEDGER, write_ledger
+from tests.support.api_ledger import LEDGER, write_ledger
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +103,7 @@ def test_the_audit_log_records_token_use_never_the_secret(tmp_path: Path, db: tu
     path, tokens = db
     log_dir = tmp_path / "audit"
     app = create_app(str(path), audit=audit_log(Settings(api_audit_dir=str(log_dir))))
-    from tests.live_server import serving
+    from tests.support.live_server import serving
 
     with serving(app) as client:
         admin = {"Authorization": f"Bearer {tokens['admin']}"}

@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
-import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -31,8 +28,9 @@ from gpuledger.api.tokens import create_token
 
 from gpuledger import wire
 from gpuledger.store import Store
-from tests.api.demo_data import build_demo_db, demo_period_ms
-from tests.live_server import serving
+from tests.support.demo_data import build_demo_db, demo_period_ms
+from tests.support.live_server import serving
+from tests.support.system import free_port, need_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 BOARDS = ROOT / "dashboards"
@@ -126,6 +124,7 @@ def expand(text: str, gpu: str) -> str:
     return text.replace("${__from}", str(start)).replace("${__to}", str(end)).replace("${gpu}", gpu)
 
 
+@pytest.mark.slow
 def test_every_infinity_query_returns_a_full_frame_from_the_live_api(demo: dict[str, Any]) -> None:
     client: httpx.Client = demo["client"]
     start, end = demo_period_ms()
@@ -151,19 +150,9 @@ def test_every_infinity_query_returns_a_full_frame_from_the_live_api(demo: dict[
     assert ran >= 10
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def prometheus(demo: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    binary = shutil.which("prometheus")
-    if binary is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("prometheus is missing under CI=true: scripts/system-deps.sh installs it")
-        pytest.skip("no prometheus binary (apt-get install prometheus, or scripts/system-deps.sh as root)")
+    binary = need_binary("prometheus", hint="apt-get install prometheus, or scripts/system-deps.sh as root")
     from gpuledger.agent.metrics import AgentCollector
     from gpuledger.agent.run import serve_metrics
 
@@ -176,7 +165,7 @@ def prometheus(demo: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "scrape_configs": [{"job_name": "gpuledger-agent",
                             "static_configs": [{"targets": [f"127.0.0.1:{server.server_port}"]}]}]}))
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([binary, f"--config.file={work / 'prometheus.yml'}", f"--storage.tsdb.path={work / 'data'}",
                              f"--web.listen-address=127.0.0.1:{port}"],
                             stdout=subprocess.DEVNULL, stderr=open(work / "prometheus.log", "w"))
@@ -202,6 +191,8 @@ def prometheus(demo: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -
         server.shutdown()
 
 
+@pytest.mark.external
+@pytest.mark.slow
 def test_every_promql_query_returns_data_from_a_real_prometheus(prometheus: dict[str, Any]) -> None:
     msg = prometheus["msg"]
     uuid = msg.strings[int(msg.devices[msg.devices["mig_index"] == -1]["uuid"][4])]  # a time-sliced GPU

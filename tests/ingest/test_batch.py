@@ -12,12 +12,12 @@ from typing import Any
 
 import polars as pl
 import pytest
-from factories import make_message, make_stream
+from tests.support.factories import make_message, make_stream
 from gpuledger.ingest.batch import ArrowBatch, HeaderCache, decode_batch
 from gpuledger.ingest.clock import ClockCheck
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_wire import COLUMNS, HEADER_KEYS, REFERENCES, column_values, join, json_values, split, text_with_surrogates
+from tests.support.wire_frames import COLUMNS, HEADER_KEYS, REFERENCES, column_values, join, json_values, split, text_with_surrogates
 
 from gpuledger import wire
 from gpuledger.errors import WireError
@@ -52,6 +52,7 @@ def damaged(data: st.DataObject, msg: wire.Message) -> bytes:
     return buf[: data.draw(st.integers(0, len(buf)))] if data.draw(st.integers(0, 9)) == 0 else buf
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_batch_decode_refuses_and_stores_exactly_what_the_strict_decoder_does(data: st.DataObject) -> None:
@@ -184,6 +185,7 @@ def test_invalid_utf8_in_a_skipped_header_field_is_refused_like_the_strict_decod
     assert batch.index == [1] and batch.failed == {0: str(exc.value)}
 
 
+@pytest.mark.slow
 def test_pods_changing_inside_a_batch_keep_the_latest_labels_whatever_the_order() -> None:
     def tick(seq: int, team: str) -> bytes:
         m = make_message(seq=seq)

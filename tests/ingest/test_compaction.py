@@ -8,7 +8,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from factories import make_stream
+from tests.support.factories import make_stream
 from gpuledger.analytics.job import run_attribution
 from gpuledger.ingest.batch import decode_batch
 from gpuledger.ingest.segment_merge import merge_segments, retire_segments
@@ -58,6 +58,7 @@ def overlapping_segments(root: Path) -> None:
                                                   DeadLetter("bad version", b"\x01", "t", 1, 3)])
 
 
+@pytest.mark.slow
 def test_compaction_keeps_what_readers_see_at_every_step(tmp_path: Path) -> None:
     overlapping_segments(tmp_path)
     before = seen(tmp_path)
@@ -94,6 +95,7 @@ def test_compaction_keeps_what_readers_see_at_every_step(tmp_path: Path) -> None
     assert again.days == [] and again.files_before == 0
 
 
+@pytest.mark.slow
 def test_late_segments_after_a_compaction_are_merged_by_the_next_one(tmp_path: Path) -> None:
     overlapping_segments(tmp_path)
     compact_segments(tmp_path, before=FUTURE, min_age_s=0, orphan_age_s=0, settle_s=0)
@@ -148,6 +150,7 @@ def in_file(store: Store) -> dict[str, pl.DataFrame]:
     return out
 
 
+@pytest.mark.slow
 def test_merging_segments_gives_the_serving_file_what_readers_see_once(tmp_path: Path) -> None:
     root = tmp_path / "raw"
     overlapping_segments(root)

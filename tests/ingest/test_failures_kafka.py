@@ -12,97 +12,39 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pytest
-from factories import EPOCH_NS, make_message
 from gpuledger.analytics.job import run_attribution
 from gpuledger.ingest.clock import ClockCheck
 from gpuledger.ingest.consumer import Ingestor
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_wire import join, split
 
 from gpuledger import wire
 from gpuledger.store import Store
-from gpuledger.transport import KafkaPublisher, KafkaSubscriber
+from gpuledger.transport import KafkaSubscriber
+from tests.support.factories import EPOCH_NS, make_message
+from tests.support.ingest_runs import (
+    assert_same,
+    encoded,
+    ingest_cmd,
+    publish,
+    reference,
+    snapshot,
+    started,
+    stream,
+)
+from tests.support.kafka import KAFKA_GROUP_TIMING
+from tests.support.system import wait_until
+from tests.support.wire_frames import join, split
 
 pytestmark = pytest.mark.kafka
-FAST = {"max_poll_interval_ms": 1_000, "session_timeout_ms": 1_000}
-TABLES = ("messages", "devices", "processes", "allocations", "field_errors", "pods")
-
-
-def stream(n_ticks: int, nodes: int = 4, n_gpus: int = 4) -> list[wire.Message]:
-    """Ticks of ``nodes`` agents whose utilization and tenant vary, so totals mean something
-    (pod uids made unique per node, as Kubernetes' are)."""
-    out = []
-    for t in range(n_ticks):
-        for n in range(nodes):
-            m = make_message(agent_id=f"agent-{n}", boot_id="boot-1", seq=t, node=f"node-{n}", n_gpus=n_gpus,
-                             util=((t * 7 + n * 13) % 100) / 100, namespace=f"team-{n % 3}")
-            m.pods = [{**p, "uid": f"node-{n}-{p['uid']}"} for p in m.pods]
-            out.append(m)
-    return out
-
-
-def publish(bootstrap: str, topic: str, values: Sequence[tuple[bytes, bytes]]) -> None:
-    with KafkaPublisher(bootstrap, topic, client_settings={"max_request_size": 16 * 2**20}) as pub:
-        for key, value in values:
-            pub.publish(key, value)
-        pub.flush(30)
-
-
-def encoded(messages: Sequence[wire.Message]) -> list[tuple[bytes, bytes]]:
-    return [(m.node.encode(), wire.encode(m)) for m in messages]
-
-
-def snapshot(db: Path | Store, *, sources: bool = True) -> dict[str, pl.DataFrame]:
-    """Every stored table (ingest time aside; where each message was read from too,
-    unless ``sources``) and the attributed totals, order-free."""
-    store = db if isinstance(db, Store) else Store(db)
-    try:
-        run_attribution(store)
-        skip = "ingested_at" if sources else "ingested_at, source"
-        out = {t: store.query(f"SELECT * EXCLUDE ({skip}) FROM {t} ORDER BY ALL" if t == "messages"
-                              else f"SELECT * FROM {t} ORDER BY ALL") for t in TABLES}
-        out["ledger"] = store.query("SELECT * FROM ledger ORDER BY ALL")
-        # Summed in one fixed order, so equal rows give bit-identical totals.
-        out["totals"] = store.query(
-            "SELECT tenant, kind, sum(gpu_seconds ORDER BY gpu_seconds) AS gpu_s, "
-            "sum(energy_j ORDER BY energy_j) AS energy_j, count(*) AS n FROM ledger GROUP BY ALL ORDER BY ALL")
-        return out
-    finally:
-        if not isinstance(db, Store):
-            store.close()
-
-
-def assert_same(got: dict[str, pl.DataFrame], want: dict[str, pl.DataFrame]) -> None:
-    for name in want:
-        assert got[name].equals(want[name]), f"{name} differs:\n{got[name]}\nvs\n{want[name]}"
-
-
-def reference(bootstrap: str, topic: str, n: int, db: Path) -> dict[str, pl.DataFrame]:
-    """The uninterrupted run: one in-process worker from the first offset to the last."""
-    with Store(db) as store:
-        sub = KafkaSubscriber(bootstrap, topic, f"ref-{topic}", **FAST)
-        try:
-            Ingestor(store, sub).run(max_messages=n, max_idle_s=10)
-        finally:
-            sub.close()
-        assert store.count("messages") == n
-        return snapshot(store)
-
-
-def ingest_cmd(bootstrap: str, topic: str, group: str, db: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "gpuledger.cli", "ingest", "--kafka", bootstrap, "--topic", topic,
-            "--group", group, "--db", str(db), "--group-timeout-ms", "1000", "--max-age", "0",
-            "--max-future", "0", *extra]
 
 
 def stored(db: Path) -> int:
@@ -110,6 +52,7 @@ def stored(db: Path) -> int:
         return store.count("messages")
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_points_then_restart_stores_what_an_uninterrupted_run_stores(
     kafka_broker: str, kafka_topic: str, tmp_path: Path
 ) -> None:
@@ -146,17 +89,17 @@ def test_broker_restart_mid_stream_ingest_reconnects_and_catches_up(private_tans
     publish(bootstrap, topic, encoded(first))
 
     store = Store(tmp_path / "g.duckdb")
-    sub = KafkaSubscriber(bootstrap, topic, "restart", **FAST)
+    sub = KafkaSubscriber(bootstrap, topic, "restart", **KAFKA_GROUP_TIMING)
     stop = threading.Event()
     worker = threading.Thread(target=lambda: Ingestor(store, sub).run(stop, retry_max_s=1.0), daemon=True)
     worker.start()
     try:
-        wait_for(lambda: store.count("messages") == 80, 30, "the first half stored")
+        wait_until(lambda: store.count("messages") == 80, 30, "the first half stored")
         private_tansu.restart()  # comes back empty: no topic, no committed offsets
         # The agents' spools hold everything not acknowledged by the new broker: they re-send it all.
         private_tansu.create_topic(topic, partitions=2)
         publish(bootstrap, topic, encoded(messages))
-        wait_for(lambda: store.count("messages") == len(messages), 60, "all messages after the restart")
+        wait_until(lambda: store.count("messages") == len(messages), 60, "all messages after the restart")
     finally:
         stop.set()
         worker.join(15)
@@ -166,24 +109,6 @@ def test_broker_restart_mid_stream_ingest_reconnects_and_catches_up(private_tans
     assert store.count("devices") == 4 * len(messages)
     assert store.count("dead_letters") == 0
     store.close()
-
-
-def started(proc: subprocess.Popen[str], timeout_s: float = 30) -> None:
-    """Wait for the worker's start-up line, then keep draining its log in the background."""
-    assert proc.stderr is not None
-    deadline = time.monotonic() + timeout_s
-    for line in proc.stderr:
-        if "ingesting" in line:
-            break
-        assert time.monotonic() < deadline, "ingest did not start"
-    threading.Thread(target=proc.stderr.read, daemon=True).start()
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 # --- poison, clocks and late data ------------------------------------------------
@@ -215,6 +140,7 @@ EXPECTED_REASON = {
 }
 
 
+@pytest.mark.slow
 @settings(max_examples=3, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_poison_interleaved_with_valid_traffic_is_set_aside_and_the_partition_moves_on(
@@ -229,7 +155,7 @@ def test_poison_interleaved_with_valid_traffic_is_set_aside_and_the_partition_mo
     publish(tansu.bootstrap, topic, items)
 
     witness: dict[bytes, tuple[str, int, int]] = {}
-    sub = KafkaSubscriber(tansu.bootstrap, topic, f"witness-{topic}", **FAST)
+    sub = KafkaSubscriber(tansu.bootstrap, topic, f"witness-{topic}", **KAFKA_GROUP_TIMING)
     try:
         deadline = time.monotonic() + 20
         while len(witness) < len(items) and time.monotonic() < deadline:
@@ -238,7 +164,7 @@ def test_poison_interleaved_with_valid_traffic_is_set_aside_and_the_partition_mo
         sub.close()
 
     store = Store(tmp_path_factory.mktemp("poison") / "p.duckdb")
-    sub = KafkaSubscriber(tansu.bootstrap, topic, f"ingest-{topic}", **FAST)
+    sub = KafkaSubscriber(tansu.bootstrap, topic, f"ingest-{topic}", **KAFKA_GROUP_TIMING)
     check = ClockCheck(max_future_s=300, max_age_s=7 * 86400)
     try:
         stats = Ingestor(store, sub, batch_max=5, clock_check=check, wall_clock_ns=lambda: NOW_NS).run(
@@ -256,6 +182,7 @@ def test_poison_interleaved_with_valid_traffic_is_set_aside_and_the_partition_mo
     store.close()
 
 
+@pytest.mark.slow
 def test_late_out_of_order_spool_replay_is_attributed_as_if_it_came_in_order(
     kafka_broker: str, kafka_topic: str, tmp_path: Path
 ) -> None:
@@ -280,7 +207,7 @@ def test_late_out_of_order_spool_replay_is_attributed_as_if_it_came_in_order(
 
 
 def ingest_all(store: Store, bootstrap: str, topic: str, group: str, n: int) -> None:
-    sub = KafkaSubscriber(bootstrap, topic, group, **FAST)
+    sub = KafkaSubscriber(bootstrap, topic, group, **KAFKA_GROUP_TIMING)
     try:
         stats = Ingestor(store, sub).run(max_messages=n, max_idle_s=10)
     finally:

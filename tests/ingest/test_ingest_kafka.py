@@ -17,15 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from factories import make_message, make_stream
+from tests.support.factories import make_message, make_stream
 from gpuledger.ingest.consumer import Ingestor, run_ingest
 
 from gpuledger import wire
 from gpuledger.store import Store
 from gpuledger.transport import KafkaPublisher, Record
+from tests.support.kafka import KAFKA_GROUP_TIMING
 
 pytestmark = pytest.mark.kafka
-FAST = {"max_poll_interval_ms": 1_000, "session_timeout_ms": 1_000}
 
 
 def publish(bootstrap: str, topic: str, items: Sequence[tuple[bytes, bytes]]) -> None:
@@ -48,6 +48,7 @@ def ingest(store: Store, subscriber: Any, *, expect: int, idle_s: float = 3.0) -
         subscriber.close()
 
 
+@pytest.mark.slow
 def test_published_twice_stored_once_and_the_group_resumes_after_the_commit(
     kafka_broker: str, kafka_topic: str, kafka_subscriber: Callable[..., Any], unique_name: Callable[[str], str]
 ) -> None:
@@ -118,7 +119,7 @@ def test_run_ingest_stops_cleanly_on_sigint(
     timer.start()
     try:
         with caplog.at_level(logging.INFO, logger="gpuledger.ingest.consumer"):
-            stats = run_ingest(kafka_broker, kafka_topic, "sigint-ingest", db, log_every_s=0.0, max_idle_s=20.0, **FAST)
+            stats = run_ingest(kafka_broker, kafka_topic, "sigint-ingest", db, log_every_s=0.0, max_idle_s=20.0, **KAFKA_GROUP_TIMING)
     finally:
         timer.cancel()
     assert signal.getsignal(signal.SIGINT) is before  # handlers restored

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from factories import make_message, make_stream
+from tests.support.factories import make_message, make_stream
 from gpuledger.ingest.consumer import Ingestor, IngestStats, decode_record
 
 from gpuledger import wire

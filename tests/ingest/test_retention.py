@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from factories import make_message
+from tests.support.factories import make_message
 from gpuledger.analytics.job import run_attribution
 from gpuledger.ingest.batch import decode_batch
 from gpuledger.ingest.retention import cutoff_ns, enforce_retention

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from factories import make_message
+from tests.support.factories import make_message
 from gpuledger.analytics import closing
 from gpuledger.api.app import create_app
 from gpuledger.analytics.hourly import mark_hours, refresh_hourly
@@ -23,7 +23,7 @@ from gpuledger.ingest.retention import enforce_retention
 from gpuledger import wire
 from gpuledger.errors import GpuledgerError
 from gpuledger.store import Store
-from tests.live_server import serving
+from tests.support.live_server import serving
 
 BOOK = default_price_book()
 NOW = dt.datetime(2026, 11, 22, tzinfo=dt.UTC)
@@ -140,6 +140,7 @@ def test_full_reattribution_keeps_the_ledger_of_months_without_raw_samples(store
     assert store.scalar("SELECT sum(gpu_seconds) FROM ledger") == pytest.approx(total, rel=1e-12)
 
 
+@pytest.mark.slow
 def test_the_api_answers_a_retired_month_from_its_rollups(tmp_path: Path) -> None:
     path = tmp_path / "g.duckdb"
     with Store(path) as s:

@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 from gpuledger.api.app import create_app
 from gpuledger.transport import KafkaPublisher
-from test_failures_kafka import assert_same, encoded, ingest_cmd, publish, reference, snapshot, started, stream
 
 from gpuledger.errors import StoreError
 from gpuledger.store import Store
-from tests.live_server import serving
+from tests.support.ingest_runs import assert_same, encoded, ingest_cmd, publish, reference, snapshot, started, stream
+from tests.support.live_server import serving
 
 pytestmark = pytest.mark.kafka
 
@@ -51,6 +51,7 @@ def publish_slowly(bootstrap: str, topic: str, values: list[tuple[bytes, bytes]]
             time.sleep(1 / per_s)
 
 
+@pytest.mark.slow
 def test_two_workers_split_a_topic_and_the_survivor_takes_over_without_loss_or_duplicates(
     tansu: Any, tmp_path: Path
 ) -> None:
@@ -99,6 +100,7 @@ def test_two_workers_split_a_topic_and_the_survivor_takes_over_without_loss_or_d
     merged.close()
 
 
+@pytest.mark.slow
 def test_the_api_answers_from_the_file_while_ingest_writes_it(kafka_broker: str, kafka_topic: str,
                                                              tmp_path: Path) -> None:
     messages = stream(45)  # 180 messages
@@ -137,6 +139,7 @@ def test_the_api_answers_from_the_file_while_ingest_writes_it(kafka_broker: str,
         assert store.count("messages") == len(messages)  # readers cost ingest nothing but short waits
 
 
+@pytest.mark.slow
 def test_parquet_segments_from_the_broker_queried_in_place_equal_the_duckdb_store(
     kafka_broker: str, kafka_topic: str, tmp_path: Path
 ) -> None:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import shutil
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -23,20 +21,18 @@ from gpuledger.api.app import create_app
 from gpuledger.api.tokens import create_token
 
 from gpuledger.store import Store
-from tests.api.demo_data import build_demo_db
-from tests.live_server import serving
+from tests.support.demo_data import build_demo_db
+from tests.support.live_server import serving
+from tests.support.system import need_binary
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = [pytest.mark.external, pytest.mark.slow]
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 def _need_chromium() -> str:
-    if CHROMIUM is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("chromium is missing under CI=true: scripts/system-deps.sh installs it")
-        pytest.skip("no chromium on PATH (apt-get install chromium, or run scripts/system-deps.sh as root)")
-    return CHROMIUM
+    return need_binary("chromium", "chromium-browser",
+                       hint="apt-get install chromium, or run scripts/system-deps.sh as root")
 
 
 @pytest.fixture(scope="module")

@@ -113,8 +113,6 @@ def test_next_offsets_is_highest_plus_one_per_partition() -> None:
 
 # --- Kafka (tansu) ---------------------------------------------------------------
 
-FAST = {"max_poll_interval_ms": 1_000, "session_timeout_ms": 1_000}
-
 
 def poll_until(sub: Subscriber, n: int, timeout_s: float = 15.0) -> list[Record]:
     """Poll until n records arrived or timeout_s seconds passed (bounded: never hangs)."""

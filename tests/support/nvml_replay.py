@@ -18,6 +18,8 @@ from typing import Any
 
 from gpuledger.agent.nvml import pynvml
 
+FIXTURES = Path(__file__).resolve().parents[1] / "agent" / "fixtures" / "nvml"
+
 ERRORS = {
     "NOT_SUPPORTED": pynvml.NVML_ERROR_NOT_SUPPORTED,
     "NOT_FOUND": pynvml.NVML_ERROR_NOT_FOUND,
@@ -35,7 +37,8 @@ _VALUE_MEMBER = {pynvml.NVML_VALUE_TYPE_DOUBLE: "dVal", pynvml.NVML_VALUE_TYPE_U
 
 
 def load(name: str) -> dict[str, Any]:
-    return json.loads((Path(__file__).resolve().parent / "fixtures" / "nvml" / name).read_text())
+    """A recorded NVML fixture from tests/agent/fixtures/nvml/ (see make_synthetic.py there)."""
+    return json.loads((FIXTURES / name).read_text())
 
 
 class ReplayNvml:

@@ -13,7 +13,7 @@ from gpuledger.cli import build_parser
 from gpuledger.cli.common import SETTING_FLAGS, SettingFlag, subcommands
 from gpuledger.config import Settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PARSERS = subcommands(build_parser(Settings()))
 COMMANDS = list(PARSERS)
 
@@ -38,6 +38,7 @@ def test_each_command_has_an_explaining_help(command: str) -> None:
     assert len(out.stdout.split()) > 40, "help should explain, not just list flags"
 
 
+@pytest.mark.slow
 def test_real_backend_without_a_driver_fails_with_a_hint_not_a_traceback() -> None:
     try:
         import pynvml
@@ -54,6 +55,7 @@ def test_real_backend_without_a_driver_fails_with_a_hint_not_a_traceback() -> No
     assert "Traceback" not in out.stderr
 
 
+@pytest.mark.slow
 def test_simulated_agent_prints_ticks() -> None:
     out = gpuledger("agent", "--backend", "sim", "--ticks", "2", "--interval", "0.2", "--metrics-port", "0")
     assert out.returncode == 0, out.stderr
@@ -61,6 +63,7 @@ def test_simulated_agent_prints_ticks() -> None:
     assert len(lines) == 2 and "8 GPUs" in lines[0]
 
 
+@pytest.mark.slow
 def test_serving_a_missing_database_says_what_to_do(tmp_path) -> None:
     out = gpuledger("serve", "--db", str(tmp_path / "nope.duckdb"))
     assert out.returncode == 2

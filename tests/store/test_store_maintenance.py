@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from factories import make_stream
+from tests.support.factories import make_stream
 from gpuledger.ingest.batch import decode_batch
 from gpuledger.ingest.segments import SegmentWriter
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from factories import make_stream
+from tests.support.factories import make_stream
 from gpuledger.ingest.batch import decode_batch
 from gpuledger.ingest.segments import SegmentWriter
 
@@ -34,6 +34,7 @@ def test_storage_commands_have_an_explaining_help(command: str) -> None:
     assert f"usage: gpuledger {command}" in out.stdout and len(out.stdout.split()) > 80
 
 
+@pytest.mark.slow
 def test_merge_combines_worker_files_once_and_again_adds_nothing(tmp_path: Path) -> None:
     w0 = worker_file(tmp_path / "ingest-0.duckdb", 12)
     w1 = worker_file(tmp_path / "ingest-1.duckdb", 20)  # the first 12 again (a rebalance), and 8 more
@@ -50,6 +51,7 @@ def test_merge_combines_worker_files_once_and_again_adds_nothing(tmp_path: Path)
     assert attributed.returncode == 0 and "attributed 20 messages" in attributed.stdout
 
 
+@pytest.mark.slow
 def test_merge_errors_say_what_to_do(tmp_path: Path) -> None:
     w0 = worker_file(tmp_path / "ingest-0.duckdb", 4)
     missing = gpuledger("merge", "--db", str(tmp_path / "s.duckdb"), str(tmp_path / "nope.duckdb"))
@@ -61,6 +63,7 @@ def test_merge_errors_say_what_to_do(tmp_path: Path) -> None:
     assert same.returncode == 2 and "both the target and a worker file" in same.stderr
 
 
+@pytest.mark.slow
 def test_compact_segments_and_a_database_copy(tmp_path: Path) -> None:
     root = tmp_path / "segments"
     values = [wire.encode(m) for m in make_stream(20)]
@@ -86,6 +89,7 @@ def test_compact_segments_and_a_database_copy(tmp_path: Path) -> None:
     assert nothing.returncode == 2 and "--segments DIR" in nothing.stderr
 
 
+@pytest.mark.slow
 def test_retention_reports_each_tier(tmp_path: Path) -> None:
     db = worker_file(tmp_path / "g.duckdb", 6)  # samples from 2025-01-01, long before "now"
     assert gpuledger("attribute", "--db", str(db)).returncode == 0
@@ -97,6 +101,7 @@ def test_retention_reports_each_tier(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "must nest" in bad.stderr and "hint:" in bad.stderr
 
 
+@pytest.mark.slow
 def test_segments_merge_into_the_serving_file_then_retention_frees_their_days(tmp_path: Path) -> None:
     root, serving = tmp_path / "segments", tmp_path / "gpuledger.duckdb"
     values = [wire.encode(m) for m in make_stream(20)]  # samples of 2025-01-01, long before "now"

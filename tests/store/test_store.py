@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from factories import make_message
+from tests.support.factories import make_message
 
 from gpuledger.store import Store
 

@@ -38,6 +38,7 @@ def rules_of(ledger: pl.DataFrame, kind: str = K.BUSY) -> set[str]:
     return set(ledger.filter(pl.col("kind") == kind)["rule"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["timeslice", "fractional", "mps"])
 def test_shared_gpus_are_attributed_within_one_percent_per_tenant(name: str) -> None:
     table, ledger = run(FleetSim(simscenarios.SCENARIOS[name](seed=11, horizon_s=H), seed=11))
