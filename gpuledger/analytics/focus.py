@@ -38,8 +38,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from gpuledger.analytics import chargeback as cb
 from gpuledger.analytics.prices import Price, PriceBook
+from gpuledger.analytics.rollups import in_period
 
 from gpuledger.errors import ConfigError
+from gpuledger.timeutil import DAY_NS, from_ns, iso_utc, month_bounds, to_ns
 
 __all__ = [
     "COLUMNS",
@@ -115,7 +117,7 @@ class Charge:
     @property
     def key(self) -> tuple[str, ...]:
         """What a correction is matched on: charge period start, tenant, model, profile, kind, entry, unit."""
-        return (_iso(self.charge_period[0]), self.tenant, self.model, self.profile or "", self.line_kind,
+        return (iso_utc(self.charge_period[0]), self.tenant, self.model, self.profile or "", self.line_kind,
                 self.price.entry_id, self.unit)
 
 
@@ -253,8 +255,9 @@ def charges(ledger: pl.LazyFrame, book: PriceBook, month: str,
             context: ExportContext | None = None) -> tuple[list[Charge], cb.Totals]:
     """The month's regular charges in file order, and totals checked to reconcile."""
     ctx = context or ExportContext()
-    period = cb.month_bounds(month)
-    lines, pool_map = cb.chargeback_lines(cb.in_period(ledger, *period), book, ctx.charge_period)
+    period = month_bounds(month)
+    lines, pool_map = cb.chargeback_lines(in_period(ledger, to_ns(period[0]), to_ns(period[1])), book,
+                                          ctx.charge_period)
     totals = cb.monthly_totals(lines, pool_map, book.currency)
     out: list[Charge] = []
     for line in lines.iter_rows(named=True):
@@ -262,8 +265,8 @@ def charges(ledger: pl.LazyFrame, book: PriceBook, month: str,
         start = max(period[0], _midnight(price.effective_from) or period[0])
         end = min(period[1], _midnight(price.effective_until) or period[1])
         if ctx.charge_period == "day":
-            start = datetime.fromtimestamp(line["charge_day_ns"] // 10**9, UTC)
-            end = datetime.fromtimestamp((line["charge_day_ns"] + cb.DAY_NS) // 10**9, UTC)
+            start = from_ns(line["charge_day_ns"])
+            end = from_ns(line["charge_day_ns"] + DAY_NS)
         hours = _hours(line["gpu_seconds"])
         assert hours is not None
         common = {"tenant": line["tenant"], "model": line["model"], "profile": line["profile"],
@@ -290,10 +293,6 @@ def _midnight(day: Any) -> datetime | None:
     return None if day is None else datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def sanitize_cell(text: str) -> str:
     """Neutralise spreadsheet formula injection (OWASP CSV injection)."""
     return "'" + text if text.startswith(_FORMULA_START) else text
@@ -305,7 +304,7 @@ def _format(column: Column, charge: Charge) -> str:
         return ""
     if column.kind == "datetime":
         assert isinstance(value, datetime)
-        return _iso(value)
+        return iso_utc(value)
     if column.kind in ("decimal", "money", "price"):
         return format(Decimal(value), "f")
     return sanitize_cell(str(value))

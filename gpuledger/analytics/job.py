@@ -138,8 +138,7 @@ def read_chunk(store: Store, keys: pl.DataFrame, tenants: pl.LazyFrame) -> fastl
     with a dictionary of its own rows instead (slower, same ledger).
     """
     msgs = keys.select(MSG).with_row_index("m")
-    store.con.register("_chunk", msgs.to_arrow())
-    try:
+    with store.registered(_chunk=msgs):
         window = _window(store)
         devices = store.query(
             "SELECT k.m, t.gpu_index, t.mig_index, t.interval_start_ns, t.interval_end_ns, t.slice_fraction, "
@@ -147,8 +146,6 @@ def read_chunk(store: Store, keys: pl.DataFrame, tenants: pl.LazyFrame) -> fastl
             f"FROM devices t JOIN _chunk k USING (agent_id, boot_id, seq) WHERE {window} "
             "ORDER BY k.m, t.gpu_index, t.mig_index")
         coded = _coded_by_tenants(store, window, tenants) or _coded_by_chunk(store, window, tenants)
-    finally:
-        store.con.unregister("_chunk")
     processes, allocations, owners = coded
     devices, idents = fastledger.identify(devices)
     return fastledger.Chunk(messages=msgs.drop("m"), idents=idents, devices=devices, processes=processes,
@@ -167,9 +164,8 @@ def _coded_by_tenants(store: Store, window: str, tenants: pl.LazyFrame
     owners = pl.concat([no_pod, t.drop_nulls("pod_uid")]).join(
         store.query("SELECT pod_uid, namespace, name AS pod FROM pods"), on="pod_uid", how="left",
         maintain_order="left").select("pod_uid", "namespace", "pod", "tenant")
-    store.con.register("_own", owners.with_row_index("owner").select(
-        "pod_uid", pl.col("owner").cast(pl.Int64)).slice(1).to_arrow())
-    try:
+    own = owners.with_row_index("owner").select("pod_uid", pl.col("owner").cast(pl.Int64)).slice(1)
+    with store.registered(_own=own):
         processes = store.query(
             "SELECT k.m, t.gpu_index, t.mig_index, "
             f"CASE WHEN {_PROC_OWNER} IS NULL THEN 0 ELSE o.owner END AS owner, "
@@ -181,8 +177,6 @@ def _coded_by_tenants(store: Store, window: str, tenants: pl.LazyFrame
             "t.replica, coalesce(contains(t.resource, 'shared'), false) AS shared, t.share "
             f"FROM allocations t JOIN _chunk k USING (agent_id, boot_id, seq) LEFT JOIN _own o "
             f"ON o.pod_uid = t.pod_uid WHERE {window} ORDER BY k.m, t.gpu_index, t.mig_index, owner")
-    finally:
-        store.con.unregister("_own")
     if processes["owner"].null_count() or allocations["owner"].null_count():
         return None
     # Keep only the owners this chunk names: the output's dictionaries stay chunk-sized however many pods exist.
@@ -234,8 +228,7 @@ def _coded_by_chunk(store: Store, window: str, tenants: pl.LazyFrame
 
 def read_frames(store: Store, keys: pl.DataFrame) -> dict[str, pl.DataFrame]:
     """The chunk's store-shaped frames, as ``ledger.attribute`` reads them (the reference path)."""
-    store.con.register("_chunk", keys.select(MSG).to_arrow())
-    try:
+    with store.registered(_chunk=keys.select(MSG)):
         frames = {
             table: store.query(f"SELECT t.* FROM {table} t SEMI JOIN _chunk k USING (agent_id, boot_id, seq)")
             for table in ("devices", "allocations")
@@ -246,8 +239,6 @@ def read_frames(store: Store, keys: pl.DataFrame) -> dict[str, pl.DataFrame]:
             "FROM processes t SEMI JOIN _chunk k USING (agent_id, boot_id, seq) "
             "ORDER BY agent_id, boot_id, seq, gpu_index, mig_index, pid"
         )
-    finally:
-        store.con.unregister("_chunk")
     return frames
 
 

@@ -27,7 +27,6 @@ from pathlib import Path
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import FileResponse, Response
-from gpuledger.analytics import chargeback as cb
 from gpuledger.analytics import closing
 from gpuledger.analytics.prices import PriceBook, default_price_book
 from gpuledger.api import (
@@ -46,6 +45,7 @@ from gpuledger.api.tokens import Principal
 
 from gpuledger import __version__
 from gpuledger.store import Store
+from gpuledger.timeutil import month_bounds
 
 __all__ = ["ApiError", "create_app"]
 
@@ -92,7 +92,7 @@ def create_app(db_path: str | Path | None = None, prices: PriceBook | None = Non
     def chargeback(request: Request, month: str = Query(..., description="billing month, YYYY-MM (UTC)"),
                    _: Principal = Depends(require(*EXPORT_ROLES)), s: Session = Depends(session, scope="function")) -> Response:
         try:
-            start, end = cb.month_bounds(month)
+            start, end = month_bounds(month)
         except ValueError as exc:
             raise ApiError(400, "bad_month", str(exc), "e.g. month=2025-03") from None
         book = request.app.state.book

@@ -12,8 +12,10 @@ import base64
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from gpuledger.analytics import chargeback as cb
 from gpuledger.api.errors import ApiError
+
+from gpuledger.timeutil import EPOCH, from_ns, month_of_day
+from gpuledger.timeutil import iso_utc as iso  # the routes' name for it
 
 __all__ = [
     "DIMENSIONS",
@@ -44,8 +46,7 @@ MAX_BUCKETS = 2_000  # time buckets one series or showback may return
 MAX_PAGE = 1_000  # rows per page
 MAX_RESULT_ROWS = 200_000  # rows one answer may hold across all its pages (memory of the cache)
 DEFAULT_PAGE = 100
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MIN, _MAX = datetime(1970, 1, 1, tzinfo=UTC), datetime(9999, 1, 1, tzinfo=UTC)
+_MIN, _MAX = EPOCH, datetime(9999, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -77,16 +78,12 @@ class Page:
     limit: int
 
 
-def iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def parse_moment(text: str, name: str) -> datetime:
     """ISO 8601 date/datetime or epoch milliseconds -> aware UTC datetime (400 bad_period otherwise)."""
     raw = text.strip()
     try:
         if raw.lstrip("-").isdigit():
-            moment = _EPOCH + timedelta(milliseconds=int(raw))
+            moment = EPOCH + timedelta(milliseconds=int(raw))
         else:
             moment = datetime.fromisoformat(raw)
             moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
@@ -103,7 +100,7 @@ def parse_period(start: str | None, end: str | None, latest_ns: int | None) -> P
     if start is None and end is None:
         if latest_ns is None:
             return None
-        begin, finish = cb.period_of(datetime.fromtimestamp(latest_ns // 10**9, UTC).date())
+        begin, finish = month_of_day(from_ns(latest_ns).date())
         return Period(begin, finish)
     if start is None or end is None:
         raise ApiError(400, "bad_period", "give both start and end, or neither",

@@ -39,6 +39,8 @@ from gpuledger.api.params import (
 from gpuledger.api.reader import Session
 from gpuledger.api.tokens import Principal
 
+from gpuledger.timeutil import from_ns
+
 router = APIRouter(prefix="/v1", responses=ERROR_RESPONSES)
 
 _START = Query(None, description="period start: ISO date/datetime (UTC) or epoch ms; omit with end for the "
@@ -107,7 +109,7 @@ def showback(request: Request, start: str | None = _START, end: str | None = _EN
         for r in frame.iter_rows(named=True):
             keys = {k: r[k] for k in by}
             if gran:
-                keys = {"time": iso(_ms(r["time"])), **keys}
+                keys = {"time": iso(from_ns(r["time"] * 10**6)), **keys}  # epoch ms
             out.append({**keys, **views.metric_fields(r), "cost": str(r["cost"]), "currency": book.currency,
                         "drilldown": drill_link(period, keys, filters, gran)})
         total = sum((Decimal(r["cost"]) for r in out), Decimal(0))
@@ -118,10 +120,6 @@ def showback(request: Request, start: str | None = _START, end: str | None = _EN
                          "currency": book.currency, "total_cost": total,
                          "rows": rows[page.offset:page.offset + page.limit], "total_rows": len(rows),
                          "next_cursor": next_cursor(page, len(rows))})
-
-
-def _ms(ms: int) -> datetime:
-    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
 
 
 def bucket_end(start: datetime, granularity: str) -> datetime:
