@@ -208,11 +208,8 @@ def _warm_up(variant: str, store: Any, gpus: int, ticks: int) -> None:
     if variant == "polars_naive":
         _polars_naive(c)
     elif variant == "duckdb_sql" and store is not None:
-        for name in ("devices", "processes", "tenants"):
-            store.con.register(name, c[name].to_arrow())
-        store.query(_SQL)
-        for name in ("devices", "processes", "tenants"):
-            store.con.unregister(name)
+        with store.registered(**{name: c[name] for name in ("devices", "processes", "tenants")}):
+            store.query(_SQL)
     elif variant == "attribute":
         L.attribute(*(c[k].lazy() for k in ("devices", "processes", "allocations", "tenants"))).collect()
     else:
@@ -265,11 +262,8 @@ def _one(variant: str, gpus: int, ticks: int, chunks: int, q: Any) -> None:
             n_out = _polars_naive(c).height
         elif variant == "duckdb_sql":
             assert store is not None
-            for name in ("devices", "processes", "tenants"):
-                store.con.register(name, c[name].to_arrow())
-            n_out = store.query(_SQL).height
-            for name in ("devices", "processes", "tenants"):
-                store.con.unregister(name)
+            with store.registered(**{name: c[name] for name in ("devices", "processes", "tenants")}):
+                n_out = store.query(_SQL).height
         elif variant == "fast_kernel":
             assert coded is not None
             n_out = L.attribute_chunk(coded).rows.height

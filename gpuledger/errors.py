@@ -13,6 +13,13 @@ translated into these at their one home (nvml, transport, store).
     │   └── GpuLost           the GPU fell off the bus
     ├── TransportError        the broker failed (unreachable, timed out)
     └── StoreError            the database failed
+        ├── StoreLocked       another process holds the file (DuckDB: one writer process, no reader beside it)
+        ├── StoreCorrupt      the file is not a DuckDB database, or is damaged
+        ├── StoreMissingTable a table the statement needs is absent (an older file opened read-only)
+        └── StoreTooNew       the file's schema is newer than this gpuledger (a migration it does not know)
+
+Only ``gpuledger.store.duck`` tells these apart (DuckDB reports them as
+``IOException``/``CatalogException`` with a message); callers catch the type.
 """
 
 from __future__ import annotations
@@ -71,3 +78,20 @@ class TransportError(GpuledgerError):
 
 class StoreError(GpuledgerError):
     pass
+
+
+class StoreLocked(StoreError):
+    hint = ("another process holds the file for writing (DuckDB allows one): read it with read_only=True "
+            "between the writer's flushes, or stop the writer")
+
+
+class StoreCorrupt(StoreError):
+    hint = "check the path: the file exists but is not a gpuledger DuckDB database (or is damaged)"
+
+
+class StoreMissingTable(StoreError):
+    hint = "the file lacks a table: open it for writing once (any gpuledger command that writes) to upgrade it"
+
+
+class StoreTooNew(StoreError):
+    hint = "the file was written by a newer gpuledger: upgrade gpuledger before writing to it"

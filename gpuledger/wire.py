@@ -133,6 +133,15 @@ TABLES: dict[str, np.dtype] = {
     "allocations": ALLOCATION,
     "field_errors": FIELD_ERROR,
 }
+#: The record tables of a message, in wire order; stored under these names, each row carrying its message's key.
+RECORD_TABLES: tuple[str, ...] = tuple(TABLES)
+#: Record columns holding an index into the message's string table (``NULL_STR``: no value); stored as text.
+STRING_COLUMNS: dict[str, tuple[str, ...]] = {
+    "devices": ("uuid", "model", "profile"),
+    "processes": ("container", "slurm_job"),
+    "allocations": ("container", "resource"),
+    "field_errors": ("field", "reason"),
+}
 _HEADER_KEYS = ("agent_id", "boot_id", "seq", "node", "interval_start_ns", "interval_end_ns")
 
 

@@ -30,10 +30,9 @@ billed on the day it started.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import datetime
 from decimal import Decimal
 from fractions import Fraction
 
@@ -44,10 +43,10 @@ from gpuledger.analytics.prices import Price, PriceBook
 
 from gpuledger.errors import GpuledgerError
 from gpuledger.store import Store
+from gpuledger.timeutil import DAY_NS, HOUR_NS, to_ns
 
 __all__ = [
     "CHARGE_PERIODS",
-    "DAY_NS",
     "GROUPABLE",
     "LINE_KEYS",
     "LedgerDataError",
@@ -59,14 +58,10 @@ __all__ = [
     "chargeback_csv",
     "chargeback_lines",
     "costed_lines",
-    "in_period",
-    "month_bounds",
     "monthly_totals",
-    "period_of",
     "pools",
     "read_ledger",
     "showback",
-    "to_ns",
 ]
 
 #: Ledger columns a showback may group by.
@@ -75,8 +70,6 @@ GROUPABLE = ("tenant", "namespace", "model", "node", "sharing", "profile")
 LINE_KEYS = ("tenant", "model", "profile", "line_kind")
 #: Units of one physical GPU interval when MIG slices fall into different pools.
 SLICE_UNITS = 840  # lcm(1..8): 1/7 and 1/8 slices are whole units
-NS_PER_HOUR = 3_600 * 10**9
-DAY_NS = 24 * NS_PER_HOUR
 #: Charge period granularities of the file: one row per line per month, or per UTC day.
 CHARGE_PERIODS = ("month", "day")
 J_PER_KWH = 3_600_000
@@ -122,7 +115,7 @@ class Pool:
 
     @property
     def capacity_gpu_hours(self) -> Fraction:
-        return self.capacity_ns / NS_PER_HOUR
+        return self.capacity_ns / HOUR_NS
 
 
 #: Pools by (model, price entry id).
@@ -143,41 +136,6 @@ class Totals:
     @property
     def reconciled(self) -> bool:
         return self.fleet_cost == self.billed_total
-
-
-_MONTH = re.compile(r"[0-9]{4}-[0-9]{2}")  # [0-9], not \d: \d matches any Unicode digit
-
-
-def month_bounds(month: str) -> tuple[datetime, datetime]:
-    """``"2025-03"`` → (2025-03-01T00:00Z, 2025-04-01T00:00Z); ValueError otherwise.
-
-    Only ASCII ``YYYY-MM``: ``int()`` alone would take full-width or other
-    Unicode digits (``２０２６-１０``), and a month is a key of the close tables.
-    """
-    if not _MONTH.fullmatch(month):
-        raise ValueError(f"month must be YYYY-MM (ASCII digits), got {month!r}")
-    year, mon = int(month[:4]), int(month[5:])
-    if not 1 <= mon <= 12:
-        raise ValueError(f"month must be YYYY-MM with MM 01..12, got {month!r}")
-    if year == 0 or (year, mon) == (9999, 12):  # datetime spans 0001-01-01 .. 9999-12-31
-        raise ValueError(f"month {month!r} is out of range: months run 0001-01..9999-11 "
-                         "(a month ends where the next one starts)")
-    start = datetime(year, mon, 1, tzinfo=UTC)
-    end = datetime(year + mon // 12, mon % 12 + 1, 1, tzinfo=UTC)
-    return start, end
-
-
-def to_ns(moment: datetime) -> int:
-    """Nanoseconds since the Unix epoch of an aware datetime (naive = UTC)."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
-    return (delta.days * 86_400 + delta.seconds) * 10**9 + delta.microseconds * 1_000
-
-
-def in_period(ledger: pl.LazyFrame, start: datetime, end: datetime) -> pl.LazyFrame:
-    """Rows whose interval starts in [start, end)."""
-    return ledger.filter(pl.col("interval_start_ns").is_between(to_ns(start), to_ns(end), closed="left"))
 
 
 def attach_prices(ledger: pl.LazyFrame, book: PriceBook) -> tuple[pl.LazyFrame, dict[str, Price]]:
@@ -223,7 +181,7 @@ def pools(priced: pl.LazyFrame, prices: dict[str, Price], quantum: Decimal) -> P
             raise ReconciliationError(f"negative slice share in pool {model}/{entry_id}")
         price = prices[entry_id]
         capacity = Fraction(int(units), SLICE_UNITS)
-        cost = quantize_fraction(capacity / NS_PER_HOUR * Fraction(price.per_gpu_hour), quantum)
+        cost = quantize_fraction(capacity / HOUR_NS * Fraction(price.per_gpu_hour), quantum)
         e_cost = None
         if price.energy_per_kwh is not None and energy is not None:
             e_cost = quantize_fraction(Fraction(energy) / J_PER_KWH * Fraction(price.energy_per_kwh), quantum)
@@ -326,11 +284,6 @@ def _with_line_kind(ledger: pl.LazyFrame) -> pl.LazyFrame:
     return ledger.with_columns(
         line_kind=pl.when(pl.col("kind") == kinds.UNALLOCATED).then(pl.lit("unallocated")).otherwise(pl.lit("usage"))
     )
-
-
-def period_of(day: date) -> tuple[datetime, datetime]:
-    """The calendar month (UTC) containing ``day``."""
-    return month_bounds(f"{day.year:04d}-{day.month:02d}")
 
 
 # --- IO edges ------------------------------------------------------------------

@@ -19,8 +19,8 @@ The process (docs/chargeback.md):
 3. Invariant after every close: for each closed month, the rows that refer to
    it across all closed files sum to its current cost, to the cent.
 
-Tables are created here (``CREATE TABLE IF NOT EXISTS`` on the first close),
-so a read-only store without them simply has no closed months.
+The tables are in :mod:`gpuledger.store.schema` (every writable open has
+them); a read-only open of a file older than them simply has no closed months.
 """
 
 from __future__ import annotations
@@ -52,9 +52,9 @@ from gpuledger.analytics.prices import Price, PriceBook
 from gpuledger import __version__
 from gpuledger.errors import GpuledgerError
 from gpuledger.store import Store
+from gpuledger.timeutil import iso_utc, month_bounds, parse_iso_utc, to_ns
 
 __all__ = [
-    "DDL",
     "CloseRecord",
     "ExportError",
     "ExportResult",
@@ -69,21 +69,6 @@ __all__ = [
 Format = Literal["csv", "parquet"]
 FORMATS = ("csv", "parquet")
 
-DDL = """
-CREATE TABLE IF NOT EXISTS chargeback_closes (
-    month VARCHAR PRIMARY KEY, closed_at TIMESTAMPTZ NOT NULL, charge_period VARCHAR NOT NULL,
-    currency VARCHAR NOT NULL, fleet_cost VARCHAR NOT NULL, regular_total VARCHAR NOT NULL,
-    corrections_total VARCHAR NOT NULL, billed_total VARCHAR NOT NULL, n_rows INTEGER NOT NULL,
-    csv BLOB NOT NULL, csv_sha256 VARCHAR NOT NULL, parquet BLOB NOT NULL, parquet_sha256 VARCHAR NOT NULL,
-    inputs JSON NOT NULL);
-CREATE TABLE IF NOT EXISTS chargeback_billed (
-    billing_month VARCHAR NOT NULL, usage_month VARCHAR NOT NULL, charge_class VARCHAR,
-    charge_start VARCHAR NOT NULL, charge_end VARCHAR NOT NULL, tenant VARCHAR NOT NULL, model VARCHAR NOT NULL,
-    profile VARCHAR NOT NULL, line_kind VARCHAR NOT NULL, entry_id VARCHAR NOT NULL, unit VARCHAR NOT NULL,
-    unit_price VARCHAR NOT NULL, is_default BOOLEAN NOT NULL, sharing VARCHAR,
-    cost VARCHAR NOT NULL, quantity VARCHAR NOT NULL, used_h VARCHAR, idle_h VARCHAR, unmeasured_h VARCHAR,
-    unallocated_h VARCHAR, energy_kwh VARCHAR);
-"""
 _KEY_COLS = ("charge_start", "tenant", "model", "profile", "line_kind", "entry_id", "unit")
 
 
@@ -135,7 +120,7 @@ def resolve_month(month: str, now: datetime | None = None) -> str:
     if month == "previous":
         y, m = (now.year, now.month - 1) if now.month > 1 else (now.year - 1, 12)
         return f"{y:04d}-{m:02d}"
-    cb.month_bounds(month)  # ValueError when malformed
+    month_bounds(month)  # ValueError when malformed
     return month
 
 
@@ -200,7 +185,7 @@ def _billed(store: Store, usage_month: str) -> dict[tuple[str, ...], dict[str, A
 def corrections(store: Store, month: str, book: PriceBook, context: ExportContext,
                 closed: dict[str, CloseRecord]) -> tuple[list[Charge], dict[str, Decimal]]:
     """Correction rows for the export of open ``month``; and per corrected month, cost now − billed so far."""
-    period = cb.month_bounds(month)
+    period = month_bounds(month)
     out: list[Charge] = []
     expected: dict[str, Decimal] = {}
     retired = retired_months(store)
@@ -208,7 +193,7 @@ def corrections(store: Store, month: str, book: PriceBook, context: ExportContex
         if m >= month or m in retired:  # a retired month's ledger is gone (gpuledger/ingest/retention.py): its bill is final
             continue
         ctx_m = ExportContext(**{**context.__dict__, "charge_period": record.charge_period})
-        start, end = cb.month_bounds(m)
+        start, end = month_bounds(m)
         now_rows, totals = charges(cb.read_ledger(store, start, end), book, m, ctx_m)
         billed = _billed(store, m)
         expected[m] = totals.fleet_cost - sum((b["cost"] for b in billed.values()), Decimal(0))
@@ -240,16 +225,12 @@ def _difference(key: tuple[str, ...], now: Charge | None, was: dict[str, Any] | 
         assert was is not zero
         unit_price = was["unit_price"]
         price = Price(unit_price, book.currency, entry_id, bool(was["is_default"]))
-        charge_period = (_parse_iso(charge_start), _parse_iso(was["charge_end"]))
+        charge_period = (parse_iso_utc(charge_start), parse_iso_utc(was["charge_end"]))
         sharing = was["sharing"]
     return Charge(tenant=tenant, model=model, profile=profile or None, line_kind=line_kind, price=price,
                   unit=unit, quantity=quantity, unit_price=unit_price, cost=cost,  # type: ignore[arg-type]
                   period=period, charge_period=charge_period, metrics={**metrics, "coverage": None},
                   sharing=sharing, charge_class=CORRECTION, corrects=corrects, context=context)
-
-
-def _parse_iso(text: str) -> datetime:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
 
 
 # --- export and close ---------------------------------------------------------------
@@ -273,7 +254,7 @@ def export(store: Store, month: str, book: PriceBook, *, fmt: Format = "csv", fi
                               f"not {ctx.charge_period!r}",
                               hint=f"a closed file never changes: export it with --charge-period {record.charge_period}")
         return ExportResult(month, fmt, stored_file(store, month, fmt), True, record=record)
-    start, end = cb.month_bounds(month)
+    start, end = month_bounds(month)
     now = (now or datetime.now(UTC)).astimezone(UTC)
     if final and now < end:
         raise ExportError(f"month {month} has not ended (it ends {end:%Y-%m-%dT%H:%M:%SZ}); it cannot be closed yet",
@@ -304,7 +285,6 @@ def _close(store: Store, month: str, book: PriceBook, ctx: ExportContext, rows: 
     record = CloseRecord(month, now, ctx.charge_period, book.currency, totals.fleet_cost, regular, fixes,
                          regular + fixes, len(rows), hashlib.sha256(content["csv"]).hexdigest(),
                          hashlib.sha256(content["parquet"]).hexdigest(), inputs)
-    store.execute(DDL)
     with store.transaction() as tx:
         tx.execute("INSERT INTO chargeback_closes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
             month, now, ctx.charge_period, book.currency, str(totals.fleet_cost), str(regular), str(fixes),
@@ -318,7 +298,7 @@ def _billed_frame(month: str, rows: list[Charge]) -> pl.DataFrame:
     text = pl.String
     records = [{
         "billing_month": month, "usage_month": c.corrects or month, "charge_class": c.charge_class,
-        "charge_start": c.key[0], "charge_end": _iso(c.charge_period[1]), "tenant": c.tenant, "model": c.model,
+        "charge_start": c.key[0], "charge_end": iso_utc(c.charge_period[1]), "tenant": c.tenant, "model": c.model,
         "profile": c.profile or "", "line_kind": c.line_kind, "entry_id": c.price.entry_id, "unit": c.unit,
         "unit_price": str(c.unit_price), "is_default": c.price.is_default, "sharing": c.sharing,
         "cost": str(c.cost), "quantity": str(c.quantity),
@@ -333,16 +313,12 @@ _BILLED_COLUMNS = ("billing_month", "usage_month", "charge_class", "charge_start
                    "quantity", *METRICS)
 
 
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _inputs(store: Store, month: str, book: PriceBook, ctx: ExportContext) -> dict[str, Any]:
     """What the closed file was computed from, to explain a later correction."""
-    start, end = cb.month_bounds(month)
+    start, end = month_bounds(month)
     stats = store.query("SELECT count(*) AS n, sum(gpu_seconds) AS s, count(DISTINCT (agent_id, boot_id, seq)) AS m "
                         "FROM ledger WHERE interval_start_ns >= ? AND interval_start_ns < ?",
-                        [cb.to_ns(start), cb.to_ns(end)])
+                        [to_ns(start), to_ns(end)])
     entries = [[e.entry_id, e.model, e.profile, str(e.per_gpu_hour), e.effective_from.isoformat(),
                 None if e.energy_per_kwh is None else str(e.energy_per_kwh)] for e in book.entries]
     digest = hashlib.sha256(json.dumps([book.currency, str(book.quantum), entries]).encode()).hexdigest()
@@ -361,7 +337,7 @@ def months_to_close(store: Store, now: datetime, grace_hours: float = 6.0) -> li
     closed = closed_months(store)
     out = []
     for month in frame["month"].to_list() if frame.height else []:
-        end = cb.month_bounds(month)[1]
+        end = month_bounds(month)[1]
         if month not in closed and (now - end).total_seconds() >= grace_hours * 3600:
             out.append(month)
     return out

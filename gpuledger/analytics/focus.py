@@ -39,8 +39,10 @@ import pyarrow.parquet as pq
 from gpuledger.analytics import chargeback as cb
 from gpuledger.analytics.csvfile import Writable, sanitize_cell, write_rows
 from gpuledger.analytics.prices import Price, PriceBook
+from gpuledger.analytics.rollups import in_period
 
 from gpuledger.config import Settings
+from gpuledger.timeutil import DAY_NS, from_ns, iso_utc, month_bounds, to_ns
 
 __all__ = [
     "COLUMNS",
@@ -107,7 +109,7 @@ class Charge:
     @property
     def key(self) -> tuple[str, ...]:
         """What a correction is matched on: charge period start, tenant, model, profile, kind, entry, unit."""
-        return (_iso(self.charge_period[0]), self.tenant, self.model, self.profile or "", self.line_kind,
+        return (iso_utc(self.charge_period[0]), self.tenant, self.model, self.profile or "", self.line_kind,
                 self.price.entry_id, self.unit)
 
 
@@ -245,8 +247,9 @@ def charges(ledger: pl.LazyFrame, book: PriceBook, month: str,
             context: ExportContext | None = None) -> tuple[list[Charge], cb.Totals]:
     """The month's regular charges in file order, and totals checked to reconcile."""
     ctx = context or ExportContext()
-    period = cb.month_bounds(month)
-    lines, pool_map = cb.chargeback_lines(cb.in_period(ledger, *period), book, ctx.charge_period)
+    period = month_bounds(month)
+    lines, pool_map = cb.chargeback_lines(in_period(ledger, to_ns(period[0]), to_ns(period[1])), book,
+                                          ctx.charge_period)
     totals = cb.monthly_totals(lines, pool_map, book.currency)
     out: list[Charge] = []
     for line in lines.iter_rows(named=True):
@@ -254,8 +257,8 @@ def charges(ledger: pl.LazyFrame, book: PriceBook, month: str,
         start = max(period[0], _midnight(price.effective_from) or period[0])
         end = min(period[1], _midnight(price.effective_until) or period[1])
         if ctx.charge_period == "day":
-            start = datetime.fromtimestamp(line["charge_day_ns"] // 10**9, UTC)
-            end = datetime.fromtimestamp((line["charge_day_ns"] + cb.DAY_NS) // 10**9, UTC)
+            start = from_ns(line["charge_day_ns"])
+            end = from_ns(line["charge_day_ns"] + DAY_NS)
         hours = _hours(line["gpu_seconds"])
         assert hours is not None
         common = {"tenant": line["tenant"], "model": line["model"], "profile": line["profile"],
@@ -280,10 +283,6 @@ def order(c: Charge) -> tuple[Any, ...]:
 
 def _midnight(day: Any) -> datetime | None:
     return None if day is None else datetime(day.year, day.month, day.day, tzinfo=UTC)
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _cell(column: Column, charge: Charge) -> str | Decimal | datetime | None:

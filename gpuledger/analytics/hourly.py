@@ -41,12 +41,12 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from gpuledger.store import HOUR_NS, Store
+from gpuledger.store import Store
+from gpuledger.timeutil import HOUR_NS
 
 __all__ = [
     "HOURLY_COLUMNS",
     "HOURLY_KEYS",
-    "HOUR_NS",
     "RefreshResult",
     "hourly",
     "mark_hours",

@@ -97,8 +97,7 @@ def read_chunk(store: Store, keys: pl.DataFrame, tenants: pl.LazyFrame) -> Chunk
     with a dictionary of its own rows instead (slower, same ledger).
     """
     msgs = keys.select(MSG).with_row_index("m")
-    store.con.register("_chunk", msgs.to_arrow())
-    try:
+    with store.registered(_chunk=msgs):
         window = _window(store)
         messages = store.query(
             "SELECT k.agent_id, k.boot_id, k.seq, m.allocations_unavailable IS NOT NULL AS holders_unknown "
@@ -109,8 +108,6 @@ def read_chunk(store: Store, keys: pl.DataFrame, tenants: pl.LazyFrame) -> Chunk
             f"FROM devices t JOIN _chunk k USING (agent_id, boot_id, seq) WHERE {window} "
             "ORDER BY k.m, t.gpu_index, t.mig_index")
         coded = _coded_by_tenants(store, window, tenants) or _coded_by_chunk(store, window, tenants)
-    finally:
-        store.con.unregister("_chunk")
     processes, allocations, owners = coded
     devices, idents = device_idents(devices)
     return Chunk(messages=messages, idents=idents, devices=devices, processes=processes, allocations=allocations,
@@ -129,9 +126,8 @@ def _coded_by_tenants(store: Store, window: str, tenants: pl.LazyFrame
     owners = pl.concat([no_pod, t.drop_nulls("pod_uid")]).join(
         store.query("SELECT pod_uid, namespace, name AS pod FROM pods"), on="pod_uid", how="left",
         maintain_order="left").select("pod_uid", "namespace", "pod", "tenant")
-    store.con.register("_own", owners.with_row_index("owner").select(
-        "pod_uid", pl.col("owner").cast(pl.Int64)).slice(1).to_arrow())
-    try:
+    own = owners.with_row_index("owner").select("pod_uid", pl.col("owner").cast(pl.Int64)).slice(1)
+    with store.registered(_own=own):
         processes = store.query(
             "SELECT k.m, t.gpu_index, t.mig_index, "
             f"CASE WHEN {_PROC_OWNER} IS NULL THEN 0 ELSE o.owner END AS owner, "
@@ -143,8 +139,6 @@ def _coded_by_tenants(store: Store, window: str, tenants: pl.LazyFrame
             "t.replica, coalesce(contains(t.resource, 'shared'), false) AS shared, t.share "
             f"FROM allocations t JOIN _chunk k USING (agent_id, boot_id, seq) LEFT JOIN _own o "
             f"ON o.pod_uid = t.pod_uid WHERE {window} ORDER BY k.m, t.gpu_index, t.mig_index, owner")
-    finally:
-        store.con.unregister("_own")
     if processes["owner"].null_count() or allocations["owner"].null_count():
         return None
     # Keep only the owners this chunk names: the output's dictionaries stay chunk-sized however many pods exist.
@@ -197,8 +191,7 @@ def _coded_by_chunk(store: Store, window: str, tenants: pl.LazyFrame
 def read_frames(store: Store, keys: pl.DataFrame) -> dict[str, pl.DataFrame]:
     """The chunk's store-shaped frames, as ``ledger.attribute`` reads them (the reference path);
     ``allocations_unavailable``: the keys of the messages whose agent could not read the allocations."""
-    store.con.register("_chunk", keys.select(MSG).to_arrow())
-    try:
+    with store.registered(_chunk=keys.select(MSG)):
         frames = {
             table: store.query(f"SELECT t.* FROM {table} t SEMI JOIN _chunk k USING (agent_id, boot_id, seq)")
             for table in ("devices", "allocations")
@@ -212,8 +205,6 @@ def read_frames(store: Store, keys: pl.DataFrame) -> dict[str, pl.DataFrame]:
             "FROM processes t SEMI JOIN _chunk k USING (agent_id, boot_id, seq) "
             "ORDER BY agent_id, boot_id, seq, gpu_index, mig_index, pid"
         )
-    finally:
-        store.con.unregister("_chunk")
     return frames
 
 

@@ -37,6 +37,7 @@ from gpuledger.analytics.focus_rules import check_rows
 from gpuledger.analytics.prices import PriceBook
 
 from gpuledger.store import Store
+from gpuledger.timeutil import month_bounds, to_ns
 
 __all__ = ["Check", "Reconciliation", "reconcile"]
 
@@ -119,7 +120,7 @@ def reconcile(store: Store, month: str, book: PriceBook, context: ExportContext 
     record = closing.closed_months(store).get(month)
     if record is not None:
         ctx = ExportContext(**{**ctx.__dict__, "charge_period": record.charge_period})
-    start, end = cb.month_bounds(month)
+    start, end = month_bounds(month)
     result = closing.export(store, month, book, fmt="csv", context=ctx, now=now)
     if record is None:
         assert result.totals is not None
@@ -182,7 +183,7 @@ def reconcile(store: Store, month: str, book: PriceBook, context: ExportContext 
     table, column = ("ledger_hourly", "hour_start_ns") if retired else ("ledger", "interval_start_ns")
     cov = store.query("SELECT sum(gpu_seconds) FILTER (WHERE kind = 'busy') AS busy, sum(gpu_seconds) FILTER "
                       f"(WHERE kind = 'busy' AND rule = 'process_samples') AS direct FROM {table} "
-                      f"WHERE {column} >= ? AND {column} < ?", [cb.to_ns(start), cb.to_ns(end)])
+                      f"WHERE {column} >= ? AND {column} < ?", [to_ns(start), to_ns(end)])
     busy, direct = cov["busy"][0], cov["direct"][0]
     capacity_hours = hours if retired else Decimal(float(totals.capacity_gpu_hours)).quantize(Decimal("0.000001"))
     fleet_cost = record.fleet_cost if retired and record else totals.fleet_cost

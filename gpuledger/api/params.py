@@ -21,11 +21,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from fastapi import Query
-from gpuledger.analytics import chargeback as cb
 from gpuledger.analytics import closing
 from gpuledger.api import errors as E
 from gpuledger.api.errors import ApiError
 from gpuledger.api.reader import Session
+
+from gpuledger.timeutil import EPOCH, from_ns, month_of_day
+from gpuledger.timeutil import iso_utc as iso  # the routes' name for it
 
 __all__ = [
     "CURSOR",
@@ -73,8 +75,7 @@ MAX_BUCKETS = 2_000  # time buckets one series or showback may return
 MAX_PAGE = 1_000  # rows per page
 MAX_RESULT_ROWS = 200_000  # rows one answer may hold across all its pages (memory of the cache)
 DEFAULT_PAGE = 100
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MIN, _MAX = datetime(1970, 1, 1, tzinfo=UTC), datetime(9999, 1, 1, tzinfo=UTC)
+_MIN, _MAX = EPOCH, datetime(9999, 1, 1, tzinfo=UTC)
 
 # --- declarations (one description each in the OpenAPI document) ----------------------
 START = Query(None, description="period start: ISO date/datetime (UTC) or epoch ms; omit with end for the "
@@ -179,18 +180,14 @@ class Page:
     limit: int
 
 
-def iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def parse_moment(text: str, name: str) -> datetime:
     """ISO 8601 date/datetime or epoch milliseconds -> aware UTC datetime (400 bad_period otherwise)."""
     raw = text.strip()
     try:
         if raw.isascii() and raw.lstrip("-").isdigit():
-            return _in_range(_EPOCH + timedelta(milliseconds=int(raw)), text, name)
+            return _in_range(EPOCH + timedelta(milliseconds=int(raw)), text, name)
         moment = datetime.fromisoformat(raw)
-    except (ValueError, OverflowError) as exc:
+    except (ValueError, OverflowError):
         if raw.isascii() and raw.lstrip("-").isdigit():  # epoch ms beyond what datetime holds
             raise _out_of_range(text, name) from None
         raise ApiError(E.BAD_PERIOD, f"{name}={text!r} is not an ISO 8601 date/datetime or epoch milliseconds",
@@ -218,7 +215,7 @@ def parse_period(start: str | None, end: str | None, latest_ns: int | None) -> P
     if start is None and end is None:
         if latest_ns is None:
             return None
-        begin, finish = cb.period_of(datetime.fromtimestamp(latest_ns // 10**9, UTC).date())
+        begin, finish = month_of_day(from_ns(latest_ns).date())
         return Period(begin, finish)
     if start is None or end is None:
         raise ApiError(E.BAD_PERIOD, "give both start and end, or neither",

@@ -30,7 +30,7 @@ from typing import Any, NoReturn, TypeVar
 from gpuledger.api import errors as E
 from gpuledger.api.errors import ApiError
 
-from gpuledger.errors import StoreError
+from gpuledger.errors import StoreError, StoreLocked, StoreMissingTable
 from gpuledger.store import Store
 
 #: How long a request waits for a writer to release the file before 503 database_busy (s).
@@ -134,7 +134,7 @@ class Database:
             except StoreError as exc:
                 # Ingest holds the file only while it writes a batch (under a second):
                 # wait that out rather than answering 503 at once.
-                if "lock" in str(exc).lower() and time.monotonic() < deadline:
+                if isinstance(exc, StoreLocked) and time.monotonic() < deadline:
                     time.sleep(0.05)
                     continue
                 self._refuse(exc)
@@ -144,7 +144,7 @@ class Database:
             store.close()
 
     def _refuse(self, exc: StoreError) -> NoReturn:
-        if "lock" in str(exc).lower():
+        if isinstance(exc, StoreLocked):
             raise ApiError(E.DATABASE_BUSY, f"database {self.path} is held by a writer",
                            "a writer process (gpuledger ingest) holds the file; retry shortly, or serve "
                            "the API from the writer process (see docs/operations.md)",
@@ -177,9 +177,6 @@ class Session:
         """``Store.query`` that turns a missing ledger table into 503 ``no_ledger``."""
         try:
             return self.store.query(sql, params)
-        except StoreError as exc:
-            text = str(exc).lower()
-            if "does not exist" in text and "table" in text:
-                raise ApiError(E.NO_LEDGER, f"the database is missing a table: {exc}",
-                               "run attribution (`gpuledger attribute`) or let ingest run it") from None
-            raise
+        except StoreMissingTable as exc:
+            raise ApiError(E.NO_LEDGER, f"the database is missing a table: {exc}",
+                           "run attribution (`gpuledger attribute`) or let ingest run it") from None

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -41,6 +40,8 @@ from gpuledger.api.params import (
 )
 from gpuledger.api.reader import Session
 from gpuledger.api.tokens import Principal
+
+from gpuledger.timeutil import from_ns
 
 router = APIRouter(prefix="/v1/efficiency", responses=ERROR_RESPONSES)
 _ORDER = ("idle_cost", "idle_gpu_hours", "allocated_gpu_hours")
@@ -185,11 +186,7 @@ def idle_runs(rows: pl.LazyFrame, filters: Filters, period: Period) -> list[dict
     for r in runs.iter_rows(named=True):
         out.append({"gpu": r["gpu_uuid"], "node": r["node"], "gpu_index": r["gpu_index"], "mig_index": r["mig_index"],
                     "model": r["model"], "profile": r["profile"], "tenant": r["tenant"], "namespace": r["namespace"],
-                    "pod": r["pod"], "idle_since": iso(_ns(r["since"])), "idle_until": iso(_ns(r["until"])),
+                    "pod": r["pod"], "idle_since": iso(from_ns(r["since"])), "idle_until": iso(from_ns(r["until"])),
                     "idle_hours": round(r["hours"], 6), "idle_gpu_hours": views.hours(r["idle_s"]),
                     "ongoing": last.get(r["node"]) == r["until"]})
     return out
-
-
-def _ns(ns: int) -> datetime:
-    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=ns // 1000)

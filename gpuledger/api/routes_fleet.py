@@ -15,13 +15,11 @@ and only its own holders on them.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import polars as pl
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
-from gpuledger.analytics import chargeback as cb
 from gpuledger.api import views
 from gpuledger.api.auth import DATA_ROLES, data_filters, require, session
 from gpuledger.api.errors import ERROR_RESPONSES
@@ -44,6 +42,7 @@ from gpuledger.api.reader import Session
 from gpuledger.api.tokens import Principal
 
 from gpuledger import wire
+from gpuledger.timeutil import from_ns, to_ns
 
 router = APIRouter(prefix="/v1", responses=ERROR_RESPONSES)
 _HEALTH = {wire.HEALTH_OK: "ok", wire.HEALTH_DEGRADED: "degraded", wire.HEALTH_LOST: "lost"}
@@ -65,7 +64,7 @@ def fleet(request: Request, start: str | None = START, end: str | None = END, li
 
 
 def fleet_rows(s: Session, period: Period, filters: Filters) -> list[dict[str, Any]]:
-    bounds = [cb.to_ns(period.start), cb.to_ns(period.end)]
+    bounds = [to_ns(period.start), to_ns(period.end)]
     where = "interval_start_ns >= ? AND interval_start_ns < ?"
     gpus = s.query(f"""
         SELECT node, gpu_index, arg_max(uuid, interval_start_ns) FILTER (WHERE uuid IS NOT NULL) AS gpu,
@@ -128,7 +127,7 @@ def fleet_rows(s: Session, period: Period, filters: Filters) -> list[dict[str, A
             "gpu": g["gpu"], "node": g["node"], "gpu_index": g["gpu_index"], "model": g["model"],
             "sharing": share_by.get(g["gpu"]), "mig_profiles": sorted(p for p in more["mig"] if p),
             "health": "lost" if lost else _HEALTH.get(g["health"], f"code {g['health']}"),
-            "last_seen": iso(datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=g["last_end"] // 1000)),
+            "last_seen": iso(from_ns(g["last_end"])),
             "xid_events": g["xid_events"], "degraded_intervals": g["degraded_intervals"],
             "field_errors": 0 if e is None else e["field_errors"],  # a count: no row means none recorded
             "field_error_reasons": [] if e is None else list(e["reasons"]),

@@ -38,6 +38,8 @@ from gpuledger.api.params import (
 from gpuledger.api.reader import Session
 from gpuledger.api.tokens import Principal
 
+from gpuledger.timeutil import from_ns
+
 router = APIRouter(prefix="/v1", responses=ERROR_RESPONSES)
 
 
@@ -80,7 +82,7 @@ def showback(request: Request, start: str | None = START, end: str | None = END,
         for r in frame.iter_rows(named=True):
             keys = {k: r[k] for k in by}
             if gran:
-                keys = {"time": iso(_ms(r["time"])), **keys}
+                keys = {"time": iso(from_ns(r["time"] * 10**6)), **keys}  # epoch ms
             out.append({**keys, **views.metric_fields(r), "cost": str(r["cost"]), "currency": book.currency,
                         "drilldown": drill_link(period, keys, filters, gran)})
         total = sum((Decimal(r["cost"]) for r in out), Decimal(0))
@@ -91,10 +93,6 @@ def showback(request: Request, start: str | None = START, end: str | None = END,
                          "currency": book.currency, "total_cost": total,
                          "rows": rows[page.offset:page.offset + page.limit], "total_rows": len(rows),
                          "next_cursor": next_cursor(page, len(rows))})
-
-
-def _ms(ms: int) -> datetime:
-    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
 
 
 def bucket_end(start: datetime, granularity: str) -> datetime:

@@ -3,8 +3,8 @@
 A token looks like ``glt_<id>_<secret>``: ``id`` is 8 hex digits, public and
 shown by ``gpuledger token list``; ``secret`` is 32 random bytes
 (``secrets.token_urlsafe``). The database keeps only the SHA-256 of the secret
-(hex) in ``api_tokens``; the whole token is printed once, at creation, and
-cannot be shown again. Revoking sets ``revoked_at_ns``; a revoked token is
+(hex) in ``api_tokens`` (DDL in :mod:`gpuledger.store.schema`); the whole token
+is printed once, at creation, and cannot be shown again. Revoking sets ``revoked_at_ns``; a revoked token is
 refused from the next request on. Tokens never reach a log: the API logs no
 headers, and errors name only the token id.
 
@@ -35,7 +35,6 @@ __all__ = [
     "Principal",
     "TokenError",
     "create_token",
-    "ensure_table",
     "list_tokens",
     "revoke_token",
     "verify_token",
@@ -44,13 +43,6 @@ __all__ = [
 ROLES = ("admin", "tenant", "finance")
 TOKEN_PREFIX = "glt_"
 _TOKEN = re.compile(r"^glt_([0-9a-f]{8})_([A-Za-z0-9_-]{43})$")
-
-DDL = """
-CREATE TABLE IF NOT EXISTS api_tokens (
-    id VARCHAR PRIMARY KEY, secret_sha256 VARCHAR NOT NULL, role VARCHAR NOT NULL, tenant VARCHAR,
-    name VARCHAR, created_at_ns BIGINT NOT NULL, revoked_at_ns BIGINT)
-"""
-
 
 class TokenError(GpuledgerError):
     """A token command that cannot be carried out."""
@@ -76,10 +68,6 @@ def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode("ascii")).hexdigest()
 
 
-def ensure_table(store: Store) -> None:
-    store.execute(DDL)
-
-
 def create_token(store: Store, role: str, tenant: str | None = None, name: str | None = None,
                  *, now_ns: int | None = None) -> tuple[str, str]:
     """Create a token; returns ``(id, whole token)``. The whole token is not stored anywhere."""
@@ -90,7 +78,6 @@ def create_token(store: Store, role: str, tenant: str | None = None, name: str |
     if role != "tenant" and tenant:
         raise TokenError(f"--tenant only applies to --role tenant, not {role}",
                          hint="admin and finance tokens see every tenant")
-    ensure_table(store)
     token_id = secrets.token_hex(4)
     secret = secrets.token_urlsafe(32)
     store.execute("INSERT INTO api_tokens VALUES (?, ?, ?, ?, ?, ?, NULL)",
@@ -100,7 +87,6 @@ def create_token(store: Store, role: str, tenant: str | None = None, name: str |
 
 def list_tokens(store: Store) -> pl.DataFrame:
     """Every token: id, role, tenant, name, created/revoked times (never the secret or its hash)."""
-    ensure_table(store)
     return store.query("SELECT id, role, tenant, name, make_timestamp(created_at_ns // 1000) AS created_at, "
                        "make_timestamp(revoked_at_ns // 1000) AS revoked_at FROM api_tokens ORDER BY created_at_ns")
 
@@ -109,7 +95,6 @@ def revoke_token(store: Store, token_id: str, *, now_ns: int | None = None) -> N
     """Revoke by id (the ``glt_<id>_`` part, or the whole token)."""
     match = _TOKEN.match(token_id)
     token_id = match.group(1) if match else token_id
-    ensure_table(store)
     found = store.scalar("SELECT revoked_at_ns IS NULL FROM api_tokens WHERE id = ?", [token_id])
     if found is None:
         raise TokenError(f"no token with id {token_id!r}", hint="`gpuledger token list` shows the ids")
@@ -127,6 +112,8 @@ def verify_token(store: Store, token: str) -> tuple[Principal | None, str]:
     if not store.has_table("api_tokens"):
         return None, "this database has no tokens yet"
     row = store.query("SELECT secret_sha256, role, tenant, revoked_at_ns FROM api_tokens WHERE id = ?", [token_id])
+    if row.is_empty() and not store.scalar("SELECT count(*) FROM api_tokens"):
+        return None, "this database has no tokens yet"
     if row.is_empty() or not hmac.compare_digest(row["secret_sha256"][0], _digest(secret)):
         return None, f"token {token_id} is not known"
     if row["revoked_at_ns"][0] is not None:

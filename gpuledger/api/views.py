@@ -25,7 +25,7 @@ from gpuledger.analytics import chargeback as cb
 from gpuledger.analytics.prices import PriceBook
 from gpuledger.api.params import Filters, Period
 from gpuledger.api.reader import Session
-from gpuledger.store import HOUR_NS
+from gpuledger.timeutil import HOUR_NS, to_ns
 
 __all__ = ["HOURLY_BOOT", "WORKLOAD", "apply_filters", "costed", "hours", "read_rows", "showback_rows", "with_dimensions"]
 
@@ -67,7 +67,7 @@ def read_rows(s: Session, period: Period, nodes: Sequence[str] = (), *, hourly: 
     Totals, costs and hourly or coarser buckets come out as the ledger gives
     them (tests/api/test_hourly_reads.py, tests/ingest/test_retention_rollups.py).
     """
-    lo, hi = cb.to_ns(period.start), cb.to_ns(period.end)
+    lo, hi = to_ns(period.start), to_ns(period.end)
     node_sql = f" AND node IN ({', '.join('?' for _ in nodes)})" if nodes else ""
     # A file no writer has opened since these tables were added lacks them (the API opens read-only).
     rolled = s.store.has_table("ledger_hourly") and s.store.has_table("ledger_retired")

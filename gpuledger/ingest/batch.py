@@ -54,13 +54,7 @@ __all__ = ["ArrowBatch", "HeaderCache", "decode_batch"]
 _FRAME = struct.Struct("<4sHHIIIII")
 _S0, _S1, _S2, _S3 = (dt.itemsize for dt in wire.TABLES.values())  # record sizes, in wire.TABLES order
 _ITEMSIZE = np.array([_S0, _S1, _S2, _S3], np.int64)
-_NAMES = list(wire.TABLES)
-_STRING_COLUMNS = {
-    "devices": ("uuid", "model", "profile"),
-    "processes": ("container", "slurm_job"),
-    "allocations": ("container", "resource"),
-    "field_errors": ("field", "reason"),
-}
+_NAMES = list(wire.RECORD_TABLES)
 _POD_TABLES = ("processes", "allocations")
 
 _Id = Annotated[str, msgspec.Meta(min_length=1)]  # a non-empty string
@@ -359,7 +353,7 @@ def _build(heads: Sequence[_Item], sources: Sequence[str | None]) -> dict[str, p
         cols["_m"] = owner_arr
         for col in dt.names or ():
             values = rows[col]
-            if col in _STRING_COLUMNS[name]:
+            if col in wire.STRING_COLUMNS[name]:
                 idx = values.astype(np.int64)
                 valid = idx != wire.NULL_STR
                 cols[col] = _take(strings, np.where(valid, idx + str_base[owner], 0), valid)
@@ -390,7 +384,7 @@ def _check_values(name: str, rows: np.ndarray, n_strings: np.ndarray, n_pods: np
     """The reference and range checks of ``wire._check_references``, on a whole batch."""
     if not rows.size:
         return
-    for col in _STRING_COLUMNS[name]:
+    for col in wire.STRING_COLUMNS[name]:
         c = rows[col]
         if ((c != wire.NULL_STR) & (c >= n_strings)).any():
             raise _BatchCheckFailed(f"{name}.{col}")

@@ -39,7 +39,7 @@ from typing import Any
 from gpuledger import wire
 from gpuledger.errors import StoreError, TransportError, WireError
 from gpuledger.ingest.batch import ArrowBatch, HeaderCache, decode_batch
-from gpuledger.ingest.clock import QUARANTINE, ClockCheck
+from gpuledger.ingest.clock import ClockCheck
 from gpuledger.ingest.opener import FileOpener
 from gpuledger.ingest.segments import SegmentWriter
 from gpuledger.store import DeadLetter, Store
@@ -92,9 +92,9 @@ def decode_record(record: Record) -> wire.Message | DeadLetter:
         return _dead(record, reason)
 
 
-def _dead(record: Record, reason: str) -> DeadLetter:
+def _dead(record: Record, reason: str, *, quarantined: bool = False) -> DeadLetter:
     return DeadLetter(reason=reason, payload=record.value or b"", topic=record.topic,
-                      partition=record.partition, offset=record.offset)
+                      partition=record.partition, offset=record.offset, quarantined=quarantined)
 
 
 class _Fallback(Exception):
@@ -190,7 +190,7 @@ class Ingestor:
             batch = decode_batch([r.value for r in records], [r.source for r in records], self._headers)
             dead = [_dead(records[i], reason) for i, reason in sorted(batch.failed.items())]
             kept, late = self.clock_check.apply(batch, self.wall_clock_ns())
-            dead.extend(_dead(records[i], reason) for i, reason in late)
+            dead.extend(_dead(records[i], reason, quarantined=True) for i, reason in late)
             stats.rows = kept.rows()
             return _Flush(records, stats, kept, dead)
         except Exception as exc:  # noqa: BLE001  # a batch-decoder bug: take the slow, strict path
@@ -213,7 +213,7 @@ class Ingestor:
                     log.error("batch not storable (%s: %s); storing message by message", type(exc).__name__, exc)
                 stored, duplicates, dead = self._store_one_by_one(store, flush.records)
             stats.stored, stats.duplicates, stats.dead_letters = stored, duplicates, len(dead)
-            stats.quarantined = sum(1 for d in dead if d.reason.startswith(QUARANTINE))
+            stats.quarantined = sum(1 for d in dead if d.quarantined)
             store.write_dead_letters(dead)
 
     def _finish(self, flush: _Flush) -> None:
@@ -243,7 +243,7 @@ class Ingestor:
                 continue
             reason = self.clock_check.reason(decoded.interval_start_ns, decoded.interval_end_ns, now)
             if reason is not None:
-                dead.append(_dead(record, reason))
+                dead.append(_dead(record, reason, quarantined=True))
                 continue
             messages.append(decoded)
             origins.append(record)

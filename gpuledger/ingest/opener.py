@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from gpuledger.errors import StoreError
+from gpuledger.errors import StoreLocked
 from gpuledger.store import Store
 
 log = logging.getLogger(__name__)
@@ -76,8 +76,8 @@ class FileOpener:
                 store = Store(self.path)
                 self.waits += waited
                 return store
-            except StoreError as exc:
-                if "lock" not in str(exc).lower() or time.monotonic() + pause > deadline:
+            except StoreLocked:
+                if time.monotonic() + pause > deadline:
                     raise
                 if not waited:
                     log.debug("%s is held by another process; waiting", self.path)

@@ -40,12 +40,12 @@ import datetime as dt
 import time
 from dataclasses import dataclass, field
 
+from gpuledger import wire
 from gpuledger.errors import GpuledgerError
-from gpuledger.store import HOUR_NS, Store
+from gpuledger.store import Store
+from gpuledger.timeutil import HOUR_NS, from_ns, month_of, to_ns
 
-__all__ = ["RetentionResult", "cutoff_ns", "enforce_retention", "month_of"]
-
-RAW_TABLES = ("devices", "processes", "allocations", "field_errors")
+__all__ = ["RetentionResult", "cutoff_ns", "enforce_retention"]
 
 
 @dataclass
@@ -67,18 +67,9 @@ def cutoff_ns(now_ns: int, months: int) -> int:
     """Start (ns since the epoch, UTC) of the oldest kept month: ``months`` counts the current one."""
     if months < 1:
         raise ValueError("raw_retention_months must be >= 1 (the current month is always kept)")
-    now = dt.datetime.fromtimestamp(now_ns / 1e9, tz=dt.UTC)
+    now = from_ns(now_ns)
     index = now.year * 12 + now.month - 1 - (months - 1)
-    start = dt.datetime(index // 12, index % 12 + 1, 1, tzinfo=dt.UTC)
-    return int(start.timestamp()) * 10**9
-
-
-def month_of(ns: int) -> tuple[str, int, int]:
-    """``YYYY-MM`` of the UTC month containing ``ns``, and its [start, end) in ns."""
-    t = dt.datetime.fromtimestamp(ns // 10**9, tz=dt.UTC)
-    start = dt.datetime(t.year, t.month, 1, tzinfo=dt.UTC)
-    end = dt.datetime(t.year + (t.month == 12), t.month % 12 + 1, 1, tzinfo=dt.UTC)
-    return f"{t.year:04d}-{t.month:02d}", int(start.timestamp()) * 10**9, int(end.timestamp()) * 10**9
+    return to_ns(dt.datetime(index // 12, index % 12 + 1, 1, tzinfo=dt.UTC))
 
 
 def _check_tiers(raw: int, ledger: int, rollup: int) -> None:
@@ -114,7 +105,7 @@ def _raw(store: Store, cut: int) -> RetentionResult:
                              "WHERE interval_start_ns < ?", [cut]))
         n_messages = int(tx.scalar("SELECT count(*) FROM _expired"))
         rows = 0
-        for table in RAW_TABLES:
+        for table in wire.RECORD_TABLES:
             rows += int(tx.scalar(f"SELECT count(*) FROM {table} SEMI JOIN _expired USING (agent_id, boot_id, seq)"))
             tx.execute(f"DELETE FROM {table} WHERE (agent_id, boot_id, seq) IN (SELECT (agent_id, boot_id, seq) FROM _expired)")
         tx.execute("DELETE FROM messages WHERE (agent_id, boot_id, seq) IN (SELECT (agent_id, boot_id, seq) FROM _expired)")
@@ -135,8 +126,6 @@ def _months(store: Store, table: str, column: str, cut: int) -> list[tuple[str, 
 
 
 def _closed(store: Store) -> set[str]:
-    if not store.has_table("chargeback_closes"):
-        return set()
     return set(store.query("SELECT month FROM chargeback_closes")["month"].to_list())
 
 

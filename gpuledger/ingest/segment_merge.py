@@ -27,18 +27,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import polars as pl
 
+from gpuledger import wire
 from gpuledger.errors import GpuledgerError, StoreError
-from gpuledger.store import NEW_DEAD_LETTER, PODS_LATEST_WINS, Store
+from gpuledger.store import INGEST_TABLES, NEW_DEAD_LETTER, PODS_LATEST_WINS, Store
+from gpuledger.timeutil import DAY_NS
 
 __all__ = ["MergeResult", "RetireResult", "merge_segments", "retire_segments"]
 
-_ROWS = ("devices", "processes", "allocations", "field_errors")
-_TABLES = ("messages", *_ROWS, "pods", "dead_letters")
-_NS_PER_DAY = 86_400 * 10**9
 
 
 @dataclass
@@ -75,8 +73,8 @@ def merge_segments(store: Store, root: str | Path, *, files_per_step: int = 500,
     if not (root / "messages").is_dir() and not (root / "dead_letters").is_dir():
         raise GpuledgerError(f"no segments under {root}", hint="the DIR of `gpuledger ingest --segments DIR`")
     done = set(store.query("SELECT file FROM merged_segments")["file"].to_list())
-    listed = {name: _listing(root, name) for name in _TABLES}
-    by_seg: dict[str, dict[str, list[Path]]] = {name: {} for name in (*_ROWS, "pods")}
+    listed = {name: _listing(root, name) for name in INGEST_TABLES}
+    by_seg: dict[str, dict[str, list[Path]]] = {name: {} for name in (*wire.RECORD_TABLES, "pods")}
     for name, seg_files in by_seg.items():
         for path in listed[name].values():
             seg_files.setdefault(path.stem, []).append(path)
@@ -84,20 +82,20 @@ def merge_segments(store: Store, root: str | Path, *, files_per_step: int = 500,
     letters = [(key, path) for key, path in listed["dead_letters"].items() if key not in done]
     result = MergeResult()
     total = len(todo) + len(letters)
-    steps = [todo[i:i + files_per_step] for i in range(0, len(todo), files_per_step)]
-    steps += [letters[i:i + files_per_step] for i in range(0, len(letters), files_per_step)]
-    for step in steps:
+    steps = [("messages", todo[i:i + files_per_step]) for i in range(0, len(todo), files_per_step)]
+    steps += [("dead_letters", letters[i:i + files_per_step]) for i in range(0, len(letters), files_per_step)]
+    for table, step in steps:
         try:
-            if step[0][0].startswith("messages/"):
+            if table == "messages":
                 result.messages += _merge_step(store, [p for _, p in step], by_seg)
                 result.segments += len(step)
             else:
                 result.dead_letters += _merge_letters(store, [p for _, p in step])
                 result.dead_letter_files += len(step)
-        except (duckdb.Error, StoreError) as exc:
-            raise StoreError(f"merging segments under {root} failed: {exc}",
-                             hint="a compaction may have replaced files while this ran: run the merge again "
-                                  "(it is idempotent)") from exc
+        except StoreError as exc:
+            raise type(exc)(f"merging segments under {root} failed: {exc}",
+                            hint="a compaction may have replaced files while this ran: run the merge again "
+                                 "(it is idempotent)") from exc
         if progress:
             progress(result.segments + result.dead_letter_files, total)
     _forget_gone(store, {key for files in listed.values() for key in files})
@@ -120,7 +118,7 @@ def _merge_step(store: Store, messages: list[Path], by_seg: dict[str, dict[str, 
         if added:
             tx.execute(f"INSERT INTO messages BY NAME SELECT t.* EXCLUDE (seg) FROM {_read(messages)} t "
                        "SEMI JOIN _segnew USING (agent_id, boot_id, seq, seg)")
-            for name in _ROWS:
+            for name in wire.RECORD_TABLES:
                 files = [p for s in segs for p in by_seg[name].get(s, [])]
                 if files:
                     tx.execute(f"INSERT INTO {name} BY NAME SELECT t.* EXCLUDE (seg) FROM {_read(files)} t "
@@ -156,9 +154,8 @@ def _forget_gone(store: Store, present: set[str]) -> None:
     gone = [f for f in recorded if f not in present]
     if gone:
         with store.transaction() as tx:
-            tx.con.register("_gone", pl.DataFrame({"file": gone}).to_arrow())
-            tx.execute("DELETE FROM merged_segments WHERE file IN (SELECT file FROM _gone)")
-            tx.con.unregister("_gone")
+            with tx.registered(_gone=pl.DataFrame({"file": gone})):
+                tx.execute("DELETE FROM merged_segments WHERE file IN (SELECT file FROM _gone)")
 
 
 @dataclass
@@ -174,11 +171,11 @@ def retire_segments(store: Store, root: str | Path, cutoff_ns: int,
     """Delete the ``day=`` directories before ``cutoff_ns`` (a UTC day or month start) that
     ``store`` fully covers: every message attributed, every segment merged."""
     root = Path(root)
-    cutoff_day = str(np.datetime64(cutoff_ns // _NS_PER_DAY, "D"))
+    cutoff_day = str(np.datetime64(cutoff_ns // DAY_NS, "D"))
     merged = set(store.query("SELECT file FROM merged_segments")["file"].to_list())
     days = sorted({p.name.removeprefix("day=") for p in root.glob("*/day=*") if p.is_dir()})
     result = RetireResult()
-    listed = {name: _listing(root, name) for name in _TABLES}
+    listed = {name: _listing(root, name) for name in INGEST_TABLES}
     segments = {p.stem: k in merged for k, p in listed["messages"].items()}  # segment -> merged?
     for day in (d for d in days if d < cutoff_day):
         mine = {name: {k: p for k, p in files.items() if f"/day={day}/" in k} for name, files in listed.items()}
@@ -186,7 +183,7 @@ def retire_segments(store: Store, root: str | Path, cutoff_ns: int,
         if why:
             result.kept[day] = why
             continue
-        for name in _TABLES:  # messages first: from then on no reader chooses the day's rows
+        for name in INGEST_TABLES:  # messages first: from then on no reader chooses the day's rows
             folder = root / name / f"day={day}"
             if folder.is_dir():
                 files = [p for p in folder.iterdir() if p.is_file()]

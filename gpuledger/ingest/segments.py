@@ -40,10 +40,9 @@ import pyarrow.parquet as pq
 from gpuledger import wire
 from gpuledger.errors import GpuledgerError
 from gpuledger.store import DeadLetter, batch_to_arrow
+from gpuledger.timeutil import DAY_NS
 
 __all__ = ["CompactResult", "SegmentWriter", "compact_segments"]
-
-_NS_PER_DAY = 86_400 * 10**9
 
 
 class SegmentWriter:
@@ -107,7 +106,7 @@ class SegmentWriter:
         if table.num_rows == 0:
             return
         table = table.append_column("seg", pa.array([seg] * table.num_rows, pa.string()))
-        days = pc.divide(table["interval_start_ns"], _NS_PER_DAY).to_numpy()
+        days = pc.divide(table["interval_start_ns"], DAY_NS).to_numpy()
         for day in np.unique(days):
             part = table.filter(pa.array(days == day))
             stamp = np.datetime64(int(day), "D").astype(str)
@@ -122,9 +121,9 @@ class SegmentWriter:
 # --- compaction -----------------------------------------------------------------------
 
 #: Tables whose rows belong to a message key: a segment's rows count only where ``messages`` chose it.
-_KEYED = ("messages", "devices", "processes", "allocations", "field_errors")
+_KEYED = ("messages", *wire.RECORD_TABLES)
 _KEY = ["agent_id", "boot_id", "seq"]
-_ORDER = ("devices", "processes", "allocations", "field_errors", "pods", "dead_letters", "messages")
+_ORDER = (*wire.RECORD_TABLES, "pods", "dead_letters", "messages")  # messages last: a segment's commit record
 
 
 @dataclass

@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gpuledger.store import Store
+from gpuledger.timeutil import to_ns
 from tests.support.chargeback_rows import (
     A100,
     H100,
@@ -145,7 +146,7 @@ def test_coverage_is_the_share_of_busy_time_from_process_samples() -> None:
 
 
 def test_rows_belong_to_the_month_their_interval_starts_in() -> None:
-    april = cb.to_ns(datetime(2025, 4, 1, tzinfo=UTC))
+    april = to_ns(datetime(2025, 4, 1, tzinfo=UTC))
     rows = [row("late", K.BUSY, 7200, seq=0, start_ns=april - HOUR_NS, dt_ns=2 * HOUR_NS),
             row("april", K.BUSY, 3600, seq=1, start_ns=april)]
     text, totals = focus_csv(ledger(rows), default_price_book(), "2025-03")
@@ -198,20 +199,13 @@ def test_empty_month_is_a_header_and_zero_totals() -> None:
 
 def test_store_edge_reads_the_month_from_a_duckdb_file(tmp_path: Any) -> None:
     rows = [row("ml", K.BUSY, 1800), row("", K.UNALLOCATED, 1800),
-            row("ml", K.BUSY, 3600, seq=1, start_ns=cb.to_ns(datetime(2025, 4, 1, tzinfo=UTC)))]
+            row("ml", K.BUSY, 3600, seq=1, start_ns=to_ns(datetime(2025, 4, 1, tzinfo=UTC)))]
     with Store(tmp_path / "l.duckdb") as store:
         store.append("ledger", pl.DataFrame(rows, schema=SCHEMA))
     with Store(tmp_path / "l.duckdb", read_only=True) as store:
         text = cb.chargeback_csv(store, "2025-03", default_price_book())
     assert text == focus_csv(ledger(rows[:2]), default_price_book(), "2025-03")[0]
     assert billed(text) == Decimal("2.99")
-
-
-def test_month_bounds() -> None:
-    assert cb.month_bounds("2025-12") == (datetime(2025, 12, 1, tzinfo=UTC), datetime(2026, 1, 1, tzinfo=UTC))
-    for bad in ("2025-13", "2025-3", "March", "2025-03-01"):
-        with pytest.raises(ValueError, match="YYYY-MM"):
-            cb.month_bounds(bad)
 
 
 # --- the file -------------------------------------------------------------------
@@ -270,7 +264,7 @@ def test_file_total_is_capacity_times_price_exactly(case: tuple[list[dict[str, A
     rows, capacity_ns = case
     book = default_price_book()
     text, totals = focus_csv(ledger(rows), book, "2025-03")
-    expected = sum((quantize_fraction(Fraction(ns, cb.NS_PER_HOUR) * Fraction(book.price_for(m, None, date(2025, 3, 1))
+    expected = sum((quantize_fraction(Fraction(ns, HOUR_NS) * Fraction(book.price_for(m, None, date(2025, 3, 1))
                                                                                .per_gpu_hour))
                     for m, ns in capacity_ns.items()), Decimal(0))
     assert billed(text) == totals.capacity_cost == expected
@@ -316,7 +310,7 @@ def test_mig_pools_are_exact_in_sevenths(intervals: list[tuple[int, list[tuple[s
         start += dt
     text, _ = focus_csv(ledger(rows), MIG_BOOK, "2025-03")
     prices = {e.entry_id: e.per_gpu_hour for e in MIG_BOOK.entries}
-    expected = sum((quantize_fraction(Fraction(units, 7 * cb.NS_PER_HOUR) * Fraction(prices[e]))
+    expected = sum((quantize_fraction(Fraction(units, 7 * HOUR_NS) * Fraction(prices[e]))
                     for e, units in sevenths.items()), Decimal(0))
     assert billed(text) == expected
 
@@ -342,7 +336,7 @@ def test_every_row_satisfies_the_focus_rules_and_sums_to_capacity_cost(
     text = csv_bytes(out).decode("utf-8")
     parsed = parse(text)
     assert check_rows(parsed, text.split("\r\n")[0].split(","), book.quantum) == []
-    expected = sum((quantize_fraction(Fraction(ns, cb.NS_PER_HOUR) * Fraction(book.price_for(m, None, date(2025, 3, 1))
+    expected = sum((quantize_fraction(Fraction(ns, HOUR_NS) * Fraction(book.price_for(m, None, date(2025, 3, 1))
                                                                                .per_gpu_hour))
                     for m, ns in capacity_ns.items()), Decimal(0))
     assert billed(text) == totals.fleet_cost == expected + (totals.energy_cost or 0)

@@ -24,7 +24,6 @@ from pathlib import Path
 import pytest
 from gpuledger.agent.sampler import Sampler
 from gpuledger.sim.fleetsim import demo_fleet
-from gpuledger.analytics import chargeback as cb
 from gpuledger.analytics import closing
 from gpuledger.analytics.focus import ExportContext
 from gpuledger.analytics.focus_rules import check_rows
@@ -37,6 +36,7 @@ from hypothesis import strategies as st
 from tests.support.chargeback_rows import parse
 
 from gpuledger.store import Store
+from gpuledger.timeutil import HOUR_NS
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 START = dt.datetime(2026, 10, 31, 22, tzinfo=dt.UTC)
@@ -135,7 +135,7 @@ def test_simulated_fleets_bill_exactly_their_capacity_cost(seed: int, gpus: int,
         for month in ("2026-10", "2026-11"):
             result = closing.export(store, month, book, context=ExportContext(charge_period=period))
             rows = parse(result.content.decode())
-            expected = sum((quantize_fraction(Fraction(int(ns), cb.NS_PER_HOUR)
+            expected = sum((quantize_fraction(Fraction(int(ns), HOUR_NS)
                                               * Fraction(book.price_for(model, None, date(2026, 10, 31)).per_gpu_hour))
                             for model, m, ns in capacity.iter_rows() if m == month), Decimal(0))
             assert sum((Decimal(r["BilledCost"]) for r in rows), Decimal(0)) == expected

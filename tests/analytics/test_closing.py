@@ -9,7 +9,6 @@ from typing import Any
 
 import polars as pl
 import pytest
-from gpuledger.analytics import chargeback as cb
 from gpuledger.analytics import closing
 from gpuledger.analytics import kinds as K
 from gpuledger.analytics.focus import ExportContext
@@ -21,10 +20,11 @@ from hypothesis import strategies as st
 from tests.support.chargeback_rows import HOUR_NS, SCHEMA, billed, parse, random_ledgers, row
 
 from gpuledger.store import Store
+from gpuledger.timeutil import month_bounds, to_ns
 
-OCT = cb.to_ns(datetime(2026, 10, 1, tzinfo=UTC))
-NOV = cb.to_ns(datetime(2026, 11, 1, tzinfo=UTC))
-DEC = cb.to_ns(datetime(2026, 12, 1, tzinfo=UTC))
+OCT = to_ns(datetime(2026, 10, 1, tzinfo=UTC))
+NOV = to_ns(datetime(2026, 11, 1, tzinfo=UTC))
+DEC = to_ns(datetime(2026, 12, 1, tzinfo=UTC))
 AFTER_NOV = datetime(2026, 12, 2, tzinfo=UTC)  # "now" once November has ended
 BOOK = default_price_book()  # H100 2.99 USD per GPU-hour
 
@@ -148,7 +148,7 @@ def test_late_rows_are_billed_exactly_once_as_corrections(case: Any, data: st.Da
     late_seqs = data.draw(st.sets(st.sampled_from(seqs)))
     late = {i for i, r in enumerate(rows) if r["seq"] in late_seqs}
     renamed = data.draw(st.booleans())  # and maybe a tenancy rule change after the close
-    april = cb.to_ns(datetime(2025, 4, 1, tzinfo=UTC))
+    april = to_ns(datetime(2025, 4, 1, tzinfo=UTC))
     with Store() as store:
         write(store, [r for i, r in enumerate(rows) if i not in late])
         write(store, [row("apr", K.BUSY, 3600, seq=999, start_ns=april)])
@@ -245,10 +245,10 @@ def test_a_month_is_ascii_yyyy_mm_before_any_lookup(store: Store, month: str) ->
 
 def test_a_month_out_of_range_says_so() -> None:
     with pytest.raises(ValueError, match=r"'9999-12' is out of range: months run 0001-01\.\.9999-11"):
-        cb.month_bounds("9999-12")  # was "year 10000 is out of range", a year nobody asked for
+        month_bounds("9999-12")  # was "year 10000 is out of range", a year nobody asked for
     with pytest.raises(ValueError, match="MM 01..12"):
-        cb.month_bounds("2026-13")
-    assert cb.month_bounds("9999-11")[1] == datetime(9999, 12, 1, tzinfo=UTC)
+        month_bounds("2026-13")
+    assert month_bounds("9999-11")[1] == datetime(9999, 12, 1, tzinfo=UTC)
 
 
 def test_cli_final_cannot_close_a_month_under_a_full_width_key(store: Store, tmp_path: Path, capsys: Any) -> None:

@@ -246,7 +246,7 @@ def test_job_end_to_end_in_small_chunks_records_the_rules_version(tmp_path, caps
 def test_an_older_file_gains_the_rules_version_column(tmp_path) -> None:
     db = tmp_path / "old.duckdb"
     with Store(db) as store:
-        store.execute("DROP TABLE attributed")
+        store.execute("DROP TABLE attributed; DROP TABLE schema_migrations")  # as a gpuledger before both
         store.execute("CREATE TABLE attributed (agent_id VARCHAR NOT NULL, boot_id VARCHAR NOT NULL, "
                       "seq UBIGINT NOT NULL, PRIMARY KEY (agent_id, boot_id, seq))")
         store.write_messages([wire.decode(wire.encode(message(CASES["time_sliced"])))])

@@ -85,7 +85,7 @@ def test_broker_restart_mid_stream_ingest_reconnects_and_catches_up(private_tans
     bootstrap = private_tansu.bootstrap
     topic = private_tansu.create_topic(partitions=2)
     messages = stream(40)  # 160 messages
-    first, rest = messages[:80], messages[80:]
+    first = messages[:80]
     publish(bootstrap, topic, encoded(first))
 
     store = Store(tmp_path / "g.duckdb")

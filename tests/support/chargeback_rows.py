@@ -16,13 +16,13 @@ from decimal import Decimal
 from typing import Any
 
 import polars as pl
-from gpuledger.analytics import chargeback as cb
 from gpuledger.analytics import kinds as K
+from gpuledger.timeutil import to_ns
 from hypothesis import strategies as st
 
 H100, A100 = "NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-40GB"
 HOUR_NS = 3_600 * 10**9
-T0 = cb.to_ns(datetime(2025, 3, 1, tzinfo=UTC))
+T0 = to_ns(datetime(2025, 3, 1, tzinfo=UTC))
 MARCH_NS = 31 * 24 * HOUR_NS
 SCHEMA = {
     "agent_id": pl.String, "boot_id": pl.String, "seq": pl.UInt64, "node": pl.String,

@@ -239,3 +239,9 @@ def test_whatever_decodes_can_be_stored() -> None:
 
     check()
     assert store.count("messages") > 0
+
+
+def test_the_wire_names_its_record_tables_and_string_columns_once() -> None:
+    assert wire.RECORD_TABLES == tuple(wire.TABLES) == ("devices", "processes", "allocations", "field_errors")
+    for table, cols in wire.STRING_COLUMNS.items():  # each a string-table index (u4) of its record
+        assert all(wire.TABLES[table][c] == np.dtype("<u4") for c in cols), table

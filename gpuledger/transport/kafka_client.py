@@ -1,28 +1,12 @@
 """Kafka transport: the one module that imports ``kafka`` (kafka-python).
 
-Agent -> topic -> ingest. Records are keyed by node name, so one node's
-messages stay in one partition (in order), and the value is the wire-schema
-bytes (:mod:`gpuledger.wire`) untouched: the transport never looks inside.
-
-Two seams, each a Protocol with a Kafka implementation and an in-process twin:
-
-- :class:`Publisher` (agent side): :class:`KafkaPublisher`, :class:`MemoryTransport`.
-- :class:`Subscriber` (ingest side): :class:`KafkaSubscriber`, :class:`MemoryTransport`.
+Implements the seams of :mod:`gpuledger.transport.protocols` against a
+broker: :class:`KafkaPublisher` (agent side) and :class:`KafkaSubscriber`
+(ingest side), with the delivery contract described there.
 
 Every kafka-python exception is translated here into
 :class:`gpuledger.errors.TransportError` with a hint; nothing else in the
 project catches kafka's own exceptions.
-
-Delivery contract (what callers can rely on):
-
-- ``publish`` hands a record to the client's buffer; it raises only when the
-  record cannot even be queued (buffer full past ``max_block_ms``, too large,
-  client closed). ``flush`` waits for every record published since the last
-  flush and raises :class:`TransportError` if *any* of them failed: a failure
-  is never silently lost. A caller that must not lose data (the agent's spool)
-  keeps its records until ``flush`` returns.
-- ``commit`` is synchronous and commits ``offset + 1`` of the highest record
-  given per partition: call it only after the records are durably stored.
 """
 
 from __future__ import annotations
@@ -30,90 +14,25 @@ from __future__ import annotations
 import logging
 import re
 import threading
-import time
-import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, Protocol, Self, runtime_checkable
+from typing import Any, Self
 
 from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
 from kafka import errors as kafka_errors
 from kafka.codec import has_zstd
 
 from gpuledger.errors import TransportError
+from gpuledger.transport.protocols import Record, next_offsets
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "DEFAULT_COMPRESSION",
-    "KafkaPublisher",
-    "KafkaSubscriber",
-    "MemoryTransport",
-    "Publisher",
-    "Record",
-    "Subscriber",
-    "next_offsets",
-]
+__all__ = ["DEFAULT_COMPRESSION", "KafkaPublisher", "KafkaSubscriber"]
 
 
 #: The producer's codec: zstd where the ``zstandard`` package is installed (a
 #: dependency of gpuledger), else gzip (standard library). See KafkaPublisher.
 DEFAULT_COMPRESSION = "zstd" if has_zstd() else "gzip"
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One consumed record. ``value`` is the raw wire bytes (None: a tombstone)."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-
-    @property
-    def source(self) -> str:
-        """Where the record came from, as stored in ``messages.source``."""
-        return f"{self.topic}/{self.partition}/{self.offset}"
-
-
-@runtime_checkable
-class Publisher(Protocol):
-    """Agent side of the transport."""
-
-    def publish(self, key: bytes, value: bytes) -> None:
-        """Queue one record (key: node name, value: wire bytes)."""
-
-    def flush(self, timeout_s: float | None = None) -> None:
-        """Block until everything published so far is acknowledged; raise
-        TransportError if anything failed or the timeout (seconds) passed."""
-
-    def close(self) -> None:
-        """Release the client (pending records are flushed first)."""
-
-
-@runtime_checkable
-class Subscriber(Protocol):
-    """Ingest side of the transport: poll, store, then commit."""
-
-    def poll(self, timeout_s: float, max_records: int | None = None) -> list[Record]:
-        """Up to ``max_records`` records, waiting at most ``timeout_s`` seconds."""
-
-    def commit(self, records: Sequence[Record]) -> None:
-        """Synchronously commit past the given records (offset + 1 per partition)."""
-
-    def close(self) -> None:
-        """Leave the consumer group and release the client."""
-
-
-def next_offsets(records: Sequence[Record]) -> dict[tuple[str, int], int]:
-    """``{(topic, partition): highest offset + 1}``: what a commit stores."""
-    out: dict[tuple[str, int], int] = {}
-    for r in records:
-        tp = (r.topic, r.partition)
-        out[tp] = max(out.get(tp, 0), r.offset + 1)
-    return out
 
 
 # --- error translation ---------------------------------------------------------
@@ -391,106 +310,3 @@ class KafkaSubscriber:
 
 def _describe(offsets: Mapping[TopicPartition, OffsetAndMetadata]) -> str:
     return ", ".join(f"{tp.topic}/{tp.partition}@{om.offset}" for tp, om in sorted(offsets.items()))
-
-
-# --- the fake twin -------------------------------------------------------------
-
-
-class MemoryTransport:
-    """An in-process topic: a Publisher and a Subscriber over the same bytes.
-
-    Used by the demo (agent and ingest in one process, no broker) and tests.
-    Records go to partition ``crc32(key) % partitions`` and get consecutive
-    offsets per partition, as with Kafka's keyed partitioning. One subscriber
-    position and one committed offset per partition model a single consumer
-    group; :meth:`rewind` models that consumer restarting (uncommitted records
-    come again). Thread-safe: ``poll`` waits on a condition for new records.
-
-    Fault injection: set ``available = False`` and ``publish``/``flush``/``poll``
-    raise TransportError as an unreachable broker would.
-    """
-
-    def __init__(self, topic: str = "memory", partitions: int = 1) -> None:
-        if partitions < 1:
-            raise ValueError("partitions must be >= 1")
-        self.topic = topic
-        self.partitions = partitions
-        self.log: list[list[tuple[bytes | None, bytes | None]]] = [[] for _ in range(partitions)]
-        self.committed: list[int] = [0] * partitions  # next offset to read after a restart
-        self.available = True
-        self._position: list[int] = [0] * partitions
-        self._cond = threading.Condition()
-        self._next_partition = 0  # round-robin start, so one partition cannot starve the others
-
-    # Publisher
-
-    def publish(self, key: bytes, value: bytes) -> None:
-        self._check("publish")
-        partition = zlib.crc32(key) % self.partitions if key is not None else 0
-        with self._cond:
-            self.log[partition].append((key, value))
-            self._cond.notify_all()
-
-    def flush(self, timeout_s: float | None = None) -> None:
-        self._check("flush")
-
-    def close(self) -> None:
-        """No-op: the log outlives its clients (both roles share this object)."""
-
-    # Subscriber
-
-    def poll(self, timeout_s: float, max_records: int | None = None) -> list[Record]:
-        self._check("poll")
-        limit = max_records if max_records is not None else 500
-        deadline = time.monotonic() + max(0.0, timeout_s)
-        with self._cond:
-            while not self._backlog():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return []
-                self._cond.wait(remaining)
-            out: list[Record] = []
-            for i in range(self.partitions):
-                p = (self._next_partition + i) % self.partitions
-                start = self._position[p]
-                take = self.log[p][start : start + limit - len(out)]
-                out.extend(Record(self.topic, p, start + j, k, v) for j, (k, v) in enumerate(take))
-                self._position[p] = start + len(take)
-                if len(out) >= limit:
-                    break
-            self._next_partition = (self._next_partition + 1) % self.partitions
-            return out
-
-    def commit(self, records: Sequence[Record]) -> None:
-        self._check("commit")
-        with self._cond:
-            for (topic, partition), offset in next_offsets(records).items():
-                if topic != self.topic:
-                    raise TransportError(f"commit for topic {topic!r} on a MemoryTransport of {self.topic!r}")
-                self.committed[partition] = max(self.committed[partition], offset)
-
-    # Test helpers
-
-    def rewind(self) -> None:
-        """Forget uncommitted progress, as a restarted consumer in the group would."""
-        with self._cond:
-            self._position = list(self.committed)
-
-    def lag(self) -> int:
-        """Records published but not yet committed, over all partitions."""
-        with self._cond:
-            return sum(len(log) - c for log, c in zip(self.log, self.committed))
-
-    def __len__(self) -> int:
-        with self._cond:
-            return sum(len(log) for log in self.log)
-
-    def _backlog(self) -> bool:
-        return any(len(log) > pos for log, pos in zip(self.log, self._position))
-
-    def _check(self, what: str) -> None:
-        if not self.available:
-            raise TransportError(
-                f"{what} failed: the in-memory broker is unavailable (simulated outage)",
-                hint="set MemoryTransport.available = True to end the simulated outage",
-            )

@@ -1,0 +1,32 @@
+"""DuckDB storage: one file of gpuledger's tables, and the only package that imports ``duckdb``.
+
+- :mod:`~gpuledger.store.schema`: every table's DDL (the one place to read the schema);
+- :mod:`~gpuledger.store.migrations`: numbered migrations, applied once per file on a writable open;
+- :mod:`~gpuledger.store.duck`: :class:`Store`, the connection and the translation of DuckDB's errors
+  (``duck`` is the only module that imports ``duckdb``);
+- :mod:`~gpuledger.store.arrow`: decoded wire messages to Arrow tables (:func:`batch_to_arrow`);
+- :mod:`~gpuledger.store.files`: a compacted copy, absorbing worker files, views over Parquet segments.
+
+Who writes and how readers read: docs/storage.md.
+"""
+
+from __future__ import annotations
+
+from gpuledger.store.arrow import batch_to_arrow
+from gpuledger.store.duck import DeadLetter, Store
+from gpuledger.store.migrations import MIGRATIONS, Migration
+from gpuledger.store.schema import INGEST_TABLES, NEW_DEAD_LETTER, PODS_LATEST_WINS, TABLES
+from gpuledger.timeutil import HOUR_NS  # re-exported for callers written before gpuledger.timeutil (its home)
+
+__all__ = [
+    "HOUR_NS",
+    "INGEST_TABLES",
+    "MIGRATIONS",
+    "NEW_DEAD_LETTER",
+    "PODS_LATEST_WINS",
+    "TABLES",
+    "DeadLetter",
+    "Migration",
+    "Store",
+    "batch_to_arrow",
+]
