@@ -4,11 +4,12 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench bench-json bench-doc soak setup clean help
+.PHONY: demo test test-fast lint bench bench-json bench-doc soak setup clean help
 
 help:
 	@echo "make demo   simulate a 32-GPU fleet for a day through the whole pipeline, then serve the API"
-	@echo "make test   set up and run the whole test suite"
+	@echo "make test   set up, type-check and lint (mypy --strict, ruff), then run the whole test suite"
+	@echo "make lint   mypy --strict over gpuledger/ and ruff over the tree (part of make test)"
 	@echo "make test-fast  the tests that need no broker or system tool and take under ~5 s each (docs/testing.md)"
 	@echo "make bench  run the benchmarks under benchmarks/"
 	@echo "make bench-json  run them, store each result in benchmarks/results/ and regenerate docs/benchmarks.md"
@@ -26,9 +27,14 @@ setup: $(STAMP)
 demo: setup
 	$(VENV)/bin/gpuledger demo $(DEMO_ARGS)
 
-test: setup
+test: setup lint
 	sh scripts/system-deps.sh
 	$(PY) -m pytest -q $(TEST_ARGS)
+
+# mypy --strict and ruff, configured in pyproject.toml; CI runs them through `make test`.
+lint: setup
+	$(PY) -m mypy
+	$(PY) -m ruff check gpuledger tests benchmarks dashboards
 
 # While iterating: no Kafka broker, Prometheus or browser, nothing slow (markers in pyproject.toml).
 test-fast: setup

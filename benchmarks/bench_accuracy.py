@@ -25,12 +25,11 @@ from typing import Any
 
 import polars as pl
 
+from benchmarks.result import Target
 from gpuledger.sim import scenarios as simscenarios
+from gpuledger.sim.accuracy import MIN_TRUE_S, compare, errors, simulate
 from gpuledger.sim.fleetsim import FleetSim, demo_fleet
 from gpuledger.sim.spec import Quirks
-from gpuledger.sim.accuracy import MIN_TRUE_S, compare, errors, simulate
-
-from benchmarks.result import Target
 
 UNITS = {
     "tick_s": "s", "hours": "h", "seeds": "count", "tenants": "count",

@@ -171,11 +171,11 @@ def replay_cost(ticks: list[dict[tuple[Any, ...], Any]], *, encode: bool = True)
 
 def _rss_child(path: str) -> None:
     """Runs in a fresh interpreter: agent modules only, then report memory (kB)."""
+    import gpuledger.agent.holders
     import gpuledger.agent.metrics
     import gpuledger.agent.nvml
     import gpuledger.agent.sampler
     import gpuledger.agent.spool
-    import gpuledger.agent.holders
     import gpuledger.transport  # noqa: F401 - what `gpuledger agent --backend nvml --kafka` imports (grpc, kafka, pynvml)
 
     base = _status()["VmRSS"]

@@ -37,9 +37,9 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from gpuledger.analytics import kinds as K
 
 from benchmarks.result import Target
+from gpuledger.analytics import kinds as K
 
 UNITS = {
     "gpus": "count", "tenants": "count", "days": "d", "ledger_rows": "rows", "build_s": "s",
@@ -136,7 +136,6 @@ def parameters(quick: bool) -> dict[str, Any]:
 
 def run(quick: bool) -> list[dict[str, Any]]:
     from gpuledger.api.tokens import create_token
-
     from gpuledger.store import Store
 
     params = parameters(quick)
@@ -193,7 +192,6 @@ def _cold_at_tick(repo: Path, quick: bool) -> dict[str, Any]:
     rollups (as served), then with every hour marked pending (forces the interval-grain ledger)."""
     from gpuledger.analytics.hourly import rebuild_hourly
     from gpuledger.api.tokens import create_token
-
     from gpuledger.store import Store
 
     n_gpus, days = parameters(quick)["tick_case_gpus"], parameters(quick)["tick_case_days"]

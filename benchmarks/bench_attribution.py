@@ -311,7 +311,8 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         rate = r["rows"] / r["seconds"]
         rows.append({
             "variant": variant, "slice": f"{chunks} chunks x {gpus} GPUs x {ticks} ticks",
-            "process_rows": r["rows"], "ledger_rows": r["out_rows"], "seconds": round(r["seconds"], 2), "rows_per_s_M": round(rate / 1e6, 2),
+            "process_rows": r["rows"], "ledger_rows": r["out_rows"], "seconds": round(r["seconds"], 2),
+            "rows_per_s_M": round(rate / 1e6, 2),
             "cpu_s": round(r["cpu_seconds"], 2), "rows_per_cpu_s_M": round(r["rows"] / r["cpu_seconds"] / 1e6, 2),
             "peak_rss_mb": round(r["peak_rss_mb"]), "month_1e9_rows_min": round(MONTH_ROWS / rate / 60, 1),
         })

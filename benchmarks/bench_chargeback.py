@@ -81,7 +81,6 @@ def _step(db: str, step: str, queue: Any) -> None:
     from gpuledger.analytics import closing
     from gpuledger.analytics.prices import default_price_book
     from gpuledger.analytics.reconcile import reconcile
-
     from gpuledger.store import Store
 
     book, now = default_price_book(), datetime(2026, 11, 2, tzinfo=UTC)

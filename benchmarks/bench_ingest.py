@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from benchmarks.result import Target
 from gpuledger import wire
 from gpuledger.ingest.batch import HeaderCache, decode_batch
 from gpuledger.ingest.consumer import Ingestor
@@ -57,8 +58,6 @@ from gpuledger.ingest.opener import FileOpener
 from gpuledger.ingest.segments import SegmentWriter
 from gpuledger.store import Store
 from gpuledger.transport import KafkaPublisher, KafkaSubscriber
-
-from benchmarks.result import Target
 
 UNITS = {
     "messages": "count", "seconds": "s", "msgs_per_s": "msg/s", "rows_per_s": "rows/s",

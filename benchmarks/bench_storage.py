@@ -35,12 +35,11 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.result import Target
 from gpuledger import wire
 from gpuledger.ingest.batch import decode_batch
 from gpuledger.ingest.segments import SegmentWriter
 from gpuledger.store import Store
-
-from benchmarks.result import Target
 
 UNITS = {
     "gpus": "count", "hours": "h", "values": "count", "bytes": "B", "bytes_per_gpu_day": "B",

@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     from gpuledger import wire
     from gpuledger.agent.metrics import AgentCollector
     from gpuledger.agent.sampler import Sampler
-    from gpuledger.sim.fleetsim import demo_fleet
     from gpuledger.agent.spool import Spool, SpoolingPublisher
+    from gpuledger.sim.fleetsim import demo_fleet
 
     tracemalloc.start(1)
     fleet = demo_fleet(n_nodes=1, gpus_per_node=8, seed=7)

@@ -76,14 +76,17 @@ class Settings(BaseSettings):
     kubelet_pods_url: str | None = Field(
         None, description="Kubelet pods endpoint for pod labels and container ids (e.g. https://$NODE_IP:10250/pods)."
     )
-    ingest_batch_max: int = Field(5000, description="Ingest: most records per flush (one DuckDB transaction, then one offset commit).")
+    ingest_batch_max: int = Field(
+        5000, description="Ingest: most records per flush (one DuckDB transaction, then one offset commit)."
+    )
     ingest_linger_s: float = Field(1.0, description="Ingest: seconds to keep polling after a flush's first record to fill it.")
     ingest_max_future_s: float = Field(
         300.0, description="Ingest: an interval ending more than this many seconds after now is quarantined (clock skew bound)."
     )
     ingest_max_age_s: float = Field(
         7 * 86400.0,
-        description="Ingest: an interval starting more than this many seconds ago is quarantined (above the agent spool's reach).",
+        description="Ingest: an interval starting more than this many seconds ago is quarantined "
+        "(above the agent spool's reach).",
     )
     raw_retention_months: int = Field(
         2, description="Billing months of raw samples `gpuledger retention` keeps (2: the current and the previous month)."

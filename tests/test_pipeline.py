@@ -12,13 +12,13 @@ import pytest
 
 from gpuledger import wire
 from gpuledger.agent.sampler import Sampler
-from gpuledger.sim.fleetsim import demo_fleet
-from gpuledger.sim.spec import Quirks
 from gpuledger.analytics.job import run_attribution
 from gpuledger.analytics.tenancy import TenancyRules
 from gpuledger.api.app import create_app
-from gpuledger.sim.accuracy import compare
 from gpuledger.ingest.consumer import Ingestor
+from gpuledger.sim.accuracy import compare
+from gpuledger.sim.fleetsim import demo_fleet
+from gpuledger.sim.spec import Quirks
 from gpuledger.store import Store
 from gpuledger.transport import KafkaPublisher
 from tests.support.live_server import serving

@@ -37,10 +37,10 @@ from decimal import Decimal
 from fractions import Fraction
 
 import polars as pl
+
 from gpuledger.analytics import kinds
 from gpuledger.analytics.money import allocate, quantize_fraction
 from gpuledger.analytics.prices import Price, PriceBook
-
 from gpuledger.errors import GpuledgerError
 from gpuledger.store import Store
 from gpuledger.timeutil import DAY_NS, HOUR_NS, to_ns

@@ -36,6 +36,8 @@ from decimal import Decimal
 from typing import Any, Literal
 
 import polars as pl
+
+from gpuledger import __version__
 from gpuledger.analytics import chargeback as cb
 from gpuledger.analytics.focus import (
     CORRECTION,
@@ -48,8 +50,6 @@ from gpuledger.analytics.focus import (
     parquet_bytes,
 )
 from gpuledger.analytics.prices import Price, PriceBook
-
-from gpuledger import __version__
 from gpuledger.errors import GpuledgerError
 from gpuledger.store import Store
 from gpuledger.timeutil import iso_utc, month_bounds, parse_iso_utc, to_ns
@@ -208,7 +208,7 @@ def corrections(store: Store, month: str, book: PriceBook, context: ExportContex
 
 def _difference(key: tuple[str, ...], now: Charge | None, was: dict[str, Any] | None, book: PriceBook,
                 period: tuple[datetime, datetime], corrects: str, context: ExportContext) -> Charge | None:
-    zero = {"cost": Decimal(0), "quantity": Decimal(0), **{m: None for m in METRICS}}
+    zero: dict[str, Any] = {"cost": Decimal(0), "quantity": Decimal(0), **{m: None for m in METRICS}}
     was = was or zero
     cost = (now.cost if now else Decimal(0)) - was["cost"]
     quantity = (now.quantity if now else Decimal(0)) - was["quantity"]

@@ -30,7 +30,6 @@ from gpuledger.analytics import closing
 from gpuledger.analytics.focus import ExportContext
 from gpuledger.analytics.prices import PriceBook
 from gpuledger.analytics.reconcile import reconcile
-
 from gpuledger.errors import GpuledgerError, StoreError
 from gpuledger.store import Store
 

@@ -36,11 +36,11 @@ from typing import Any, Literal
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from gpuledger.analytics import chargeback as cb
 from gpuledger.analytics.csvfile import Writable, sanitize_cell, write_rows
 from gpuledger.analytics.prices import Price, PriceBook
 from gpuledger.analytics.rollups import in_period
-
 from gpuledger.config import Settings
 from gpuledger.timeutil import DAY_NS, from_ns, iso_utc, month_bounds, to_ns
 
@@ -265,12 +265,12 @@ def charges(ledger: pl.LazyFrame, book: PriceBook, month: str,
                       "line_kind": line["line_kind"], "price": price, "period": period, "charge_period": (start, end),
                       "sharing": line["sharing_modes"] or None, "context": ctx}
         out.append(Charge(unit="GPU-Hours", quantity=hours, unit_price=price.per_gpu_hour,
-                          cost=line["capacity_cost"], metrics=metrics_of(line), **common))  # type: ignore[arg-type]
+                          cost=line["capacity_cost"], metrics=metrics_of(line), **common))
         if line["energy_cost"] is not None and price.energy_per_kwh is not None:
             kwh = _kwh(line["energy_j"])
             assert kwh is not None
             out.append(Charge(unit="kWh", quantity=kwh, unit_price=price.energy_per_kwh, cost=line["energy_cost"],
-                              metrics={}, **common))  # type: ignore[arg-type]
+                              metrics={}, **common))
     out.sort(key=order)
     return out, totals
 
@@ -291,6 +291,7 @@ def _cell(column: Column, charge: Charge) -> str | Decimal | datetime | None:
     if value is None or column.kind == "datetime":
         return value
     if column.kind in ("decimal", "money", "price"):
+        assert not isinstance(value, datetime)
         return Decimal(value)
     return str(value)
 
@@ -312,7 +313,7 @@ def parquet_bytes(rows: list[Charge], quantum: Decimal, columns: tuple[Column, .
 
     Raises ValueError if a unit price has more than 10 decimal places.
     """
-    money_scale = max(0, -int(quantum.as_tuple().exponent))  # type: ignore[operator]
+    money_scale = max(0, -int(quantum.as_tuple().exponent))
     types: dict[str, pa.DataType] = {
         "money": pa.decimal128(38, money_scale), "decimal": pa.decimal128(38, 6),
         "price": pa.decimal128(38, PRICE_SCALE), "datetime": pa.timestamp("s", tz="UTC"),
@@ -322,7 +323,8 @@ def parquet_bytes(rows: list[Charge], quantum: Decimal, columns: tuple[Column, .
     for col in columns:
         values = [col.value(c) for c in rows]
         if col.kind == "price":
-            exact = [v for v in values if v is not None and Decimal(v) != Decimal(v).quantize(Decimal(10) ** -PRICE_SCALE)]
+            exact = [v for v in values if isinstance(v, Decimal | str)
+                     and Decimal(v) != Decimal(v).quantize(Decimal(10) ** -PRICE_SCALE)]
             if exact:
                 raise ValueError(f"{col.name} {exact[0]} has more than {PRICE_SCALE} decimal places; "
                                  "round the price book entry")

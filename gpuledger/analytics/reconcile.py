@@ -30,12 +30,12 @@ from fractions import Fraction
 from typing import Any
 
 import pyarrow.parquet as pq
+
 from gpuledger.analytics import chargeback as cb
 from gpuledger.analytics import closing
 from gpuledger.analytics.focus import ExportContext, charges
 from gpuledger.analytics.focus_rules import check_rows
 from gpuledger.analytics.prices import PriceBook
-
 from gpuledger.store import Store
 from gpuledger.timeutil import month_bounds, to_ns
 

@@ -29,6 +29,8 @@ from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import FileResponse
+
+from gpuledger import __version__
 from gpuledger.analytics.focus import ExportContext
 from gpuledger.analytics.prices import PriceBook, default_price_book
 from gpuledger.api import errors as E
@@ -41,8 +43,6 @@ from gpuledger.api.models import WhoAmI
 from gpuledger.api.reader import Database
 from gpuledger.api.respcache import ResponseCache
 from gpuledger.api.tokens import Principal
-
-from gpuledger import __version__
 from gpuledger.store import Store
 
 __all__ = ["ApiError", "create_app"]

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
 from gpuledger.api import errors as E
 from gpuledger.api.audit import PRINCIPAL_KEY
 from gpuledger.api.errors import ApiError

@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
+
 from gpuledger.analytics import closing
 from gpuledger.analytics.focus import ExportContext
 from gpuledger.analytics.reconcile import reconcile
@@ -31,7 +32,6 @@ from gpuledger.api.auth import session
 from gpuledger.api.errors import ERROR_RESPONSES, ApiError
 from gpuledger.api.params import MONTH, parse_month
 from gpuledger.api.reader import Database, Session
-
 
 __all__ = ["ChargebackFile", "chargeback_file", "router"]
 

@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from fastapi import Query
+
 from gpuledger.analytics import closing
 from gpuledger.api import errors as E
 from gpuledger.api.errors import ApiError
 from gpuledger.api.reader import Session
-
 from gpuledger.timeutil import EPOCH, from_ns, month_of_day
 from gpuledger.timeutil import iso_utc as iso  # the routes' name for it
 

@@ -27,9 +27,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
+import polars as pl
+
 from gpuledger.api import errors as E
 from gpuledger.api.errors import ApiError
-
 from gpuledger.errors import StoreError, StoreLocked, StoreMissingTable
 from gpuledger.store import Store
 
@@ -173,7 +174,7 @@ class Session:
             self._exit.__exit__(None, None, None)
             self._exit = self._store = None
 
-    def query(self, sql: str, params: list[Any] | None = None) -> Any:
+    def query(self, sql: str, params: list[Any] | None = None) -> pl.DataFrame:
         """``Store.query`` that turns a missing ledger table into 503 ``no_ledger``."""
         try:
             return self.store.query(sql, params)

@@ -17,6 +17,7 @@ from typing import Any
 import polars as pl
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
+
 from gpuledger.analytics import kinds as K
 from gpuledger.api import errors as E
 from gpuledger.api import views
@@ -40,7 +41,6 @@ from gpuledger.api.params import (
 )
 from gpuledger.api.reader import Session
 from gpuledger.api.tokens import Principal
-
 from gpuledger.timeutil import from_ns
 
 router = APIRouter(prefix="/v1/efficiency", responses=ERROR_RESPONSES)

@@ -20,6 +20,8 @@ from typing import Any
 import polars as pl
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
+
+from gpuledger import wire
 from gpuledger.api import views
 from gpuledger.api.auth import DATA_ROLES, data_filters, require, session
 from gpuledger.api.errors import ERROR_RESPONSES
@@ -40,8 +42,6 @@ from gpuledger.api.params import (
 )
 from gpuledger.api.reader import Session
 from gpuledger.api.tokens import Principal
-
-from gpuledger import wire
 from gpuledger.timeutil import from_ns, to_ns
 
 router = APIRouter(prefix="/v1", responses=ERROR_RESPONSES)

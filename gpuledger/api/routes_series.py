@@ -17,6 +17,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
+
 from gpuledger.analytics import kinds as K
 from gpuledger.api import errors as E
 from gpuledger.api import views
@@ -24,7 +25,7 @@ from gpuledger.api.auth import DATA_ROLES, Given, data_filters, require, session
 from gpuledger.api.errors import ERROR_RESPONSES, ApiError
 from gpuledger.api.models import Dimensions, Usage
 from gpuledger.api.params import END, START, filter_params, parse_granularity, parse_group_by, resolve_period
-from gpuledger.api.reader import Session
+from gpuledger.api.reader import Database, Session
 from gpuledger.api.tokens import Principal
 
 router = APIRouter(prefix="/v1/series", responses=ERROR_RESPONSES)
@@ -65,7 +66,8 @@ def _frame(request: Request, s: Session, who: Principal, start: str | None, end:
         return [{"time": r["time"], **{k: r[k] for k in by + extra_keys}, **views.metric_fields(r),
                  "cost": float(r["cost"])} for r in frame.iter_rows(named=True)]
 
-    return request.app.state.db.cached(("series", period, gran, tuple(by), tuple(extra_keys), filters.key()), compute)
+    db: Database = request.app.state.db
+    return db.cached(("series", period, gran, tuple(by), tuple(extra_keys), filters.key()), compute)
 
 
 @router.get("/showback", response_model=None, responses={200: {"model": list[SeriesRow]}},
@@ -74,7 +76,8 @@ def series_showback(request: Request, start: str | None = START, end: str | None
                     granularity: str = _GRAN,
                     group_by: str = Query("tenant", description="comma-separated dimensions (see /v1/showback)"),
                     f: dict[str, list[str] | None] = Depends(filter_params),
-                    who: Principal = Depends(require(*DATA_ROLES)), s: Session = Depends(session, scope="function")) -> JSONResponse:
+                    who: Principal = Depends(require(*DATA_ROLES)),
+                    s: Session = Depends(session, scope="function")) -> JSONResponse:
     return JSONResponse(_frame(request, s, who, start, end, granularity, parse_group_by(group_by), f, []))
 
 
@@ -84,7 +87,8 @@ def series_efficiency(request: Request, start: str | None = START, end: str | No
                       granularity: str = _GRAN,
                       group_by: str = Query("tenant", description="comma-separated dimensions"),
                       f: dict[str, list[str] | None] = Depends(filter_params),
-                      who: Principal = Depends(require(*DATA_ROLES)), s: Session = Depends(session, scope="function")) -> JSONResponse:
+                      who: Principal = Depends(require(*DATA_ROLES)),
+                    s: Session = Depends(session, scope="function")) -> JSONResponse:
     by = parse_group_by(group_by)
     rows = _frame(request, s, who, start, end, granularity, by, f, ["kind"])
     merged: dict[tuple[Any, ...], dict[str, Any]] = {}
@@ -113,7 +117,8 @@ def series_efficiency(request: Request, start: str | None = START, end: str | No
 def series_gpu(request: Request, gpu: str = Query(..., description="GPU UUID (from /v1/fleet)"),
                start: str | None = START, end: str | None = END, granularity: str = _GRAN,
                group_by: str = Query("tenant", description="tenant, pod, workload or namespace"),
-               who: Principal = Depends(require(*DATA_ROLES)), s: Session = Depends(session, scope="function")) -> JSONResponse:
+               who: Principal = Depends(require(*DATA_ROLES)),
+                    s: Session = Depends(session, scope="function")) -> JSONResponse:
     by = parse_group_by(group_by, ("tenant", "namespace", "pod", "workload", "profile", "sharing"))
     f: dict[str, Given] = {"tenant": None, "namespace": None, "node": None, "model": None, "sharing": None,
                                 "pod": None, "workload": None, "gpu": gpu}

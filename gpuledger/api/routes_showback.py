@@ -10,6 +10,7 @@ from urllib.parse import urlencode
 import polars as pl
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
+
 from gpuledger.api import errors as E
 from gpuledger.api import views
 from gpuledger.api.auth import DATA_ROLES, SHOWBACK_ROLES, data_filters, require, session
@@ -37,7 +38,6 @@ from gpuledger.api.params import (
 )
 from gpuledger.api.reader import Session
 from gpuledger.api.tokens import Principal
-
 from gpuledger.timeutil import from_ns
 
 router = APIRouter(prefix="/v1", responses=ERROR_RESPONSES)

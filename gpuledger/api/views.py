@@ -18,9 +18,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import polars as pl
+
 from gpuledger.analytics import chargeback as cb
 from gpuledger.analytics.prices import PriceBook
 from gpuledger.api.params import Filters, Period
@@ -124,7 +125,10 @@ def costed(rows: pl.LazyFrame, book: PriceBook, keys: Sequence[str]) -> pl.DataF
     return summed.join(memory, on=keys, how="left", nulls_equal=True)
 
 
-def apply_filters(frame: pl.DataFrame | pl.LazyFrame, filters: Filters) -> Any:
+_Frame = TypeVar("_Frame", pl.DataFrame, pl.LazyFrame)
+
+
+def apply_filters(frame: _Frame, filters: Filters) -> _Frame:
     """Keep rows matching every filter (values of one filter: any of them)."""
     for dim, values in filters.values.items():
         if values:

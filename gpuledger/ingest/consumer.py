@@ -146,7 +146,7 @@ class Ingestor:
             raise ValueError("batch_max must be >= 1")
         self.store = store
         self._open: Callable[[], AbstractContextManager[Store]] = (
-            (lambda: nullcontext(store)) if isinstance(store, Store) else store  # type: ignore[assignment,return-value]
+            (lambda: nullcontext(store)) if isinstance(store, Store) else store  # type: ignore[assignment]
         )
         self.subscriber = subscriber
         self.batch_max = batch_max

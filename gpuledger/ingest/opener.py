@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from gpuledger.errors import StoreLocked
@@ -50,7 +50,7 @@ class FileOpener:
         with self._open() as store:  # create the schema now; fail fast on a bad path
             store.count("messages")
 
-    def __call__(self) -> Iterator[Store]:
+    def __call__(self) -> AbstractContextManager[Store]:
         return self._open()
 
     @contextmanager

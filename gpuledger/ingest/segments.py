@@ -27,7 +27,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,7 +53,7 @@ class SegmentWriter:
         self.worker = worker
         self.root.mkdir(parents=True, exist_ok=True)
 
-    def __call__(self) -> Iterator[SegmentWriter]:  # the Ingestor's opener protocol
+    def __call__(self) -> AbstractContextManager[SegmentWriter]:  # the Ingestor's opener protocol
         return self._open()
 
     @contextmanager
@@ -79,7 +79,7 @@ class SegmentWriter:
                 now = pa.array(np.full(table.num_rows, time.time_ns() // 1000, np.int64)).cast(pa.timestamp("us", "UTC"))
                 table = table.append_column("ingested_at", now)
             self._write(name, table.drop_columns([c for c in ("_m",) if c in table.column_names]), seg)
-        return msgs.num_rows
+        return int(msgs.num_rows)
 
     def write_messages(self, messages: Sequence[wire.Message], sources: Sequence[str | None] | None = None) -> int:
         """The Ingestor's one-by-one fallback path."""

@@ -24,10 +24,10 @@ import polars as pl
 from gpuledger import wire
 from gpuledger.agent.backend import GpuBackend
 from gpuledger.agent.sampler import Sampler
-from gpuledger.sim.fleetsim import FleetSim
 from gpuledger.analytics import kinds as K
 from gpuledger.analytics.job import run_attribution
 from gpuledger.analytics.tenancy import TenancyRules
+from gpuledger.sim.fleetsim import FleetSim
 from gpuledger.store import Store
 
 __all__ = ["MIN_TRUE_S", "compare", "errors", "simulate"]

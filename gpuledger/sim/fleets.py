@@ -35,6 +35,7 @@ import uuid
 from dataclasses import replace
 
 import numpy as np
+
 from gpuledger.sim import traces
 from gpuledger.sim.spec import (
     FleetSpec,

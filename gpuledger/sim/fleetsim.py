@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from gpuledger.sim import traces
+
 from gpuledger.agent.backend import (
     Allocation,
     ComputeProcess,
@@ -44,11 +44,11 @@ from gpuledger.agent.backend import (
     ProcessSamples,
     ValueSamples,
 )
+from gpuledger.errors import GpuLost, NotFound, NotSupported
+from gpuledger.sim import traces
 from gpuledger.sim.fleets import demo_spec
 from gpuledger.sim.gpu import ResolvedProc, Series, SimGpu, Timing
 from gpuledger.sim.spec import FleetSpec, NodeSpec, Quirks
-
-from gpuledger.errors import GpuLost, NotFound, NotSupported
 
 __all__ = ["DEFAULT_START_US", "FleetSim", "SimNode", "demo_fleet"]
 

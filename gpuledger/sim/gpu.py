@@ -25,6 +25,7 @@ import bisect
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from gpuledger.agent.backend import ComputeProcess, Pod
 from gpuledger.sim.spec import GpuSpec, ProcSpec, Quirks, mig_profile_slices
 from gpuledger.sim.traces import GpuModel

@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Callable
 
 import numpy as np
+
 from gpuledger.sim import traces
 from gpuledger.sim.spec import FleetSpec, GpuSpec, Holding, NodeSpec, PodSpec, ProcSpec, Quirks
 

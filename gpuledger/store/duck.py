@@ -44,8 +44,11 @@ _MIGRATING = threading.Lock()
 
 
 def _translate(exc: duckdb.Error, what: str, hint: str | None = None) -> StoreError:
-    """DuckDB's exception as the project's error type (``hint``: for a plain StoreError). DuckDB says which case it is only in the message
-    (a lock conflict and a missing file are both ``IOException``), so the message is read here, once."""
+    """DuckDB's exception as the project's error type (``hint``: for a plain StoreError).
+
+    DuckDB says which case it is only in the message (a lock conflict and a
+    missing file are both ``IOException``), so the message is read here, once.
+    """
     text = str(exc)
     kind: type[StoreError] = StoreError
     if isinstance(exc, duckdb.IOException) and "Could not set lock" in text:

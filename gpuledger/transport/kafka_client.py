@@ -47,7 +47,8 @@ def _hint_for(exc: BaseException | None, bootstrap: str) -> str:
     if isinstance(exc, kafka_errors.AuthorizationError):
         return "the broker refused the credentials: check the SASL/TLS settings and the topic and group ACLs"
     if isinstance(exc, (kafka_errors.KafkaConfigurationError, ValueError, AssertionError, TypeError)):
-        return "a Kafka client setting is invalid: check client_settings against kafka-python's KafkaProducer/KafkaConsumer options"
+        return ("a Kafka client setting is invalid: check client_settings against kafka-python's "
+                "KafkaProducer/KafkaConsumer options")
     if isinstance(exc, kafka_errors.CommitFailedError):
         return "the consumer group rebalanced before the commit; the records will be redelivered (harmless: ingest is idempotent)"
     return f"check that the broker at {bootstrap!r} is running and reachable, and the TLS/SASL settings"

@@ -14,14 +14,14 @@ import pytest
 from fastapi import FastAPI
 
 from gpuledger.agent.cgroup import ProcWorkloads
+from gpuledger.agent.holders import NodeWorkloads, device_ids
 from gpuledger.agent.kubelet import KubeletPods, parse_pod_list
 from gpuledger.agent.podresources import api_pb2, api_pb2_grpc
 from gpuledger.agent.podresources.client import DeviceHold, PodResourcesClient, resolve_holds, split_replica
 from gpuledger.agent.sampler import Sampler
+from gpuledger.errors import BackendError
 from gpuledger.sim.fleetsim import FleetSim
 from gpuledger.sim.spec import FleetSpec, GpuSpec, NodeSpec
-from gpuledger.agent.holders import NodeWorkloads, device_ids
-from gpuledger.errors import BackendError
 from tests.support.live_server import serving
 from tests.support.system import need_binary
 

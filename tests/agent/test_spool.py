@@ -10,10 +10,10 @@ import pytest
 
 from gpuledger import wire
 from gpuledger.agent.sampler import Sampler
-from gpuledger.sim.fleetsim import FleetSim
-from gpuledger.sim.spec import FleetSpec, GpuSpec, Holding, NodeSpec, PodSpec, ProcSpec
 from gpuledger.agent.spool import Spool, SpoolingPublisher
 from gpuledger.ingest.consumer import Ingestor
+from gpuledger.sim.fleetsim import FleetSim
+from gpuledger.sim.spec import FleetSpec, GpuSpec, Holding, NodeSpec, PodSpec, ProcSpec
 from gpuledger.store import Store
 from gpuledger.transport import KafkaPublisher, KafkaSubscriber, MemoryTransport
 from tests.support.kafka import KAFKA_GROUP_TIMING
@@ -187,7 +187,6 @@ def test_records_dropped_while_a_batch_is_in_flight_are_counted_once(tmp_path: P
 def test_the_default_bound_holds_a_day_of_an_eight_gpu_node() -> None:
     """256 MiB >= 24 h at a 10 s tick for the benchmark node (8 GPUs, 32 time-sliced processes)."""
     from benchmarks.bench_agent import node_spec
-
     from gpuledger.agent.spool import DEFAULT_MAX_BYTES
 
     sim = FleetSim(node_spec(), seed=11)

@@ -17,7 +17,6 @@ import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.support.ledger_inputs import CASES, gpu, message
 
 from gpuledger import wire
 from gpuledger.agent.metrics import pod_shares
@@ -28,6 +27,7 @@ from gpuledger.analytics.tenancy import TenancyRules
 from gpuledger.sim.fleetsim import demo_fleet
 from gpuledger.sim.spec import Quirks
 from gpuledger.store import Store
+from tests.support.ledger_inputs import CASES, gpu, message
 
 WHERE = ["seq", "gpu_index", "mig_index", "namespace", "pod"]
 

@@ -11,14 +11,14 @@ from typing import Any
 
 import polars as pl
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from gpuledger.analytics import chargeback as cb
 from gpuledger.analytics import kinds as K
 from gpuledger.analytics.focus import COLUMNS, focus_csv, sanitize_cell
 from gpuledger.analytics.money import quantize_fraction
 from gpuledger.analytics.prices import default_price_book, parse_price_book
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from gpuledger.store import Store
 from gpuledger.timeutil import to_ns
 from tests.support.chargeback_rows import (
@@ -33,7 +33,6 @@ from tests.support.chargeback_rows import (
     random_ledgers,
     row,
 )
-
 
 # --- hand-computed examples ---------------------------------------------------
 

@@ -22,8 +22,10 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from gpuledger.agent.sampler import Sampler
-from gpuledger.sim.fleetsim import demo_fleet
 from gpuledger.analytics import closing
 from gpuledger.analytics.focus import ExportContext
 from gpuledger.analytics.focus_rules import check_rows
@@ -31,12 +33,10 @@ from gpuledger.analytics.job import run_attribution
 from gpuledger.analytics.money import quantize_fraction
 from gpuledger.analytics.prices import default_price_book, parse_price_book
 from gpuledger.analytics.reconcile import reconcile
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from tests.support.chargeback_rows import parse
-
+from gpuledger.sim.fleetsim import demo_fleet
 from gpuledger.store import Store
 from gpuledger.timeutil import HOUR_NS
+from tests.support.chargeback_rows import parse
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 START = dt.datetime(2026, 10, 31, 22, tzinfo=dt.UTC)

@@ -9,18 +9,18 @@ from typing import Any
 
 import polars as pl
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from gpuledger.analytics import closing
 from gpuledger.analytics import kinds as K
 from gpuledger.analytics.focus import ExportContext
 from gpuledger.analytics.focus_rules import check_rows
 from gpuledger.analytics.prices import default_price_book
 from gpuledger.analytics.reconcile import reconcile
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from tests.support.chargeback_rows import HOUR_NS, SCHEMA, billed, parse, random_ledgers, row
-
 from gpuledger.store import Store
 from gpuledger.timeutil import month_bounds, to_ns
+from tests.support.chargeback_rows import HOUR_NS, SCHEMA, billed, parse, random_ledgers, row
 
 OCT = to_ns(datetime(2026, 10, 1, tzinfo=UTC))
 NOV = to_ns(datetime(2026, 11, 1, tzinfo=UTC))

@@ -8,12 +8,12 @@ from decimal import Decimal
 from pathlib import Path
 
 import polars as pl
+
 from gpuledger.analytics import kinds as K
 from gpuledger.analytics.csvfile import FORMULA_START, write_frame, write_rows
 from gpuledger.analytics.explain import explain_command
 from gpuledger.analytics.focus import focus_csv
 from gpuledger.analytics.prices import default_price_book
-
 from gpuledger.store import Store
 from tests.support.api_ledger import SCHEMA, row
 

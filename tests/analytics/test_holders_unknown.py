@@ -9,13 +9,13 @@ from dataclasses import replace
 import numpy as np
 import polars as pl
 import pytest
-from tests.support.factories import make_message
+
+from gpuledger import wire
 from gpuledger.analytics import kinds as K
 from gpuledger.analytics.job import run_attribution
 from gpuledger.ingest.batch import decode_batch
-
-from gpuledger import wire
 from gpuledger.store import Store
+from tests.support.factories import make_message
 
 REASON = "PodResourcesError: kubelet PodResources List failed: connection refused"
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import polars as pl
 import pytest
-from tests.support.factories import EPOCH_NS, make_message
+from polars.testing import assert_frame_equal
+
+from gpuledger import wire
 from gpuledger.analytics.hourly import (
     HOUR_NS,
     HOURLY_COLUMNS,
@@ -15,10 +17,8 @@ from gpuledger.analytics.hourly import (
 from gpuledger.analytics.job import run_attribution
 from gpuledger.analytics.ledger import LEDGER_COLUMNS
 from gpuledger.ingest.batch import decode_batch
-from polars.testing import assert_frame_equal
-
-from gpuledger import wire
 from gpuledger.store import Store
+from tests.support.factories import EPOCH_NS, make_message
 
 MINUTE_NS = 60 * 10**9
 

@@ -18,7 +18,6 @@ import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.support.ledger_inputs import CASES, gpu, message
 
 from gpuledger import cli, split, wire
 from gpuledger.analytics import kinds as K
@@ -33,6 +32,7 @@ from gpuledger.sim.accuracy import simulate
 from gpuledger.sim.fleetsim import FleetSim, demo_fleet
 from gpuledger.sim.spec import Quirks
 from gpuledger.store import Store
+from tests.support.ledger_inputs import CASES, gpu, message
 
 NUM = ["gpu_seconds", "energy_j", "memory_gb_seconds"]
 KEYS = [c for c in LEDGER_COLUMNS if c not in NUM]

@@ -8,12 +8,12 @@ import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.support.ledger_inputs import gpu_spec, ledger_of, message
 
 from gpuledger.analytics import kinds as K
 from gpuledger.analytics.explain import explain
 from gpuledger.analytics.policy import POLICIES, RULE_SHARED_UNALLOCATED, apply_idle_policy
 from gpuledger.analytics.rollups import tenant_lines
+from tests.support.ledger_inputs import gpu_spec, ledger_of, message
 
 HOUR = 3600.0
 

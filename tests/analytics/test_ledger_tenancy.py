@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import polars as pl
 import pytest
-from tests.support.ledger_inputs import by, ledger_of, message
 
 from gpuledger import cli, wire
 from gpuledger.analytics import kinds as K
@@ -12,6 +11,7 @@ from gpuledger.analytics.job import run_attribution
 from gpuledger.analytics.tenancy import TenancyRules
 from gpuledger.errors import ConfigError
 from gpuledger.store import Store
+from tests.support.ledger_inputs import by, ledger_of, message
 
 RULES = """
 version = "2026-11-02"

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from gpuledger.analytics import kinds as K
 from gpuledger.api.app import create_app
 from gpuledger.api.tokens import create_token
-
 from gpuledger.store import Store
 from tests.support.api_ledger import A100, H100, HOUR_NS, L4, LEDGER, MARCH, row, write_ledger
 from tests.support.live_server import serving

@@ -12,10 +12,10 @@ from typing import Any
 
 import httpx
 import pytest
+
 from gpuledger.analytics import kinds as K
 from gpuledger.api.app import create_app
 from gpuledger.api.tokens import create_token, revoke_token
-
 from gpuledger.store import Store
 from tests.support.demo_data import build_demo_db, other_tenants_pods
 from tests.support.live_server import serving

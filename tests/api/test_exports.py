@@ -14,13 +14,13 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 from fastapi import FastAPI
+
 from gpuledger.analytics import closing
-from gpuledger.analytics.focus import ExportContext
 from gpuledger.analytics import kinds as K
+from gpuledger.analytics.focus import ExportContext
 from gpuledger.analytics.prices import default_price_book
 from gpuledger.api.app import create_app
 from gpuledger.api.tokens import create_token
-
 from gpuledger.store import Store
 from tests.support.api_ledger import HOUR_NS, SCHEMA, row
 from tests.support.live_server import serving

@@ -10,12 +10,12 @@ from typing import Any
 
 import polars as pl
 import pytest
+
 from gpuledger.analytics.job import run_attribution
 from gpuledger.api import views
 from gpuledger.api.app import create_app
 from gpuledger.api.params import Period
 from gpuledger.api.reader import Database, Session
-
 from gpuledger.store import Store
 from gpuledger.timeutil import HOUR_NS
 from tests.support.demo_data import START, build_demo_db

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+
 from gpuledger.api.errors import ApiError
 from gpuledger.api.params import filter_values, join_values, parse_moment, parse_month
 

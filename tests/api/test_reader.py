@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from gpuledger.api.reader import Database
 from gpuledger.store import Store
 

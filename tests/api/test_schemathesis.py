@@ -13,8 +13,6 @@ from typing import Any
 
 import pytest
 import schemathesis
-from gpuledger.api.app import create_app
-from gpuledger.api.tokens import create_token
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -23,6 +21,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from gpuledger.api.app import create_app
+from gpuledger.api.tokens import create_token
 from gpuledger.store import Store
 from tests.support.demo_data import build_demo_db
 from tests.support.live_server import serving

@@ -19,13 +19,13 @@ import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
+
 from gpuledger.api.app import create_app
 from gpuledger.api.audit import AuditLog
 from gpuledger.api.serving import audit_log, tls_options
 from gpuledger.api.tokens import create_token
 from gpuledger.config import Settings
 from gpuledger.errors import ConfigError
-
 from gpuledger.store import Store
 from tests.support.api_ledger import LEDGER, write_ledger
 

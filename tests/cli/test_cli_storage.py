@@ -7,12 +7,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.support.factories import make_stream
-from gpuledger.ingest.batch import decode_batch
-from gpuledger.ingest.segments import SegmentWriter
 
 from gpuledger import wire
+from gpuledger.ingest.batch import decode_batch
+from gpuledger.ingest.segments import SegmentWriter
 from gpuledger.store import DeadLetter, Store
+from tests.support.factories import make_stream
 
 
 def gpuledger(*args: str) -> subprocess.CompletedProcess[str]:

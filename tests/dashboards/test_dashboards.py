@@ -23,10 +23,10 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from gpuledger.api.app import create_app
-from gpuledger.api.tokens import create_token
 
 from gpuledger import wire
+from gpuledger.api.app import create_app
+from gpuledger.api.tokens import create_token
 from gpuledger.store import Store
 from tests.support.demo_data import build_demo_db, demo_period_ms
 from tests.support.live_server import serving

@@ -12,16 +12,25 @@ from typing import Any
 
 import polars as pl
 import pytest
-from tests.support.factories import make_message, make_stream
-from gpuledger.ingest.batch import ArrowBatch, HeaderCache, decode_batch
-from gpuledger.ingest.clock import ClockCheck
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.support.wire_frames import COLUMNS, HEADER_KEYS, REFERENCES, column_values, join, json_values, split, text_with_surrogates
 
 from gpuledger import wire
 from gpuledger.errors import WireError
+from gpuledger.ingest.batch import ArrowBatch, HeaderCache, decode_batch
+from gpuledger.ingest.clock import ClockCheck
 from gpuledger.store import Store
+from tests.support.factories import make_message, make_stream
+from tests.support.wire_frames import (
+    COLUMNS,
+    HEADER_KEYS,
+    REFERENCES,
+    column_values,
+    join,
+    json_values,
+    split,
+    text_with_surrogates,
+)
 
 TABLES = ("messages", "devices", "processes", "allocations", "field_errors", "pods")
 

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from tests.support.factories import make_stream
+
+from gpuledger import wire
 from gpuledger.analytics.job import run_attribution
 from gpuledger.ingest.batch import decode_batch
 from gpuledger.ingest.segment_merge import merge_segments, retire_segments
 from gpuledger.ingest.segments import SegmentWriter, compact_segments
-
-from gpuledger import wire
 from gpuledger.store import DeadLetter, Store
+from tests.support.factories import make_stream
 
 TABLES = ("messages", "devices", "processes", "allocations", "field_errors", "pods", "dead_letters")
 FUTURE = "2100-01-01"  # compact every day, today's included

@@ -20,13 +20,13 @@ from typing import Any
 
 import polars as pl
 import pytest
-from gpuledger.analytics.job import run_attribution
-from gpuledger.ingest.clock import ClockCheck
-from gpuledger.ingest.consumer import Ingestor
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gpuledger import wire
+from gpuledger.analytics.job import run_attribution
+from gpuledger.ingest.clock import ClockCheck
+from gpuledger.ingest.consumer import Ingestor
 from gpuledger.store import Store
 from gpuledger.transport import KafkaSubscriber
 from tests.support.factories import EPOCH_NS, make_message
@@ -150,7 +150,7 @@ def test_poison_interleaved_with_valid_traffic_is_set_aside_and_the_partition_mo
     valid = stream(10, nodes=2)  # 20 messages, two keys
     bad = poison_set(data)
     items = encoded(valid)
-    for i, (name, payload) in enumerate(bad.items()):  # each poison behind a valid record of some node
+    for i, payload in enumerate(bad.values()):  # each poison behind a valid record of some node
         items.insert(data.draw(st.integers(0, len(items))), (f"node-{i % 2}".encode(), payload))
     publish(tansu.bootstrap, topic, items)
 

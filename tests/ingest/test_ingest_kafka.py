@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.support.factories import make_message, make_stream
-from gpuledger.ingest.consumer import Ingestor, run_ingest
 
 from gpuledger import wire
+from gpuledger.ingest.consumer import Ingestor, run_ingest
 from gpuledger.store import Store
 from gpuledger.transport import KafkaPublisher, Record
+from tests.support.factories import make_message, make_stream
 from tests.support.kafka import KAFKA_GROUP_TIMING
 
 pytestmark = pytest.mark.kafka
@@ -119,7 +119,8 @@ def test_run_ingest_stops_cleanly_on_sigint(
     timer.start()
     try:
         with caplog.at_level(logging.INFO, logger="gpuledger.ingest.consumer"):
-            stats = run_ingest(kafka_broker, kafka_topic, "sigint-ingest", db, log_every_s=0.0, max_idle_s=20.0, **KAFKA_GROUP_TIMING)
+            stats = run_ingest(kafka_broker, kafka_topic, "sigint-ingest", db, log_every_s=0.0, max_idle_s=20.0,
+                               **KAFKA_GROUP_TIMING)
     finally:
         timer.cancel()
     assert signal.getsignal(signal.SIGINT) is before  # handlers restored

@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.support.factories import make_message, make_stream
-from gpuledger.ingest.consumer import Ingestor, IngestStats, decode_record
 
 from gpuledger import wire
 from gpuledger.errors import StoreError
+from gpuledger.ingest.consumer import Ingestor, IngestStats, decode_record
 from gpuledger.store import Store
 from gpuledger.transport import MemoryTransport, Record
+from tests.support.factories import make_message, make_stream
 
 TOPIC = "t"
 

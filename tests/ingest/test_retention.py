@@ -6,13 +6,13 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from tests.support.factories import make_message
+
+from gpuledger import wire
 from gpuledger.analytics.job import run_attribution
 from gpuledger.ingest.batch import decode_batch
 from gpuledger.ingest.retention import cutoff_ns, enforce_retention
-
-from gpuledger import wire
 from gpuledger.store import Store
+from tests.support.factories import make_message
 
 
 def ns(y: int, m: int, d: int) -> int:

@@ -10,19 +10,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.support.factories import make_message
+
+from gpuledger import wire
 from gpuledger.analytics import closing
-from gpuledger.api.app import create_app
 from gpuledger.analytics.hourly import mark_hours, refresh_hourly
 from gpuledger.analytics.job import run_attribution
 from gpuledger.analytics.prices import default_price_book
 from gpuledger.analytics.reconcile import reconcile
+from gpuledger.api.app import create_app
+from gpuledger.errors import GpuledgerError
 from gpuledger.ingest.batch import decode_batch
 from gpuledger.ingest.retention import enforce_retention
-
-from gpuledger import wire
-from gpuledger.errors import GpuledgerError
 from gpuledger.store import Store
+from tests.support.factories import make_message
 from tests.support.live_server import serving
 
 BOOK = default_price_book()

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gpuledger.api.app import create_app
-from gpuledger.transport import KafkaPublisher
 
+from gpuledger.api.app import create_app
 from gpuledger.errors import StoreError
 from gpuledger.store import Store
+from gpuledger.transport import KafkaPublisher
 from tests.support.ingest_runs import assert_same, encoded, ingest_cmd, publish, reference, snapshot, started, stream
 from tests.support.live_server import serving
 

@@ -13,13 +13,13 @@ import math
 import polars as pl
 import pytest
 
-from gpuledger.sim import scenarios as simscenarios
-from gpuledger.sim.fleetsim import FleetSim, demo_fleet
-from gpuledger.sim.spec import FleetSpec, GpuSpec, Holding, NodeSpec, PodSpec, ProcSpec, Quirks
 from gpuledger.analytics import kinds as K
-from gpuledger.sim.accuracy import compare, errors, simulate
 from gpuledger.analytics.ledger import conservation_error
 from gpuledger.analytics.tenancy import TenancyRules
+from gpuledger.sim import scenarios as simscenarios
+from gpuledger.sim.accuracy import compare, errors, simulate
+from gpuledger.sim.fleetsim import FleetSim, demo_fleet
+from gpuledger.sim.spec import FleetSpec, GpuSpec, Holding, NodeSpec, PodSpec, ProcSpec, Quirks
 
 H = 900.0  # simulated seconds per test
 TICK = 10.0

@@ -8,8 +8,11 @@ import math
 import numpy as np
 import polars as pl
 import pytest
-from gpuledger.sim import traces
+from polars.testing import assert_frame_equal
+
 from gpuledger.agent.backend import GpuBackend, Owner, WorkloadSource
+from gpuledger.errors import GpuLost, NotFound, NotSupported
+from gpuledger.sim import traces
 from gpuledger.sim.fleetsim import FleetSim, SimNode, demo_fleet
 from gpuledger.sim.spec import (
     FleetSpec,
@@ -20,9 +23,6 @@ from gpuledger.sim.spec import (
     ProcSpec,
     Quirks,
 )
-from polars.testing import assert_frame_equal
-
-from gpuledger.errors import GpuLost, NotFound, NotSupported
 
 H100 = "NVIDIA H100 80GB HBM3"
 

@@ -14,13 +14,13 @@ from typing import Any
 
 import duckdb
 import pytest
-from factories import make_message
 
 from gpuledger import wire
 from gpuledger.errors import StoreTooNew
 from gpuledger.store import MIGRATIONS, TABLES, Store, batch_to_arrow
 from gpuledger.store.migrations import applied, migrate
 from gpuledger.timeutil import HOUR_NS
+from tests.support.factories import make_message
 
 _KEY = "agent_id VARCHAR NOT NULL, boot_id VARCHAR NOT NULL, seq UBIGINT NOT NULL"
 _INTERVAL = "node VARCHAR NOT NULL, interval_start_ns BIGINT NOT NULL, interval_end_ns BIGINT NOT NULL"
@@ -67,7 +67,8 @@ CREATE TABLE IF NOT EXISTS ledger (
     kind VARCHAR NOT NULL, tenant VARCHAR NOT NULL, namespace VARCHAR, pod VARCHAR,
     rule VARCHAR NOT NULL, gpu_seconds DOUBLE NOT NULL, energy_j DOUBLE,
     memory_gb_seconds DOUBLE);
-CREATE TABLE IF NOT EXISTS attributed ({_KEY}, rules_version VARCHAR, PRIMARY KEY (agent_id, boot_id, seq)); ALTER TABLE attributed ADD COLUMN IF NOT EXISTS rules_version VARCHAR;
+CREATE TABLE IF NOT EXISTS attributed ({_KEY}, rules_version VARCHAR, PRIMARY KEY (agent_id, boot_id, seq));
+ALTER TABLE attributed ADD COLUMN IF NOT EXISTS rules_version VARCHAR;
 CREATE TABLE IF NOT EXISTS ledger_hourly (
     hour_start_ns BIGINT NOT NULL, node VARCHAR NOT NULL,
     gpu_uuid VARCHAR NOT NULL, gpu_index USMALLINT NOT NULL, mig_index SMALLINT NOT NULL,

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 
-from tests.support.factories import make_message
-
 from gpuledger.store import Store
+from tests.support.factories import make_message
 
 
 def test_a_replayed_older_message_does_not_overwrite_newer_pod_labels() -> None:

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from factories import make_message
-from gpuledger.ingest.opener import FileOpener
 
 from gpuledger.errors import StoreCorrupt, StoreError, StoreLocked, StoreMissingTable
+from gpuledger.ingest.opener import FileOpener
 from gpuledger.store import DeadLetter, Store
+from tests.support.factories import make_message
 
 
 @pytest.fixture(scope="module")

@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tests.support.factories import make_stream
-from gpuledger.ingest.batch import decode_batch
-from gpuledger.ingest.segments import SegmentWriter
 
 from gpuledger import wire
 from gpuledger.errors import StoreError
+from gpuledger.ingest.batch import decode_batch
+from gpuledger.ingest.segments import SegmentWriter
 from gpuledger.store import DeadLetter, Store
+from tests.support.factories import make_stream
 
 TABLES = ("messages", "devices", "processes", "allocations", "field_errors", "pods", "dead_letters")
 

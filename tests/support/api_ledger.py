@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import polars as pl
-from gpuledger.analytics import kinds as K
 
+from gpuledger.analytics import kinds as K
 from gpuledger.store import Store
 
 H100, A100, L4 = "NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-40GB", "NVIDIA L4"

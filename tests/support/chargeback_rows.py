@@ -16,9 +16,10 @@ from decimal import Decimal
 from typing import Any
 
 import polars as pl
+from hypothesis import strategies as st
+
 from gpuledger.analytics import kinds as K
 from gpuledger.timeutil import to_ns
-from hypothesis import strategies as st
 
 H100, A100 = "NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-40GB"
 HOUR_NS = 3_600 * 10**9

@@ -14,12 +14,11 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+from gpuledger import wire
 from gpuledger.agent.sampler import Sampler
+from gpuledger.analytics.job import run_attribution
 from gpuledger.sim.fleetsim import demo_fleet
 from gpuledger.sim.spec import Quirks
-from gpuledger.analytics.job import run_attribution
-
-from gpuledger import wire
 from gpuledger.store import Store
 
 #: Simulated start (UTC): 18:00, so the nine simulated hours cross midnight (two day buckets).

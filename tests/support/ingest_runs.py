@@ -17,10 +17,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import polars as pl
-from gpuledger.analytics.job import run_attribution
-from gpuledger.ingest.consumer import Ingestor
 
 from gpuledger import wire
+from gpuledger.analytics.job import run_attribution
+from gpuledger.ingest.consumer import Ingestor
 from gpuledger.store import Store
 from gpuledger.transport import KafkaPublisher, KafkaSubscriber
 from tests.support.factories import make_message

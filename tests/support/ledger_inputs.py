@@ -13,10 +13,10 @@ import math
 
 import numpy as np
 import polars as pl
-from gpuledger.analytics.job import run_attribution
 from hypothesis import strategies as st
 
 from gpuledger import wire
+from gpuledger.analytics.job import run_attribution
 from gpuledger.store import Store
 
 S = 10**9  # ns per second

@@ -55,4 +55,5 @@ text_with_surrogates = st.lists(
     st.sampled_from(["a", "é", "🚀", "\x00", "\ud800", "\udfff"]) | st.characters(), min_size=1, max_size=4
 ).map("".join)
 COLUMNS = [(table, column) for table, dt in wire.TABLES.items() for column in dt.names or ()]
-REFERENCES = [(t, c) for t, c in COLUMNS if c in {"uuid", "model", "profile", "pod", "container", "slurm_job", "resource", "field", "reason"}]
+_STRING_REFS = {"uuid", "model", "profile", "pod", "container", "slurm_job", "resource", "field", "reason"}
+REFERENCES = [(t, c) for t, c in COLUMNS if c in _STRING_REFS]

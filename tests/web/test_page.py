@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from gpuledger.api.app import create_app
 from gpuledger.api.tokens import create_token
-
 from gpuledger.store import Store
 from tests.support.demo_data import build_demo_db
 from tests.support.live_server import serving
