@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from gpuledger.cli.common import add_command, progress, setting_flags
+from gpuledger.cli.common import add_command, existing_db, progress, setting_flags
 from gpuledger.config import Settings
 
 
@@ -43,7 +43,7 @@ def attribute(args: argparse.Namespace, settings: Settings) -> int:
     from gpuledger.store import Store
 
     rules = TenancyRules.load(settings.tenancy_path) if settings.tenancy_path else TenancyRules()
-    with Store(settings.db_path) as store, progress("attributing", "messages") as bar:
+    with Store(existing_db(settings.db_path)) as store, progress("attributing", "messages") as bar:
         result = run_attribution(store, rules, full=args.full, progress=bar)
     print(f"attributed {result.messages} messages into {result.ledger_rows} ledger rows")
     return 0
@@ -52,5 +52,5 @@ def attribute(args: argparse.Namespace, settings: Settings) -> int:
 def explain(args: argparse.Namespace, settings: Settings) -> int:
     from gpuledger.analytics.explain import explain_command
 
-    print(explain_command(settings.db_path, args.tenant, args.start, args.end, args.format), end="")
+    print(explain_command(existing_db(settings.db_path), args.tenant, args.start, args.end, args.format), end="")
     return 0

@@ -12,13 +12,16 @@ validated ``Settings`` (:func:`flag_values`) that the stages receive.
 from __future__ import annotations
 
 import argparse
+import socket
 import types
 import typing
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from gpuledger.config import Settings
+from gpuledger.errors import GpuledgerError
 
 if TYPE_CHECKING:
     from gpuledger.analytics.prices import PriceBook
@@ -174,3 +177,35 @@ def price_book(path: str | None) -> PriceBook:
     from gpuledger.analytics.prices import default_price_book, load_price_book
 
     return load_price_book(path) if path else default_price_book()
+
+
+def existing_db(path: str) -> str:
+    """``path`` if a database file is there; otherwise the error every reading command gives.
+
+    Only ``ingest`` and ``demo`` create a database: a mistyped ``--db`` must not
+    leave an empty file behind and read as success (a token created there
+    would later fail as "not known").
+    """
+    if not Path(path).is_file():
+        raise GpuledgerError(f"no database at {path}",
+                             hint="pass --db (or GPULEDGER_DB_PATH) naming the file `gpuledger ingest` writes, "
+                             "or run `gpuledger demo` first")
+    return path
+
+
+def free_to_serve(host: str, port: int) -> None:
+    """Fail now, with a hint, if ``host:port`` cannot be bound (taken, or not an address of this host).
+
+    ``serve`` and ``demo`` check before any work: the demo would otherwise run
+    its whole pipeline and print a token and URLs before uvicorn's bare
+    ``Errno 98``. (Another process can still take the port in between; uvicorn
+    then fails as before.)
+    """
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind((host, port))
+    except OSError as exc:
+        raise GpuledgerError(f"cannot serve on {host}:{port}: {exc.strerror or exc}",
+                             hint="pick a free port with --port (make demo DEMO_ARGS=\"--port 9000\"), "
+                             "or stop what listens there") from None

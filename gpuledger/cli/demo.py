@@ -17,7 +17,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gpuledger.cli.common import add_command, setting_flags
+from gpuledger.cli.common import add_command, free_to_serve, setting_flags
 from gpuledger.config import Settings
 
 if TYPE_CHECKING:
@@ -76,6 +76,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_demo(options: DemoOptions, settings: Settings, console: Console | None = None) -> int:
+    if options.serve:  # before the pipeline runs, not after it has printed a token and URLs
+        free_to_serve(settings.api_host, settings.api_port)
     from rich.console import Console
 
     from gpuledger import wire

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gpuledger.cli.common import add_command, progress, setting_flags
+from gpuledger.cli.common import add_command, existing_db, progress, setting_flags
 from gpuledger.config import Settings
 from gpuledger.errors import GpuledgerError
 
@@ -126,9 +126,7 @@ def retention(args: argparse.Namespace, settings: Settings) -> int:
     from gpuledger.ingest.retention import enforce_retention
     from gpuledger.store import Store
 
-    db = settings.db_path
-    if not Path(db).exists():
-        raise GpuledgerError(f"no database at {db}", hint="pass --db, the file `gpuledger ingest`/`merge` writes")
+    db = existing_db(settings.db_path)
     with Store(db) as store:
         res = enforce_retention(store, months=settings.raw_retention_months,
                                 ledger_months=settings.ledger_retention_months,

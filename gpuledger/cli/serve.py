@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
-from gpuledger.cli.common import add_command, price_book, setting_flags
+from gpuledger.cli.common import add_command, existing_db, free_to_serve, price_book, setting_flags
 from gpuledger.config import Settings
 from gpuledger.errors import GpuledgerError
 
@@ -53,10 +52,8 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     from gpuledger.api.app import create_app
     from gpuledger.api.serving import audit_log, tls_options
 
-    db = settings.db_path
-    if not Path(db).exists():
-        raise GpuledgerError(f"no database at {db}",
-                             hint="run `gpuledger ingest` or `gpuledger demo` first, or pass --db")
+    db = existing_db(settings.db_path)
+    free_to_serve(settings.api_host, settings.api_port)
     book, context = price_book(settings.prices_path), ExportContext.from_settings(settings)
     tls = tls_options(settings)  # a half-set or missing TLS file fails here, before anything runs
     app = create_app(db, prices=book, auth=not args.no_auth, export_context=context, audit=audit_log(settings))
@@ -80,14 +77,14 @@ def token(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "create":
         if not args.role:
             raise GpuledgerError("token create needs --role", hint="--role admin|tenant|finance [--tenant T]")
-        with Store(settings.db_path) as store:
+        with Store(existing_db(settings.db_path)) as store:
             token_id, secret = tokens.create_token(store, args.role, args.tenant, args.name)
         scope = f" for tenant {args.tenant}" if args.tenant else ""
         print(f"created {args.role} token {token_id}{scope}; it is shown only now:", file=sys.stderr)
         print(secret)
         return 0
     if args.action == "list":
-        with Store(settings.db_path) as store:
+        with Store(existing_db(settings.db_path)) as store:
             frame = tokens.list_tokens(store)
         for r in frame.iter_rows(named=True):
             state = f"revoked {r['revoked_at']:%Y-%m-%d %H:%M}" if r["revoked_at"] else "active"
@@ -96,7 +93,7 @@ def token(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if not args.token_id:
         raise GpuledgerError("token revoke needs the token id", hint="`gpuledger token list` shows the ids")
-    with Store(settings.db_path) as store:
+    with Store(existing_db(settings.db_path)) as store:
         tokens.revoke_token(store, args.token_id)
     print(f"revoked {args.token_id[:12]}", file=sys.stderr)
     return 0

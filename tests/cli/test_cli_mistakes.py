@@ -1,0 +1,53 @@
+"""Mistakes that must not read as success: a mistyped database path, a taken port (issue 15).
+
+Each runs the real command line in a subprocess and checks the exit code, the
+message and its hint, and that nothing was created.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+
+def gpuledger(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gpuledger.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.parametrize("command", [
+    ["attribute"],
+    ["explain", "--tenant", "ml"],
+    ["token", "list"],
+    ["token", "create", "--role", "admin"],
+    ["token", "revoke", "1a2b3c4d"],
+    ["retention"],
+    ["serve"],
+    ["export", "chargeback", "--month", "2026-10"],
+])
+def test_a_mistyped_database_path_fails_and_creates_nothing(tmp_path: Path, command: list[str]) -> None:
+    db = tmp_path / "typo.duckdb"
+    out = gpuledger(*command, "--db", str(db))
+    assert out.returncode == 2, out
+    assert f"no database at {db}" in out.stderr and "hint:" in out.stderr
+    assert not db.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_demo_on_a_taken_port_fails_before_running_the_pipeline(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        t0 = time.monotonic()
+        out = gpuledger("demo", "--port", str(port), "--out", str(tmp_path / "out"))
+        took = time.monotonic() - t0
+    assert out.returncode == 2, out
+    assert f"cannot serve on 127.0.0.1:{port}" in out.stderr and "--port" in out.stderr
+    assert "token" not in out.stdout.lower()  # nothing printed as if serving
+    assert not (tmp_path / "out").exists()  # the pipeline did not run
+    assert took < 20  # interpreter start-up only (the pipeline takes ~20 s)
