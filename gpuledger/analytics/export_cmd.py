@@ -32,6 +32,7 @@ from gpuledger.analytics.prices import PriceBook
 from gpuledger.analytics.reconcile import reconcile
 from gpuledger.errors import GpuledgerError, StoreError
 from gpuledger.store import Store
+from gpuledger.timeutil import month_bounds, to_ns
 
 __all__ = ["ExportRequest", "MonthCloser", "file_name", "run_export"]
 
@@ -62,6 +63,10 @@ def run_export(request: ExportRequest, book: PriceBook, context: ExportContext, 
         raise GpuledgerError(str(exc), hint="--month 2026-10, or --month previous") from None
     if not Path(request.db_path).exists():
         raise GpuledgerError(f"no database at {request.db_path}", hint="pass --db, or run `gpuledger demo` first")
+    ended = month_bounds(month)[1] <= (now or datetime.now(UTC))
+    if ended or not request.final:  # closing a month that has not ended is refused below, with its own reason
+        with Store(request.db_path, read_only=True) as store:
+            _require_data(store, month)
     if request.what == "reconciliation":
         with Store(request.db_path, read_only=True) as store:
             report = reconcile(store, month, book, context, now=now)
@@ -82,6 +87,25 @@ def run_export(request: ExportRequest, book: PriceBook, context: ExportContext, 
     if where:
         print(f"wrote {where}: {month} {state}, sha256 {result.sha256}", file=sys.stderr)
     return 0
+
+
+def _require_data(store: Store, month: str) -> None:
+    """A month that is not closed and has no attributed usage is a failure, not an empty bill.
+
+    A scheduled close or reconciliation must not go green (a header-only file,
+    ``RECONCILIATION PASSED``) while ingest or attribution is dead.
+    """
+    if month in closing.closed_months(store):
+        return
+    start, end = (to_ns(t) for t in month_bounds(month))
+    for table, column in (("ledger", "interval_start_ns"), ("ledger_hourly", "hour_start_ns")):
+        if store.has_table(table) and store.scalar(
+                f"SELECT count(*) FROM (SELECT 1 FROM {table} WHERE {column} >= ? AND {column} < ? LIMIT 1)",
+                [start, end]):
+            return
+    raise GpuledgerError(f"no data for {month}: no attributed usage in that month; is ingest running?",
+                         hint="check that `gpuledger ingest` and `gpuledger attribute` run "
+                         "(`gpuledger attribute` books what ingest stored), or pick a month with data")
 
 
 def _emit(content: bytes, out: str | None, default_name: str) -> Path | None:

@@ -261,3 +261,19 @@ def test_cli_final_cannot_close_a_month_under_a_full_width_key(store: Store, tmp
     assert main(["export", "chargeback", "--month", "2026-10", "--db", db, "--final", "--out", str(tmp_path)]) == 0
     with Store(db, read_only=True) as s:
         assert list(closing.closed_months(s)) == ["2026-10"]  # one close of October, under its ASCII key
+
+
+def test_a_month_without_data_fails_loudly_instead_of_an_empty_bill(store: Store, tmp_path: Path, capsys: Any) -> None:
+    """Issue 15: a scheduled close or reconciliation must not go green while ingest is dead."""
+    from gpuledger.cli import main
+
+    db = str(tmp_path / "close.duckdb")
+    store.close()
+    for what in (["chargeback"], ["chargeback", "--final"], ["reconciliation"]):
+        out = tmp_path / f"{what[0]}.out"
+        assert main(["export", what[0], "--month", "2025-01", "--db", db, "--out", str(out), *what[1:]]) == 2
+        err = capsys.readouterr().err
+        assert "no data for 2025-01" in err and "ingest" in err and "hint:" in err
+        assert not out.exists()
+    with Store(db, read_only=True) as s:
+        assert "2025-01" not in closing.closed_months(s)  # nothing was closed
