@@ -22,6 +22,7 @@ import polars as pl
 
 from gpuledger.analytics.csvfile import write_frame
 from gpuledger.analytics.rollups import in_period
+from gpuledger.errors import GpuledgerError
 
 if TYPE_CHECKING:
     from gpuledger.store import Store
@@ -96,6 +97,14 @@ def explain_command(db: str, tenant: str, start: str | None, end: str | None, fm
             params.append(end_ns)
         ledger = store.query(f"SELECT * FROM ledger WHERE {' AND '.join(where)}", params).lazy()
         versions = rules_versions(store, " AND ".join(where), params)
+        known = store.query("SELECT DISTINCT tenant FROM ledger")["tenant"].to_list()
+    if tenant not in known:  # a typo must not read as "this tenant used nothing"
+        import difflib
+
+        close = difflib.get_close_matches(tenant, known, n=3, cutoff=0.5)
+        raise GpuledgerError(f"no tenant {tenant!r} in the ledger",
+                             hint=f"did you mean {', '.join(map(repr, close))}?" if close else
+                             f"known tenants: {', '.join(sorted(known)[:20]) or 'none (run `gpuledger attribute`)'}")
     rows = explain(ledger, tenant).collect()
     line = tenant_lines(ledger).collect()
     if fmt == "csv":  # through the project's one CSV writer: pod and namespace names are anyone's text

@@ -8,6 +8,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import polars as pl
+import pytest
 
 from gpuledger.analytics import kinds as K
 from gpuledger.analytics.csvfile import FORMULA_START, write_frame, write_rows
@@ -78,3 +79,17 @@ def test_a_cell_with_a_line_break_is_quoted_whatever_the_line_terminator() -> No
         buf = io.StringIO()
         write_rows(buf, ["pod"], [["a\rb"], ["c\nd"]], lineterminator=terminator)
         assert buf.getvalue() == f'pod{terminator}"a\rb"{terminator}"c\nd"{terminator}'
+
+
+def test_explain_of_an_unknown_tenant_fails_with_the_closest_names(tmp_path: Path) -> None:
+    """Issue 15: a mistyped tenant read as "no rows" (exit 0); it is an error naming the known tenants."""
+    from gpuledger.errors import GpuledgerError
+
+    db = tmp_path / "explain.duckdb"
+    with Store(db) as store:
+        store.append("ledger", pl.DataFrame([row("vision", K.BUSY, 600), row("nlp", K.BUSY, 600, seq=1)],
+                                            schema=SCHEMA))
+    with pytest.raises(GpuledgerError, match="no tenant 'visoin'") as caught:
+        explain_command(str(db), "visoin", None, None)
+    assert "'vision'" in caught.value.hint
+    assert "tenant vision" in explain_command(str(db), "vision", None, None)  # a known one still explains
