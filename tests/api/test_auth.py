@@ -184,6 +184,7 @@ def test_tokens_are_stored_hashed_and_never_logged(tmp_path: Path, caplog: pytes
 
 def test_token_cli_create_list_revoke(tmp_path: Path) -> None:
     db = str(tmp_path / "cli.duckdb")
+    Store(db).close()  # the file ingest writes (token commands no longer create one: a typo would)
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "gpuledger.cli", "token", *args, "--db", db],
