@@ -102,6 +102,30 @@ class ArrowBatch:
     tables: dict[str, pa.Table]
     index: list[int]
     failed: dict[int, str] = field(default_factory=dict)
+    #: each message row's header part (string table and pods), for :meth:`pods_of`
+    parts: Sequence[_Part] = ()
+
+    def pods_of(self, rows: Sequence[int]) -> pa.Table:
+        """The ``pods`` table as only the message rows ``rows`` say it (each pod as last seen among them).
+
+        ``tables["pods"]`` covers every message of the batch; when some are set
+        aside (quarantined), their pods and their ``last_seen`` must not reach
+        the store.
+        """
+        ends = self.tables["messages"]["interval_end_ns"].to_numpy()
+        slot: dict[int, int] = {}
+        distinct: list[_Part] = []
+        latest: list[int] = []
+        for r in rows:
+            part, end = self.parts[r], int(ends[r])
+            k = slot.get(id(part))
+            if k is None:
+                slot[id(part)] = len(distinct)
+                distinct.append(part)
+                latest.append(end)
+            else:
+                latest[k] = max(latest[k], end)
+        return _pods_table(distinct, np.array(latest, np.int64))
 
     @property
     def n_messages(self) -> int:
@@ -225,7 +249,7 @@ def _decode(values: Sequence[bytes | None], sources: Sequence[str | None] | None
                 failed[item.pos] = f"decoded but not storable: {exc}"
         heads = good
         tables = _build(heads, sources)
-    return ArrowBatch(tables=tables, index=[h.pos for h in heads], failed=failed)
+    return ArrowBatch(tables=tables, index=[h.pos for h in heads], failed=failed, parts=[h.part for h in heads])
 
 
 def _light(i: int, buf: bytes, seen: HeaderCache) -> _Item | str:

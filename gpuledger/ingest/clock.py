@@ -67,8 +67,13 @@ class ClockCheck:
             return batch, []
         out = [(batch.index[j], self.reason(int(start[j]), int(end[j]), now_ns) or QUARANTINE)
                for j in np.flatnonzero(bad)]
-        keep = pa.array(np.flatnonzero(~bad).astype(np.int32))
-        tables = {name: (t if name == "pods" else t.filter(pc.is_in(t["_m"], value_set=keep)))
+        rows = np.flatnonzero(~bad)
+        keep = pa.array(rows.astype(np.int32))
+        # A quarantined message reaches no table but dead_letters: not its rows,
+        # and not its pods (their labels, with a last_seen beyond the clock bound,
+        # would win "latest seen" and re-label the pod's real usage).
+        tables = {name: (batch.pods_of(rows.tolist()) if name == "pods" else t.filter(pc.is_in(t["_m"], value_set=keep)))
                   for name, t in batch.tables.items()}
-        kept = ArrowBatch(tables=tables, index=[batch.index[j] for j in np.flatnonzero(~bad)], failed=batch.failed)
+        kept = ArrowBatch(tables=tables, index=[batch.index[j] for j in rows], failed=batch.failed,
+                          parts=[batch.parts[int(j)] for j in rows])
         return kept, out

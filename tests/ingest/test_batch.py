@@ -142,6 +142,29 @@ def test_clock_check_quarantines_the_future_and_the_ancient_with_reasons() -> No
     assert kept.tables["devices"].num_rows == 4
 
 
+def test_a_quarantined_message_changes_no_pod_and_no_label() -> None:
+    """Issue 15: a future-dated message is quarantined, and its pods must not win "latest seen".
+
+    In the outside probe its labels re-labelled 127 GPU-hours of valid usage.
+    """
+    now = 1_790_812_800 * 10**9
+    valid = make_message(seq=1, start_ns=now - 3600 * 10**9, namespace="team-a")
+    future = make_message(seq=2, start_ns=now + 3600 * 10**9, namespace="team-a")
+    future.pods = [{**p, "labels": {"team": "intruder"}} for p in future.pods]  # same pods, other labels
+    alone = make_message(agent_id="x", node="n9", seq=3, start_ns=now + 7200 * 10**9, namespace="ghost")
+    alone.pods = [{**p, "uid": f"ghost-{i}"} for i, p in enumerate(alone.pods)]  # pods only it names
+    batch = decode_batch([wire.encode(m) for m in (valid, future, alone)])
+    kept, out = ClockCheck(max_future_s=300, max_age_s=7 * 86400).apply(batch, now)
+    assert kept.index == [0] and [i for i, _ in out] == [1, 2]
+    pods = kept.tables["pods"].to_pylist()
+    assert {p["pod_uid"] for p in pods} == {p["uid"] for p in valid.pods}  # no ghost pod
+    assert {json.loads(p["labels"])["team"] for p in pods} == {"team-a"}  # no intruder label
+    assert {p["last_seen_ns"] for p in pods} == {valid.interval_end_ns}  # no future last_seen
+    with Store() as store:
+        store.write_arrow(kept.tables)
+        assert store.query("SELECT DISTINCT labels FROM pods")["labels"].to_list() == ['{"team": "team-a"}']
+
+
 def test_unknown_header_keys_and_nulls_survive_the_batch_path() -> None:
     msg = make_message(seq=9, driver_version=None)
     msg.extra = {"future_field": [1, 2]}
