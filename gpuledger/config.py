@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GPULEDGER_", extra="ignore", frozen=True)
 
     db_path: str = Field("gpuledger.duckdb", description="DuckDB file that ingest writes and the API reads.")
+    duckdb_memory_limit: str = Field(
+        "1GB", pattern=r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$",
+        description="Most memory DuckDB may use per process (e.g. 512MB, 2GB); past it, it spills to disk "
+        "next to the database file.")
     kafka_bootstrap: str | None = Field(
         None,
         description="Kafka bootstrap servers (host:port[,host:port]) the agent publishes to and ingest reads; "
@@ -98,6 +102,14 @@ class Settings(BaseSettings):
     rollup_retention_months: int = Field(
         36, description="Months of hourly rollups (ledger_hourly) `gpuledger retention` keeps (0: forever)."
     )
+    ledger_window_days: float = Field(
+        7.0, ge=0,
+        description="Days of interval-grain ledger rows `gpuledger attribute` keeps, counted back from the newest "
+        "stored message; older hours are kept as hourly rollups only (the bill is made from them) and `explain` "
+        "recomputes their interval rows from the raw samples while those are kept. 0: keep every interval.")
+    attribute_workers: int = Field(
+        0, ge=0, description="Processes that run the attribution kernel beside the one reading and writing "
+        "the database (0: one per core).")
     api_host: str = Field("127.0.0.1", description="Address the API binds (`gpuledger serve`, and the demo's).")
     api_port: int = Field(8080, description="Port the API binds (`gpuledger serve`, and the demo's).")
     api_tls_certfile: str | None = Field(

@@ -25,6 +25,7 @@ from gpuledger.analytics.rollups import in_period
 from gpuledger.errors import GpuledgerError
 
 if TYPE_CHECKING:
+    from gpuledger.analytics.tenancy import TenancyRules
     from gpuledger.store import Store
 
 GROUP = ["node", "gpu_uuid", "gpu_index", "mig_index", "model", "sharing", "namespace", "pod", "kind", "rule"]
@@ -78,13 +79,23 @@ def rules_versions(store: Store, where: str, params: Sequence[object]) -> list[s
     return rows["v"].to_list()
 
 
-def explain_command(db: str, tenant: str, start: str | None, end: str | None, fmt: str = "table") -> str:
-    """Text for ``gpuledger explain``: the tenant's line (coverage included) and the rows behind it."""
+def explain_command(db: str, tenant: str, start: str | None, end: str | None, fmt: str = "table",
+                    rules: TenancyRules | None = None) -> str:
+    """Text for ``gpuledger explain``: the tenant's line (coverage included) and the rows behind it.
+
+    Hours before the interval ledger's window (the attribution job keeps
+    interval rows for recent days only) are recomputed from the raw samples
+    under ``rules`` (default: the default tenancy rules), which must be the
+    rules they were booked under (``job.recompute_rows``).
+    """
     import io
 
+    from gpuledger.analytics.job import ledger_window_start, recompute_rows
     from gpuledger.analytics.rollups import tenant_lines
+    from gpuledger.analytics.tenancy import TenancyRules
     from gpuledger.store import Store
 
+    rules = rules or TenancyRules()
     start_ns = parse_instant(start) if start else None
     end_ns = parse_instant(end) if end else None
     with Store(db, read_only=True) as store:
@@ -95,18 +106,30 @@ def explain_command(db: str, tenant: str, start: str | None, end: str | None, fm
         if end_ns is not None:
             where.append("interval_start_ns < ?")
             params.append(end_ns)
-        ledger = store.query(f"SELECT * FROM ledger WHERE {' AND '.join(where)}", params).lazy()
+        ledger = store.query(f"SELECT * FROM ledger WHERE {' AND '.join(where)}", params)
         versions = rules_versions(store, " AND ".join(where), params)
-        known = store.query("SELECT DISTINCT tenant FROM ledger")["tenant"].to_list()
+        known = set(store.query("SELECT DISTINCT tenant FROM ledger")["tenant"].to_list())
+        kept_from = ledger_window_start(store)
+        if kept_from is not None and (start_ns is None or start_ns < kept_from):
+            known |= set(store.query("SELECT DISTINCT tenant FROM ledger_hourly")["tenant"].to_list())
+            lo = start_ns if start_ns is not None else \
+                store.scalar("SELECT min(interval_start_ns) FROM messages WHERE interval_start_ns < ?", [kept_from])
+            hi = kept_from if end_ns is None else min(end_ns, kept_from)
+            if lo is not None and lo < hi:
+                older = recompute_rows(store, int(lo), hi, rules, tenant=tenant)
+                if older.height:
+                    ledger = pl.concat([older.select(ledger.columns), ledger], how="vertical_relaxed")
+                    versions = sorted({*versions, rules.version})
+        ledger_lf = ledger.lazy()
     if tenant not in known:  # a typo must not read as "this tenant used nothing"
         import difflib
 
-        close = difflib.get_close_matches(tenant, known, n=3, cutoff=0.5)
+        close = difflib.get_close_matches(tenant, sorted(known), n=3, cutoff=0.5)
         raise GpuledgerError(f"no tenant {tenant!r} in the ledger",
                              hint=f"did you mean {', '.join(map(repr, close))}?" if close else
                              f"known tenants: {', '.join(sorted(known)[:20]) or 'none (run `gpuledger attribute`)'}")
-    rows = explain(ledger, tenant).collect()
-    line = tenant_lines(ledger).collect()
+    rows = explain(ledger_lf, tenant).collect()
+    line = tenant_lines(ledger_lf).collect()
     if fmt == "csv":  # through the project's one CSV writer: pod and namespace names are anyone's text
         buf = io.StringIO()
         write_frame(rows, buf)

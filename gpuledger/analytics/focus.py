@@ -42,6 +42,7 @@ from gpuledger.analytics.csvfile import Writable, sanitize_cell, write_rows
 from gpuledger.analytics.prices import Price, PriceBook
 from gpuledger.analytics.rollups import in_period
 from gpuledger.config import Settings
+from gpuledger.store import Store
 from gpuledger.timeutil import DAY_NS, from_ns, iso_utc, month_bounds, to_ns
 
 __all__ = [
@@ -243,13 +244,21 @@ COLUMNS: tuple[Column, ...] = (
 )
 
 
-def charges(ledger: pl.LazyFrame, book: PriceBook, month: str,
+def charges(source: pl.LazyFrame | Store, book: PriceBook, month: str,
             context: ExportContext | None = None) -> tuple[list[Charge], cb.Totals]:
-    """The month's regular charges in file order, and totals checked to reconcile."""
+    """The month's regular charges in file order, and totals checked to reconcile.
+
+    ``source``: a store (the month's hourly rollups, summed in DuckDB: memory
+    bounded whatever the fleet's size) or ledger rows (tests, small inputs).
+    """
     ctx = context or ExportContext()
     period = month_bounds(month)
-    lines, pool_map = cb.chargeback_lines(in_period(ledger, to_ns(period[0]), to_ns(period[1])), book,
-                                          ctx.charge_period)
+    if isinstance(source, Store):
+        usage = cb.read_usage(source, period[0], period[1], cb.line_keys(ctx.charge_period))
+        lines, pool_map = cb.chargeback_lines(usage, book, ctx.charge_period)
+    else:
+        lines, pool_map = cb.chargeback_lines(in_period(source, to_ns(period[0]), to_ns(period[1])), book,
+                                              ctx.charge_period)
     totals = cb.monthly_totals(lines, pool_map, book.currency)
     out: list[Charge] = []
     for line in lines.iter_rows(named=True):

@@ -126,7 +126,7 @@ def reconcile(store: Store, month: str, book: PriceBook, context: ExportContext 
         assert result.totals is not None
         totals, parquet = result.totals, result.files["parquet"]
     else:
-        _, totals = charges(cb.read_ledger(store, start, end), book, month, ctx)
+        _, totals = charges(store, book, month, ctx)
         parquet = closing.stored_file(store, month, "parquet")
     rows = pq.read_table(io.BytesIO(parquet)).to_pylist()
     header, csv_rows = closing.parse_csv(result.content)
@@ -180,10 +180,9 @@ def reconcile(store: Store, month: str, book: PriceBook, context: ExportContext 
         billed_for_month = sum((b["cost"] for b in closing._billed(store, month).values()), Decimal(0))
         drift = totals.fleet_cost - billed_for_month
     unallocated = sum((r["BilledCost"] for r in regular if r["x_ChargeType"] == "unallocated"), Decimal(0))
-    table, column = ("ledger_hourly", "hour_start_ns") if retired else ("ledger", "interval_start_ns")
     cov = store.query("SELECT sum(gpu_seconds) FILTER (WHERE kind = 'busy') AS busy, sum(gpu_seconds) FILTER "
-                      f"(WHERE kind = 'busy' AND rule = 'process_samples') AS direct FROM {table} "
-                      f"WHERE {column} >= ? AND {column} < ?", [to_ns(start), to_ns(end)])
+                      f"(WHERE kind = 'busy' AND rule = 'process_samples') AS direct FROM ({cb.hour_rows_sql(store)})",
+                      {"lo": to_ns(start), "hi": to_ns(end)})
     busy, direct = cov["busy"][0], cov["direct"][0]
     capacity_hours = hours if retired else Decimal(float(totals.capacity_gpu_hours)).quantize(Decimal("0.000001"))
     fleet_cost = record.fleet_cost if retired and record else totals.fleet_cost

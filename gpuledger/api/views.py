@@ -57,7 +57,9 @@ def read_rows(s: Session, period: Period, nodes: Sequence[str] = (), *, hourly: 
     ``_FROM_HOURLY``; their drill-down rows say ``grain: hour``):
 
     - always for months whose interval-grain ledger retention removed
-      (``ledger_retired``);
+      (``ledger_retired``) and for hours before the ledger's window
+      (``ledger_window``: the attribution job keeps interval rows for recent
+      days only);
     - with ``hourly`` (answers bucketed by hour or coarser: showback, series,
       efficiency), for every whole hour of the period that is rolled up: not
       pending in ``ledger_hourly_pending`` and older than the newest rolled-up
@@ -85,8 +87,11 @@ def read_rows(s: Session, period: Period, nodes: Sequence[str] = (), *, hourly: 
                   f"AND NOT (interval_start_ns >= ? AND interval_start_ns < ? "
                   f"AND interval_start_ns - interval_start_ns % {HOUR_NS} {pending})")
     params: list[Any] = [lo, hi, *nodes, a, b]
-    retired = s.query("SELECT start_ns, end_ns FROM ledger_retired WHERE end_ns > ? AND start_ns < ?", [lo, hi])
-    ranges = [(a, b, True), *((max(lo, start), min(hi, end), False) for start, end in retired.iter_rows())]
+    retired = s.query("SELECT start_ns, end_ns FROM ledger_retired WHERE end_ns > ? AND start_ns < ?", [lo, hi]).rows()
+    if s.store.has_table("ledger_window"):  # hours before the interval ledger's window exist only as rollups
+        retired += [(lo, int(k)) for (k,) in s.query("SELECT max(kept_from_ns) FROM ledger_window").rows()
+                    if k is not None]
+    ranges = [(a, b, True), *((max(lo, start), min(hi, end), False) for start, end in retired)]
     ranges = [(x, y, live) for x, y, live in ranges if x < y]
     if not ranges:
         return s.query(ledger_sql, params).lazy()

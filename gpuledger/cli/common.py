@@ -32,6 +32,9 @@ EPILOG = "Settings also come from GPULEDGER_* environment variables; see docs/co
 #: (except the few flags listed in :data:`NOT_SETTINGS`); metavars keep the usage lines they always had.
 SETTING_FLAGS: dict[str, tuple[str, str | None]] = {
     "--db": ("db_path", "DB"),
+    "--memory-limit": ("duckdb_memory_limit", "SIZE"),
+    "--ledger-window-days": ("ledger_window_days", "DAYS"),
+    "--workers": ("attribute_workers", "N"),
     "--kafka": ("kafka_bootstrap", "BOOTSTRAP"),
     "--topic": ("kafka_topic", "TOPIC"),
     "--group": ("kafka_group", "GROUP"),

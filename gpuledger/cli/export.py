@@ -24,7 +24,7 @@ def register(sub: Any, settings: Settings) -> None:
     e.add_argument("what", choices=["chargeback", "reconciliation"],
                    help="the FOCUS file, or its reconciliation report")
     e.add_argument("--month", required=True, metavar="YYYY-MM", help="billing month (UTC), or `previous`")
-    setting_flags(e, settings, "--db")
+    setting_flags(e, settings, "--db", "--memory-limit")
     e.add_argument("--out", default=None, metavar="PATH", help="output file or directory (default: stdout)")
     setting_flags(e, settings, "--prices")
     e.add_argument("--format", choices=["csv", "parquet", "txt", "json"], default=None,

@@ -19,7 +19,7 @@ def register(sub: Any, settings: Settings) -> None:
         "OpenAPI at /docs, a showback page at /. Opens the database read-only. Every /v1 route needs a token "
         "(`gpuledger token create`); --no-auth turns that off for local development only.",
     )
-    setting_flags(s, settings, "--db", "--host", "--port", "--prices")
+    setting_flags(s, settings, "--db", "--host", "--port", "--prices", "--memory-limit")
     s.add_argument("--close-months", action="store_true",
                    help="close each month's chargeback file once it has ended (+ grace); needs the writer lock")
     setting_flags(s, settings, "--close-grace-hours", "--tls-certfile", "--tls-keyfile", "--audit-dir",

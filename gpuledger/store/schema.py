@@ -26,8 +26,11 @@ Attribution and its products:
   allocated_idle, unallocated, unmeasured); ``attributed``: which messages
   it covers, under which tenancy rules.
 - ``ledger_hourly``: the ledger summed per UTC hour (``analytics/hourly.py``);
-  ``ledger_hourly_pending``: hours to recompute; ``ledger_retired``: months
-  whose interval-grain ledger retention removed.
+  ``ledger_hourly_pending``: hours to recompute from the ledger;
+  ``ledger_hourly_unmerged``: hours the attribution job added partial sums
+  to, to merge into one row per key; ``ledger_window``: where the
+  interval-grain ledger starts (older intervals exist only as rollups);
+  ``ledger_retired``: months whose interval-grain ledger retention removed.
 - ``chargeback_closes``, ``chargeback_billed``: closed months' files, byte for
   byte, and every billed row (``analytics/closing.py``).
 - ``api_tokens``: API tokens, the secret stored as its SHA-256 only (``api/tokens.py``).
@@ -101,6 +104,9 @@ TABLES: dict[str, str] = {
         gpu_seconds DOUBLE NOT NULL, energy_j DOUBLE, energy_intervals UINTEGER NOT NULL,
         memory_gb_seconds DOUBLE, intervals UINTEGER NOT NULL)""",
     "ledger_hourly_pending": "CREATE TABLE IF NOT EXISTS ledger_hourly_pending (hour_start_ns BIGINT PRIMARY KEY)",
+    "ledger_hourly_unmerged": "CREATE TABLE IF NOT EXISTS ledger_hourly_unmerged (hour_start_ns BIGINT PRIMARY KEY)",
+    "ledger_window": """CREATE TABLE IF NOT EXISTS ledger_window (
+        id INTEGER PRIMARY KEY, kept_from_ns BIGINT NOT NULL, updated_at TIMESTAMPTZ DEFAULT now())""",
     "ledger_retired": """CREATE TABLE IF NOT EXISTS ledger_retired (
         month VARCHAR PRIMARY KEY, start_ns BIGINT NOT NULL, end_ns BIGINT NOT NULL,
         ledger_rows BIGINT NOT NULL, gpu_seconds DOUBLE, retired_at TIMESTAMPTZ DEFAULT now())""",

@@ -25,9 +25,9 @@ from tests.support.chargeback_rows import (
     A100,
     H100,
     HOUR_NS,
-    SCHEMA,
     T0,
     billed,
+    book,
     ledger,
     parse,
     random_ledgers,
@@ -200,7 +200,7 @@ def test_store_edge_reads_the_month_from_a_duckdb_file(tmp_path: Any) -> None:
     rows = [row("ml", K.BUSY, 1800), row("", K.UNALLOCATED, 1800),
             row("ml", K.BUSY, 3600, seq=1, start_ns=to_ns(datetime(2025, 4, 1, tzinfo=UTC)))]
     with Store(tmp_path / "l.duckdb") as store:
-        store.append("ledger", pl.DataFrame(rows, schema=SCHEMA))
+        book(store, rows)
     with Store(tmp_path / "l.duckdb", read_only=True) as store:
         text = cb.chargeback_csv(store, "2025-03", default_price_book())
     assert text == focus_csv(ledger(rows[:2]), default_price_book(), "2025-03")[0]

@@ -10,7 +10,6 @@ from decimal import Decimal
 from pathlib import Path
 
 import httpx
-import polars as pl
 import pyarrow.parquet as pq
 import pytest
 from fastapi import FastAPI
@@ -22,7 +21,8 @@ from gpuledger.analytics.prices import default_price_book
 from gpuledger.api.app import create_app
 from gpuledger.api.tokens import create_token
 from gpuledger.store import Store
-from tests.support.api_ledger import HOUR_NS, SCHEMA, row
+from tests.support.api_ledger import HOUR_NS, row
+from tests.support.api_ledger import book_ledger as book
 from tests.support.live_server import serving
 
 OCT = int(datetime(2026, 10, 1, tzinfo=UTC).timestamp()) * 10**9
@@ -34,11 +34,11 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Cli
     path = tmp_path_factory.mktemp("exports") / "gpuledger.duckdb"
     with Store(path) as store:
         rows = [row("ml", K.BUSY, 3600, seq=0, start_ns=OCT), row("=evil", K.BUSY, 3600, seq=1, start_ns=NOV)]
-        store.append("ledger", pl.DataFrame(rows, schema=SCHEMA))
+        book(store, rows)
         closed = closing.export(store, "2026-10", default_price_book(), final=True,
                                 now=datetime(2026, 11, 2, tzinfo=UTC)).content
         late = row("late", K.BUSY, 3600, seq=2, gpu=1, start_ns=OCT + HOUR_NS)  # after the close
-        store.append("ledger", pl.DataFrame([late], schema=SCHEMA))
+        book(store, [late])
         tokens = {role: create_token(store, role, "ml" if role == "tenant" else None)[1]
                   for role in ("finance", "tenant")}
     with serving(create_app(str(path))) as client:
@@ -94,7 +94,7 @@ def day_closed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx
     path = tmp_path_factory.mktemp("day-closed") / "gpuledger.duckdb"
     with Store(path) as store:
         rows = [row("ml", K.BUSY, 3600, seq=0, start_ns=OCT), row("nlp", K.BUSY, 1800, seq=1, start_ns=NOV)]
-        store.append("ledger", pl.DataFrame(rows, schema=SCHEMA))
+        book(store, rows)
         closed = closing.export(store, "2026-10", default_price_book(), final=True,
                                 context=ExportContext(charge_period="day"), now=datetime(2026, 11, 2, tzinfo=UTC)).content
         token = create_token(store, "finance")[1]
