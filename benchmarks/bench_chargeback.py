@@ -15,7 +15,11 @@ Linux keeps ``ru_maxrss`` across exec):
 - ``close``: the same with ``final=True`` (stores both files and the billed rows);
 - ``closed``: re-export of the closed month (stored bytes);
 - ``reconcile``: the reconciliation report of the closed month;
-- ``low_memory``: the preview again under ``memory_limit=64MB`` -- must give the identical file.
+- ``low_memory``: the preview again under ``memory_limit=64MB`` -- must give the identical file;
+- ``showback_cold`` / ``showback_warm``: ``gpuledger serve`` on the file (the
+  month older than the interval ledger's window, so only rollups exist), the
+  first and second monthly showback by tenant over real HTTP; peak RSS is
+  the server's (``VmHWM``); ``ok``: its total equals the closed file's.
 
 ``ledger_rows`` is the interval-grain rows the rollups stand for (rows x 360).
 """
@@ -41,6 +45,8 @@ UNITS = {
     "seconds": "s", "peak_rss_mib": "MiB", "file_bytes": "B", "tenants": "count", "ok": "bool",
 }
 TARGETS = (
+    Target("1,000-GPU cold monthly showback (API, from rollups)", "seconds", "<", 1.0, "s", "issue 14",
+           {"step": "showback_cold", "gpus": 1000}),
     Target("1,000-GPU month close (from rollups), wall", "seconds", "<=", 60.0, "s", "issue 14", {"step": "close", "gpus": 1000}),
     Target("1,000-GPU month close, peak memory (2 GB)", "peak_rss_mib", "<=", 1907.0, "MiB", "issue 14",
            {"step": "close", "gpus": 1000}),
@@ -152,4 +158,43 @@ def run(quick: bool) -> list[dict[str, Any]]:
                          "rows_per_s": int(n / out["seconds"]) if step != "closed" else None, **out})
         for r in rows:  # the same file whatever the memory limit, and the closed file is the preview's
             r["ok"] = r["ok"] and len(digests) == 1
+        rows += _showback(db, gpus, n)
     return rows
+
+
+def _showback(db: str, gpus: int, n: int) -> list[dict[str, Any]]:
+    import subprocess
+    import sys
+    from decimal import Decimal
+
+    from benchmarks.bench_api import _free_port, _get, _wait
+    from gpuledger.api.tokens import create_token
+    from gpuledger.store import Store
+
+    with Store(db) as store:
+        _, token = create_token(store, "admin")
+        billed = Decimal(store.scalar("SELECT billed_total FROM chargeback_closes WHERE month = '2026-10'"))
+        # The month is older than the interval ledger's window: its hours exist only as rollups.
+        store.execute("INSERT INTO ledger_window (id, kept_from_ns) VALUES (0, ?)", [OCT + HOURS * HOUR_NS])
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "gpuledger.cli", "serve", "--db", db, "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    url = f"{base}/v1/showback?start=2026-10-01&end=2026-11-01&group_by=tenant"
+    out = []
+    try:
+        _wait(base)
+        for step in ("showback_cold", "showback_warm"):
+            t0 = time.perf_counter()
+            answer = _get(url, token)
+            secs = time.perf_counter() - t0
+            hwm = next(int(line.split()[1]) for line in Path(f"/proc/{server.pid}/status").read_text().splitlines()
+                       if line.startswith("VmHWM"))
+            total = sum((Decimal(r["cost"]) for r in answer["rows"]), Decimal(0))
+            out.append({"step": step, "gpus": gpus, "hours": HOURS, "rollup_rows": n, "ledger_rows": n * 360,
+                        "rows_per_s": int(n / secs), "seconds": round(secs, 3), "peak_rss_mib": round(hwm / 1024, 1),
+                        "ok": total == billed})
+    finally:
+        server.terminate()
+        server.wait(10)
+    return out

@@ -38,6 +38,8 @@ import os
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
+from typing import TypeVar
 
 import numpy as np
 import polars as pl
@@ -71,7 +73,31 @@ class JobResult:
 
 
 def _kernel(chunk: Chunk) -> pl.DataFrame:
-    return attribute_chunk(chunk).frame()
+    return _checked(attribute_chunk(chunk).frame())
+
+
+def _checked(ledger: pl.DataFrame) -> pl.DataFrame:
+    """The ledger equation on a chunk's rows: finite, non-negative GPU-seconds that sum to each GPU interval.
+
+    Ingest validates what it stores, so a violation means a corrupt stored
+    row (an interval ending before it starts, a slice fraction out of range):
+    raise, naming the first message, rather than book it.
+    """
+    per = (ledger.group_by(["agent_id", "boot_id", "seq", "gpu_index"])
+           .agg(s=pl.col("gpu_seconds").sum(), lo=pl.col("gpu_seconds").min(),
+                dt=((pl.col("interval_end_ns") - pl.col("interval_start_ns")).max() / 1e9)))
+    bad = per.filter(~pl.col("s").is_finite() | (pl.col("lo") < -1e-6) | (pl.col("dt") <= 0)
+                     | ((pl.col("s") - pl.col("dt")).abs() > 1e-6 * pl.col("dt").abs().clip(1.0)))
+    if bad.height:
+        r = bad.sort("agent_id", "boot_id", "seq", "gpu_index").row(0, named=True)
+        raise ValueError(f"{bad.height} GPU interval(s) break the ledger equation, e.g. message "
+                         f"({r['agent_id']}, {r['boot_id']}, {r['seq']}) GPU {r['gpu_index']}: rows sum to "
+                         f"{r['s']:.6g} s (smallest {r['lo']:.6g} s) for an interval of {r['dt']:.6g} s")
+    return ledger
+
+
+def _read_and_attribute(store: Store, keys: pl.DataFrame, tenants: pl.LazyFrame) -> pl.DataFrame:
+    return _kernel(read_chunk(store, keys, tenants))
 
 
 def default_workers() -> int:
@@ -126,19 +152,20 @@ def run_attribution(
 
     if workers == 1 or total <= chunk_messages:
         for keys in chunks:
-            book(keys, _kernel(read_chunk(store, keys, tenants)))
+            book(keys, _naming(keys, partial(_read_and_attribute, store, keys, tenants)))
     else:
         # spawn: a forked child would inherit DuckDB's and Polars' threads mid-flight
         with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
             flight: deque[tuple[pl.DataFrame, cf.Future[pl.DataFrame]]] = deque()
             for keys in chunks:
-                flight.append((keys, pool.submit(_kernel, read_chunk(store, keys, tenants))))
+                chunk = _naming(keys, partial(read_chunk, store, keys, tenants))
+                flight.append((keys, pool.submit(_kernel, chunk)))
                 while len(flight) > workers:
                     done_keys, future = flight.popleft()
-                    book(done_keys, future.result())
+                    book(done_keys, _naming(done_keys, future.result))
             while flight:
                 done_keys, future = flight.popleft()
-                book(done_keys, future.result())
+                book(done_keys, _naming(done_keys, future.result))
     result.hours_merged = merge_hourly(store)
     if kept_from is not None:
         result.ledger_rows_pruned = _prune(store, kept_from)
@@ -177,6 +204,35 @@ def ledger_window_start(store: Store) -> int | None:
         return None
     start = store.scalar("SELECT max(kept_from_ns) FROM ledger_window")
     return None if start is None else int(start)
+
+
+class ChunkError(GpuledgerError):
+    """A chunk of messages that cannot be attributed: nothing of it is booked, and the error names its messages."""
+
+    hint = ("the messages stay pending, so the month's reconciliation fails until they are booked; inspect them "
+            "(`SELECT * FROM devices WHERE agent_id = ... AND seq BETWEEN ...`), fix or delete them, and run "
+            "`gpuledger attribute` again")
+
+
+_T = TypeVar("_T")
+
+
+def _naming(keys: pl.DataFrame, compute: Callable[[], _T]) -> _T:
+    """``compute()``, or a ChunkError naming ``keys`` (a corrupt row, a value out of range): none of them is booked."""
+    try:
+        return compute()
+    except GpuledgerError:
+        raise
+    except Exception as exc:
+        raise _failed(keys, exc) from exc
+
+
+def _failed(keys: pl.DataFrame, exc: BaseException) -> ChunkError:
+    first, last = keys.row(0), keys.row(-1)
+    agents = keys["agent_id"].unique().sort().to_list()
+    return ChunkError(f"attribution of {keys.height} message(s) failed ({type(exc).__name__}: {exc}); first "
+                      f"{first}, last {last} (agent_id, boot_id, seq); agents {', '.join(agents[:10])}"
+                      f"{' …' if len(agents) > 10 else ''}")
 
 
 class RecomputeError(GpuledgerError):

@@ -160,6 +160,11 @@ def reconcile(store: Store, month: str, book: PriceBook, context: ExportContext 
     if record is None:
         checks.append(Check("GPU-hours = capacity", abs(Fraction(hours) - capacity) <= tolerance,
                             f"{hours} in rows vs {float(capacity):.6f} capacity"))
+    unbooked = store.scalar("SELECT count(*) FROM messages m ANTI JOIN attributed a USING (agent_id, boot_id, seq) "
+                            "WHERE m.interval_start_ns >= ? AND m.interval_start_ns < ?", [to_ns(start), to_ns(end)])
+    checks.append(Check("every stored message of the month is booked", not unbooked,
+                        f"{unbooked} message(s) not attributed: run `gpuledger attribute` (a chunk that fails "
+                        "names its messages)" if unbooked else "all attributed"))
     problems = check_rows(csv_rows, header, book.quantum)
     checks.append(Check("FOCUS column rules", not problems, "; ".join(problems) or f"{len(csv_rows)} rows pass"))
     if record is not None:
