@@ -30,11 +30,12 @@ billed on the day it started.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from fractions import Fraction
+from typing import Any
 
 import polars as pl
 
@@ -63,6 +64,7 @@ __all__ = [
     "price_usage",
     "read_usage",
     "usage_of",
+    "usage_sql",
     "monthly_totals",
     "read_ledger",
     "showback",
@@ -216,12 +218,14 @@ def price_usage(usage: Usage, book: PriceBook, by: Sequence[str]) -> tuple[pl.Da
     pool_map = _pools(usage.capacity.join(lookup, on=_PRICE_KEYS, how="left"), prices, book.quantum)
     keys = list(dict.fromkeys([*by, "model", "entry_id"]))
     summed = [pl.col(m).sum() for m in _METRICS if m != "energy_j"]
+    memory = ({"memory_gb_seconds": pl.when(pl.col("memory_gb_seconds").is_not_null().any())
+               .then(pl.col("memory_gb_seconds").sum())} if "memory_gb_seconds" in usage.sums.columns else {})
     modes = pl.col("_sharing").list.explode(keep_nulls=False, empty_as_null=False).unique().sort().str.join(",")
     lines = (usage.sums.join(lookup, on=_PRICE_KEYS, how="left", nulls_equal=True)
              .group_by(keys)
              .agg(*summed, energy_j=pl.when(pl.col("energy_j").is_not_null().any()).then(pl.col("energy_j").sum()),
-                  sharing_modes=modes)
-             .select(*keys, *_METRICS, "sharing_modes")
+                  sharing_modes=modes, **memory)
+             .select(*keys, *_METRICS, "sharing_modes", *memory)
              .sort(keys, nulls_last=True))
     bad = lines.filter(pl.col("gpu_seconds").is_nan() | (pl.col("gpu_seconds") < 0))
     if bad.height:
@@ -384,6 +388,49 @@ def hour_rows_sql(store: Store) -> str:
             f"WHERE hour_start_ns >= $lo AND hour_start_ns < $hi AND (hour_start_ns NOT IN ({pending}) OR {retired}) "
             f"UNION ALL SELECT * FROM ({from_ledger}) "
             f"WHERE hour_start_ns >= $lo AND hour_start_ns < $hi AND hour_start_ns IN ({pending})")
+
+
+def usage_sql(store: Store, rows_sql: str, params: Sequence[Any] | Mapping[str, Any],
+              keys: Mapping[str, str]) -> Usage:
+    """:func:`usage_of` computed in DuckDB: :class:`Usage` of the ledger-shaped rows ``rows_sql`` returns.
+
+    ``keys``: output column -> SQL expression over those rows. The same sums
+    and the same per-GPU-interval capacity split as the Polars path, so
+    :func:`price_usage` gives the same lines (tests/api/test_showback_sql.py);
+    only the sums leave DuckDB. Adds ``memory_gb_seconds`` (known sum) to the sums.
+    """
+    direct = ", ".join(f"'{r}'" for r in kinds.DIRECT_RULES)
+    key_sql = "".join(f"{expr} AS \"{name}\", " for name, expr in keys.items())
+    metrics = (
+        "sum(gpu_seconds) AS gpu_seconds, "
+        + "".join(f"coalesce(sum(gpu_seconds) FILTER (WHERE kind = '{k}'), 0.0) AS {name}, " for k, name in (
+            (kinds.BUSY, "busy_seconds"), (kinds.ALLOCATED_IDLE, "idle_seconds"),
+            (kinds.UNMEASURED, "unmeasured_seconds"), (kinds.UNALLOCATED, "unallocated_seconds")))
+        + f"coalesce(sum(gpu_seconds) FILTER (WHERE kind = '{kinds.BUSY}' AND rule IN ({direct})), 0.0) "
+        f"AS direct_busy_seconds, {_KNOWN_ENERGY} AS energy_j, sum(memory_gb_seconds) AS memory_gb_seconds"
+    )
+    day = f"interval_start_ns - interval_start_ns % {DAY_NS}"
+    sums_sql = (f"WITH h AS ({rows_sql}) SELECT {key_sql}model AS _model, coalesce(profile, '') AS _profile, "
+                f"{day} AS _day_ns, {metrics}, list(DISTINCT sharing) AS _sharing FROM h GROUP BY ALL")
+    unit = "agent_id, boot_id, seq, gpu_index"
+    capacity_sql = f"""
+        WITH h AS ({rows_sql}),
+        g AS (SELECT {unit}, model, coalesce(profile, '') AS _profile, {day} AS _day_ns, sum(gpu_seconds) AS secs,
+                     max(interval_end_ns - interval_start_ns) AS dt0, {_KNOWN_ENERGY} AS energy_j FROM h GROUP BY ALL),
+        w AS (SELECT *, max(dt0) OVER u AS dt, sum(secs) OVER u AS total,
+                     row_number() OVER (PARTITION BY {unit} ORDER BY secs DESC, model, _profile) AS r
+              FROM g WINDOW u AS (PARTITION BY {unit})),
+        k AS (SELECT *, CASE WHEN total > 0 THEN floor(secs / total * {SLICE_UNITS} + 0.5)::BIGINT ELSE 0 END AS k0
+              FROM w),
+        x AS (SELECT *, CASE WHEN r = 1 THEN {SLICE_UNITS} - (sum(k0) OVER (PARTITION BY {unit}) - k0) ELSE k0 END
+                     AS k FROM k)
+        SELECT model, _profile, _day_ns, sum(dt::HUGEINT * k) AS units, min(k) AS min_k, sum(energy_j) AS energy_j
+        FROM x GROUP BY ALL"""
+    as_day = pl.from_epoch("_day_ns", time_unit="ns").dt.date().alias("_day")
+    sums = store.query(sums_sql, params)
+    sums = sums.drop("_model") if "model" in keys else sums.rename({"_model": "model"})
+    capacity = store.query(capacity_sql, params).with_columns(as_day).drop("_day_ns")
+    return Usage(sums.with_columns(as_day).drop("_day_ns"), capacity.with_columns(pl.col("units").cast(pl.Int128)))
 
 
 def read_usage(store: Store, start: datetime, end: datetime, by: Sequence[str]) -> Usage:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 
 from gpuledger.analytics import chargeback as cb
 from gpuledger.analytics.focus import ExportContext, charges, csv_bytes
@@ -80,3 +82,22 @@ def test_usage_leaves_duckdb_as_sums_not_rows() -> None:
     usage = cb.read_usage(store, start, end, cb.line_keys("month"))
     assert store.count("ledger") > 20 * usage.sums.height
     assert usage.capacity.height == store.query("SELECT DISTINCT model, profile FROM ledger").height
+
+
+def test_usage_summed_in_duckdb_prices_like_the_polars_path() -> None:
+    store = simulate(FleetSim(simscenarios.mig_mix(6, 5400.0), seed=6), tick_s=60.0, horizon_s=5400.0)
+    day = "epoch_ms(date_trunc('hour', make_timestamp(interval_start_ns // 1000)))"
+    keys = {"time": day, "tenant": "tenant", "namespace": "namespace", "kind": "kind"}
+    rows = store.query("SELECT * FROM ledger").lazy().with_columns(
+        time=pl.from_epoch("interval_start_ns", time_unit="ns").dt.truncate("1h").dt.epoch("ms"))
+    book = SPLIT_BOOK
+    want, want_pools = cb.price_usage(cb.usage_of(rows, list(keys)), book, list(keys))
+    got, got_pools = cb.price_usage(cb.usage_sql(store, "SELECT * FROM ledger", [], keys), book, list(keys))
+    assert got_pools.keys() == want_pools.keys()
+    for key, pool in want_pools.items():  # exact capacity and money; joules up to float summation order
+        other = got_pools[key]
+        assert (other.capacity_ns, other.capacity_cost, other.energy_cost) == \
+            (pool.capacity_ns, pool.capacity_cost, pool.energy_cost)
+        assert other.energy_j == pytest.approx(pool.energy_j, rel=1e-12)
+    assert_frame_equal(got.drop("memory_gb_seconds"), want, check_dtypes=False, rel_tol=1e-12)
+    assert got["memory_gb_seconds"].null_count() < got.height
