@@ -23,12 +23,14 @@ from typing import Any, TypeVar
 import polars as pl
 
 from gpuledger.analytics import chargeback as cb
+from gpuledger.analytics import kinds as K
 from gpuledger.analytics.prices import PriceBook
-from gpuledger.api.params import Filters, Period
+from gpuledger.api.params import DEFAULT_CLUSTER, LABEL_PREFIX, Filters, Period
 from gpuledger.api.reader import Session
 from gpuledger.timeutil import HOUR_NS, to_ns
 
-__all__ = ["HOURLY_BOOT", "WORKLOAD", "apply_filters", "costed", "hours", "read_rows", "showback_rows", "with_dimensions"]
+__all__ = ["HOURLY_BOOT", "WORKLOAD", "apply_filters", "costed", "data_span", "hours", "read_rows", "showback_rows",
+           "with_dimensions", "with_labels"]
 
 _COLUMNS = ("agent_id, boot_id, seq, node, interval_start_ns, interval_end_ns, gpu_uuid, gpu_index, mig_index, "
             "model, profile, sharing, kind, tenant, namespace, pod, rule, gpu_seconds, energy_j, memory_gb_seconds")
@@ -98,13 +100,46 @@ def read_rows(s: Session, period: Period, nodes: Sequence[str] = (), *, hourly: 
 
 
 def with_dimensions(rows: pl.LazyFrame, granularity: str | None = None) -> pl.LazyFrame:
-    """Add ``workload``, ``gpu`` (the physical GPU's UUID) and, with a granularity, ``time`` (bucket start, ms)."""
+    """Add ``workload``, ``gpu`` (the physical GPU's UUID), ``cluster`` and, with a granularity, ``time``
+    (bucket start, ms).
+
+    ``cluster`` is the ledger's own column where it has one; until messages
+    carry a cluster every row is in :data:`~gpuledger.api.params.DEFAULT_CLUSTER`.
+    """
+    cluster = pl.col("cluster") if "cluster" in rows.collect_schema().names() else pl.lit(DEFAULT_CLUSTER)
     out = rows.with_columns(workload=pl.col("pod").str.extract(WORKLOAD, 1).fill_null(pl.col("pod")),
-                            gpu=pl.col("gpu_uuid"))
+                            gpu=pl.col("gpu_uuid"), cluster=cluster)
     if granularity:
         start = pl.from_epoch("interval_start_ns", time_unit="ns").dt.truncate(_BUCKET[granularity])
         out = out.with_columns(time=start.dt.epoch("ms"))
     return out
+
+
+def with_labels(s: Session, rows: pl.LazyFrame, dimensions: Sequence[str]) -> pl.LazyFrame:
+    """Add a ``label:KEY`` column per such dimension: the pod's label value (null: no pod, or no such label).
+
+    Labels come from the ``pods`` table (latest seen wins), matched on namespace and pod name.
+    """
+    keys = [d.removeprefix(LABEL_PREFIX) for d in dimensions if d.startswith(LABEL_PREFIX)]
+    if not keys:
+        return rows
+    cols = ", ".join(f"json_extract_string(labels, ?) AS \"{LABEL_PREFIX}{k}\"" for k in keys)
+    pods = s.query(f"SELECT namespace, name AS pod, {cols} FROM (SELECT namespace, name, "
+                   "arg_max(labels, last_seen_ns) AS labels FROM pods GROUP BY namespace, name)",
+                   ['$."' + k.replace('"', '') + '"' for k in keys])
+    return rows.join(pods.lazy(), on=["namespace", "pod"], how="left", nulls_equal=False)
+
+
+def data_span(rows: pl.LazyFrame, period: Period) -> dict[str, Any]:
+    """When the rows' data starts and ends within the period, and how many UTC hours hold any (None: no rows)."""
+    lo, hi = to_ns(period.start), to_ns(period.end)
+    frame = rows.select(first=pl.col("interval_start_ns").min(), last=pl.col("interval_end_ns").max(),
+                        hours=(pl.col("interval_start_ns") // HOUR_NS).n_unique()).collect()
+    first, last, n = frame.row(0)
+    if first is None:
+        return {"first": None, "last": None, "hours_with_data": 0, "period_hours": (hi - lo) / HOUR_NS}
+    return {"first": int(max(lo, first)), "last": int(min(hi, last)), "hours_with_data": int(n),
+            "period_hours": (hi - lo) / HOUR_NS}
 
 
 def costed(rows: pl.LazyFrame, book: PriceBook, keys: Sequence[str]) -> pl.DataFrame:
@@ -146,10 +181,20 @@ def money(value: Decimal | None) -> str | None:
 
 def showback_rows(rows: pl.LazyFrame, book: PriceBook, by: list[str], filters: Filters,
                   granularity: str | None) -> pl.DataFrame:
-    """One row per group (and bucket): metrics, ``cost`` (capacity + charged energy), ``coverage``."""
+    """One row per group (and bucket): metrics, ``cost`` (capacity + charged energy), ``coverage``,
+    ``idle_cost`` and ``utilization``.
+
+    ``idle_cost`` is the cost of the group's ``allocated_idle`` lines, costed
+    by group and kind as ``/v1/efficiency`` does (so the two routes agree to
+    the cent); ``utilization`` is used / (used + allocated idle), null when
+    the group held nothing measured.
+    """
     keys = [*(["time"] if granularity else []), *by]
     lines = costed(rows, book, [*keys, *filters.dims()])
     lines = apply_filters(lines, filters)
+    by_kind = apply_filters(costed(rows, book, [*keys, "kind", *filters.dims()]), filters)
+    idle = (by_kind.filter(pl.col("kind") == K.ALLOCATED_IDLE)
+            .group_by(keys).agg(idle_cost=(pl.col("capacity_cost") + pl.col("energy_cost").fill_null(0)).sum()))
     out = lines.group_by(keys).agg(
         *[pl.col(m).sum() for m in ("gpu_seconds", "busy_seconds", "idle_seconds", "unmeasured_seconds",
                                     "unallocated_seconds", "direct_busy_seconds", "capacity_cost")],
@@ -158,9 +203,14 @@ def showback_rows(rows: pl.LazyFrame, book: PriceBook, by: list[str], filters: F
         .then(pl.col("memory_gb_seconds").sum()),
         energy_cost=pl.when(pl.col("energy_cost").is_not_null().any()).then(pl.col("energy_cost").sum()),
     )
+    measured = pl.col("busy_seconds") + pl.col("idle_seconds")
+    out = out.join(idle, on=keys, how="left", nulls_equal=True)
     return out.with_columns(
+        # A group without allocated-idle lines held nothing idle: its idle cost is zero, not unknown.
+        idle_cost=pl.col("idle_cost").fill_null(pl.lit(0).cast(out.schema["capacity_cost"])),
         cost=pl.col("capacity_cost") + pl.col("energy_cost").fill_null(0),
         coverage=pl.when(pl.col("busy_seconds") > 0).then(pl.col("direct_busy_seconds") / pl.col("busy_seconds")),
+        utilization=pl.when(measured > 0).then(pl.col("busy_seconds") / measured),
     ).sort(keys, nulls_last=True)
 
 
@@ -175,6 +225,7 @@ def metric_fields(r: dict[str, Any]) -> dict[str, Any]:
         "memory_gb_hours": hours(r["memory_gb_seconds"]),
         "energy_kwh": None if r["energy_j"] is None else round(r["energy_j"] / cb.J_PER_KWH, _ROUND),
         "coverage": None if r["coverage"] is None else round(r["coverage"], _ROUND),
+        "utilization": None if r.get("utilization") is None else round(r["utilization"], _ROUND),
     }
 
 
