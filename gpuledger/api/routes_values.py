@@ -1,7 +1,7 @@
 """``/v1/values?dimension=...``: the values one dimension takes in a period, for pickers and Grafana variables.
 
 A plain JSON array of ``{"value": ...}`` objects, sorted, nulls left out
-(unallocated capacity has no tenant), so Grafana's Infinity data source
+(unallocated capacity has no tenant), as are values whose rows hold nothing, so Grafana's Infinity data source
 reads it as a one-column table with no parser settings. The usual period
 and filters apply: ``/v1/values?dimension=namespace&tenant=ml`` lists ml's namespaces,
 which is how a dashboard's ``$namespace`` follows its ``$tenant``. A tenant
@@ -44,7 +44,9 @@ def values(request: Request, dimension: str = Query("tenant", description=", ".j
 
     def compute() -> list[dict[str, Any]]:
         rows = views.with_dimensions(views.read_rows(s, period, filters.values.get("node", ()), hourly=True))
-        found = (views.apply_filters(rows, filters).select(pl.col(dim).cast(pl.String)).drop_nulls().unique()
+        held = (pl.col("gpu_seconds") != 0) | (pl.col("energy_j").fill_null(0) != 0)  # as showback: no empty lines
+        found = (views.apply_filters(rows, filters).filter(held).select(pl.col(dim).cast(pl.String)).drop_nulls()
+                 .unique()
                  .sort(dim).collect())
         check_size(found.height, f"{dim} values")
         return [{"value": v} for v in found[dim].to_list()]

@@ -182,7 +182,7 @@ def money(value: Decimal | None) -> str | None:
 def showback_rows(rows: pl.LazyFrame, book: PriceBook, by: list[str], filters: Filters,
                   granularity: str | None) -> pl.DataFrame:
     """One row per group (and bucket): metrics, ``cost`` (capacity + charged energy), ``coverage``,
-    ``idle_cost`` and ``utilization``.
+    ``idle_cost`` and ``utilization``. Groups holding nothing (zero GPU-seconds, energy and cost) are left out.
 
     ``idle_cost`` is the cost of the group's ``allocated_idle`` lines, costed
     by group and kind as ``/v1/efficiency`` does (so the two routes agree to
@@ -204,6 +204,10 @@ def showback_rows(rows: pl.LazyFrame, book: PriceBook, by: list[str], filters: F
         energy_cost=pl.when(pl.col("energy_cost").is_not_null().any()).then(pl.col("energy_cost").sum()),
     )
     measured = pl.col("busy_seconds") + pl.col("idle_seconds")
+    # A group whose rows hold nothing (the ledger books a zero-second ``unattributed`` row per unit
+    # when it checks for busy time held by nobody) is not a line: no zero-valued rows on a bill.
+    out = out.filter((pl.col("gpu_seconds") != 0) | (pl.col("energy_j").fill_null(0) != 0)
+                     | (pl.col("capacity_cost") != 0))
     out = out.join(idle, on=keys, how="left", nulls_equal=True)
     return out.with_columns(
         # A group without allocated-idle lines held nothing idle: its idle cost is zero, not unknown.

@@ -46,7 +46,8 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Client
     ledger = [r for r in LEDGER if r["interval_start_ns"] != MARCH or r["tenant"] not in ("ml", "cv")]
     ledger += [_with_pod(row("ml", K.BUSY, 1800, seq=1, energy_j=3.6e6), "train-0"),
                _with_pod(row("ml", K.ALLOCATED_IDLE, 1200, seq=1), "serve-0"),
-               _with_pod(row("cv", K.BUSY, 3600, seq=1, gpu=1, model="NVIDIA A100-SXM4-40GB"), "cv-0")]
+               _with_pod(row("cv", K.BUSY, 3600, seq=1, gpu=1, model="NVIDIA A100-SXM4-40GB"), "cv-0"),
+               row(K.UNATTRIBUTED_TENANT, K.BUSY, 0, seq=1)]  # what the ledger books when nobody's busy is zero
     with Store(path) as store:
         write_ledger(store, ledger)
         store.append("pods", pl.DataFrame(PODS))
@@ -74,6 +75,14 @@ def test_rows_carry_idle_cost_and_utilization_as_efficiency_computes_them(api: t
     # Nothing held idle: zero idle cost; nothing measured held (the platform's unallocated line): no utilization.
     assert (show["cv"]["idle_cost"], show["platform"]["idle_cost"], show["platform"]["utilization"]) == (
         "0.00", "0.00", None)
+
+
+def test_a_group_holding_nothing_is_no_line(api: tuple[httpx.Client, str]) -> None:
+    client, _ = api
+    assert K.UNATTRIBUTED_TENANT not in {r["tenant"] for r in client.get("/v1/showback").json()["rows"]}
+    assert K.UNATTRIBUTED_TENANT not in {v["value"] for v in client.get("/v1/values").json()}
+    drill = client.get("/v1/drilldown", params={"tenant": K.UNATTRIBUTED_TENANT}).json()
+    assert drill["total_rows"] == 1 and drill["rows"][0]["gpu_seconds"] == 0.0  # still in the ledger's detail
 
 
 def test_data_says_how_much_of_the_period_holds_data(api: tuple[httpx.Client, str]) -> None:
@@ -152,4 +161,4 @@ def test_cluster_is_a_dimension_and_a_filter(api: tuple[httpx.Client, str]) -> N
     assert [(r["cluster"], r["cost"]) for r in by] == [("default", everything["total_cost"])]
     assert "cluster=default" in by[0]["drilldown"]
     drill = client.get(by[0]["drilldown"]).json()
-    assert drill["total_rows"] == 5  # March: ml busy and idle, unallocated, cv, the L4
+    assert drill["total_rows"] == 6  # March: ml busy and idle, unallocated, cv, the L4, the zero unattributed row
