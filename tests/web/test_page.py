@@ -161,7 +161,8 @@ def test_views_totals_notice_and_csv_read_as_the_api_says(site: dict[str, Any], 
     assert not errors, errors
 
 
-def test_drill_down_from_tenant_to_a_gpus_hours(site: dict[str, Any], browser: Any) -> None:
+def test_drill_down_from_tenant_to_the_ledger_rows_of_one_gpu_hour(site: dict[str, Any], browser: Any,
+                                                                    tmp_path: Path) -> None:
     api, shots, errors = site["client"], _artifacts(), []
     page = _open(browser, site, site["token"], errors)
     path = ["tenant nlp"]
@@ -170,24 +171,37 @@ def test_drill_down_from_tenant_to_a_gpus_hours(site: dict[str, Any], browser: A
     namespaces = api.get("/v1/showback", params={"group_by": "namespace", "tenant": "nlp", "limit": 1000}).json()
     assert _first_column(page) == [r["namespace"] for r in namespaces["rows"]]
     assert f"{namespaces['total_cost']} " in page.inner_text("#table tfoot")
+    chosen: dict[str, str] = {"tenant": "nlp"}
     for dim in ("namespace", "pod", "gpu"):
         first = page.locator("#table tbody th button").first
-        name = first.inner_text()
-        path.append(f"{'GPU' if dim == 'gpu' else dim} {name}")
+        chosen[dim] = first.inner_text()
+        path.append(f"{'GPU' if dim == 'gpu' else dim} {chosen[dim]}")
         first.click()
         page.wait_for_selector(READY, timeout=30_000)
+    # The GPU's line per hour, as the API buckets it; its total is the GPU row's.
+    hourly = api.get("/v1/showback", params={**chosen, "group_by": "gpu", "granularity": "hour", "limit": 1000,
+                                             "start": "2026-10-01", "end": "2026-11-01"}).json()
+    assert _first_column(page) == [r["time"].replace("T", " ")[:16] for r in hourly["rows"]]
+    assert f"{hourly['total_cost']} USD" in page.inner_text("#table tfoot")
+    assert len(page.eval_on_selector_all("#chart-trend g[data-time]", "gs => gs")) == len(hourly["rows"])
+    page.screenshot(path=str(shots / "drill-gpu-hours.png"), full_page=True)
+    lines = _download(page, "#download-view", tmp_path)  # the shown view: the GPU's hours
+    assert [r["time"] for r in lines] == [r["time"] for r in hourly["rows"]]
+
+    hour = hourly["rows"][0]
+    page.locator("#table tbody th button").first.click()  # one GPU-hour: the ledger rows behind it
+    page.wait_for_selector(READY, timeout=30_000)
+    path.append(f"hour {hour['time'].replace('T', ' ')[:16]}")
     crumbs = page.eval_on_selector_all("#crumbs li", "lis => lis.map(l => l.textContent)")
     assert crumbs == ["all tenants", *path]
     assert page.get_attribute("#crumbs li:last-child span", "aria-current") == "page"
-    # The last level is the GPU line's drilldown URL: the ledger rows behind it.
-    gpu = path[-1].removeprefix("GPU ")
-    pod = path[-2].removeprefix("pod ")
-    rows = api.get("/v1/drilldown", params={"tenant": "nlp", "pod": pod, "gpu": gpu, "start": "2026-10-01",
-                                            "end": "2026-11-01", "limit": 1000}).json()
-    assert rows["total_rows"] > 0 and f"{rows['total_rows']} ledger rows" in page.inner_text("#notice")
-    assert len(_first_column(page)) == min(1000, rows["total_rows"])
-    assert {pod} == set(page.eval_on_selector_all("#table tbody tr td:nth-child(5)", "t => t.map(x => x.textContent)"))
-    page.screenshot(path=str(shots / "drill-gpu-hours.png"), full_page=True)
+    rows = api.get(hour["drilldown"] + "&view=intervals&limit=1000").json()  # (params= would drop its query)
+    assert 0 < rows["total_rows"] and f"{rows['total_rows']} ledger rows" in page.inner_text("#notice")
+    assert len(_first_column(page)) == rows["total_rows"]
+    assert set(_first_column(page)) <= {r["interval_start"] for r in rows["rows"]}
+    assert {chosen["pod"]} == set(page.eval_on_selector_all("#table tbody tr td:nth-child(5)",
+                                                            "t => t.map(x => x.textContent)"))
+    page.screenshot(path=str(shots / "drill-hour-ledger-rows.png"), full_page=True)
     page.locator("#crumbs button", has_text="tenant nlp").click()  # a breadcrumb goes back up
     page.wait_for_selector(READY, timeout=30_000)
     assert _first_column(page) == [r["namespace"] for r in namespaces["rows"]]

@@ -4,7 +4,8 @@
 // the fragment never reaches the server or its logs.
 //
 // Drill-down: a row's next level is its API row's `drilldown` URL (its keys, period and filters) read as
-// filters for the next view: tenant -> namespace -> pod -> GPU -> the GPU's hours (the drilldown route).
+// filters for the next view: tenant -> namespace -> pod -> GPU -> its hours -> the ledger rows of one hour
+// (the hour row's drilldown URL itself: /v1/drilldown).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -12,10 +13,10 @@ const SVG = "http://www.w3.org/2000/svg";
 const KINDS = [["used_gpu_hours", "--used", "used"], ["allocated_idle_gpu_hours", "--idle", "allocated idle"],
                ["unmeasured_gpu_hours", "--unmeasured", "unmeasured"],
                ["unallocated_gpu_hours", "--unallocated", "unallocated"]];
-const NEXT = { tenant: "namespace", namespace: "pod", workload: "pod", pod: "gpu", gpu: "hours", model: "tenant",
-               cluster: "tenant" };
+const NEXT = { tenant: "namespace", namespace: "pod", workload: "pod", pod: "gpu", gpu: "hours", hours: "intervals",
+               model: "tenant", cluster: "tenant" };
 const NAMES = { tenant: "tenant", namespace: "namespace", model: "GPU model", workload: "workload", pod: "pod",
-                cluster: "cluster", gpu: "GPU", hours: "hours" };
+                cluster: "cluster", gpu: "GPU", hours: "hour", intervals: "ledger rows" };
 const FILTER_KEYS = ["tenant", "namespace", "node", "model", "sharing", "pod", "workload", "gpu", "cluster"];
 let role = null;
 let state = { crumbs: [] };  // crumbs: [{label, view, filters}], the last one is shown
@@ -99,7 +100,10 @@ function params(extra) {
 
 function current() { return state.crumbs[state.crumbs.length - 1]; }
 
-function viewDim(view) { return view === "label" ? "label:" + ($("label-key").value.trim() || "team") : view; }
+function viewDim(view) {
+  if (view === "hours") return "gpu";  // the GPU's line per hour (granularity=hour)
+  return view === "label" ? "label:" + ($("label-key").value.trim() || "team") : view;
+}
 
 function granularity(per, data) {
   const days = (Date.parse(per.end) - Date.parse(per.start)) / 86400000;
@@ -129,7 +133,7 @@ function heading(body) {
   const s = body.period.start.slice(0, 10);
   const e = day(addDays(new Date(body.period.end), -1 / 86400));  // the last day included
   const view = current().view;
-  $("heading").textContent = `${view === "hours" ? "Hours of GPU" : "By " + (NAMES[view] || viewDim(view))}: `
+  $("heading").textContent = `${view === "intervals" ? "Ledger rows" : "By " + (NAMES[view] || viewDim(view))}: `
     + `${s === e ? s : s + " – " + e} (UTC)`;
 }
 
@@ -220,13 +224,14 @@ function headerRow(names) {
 }
 
 function label(v, dim) {
+  if (dim === "time" && v) return fmtTime(v);
   if (v !== null && v !== undefined) return String(v);
   return dim === "tenant" || dim === "namespace" || dim === "pod" || dim === "workload" ? "(unallocated)" : "(none)";
 }
 
 function table(body) {
-  const dim = body.group_by[0];
   const view = current().view;
+  const dim = view === "hours" ? "time" : body.group_by[0];
   $("table-caption").textContent = `GPU-hours, efficiency and cost by ${NAMES[view] || dim}`
     + (NEXT[view] ? ` (choose a row for its ${NAMES[NEXT[view]]})` : "");
   document.querySelector("#table thead").replaceChildren(headerRow([NAMES[view] || dim, ...COLUMNS.map((c) => c[0])]));
@@ -259,9 +264,9 @@ function table(body) {
   document.querySelector("#table tfoot").replaceChildren(foot);
 }
 
-// The last level: the GPU's ledger rows per hour (the drilldown route itself).
-function hoursTable(body) {
-  $("table-caption").textContent = "Ledger rows of this GPU (grain: interval or hour)";
+// The last level: the ledger rows behind one hour of the GPU's line (the drilldown route itself).
+function intervalsTable(body) {
+  $("table-caption").textContent = "Ledger rows behind this hour (grain: interval, or hour where only rollups remain)";
   const cols = ["interval_start", "interval_end", "kind", "tenant", "pod", "rule", "gpu_seconds"];
   document.querySelector("#table thead").replaceChildren(headerRow(["interval start", "end", "kind", "tenant", "pod",
                                                                      "rule", "GPU-seconds"]));
@@ -324,19 +329,19 @@ async function show() {
   try {
     const c = current();
     crumbs();
-    if (c.view === "hours") {
+    if (c.view === "intervals") {
       const body = await (await api(c.url)).json();
-      state.period = { start: body.period.start, end: body.period.end };
       shown = null;
       $("download-view").hidden = true;
       heading(body);
-      $("notice").textContent = `${body.total_rows} ledger rows behind this GPU's line.`;
+      $("notice").textContent = `${body.total_rows} ledger rows behind this hour of the GPU's line.`;
       $("cards").replaceChildren();
       $("chart-trend").replaceChildren();
-      hoursTable(body);
+      intervalsTable(body);
     } else {
       const dim = viewDim(c.view);
-      const body = await (await api("/v1/showback?" + params({ group_by: dim, limit: "1000" }))).json();
+      const extra = c.view === "hours" ? { granularity: "hour" } : {};
+      const body = await (await api("/v1/showback?" + params({ group_by: dim, limit: "1000", ...extra }))).json();
       if (!body.period) throw new Error("error: no data yet\nhint: start `gpuledger ingest` or the demo");
       if (!state.period.start) state.period = { start: body.period.start, end: body.period.end };
       const gran = granularity(state.period, body.data);
@@ -366,9 +371,9 @@ function drill(row, dim, view) {
   const filters = {};
   for (const k of FILTER_KEYS) if (url.searchParams.has(k)) filters[k] = url.searchParams.get(k);
   const next = NEXT[view];
-  const text = `${NAMES[dim] || dim} ${label(row[dim], dim)}`;
-  state.crumbs.push(next === "hours"
-    ? { label: text, view: "hours", filters, url: row.drilldown + "&view=intervals&limit=1000" }
+  const text = `${NAMES[dim === "time" ? "hours" : dim] || dim} ${label(row[dim], dim)}`;
+  state.crumbs.push(next === "intervals"
+    ? { label: text, view: "intervals", filters, url: row.drilldown + "&view=intervals&limit=1000" }
     : { label: text, view: next, filters });
   show();
 }
@@ -409,7 +414,8 @@ $("download-view").addEventListener("click", (ev) => {
   ev.preventDefault();
   if (!shown) return;
   const dim = shown.group_by.join(",");
-  save("/v1/showback?" + params({ group_by: dim, format: "csv" }),
+  const extra = shown.granularity ? { granularity: shown.granularity } : {};
+  save("/v1/showback?" + params({ group_by: dim, format: "csv", ...extra }),
        `gpuledger-showback-${dim.replace(/[^a-z0-9]+/gi, "-")}-${state.period.start.slice(0, 10)}.csv`);
 });
 $("token-form").addEventListener("submit", (ev) => {
