@@ -247,6 +247,8 @@ def test_tenant_token_narrow_screen_and_keyboard(site: dict[str, Any], browser: 
     narrow.wait_for_timeout(200)
     width = narrow.evaluate("document.documentElement.scrollWidth")
     assert width <= 420, f"the page overflows a 420 px screen: {width} px"
+    names = narrow.eval_on_selector_all("#table tbody th", "ths => ths.map(t => t.getBoundingClientRect().width)")
+    assert names and min(names) >= 100, f"row names squeezed on a narrow screen: {names}"  # readable, not a letter a line
     narrow.screenshot(path=str(shots / "narrow-420.png"), full_page=True)
 
     # Every control has a label; tables have column headers; Tab walks the controls in reading order.
