@@ -391,13 +391,14 @@ def hour_rows_sql(store: Store) -> str:
 
 
 def usage_sql(store: Store, rows_sql: str, params: Sequence[Any] | Mapping[str, Any],
-              keys: Mapping[str, str]) -> Usage:
+              keys: Mapping[str, str], *, capacity: pl.DataFrame | None = None) -> Usage:
     """:func:`usage_of` computed in DuckDB: :class:`Usage` of the ledger-shaped rows ``rows_sql`` returns.
 
     ``keys``: output column -> SQL expression over those rows. The same sums
     and the same per-GPU-interval capacity split as the Polars path, so
     :func:`price_usage` gives the same lines (tests/api/test_showback_sql.py);
-    only the sums leave DuckDB. Adds ``memory_gb_seconds`` (known sum) to the sums.
+    only the sums leave DuckDB. Adds ``memory_gb_seconds`` (known sum) to the sums. ``capacity``: the
+    capacity of the same rows from an earlier call (it does not depend on the keys).
     """
     direct = ", ".join(f"'{r}'" for r in kinds.DIRECT_RULES)
     key_sql = "".join(f"{expr} AS \"{name}\", " for name, expr in keys.items())
@@ -429,8 +430,10 @@ def usage_sql(store: Store, rows_sql: str, params: Sequence[Any] | Mapping[str, 
     as_day = pl.from_epoch("_day_ns", time_unit="ns").dt.date().alias("_day")
     sums = store.query(sums_sql, params)
     sums = sums.drop("_model") if "model" in keys else sums.rename({"_model": "model"})
-    capacity = store.query(capacity_sql, params).with_columns(as_day).drop("_day_ns")
-    return Usage(sums.with_columns(as_day).drop("_day_ns"), capacity.with_columns(pl.col("units").cast(pl.Int128)))
+    if capacity is None:
+        capacity = store.query(capacity_sql, params).with_columns(as_day).drop("_day_ns")
+        capacity = capacity.with_columns(pl.col("units").cast(pl.Int128))
+    return Usage(sums.with_columns(as_day).drop("_day_ns"), capacity)
 
 
 def read_usage(store: Store, start: datetime, end: datetime, by: Sequence[str]) -> Usage:

@@ -11,6 +11,12 @@ followed down to the raw samples (tables ``devices``, ``processes``,
 ``allocations``). Output is sorted, so the same data gives the same listing.
 ``gpuledger explain`` also names the tenancy-rule version(s) the rows were
 attributed under (``attributed.rules_version``, written by the job).
+
+What it prints: first a summary, one row per GPU (:func:`per_gpu`): GPU-hours,
+used, allocated idle, unmeasured, the rules that attributed them, and the
+GPU's share of the tenant's line; with ``--detail`` the rows above (GPU x pod
+x kind x rule). The table and ``--format csv`` carry the same columns in the
+same units: GPU-hours, kWh, and ISO 8601 UTC times (``2026-10-01T18:00:00Z``).
 """
 
 from __future__ import annotations
@@ -29,6 +35,11 @@ if TYPE_CHECKING:
     from gpuledger.store import Store
 
 GROUP = ["node", "gpu_uuid", "gpu_index", "mig_index", "model", "sharing", "namespace", "pod", "kind", "rule"]
+#: One GPU unit (a whole GPU, or a MIG device of it) in the summary.
+GPU = ["node", "gpu_uuid", "gpu_index", "mig_index", "model", "sharing"]
+_ISO = "%Y-%m-%dT%H:%M:%SZ"
+_DIGITS = 6  # GPU-hours and kWh: the API's rounding
+J_PER_KWH = 3_600_000
 
 
 def explain(ledger: pl.LazyFrame, tenant: str, start_ns: int | None = None, end_ns: int | None = None) -> pl.LazyFrame:
@@ -45,6 +56,49 @@ def explain(ledger: pl.LazyFrame, tenant: str, start_ns: int | None = None, end_
         )
         .sort(["node", "gpu_index", "mig_index", "pod", "kind", "rule"], nulls_last=True)
     )
+
+
+def per_gpu(ledger: pl.LazyFrame, tenant: str, start_ns: int | None = None,
+            end_ns: int | None = None) -> pl.LazyFrame:
+    """The summary: one row per GPU unit of the tenant's rows, with its share of the tenant's line.
+
+    Columns: GPU, intervals (distinct), first/last (ns), gpu/busy/allocated_idle/unmeasured seconds,
+    energy_j, rules (sorted, comma-joined), share (0..1 of the tenant's GPU-seconds in the period).
+    """
+    rows = in_period(ledger, start_ns, end_ns).filter(pl.col("tenant") == tenant)
+    seconds = {f"{k}_seconds": pl.col("gpu_seconds").filter(pl.col("kind") == k).sum()
+               for k in ("busy", "allocated_idle", "unmeasured")}
+    return (rows.group_by(GPU)
+            .agg(intervals=pl.struct("agent_id", "boot_id", "seq").n_unique(),
+                 first_start_ns=pl.col("interval_start_ns").min(), last_end_ns=pl.col("interval_end_ns").max(),
+                 gpu_seconds=pl.col("gpu_seconds").sum(), **seconds,
+                 energy_j=pl.when(pl.col("energy_j").is_not_null().any()).then(pl.col("energy_j").sum()),
+                 rules=pl.col("rule").unique().sort().str.join(", "))
+            .with_columns(share=pl.when(pl.col("gpu_seconds").sum() > 0)
+                          .then(pl.col("gpu_seconds") / pl.col("gpu_seconds").sum()))
+            .sort(["node", "gpu_index", "mig_index"], nulls_last=True))
+
+
+def _hours(column: str) -> pl.Expr:
+    return (pl.col(column) / 3600).round(_DIGITS)
+
+
+def _iso(column: str) -> pl.Expr:
+    return pl.from_epoch(pl.col(column), time_unit="ns").dt.strftime(_ISO)
+
+
+def readable(frame: pl.DataFrame, detail: bool) -> pl.DataFrame:
+    """What the table and the CSV show: GPU-hours, kWh and ISO UTC times, the same columns in both."""
+    times = [_iso("first_start_ns").alias("first_interval_start"), _iso("last_end_ns").alias("last_interval_end")]
+    kwh = (pl.col("energy_j") / J_PER_KWH).round(_DIGITS).alias("energy_kwh")
+    if detail:
+        return frame.select("node", "gpu_uuid", "gpu_index", "mig_index", "model", "sharing", "namespace", "pod",
+                            "kind", "rule", "intervals", *times, _hours("gpu_seconds").alias("gpu_hours"), kwh)
+    return frame.select("node", "gpu_uuid", "gpu_index", "mig_index", "model", "sharing", "intervals", *times,
+                        _hours("gpu_seconds").alias("gpu_hours"), _hours("busy_seconds").alias("used_gpu_hours"),
+                        _hours("allocated_idle_seconds").alias("idle_gpu_hours"),
+                        _hours("unmeasured_seconds").alias("unmeasured_gpu_hours"), kwh, "rules",
+                        pl.col("share").round(_DIGITS).alias("share_of_line"))
 
 
 def parse_instant(text: str) -> int:
@@ -80,8 +134,9 @@ def rules_versions(store: Store, where: str, params: Sequence[object]) -> list[s
 
 
 def explain_command(db: str, tenant: str, start: str | None, end: str | None, fmt: str = "table",
-                    rules: TenancyRules | None = None) -> str:
-    """Text for ``gpuledger explain``: the tenant's line (coverage included) and the rows behind it.
+                    detail: bool = False, rules: TenancyRules | None = None) -> str:
+    """Text for ``gpuledger explain``: the tenant's line (coverage included), then per GPU, or with ``detail``
+    per GPU, pod, kind and rule; ``fmt="csv"`` the same rows and units as the table.
 
     Hours before the interval ledger's window (the attribution job keeps
     interval rows for recent days only) are recomputed from the raw samples
@@ -129,23 +184,24 @@ def explain_command(db: str, tenant: str, start: str | None, end: str | None, fm
                              hint=f"did you mean {', '.join(map(repr, close))}?" if close else
                              f"known tenants: {', '.join(sorted(known)[:20]) or 'none (run `gpuledger attribute`)'}")
     rows = explain(ledger_lf, tenant).collect()
-    line = tenant_lines(ledger_lf).collect()
+    shown = readable(rows if detail else per_gpu(ledger_lf, tenant).collect(), detail)
     if fmt == "csv":  # through the project's one CSV writer: pod and namespace names are anyone's text
         buf = io.StringIO()
-        write_frame(rows, buf)
+        write_frame(shown, buf)
         return buf.getvalue()
     if rows.height == 0:
         return f"no ledger rows for tenant {tenant!r} in this period\n"
-    r = line.row(0, named=True)
+    r = tenant_lines(ledger_lf).collect().row(0, named=True)
     cov = "-" if r["coverage"] is None else f"{100 * r['coverage']:.1f} %"
     head = (f"tenant {tenant}: {r['total_s'] / 3600:.3f} GPU-h (busy {r['busy_s'] / 3600:.3f}, allocated idle "
             f"{r['allocated_idle_s'] / 3600:.3f}, unmeasured {r['unmeasured_s'] / 3600:.3f}); coverage {cov}\n"
-            f"attributed under tenancy rules {', '.join(versions) or 'unrecorded'}\n")
-    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200, fmt_str_lengths=40, tbl_hide_dataframe_shape=True):
-        shown = rows.with_columns(
-            first=pl.from_epoch(pl.col("first_start_ns"), time_unit="ns").dt.strftime("%Y-%m-%d %H:%M:%S"),
-            last=pl.from_epoch(pl.col("last_end_ns"), time_unit="ns").dt.strftime("%Y-%m-%d %H:%M:%S"),
-            gpu_h=(pl.col("gpu_seconds") / 3600).round(4),
-        ).select("node", "gpu_uuid", "gpu_index", "mig_index", "pod", "sharing", "kind", "rule", "intervals",
-                 "first", "last", "gpu_h")
-        return head + str(shown) + "\n"
+            f"attributed under tenancy rules {', '.join(versions) or 'unrecorded'}\n"
+            + ("one row per GPU, pod, kind and rule" if detail else
+               f"{shown.height} GPU{'s' if shown.height != 1 else ''} (--detail: per pod, kind and rule)")
+            + "; GPU-hours, times UTC\n")
+    table = shown.drop("gpu_uuid", "model") if not detail else shown.drop("model")
+    if not detail:
+        table = table.with_columns(share_of_line=(pl.col("share_of_line") * 100).round(1).cast(pl.String) + " %")
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=250, fmt_str_lengths=60, tbl_hide_dataframe_shape=True,
+                   tbl_hide_column_data_types=True, float_precision=4):
+        return head + str(table) + "\n"

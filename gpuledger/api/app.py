@@ -9,7 +9,8 @@ for local development only (``gpuledger serve --no-auth``).
 Routes (times UTC, periods start inclusive, end exclusive; see docs/api.md):
 
 - ``GET /`` the showback page; ``GET /healthz``; ``GET /v1/whoami``
-- ``GET /v1/showback`` usage and cost per group, buckets, filters, pages
+- ``GET /v1/showback`` usage, cost and idle cost per group, buckets, filters, pages (``format=csv``: the whole view)
+- ``GET /v1/values?dimension=...`` the values of a dimension in a period (pickers, Grafana variables)
 - ``GET /v1/drilldown`` the ledger rows (intervals, GPUs, rules) behind a line
 - ``GET /v1/efficiency``, ``/v1/efficiency/top-wasters``, ``/v1/efficiency/idle-gpus``
 - ``GET /v1/fleet`` GPUs, health, holders
@@ -34,7 +35,7 @@ from gpuledger import __version__
 from gpuledger.analytics.focus import ExportContext
 from gpuledger.analytics.prices import PriceBook, default_price_book
 from gpuledger.api import errors as E
-from gpuledger.api import exports, routes_efficiency, routes_fleet, routes_series, routes_showback
+from gpuledger.api import exports, routes_efficiency, routes_fleet, routes_series, routes_showback, routes_values
 from gpuledger.api.audit import AuditLog, AuditMiddleware
 from gpuledger.api.auth import EXPORT_ROLES, principal, require
 from gpuledger.api.errors import ERROR_RESPONSES, ApiError, install_error_handlers
@@ -92,7 +93,7 @@ def create_app(db_path: str | Path | None = None, prices: PriceBook | None = Non
     def whoami(request: Request, who: Principal = Depends(principal)) -> WhoAmI:
         return WhoAmI(token_id=who.token_id, role=who.role, tenant=who.tenant, auth=request.app.state.auth)
 
-    for module in (routes_showback, routes_efficiency, routes_fleet, routes_series):
+    for module in (routes_showback, routes_efficiency, routes_fleet, routes_series, routes_values):
         app.include_router(module.router)
     # The finance files: every route there is behind the admin/finance check (the isolation test walks them).
     app.include_router(exports.router, dependencies=[Depends(require(*EXPORT_ROLES))])

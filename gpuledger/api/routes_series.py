@@ -121,5 +121,5 @@ def series_gpu(request: Request, gpu: str = Query(..., description="GPU UUID (fr
                     s: Session = Depends(session, scope="function")) -> JSONResponse:
     by = parse_group_by(group_by, ("tenant", "namespace", "pod", "workload", "profile", "sharing"))
     f: dict[str, Given] = {"tenant": None, "namespace": None, "node": None, "model": None, "sharing": None,
-                                "pod": None, "workload": None, "gpu": gpu}
+                                "pod": None, "workload": None, "gpu": gpu, "cluster": None}
     return JSONResponse(_frame(request, s, who, start, end, granularity, by, f, []))

@@ -27,15 +27,19 @@ def register(sub: Any, settings: Settings) -> None:
         sub, "explain", explain,
         help="list the GPUs, intervals and rules behind a tenant's line",
         description="Drill-down for one tenant and period: its GPU-hours by kind, its coverage (share of busy "
-        "time attributed from per-process samples), and one row per GPU, pod, kind and attribution rule with "
-        "the first and last interval. Opens the database read-only.\n\n"
-        "  gpuledger explain --tenant vision --start 2026-10-01 --end 2026-11-01",
+        "time attributed from per-process samples), then one row per GPU: GPU-hours, used, allocated idle, "
+        "unmeasured, the attribution rules, the GPU's share of the tenant's line, first and last interval. "
+        "--detail lists one row per GPU, pod, kind and rule instead. The table and --format csv carry the same "
+        "columns and units (GPU-hours, kWh, ISO 8601 UTC times). Opens the database read-only.\n\n"
+        "  gpuledger explain --tenant vision --start 2026-10-01 --end 2026-11-01\n"
+        "  gpuledger explain --tenant vision --detail --format csv > vision.csv",
     )
     setting_flags(x, settings, "--db", "--tenancy")
     x.add_argument("--tenant", required=True, help="tenant name as on the showback")
     x.add_argument("--start", default=None, help="period start, ISO date/time, UTC (default: all)")
     x.add_argument("--end", default=None, help="period end (exclusive), ISO date/time, UTC (default: all)")
     x.add_argument("--format", choices=["table", "csv"], default="table", help="output (default: %(default)s)")
+    x.add_argument("--detail", action="store_true", help="one row per GPU, pod, kind and rule (default: per GPU)")
 
 
 def attribute(args: argparse.Namespace, settings: Settings) -> int:
@@ -59,6 +63,6 @@ def explain(args: argparse.Namespace, settings: Settings) -> int:
     from gpuledger.analytics.tenancy import TenancyRules
 
     rules = TenancyRules.load(settings.tenancy_path) if settings.tenancy_path else TenancyRules()
-    print(explain_command(existing_db(settings.db_path), args.tenant, args.start, args.end, args.format, rules),
-          end="")
+    print(explain_command(existing_db(settings.db_path), args.tenant, args.start, args.end, args.format,
+                          args.detail, rules), end="")
     return 0

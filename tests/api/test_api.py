@@ -50,7 +50,7 @@ def test_showback_defaults_to_the_latest_month_with_data(api: httpx.Client) -> N
     assert rows["ml"] == {
         "tenant": "ml", "gpu_hours": 0.833333, "used_gpu_hours": 0.5, "allocated_idle_gpu_hours": 0.333333,
         "unmeasured_gpu_hours": 0.0, "unallocated_gpu_hours": 0.0, "memory_gb_hours": None, "energy_kwh": 1.0,
-        "cost": "2.49", "currency": "USD", "coverage": 1.0,
+        "cost": "2.49", "currency": "USD", "coverage": 1.0, "idle_cost": "1.00", "utilization": 0.6,
         "drilldown": "/v1/drilldown?tenant=ml&start=2025-03-01T00%3A00%3A00Z&end=2025-04-01T00%3A00%3A00Z",
     }
     assert (rows["cv"]["cost"], rows["cv"]["coverage"], rows["cv"]["energy_kwh"]) == ("1.29", 0.25, None)
