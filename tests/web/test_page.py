@@ -14,6 +14,7 @@ under CI=true.
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import os
 from collections.abc import Iterator
@@ -228,6 +229,26 @@ def test_errors_replace_the_numbers_and_a_period_change_reloads(site: dict[str, 
     _show(page)
     assert page.inner_text("#error") == "" and page.inner_text("#notice") == "No data in this period."
     assert _first_column(page) == []
+    assert not errors, errors
+
+
+def test_period_presets_ask_for_the_utc_days_they_name(site: dict[str, Any], browser: Any) -> None:
+    errors: list[str] = []
+    page = _open(browser, site, site["token"], errors)
+    today = dt.datetime.now(dt.UTC).date()
+    first = today.replace(day=1)
+    last_month_end = first - dt.timedelta(days=1)
+    expected = {"today": (today, today), "last7": (today - dt.timedelta(days=6), today),
+                "last30": (today - dt.timedelta(days=29), today),
+                "this-month": (first, (first + dt.timedelta(days=32)).replace(day=1) - dt.timedelta(days=1)),
+                "last-month": (last_month_end.replace(day=1), last_month_end)}
+    for preset, (start, end) in expected.items():
+        _show(page, preset=preset)
+        shown = f"{start} – {end}" if start != end else f"{start}"
+        assert f": {shown} (UTC)" in page.inner_text("#heading"), (preset, page.inner_text("#heading"))
+        assert page.inner_text("#error") == ""
+        if start > dt.date(2026, 10, 2) or end < dt.date(2026, 10, 1):  # no demo data: said, not shown as zeros
+            assert page.inner_text("#notice") == "No data in this period." and _first_column(page) == []
     assert not errors, errors
 
 
