@@ -101,3 +101,22 @@ def test_usage_summed_in_duckdb_prices_like_the_polars_path() -> None:
         assert other.energy_j == pytest.approx(pool.energy_j, rel=1e-12)
     assert_frame_equal(got.drop("memory_gb_seconds"), want, check_dtypes=False, rel_tol=1e-12)
     assert got["memory_gb_seconds"].null_count() < got.height
+
+
+def test_a_month_closes_to_the_same_file_under_a_small_duckdb_memory_limit(tmp_path) -> None:
+    from gpuledger.analytics import closing
+    from gpuledger.store import configure
+
+    store = simulate(demo_fleet(1, 8, seed=5, horizon_s=5400.0), tick_s=30.0, horizon_s=5400.0)
+    month = store.query("SELECT strftime(make_timestamp(min(interval_start_ns) // 1000), '%Y-%m') AS m "
+                        "FROM ledger")["m"][0]
+    path = tmp_path / "m.duckdb"
+    store.execute(f"ATTACH '{path}' AS f; COPY FROM DATABASE memory TO f; DETACH f")
+    want = closing.export(store, month, default_price_book()).content
+    try:
+        configure(memory_limit="16MB")
+        with Store(path, read_only=True) as small:
+            assert small.scalar("SELECT current_setting('memory_limit')") in ("16.0 MiB", "15.2 MiB", "16.0 MB")
+            assert closing.export(small, month, default_price_book()).content == want
+    finally:
+        configure(memory_limit=None)
