@@ -22,6 +22,9 @@ Linux keeps ``ru_maxrss`` across exec):
   the server's (``VmHWM``); ``ok``: its total equals the closed file's.
 
 ``ledger_rows`` is the interval-grain rows the rollups stand for (rows x 360).
+``scale_1d`` / ``scale_7d``: the preview of a file holding only the first 1 or
+7 days of the same fleet (the month's own run is the 31-day point), to state
+how time and memory grow with the days in the month.
 """
 
 from __future__ import annotations
@@ -90,13 +93,13 @@ def make_rollups(gpus: int, hours: int, pods: int, seed: int = 7) -> pl.DataFram
                               memory_gb_seconds=pl.lit(None, pl.Float64), intervals=pl.lit(360, pl.UInt32))
 
 
-def _write(db: str, gpus: int, pods: int, queue: Any) -> None:
+def _write(db: str, gpus: int, pods: int, queue: Any, days: int = 31) -> None:
     from gpuledger.analytics.hourly import HOURLY_COLUMNS
     from gpuledger.store import Store
 
     rows = 0
     with Store(db) as store:
-        for day in range(31):  # a day at a time: the generator's memory stays a day's
+        for day in range(days):  # a day at a time: the generator's memory stays a day's
             frame = make_rollups(gpus, 24, pods, seed=day).with_columns(
                 hour_start_ns=pl.col("hour_start_ns") + day * 24 * HOUR_NS).select(HOURLY_COLUMNS)
             store.append("ledger_hourly", frame)
@@ -159,7 +162,18 @@ def run(quick: bool) -> list[dict[str, Any]]:
         for r in rows:  # the same file whatever the memory limit, and the closed file is the preview's
             r["ok"] = r["ok"] and len(digests) == 1
         rows += _showback(db, gpus, n)
+        for days in (1, 7):
+            small = str(Path(tmp) / f"days-{days}.duckdb")
+            m = _spawned(_write_days, small, gpus, pods, days)
+            out = _spawned(_step, small, "preview")
+            out.pop("sha256", None)
+            rows.append({"step": f"scale_{days}d", "gpus": gpus, "hours": days * 24, "rollup_rows": m,
+                         "ledger_rows": m * 360, "rows_per_s": int(m / out["seconds"]), **out})
     return rows
+
+
+def _write_days(db: str, gpus: int, pods: int, days: int, queue: Any) -> None:
+    _write(db, gpus, pods, queue, days)
 
 
 def _showback(db: str, gpus: int, n: int) -> list[dict[str, Any]]:
