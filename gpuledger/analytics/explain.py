@@ -29,6 +29,7 @@ import polars as pl
 from gpuledger.analytics.csvfile import write_frame
 from gpuledger.analytics.rollups import in_period
 from gpuledger.errors import GpuledgerError
+from gpuledger.timeutil import HOUR_NS
 
 if TYPE_CHECKING:
     from gpuledger.analytics.tenancy import TenancyRules
@@ -165,7 +166,14 @@ def explain_command(db: str, tenant: str, start: str | None, end: str | None, fm
         versions = rules_versions(store, " AND ".join(where), params)
         known = set(store.query("SELECT DISTINCT tenant FROM ledger")["tenant"].to_list())
         kept_from = ledger_window_start(store)
+        unexplained = 0  # hours booked before the window whose raw samples retention removed
         if kept_from is not None and (start_ns is None or start_ns < kept_from):
+            unexplained = int(store.scalar(
+                f"SELECT count(DISTINCT hour_start_ns) FROM ledger_hourly WHERE tenant = ? AND hour_start_ns >= ? "
+                f"AND hour_start_ns < ? AND hour_start_ns NOT IN (SELECT DISTINCT interval_start_ns - "
+                f"interval_start_ns % {HOUR_NS} FROM messages)",
+                [tenant, start_ns if start_ns is not None else -(2**62), kept_from if end_ns is None else
+                 min(end_ns, kept_from)]))
             known |= set(store.query("SELECT DISTINCT tenant FROM ledger_hourly")["tenant"].to_list())
             lo = start_ns if start_ns is not None else \
                 store.scalar("SELECT min(interval_start_ns) FROM messages WHERE interval_start_ns < ?", [kept_from])
@@ -198,7 +206,9 @@ def explain_command(db: str, tenant: str, start: str | None, end: str | None, fm
             f"attributed under tenancy rules {', '.join(versions) or 'unrecorded'}\n"
             + ("one row per GPU, pod, kind and rule" if detail else
                f"{shown.height} GPU{'s' if shown.height != 1 else ''} (--detail: per pod, kind and rule)")
-            + "; GPU-hours, times UTC\n")
+            + "; GPU-hours, times UTC\n"
+            + (f"not listed: {unexplained} hour(s) of this tenant before the interval ledger's window whose raw "
+               "samples retention removed (their hourly figures are in the showback)\n" if unexplained else ""))
     table = shown.drop("gpu_uuid", "model") if not detail else shown.drop("model")
     if not detail:
         table = table.with_columns(share_of_line=(pl.col("share_of_line") * 100).round(1).cast(pl.String) + " %")

@@ -104,6 +104,11 @@ def test_recompute_refuses_other_tenancy_rules_and_missing_raw_samples(fleet_sto
     store.execute("DELETE FROM messages WHERE interval_start_ns < ?", [first + HOUR_NS])  # retention took them
     with pytest.raises(RecomputeError, match="no longer stored"):
         recompute_rows(store, first, first + HOUR_NS, TenancyRules())
+    tenant = store.query("SELECT tenant FROM ledger_hourly WHERE hour_start_ns = ? AND kind = 'busy' LIMIT 1",
+                         [first])["tenant"][0]
+    store.close()
+    text = explain_command(str(tmp_path / "r.duckdb"), tenant, None, None)
+    assert "not listed: 1 hour(s) of this tenant before the interval ledger's window" in text
 
 
 @pytest.mark.slow
