@@ -391,14 +391,17 @@ def hour_rows_sql(store: Store) -> str:
 
 
 def usage_sql(store: Store, rows_sql: str, params: Sequence[Any] | Mapping[str, Any],
-              keys: Mapping[str, str], *, capacity: pl.DataFrame | None = None) -> Usage:
+              keys: Mapping[str, str], *, capacity: pl.DataFrame | None = None,
+              hour_boot: str | None = None) -> Usage:
     """:func:`usage_of` computed in DuckDB: :class:`Usage` of the ledger-shaped rows ``rows_sql`` returns.
 
     ``keys``: output column -> SQL expression over those rows. The same sums
     and the same per-GPU-interval capacity split as the Polars path, so
     :func:`price_usage` gives the same lines (tests/api/test_showback_sql.py);
     only the sums leave DuckDB. Adds ``memory_gb_seconds`` (known sum) to the sums. ``capacity``: the
-    capacity of the same rows from an earlier call (it does not depend on the keys).
+    capacity of the same rows from an earlier call (it does not depend on the keys). ``hour_boot``: rows
+    with this ``boot_id`` are GPU-hours of rollups (one "interval" per node, GPU and hour): their capacity
+    is their GPU-seconds summed (conservation), whatever their interval end says.
     """
     direct = ", ".join(f"'{r}'" for r in kinds.DIRECT_RULES)
     key_sql = "".join(f"{expr} AS \"{name}\", " for name, expr in keys.items())
@@ -414,11 +417,13 @@ def usage_sql(store: Store, rows_sql: str, params: Sequence[Any] | Mapping[str, 
     sums_sql = (f"WITH h AS ({rows_sql}) SELECT {key_sql}model AS _model, coalesce(profile, '') AS _profile, "
                 f"{day} AS _day_ns, {metrics}, list(DISTINCT sharing) AS _sharing FROM h GROUP BY ALL")
     unit = "agent_id, boot_id, seq, gpu_index"
+    dt = "max(dt0) OVER u" if hour_boot is None else \
+        f"CASE WHEN boot_id = '{hour_boot}' THEN round(sum(secs) OVER u * 1e9)::BIGINT ELSE max(dt0) OVER u END"
     capacity_sql = f"""
         WITH h AS ({rows_sql}),
         g AS (SELECT {unit}, model, coalesce(profile, '') AS _profile, {day} AS _day_ns, sum(gpu_seconds) AS secs,
                      max(interval_end_ns - interval_start_ns) AS dt0, {_KNOWN_ENERGY} AS energy_j FROM h GROUP BY ALL),
-        w AS (SELECT *, max(dt0) OVER u AS dt, sum(secs) OVER u AS total,
+        w AS (SELECT *, {dt} AS dt, sum(secs) OVER u AS total,
                      row_number() OVER (PARTITION BY {unit} ORDER BY secs DESC, model, _profile) AS r
               FROM g WINDOW u AS (PARTITION BY {unit})),
         k AS (SELECT *, CASE WHEN total > 0 THEN floor(secs / total * {SLICE_UNITS} + 0.5)::BIGINT ELSE 0 END AS k0

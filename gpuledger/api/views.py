@@ -46,6 +46,8 @@ _FROM_HOURLY = (f"node, '{HOURLY_BOOT}', (hour_start_ns // {HOUR_NS})::UBIGINT, 
                 "hour_start_ns + round(sum(gpu_seconds) OVER (PARTITION BY hour_start_ns, node, gpu_index) * 1e9)"
                 "::BIGINT, gpu_uuid, gpu_index, mig_index, model, profile, sharing, "
                 "kind, tenant, namespace, pod, rule, gpu_seconds, energy_j, memory_gb_seconds")
+_FROM_HOURLY_FAST = _FROM_HOURLY.replace(
+    "round(sum(gpu_seconds) OVER (PARTITION BY hour_start_ns, node, gpu_index) * 1e9)", str(HOUR_NS))
 #: pod name -> workload: drop a ReplicaSet hash and the 5-character pod suffix Kubernetes generates.
 WORKLOAD = r"^(.+?)(?:-[0-9a-f]{8,10})?-[a-z0-9]{5}$"
 _ROUND = 6
@@ -58,9 +60,12 @@ def read_rows(s: Session, period: Period, nodes: Sequence[str] = (), *, hourly: 
     return s.query(sql, params).lazy()
 
 
-def rows_sql(s: Session, period: Period, nodes: Sequence[str] = (), *, hourly: bool = False) -> tuple[str, list[Any]]:
+def rows_sql(s: Session, period: Period, nodes: Sequence[str] = (), *, hourly: bool = False,
+             hour_ends: bool = True) -> tuple[str, list[Any]]:
     """SQL (and its parameters) for the ledger rows whose interval starts in the period (node filter pushed
-    down: a node's GPUs are whole).
+    down: a node's GPUs are whole). ``hour_ends=False``: rollup rows end at their hour's end instead of
+    their GPU-hour's seconds (no window function; for ``chargeback.usage_sql(hour_boot=HOURLY_BOOT)``,
+    which takes a GPU-hour's capacity from its seconds).
 
     Hourly rollups (``ledger_hourly``) stand in for the ledger, one row per
     hour and group with ``interval_start_ns`` the hour's start (see
@@ -107,7 +112,8 @@ def rows_sql(s: Session, period: Period, nodes: Sequence[str] = (), *, hourly: b
         return ledger_sql, params
     where = " OR ".join(f"(hour_start_ns >= ? AND hour_start_ns < ?{' AND hour_start_ns ' + pending if live else ''})"
                         for _, _, live in ranges)
-    sql = f"{ledger_sql} UNION ALL SELECT {_FROM_HOURLY} FROM ledger_hourly WHERE ({where}){node_sql}"
+    hourly_cols = _FROM_HOURLY if hour_ends else _FROM_HOURLY_FAST
+    sql = f"{ledger_sql} UNION ALL SELECT {hourly_cols} FROM ledger_hourly WHERE ({where}){node_sql}"
     params += [v for x, y, _ in ranges for v in (x, y)] + list(nodes)
     return sql, params
 
@@ -178,26 +184,28 @@ class SqlRows:
     """
 
     s: Session
-    sql: str
+    sql: str  # rollup rows end at their hour's end (costing takes a GPU-hour's capacity from its seconds)
     params: list[Any]
+    exact_sql: str  # the same rows as ``read_rows`` gives them (``data_span``'s last end)
     _capacity: pl.DataFrame | None = None
 
     @classmethod
     def of(cls, s: Session, period: Period, nodes: Sequence[str], granularity: str | None) -> SqlRows:
-        base, params = rows_sql(s, period, nodes, hourly=True)
+        base, params = rows_sql(s, period, nodes, hourly=True, hour_ends=False)
+        exact, _ = rows_sql(s, period, nodes, hourly=True)
         cluster = "cluster" if "cluster" in s.query(f"SELECT * FROM ({base}) LIMIT 0", params).columns \
             else f"'{DEFAULT_CLUSTER}'"
         dims = {**_DIMENSION_SQL, "cluster": cluster}
         if granularity:
             dims["time"] = f"epoch_ms(date_trunc('{_TRUNC[granularity]}', make_timestamp(interval_start_ns // 1000)))"
         cols = ", ".join(f"{expr} AS \"{name}\"" for name, expr in dims.items())
-        return cls(s, f"SELECT *, {cols} FROM ({base})", params)
+        return cls(s, f"SELECT *, {cols} FROM ({base})", params, f"SELECT *, {cols} FROM ({exact})")
 
     def costed(self, book: PriceBook, keys: Sequence[str]) -> pl.DataFrame:
         """As :func:`costed` over these rows."""
         keys = list(dict.fromkeys(keys))
         usage = cb.usage_sql(self.s.store, self.sql, self.params, {k: f'"{k}"' for k in keys},
-                             capacity=self._capacity)
+                             capacity=self._capacity, hour_boot=HOURLY_BOOT)
         self._capacity = usage.capacity  # the same GPUs whatever the keys: one capacity query per answer
         lines, _ = cb.price_usage(usage, book, keys)
         return _summed(lines, keys)
@@ -207,7 +215,7 @@ class SqlRows:
         where = [f'"{dim}" IN ({", ".join("?" for _ in values)})' for dim, values in filters.values.items() if values]
         values = [v for vs in filters.values.values() if vs for v in vs]
         frame = self.s.query(f"SELECT min(interval_start_ns) AS first, max(interval_end_ns) AS last, "
-                             f"count(DISTINCT interval_start_ns // {HOUR_NS}) AS hours FROM ({self.sql}) "
+                             f"count(DISTINCT interval_start_ns // {HOUR_NS}) AS hours FROM ({self.exact_sql}) "
                              f"WHERE {' AND '.join(where) or 'TRUE'}", [*self.params, *values])
         return _span(frame.row(0), period)
 
