@@ -61,6 +61,8 @@ SETTING_FLAGS: dict[str, tuple[str, str | None]] = {
     "--audit-dir": ("api_audit_dir", "DIR"),
     "--audit-retention-days": ("api_audit_retention_days", "DAYS"),
     "--charge-period": ("charge_period", None),  # choices show as {month,day}
+    "--focus-version": ("focus_version", None),  # choices show as {1.4,1.2}
+    "--idle-policy": ("idle_policy", None),  # choices show as {holder,share_unallocated,platform}
 }
 
 #: (command, flag) pairs spelled like a setting's flag that deliberately are not that setting, and why.
