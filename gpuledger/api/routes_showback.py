@@ -11,6 +11,7 @@ import polars as pl
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
+from gpuledger.analytics.policy import Policy, apply_idle_policy_to_rows
 from gpuledger.api import errors as E
 from gpuledger.api import views
 from gpuledger.api.auth import DATA_ROLES, SHOWBACK_ROLES, data_filters, require, session
@@ -62,6 +63,9 @@ def showback(request: Request, start: str | None = START, end: str | None = END,
                                    "sharing, profile, pod, workload, gpu"),
              granularity: str | None = Query(None, description="hour, day or month buckets; omit for none"),
              limit: int = LIMIT, cursor: str | None = CURSOR,
+             idle_policy: Policy = Query("holder", description="who pays for idle: holder (default), "
+                                         "share_unallocated (spread over tenants, like OpenCost's shareIdle) or "
+                                         "platform (tenants pay for busy and unmeasured time only)"),
              f: dict[str, list[str] | None] = Depends(filter_params),
              who: Principal = Depends(require(*SHOWBACK_ROLES)), s: Session = Depends(session, scope="function")) -> JSONResponse:
     by = parse_group_by(group_by)
@@ -71,11 +75,13 @@ def showback(request: Request, start: str | None = START, end: str | None = END,
     book = request.app.state.book
     if period is None:
         return JSONResponse({"period": None, "group_by": by, "granularity": granularity, "currency": book.currency,
-                             "total_cost": None, "rows": [], "total_rows": 0, "next_cursor": None})
+                             "idle_policy": idle_policy, "total_cost": None, "rows": [], "total_rows": 0,
+                             "next_cursor": None})
     gran = parse_granularity(granularity, period)
 
     def compute() -> tuple[list[dict[str, Any]], str]:
-        rows = views.with_dimensions(views.read_rows(s, period, filters.values.get("node", ()), hourly=True), gran)
+        read = views.read_rows(s, period, filters.values.get("node", ()), hourly=True)
+        rows = views.with_dimensions(apply_idle_policy_to_rows(read, idle_policy), gran)
         frame = views.showback_rows(rows, book, by, filters, gran)
         check_size(frame.height, "showback rows")
         out = []
@@ -88,9 +94,10 @@ def showback(request: Request, start: str | None = START, end: str | None = END,
         total = sum((Decimal(r["cost"]) for r in out), Decimal(0))
         return out, str(total.quantize(book.quantum))
 
-    rows, total = request.app.state.db.cached(("showback", period, tuple(by), gran, filters.key()), compute)
+    rows, total = request.app.state.db.cached(("showback", period, tuple(by), gran, filters.key(), idle_policy),
+                                              compute)
     return JSONResponse({"period": period_out(period), "group_by": by, "granularity": gran,
-                         "currency": book.currency, "total_cost": total,
+                         "currency": book.currency, "idle_policy": idle_policy, "total_cost": total,
                          "rows": rows[page.offset:page.offset + page.limit], "total_rows": len(rows),
                          "next_cursor": next_cursor(page, len(rows))})
 
