@@ -115,6 +115,12 @@ class Settings(BaseSettings):
     )
     prices_path: str | None = Field(None, description="Price book TOML; unset: the shipped default book.")
     tenancy_path: str | None = Field(None, description="Tenancy rules TOML; unset: label `team`, else namespace.")
+    cloud_rates_path: str | None = Field(
+        None, description="On-demand cloud rates TOML for fleet economics; unset: the shipped, dated example."
+    )
+    node_pools_path: str | None = Field(
+        None, description="Node pools TOML (node name globs -> pool) for fleet economics; unset: `unassigned`."
+    )
     billing_account_id: str = Field("gpuledger", description="FOCUS BillingAccountId of the chargeback file.")
     billing_account_name: str = Field("gpuledger GPU fleet", description="FOCUS BillingAccountName.")
     provider_name: str = Field("gpuledger", description="FOCUS ProviderName, PublisherName and InvoiceIssuerName.")

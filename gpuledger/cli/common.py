@@ -55,6 +55,8 @@ SETTING_FLAGS: dict[str, tuple[str, str | None]] = {
     "--host": ("api_host", "HOST"),
     "--port": ("api_port", "PORT"),
     "--prices": ("prices_path", "TOML"),
+    "--cloud-rates": ("cloud_rates_path", "TOML"),
+    "--node-pools": ("node_pools_path", "TOML"),
     "--close-grace-hours": ("close_grace_hours", "HOURS"),
     "--tls-certfile": ("api_tls_certfile", "PEM"),
     "--tls-keyfile": ("api_tls_keyfile", "PEM"),

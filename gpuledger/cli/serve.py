@@ -19,7 +19,7 @@ def register(sub: Any, settings: Settings) -> None:
         "OpenAPI at /docs, a showback page at /. Opens the database read-only. Every /v1 route needs a token "
         "(`gpuledger token create`); --no-auth turns that off for local development only.",
     )
-    setting_flags(s, settings, "--db", "--host", "--port", "--prices")
+    setting_flags(s, settings, "--db", "--host", "--port", "--prices", "--cloud-rates", "--node-pools")
     s.add_argument("--close-months", action="store_true",
                    help="close each month's chargeback file once it has ended (+ grace); needs the writer lock")
     setting_flags(s, settings, "--close-grace-hours", "--tls-certfile", "--tls-keyfile", "--audit-dir",
@@ -56,7 +56,12 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     free_to_serve(settings.api_host, settings.api_port)
     book, context = price_book(settings.prices_path), ExportContext.from_settings(settings)
     tls = tls_options(settings)  # a half-set or missing TLS file fails here, before anything runs
-    app = create_app(db, prices=book, auth=not args.no_auth, export_context=context, audit=audit_log(settings))
+    from gpuledger.analytics import economics as econ
+
+    rates = econ.load_cloud_rates(settings.cloud_rates_path) if settings.cloud_rates_path else econ.default_cloud_rates()
+    pools = econ.load_node_pools(settings.node_pools_path) if settings.node_pools_path else econ.NodePools()
+    app = create_app(db, prices=book, auth=not args.no_auth, export_context=context, audit=audit_log(settings),
+                     cloud_rates=rates, node_pools=pools)
     if args.close_months:  # the scheduled monthly close (docs/chargeback.md)
         from gpuledger.analytics.export_cmd import MonthCloser
 
