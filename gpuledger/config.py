@@ -118,6 +118,9 @@ class Settings(BaseSettings):
     cloud_rates_path: str | None = Field(
         None, description="On-demand cloud rates TOML for fleet economics; unset: the shipped, dated example."
     )
+    budgets_path: str | None = Field(
+        None, description="Per-tenant monthly budgets TOML (`/v1/budgets`, `/metrics`, `report budgets`); unset: none."
+    )
     node_pools_path: str | None = Field(
         None, description="Node pools TOML (node name globs -> pool) for fleet economics; unset: `unassigned`."
     )

@@ -57,6 +57,8 @@ SETTING_FLAGS: dict[str, tuple[str, str | None]] = {
     "--prices": ("prices_path", "TOML"),
     "--cloud-rates": ("cloud_rates_path", "TOML"),
     "--node-pools": ("node_pools_path", "TOML"),
+    "--budgets": ("budgets_path", "TOML"),
+    "--idle-policy": ("idle_policy", None),
     "--close-grace-hours": ("close_grace_hours", "HOURS"),
     "--tls-certfile": ("api_tls_certfile", "PEM"),
     "--tls-keyfile": ("api_tls_keyfile", "PEM"),
@@ -64,7 +66,6 @@ SETTING_FLAGS: dict[str, tuple[str, str | None]] = {
     "--audit-retention-days": ("api_audit_retention_days", "DAYS"),
     "--charge-period": ("charge_period", None),  # choices show as {month,day}
     "--focus-version": ("focus_version", None),  # choices show as {1.4,1.2}
-    "--idle-policy": ("idle_policy", None),  # choices show as {holder,share_unallocated,platform}
 }
 
 #: (command, flag) pairs spelled like a setting's flag that deliberately are not that setting, and why.
