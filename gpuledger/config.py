@@ -121,6 +121,12 @@ class Settings(BaseSettings):
     budgets_path: str | None = Field(
         None, description="Per-tenant monthly budgets TOML (`/v1/budgets`, `/metrics`, `report budgets`); unset: none."
     )
+    work_units_path: str | None = Field(
+        None, description="Work units TOML (PromQL per unit, imported hourly); unset: the shipped vLLM token counters."
+    )
+    prometheus_url: str | None = Field(
+        None, description="Prometheus base URL work units are imported from; unset: the work units file's."
+    )
     node_pools_path: str | None = Field(
         None, description="Node pools TOML (node name globs -> pool) for fleet economics; unset: `unassigned`."
     )

@@ -8,7 +8,7 @@ One module per command group, each adding its subcommands with a handler
     attribute.py attribute, explain                (the ledger, and the rows behind a tenant's line)
     serve.py    serve, token                       (the API, and its tokens)
     export.py   export                             (the FOCUS file and its reconciliation)
-    report.py   report                             (fleet economics, from the hourly rollups)
+    report.py   report, units                      (economics, budgets, work units; importing work units)
     demo.py     demo                               (the whole pipeline on a simulated fleet)
 
 :func:`main` reads the settings once (environment, then the flags that mirror

@@ -58,6 +58,8 @@ SETTING_FLAGS: dict[str, tuple[str, str | None]] = {
     "--cloud-rates": ("cloud_rates_path", "TOML"),
     "--node-pools": ("node_pools_path", "TOML"),
     "--budgets": ("budgets_path", "TOML"),
+    "--work-units": ("work_units_path", "TOML"),
+    "--prometheus-url": ("prometheus_url", "URL"),
     "--idle-policy": ("idle_policy", None),
     "--close-grace-hours": ("close_grace_hours", "HOURS"),
     "--tls-certfile": ("api_tls_certfile", "PEM"),

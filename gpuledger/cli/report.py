@@ -1,4 +1,4 @@
-"""``gpuledger report``: business reports from the hourly rollups (fleet economics, tenant budgets)."""
+"""``gpuledger report`` (fleet economics, tenant budgets, work units) and ``gpuledger units import``."""
 
 from __future__ import annotations
 
@@ -25,10 +25,25 @@ def register(sub: Any, settings: Settings) -> None:
         "  gpuledger report budgets --month current --budgets budgets.toml\n"
         "  gpuledger report economics --month previous --node-pools pools.toml --format json",
     )
-    r.add_argument("what", choices=["economics", "budgets"], help="which report")
+    r.add_argument("what", choices=["economics", "budgets", "units"], help="which report")
     r.add_argument("--month", required=True, metavar="YYYY-MM", help="month (UTC), or `previous`")
     r.add_argument("--format", choices=["txt", "json"], default="txt", help="txt (default) or json")
-    setting_flags(r, settings, "--db", "--prices", "--cloud-rates", "--node-pools", "--budgets", "--idle-policy")
+    setting_flags(r, settings, "--db", "--prices", "--cloud-rates", "--node-pools", "--budgets", "--idle-policy",
+                  "--work-units")
+    u = add_command(
+        sub, "units", units,
+        help="import work units (tokens, samples) per pod and hour from Prometheus",
+        description="Runs each work unit's PromQL (--work-units; default: vLLM's token counters) against "
+        "Prometheus's HTTP API at the end of each UTC hour and stores the per-pod counts in work_units; "
+        "`report units --month` then gives cost, GPU-hours and kWh per 1M tokens. Run it hourly, after the "
+        "hour has ended. See docs/economics.md#work-units.\n\n"
+        "  gpuledger units import --prometheus-url http://prometheus:9090\n"
+        "  gpuledger units import --hours 24",
+    )
+    u.add_argument("action", choices=["import"], help="what to do")
+    u.add_argument("--hours", type=int, default=1, metavar="N",
+                   help="import the last N complete UTC hours (default 1); re-importing an hour replaces it")
+    setting_flags(u, settings, "--db", "--work-units", "--prometheus-url")
 
 
 def report(args: argparse.Namespace, settings: Settings) -> int:
@@ -44,6 +59,8 @@ def report(args: argparse.Namespace, settings: Settings) -> int:
     book = price_book(settings.prices_path)
     if args.what == "budgets":
         return _budgets(month, book, settings, args.format)
+    if args.what == "units":
+        return _units(month, book, settings, args.format)
     rates = econ.load_cloud_rates(settings.cloud_rates_path) if settings.cloud_rates_path else econ.default_cloud_rates()
     pools = econ.load_node_pools(settings.node_pools_path) if settings.node_pools_path else econ.NodePools()
     with Store(existing_db(settings.db_path), read_only=True) as store:
@@ -84,4 +101,54 @@ def _budgets(month: str, book: Any, settings: Settings, fmt: str) -> int:
            "tenant\tbudget\tmonth_to_date\tforecast\tover_under\tstatus"]
     out += ["\t".join("-" if v is None else str(v) for v in t.to_dict().values()) for t in lines]
     sys.stdout.write("\n".join(out) + "\n")
+    return 0
+
+
+def _work_units(settings: Settings) -> Any:
+    from gpuledger.analytics import work_units as wu
+
+    return wu.load_work_units(settings.work_units_path) if settings.work_units_path else wu.default_work_units()
+
+
+def _units(month: str, book: Any, settings: Settings, fmt: str) -> int:
+    from gpuledger.analytics import work_units as wu
+    from gpuledger.errors import GpuledgerError
+    from gpuledger.store import Store
+
+    with Store(existing_db(settings.db_path), read_only=True) as store:
+        rows = wu.unit_report(store, month, book, _work_units(settings))
+    if not rows:
+        raise GpuledgerError(f"no work units for {month}",
+                             hint="import them hourly with `gpuledger units import` (docs/economics.md#work-units)")
+    if fmt == "json":
+        sys.stdout.write(json.dumps({"month": month, "rows": rows}, indent=2) + "\n")
+        return 0
+    head = list(rows[0])
+    out = [f"work units {month}", "\t".join(head)]
+    out += ["\t".join("-" if r[k] is None else str(r[k]) for k in head) for r in rows]
+    sys.stdout.write("\n".join(out) + "\n")
+    return 0
+
+
+def units(args: argparse.Namespace, settings: Settings) -> int:
+    import time
+
+    from gpuledger.analytics import work_units as wu
+    from gpuledger.errors import GpuledgerError
+    from gpuledger.store import Store
+    from gpuledger.timeutil import HOUR_NS
+
+    config = _work_units(settings)
+    url = settings.prometheus_url or config.prometheus_url
+    if not url:
+        raise GpuledgerError("no Prometheus to import work units from",
+                             hint="pass --prometheus-url http://prometheus:9090 (or set prometheus_url in the file)")
+    if args.hours < 1:
+        raise GpuledgerError(f"--hours must be 1 or more, got {args.hours}", hint="e.g. --hours 24")
+    last = time.time_ns() // HOUR_NS * HOUR_NS - HOUR_NS  # the last complete hour
+    hours = [last - i * HOUR_NS for i in range(args.hours)]
+    with Store(existing_db(settings.db_path)) as store:
+        result = wu.import_hours(store, wu.PrometheusHTTP(url), config, hours)
+    print(f"imported {result.rows} work-unit rows for {result.hours} hour(s) "
+          f"({len(config.units)} unit(s)); skipped {result.skipped} sample(s) without namespace/pod", file=sys.stderr)
     return 0

@@ -82,6 +82,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(7, "API tokens (created by the first `token create` before migrations)", creates=("api_tokens",)),
     Migration(8, "closed chargeback months and their billed rows (created by the first close before migrations)",
               creates=("chargeback_closes", "chargeback_billed")),
+    Migration(9, "work units imported from Prometheus per pod and hour", creates=("work_units",)),
 )
 
 

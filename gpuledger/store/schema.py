@@ -31,6 +31,8 @@ Attribution and its products:
 - ``chargeback_closes``, ``chargeback_billed``: closed months' files, byte for
   byte, and every billed row (``analytics/closing.py``).
 - ``api_tokens``: API tokens, the secret stored as its SHA-256 only (``api/tokens.py``).
+- ``work_units``: work counted per hour and pod (tokens, samples...), imported
+  from Prometheus (``analytics/work_units.py``).
 
 Bookkeeping: ``schema_migrations``, the migrations applied to this file.
 """
@@ -101,6 +103,10 @@ TABLES: dict[str, str] = {
         gpu_seconds DOUBLE NOT NULL, energy_j DOUBLE, energy_intervals UINTEGER NOT NULL,
         memory_gb_seconds DOUBLE, intervals UINTEGER NOT NULL)""",
     "ledger_hourly_pending": "CREATE TABLE IF NOT EXISTS ledger_hourly_pending (hour_start_ns BIGINT PRIMARY KEY)",
+    # --- work done (analytics/work_units.py): per-pod counters imported from Prometheus, hourly ----
+    "work_units": """CREATE TABLE IF NOT EXISTS work_units (
+        hour_start_ns BIGINT NOT NULL, cluster VARCHAR, namespace VARCHAR NOT NULL, pod VARCHAR NOT NULL,
+        unit VARCHAR NOT NULL, count DOUBLE NOT NULL)""",
     "ledger_retired": """CREATE TABLE IF NOT EXISTS ledger_retired (
         month VARCHAR PRIMARY KEY, start_ns BIGINT NOT NULL, end_ns BIGINT NOT NULL,
         ledger_rows BIGINT NOT NULL, gpu_seconds DOUBLE, retired_at TIMESTAMPTZ DEFAULT now())""",
