@@ -8,6 +8,9 @@
 - ``/v1/budgets?month=`` (default: the current UTC month): per tenant, the
   monthly budget, month-to-date cost, forecast to the month's end and over or
   under (:mod:`gpuledger.analytics.budgets`); a tenant token sees its own line.
+- ``/v1/units?month=``: cost, GPU-hours and kWh per work unit (per 1M tokens)
+  per unit, tenant, GPU model and pod (:mod:`gpuledger.analytics.work_units`);
+  a tenant token sees its own rows.
 - ``/metrics`` (admin, finance; Prometheus text format): the current month's
   ``gpuledger_tenant_budget``, ``gpuledger_tenant_cost_month_to_date`` and
   ``gpuledger_tenant_cost_forecast`` per tenant, for the PrometheusRule in
@@ -28,6 +31,7 @@ from fastapi.responses import PlainTextResponse
 
 from gpuledger.analytics import budgets as bud
 from gpuledger.analytics import economics as econ
+from gpuledger.analytics import work_units as wu
 from gpuledger.analytics.policy import Policy
 from gpuledger.api.auth import EXPORT_ROLES, SHOWBACK_ROLES, require, session
 from gpuledger.api.errors import ERROR_RESPONSES
@@ -69,6 +73,19 @@ def _budgets(request: Request, s: Session, month: str, policy: Policy) -> dict[s
                 "tenants": [t.to_dict() for t in lines]}
 
     return db.cached(("budgets", month, policy), compute)
+
+
+@router.get("/v1/units", tags=["business"],
+            summary="Cost, GPU-hours and kWh per work unit (e.g. per 1M tokens) per tenant, model and pod")
+def units(request: Request, month: str = MONTH, who: Principal = Depends(require(*SHOWBACK_ROLES)),
+          s: Session = _SESSION) -> dict[str, Any]:
+    month = parse_month(month)
+    db: Database = request.app.state.db
+    book, config = request.app.state.book, request.app.state.work_units
+    rows: list[dict[str, Any]] = db.cached(("units", month), lambda: wu.unit_report(s.store, month, book, config))
+    if who.scoped:
+        rows = [r for r in rows if r["tenant"] == who.tenant]
+    return {"month": month, "currency": book.currency, "rows": rows}
 
 
 @router.get("/v1/budgets", tags=["business"],

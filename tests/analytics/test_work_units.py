@@ -195,3 +195,25 @@ def test_cli_units_import_and_report(tmp_path: Path, capsys: Any) -> None:
     assert main(["units", "import", "--db", str(db), "--prometheus-url", f"http://127.0.0.1:{port}"]) == 2
     err = capsys.readouterr().err
     assert "cannot query Prometheus" in err and "hint:" in err
+
+
+def test_api_units_with_tenant_isolation(tmp_path: Path) -> None:
+    from gpuledger.api.app import create_app
+    from gpuledger.api.tokens import create_token
+    from tests.support.live_server import serving
+
+    db = tmp_path / "w.duckdb"
+    hour = 1_741_392_000 * 10**9  # 2025-03-08T00:00Z
+    units = wu.parse_work_units('[[unit]]\nname = "tokens"\nquery = "q"\nper = 1000000\n')
+    with Store(db) as store:
+        write_ledger(store, [{**row("inf", K.BUSY, 3600, seq=1, start_ns=hour), "pod": "llm-0"},
+                             {**row("cv", K.BUSY, 3600, seq=1, gpu=1, start_ns=hour), "pod": "cv-0"}])
+        rebuild_hourly(store)
+        wu.import_hours(store, FakePrometheus({"q": [({"namespace": "inf", "pod": "llm-0"}, 2e6),
+                                                     ({"namespace": "cv", "pod": "cv-0"}, 1e6)]}), units, [hour])
+        admin, tenant = create_token(store, "admin")[1], create_token(store, "tenant", "cv")[1]
+    with serving(create_app(str(db), work_units=units)) as client:
+        body = client.get("/v1/units", params={"month": "2025-03"}, headers={"Authorization": f"Bearer {admin}"}).json()
+        assert [(r["tenant"], r["cost_per_held"]) for r in body["rows"]] == [("cv", "2.99"), ("inf", "1.50")]
+        mine = client.get("/v1/units", params={"month": "2025-03"}, headers={"Authorization": f"Bearer {tenant}"})
+        assert [r["tenant"] for r in mine.json()["rows"]] == ["cv"]
