@@ -124,6 +124,9 @@ class Settings(BaseSettings):
     work_units_path: str | None = Field(
         None, description="Work units TOML (PromQL per unit, imported hourly); unset: the shipped vLLM token counters."
     )
+    queues_path: str | None = Field(
+        None, description="Kueue TOML (resource, ClusterQueue -> tenant); unset: nvidia.com/gpu, tenant = queue name."
+    )
     prometheus_url: str | None = Field(
         None, description="Prometheus base URL work units are imported from; unset: the work units file's."
     )

@@ -35,6 +35,7 @@ from gpuledger.analytics.budgets import Budgets
 from gpuledger.analytics.economics import CloudRates, NodePools, default_cloud_rates
 from gpuledger.analytics.focus import ExportContext
 from gpuledger.analytics.prices import PriceBook, default_price_book
+from gpuledger.analytics.queues import Queues
 from gpuledger.analytics.work_units import WorkUnits, default_work_units
 from gpuledger.api import errors as E
 from gpuledger.api import exports, routes_business, routes_efficiency, routes_fleet, routes_series, routes_showback
@@ -58,7 +59,8 @@ def create_app(db_path: str | Path | None = None, prices: PriceBook | None = Non
                store: Store | None = None, auth: bool = True, cache_ttl_s: float = 60.0,
                export_context: ExportContext | None = None, audit: AuditLog | None = None,
                cloud_rates: CloudRates | None = None, node_pools: NodePools | None = None,
-               budgets: Budgets | None = None, work_units: WorkUnits | None = None) -> FastAPI:
+               budgets: Budgets | None = None, work_units: WorkUnits | None = None,
+               queues: Queues | None = None) -> FastAPI:
     """The API over a DuckDB file (read-only per request) or an open ``store``.
 
     ``prices`` defaults to the shipped book (gpuledger/defaults/prices.toml);
@@ -68,7 +70,7 @@ def create_app(db_path: str | Path | None = None, prices: PriceBook | None = Non
     (:mod:`~gpuledger.api.audit`; ``serving.audit_log(settings)``); ``cloud_rates`` to the
     shipped example and ``node_pools`` to none (every node ``unassigned``) for ``/v1/economics``;
     ``budgets`` (per-tenant monthly budgets, ``/v1/budgets`` and ``/metrics``) to none; ``work_units``
-    (``/v1/units``) to the shipped vLLM token counters.
+    (``/v1/units``) to the shipped vLLM token counters; ``queues`` (``/v1/queues``) to GPUs, tenant = queue name.
     """
     db = Database(db_path, store, ttl_s=cache_ttl_s)
     app = FastAPI(title="gpuledger", version=__version__,
@@ -79,6 +81,7 @@ def create_app(db_path: str | Path | None = None, prices: PriceBook | None = Non
     app.state.cloud_rates, app.state.node_pools = cloud_rates or default_cloud_rates(), node_pools or NodePools()
     app.state.budgets = budgets or Budgets(app.state.book.currency, {})
     app.state.work_units = work_units or default_work_units()
+    app.state.queues = queues or Queues()
     if app.state.budgets.currency != app.state.book.currency:
         raise ConfigError(f"budgets are in {app.state.budgets.currency}, the price book in {app.state.book.currency}",
                           hint="write the budgets in the price book's currency")

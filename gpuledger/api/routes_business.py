@@ -11,6 +11,9 @@
 - ``/v1/units?month=``: cost, GPU-hours and kWh per work unit (per 1M tokens)
   per unit, tenant, GPU model and pod (:mod:`gpuledger.analytics.work_units`);
   a tenant token sees its own rows.
+- ``/v1/queues?month=``: per Kueue ClusterQueue, quota vs admitted vs measured
+  GPU-hours and the admission wait (:mod:`gpuledger.analytics.queues`); a
+  tenant token sees its own queues.
 - ``/metrics`` (admin, finance; Prometheus text format): the current month's
   ``gpuledger_tenant_budget``, ``gpuledger_tenant_cost_month_to_date`` and
   ``gpuledger_tenant_cost_forecast`` per tenant, for the PrometheusRule in
@@ -31,6 +34,7 @@ from fastapi.responses import PlainTextResponse
 
 from gpuledger.analytics import budgets as bud
 from gpuledger.analytics import economics as econ
+from gpuledger.analytics import queues as qu
 from gpuledger.analytics import work_units as wu
 from gpuledger.analytics.policy import Policy
 from gpuledger.api.auth import EXPORT_ROLES, SHOWBACK_ROLES, require, session
@@ -86,6 +90,19 @@ def units(request: Request, month: str = MONTH, who: Principal = Depends(require
     if who.scoped:
         rows = [r for r in rows if r["tenant"] == who.tenant]
     return {"month": month, "currency": book.currency, "rows": rows}
+
+
+@router.get("/v1/queues", tags=["business"],
+            summary="Per Kueue ClusterQueue: quota, admitted, borrowed and unused GPU-hours, measured use, wait p50/p95")
+def queues(request: Request, month: str = MONTH, who: Principal = Depends(require(*SHOWBACK_ROLES)),
+           s: Session = _SESSION) -> dict[str, Any]:
+    month = parse_month(month)
+    db: Database = request.app.state.db
+    config = request.app.state.queues
+    rows: list[dict[str, Any]] = db.cached(("queues", month), lambda: qu.queue_report(s.store, month, config))
+    if who.scoped:
+        rows = [r for r in rows if r["tenant"] == who.tenant]
+    return {"month": month, "resource": config.resource, "queues": rows}
 
 
 @router.get("/v1/budgets", tags=["business"],

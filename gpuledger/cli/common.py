@@ -60,6 +60,7 @@ SETTING_FLAGS: dict[str, tuple[str, str | None]] = {
     "--budgets": ("budgets_path", "TOML"),
     "--work-units": ("work_units_path", "TOML"),
     "--prometheus-url": ("prometheus_url", "URL"),
+    "--queues": ("queues_path", "TOML"),
     "--idle-policy": ("idle_policy", None),
     "--close-grace-hours": ("close_grace_hours", "HOURS"),
     "--tls-certfile": ("api_tls_certfile", "PEM"),

@@ -25,11 +25,11 @@ def register(sub: Any, settings: Settings) -> None:
         "  gpuledger report budgets --month current --budgets budgets.toml\n"
         "  gpuledger report economics --month previous --node-pools pools.toml --format json",
     )
-    r.add_argument("what", choices=["economics", "budgets", "units"], help="which report")
+    r.add_argument("what", choices=["economics", "budgets", "units", "queues"], help="which report")
     r.add_argument("--month", required=True, metavar="YYYY-MM", help="month (UTC), or `previous`")
     r.add_argument("--format", choices=["txt", "json"], default="txt", help="txt (default) or json")
     setting_flags(r, settings, "--db", "--prices", "--cloud-rates", "--node-pools", "--budgets", "--idle-policy",
-                  "--work-units")
+                  "--work-units", "--queues")
     u = add_command(
         sub, "units", units,
         help="import work units (tokens, samples) per pod and hour from Prometheus",
@@ -43,7 +43,9 @@ def register(sub: Any, settings: Settings) -> None:
     u.add_argument("action", choices=["import"], help="what to do")
     u.add_argument("--hours", type=int, default=1, metavar="N",
                    help="import the last N complete UTC hours (default 1); re-importing an hour replaces it")
-    setting_flags(u, settings, "--db", "--work-units", "--prometheus-url")
+    u.add_argument("--kueue", action="store_true",
+                   help="also import Kueue's quota, reservation, usage and admission-wait series (--queues)")
+    setting_flags(u, settings, "--db", "--work-units", "--prometheus-url", "--queues")
 
 
 def report(args: argparse.Namespace, settings: Settings) -> int:
@@ -61,6 +63,8 @@ def report(args: argparse.Namespace, settings: Settings) -> int:
         return _budgets(month, book, settings, args.format)
     if args.what == "units":
         return _units(month, book, settings, args.format)
+    if args.what == "queues":
+        return _queues(month, settings, args.format)
     rates = econ.load_cloud_rates(settings.cloud_rates_path) if settings.cloud_rates_path else econ.default_cloud_rates()
     pools = econ.load_node_pools(settings.node_pools_path) if settings.node_pools_path else econ.NodePools()
     with Store(existing_db(settings.db_path), read_only=True) as store:
@@ -149,6 +153,37 @@ def units(args: argparse.Namespace, settings: Settings) -> int:
     hours = [last - i * HOUR_NS for i in range(args.hours)]
     with Store(existing_db(settings.db_path)) as store:
         result = wu.import_hours(store, wu.PrometheusHTTP(url), config, hours)
+        if args.kueue:
+            from gpuledger.analytics import queues as qu
+
+            n = qu.import_queue_hours(store, wu.PrometheusHTTP(url), _queue_config(settings), hours)
+            print(f"imported {n} Kueue rows for {len(hours)} hour(s)", file=sys.stderr)
     print(f"imported {result.rows} work-unit rows for {result.hours} hour(s) "
           f"({len(config.units)} unit(s)); skipped {result.skipped} sample(s) without namespace/pod", file=sys.stderr)
+    return 0
+
+
+def _queue_config(settings: Settings) -> Any:
+    from gpuledger.analytics import queues as qu
+
+    return qu.load_queues(settings.queues_path) if settings.queues_path else qu.Queues()
+
+
+def _queues(month: str, settings: Settings, fmt: str) -> int:
+    from gpuledger.analytics import queues as qu
+    from gpuledger.errors import GpuledgerError
+    from gpuledger.store import Store
+
+    with Store(existing_db(settings.db_path), read_only=True) as store:
+        rows = qu.queue_report(store, month, _queue_config(settings))
+    if not rows:
+        raise GpuledgerError(f"no Kueue data for {month}",
+                             hint="import it hourly with `gpuledger units import --kueue` (docs/economics.md#kueue-quotas)")
+    if fmt == "json":
+        sys.stdout.write(json.dumps({"month": month, "queues": rows}, indent=2) + "\n")
+        return 0
+    head = list(rows[0])
+    out = [f"Kueue quotas {month} (GPU-hours)", "\t".join(head)]
+    out += ["\t".join("-" if r[k] is None else str(r[k]) for k in head) for r in rows]
+    sys.stdout.write("\n".join(out) + "\n")
     return 0

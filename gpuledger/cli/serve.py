@@ -20,7 +20,7 @@ def register(sub: Any, settings: Settings) -> None:
         "(`gpuledger token create`); --no-auth turns that off for local development only.",
     )
     setting_flags(s, settings, "--db", "--host", "--port", "--prices", "--cloud-rates", "--node-pools",
-                  "--budgets", "--idle-policy", "--work-units")
+                  "--budgets", "--idle-policy", "--work-units", "--queues")
     s.add_argument("--close-months", action="store_true",
                    help="close each month's chargeback file once it has ended (+ grace); needs the writer lock")
     setting_flags(s, settings, "--close-grace-hours", "--tls-certfile", "--tls-keyfile", "--audit-dir",
@@ -65,9 +65,12 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     from gpuledger.analytics.work_units import load_work_units
 
     budgets = load_budgets(settings.budgets_path) if settings.budgets_path else None
+    from gpuledger.analytics.queues import load_queues
+
     units = load_work_units(settings.work_units_path) if settings.work_units_path else None
+    queues = load_queues(settings.queues_path) if settings.queues_path else None
     app = create_app(db, prices=book, auth=not args.no_auth, export_context=context, audit=audit_log(settings),
-                     cloud_rates=rates, node_pools=pools, budgets=budgets, work_units=units)
+                     cloud_rates=rates, node_pools=pools, budgets=budgets, work_units=units, queues=queues)
     if args.close_months:  # the scheduled monthly close (docs/chargeback.md)
         from gpuledger.analytics.export_cmd import MonthCloser
 

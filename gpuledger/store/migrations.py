@@ -83,6 +83,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(8, "closed chargeback months and their billed rows (created by the first close before migrations)",
               creates=("chargeback_closes", "chargeback_billed")),
     Migration(9, "work units imported from Prometheus per pod and hour", creates=("work_units",)),
+    Migration(10, "Kueue quota series per ClusterQueue and hour", creates=("queue_hourly",)),
 )
 
 
