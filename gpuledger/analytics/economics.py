@@ -235,6 +235,11 @@ def economics(rows: pl.LazyFrame, book: PriceBook, rates: CloudRates, pools: Nod
 def read_month(store: Store, month: str) -> tuple[pl.LazyFrame, int]:
     """The month's rollup rows and how many of its hours are pending a refresh (counted as last rolled up)."""
     start, end = (to_ns(t) for t in month_bounds(month))
+    return read_period(store, start, end)
+
+
+def read_period(store: Store, start: int, end: int) -> tuple[pl.LazyFrame, int]:
+    """Rollup rows of the hours starting in [start, end) (ns), and how many of them are pending a refresh."""
     if not store.has_table("ledger_hourly"):
         raise GpuledgerError("this database has no hourly rollups (ledger_hourly)",
                              hint="run `gpuledger attribute` with a current gpuledger: it creates and fills them")
@@ -255,10 +260,11 @@ def totals(entries: Iterable[PoolEconomics]) -> dict[str, str | None]:
     return out
 
 
-def report_dict(month: str, entries: list[PoolEconomics], rates: CloudRates, pending_hours: int) -> dict[str, Any]:
-    """The report as JSON-ready data (CLI ``--format json`` and ``GET /v1/economics``)."""
+def report_dict(month: str | None, entries: list[PoolEconomics], rates: CloudRates, pending_hours: int,
+                period: dict[str, str] | None = None) -> dict[str, Any]:
+    """The report as JSON-ready data (CLI ``--format json`` and ``GET /v1/economics``); ``month`` None: a period."""
     return {
-        "month": month, "currency": entries[0].currency if entries else rates.book.currency,
+        "month": month, "period": period, "currency": entries[0].currency if entries else rates.book.currency,
         "cloud_rates": {"as_of": rates.as_of.isoformat(), "source": rates.source, "file": rates.book.source,
                         "offers": rates.offers},
         "pending_hours": pending_hours, "pools": [e.to_dict() for e in entries], "totals": totals(entries),
@@ -273,7 +279,7 @@ def report_text(body: dict[str, Any]) -> str:
     head = ("pool", "model", "capacity_gpu_hours", "used_gpu_hours", "allocated_gpu_hours", "utilization",
             "allocation", "efficiency", "own_cost", "cost_per_used_gpu_hour", "cloud_rate", "rented_used_cost",
             "rented_allocated_cost", "break_even_utilization")
-    lines = [f"fleet economics {body['month']} ({body['currency']}); cloud rates as of "
+    lines = [f"fleet economics {body['month'] or body['period']} ({body['currency']}); cloud rates as of "
              f"{body['cloud_rates']['as_of']}: {body['cloud_rates']['source']}"]
     if body["pending_hours"]:
         lines.append(f"note: {body['pending_hours']} hour(s) of the month are pending a rollup refresh "

@@ -37,11 +37,12 @@ from gpuledger.analytics import economics as econ
 from gpuledger.analytics import queues as qu
 from gpuledger.analytics import work_units as wu
 from gpuledger.analytics.policy import Policy
-from gpuledger.api.auth import EXPORT_ROLES, SHOWBACK_ROLES, require, session
+from gpuledger.api.auth import EXPORT_ROLES, SHOWBACK_ROLES, data_filters, require, session
 from gpuledger.api.errors import ERROR_RESPONSES
-from gpuledger.api.params import MONTH, parse_month
+from gpuledger.api.params import END, MONTH, START, parse_month, resolve_period
 from gpuledger.api.reader import Database, Session
 from gpuledger.api.tokens import Principal
+from gpuledger.timeutil import from_ns, iso_utc, month_bounds, to_ns
 
 __all__ = ["router"]
 
@@ -52,18 +53,28 @@ _SESSION = Depends(session, scope="function")
 @router.get("/v1/economics", tags=["business"],
             summary="Fleet economics per node pool and GPU model: utilization, cost per used GPU-hour, "
             "rent vs own (admin, finance)")
-def economics(request: Request, month: str = MONTH, who: Principal = Depends(require(*EXPORT_ROLES)),
+def economics(request: Request, month: str | None = Query(None, description="YYYY-MM (UTC) or `previous`; "
+                                                          "else start/end (Grafana), else the latest month with data"),
+              start: str | None = START, end: str | None = END, who: Principal = Depends(require(*EXPORT_ROLES)),
               s: Session = _SESSION) -> dict[str, Any]:
-    month = parse_month(month)
     db: Database = request.app.state.db
     book, rates, pools = request.app.state.book, request.app.state.cloud_rates, request.app.state.node_pools
+    if month is not None:
+        month = parse_month(month)
+        lo, hi = (to_ns(t) for t in month_bounds(month))
+    else:
+        period = resolve_period(s, start, end, data_filters(who))
+        if period is None:
+            return econ.report_dict(None, [], rates, 0, None)
+        lo, hi = to_ns(period.start), to_ns(period.end)
 
     def compute() -> dict[str, Any]:
         s.query("SELECT 1 FROM ledger_hourly LIMIT 0")  # 503 with a hint on a file without rollups
-        rows, pending = econ.read_month(s.store, month)
-        return econ.report_dict(month, econ.economics(rows, book, rates, pools), rates, pending)
+        rows, pending = econ.read_period(s.store, lo, hi)
+        return econ.report_dict(month, econ.economics(rows, book, rates, pools), rates, pending,
+                                None if month else {"start": iso_utc(from_ns(lo)), "end": iso_utc(from_ns(hi))})
 
-    return db.cached(("economics", month), compute)
+    return db.cached(("economics", lo, hi, month), compute)
 
 
 def _budgets(request: Request, s: Session, month: str, policy: Policy) -> dict[str, Any]:

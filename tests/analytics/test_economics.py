@@ -155,3 +155,13 @@ def test_api_economics(api: httpx.Client, db: tuple[Path, str]) -> None:
         tenant = create_token(store, "tenant", "ml")[1]
     r = api.get("/v1/economics", params={"month": "2025-03"}, headers={"Authorization": f"Bearer {tenant}"})
     assert r.status_code == 403  # fleet economics are the platform's and finance's, not a tenant's
+
+
+def test_api_economics_for_a_period(api: httpx.Client) -> None:
+    # Grafana's time range (epoch ms): the first March hour only -> the train pool's first hour
+    body = api.get("/v1/economics", params={"start": MARCH // 10**6, "end": (MARCH + HOUR_NS) // 10**6}).json()
+    assert (body["month"], body["period"]) == (None, {"start": "2025-03-01T00:00:00Z", "end": "2025-03-01T01:00:00Z"})
+    train = body["pools"][0]
+    assert (train["capacity_gpu_hours"], train["used_gpu_hours"], train["own_cost"]) == ("1.000000", "0.500000", "2.99")
+    latest = api.get("/v1/economics").json()  # neither: the latest month with data
+    assert latest["period"] == {"start": "2025-03-01T00:00:00Z", "end": "2025-04-01T00:00:00Z"}
