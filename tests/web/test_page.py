@@ -3,7 +3,8 @@
 Loads ``/#token=...`` against the live server on simulator demo data, checks
 that both SVG charts drew one bar group per tenant of the API's answer, that
 the table matches, that a period change reloads, and that the download link
-returns the month's chargeback CSV. A screenshot is kept in the test's tmp
+returns the month's chargeback CSV, and that the idle-policy control re-asks the
+API under that policy. A screenshot is kept in the test's tmp
 directory. Without Chromium the test skips, except under CI=true.
 """
 
@@ -89,6 +90,20 @@ def test_page_renders_charts_and_downloads_the_chargeback(site: dict[str, Any], 
             page.click("#period-form button[type=submit]")
             page.wait_for_selector("body[data-ready='1']", timeout=20_000)
             assert "2026-10-02T00:00:00Z" in page.inner_text("#period")
+
+            # Who pays for idle: the page control re-asks the API under that policy (the whole demo month).
+            shared = site["client"].get("/v1/showback", params={"limit": 1000, "idle_policy": "platform"}).json()
+            assert [(r["tenant"], r["cost"]) for r in shared["rows"]] != [
+                (r["tenant"], r["cost"]) for r in expected["rows"]]  # the policy changes who pays
+            page.fill("#start", "")
+            page.fill("#end", "")
+            page.select_option("#idle-policy", "platform")
+            page.click("#period-form button[type=submit]")
+            page.wait_for_selector("body[data-ready='1']", timeout=20_000)
+            assert "idle policy platform" in page.inner_text("#period")
+            cells = page.eval_on_selector_all("#table tbody tr", "trs => trs.map(tr => [tr.cells[0].textContent, "
+                                              "tr.cells[8].textContent])")
+            assert cells == [[r["tenant"], f"{r['cost']} {r['currency']}"] for r in shared["rows"]]
 
             team = browser.new_page()  # a tenant's token: its own row only, no finance download
             team.goto(f"{site['base']}/#token={site['tenant_token']}")

@@ -1,5 +1,6 @@
 // gpuledger showback page: plain JS + SVG, no build step. Reads /v1/whoami, /v1/showback
-// and /v1/chargeback.csv with the token the user gives (URL fragment #token=... or the form),
+// and /v1/exports/chargeback (CSV) with the token the user gives (URL fragment #token=... or the form),
+// under the idle policy chosen on the page (who pays for idle: holder, share_unallocated, platform),
 // kept in sessionStorage for this tab only; the fragment never reaches the server or its logs.
 "use strict";
 
@@ -74,7 +75,7 @@ function render(body) {
   const rows = body.rows;
   $("currency").textContent = body.currency;
   $("period").textContent = body.period
-    ? `${body.period.start} – ${body.period.end} (end exclusive), ${rows.length} tenants, total ${body.total_cost} ${body.currency}`
+    ? `${body.period.start} – ${body.period.end} (end exclusive), ${rows.length} tenants, total ${body.total_cost} ${body.currency}, idle policy ${body.idle_policy}`
     : "no data yet";
   bars($("chart-usage"), rows, (r) => KINDS.map(([k, c]) => [r[k], c, k.replace("_gpu_hours", "")]), h);
   bars($("chart-cost"), rows, (r) => [[Number(r.cost), "--cost", "cost"]], (v) => Number(v).toFixed(2));
@@ -108,7 +109,7 @@ function render(body) {
 }
 
 function query() {
-  const p = new URLSearchParams({ group_by: "tenant", limit: "1000" });
+  const p = new URLSearchParams({ group_by: "tenant", limit: "1000", idle_policy: $("idle-policy").value });
   if ($("start").value && $("end").value) {
     p.set("start", $("start").value); p.set("end", $("end").value);
   } else if ($("month").value) {
@@ -141,7 +142,8 @@ async function download(ev) {
   ev.preventDefault();
   const month = ev.currentTarget.dataset.month;
   try {
-    const r = await api(`/v1/chargeback.csv?month=${encodeURIComponent(month)}`);
+    const policy = encodeURIComponent($("idle-policy").value);
+    const r = await api(`/v1/exports/chargeback?month=${encodeURIComponent(month)}&format=csv&idle_policy=${policy}`);
     const url = URL.createObjectURL(await r.blob());
     const a = document.createElement("a");
     a.href = url; a.download = `gpuledger-chargeback-${month}.csv`;
