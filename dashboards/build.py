@@ -139,6 +139,14 @@ def fleet() -> dict[str, Any]:
                   col("node", "string"), col("gpu_index"), col("gpu", "string"), col("model", "string"),
                   col("sharing", "string"), col("health", "string"), col("xid_events"), col("field_errors"),
                   col("last_seen", "timestamp")], root="rows")], 0, 32, w=24, h=10),
+        panel(11, "Fleet economics per pool: utilization, cost per used GPU-hour, rent vs own (API)", "table",
+              [infinity(f"/v1/economics?{PERIOD}", [
+                  col("pool", "string"), col("model", "string"), col("utilization"), col("allocation"),
+                  col("efficiency"), col("own_cost"), col("cost_per_used_gpu_hour"), col("cloud_rate"),
+                  col("rented_used_cost"), col("rented_allocated_cost"), col("break_even_utilization")],
+                        root="pools")], 0, 42, w=24, h=8,
+              description="From the hourly rollups (docs/economics.md); needs an admin or finance token. "
+              "break_even_utilization: above it, owning is cheaper than renting the used hours on demand."),
     ]
     return dashboard("gpuledger-fleet", "gpuledger / Fleet utilization and health", panels, time_from="now-6h")
 

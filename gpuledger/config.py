@@ -24,6 +24,8 @@ Compression = Literal["zstd", "gzip", "lz4", "snappy", "none"]
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 #: Rows of the chargeback file per billing month or per UTC day.
 ChargePeriod = Literal["month", "day"]
+FocusVersion = Literal["1.4", "1.2"]
+IdlePolicy = Literal["holder", "share_unallocated", "platform"]
 
 
 class Settings(BaseSettings):
@@ -125,11 +127,37 @@ class Settings(BaseSettings):
     )
     prices_path: str | None = Field(None, description="Price book TOML; unset: the shipped default book.")
     tenancy_path: str | None = Field(None, description="Tenancy rules TOML; unset: label `team`, else namespace.")
+    cloud_rates_path: str | None = Field(
+        None, description="On-demand cloud rates TOML for fleet economics; unset: the shipped, dated example."
+    )
+    budgets_path: str | None = Field(
+        None, description="Per-tenant monthly budgets TOML (`/v1/budgets`, `/metrics`, `report budgets`); unset: none."
+    )
+    work_units_path: str | None = Field(
+        None, description="Work units TOML (PromQL per unit, imported hourly); unset: the shipped vLLM token counters."
+    )
+    queues_path: str | None = Field(
+        None, description="Kueue TOML (resource, ClusterQueue -> tenant); unset: nvidia.com/gpu, tenant = queue name."
+    )
+    prometheus_url: str | None = Field(
+        None, description="Prometheus base URL work units are imported from; unset: the work units file's."
+    )
+    node_pools_path: str | None = Field(
+        None, description="Node pools TOML (node name globs -> pool) for fleet economics; unset: `unassigned`."
+    )
     billing_account_id: str = Field("gpuledger", description="FOCUS BillingAccountId of the chargeback file.")
     billing_account_name: str = Field("gpuledger GPU fleet", description="FOCUS BillingAccountName.")
     provider_name: str = Field("gpuledger", description="FOCUS ProviderName, PublisherName and InvoiceIssuerName.")
     region_id: str | None = Field(None, description="FOCUS RegionId/RegionName of the fleet; unset: null.")
     charge_period: ChargePeriod = Field("month", description="Chargeback rows per `month` or per UTC `day`.")
+    idle_policy: IdlePolicy = Field(
+        "holder", description="Who pays for idle GPU time in the chargeback file: `holder` (allocated idle stays "
+        "with the holder, unallocated on platform), `share_unallocated` (unallocated spread over the tenants by "
+        "their GPU-hours, like OpenCost's shareIdle) or `platform` (tenants pay only for busy and unmeasured time)."
+    )
+    focus_version: FocusVersion = Field(
+        "1.4", description="FOCUS version of the chargeback file: `1.4` (split cost allocation columns) or `1.2`."
+    )
     close_grace_hours: float = Field(
         6.0, description="`serve --close-months`: close a month this many hours after it ends."
     )

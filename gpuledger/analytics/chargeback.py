@@ -441,7 +441,7 @@ def usage_sql(store: Store, rows_sql: str, params: Sequence[Any] | Mapping[str, 
     return Usage(sums.with_columns(as_day).drop("_day_ns"), capacity)
 
 
-def read_usage(store: Store, start: datetime, end: datetime, by: Sequence[str]) -> Usage:
+def read_usage(store: Store, start: datetime, end: datetime, by: Sequence[str], *, policy: str = "holder") -> Usage:
     """:class:`Usage` of [start, end) summed in the store (DuckDB), from the hourly rollups.
 
     Memory does not grow with the fleet's size, tick or days: DuckDB streams
@@ -450,7 +450,8 @@ def read_usage(store: Store, start: datetime, end: datetime, by: Sequence[str]) 
     capacity is its GPU-seconds summed (conservation: the ledger rows of a GPU
     interval sum to its length, so the hour's sum rounded to the nanosecond is
     the integer capacity the ledger path takes from interval bounds);
-    tests/analytics/test_chargeback_rollups.py checks both paths give the same file.
+    tests/analytics/test_chargeback_rollups.py checks both paths give the same file. ``policy``: who pays
+    for idle (``analytics/policy.py``), applied to the rows in DuckDB.
     """
     direct = ", ".join(f"'{r}'" for r in kinds.DIRECT_RULES)
     key_sql = ", ".join(f"{_KEY_SQL.get(k, k)} AS {k}" for k in by)
@@ -463,8 +464,13 @@ def read_usage(store: Store, start: datetime, end: datetime, by: Sequence[str]) 
         f"AS direct_busy_seconds, {_KNOWN_ENERGY} AS energy_j"
     )
     day = f"hour_start_ns - hour_start_ns % {DAY_NS}"
+    from gpuledger.analytics.policy import POLICIES, apply_idle_policy_sql
+
     rows = hour_rows_sql(store)
-    sums_sql = (f"WITH h AS ({rows}) SELECT {key_sql}{', ' if key_sql else ''}model AS _model, "
+    if policy not in POLICIES:
+        raise ValueError(f"unknown idle policy {policy!r}; choose one of {', '.join(POLICIES)}")
+    # Who pays for idle moves GPU-seconds between tenants within a GPU-hour: capacity does not change.
+    sums_sql = (f"WITH h AS ({apply_idle_policy_sql(rows, policy)}) SELECT {key_sql}{', ' if key_sql else ''}model AS _model, "
                 f"coalesce(profile, '') AS _profile, {day} AS _day_ns, {metrics}, list(DISTINCT sharing) AS _sharing "
                 "FROM h GROUP BY ALL")
     unit = "hour_start_ns, node, gpu_index"

@@ -192,7 +192,7 @@ def corrections(store: Store, month: str, book: PriceBook, context: ExportContex
     for m, record in sorted(closed.items()):
         if m >= month or m in retired:  # a retired month's ledger is gone (gpuledger/ingest/retention.py): its bill is final
             continue
-        ctx_m = ExportContext(**{**context.__dict__, "charge_period": record.charge_period})
+        ctx_m = context.as_closed(record.charge_period, record.inputs)  # recomputed as it was closed
         start, end = month_bounds(m)
         now_rows, totals = charges(store, book, m, ctx_m)
         billed = _billed(store, m)

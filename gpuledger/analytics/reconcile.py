@@ -119,7 +119,7 @@ def reconcile(store: Store, month: str, book: PriceBook, context: ExportContext 
     ctx = context or ExportContext()
     record = closing.closed_months(store).get(month)
     if record is not None:
-        ctx = ExportContext(**{**ctx.__dict__, "charge_period": record.charge_period})
+        ctx = ctx.as_closed(record.charge_period, record.inputs)
     start, end = month_bounds(month)
     result = closing.export(store, month, book, fmt="csv", context=ctx, now=now)
     if record is None:

@@ -74,6 +74,7 @@ class ShowbackOut(Paged):
     group_by: list[str]
     granularity: str | None
     currency: str
+    idle_policy: str
     total_cost: str | None
     data: DataSpan | None
     rows: list[ShowbackRow]

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from gpuledger.analytics.csvfile import write_rows
+from gpuledger.analytics.policy import Policy, apply_idle_policy_to_rows
 from gpuledger.api import errors as E
 from gpuledger.api import views
 from gpuledger.api.auth import DATA_ROLES, SHOWBACK_ROLES, data_filters, require, session
@@ -73,6 +74,9 @@ def showback(request: Request, start: str | None = START, end: str | None = END,
                                    "sharing, profile, pod, workload, gpu, cluster, or label:KEY (a pod label)"),
              granularity: str | None = Query(None, description="hour, day or month buckets; omit for none"),
              limit: int = LIMIT, cursor: str | None = CURSOR, format: Literal["json", "csv"] = _FORMAT,
+             idle_policy: Policy = Query("holder", description="who pays for idle: holder (default), "
+                                         "share_unallocated (spread over tenants, like OpenCost's shareIdle) or "
+                                         "platform (tenants pay for busy and unmeasured time only)"),
              f: dict[str, list[str] | None] = Depends(filter_params),
              who: Principal = Depends(require(*SHOWBACK_ROLES)), s: Session = Depends(session, scope="function")) -> Response:
     by = parse_group_by(group_by, labels=True)
@@ -84,16 +88,18 @@ def showback(request: Request, start: str | None = START, end: str | None = END,
         if format == "csv":
             return _csv([], by, granularity, period)
         return JSONResponse({"period": None, "group_by": by, "granularity": granularity, "currency": book.currency,
-                             "total_cost": None, "data": None, "rows": [], "total_rows": 0, "next_cursor": None})
+                             "idle_policy": idle_policy, "total_cost": None, "data": None, "rows": [], "total_rows": 0,
+                             "next_cursor": None})
     gran = parse_granularity(granularity, period)
 
     def compute() -> tuple[list[dict[str, Any]], str, dict[str, Any]]:
         nodes = filters.values.get("node", ())
         rows: pl.LazyFrame | views.SqlRows
         if any(d.startswith(LABEL_PREFIX) for d in [*by, *filters.dims()]):  # labels join pods: in Polars
-            rows = views.with_labels(s, views.with_dimensions(views.read_rows(s, period, nodes, hourly=True), gran), by)
+            read = apply_idle_policy_to_rows(views.read_rows(s, period, nodes, hourly=True), idle_policy)
+            rows = views.with_labels(s, views.with_dimensions(read, gran), by)
         else:  # summed in DuckDB: memory does not grow with the fleet (a 1,000-GPU month is millions of rows)
-            rows = views.SqlRows.of(s, period, nodes, gran)
+            rows = views.SqlRows.of(s, period, nodes, gran, idle_policy)
         frame = views.showback_rows(rows, book, by, filters, gran)
         check_size(frame.height, "showback rows")
         out = []
@@ -111,11 +117,12 @@ def showback(request: Request, start: str | None = START, end: str | None = END,
                 "hours_with_data": span["hours_with_data"], "period_hours": span["period_hours"]}
         return out, str(total.quantize(book.quantum)), data
 
-    rows, total, data = request.app.state.db.cached(("showback", period, tuple(by), gran, filters.key()), compute)
+    rows, total, data = request.app.state.db.cached(
+        ("showback", period, tuple(by), gran, filters.key(), idle_policy), compute)
     if format == "csv":
         return _csv(rows, by, gran, period)
     return JSONResponse({"period": period_out(period), "group_by": by, "granularity": gran,
-                         "currency": book.currency, "total_cost": total, "data": data,
+                         "currency": book.currency, "idle_policy": idle_policy, "total_cost": total, "data": data,
                          "rows": rows[page.offset:page.offset + page.limit], "total_rows": len(rows),
                          "next_cursor": next_cursor(page, len(rows))})
 

@@ -25,6 +25,7 @@ import polars as pl
 
 from gpuledger.analytics import chargeback as cb
 from gpuledger.analytics import kinds as K
+from gpuledger.analytics.policy import Policy, apply_idle_policy_sql
 from gpuledger.analytics.prices import PriceBook
 from gpuledger.api.params import DEFAULT_CLUSTER, LABEL_PREFIX, Filters, Period
 from gpuledger.api.reader import Session
@@ -190,8 +191,11 @@ class SqlRows:
     _capacity: pl.DataFrame | None = None
 
     @classmethod
-    def of(cls, s: Session, period: Period, nodes: Sequence[str], granularity: str | None) -> SqlRows:
+    def of(cls, s: Session, period: Period, nodes: Sequence[str], granularity: str | None,
+           idle_policy: Policy = "holder") -> SqlRows:
+        """The period's rows, re-booked under ``idle_policy`` (who pays for idle) for costing."""
         base, params = rows_sql(s, period, nodes, hourly=True, hour_ends=False)
+        base = apply_idle_policy_sql(base, idle_policy)
         exact, _ = rows_sql(s, period, nodes, hourly=True)
         cluster = "cluster" if "cluster" in s.query(f"SELECT * FROM ({base}) LIMIT 0", params).columns \
             else f"'{DEFAULT_CLUSTER}'"

@@ -84,6 +84,8 @@ MIGRATIONS: tuple[Migration, ...] = (
               creates=("chargeback_closes", "chargeback_billed")),
     Migration(9, "rollups written by the attribution job (hours to merge) and the interval ledger's window",
               creates=("ledger_hourly_unmerged", "ledger_window")),
+    Migration(10, "work units imported from Prometheus per pod and hour", creates=("work_units",)),
+    Migration(11, "Kueue quota series per ClusterQueue and hour", creates=("queue_hourly",)),
 )
 
 

@@ -34,6 +34,10 @@ Attribution and its products:
 - ``chargeback_closes``, ``chargeback_billed``: closed months' files, byte for
   byte, and every billed row (``analytics/closing.py``).
 - ``api_tokens``: API tokens, the secret stored as its SHA-256 only (``api/tokens.py``).
+- ``work_units``: work counted per hour and pod (tokens, samples...), imported
+  from Prometheus (``analytics/work_units.py``).
+- ``queue_hourly``: Kueue's quota, reservation, usage and admission-wait
+  series per ClusterQueue and hour (``analytics/queues.py``).
 
 Bookkeeping: ``schema_migrations``, the migrations applied to this file.
 """
@@ -107,6 +111,14 @@ TABLES: dict[str, str] = {
     "ledger_hourly_unmerged": "CREATE TABLE IF NOT EXISTS ledger_hourly_unmerged (hour_start_ns BIGINT PRIMARY KEY)",
     "ledger_window": """CREATE TABLE IF NOT EXISTS ledger_window (
         id INTEGER PRIMARY KEY, kept_from_ns BIGINT NOT NULL, updated_at TIMESTAMPTZ DEFAULT now())""",
+    # --- work done (analytics/work_units.py): per-pod counters imported from Prometheus, hourly ----
+    "work_units": """CREATE TABLE IF NOT EXISTS work_units (
+        hour_start_ns BIGINT NOT NULL, cluster VARCHAR, namespace VARCHAR NOT NULL, pod VARCHAR NOT NULL,
+        unit VARCHAR NOT NULL, count DOUBLE NOT NULL)""",
+    # --- Kueue quotas (analytics/queues.py): per ClusterQueue and hour, imported from Prometheus ----
+    "queue_hourly": """CREATE TABLE IF NOT EXISTS queue_hourly (
+        hour_start_ns BIGINT NOT NULL, cluster_queue VARCHAR NOT NULL, series VARCHAR NOT NULL, le DOUBLE,
+        value DOUBLE NOT NULL)""",
     "ledger_retired": """CREATE TABLE IF NOT EXISTS ledger_retired (
         month VARCHAR PRIMARY KEY, start_ns BIGINT NOT NULL, end_ns BIGINT NOT NULL,
         ledger_rows BIGINT NOT NULL, gpu_seconds DOUBLE, retired_at TIMESTAMPTZ DEFAULT now())""",

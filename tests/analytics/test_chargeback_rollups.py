@@ -120,3 +120,18 @@ def test_a_month_closes_to_the_same_file_under_a_small_duckdb_memory_limit(tmp_p
             assert closing.export(small, month, default_price_book()).content == want
     finally:
         configure(memory_limit=None)
+
+
+@pytest.mark.parametrize("policy", ["share_unallocated", "platform"])
+def test_who_pays_for_idle_is_applied_in_duckdb_as_in_polars(policy: str) -> None:
+    store = simulate(FleetSim(simscenarios.timeslice(3, 5400.0), seed=3), tick_s=60.0, horizon_s=5400.0)
+    month = store.query("SELECT strftime(make_timestamp(min(interval_start_ns) // 1000), '%Y-%m') AS m "
+                        "FROM ledger")["m"][0]
+    start, end = month_bounds(month)
+    for period in ("month", "day"):
+        ctx = ExportContext(charge_period=period, idle_policy=policy)  # type: ignore[arg-type]
+        rows, totals = charges(store, SPLIT_BOOK, month, ctx)
+        want, want_totals = charges(cb.read_ledger(store, start, end), SPLIT_BOOK, month, ctx)
+        assert csv_bytes(rows) == csv_bytes(want) and totals == want_totals
+        holder, _ = charges(store, SPLIT_BOOK, month, ExportContext(charge_period=period))
+        assert csv_bytes(rows) != csv_bytes(holder)  # the policy moved money

@@ -183,9 +183,14 @@ def test_cli_closes_writes_files_and_reconciles(store: Store, tmp_path: Path, ca
     out = tmp_path / "exports"
     out.mkdir()
     base = ["export", "chargeback", "--month", "2026-10", "--db", db, "--out", str(out)]
+    assert main(["export", "chargeback", "--month", "2026-10", "--db", db, "--focus-version", "1.2"]) == 0
+    header = capsys.readouterr().out.splitlines()[0].split(",")  # an open month, in the version asked
+    assert "ProviderName" in header and "AllocatedMethodId" not in header
     assert main(base + ["--final"]) == 0
     closed = (out / "gpuledger-chargeback-2026-10.csv").read_bytes()
-    assert "closed, sha256" in capsys.readouterr().err
+    assert b"AllocatedMethodId" in closed.split(b"\r\n")[0]  # 1.4 by default
+    err = capsys.readouterr().err
+    assert "closed, sha256" in err and err.rstrip().endswith("idle policy holder")
     assert main(base + ["--format", "parquet"]) == 0 and (out / "gpuledger-chargeback-2026-10.parquet").exists()
     assert main(["export", "chargeback", "--month", "2026-10", "--db", db]) == 0
     assert capsys.readouterr().out.encode() == closed  # stdout: the same closed bytes

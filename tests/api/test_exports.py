@@ -74,6 +74,29 @@ def test_an_open_month_previews_corrections_and_reconciles(
     assert closed["closed"] and closed["drift_since_close"] == "2.99"
 
 
+def test_an_open_month_in_either_focus_version(served: tuple[httpx.Client, Path, bytes, dict[str, str]]) -> None:
+    client = served[0]
+    v14 = client.get("/v1/exports/chargeback", params={"month": "2026-11"})
+    v12 = client.get("/v1/exports/chargeback", params={"month": "2026-11", "focus_version": "1.2"})
+    h14, h12 = (next(csv.reader(io.StringIO(r.text))) for r in (v14, v12))
+    assert "ServiceProviderName" in h14 and "AllocatedMethodDetails" in h14 and "ProviderName" not in h14
+    assert "ProviderName" in h12 and "AllocatedMethodDetails" not in h12 and "InvoiceId" in h12
+    assert v14.headers["x-billed-total"] == v12.headers["x-billed-total"]
+    bad = client.get("/v1/exports/chargeback", params={"month": "2026-11", "focus_version": "1.3"})
+    assert bad.status_code == 422
+
+
+def test_the_idle_policy_is_a_parameter_and_a_header(served: tuple[httpx.Client, Path, bytes, dict[str, str]]) -> None:
+    client = served[0]
+    default = client.get("/v1/exports/chargeback", params={"month": "2026-11"})
+    platform = client.get("/v1/exports/chargeback", params={"month": "2026-11", "idle_policy": "platform"})
+    assert (default.headers["x-idle-policy"], platform.headers["x-idle-policy"]) == ("holder", "platform")
+    assert {r["x_IdlePolicy"] for r in csv.DictReader(io.StringIO(platform.text))} == {"platform"}
+    closed = client.get("/v1/exports/chargeback", params={"month": "2026-10", "idle_policy": "platform"})
+    assert closed.headers["x-idle-policy"] == "holder"  # a closed file says the policy it was closed with
+    assert client.get("/v1/exports/chargeback", params={"month": "2026-11", "idle_policy": "x"}).status_code == 422
+
+
 def test_export_errors_have_the_one_shape(served: tuple[httpx.Client, Path, bytes, dict[str, str]]) -> None:
     client, _, _, tokens = served
     bad = client.get("/v1/exports/chargeback", params={"month": "2026-13"})

@@ -159,6 +159,15 @@ def test_views_totals_notice_and_csv_read_as_the_api_says(site: dict[str, Any], 
         assert f"{want['total_cost']} {want['currency']}" in page.inner_text("#table tfoot"), view
         page.screenshot(path=str(shots / f"view-{view}.png"), full_page=True)
     assert _first_column(page) and "team" in page.inner_text("#table thead")
+
+    # Who pays for idle: the control re-asks the API under that policy; the page shows its answer.
+    platform = api.get("/v1/showback", params={"limit": 1000, "idle_policy": "platform"}).json()
+    assert [(r["tenant"], r["cost"]) for r in platform["rows"]] != [(r["tenant"], r["cost"]) for r in expected["rows"]]
+    _show(page, view="tenant", **{"idle-policy": "platform"})
+    assert _first_column(page) == [_name(r["tenant"], "tenant") for r in platform["rows"]]
+    assert page.inner_text("[data-card='Cost']") == f"{platform['total_cost']} {platform['currency']}"
+    platform_lines = {r["tenant"] or "": Decimal(r["cost"]) for r in platform["rows"]}
+    assert {r["tenant"]: Decimal(r["cost"]) for r in _download(page, "#download-view", tmp_path)} == platform_lines
     assert not errors, errors
 
 

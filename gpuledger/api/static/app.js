@@ -98,6 +98,9 @@ function params(extra) {
   return p;
 }
 
+// Who pays for idle (holder, share_unallocated, platform): the showback answers under it.
+function policy() { return $("idle-policy").value; }
+
 function current() { return state.crumbs[state.crumbs.length - 1]; }
 
 function viewDim(view) {
@@ -341,12 +344,12 @@ async function show() {
     } else {
       const dim = viewDim(c.view);
       const extra = c.view === "hours" ? { granularity: "hour" } : {};
-      const body = await (await api("/v1/showback?" + params({ group_by: dim, limit: "1000", ...extra }))).json();
+      const body = await (await api("/v1/showback?" + params({ group_by: dim, limit: "1000", idle_policy: policy(), ...extra }))).json();
       if (!body.period) throw new Error("error: no data yet\nhint: start `gpuledger ingest` or the demo");
       if (!state.period.start) state.period = { start: body.period.start, end: body.period.end };
       const gran = granularity(state.period, body.data);
       const [series, wasters, idle] = await Promise.all([
-        api("/v1/showback?" + params({ group_by: "cluster", granularity: gran, limit: "1000" })).then((r) => r.json()),
+        api("/v1/showback?" + params({ group_by: "cluster", granularity: gran, limit: "1000", idle_policy: policy() })).then((r) => r.json()),
         api("/v1/efficiency/top-wasters?" + params({ group_by: dim.startsWith("label:") ? "tenant" : dim, limit: "5" }))
           .then((r) => r.json()),
         api("/v1/efficiency/idle-gpus?" + params({ min_hours: "1", limit: "1000" })).then((r) => r.json()),
@@ -415,7 +418,7 @@ $("download-view").addEventListener("click", (ev) => {
   if (!shown) return;
   const dim = shown.group_by.join(",");
   const extra = shown.granularity ? { granularity: shown.granularity } : {};
-  save("/v1/showback?" + params({ group_by: dim, format: "csv", ...extra }),
+  save("/v1/showback?" + params({ group_by: dim, format: "csv", idle_policy: policy(), ...extra }),
        `gpuledger-showback-${dim.replace(/[^a-z0-9]+/gi, "-")}-${state.period.start.slice(0, 10)}.csv`);
 });
 $("token-form").addEventListener("submit", (ev) => {
