@@ -77,21 +77,22 @@ def _kernel(chunk: Chunk) -> pl.DataFrame:
 
 
 def _checked(ledger: pl.DataFrame) -> pl.DataFrame:
-    """The ledger equation on a chunk's rows: finite, non-negative GPU-seconds that sum to each GPU interval.
+    """The ledger's own sanity on a chunk's rows: finite, non-negative GPU-seconds over intervals that end
+    after they start.
 
     Ingest validates what it stores, so a violation means a corrupt stored
     row (an interval ending before it starts, a slice fraction out of range):
     raise, naming the first message, rather than book it.
     """
-    per = (ledger.group_by(["agent_id", "boot_id", "seq", "gpu_index"])
+    per = (ledger.group_by(["agent_id", "boot_id", "seq", "gpu_index", "mig_index"])
            .agg(s=pl.col("gpu_seconds").sum(), lo=pl.col("gpu_seconds").min(),
                 dt=((pl.col("interval_end_ns") - pl.col("interval_start_ns")).max() / 1e9)))
-    bad = per.filter(~pl.col("s").is_finite() | (pl.col("lo") < -1e-6) | (pl.col("dt") <= 0)
-                     | ((pl.col("s") - pl.col("dt")).abs() > 1e-6 * pl.col("dt").abs().clip(1.0)))
+    bad = per.filter(~pl.col("s").is_finite() | (pl.col("lo") < -1e-6) | (pl.col("dt") <= 0))
     if bad.height:
-        r = bad.sort("agent_id", "boot_id", "seq", "gpu_index").row(0, named=True)
-        raise ValueError(f"{bad.height} GPU interval(s) break the ledger equation, e.g. message "
-                         f"({r['agent_id']}, {r['boot_id']}, {r['seq']}) GPU {r['gpu_index']}: rows sum to "
+        r = bad.sort("agent_id", "boot_id", "seq", "gpu_index", "mig_index").row(0, named=True)
+        unit = f"GPU {r['gpu_index']}" + (f" MIG {r['mig_index']}" if r["mig_index"] >= 0 else "")
+        raise ValueError(f"{bad.height} GPU interval(s) cannot be booked, e.g. message "
+                         f"({r['agent_id']}, {r['boot_id']}, {r['seq']}) {unit}: rows sum to "
                          f"{r['s']:.6g} s (smallest {r['lo']:.6g} s) for an interval of {r['dt']:.6g} s")
     return ledger
 

@@ -72,7 +72,7 @@ def test_a_corrupt_chunk_is_named_and_the_month_does_not_reconcile_until_it_is_b
         store.execute(f"DELETE FROM {table}")
     good = store.query("SELECT * FROM devices WHERE seq = 3 AND gpu_index = 6")
     store.execute("UPDATE devices SET slice_fraction = -1 WHERE seq = 3 AND gpu_index = 6")
-    with pytest.raises(ChunkError, match=r"break the ledger equation, e\.g\. message \(gpu-node-0, acc, 3\) GPU 6") as e:
+    with pytest.raises(ChunkError, match=r"cannot be booked, e\.g\. message \(gpu-node-0, acc, 3\) GPU 6") as e:
         run_attribution(store, chunk_messages=2)
     assert "(agent_id, boot_id, seq)" in str(e.value) and e.value.hint
     booked = store.query("SELECT DISTINCT seq FROM attributed ORDER BY seq")["seq"].to_list()
