@@ -23,20 +23,24 @@ from __future__ import annotations
 
 import builtins
 import logging
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-import grpc
-
-from gpuledger.agent.podresources import api_pb2, api_pb2_grpc
 from gpuledger.errors import BackendError
+
+if TYPE_CHECKING:
+    import grpc
 
 log = logging.getLogger("gpuledger.agent.podresources")
 
 DEFAULT_SOCKET = "/var/lib/kubelet/pod-resources/kubelet.sock"
 _REPLICA = re.compile(r"^(?P<base>.+?)::(?P<n>\d+)$")
 _R450_MIG = re.compile(r"^MIG-(?P<gpu>GPU-[0-9a-fA-F-]+)/(?P<gi>\d+)/(?P<ci>\d+)$")
+_HINT = ("mount /var/lib/kubelet/pod-resources read-only into the agent (the DaemonSet in deploy/ does) "
+         "or set --pod-resources-socket")
 
 
 @dataclass(frozen=True)
@@ -51,29 +55,50 @@ class DeviceHold:
 
 
 class PodResourcesClient:
-    """``v1.PodResourcesLister`` over ``unix://<socket>``; errors become BackendError with a hint."""
+    """``v1.PodResourcesLister`` over ``unix://<socket>``; errors become BackendError with a hint.
+
+    gRPC (``grpc`` and the generated stubs, ~15 MiB of the agent's RSS) is
+    imported and the channel opened on the first call that finds the socket:
+    an agent on a node without a kubelet never loads it.
+    """
 
     def __init__(self, socket_path: str = DEFAULT_SOCKET, *, timeout_s: float = 5.0) -> None:
         self.socket_path = socket_path
         self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(f"unix://{socket_path}")
-        self._stub = api_pb2_grpc.PodResourcesListerStub(self._channel)
+        self._channel: Any = None
+        self._stub: Any = None
         self._allocatable_ok = True
 
     def close(self) -> None:
-        self._channel.close()
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = self._stub = None
+
+    def _connect(self, what: str) -> Any:
+        """(grpc, api_pb2) with the stub ready; BackendError while there is no socket to talk to."""
+        if not os.path.exists(self.socket_path):
+            raise BackendError(f"kubelet PodResources {what} on {self.socket_path} failed: no such socket",
+                               hint=_HINT)
+        import grpc
+
+        from gpuledger.agent.podresources import api_pb2, api_pb2_grpc
+
+        if self._stub is None:
+            self._channel = grpc.insecure_channel(f"unix://{self.socket_path}")
+            self._stub = api_pb2_grpc.PodResourcesListerStub(self._channel)
+        return grpc, api_pb2
 
     def _fail(self, what: str, exc: grpc.RpcError) -> BackendError:
         code = exc.code() if hasattr(exc, "code") else None
         return BackendError(
             f"kubelet PodResources {what} on {self.socket_path} failed: {code}: "
             f"{exc.details() if hasattr(exc, 'details') else exc}",
-            hint="mount /var/lib/kubelet/pod-resources read-only into the agent (the DaemonSet in deploy/ does) "
-            "or set --pod-resources-socket",
+            hint=_HINT,
         )
 
     def list(self) -> list[DeviceHold]:
         """Every device id held by every container on the node (devices only; CPUs and memory ignored)."""
+        grpc, api_pb2 = self._connect("List")
         try:
             resp = self._stub.List(api_pb2.ListPodResourcesRequest(), timeout=self.timeout_s)
         except grpc.RpcError as exc:
@@ -90,6 +115,7 @@ class PodResourcesClient:
         """(resource, device id) of every device the kubelet knows; None where the call is unavailable."""
         if not self._allocatable_ok:
             return None
+        grpc, api_pb2 = self._connect("GetAllocatableResources")
         try:
             resp = self._stub.GetAllocatableResources(api_pb2.AllocatableResourcesRequest(), timeout=self.timeout_s)
         except grpc.RpcError as exc:

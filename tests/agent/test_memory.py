@@ -1,0 +1,71 @@
+"""What the production agent loads. Its RSS budget (issue 20: <= 60 MiB, measured by
+benchmarks/bench_agent.py) leaves no room for modules the node does not use: the agent
+runs here as ``gpuledger agent --backend nvml`` over the fake libnvidia-ml (built with
+``cc``), and lists the modules it loaded after its ticks.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gpuledger.sim import fakenvml
+from gpuledger.sim.fleetsim import demo_fleet
+
+pytestmark = pytest.mark.slow
+
+#: Never on the agent's path: other stages' engines, the API's stack, the simulator.
+NEVER = ("pydantic", "pydantic_settings", "polars", "duckdb", "pyarrow", "numba", "fastapi", "uvicorn",
+         "gpuledger.sim", "gpuledger.analytics", "gpuledger.store", "gpuledger.ingest", "gpuledger.api")
+#: Only when used: gRPC (a kubelet socket), Kafka (--kafka).
+WHEN_USED = ("grpc", "google.protobuf", "kafka")
+
+
+@pytest.fixture(scope="module")
+def driver(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    if not (os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")):
+        pytest.skip("no C compiler (cc) to build the fake libnvidia-ml")
+    root = tmp_path_factory.mktemp("fakenvml")
+    lib = fakenvml.build(root / "lib")
+    sim = demo_fleet(n_nodes=1, seed=5)
+    sim.advance(30)
+    fakenvml.write(root / "scenario.txt", sim.nodes[0])
+    return {**os.environ, "LD_LIBRARY_PATH": str(lib.parent), fakenvml.SCENARIO_ENV: str(root / "scenario.txt")}
+
+
+def agent_modules(env: dict[str, str], *args: str) -> set[str]:
+    """Run the agent CLI in a fresh interpreter for 2 ticks; the modules loaded when it returned."""
+    code = ("import sys; from gpuledger.cli import main; rc = main(sys.argv[1:]); "
+            "print('MODULES', rc, ' '.join(sorted(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code, "agent", "--backend", "nvml", "--interval", "0.2", "--ticks",
+                          "2", "--metrics-port", "0", "--node", "mem-node", *args],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    line = out.stdout.strip().splitlines()[-1]
+    tag, rc, *names = line.split()
+    assert (tag, rc) == ("MODULES", "0"), line
+    return set(names)
+
+
+def loaded(modules: set[str], package: str) -> bool:
+    return any(m == package or m.startswith(package + ".") for m in modules)
+
+
+def test_an_agent_on_a_node_without_a_kubelet_loads_no_grpc_and_no_other_stage(driver, tmp_path: Path) -> None:
+    mods = agent_modules(driver, "--pod-resources-socket", str(tmp_path / "no-kubelet" / "kubelet.sock"))
+    assert loaded(mods, "pynvml") and loaded(mods, "numpy") and loaded(mods, "gpuledger.agent.nvml")  # it ran
+    assert not [p for p in NEVER + WHEN_USED if loaded(mods, p)]
+
+
+def test_grpc_waits_for_the_kubelet_socket(driver, tmp_path: Path) -> None:
+    """A pod-resources directory without its socket (kubelet restarting): each tick reports allocations
+    unavailable, and gRPC is not loaded until there is a socket to talk to."""
+    (tmp_path / "pod-resources").mkdir()
+    mods = agent_modules(driver, "--pod-resources-socket", str(tmp_path / "pod-resources" / "kubelet.sock"))
+    assert loaded(mods, "gpuledger.agent.podresources.client")
+    assert not [p for p in NEVER + WHEN_USED if loaded(mods, p)]
