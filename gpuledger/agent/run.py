@@ -66,7 +66,7 @@ def open_nvml(settings: Settings) -> GpuSource:
 def open_publisher(settings: Settings, node: str) -> Any:
     """A SpoolingPublisher over a KafkaPublisher to ``settings.kafka_bootstrap`` (the spool covers outages)."""
     from gpuledger.agent.spool import Spool, SpoolingPublisher
-    from gpuledger.transport import KafkaPublisher
+    from gpuledger.transport import KafkaPublisher, quiet_client_logs
 
     bootstrap = settings.kafka_bootstrap
     if not bootstrap:
@@ -76,6 +76,8 @@ def open_publisher(settings: Settings, node: str) -> Any:
     spool = Spool(spool_dir, max_bytes=settings.spool_max_bytes)
     log.info("spool %s (bound %d bytes, %d records waiting from before)", spool_dir, spool.max_bytes, spool.pending())
     codec = None if settings.kafka_compression == "none" else settings.kafka_compression
+    # the spool logs the broker's state once per change; kafka-python's per-attempt lines only with -v
+    quiet_client_logs(verbose=logging.getLogger().isEnabledFor(logging.DEBUG))
     return SpoolingPublisher(
         lambda: KafkaPublisher(bootstrap, settings.kafka_topic, client_settings=settings.kafka_client_settings(),
                                compression_type=codec),
