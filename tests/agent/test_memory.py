@@ -19,11 +19,13 @@ from gpuledger.sim.fleetsim import demo_fleet
 
 pytestmark = pytest.mark.slow
 
-#: Never on the agent's path: other stages' engines, the API's stack, the simulator.
+#: Never on the agent's path: other stages' engines, the API's stack, the simulator, grpcio and protobuf
+#: (the kubelet's PodResources call is h2 and a protobuf reader: agent/podresources/unary.py).
 NEVER = ("pydantic", "pydantic_settings", "polars", "duckdb", "pyarrow", "numba", "fastapi", "uvicorn",
-         "gpuledger.sim", "gpuledger.analytics", "gpuledger.store", "gpuledger.ingest", "gpuledger.api")
-#: Only when used: gRPC (a kubelet socket), Kafka (--kafka).
-WHEN_USED = ("grpc", "google.protobuf", "kafka")
+         "gpuledger.sim", "gpuledger.analytics", "gpuledger.store", "gpuledger.ingest", "gpuledger.api",
+         "grpc", "google.protobuf", "gpuledger.agent.podresources.api_pb2")
+#: Only when used: HTTP/2 (a kubelet socket), Kafka (--kafka).
+WHEN_USED = ("h2", "hpack", "kafka")
 
 
 @pytest.fixture(scope="module")
@@ -56,16 +58,61 @@ def loaded(modules: set[str], package: str) -> bool:
     return any(m == package or m.startswith(package + ".") for m in modules)
 
 
-def test_an_agent_on_a_node_without_a_kubelet_loads_no_grpc_and_no_other_stage(driver, tmp_path: Path) -> None:
+def test_an_agent_on_a_node_without_a_kubelet_loads_no_http2_and_no_other_stage(driver, tmp_path: Path) -> None:
     mods = agent_modules(driver, "--pod-resources-socket", str(tmp_path / "no-kubelet" / "kubelet.sock"))
     assert loaded(mods, "pynvml") and loaded(mods, "numpy") and loaded(mods, "gpuledger.agent.nvml")  # it ran
     assert not [p for p in NEVER + WHEN_USED if loaded(mods, p)]
 
 
-def test_grpc_waits_for_the_kubelet_socket(driver, tmp_path: Path) -> None:
+def test_http2_waits_for_the_kubelet_socket(driver, tmp_path: Path) -> None:
     """A pod-resources directory without its socket (kubelet restarting): each tick reports allocations
-    unavailable, and gRPC is not loaded until there is a socket to talk to."""
+    unavailable, and h2 is not loaded until there is a socket to talk to."""
     (tmp_path / "pod-resources").mkdir()
     mods = agent_modules(driver, "--pod-resources-socket", str(tmp_path / "pod-resources" / "kubelet.sock"))
     assert loaded(mods, "gpuledger.agent.podresources.client")
     assert not [p for p in NEVER + WHEN_USED if loaded(mods, p)]
+
+
+def test_an_agent_reads_a_real_kubelet_socket_without_grpcio(driver, tmp_path: Path) -> None:
+    """A PodResources server (grpcio's, in this process) holding GPU 0: the agent's ticks carry the
+    allocation, and the agent loaded h2, not grpcio or protobuf."""
+    from concurrent import futures
+
+    import grpc
+
+    from gpuledger.agent.podresources import api_pb2, api_pb2_grpc
+
+    sim = demo_fleet(n_nodes=1, seed=5)
+    uuid = sim.nodes[0].uuid(0)
+
+    class Kubelet(api_pb2_grpc.PodResourcesListerServicer):
+        calls = 0
+
+        def List(self, request, context):  # noqa: N802 - gRPC method name
+            Kubelet.calls += 1
+            dev = api_pb2.ContainerDevices(resource_name="nvidia.com/gpu", device_ids=[uuid])
+            return api_pb2.ListPodResourcesResponse(pod_resources=[api_pb2.PodResources(
+                name="train", namespace="ml", containers=[api_pb2.ContainerResources(name="main", devices=[dev])])])
+
+        def GetAllocatableResources(self, request, context):  # noqa: N802
+            return api_pb2.AllocatableResourcesResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    api_pb2_grpc.add_PodResourcesListerServicer_to_server(Kubelet(), server)
+    sock = tmp_path / "kubelet.sock"
+    server.add_insecure_port(f"unix://{sock}")
+    server.start()
+    try:
+        code = ("import sys; from gpuledger.cli import main; rc = main(sys.argv[1:]); "
+                "print('MODULES', rc, ' '.join(sorted(sys.modules)))")
+        out = subprocess.run([sys.executable, "-c", code, "agent", "--backend", "nvml", "--interval", "0.2",
+                              "--ticks", "2", "--metrics-port", "0", "--node", "mem-node",
+                              "--pod-resources-socket", str(sock)],
+                             capture_output=True, text=True, timeout=120, env=driver)
+    finally:
+        server.stop(None)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.strip().splitlines()
+    mods = set(lines[-1].split()[2:])
+    assert Kubelet.calls >= 2 and all(" 1 allocations" in line for line in lines[:-1]), lines
+    assert loaded(mods, "h2") and not [p for p in NEVER if loaded(mods, p)]

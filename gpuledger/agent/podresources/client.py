@@ -23,16 +23,12 @@ from __future__ import annotations
 
 import builtins
 import logging
-import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
+from gpuledger.agent.podresources import unary
 from gpuledger.errors import BackendError
-
-if TYPE_CHECKING:
-    import grpc
 
 log = logging.getLogger("gpuledger.agent.podresources")
 
@@ -57,77 +53,98 @@ class DeviceHold:
 class PodResourcesClient:
     """``v1.PodResourcesLister`` over ``unix://<socket>``; errors become BackendError with a hint.
 
-    gRPC (``grpc`` and the generated stubs, ~15 MiB of the agent's RSS) is
-    imported and the channel opened on the first call that finds the socket:
-    an agent on a node without a kubelet never loads it.
+    Each call is one HTTP/2 connection (:mod:`.unary`: h2 and a protobuf
+    reader, not grpcio, whose C core alone is ~17 MiB of the agent's 60 MiB
+    budget): a call per tick, to a local socket.
     """
 
     def __init__(self, socket_path: str = DEFAULT_SOCKET, *, timeout_s: float = 5.0) -> None:
         self.socket_path = socket_path
         self.timeout_s = timeout_s
-        self._channel: Any = None
-        self._stub: Any = None
         self._allocatable_ok = True
 
     def close(self) -> None:
-        if self._channel is not None:
-            self._channel.close()
-            self._channel = self._stub = None
+        """Nothing to release: no connection outlives a call (kept for callers that close clients)."""
 
-    def _connect(self, what: str) -> Any:
-        """(grpc, api_pb2) with the stub ready; BackendError while there is no socket to talk to."""
-        if not os.path.exists(self.socket_path):
-            raise BackendError(f"kubelet PodResources {what} on {self.socket_path} failed: no such socket",
-                               hint=_HINT)
-        import grpc
+    def _call(self, method: str) -> bytes:
+        return unary.call(self.socket_path, f"/v1.PodResourcesLister/{method}", timeout_s=self.timeout_s)
 
-        from gpuledger.agent.podresources import api_pb2, api_pb2_grpc
-
-        if self._stub is None:
-            self._channel = grpc.insecure_channel(f"unix://{self.socket_path}")
-            self._stub = api_pb2_grpc.PodResourcesListerStub(self._channel)
-        return grpc, api_pb2
-
-    def _fail(self, what: str, exc: grpc.RpcError) -> BackendError:
-        code = exc.code() if hasattr(exc, "code") else None
-        return BackendError(
-            f"kubelet PodResources {what} on {self.socket_path} failed: {code}: "
-            f"{exc.details() if hasattr(exc, 'details') else exc}",
-            hint=_HINT,
-        )
+    def _fail(self, what: str, exc: unary.RpcError | ValueError) -> BackendError:
+        return BackendError(f"kubelet PodResources {what} on {self.socket_path} failed: {exc}", hint=_HINT)
 
     def list(self) -> list[DeviceHold]:
         """Every device id held by every container on the node (devices only; CPUs and memory ignored)."""
-        grpc, api_pb2 = self._connect("List")
         try:
-            resp = self._stub.List(api_pb2.ListPodResourcesRequest(), timeout=self.timeout_s)
-        except grpc.RpcError as exc:
+            return [DeviceHold(namespace, pod, container, resource, dev_id)
+                    for pod, namespace, containers in _pods(self._call("List"))
+                    for container, devices in containers
+                    for resource, ids in devices
+                    for dev_id in ids]
+        except (unary.RpcError, ValueError) as exc:
             raise self._fail("List", exc) from None
-        return [
-            DeviceHold(pod.namespace, pod.name, c.name, d.resource_name, dev_id)
-            for pod in resp.pod_resources
-            for c in pod.containers
-            for d in c.devices
-            for dev_id in d.device_ids
-        ]
 
     def allocatable(self) -> builtins.list[tuple[str, str]] | None:
         """(resource, device id) of every device the kubelet knows; None where the call is unavailable."""
         if not self._allocatable_ok:
             return None
-        grpc, api_pb2 = self._connect("GetAllocatableResources")
         try:
-            resp = self._stub.GetAllocatableResources(api_pb2.AllocatableResourcesRequest(), timeout=self.timeout_s)
-        except grpc.RpcError as exc:
-            if exc.code() in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.UNAVAILABLE) or "disabled" in str(
-                exc.details()
-            ):
+            data = self._call("GetAllocatableResources")
+            devices = [_devices(v) for n, _, v in unary.fields(data) if n == 1 and isinstance(v, bytes)]
+        except unary.RpcError as exc:
+            if exc.code in (unary.StatusCode.UNIMPLEMENTED, unary.StatusCode.UNAVAILABLE) or "disabled" in exc.details:
                 log.warning("kubelet GetAllocatableResources unavailable (%s); time-slicing replica counts fall "
-                            "back to the replicas seen in use", exc.code())
+                            "back to the replicas seen in use", exc)
                 self._allocatable_ok = False
                 return None
             raise self._fail("GetAllocatableResources", exc) from None
-        return [(d.resource_name, i) for d in resp.devices for i in d.device_ids]
+        except ValueError as exc:
+            raise self._fail("GetAllocatableResources", exc) from None
+        return [(resource, i) for resource, ids in devices for i in ids]
+
+
+# --- the messages (api.proto field numbers); unknown fields (CPUs, memory, topology, DRA) are skipped ----
+
+def _text(v: bytes | int) -> str:
+    if not isinstance(v, bytes):
+        raise ValueError("a string field is not length-delimited")
+    return v.decode()
+
+
+def _devices(data: bytes | int) -> tuple[str, builtins.list[str]]:
+    """ContainerDevices: (resource_name = 1, device_ids = 2)."""
+    if not isinstance(data, bytes):
+        raise ValueError("a message field is not length-delimited")
+    resource, ids = "", []
+    for n, _, v in unary.fields(data):
+        if n == 1:
+            resource = _text(v)
+        elif n == 2:
+            ids.append(_text(v))
+    return resource, ids
+
+
+def _pods(data: bytes) -> Iterator[tuple[str, str, builtins.list[tuple[str, builtins.list[tuple[str, builtins.list[str]]]]]]]:
+    """ListPodResourcesResponse.pod_resources (1): PodResources (name = 1, namespace = 2, containers = 3),
+    ContainerResources (name = 1, devices = 2)."""
+    for n, _, pod in unary.fields(data):
+        if n != 1 or not isinstance(pod, bytes):
+            continue
+        name = namespace = ""
+        containers = []
+        for pn, _, pv in unary.fields(pod):
+            if pn == 1:
+                name = _text(pv)
+            elif pn == 2:
+                namespace = _text(pv)
+            elif pn == 3 and isinstance(pv, bytes):
+                cname, devices = "", []
+                for cn, _, cv in unary.fields(pv):
+                    if cn == 1:
+                        cname = _text(cv)
+                    elif cn == 2:
+                        devices.append(_devices(cv))
+                containers.append((cname, devices))
+        yield name, namespace, containers
 
 
 def split_replica(device_id: str) -> tuple[str, int]:
