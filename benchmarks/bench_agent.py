@@ -189,16 +189,17 @@ def replay_cost(ticks: list[dict[tuple[Any, ...], Any]], *, encode: bool = True)
 
 
 def _rss_child(path: str) -> None:
-    """Runs in a fresh interpreter: agent modules only, then report memory (kB)."""
-    import gpuledger.agent.holders
-    import gpuledger.agent.metrics
-    import gpuledger.agent.nvml
-    import gpuledger.agent.podresources.unary
-    import gpuledger.agent.sampler
-    import gpuledger.agent.spool
-    import gpuledger.transport
-    import h2.connection  # noqa: F401 - with the above, what `gpuledger agent --backend nvml --kafka` imports on a
-    # Kubernetes node (h2 for the kubelet, kafka, pynvml)
+    """Runs in a fresh interpreter: agent modules only, then report memory (kB). The imports are what
+    `gpuledger agent --backend nvml --kafka` loads on a Kubernetes node (h2 for the kubelet, kafka, pynvml)."""
+    import h2.connection  # noqa: F401
+
+    import gpuledger.agent.holders  # noqa: F401
+    import gpuledger.agent.metrics  # noqa: F401
+    import gpuledger.agent.nvml  # noqa: F401
+    import gpuledger.agent.podresources.unary  # noqa: F401
+    import gpuledger.agent.sampler  # noqa: F401
+    import gpuledger.agent.spool  # noqa: F401
+    import gpuledger.transport  # noqa: F401
 
     base = _status()["VmRSS"]
     ticks = pickle.loads(Path(path).read_bytes())
