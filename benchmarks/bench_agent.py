@@ -16,7 +16,7 @@ process each, 10 s tick, 1 s driver sample period):
    loaded, after the run (VmRSS) and at peak (VmHWM), in MiB. The recording
    (replayed answers) is counted in the last two: an overestimate, kept;
    ``rss_minus_recording_mb`` takes the recording's increment out again. It
-   imports what a Kubernetes node's agent imports (h2 for the kubelet,
+   imports what a Kubernetes node's agent imports (HTTP/2 for the kubelet,
    Kafka, pynvml); the settings and the CLI are not in it.
 4. **process**: the production agent itself, ``gpuledger agent --backend nvml
    --kafka ...`` in a fresh process, over the fake libnvidia-ml
@@ -190,8 +190,10 @@ def replay_cost(ticks: list[dict[tuple[Any, ...], Any]], *, encode: bool = True)
 
 def _rss_child(path: str) -> None:
     """Runs in a fresh interpreter: agent modules only, then report memory (kB). The imports are what
-    `gpuledger agent --backend nvml --kafka` loads on a Kubernetes node (h2 for the kubelet, kafka, pynvml)."""
-    import h2.connection  # noqa: F401
+    `gpuledger agent --backend nvml --kafka` loads on a Kubernetes node (HTTP/2 codecs for the kubelet, kafka,
+    pynvml)."""
+    import hpack  # noqa: F401
+    import hyperframe.frame  # noqa: F401
 
     import gpuledger.agent.holders  # noqa: F401
     import gpuledger.agent.metrics  # noqa: F401

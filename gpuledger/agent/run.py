@@ -108,6 +108,7 @@ def run_agent(settings: Settings, source: GpuSource, *, ticks: int | None = None
     tick. ``ready(server)`` is called once /metrics serves (None when off):
     embedders and tests learn the bound port from ``server.server_port``.
     """
+    cap_malloc_arenas()
     backend, advance, interval = source.backend, source.advance, settings.interval_s
     node = settings.node_name or socket.gethostname()
     sampler = Sampler(backend, source.workloads, node=node)
@@ -150,6 +151,28 @@ def run_agent(settings: Settings, source: GpuSource, *, ticks: int | None = None
             server.shutdown()
             server.server_close()
     return 0
+
+
+#: glibc's mallopt parameter M_ARENA_MAX (malloc.h).
+_M_ARENA_MAX = -8
+
+
+def cap_malloc_arenas(arenas: int = 2) -> bool:
+    """Let glibc's malloc keep at most ``arenas`` arenas; True where it could (glibc), False elsewhere.
+
+    glibc gives each new thread its own arena (up to 8 per core) and memory freed in one is not reused
+    by another: the agent's threads (spool sender, Kafka I/O, one per /metrics scrape) would each keep
+    some. Measured on the production agent (bench agent, process case): ~1 MiB less RSS with 1-2
+    arenas; the threads are mostly idle, so sharing costs nothing. Called before the agent starts its
+    threads.
+    """
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_ARENA_MAX, arenas))
 
 
 def summarize(msg: wire.Message) -> str:

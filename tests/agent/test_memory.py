@@ -19,13 +19,13 @@ from gpuledger.sim.fleetsim import demo_fleet
 
 pytestmark = pytest.mark.slow
 
-#: Never on the agent's path: other stages' engines, the API's stack, the simulator, grpcio and protobuf
-#: (the kubelet's PodResources call is h2 and a protobuf reader: agent/podresources/unary.py).
+#: Never on the agent's path: other stages' engines, the API's stack, the simulator, grpcio, protobuf
+#: and h2 (the kubelet's PodResources call is its own frames and protobuf reader: agent/podresources/unary.py).
 NEVER = ("pydantic", "pydantic_settings", "polars", "duckdb", "pyarrow", "numba", "fastapi", "uvicorn",
          "gpuledger.sim", "gpuledger.analytics", "gpuledger.store", "gpuledger.ingest", "gpuledger.api",
-         "grpc", "google.protobuf", "gpuledger.agent.podresources.api_pb2")
-#: Only when used: HTTP/2 (a kubelet socket), Kafka (--kafka).
-WHEN_USED = ("h2", "hpack", "kafka")
+         "grpc", "google.protobuf", "gpuledger.agent.podresources.api_pb2", "h2")
+#: Only when used: the HTTP/2 codecs (a kubelet socket), Kafka (--kafka).
+WHEN_USED = ("hpack", "hyperframe", "kafka")
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def test_an_agent_on_a_node_without_a_kubelet_loads_no_http2_and_no_other_stage(
 
 def test_http2_waits_for_the_kubelet_socket(driver, tmp_path: Path) -> None:
     """A pod-resources directory without its socket (kubelet restarting): each tick reports allocations
-    unavailable, and h2 is not loaded until there is a socket to talk to."""
+    unavailable, and the HTTP/2 codecs are not loaded until there is a socket to talk to."""
     (tmp_path / "pod-resources").mkdir()
     mods = agent_modules(driver, "--pod-resources-socket", str(tmp_path / "pod-resources" / "kubelet.sock"))
     assert loaded(mods, "gpuledger.agent.podresources.client")
@@ -75,7 +75,7 @@ def test_http2_waits_for_the_kubelet_socket(driver, tmp_path: Path) -> None:
 
 def test_an_agent_reads_a_real_kubelet_socket_without_grpcio(driver, tmp_path: Path) -> None:
     """A PodResources server (grpcio's, in this process) holding GPU 0: the agent's ticks carry the
-    allocation, and the agent loaded h2, not grpcio or protobuf."""
+    allocation, and the agent loaded the HTTP/2 codecs, not grpcio or protobuf."""
     from concurrent import futures
 
     import grpc
@@ -115,4 +115,43 @@ def test_an_agent_reads_a_real_kubelet_socket_without_grpcio(driver, tmp_path: P
     lines = out.stdout.strip().splitlines()
     mods = set(lines[-1].split()[2:])
     assert Kubelet.calls >= 2 and all(" 1 allocations" in line for line in lines[:-1]), lines
-    assert loaded(mods, "h2") and not [p for p in NEVER if loaded(mods, p)]
+    assert loaded(mods, "hpack") and not [p for p in NEVER if loaded(mods, p)]
+
+
+ARENAS = """
+import ctypes, sys, threading
+from gpuledger.agent.run import cap_malloc_arenas
+capped = cap_malloc_arenas() if sys.argv[1] == "cap" else None
+hold, ready, go = [], threading.Barrier(9), threading.Event()
+def work():
+    hold.extend(bytearray(4000) for _ in range(200))  # glibc malloc (above pymalloc's 512 bytes)
+    ready.wait()
+    go.wait()
+threads = [threading.Thread(target=work) for _ in range(8)]
+for t in threads:
+    t.start()
+ready.wait()
+libc = ctypes.CDLL(None)
+buf, size = ctypes.c_char_p(), ctypes.c_size_t()
+libc.open_memstream.restype = ctypes.c_void_p
+f = libc.open_memstream(ctypes.byref(buf), ctypes.byref(size))
+libc.malloc_info(0, ctypes.c_void_p(f))
+libc.fclose(ctypes.c_void_p(f))
+print(capped, ctypes.string_at(buf, size.value).decode().count("<heap nr="))
+go.set()
+"""
+
+
+def test_the_agent_caps_mallocs_arenas_where_glibc_has_them() -> None:
+    """Each thread would get its own glibc arena (the agent starts one per /metrics scrape)."""
+    def heaps(mode: str) -> tuple[str, int]:
+        out = subprocess.run([sys.executable, "-c", ARENAS, mode], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        capped, n = out.stdout.split()
+        return capped, int(n)
+
+    capped, n = heaps("cap")
+    if capped != "True":
+        pytest.skip("no glibc mallopt here")
+    assert n <= 2
+    assert heaps("free")[1] > 2  # the check can fail: without the cap, the threads get arenas of their own

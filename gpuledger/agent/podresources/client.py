@@ -53,9 +53,9 @@ class DeviceHold:
 class PodResourcesClient:
     """``v1.PodResourcesLister`` over ``unix://<socket>``; errors become BackendError with a hint.
 
-    Each call is one HTTP/2 connection (:mod:`.unary`: h2 and a protobuf
-    reader, not grpcio, whose C core alone is ~17 MiB of the agent's 60 MiB
-    budget): a call per tick, to a local socket.
+    Each call is one HTTP/2 connection (:mod:`.unary`: its own frames and a
+    protobuf reader, not grpcio, whose C core alone is ~17 MiB of the agent's
+    60 MiB budget): a call per tick, to a local socket.
     """
 
     def __init__(self, socket_path: str = DEFAULT_SOCKET, *, timeout_s: float = 5.0) -> None:
