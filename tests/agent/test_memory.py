@@ -17,8 +17,6 @@ import pytest
 from gpuledger.sim import fakenvml
 from gpuledger.sim.fleetsim import demo_fleet
 
-pytestmark = pytest.mark.slow
-
 #: Never on the agent's path: other stages' engines, the API's stack, the simulator, grpcio, protobuf
 #: and h2 (the kubelet's PodResources call is its own frames and protobuf reader: agent/podresources/unary.py).
 NEVER = ("pydantic", "pydantic_settings", "polars", "duckdb", "pyarrow", "numba", "fastapi", "uvicorn",
@@ -58,12 +56,14 @@ def loaded(modules: set[str], package: str) -> bool:
     return any(m == package or m.startswith(package + ".") for m in modules)
 
 
+@pytest.mark.slow
 def test_an_agent_on_a_node_without_a_kubelet_loads_no_http2_and_no_other_stage(driver, tmp_path: Path) -> None:
     mods = agent_modules(driver, "--pod-resources-socket", str(tmp_path / "no-kubelet" / "kubelet.sock"))
     assert loaded(mods, "pynvml") and loaded(mods, "numpy") and loaded(mods, "gpuledger.agent.nvml")  # it ran
     assert not [p for p in NEVER + WHEN_USED if loaded(mods, p)]
 
 
+@pytest.mark.slow
 def test_http2_waits_for_the_kubelet_socket(driver, tmp_path: Path) -> None:
     """A pod-resources directory without its socket (kubelet restarting): each tick reports allocations
     unavailable, and the HTTP/2 codecs are not loaded until there is a socket to talk to."""
@@ -73,6 +73,7 @@ def test_http2_waits_for_the_kubelet_socket(driver, tmp_path: Path) -> None:
     assert not [p for p in NEVER + WHEN_USED if loaded(mods, p)]
 
 
+@pytest.mark.slow
 def test_an_agent_reads_a_real_kubelet_socket_without_grpcio(driver, tmp_path: Path) -> None:
     """A PodResources server (grpcio's, in this process) holding GPU 0: the agent's ticks carry the
     allocation, and the agent loaded the HTTP/2 codecs, not grpcio or protobuf."""
@@ -155,3 +156,37 @@ def test_the_agent_caps_mallocs_arenas_where_glibc_has_them() -> None:
         pytest.skip("no glibc mallopt here")
     assert n <= 2
     assert heaps("free")[1] > 2  # the check can fail: without the cap, the threads get arenas of their own
+
+
+def test_the_agent_loop_releases_freed_memory_after_start_up_and_every_upkeep_ticks() -> None:
+    from gpuledger.agent.run import run_agent
+    from gpuledger.cli.agent import simulated_node
+    from gpuledger.config import Settings
+
+    calls: list[int] = []
+    settings = Settings(node_name="upkeep-node", interval_s=0.01, metrics_port=0)
+    assert run_agent(settings, simulated_node(seed=3), ticks=7, upkeep=lambda: calls.append(1),
+                     upkeep_ticks=3) == 0
+    assert len(calls) == 3  # after the priming tick, then after ticks 3 and 6
+
+
+def test_release_freed_memory_collects_cycles_a_tick_leaves() -> None:
+    import gc
+
+    from gpuledger.agent.run import release_freed_memory
+    from gpuledger.errors import NotSupported
+
+    def read_a_field() -> None:
+        try:
+            raise NotSupported("a field")
+        except NotSupported as exc:
+            error = exc  # noqa: F841 - kept, as a sampler keeps the field's error: frame -> error -> frame
+
+    gc.collect()
+    gc.disable()  # as if the full collection had not come yet
+    try:
+        for _ in range(100):
+            read_a_field()
+        assert release_freed_memory() >= 100
+    finally:
+        gc.enable()
