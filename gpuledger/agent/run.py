@@ -193,9 +193,9 @@ def release_freed_memory() -> int:
 
     A tick leaves reference cycles (exceptions with their tracebacks: every NotSupported field is one)
     that only Python's rare full collection frees, and freed memory that glibc keeps. Measured on the
-    production agent (bench agent, process case, 120 ticks, collecting every 10 ticks): 60.3 -> 59.1 MiB
-    on a Kubernetes node, 59.2 -> 58.4 bare metal. A full collection of the agent's objects takes a few
-    ms; every 30 ticks it is noise.
+    production agent (bench agent, process case, 120 ticks): 60.3 -> 59.2 MiB on a Kubernetes node,
+    59.2 -> 58.7 bare metal. A full collection of the agent's objects takes a few ms; every 30 ticks it
+    is noise.
     """
     import ctypes
     import gc
