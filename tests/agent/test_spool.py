@@ -127,6 +127,19 @@ def kafka_log_level():
     logging.getLogger("kafka").setLevel(level)
 
 
+def test_verbose_keeps_kafka_pythons_own_lines(tmp_path: Path, kafka_log_level) -> None:
+    """`gpuledger -v agent` (root logger at DEBUG): kafka-python's lines are shown again."""
+    root = logging.getLogger()
+    saved = root.level
+    root.setLevel(logging.DEBUG)
+    try:
+        pub = open_publisher(Settings(kafka_bootstrap="127.0.0.1:9", spool_dir=str(tmp_path / "s")), "v-node")
+        pub.close(timeout_s=0.1)
+    finally:
+        root.setLevel(saved)
+    assert logging.getLogger("kafka").level == logging.NOTSET  # the root's level (DEBUG with -v) applies
+
+
 @pytest.mark.slow
 def test_an_agent_publishing_to_an_unreachable_broker_logs_one_line_not_kafka_pythons_flood(
         tmp_path: Path, caplog: pytest.LogCaptureFixture, kafka_log_level) -> None:
