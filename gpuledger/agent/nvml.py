@@ -9,10 +9,13 @@ utilization use the driver's sample buffers from a caller-supplied
 
 from __future__ import annotations
 
+import ctypes
+import logging
 import math
 import re
 import time
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import numpy as np
@@ -26,6 +29,7 @@ except ImportError:  # pragma: no cover - nvidia-ml-py is a dependency
     pynvml = None
 
 T = TypeVar("T")
+log = logging.getLogger("gpuledger.agent.nvml")
 _MIG_NAME = re.compile(r"MIG (\d+g\.\d+gb)")
 _EMPTY_U64 = np.zeros(0, dtype=np.uint64)
 #: The member of the ``nvmlValue_t`` union that holds each ``NVML_VALUE_TYPE_*`` (nvml.h). A type not
@@ -67,8 +71,17 @@ def mig_profile_name(slices: int, memory_mb: int, gpu_memory_mib: float | None) 
     return f"{slices}g.{(marketed_gb * eighths + 4) // 8}gb"  # + 4: half up
 
 
-def _translate(exc: Exception) -> FieldError:
-    code = getattr(exc, "value", None)
+def _translate(exc: Exception, fn_name: str | None = None) -> FieldError:
+    """An NVML error as the wire's field-error reason (docs/wire-schema.md). A function the driver's
+    library lacks (FUNCTION_NOT_FOUND: an older driver; pynvml's unversioned wrappers raise
+    NVMLLibraryMismatchError for it) is NotSupported: the driver cannot answer it, as for a GPU that
+    lacks the feature."""
+    if isinstance(exc, pynvml.NVMLLibraryMismatchError):
+        code: Any = pynvml.NVML_ERROR_FUNCTION_NOT_FOUND
+    else:
+        code = getattr(exc, "value", None)
+    if code == pynvml.NVML_ERROR_FUNCTION_NOT_FOUND:
+        return NotSupported(f"{fn_name or 'an NVML function'} is not in this driver's libnvidia-ml (an older driver)")
     mapping: dict[Any, type[FieldError]] = {
         pynvml.NVML_ERROR_NOT_SUPPORTED: NotSupported,
         pynvml.NVML_ERROR_NOT_FOUND: NotFound,
@@ -83,8 +96,6 @@ def _handle_key(handle: Any) -> Any:
     """Compare device handles: ctypes pointers by address, anything else (a replay) by value."""
     contents = getattr(handle, "contents", None)
     if contents is not None:
-        import ctypes
-
         return ctypes.addressof(contents)
     return handle
 
@@ -92,8 +103,8 @@ def _handle_key(handle: Any) -> Any:
 def _call(fn: Callable[..., T], *args: Any) -> T:
     try:
         return fn(*args)
-    except pynvml.NVMLError as exc:
-        raise _translate(exc) from None
+    except (pynvml.NVMLError, pynvml.NVMLLibraryMismatchError) as exc:
+        raise _translate(exc, getattr(fn, "__name__", None)) from None
 
 
 def _sized(fn: Callable[..., T], *args: Any) -> T:
@@ -107,6 +118,43 @@ def _sized(fn: Callable[..., T], *args: Any) -> T:
             if getattr(exc, "value", None) != pynvml.NVML_ERROR_INSUFFICIENT_SIZE or attempt == 2:
                 raise
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+#: Process lists, newest first: _v3 (R510+), _v2 (R450+), then the original symbol, whose 16-byte v1 rows
+#: pynvml cannot read (its unversioned function calls _v3): :func:`_processes_v1` reads them.
+_PROCESS_LISTS = {
+    "compute": ("nvmlDeviceGetComputeRunningProcesses_v3", "nvmlDeviceGetComputeRunningProcesses_v2",
+                "nvmlDeviceGetComputeRunningProcesses"),
+    "mps": ("nvmlDeviceGetMPSComputeRunningProcesses_v3", "nvmlDeviceGetMPSComputeRunningProcesses_v2",
+            "nvmlDeviceGetMPSComputeRunningProcesses"),
+}
+
+
+class _ProcessInfoV1(ctypes.Structure):
+    """nvml.h ``nvmlProcessInfo_v1_t``: what the original, unsuffixed process-list symbols fill (drivers
+    before R450; 16 bytes a row, where v2/v3 rows are 24: reading them as v2 would misplace every pid)."""
+
+    _fields_ = [("pid", ctypes.c_uint), ("usedGpuMemory", ctypes.c_ulonglong)]
+
+
+def _processes_v1(symbol: str, handle: Any) -> list[Any]:
+    """The v1 process list through pynvml's library handle (pynvml wraps only _v2 and _v3; its unversioned
+    function calls _v3): size query, then the fill, as pynvml does for the others."""
+    fn = pynvml._nvmlGetFunctionPointer(symbol)
+    count = ctypes.c_uint(0)
+    ret = fn(handle, ctypes.byref(count), None)
+    if ret == pynvml.NVML_SUCCESS:
+        return []
+    if ret != pynvml.NVML_ERROR_INSUFFICIENT_SIZE:
+        raise pynvml.NVMLError(ret)
+    count.value = count.value * 2 + 5  # room for processes that start in between
+    rows = (_ProcessInfoV1 * count.value)()
+    ret = fn(handle, ctypes.byref(count), rows)
+    if ret != pynvml.NVML_SUCCESS:
+        raise pynvml.NVMLError(ret)
+    unknown = pynvml.NVML_VALUE_NOT_AVAILABLE_ulonglong.value
+    return [SimpleNamespace(pid=int(r.pid), usedGpuMemory=None if r.usedGpuMemory == unknown else int(r.usedGpuMemory))
+            for r in rows[:count.value]]
 
 
 class NvmlBackend:
@@ -138,6 +186,7 @@ class NvmlBackend:
         self._xid_pending: dict[Any, int] = {}
         self._dcgm = dcgm
         self._mig_gi: dict[tuple[int, int], int] = {}  # (gpu, mig index) -> GPU instance id
+        self._no_variant: set[str] = set()  # process-list functions with no symbol in this driver (logged)
 
     def close(self) -> None:
         self._nv.nvmlShutdown()
@@ -232,39 +281,43 @@ class NvmlBackend:
         return self._processes(self._h(i))
 
     def _processes(self, handle: Any) -> list[ComputeProcess]:
-        getters = [
-            getattr(self._nv, name)
-            for name in ("nvmlDeviceGetComputeRunningProcesses_v3", "nvmlDeviceGetComputeRunningProcesses_v2",
-                         "nvmlDeviceGetComputeRunningProcesses")
-            if hasattr(self._nv, name)
-        ]
-        last: Exception | None = None
-        for getter in getters:  # v3 -> v2 -> v1: older drivers lack the newer symbols
-            try:
-                procs = _sized(getter, handle)
-                break
-            except (pynvml.NVMLError_FunctionNotFound, pynvml.NVMLLibraryMismatchError) as exc:
-                last = exc  # pynvml's unversioned call raises LibraryMismatch when the _v3 symbol is missing
-            except pynvml.NVMLError as exc:
-                raise _translate(exc) from None
-        else:
-            raise NotSupported(f"no nvmlDeviceGetComputeRunningProcesses variant works: {last}")
-        mps = self._mps_pids(handle)
+        procs = self._process_list(handle, "compute", required=True)
+        mps = {int(p.pid) for p in self._process_list(handle, "mps")}
         return [
             ComputeProcess(int(p.pid), None if p.usedGpuMemory is None else int(p.usedGpuMemory),
                            2 if p.pid in mps else 0)
             for p in procs
         ]
 
-    def _mps_pids(self, handle: Any) -> set[int]:
-        getter = getattr(self._nv, "nvmlDeviceGetMPSComputeRunningProcesses_v3", None) or getattr(
-            self._nv, "nvmlDeviceGetMPSComputeRunningProcesses", None)
-        if getter is None:
-            return set()
-        try:
-            return {int(p.pid) for p in getter(handle)}
-        except pynvml.NVMLError:
-            return set()
+    def _process_list(self, handle: Any, kind: str, *, required: bool = False) -> list[Any]:
+        """The ``kind`` list of :data:`_PROCESS_LISTS`, newest variant first: each older driver lacks the
+        newer symbols. ``required``: when no variant answers, NotSupported (the list is unknown, not
+        empty); else an empty list (who is an MPS server is then unknown; logged once)."""
+        v3, v2, v1_symbol = _PROCESS_LISTS[kind]
+        getters: list[Callable[[Any], list[Any]]] = [getattr(self._nv, name) for name in (v3, v2)
+                                                     if hasattr(self._nv, name)]
+        v1 = getattr(self._nv, f"{v1_symbol}_v1", None)  # a replay's recorded v1 answers
+        if v1 is None and self._nv is pynvml:
+            v1 = lambda h: _processes_v1(v1_symbol, h)  # noqa: E731 - pynvml has no v1 wrapper
+        if v1 is not None:
+            getters.append(v1)
+        base = v1_symbol
+        last: Exception | None = None
+        for getter in getters:
+            try:
+                return _sized(getter, handle)
+            except (pynvml.NVMLError_FunctionNotFound, pynvml.NVMLLibraryMismatchError) as exc:
+                last = exc
+            except pynvml.NVMLError as exc:
+                if required:
+                    raise _translate(exc) from None
+                return []
+        if required:
+            raise NotSupported(f"no {base} variant works (v3, v2, v1): {last}")
+        if base not in self._no_variant:
+            self._no_variant.add(base)
+            log.warning("no %s variant in this driver's libnvidia-ml: MPS servers are not told apart", base)
+        return []
 
     # --- health and the remaining DCGM fields ------------------------------------------
 

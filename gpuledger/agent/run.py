@@ -66,7 +66,7 @@ def open_nvml(settings: Settings) -> GpuSource:
 def open_publisher(settings: Settings, node: str) -> Any:
     """A SpoolingPublisher over a KafkaPublisher to ``settings.kafka_bootstrap`` (the spool covers outages)."""
     from gpuledger.agent.spool import Spool, SpoolingPublisher
-    from gpuledger.transport import KafkaPublisher
+    from gpuledger.transport import KafkaPublisher, quiet_client_logs
 
     bootstrap = settings.kafka_bootstrap
     if not bootstrap:
@@ -76,6 +76,8 @@ def open_publisher(settings: Settings, node: str) -> Any:
     spool = Spool(spool_dir, max_bytes=settings.spool_max_bytes)
     log.info("spool %s (bound %d bytes, %d records waiting from before)", spool_dir, spool.max_bytes, spool.pending())
     codec = None if settings.kafka_compression == "none" else settings.kafka_compression
+    # the spool logs the broker's state once per change; kafka-python's per-attempt lines only with -v
+    quiet_client_logs(verbose=logging.getLogger().isEnabledFor(logging.DEBUG))
     return SpoolingPublisher(
         lambda: KafkaPublisher(bootstrap, settings.kafka_topic, client_settings=settings.kafka_client_settings(),
                                compression_type=codec),
@@ -98,14 +100,23 @@ def serve_metrics(collector: AgentCollector, host: str, port: int) -> Any:
     return server
 
 
+#: Ticks between two :func:`release_freed_memory` calls (5 minutes at the default 10 s tick).
+UPKEEP_TICKS = 30
+
+
 def run_agent(settings: Settings, source: GpuSource, *, ticks: int | None = None,
-              stop: threading.Event | None = None, ready: Callable[[Any], None] | None = None) -> int:
+              stop: threading.Event | None = None, ready: Callable[[Any], None] | None = None,
+              upkeep: Callable[[], object] | None = None, upkeep_ticks: int = UPKEEP_TICKS) -> int:
     """The agent loop, until ``ticks`` ticks (None: no bound), SIGINT/SIGTERM or ``stop``.
+
+    ``upkeep`` (default :func:`release_freed_memory`) runs after the first
+    tick and then every ``upkeep_ticks`` ticks.
 
     Publishes to ``settings.kafka_bootstrap`` when set, else prints a summary per
     tick. ``ready(server)`` is called once /metrics serves (None when off):
     embedders and tests learn the bound port from ``server.server_port``.
     """
+    cap_malloc_arenas()
     backend, advance, interval = source.backend, source.advance, settings.interval_s
     node = settings.node_name or socket.gethostname()
     sampler = Sampler(backend, source.workloads, node=node)
@@ -123,6 +134,8 @@ def run_agent(settings: Settings, source: GpuSource, *, ticks: int | None = None
              f"publishing to {settings.kafka_bootstrap} topic {settings.kafka_topic}" if publisher
              else "printing (no --kafka)")
     sampler.tick()  # primes the sample-buffer timestamps and the energy counter
+    upkeep = upkeep or release_freed_memory
+    upkeep()  # what start-up (imports, argument parsing, the first connections) left behind
     done = 0
     next_at = time.monotonic() + interval
     try:
@@ -136,6 +149,8 @@ def run_agent(settings: Settings, source: GpuSource, *, ticks: int | None = None
             if msg is None:
                 continue
             done += 1
+            if done % upkeep_ticks == 0:
+                upkeep()
             collector.update(msg, sampler.device_info)
             if publisher is not None:
                 publisher.publish(msg.node.encode(), wire.encode(msg))
@@ -148,6 +163,50 @@ def run_agent(settings: Settings, source: GpuSource, *, ticks: int | None = None
             server.shutdown()
             server.server_close()
     return 0
+
+
+#: glibc's mallopt parameter M_ARENA_MAX (malloc.h).
+_M_ARENA_MAX = -8
+
+
+def cap_malloc_arenas(arenas: int = 2) -> bool:
+    """Let glibc's malloc keep at most ``arenas`` arenas; True where it could (glibc), False elsewhere.
+
+    glibc gives each new thread its own arena (up to 8 per core) and memory freed in one is not reused
+    by another: the agent's threads (spool sender, Kafka I/O, one per /metrics scrape) would each keep
+    some. Measured on the production agent (bench agent, process case, 60 ticks, MALLOC_ARENA_MAX in
+    the environment): 0.7 MiB less RSS with 2 arenas, 0.9-1.0 with 1; the threads are mostly idle, so
+    sharing costs nothing. Called before the agent starts its
+    threads.
+    """
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_ARENA_MAX, arenas))
+
+
+def release_freed_memory() -> int:
+    """Collect cyclic garbage now and hand the heap's free pages back to the OS (glibc ``malloc_trim``);
+    returns the objects collected.
+
+    A tick leaves reference cycles (exceptions with their tracebacks: every NotSupported field is one)
+    that only Python's rare full collection frees, and freed memory that glibc keeps. Measured on the
+    production agent (bench agent, process case, 120 ticks; the quick runs before and after this):
+    60.3 -> 59.2 MiB on a Kubernetes node, 59.2 -> 58.7 bare metal. One call took 36-59 ms on the
+    benchmark machine (2 loaded CPUs, ~49,000 objects): every 30 ticks of 10 s, ~0.02 % of a core.
+    """
+    import ctypes
+    import gc
+
+    collected = gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: the collection alone
+    return collected
 
 
 def summarize(msg: wire.Message) -> str:

@@ -214,6 +214,12 @@ class SpoolingPublisher:
     failed flush the publisher is closed and a fresh one made, so a client
     stuck on a restarted broker does not stay stuck. Retries back off from
     ``retry_min_s`` doubling to ``retry_max_s``.
+
+    The log says when the broker's state changes, once per change, with the
+    spool's counters (waiting, dropped, sent, failed attempts): a WARNING when
+    a send fails after the broker answered (or at the first try), an INFO when
+    it answers again. Retries in between are counted
+    (``gpuledger_spool_send_failures_total``), not logged.
     """
 
     def __init__(self, factory: Callable[[], Publisher], spool: Spool, *, batch: int = 200,
@@ -226,6 +232,7 @@ class SpoolingPublisher:
         self.sent_records = 0
         self.failures = 0
         self.connected = False
+        self._down_since: float | None = None  # clock() when the broker became unreachable (None: not down)
         self._key: bytes = b""
         self._publisher: Publisher | None = None
         self._wake = threading.Event()
@@ -275,9 +282,11 @@ class SpoolingPublisher:
             except TransportError as exc:
                 self.failures += 1
                 backoff = min(self.retry_max_s, max(self.retry_min_s, backoff * 2))
-                if self.connected or self.failures == 1:
-                    log.warning("broker unreachable (%s); spooling, %d records waiting, retry in %.1f s",
-                                exc, self.spool.pending(), backoff)
+                if self._down_since is None:  # up (or not tried yet) -> down: the one line for this outage
+                    self._down_since = self._clock()
+                    log.warning("broker unreachable: %s (hint: %s); spooling, retrying with backoff from %g s up "
+                                "to %g s without further log lines; %s", exc, exc.hint, self.retry_min_s,
+                                self.retry_max_s, self.counters())
                 self.connected = False
                 self._drop_publisher()
 
@@ -293,9 +302,19 @@ class SpoolingPublisher:
         self.spool.ack(cursor, len(values))
         self.sent_records += len(values)
         if not self.connected:
-            log.info("broker reachable: sent %d spooled records", len(values))
             self.connected = True
+            if self._down_since is not None:
+                log.info("broker reachable again after %.1f s unreachable; %s", self._clock() - self._down_since,
+                         self.counters())
+            else:
+                log.info("broker reachable; %s", self.counters())
+            self._down_since = None
         return True
+
+    def counters(self) -> str:
+        """The spool's counters as one phrase for the log (the same figures as /metrics)."""
+        return (f"spool: {self.spool.pending()} records waiting, {self.spool.dropped_records} dropped, "
+                f"{self.sent_records} sent, {self.failures} failed send attempts")
 
     def _drop_publisher(self) -> None:
         publisher, self._publisher = self._publisher, None

@@ -167,7 +167,7 @@ def _value_type(name: str) -> tuple[type, list[str] | None]:
     if typing.get_origin(inner) is Literal:
         return str, [str(v) for v in typing.get_args(inner)]
     if inner in (int, float, str):
-        return inner, None  # type: ignore[return-value]  # narrowed by the membership test
+        return inner, None
     raise TypeError(f"setting {name} ({annotation}) cannot be a flag: give it an int, float, str or Literal type")
 
 

@@ -3,7 +3,7 @@ module that imports ``kafka``) and the in-process twin (:mod:`.memory`)."""
 
 from __future__ import annotations
 
-from gpuledger.transport.kafka_client import DEFAULT_COMPRESSION, KafkaPublisher, KafkaSubscriber
+from gpuledger.transport.kafka_client import DEFAULT_COMPRESSION, KafkaPublisher, KafkaSubscriber, quiet_client_logs
 from gpuledger.transport.memory import MemoryTransport
 from gpuledger.transport.protocols import Publisher, Record, Subscriber, next_offsets
 
@@ -16,4 +16,5 @@ __all__ = [
     "Record",
     "Subscriber",
     "next_offsets",
+    "quiet_client_logs",
 ]

@@ -43,6 +43,10 @@ OLD_DRIVER = ("nvmlDeviceGetComputeRunningProcesses_v3", "nvmlDeviceGetMPSComput
               "nvmlDeviceGetProcessesUtilizationInfo", "nvmlDeviceGetMemoryInfo_v2",
               "nvmlDeviceGetCurrentClocksEventReasons")
 
+# A driver from before R450: only the original process-list symbols, whose rows are nvmlProcessInfo_v1_t.
+V1_ONLY_DRIVER = ("nvmlDeviceGetComputeRunningProcesses_v3", "nvmlDeviceGetComputeRunningProcesses_v2",
+                  "nvmlDeviceGetMPSComputeRunningProcesses_v3", "nvmlDeviceGetMPSComputeRunningProcesses_v2")
+
 
 @pytest.fixture(scope="module")
 def libs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
@@ -51,8 +55,10 @@ def libs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("fakenvml")
     return {"new": fakenvml.build(root / "new"), "old": fakenvml.build(root / "old", omit=OLD_DRIVER),
             "no_energy": fakenvml.build(root / "no_energy", omit=("nvmlDeviceGetTotalEnergyConsumption",)),
-            "v1_only": fakenvml.build(root / "v1_only", omit=("nvmlDeviceGetComputeRunningProcesses_v3",
-                                                               "nvmlDeviceGetComputeRunningProcesses_v2"))}
+            "v1_only": fakenvml.build(root / "v1_only", omit=V1_ONLY_DRIVER),
+            "no_process_list": fakenvml.build(root / "no_process_list", omit=(
+                "nvmlDeviceGetComputeRunningProcesses_v3", "nvmlDeviceGetComputeRunningProcesses_v2",
+                "nvmlDeviceGetComputeRunningProcesses"))}
 
 
 class Fake:
@@ -136,6 +142,8 @@ def agent_symbols() -> set[str]:
     out: set[str] = set()
     for name in names:
         out |= _symbols_behind(name)
+    # the v1 process lists, which the agent calls through pynvml's library handle (pynvml has no wrapper)
+    out |= {symbols[-1] for symbols in agent_nvml._PROCESS_LISTS.values()}
     return out - UNREACHED
 
 
@@ -144,7 +152,7 @@ def test_every_nvml_symbol_the_agent_reaches_is_answered_by_the_fake(load) -> No
     assert {"nvmlDeviceGetProcessesUtilizationInfo", "nvmlDeviceGetSamples", "nvmlEventSetWait_v2",
             "nvmlDeviceGetGpuInstanceProfileInfoV", "nvmlDeviceGetMemoryInfo_v2"} <= wanted
     answered: dict[str, int] = {}
-    for variant in ("new", "old"):  # the old driver answers the fallbacks the new one never needs
+    for variant in ("new", "old", "v1_only"):  # older drivers answer the fallbacks the new one never needs
         fake = load(variant)
         backend = fake.backend()
         sampler = Sampler(backend, fake.node, node="n0")
@@ -215,11 +223,56 @@ def test_an_older_driver_falls_back_for_processes_samples_memory_and_throttle(lo
     assert fake.calls("nvmlDeviceGetCurrentClocksThrottleReasons") == 1
 
 
+def test_a_driver_with_only_the_v1_process_lists_is_read_with_the_v1_row_layout(load) -> None:
+    """pynvml's unversioned function calls _v3; the agent reads the original symbol's 16-byte rows itself
+    (read as 24-byte v2 rows, every pid after the first would be wrong)."""
+    fake = load("v1_only")
+    b, node = fake.backend(), fake.node
+    fake.advance(20)
+    lists = 0
+    for i in range(8):
+        assert b.compute_processes(i) == node.compute_processes(i)  # pids, memory and the MPS kind
+        for m in b.mig_devices(i):
+            assert b.mig_compute_processes(i, m.index) == node.mig_compute_processes(i, m.index)
+        lists += len(node.compute_processes(i)) > 1
+    assert lists, "some GPU lists several processes"
+    assert fake.calls("nvmlDeviceGetComputeRunningProcesses") >= 2  # the size query, then the fill
+    assert fake.calls("nvmlDeviceGetComputeRunningProcesses_v3") == 0  # not exported: pynvml never reached it
+    # MPS: the processes the v1 MPS list names are told apart (kind 2)
+    fake = load("v1_only", sim=FleetSim(simscenarios.SCENARIOS["mps"](seed=11, horizon_s=600), seed=11))
+    b, node = fake.backend(), fake.node
+    fake.advance(20)
+    got = [b.compute_processes(i) for i in range(node.device_count())]
+    assert got == [node.compute_processes(i) for i in range(node.device_count())]
+    assert any(p.kind == 2 for procs in got for p in procs) and fake.calls("nvmlDeviceGetMPSComputeRunningProcesses")
+
+
 def test_a_driver_without_any_process_list_symbol_says_not_supported_not_empty(load) -> None:
-    fake = load("v1_only")  # pynvml's unversioned call uses the _v3 symbol too: nothing left
-    b = fake.backend()
+    fake = load("no_process_list")
+    sampler = Sampler(fake.backend(), fake.node, node="n0")
     with pytest.raises(NotSupported, match="no nvmlDeviceGetComputeRunningProcesses variant works"):
-        b.compute_processes(0)
+        fake.backend().compute_processes(0)
+    sampler.tick()
+    msg = tick(fake, sampler)
+    assert np.isnan(msg.processes["used_memory_bytes"]).all()  # known from their samples only: memory unknown
+    errs = [msg.strings[e["reason"]] for e in msg.field_errors if msg.strings[e["field"]] == "processes"]
+    assert errs and all(r.startswith("NotSupported: no nvmlDeviceGetComputeRunningProcesses") for r in errs)
+
+
+def test_a_function_missing_from_an_older_driver_is_a_not_supported_field_error(load) -> None:
+    """FUNCTION_NOT_FOUND (the symbol is not in the library) is NotSupported with the function's name,
+    the field NaN beside it: never a zero, and the GPU's health stays OK (a capability, not a fault)."""
+    fake = load("no_energy")
+    sampler = Sampler(fake.backend(), fake.node, node="n0")
+    sampler.tick()
+    msg = tick(fake, sampler)
+    errs = errors_of(msg, "energy_total_mj")
+    assert set(errs) == set(range(8))
+    assert all(r == "NotSupported: nvmlDeviceGetTotalEnergyConsumption is not in this driver's libnvidia-ml "
+               "(an older driver)" for r in errs.values())
+    assert np.isnan(msg.devices["energy_total_mj"]).all() and np.isnan(msg.devices["energy_delta_mj"]).all()
+    whole = msg.devices[msg.devices["mig_index"] == -1]
+    assert not np.isnan(whole["power_w"]).any()  # the rest of the sample is there
 
 
 def test_processes_and_samples_that_arrive_between_the_size_query_and_the_fill(load, tmp_path) -> None:
@@ -245,7 +298,7 @@ def test_processes_and_samples_that_arrive_between_the_size_query_and_the_fill(l
     assert len(got.pid) and got.timestamp_us.tolist() == node.process_samples(i, last).timestamp_us.tolist()
 
 
-def test_energy_counter_reset_and_a_missing_energy_symbol(load) -> None:
+def test_energy_counter_reset(load) -> None:
     fake = load()
     sampler = Sampler(fake.backend(), fake.node, node="n0")
     sampler.tick()
@@ -257,13 +310,6 @@ def test_energy_counter_reset_and_a_missing_energy_symbol(load) -> None:
     row = msg.devices[(msg.devices["gpu_index"] == 3) & (msg.devices["mig_index"] == -1)]
     assert math.isnan(float(row["energy_delta_mj"][0]))  # unknown, never a zero or a negative delta
 
-    fake = load("no_energy")
-    sampler = Sampler(fake.backend(), fake.node, node="n0")
-    sampler.tick()
-    msg = tick(fake, sampler)
-    errs = errors_of(msg, "energy_total_mj")
-    assert set(errs) == set(range(8)) and all("Function Not Found" in r for r in errs.values())
-    assert np.isnan(msg.devices["energy_total_mj"]).all()
 
 
 def test_health_throttle_remapped_rows_and_xid_events(load) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
@@ -16,7 +17,7 @@ from fastapi import FastAPI
 from gpuledger.agent.cgroup import ProcWorkloads
 from gpuledger.agent.holders import NodeWorkloads, device_ids
 from gpuledger.agent.kubelet import KubeletPods, parse_pod_list
-from gpuledger.agent.podresources import api_pb2, api_pb2_grpc
+from gpuledger.agent.podresources import api_pb2, api_pb2_grpc, unary
 from gpuledger.agent.podresources.client import DeviceHold, PodResourcesClient, resolve_holds, split_replica
 from gpuledger.agent.sampler import Sampler
 from gpuledger.errors import BackendError
@@ -338,3 +339,50 @@ def test_a_node_without_a_kubelet_has_no_allocations_and_no_errors(tmp_path: Pat
     with pytest.raises(BackendError):
         mounted.podresources.timeout_s = 0.3
         mounted.allocations()
+
+
+# --- the agent's own gRPC call (podresources/unary.py: h2 + a protobuf reader, not grpcio) ----------------
+
+def test_the_reader_gets_what_protobuf_wrote_and_skips_what_it_does_not_need(kubelet) -> None:
+    """Every field kind the kubelet sends (strings, packed int64 CPU ids, memory, NUMA topology, DRA
+    claims) through grpcio's server: the agent keeps the devices, ids in order, unicode intact."""
+    service, sock = kubelet
+    many = [f"GPU-{k:08d}-ü::{k % 4}" for k in range(300)]  # > one 16 KiB HTTP/2 frame of ids
+    big = pod("ns-ä", "big", "main", "nvidia.com/gpu", *many)
+    big.containers[0].cpu_ids.extend([1, 2, 2**40])
+    big.containers[0].memory.add(memory_type="memory", size=2**34)
+    big.containers[0].dynamic_resources.add(class_name="gpu.nvidia.com", claim_name="c", claim_namespace="ns")
+    service.pods = [big, api_pb2.PodResources(name="empty", namespace="ns")]
+    holds = PodResourcesClient(sock).list()
+    assert [h.device_id for h in holds] == many
+    assert {(h.namespace, h.pod, h.container, h.resource) for h in holds} == {("ns-ä", "big", "main", "nvidia.com/gpu")}
+    raw = api_pb2.ListPodResourcesResponse(pod_resources=service.pods).SerializeToString()
+    assert [n for n, _, _ in unary.fields(raw)] == [1, 1]
+    with pytest.raises(ValueError):
+        list(unary.fields(raw[:-3]))  # truncated
+
+
+def test_a_server_error_is_its_grpc_status_and_message(kubelet) -> None:
+    service, sock = kubelet
+    service.allocatable = None  # context.abort(UNIMPLEMENTED, ...): a trailers-only response
+    with pytest.raises(unary.RpcError) as err:
+        unary.call(sock, "/v1.PodResourcesLister/GetAllocatableResources")
+    assert err.value.code == unary.StatusCode.UNIMPLEMENTED and "feature gate" in err.value.details
+    with pytest.raises(unary.RpcError) as err:
+        unary.call(sock, "/v1.PodResourcesLister/NoSuchMethod")
+    assert err.value.code == unary.StatusCode.UNIMPLEMENTED
+
+
+def test_a_socket_that_never_answers_times_out_as_deadline_exceeded(tmp_path: Path) -> None:
+    import socket
+
+    path = str(tmp_path / "mute.sock")
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(path)
+        server.listen(1)  # accepts (the kernel queues the connection) but never speaks HTTP/2
+        t0 = time.monotonic()
+        with pytest.raises(unary.RpcError) as err:
+            unary.call(path, "/v1.PodResourcesLister/List", timeout_s=0.3)
+    assert err.value.code == 4 and time.monotonic() - t0 < 5
+    with pytest.raises(BackendError, match="kubelet PodResources List .*StatusCode.UNAVAILABLE"):
+        PodResourcesClient(str(tmp_path / "absent.sock")).list()

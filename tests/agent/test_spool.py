@@ -9,14 +9,17 @@ from pathlib import Path
 import pytest
 
 from gpuledger import wire
+from gpuledger.agent.run import open_publisher
 from gpuledger.agent.sampler import Sampler
 from gpuledger.agent.spool import Spool, SpoolingPublisher
+from gpuledger.config import Settings
 from gpuledger.ingest.consumer import Ingestor
 from gpuledger.sim.fleetsim import FleetSim
 from gpuledger.sim.spec import FleetSpec, GpuSpec, Holding, NodeSpec, PodSpec, ProcSpec
 from gpuledger.store import Store
 from gpuledger.transport import KafkaPublisher, KafkaSubscriber, MemoryTransport
 from tests.support.kafka import KAFKA_GROUP_TIMING
+from tests.support.system import free_port
 
 
 def drain(spool: Spool) -> list[bytes]:
@@ -82,6 +85,83 @@ def test_outage_of_an_in_memory_broker_delays_but_loses_nothing(tmp_path: Path) 
         assert metrics["gpuledger_spool_sent_records"] == 20 and metrics["gpuledger_spool_broker_up"] == 1
     finally:
         pub.close()
+
+
+def test_an_outage_is_one_log_line_down_and_one_up_with_the_spools_counters(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    broker = MemoryTransport()
+    broker.available = False
+    with caplog.at_level(logging.DEBUG, logger="gpuledger.agent.spool"):
+        pub = SpoolingPublisher(lambda: broker, Spool(tmp_path), retry_min_s=0.02, retry_max_s=0.05)
+        try:
+            for i in range(5):
+                pub.publish(b"node", f"m{i}".encode())
+                time.sleep(0.05)
+            deadline = time.monotonic() + 10
+            while pub.failures < 5 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert pub.failures >= 5  # several retries ...
+            broker.available = True
+            pub.flush(timeout_s=10)
+            broker.available = False  # a second outage is a second change
+            before = pub.failures
+            pub.publish(b"node", b"m5")
+            while pub.failures == before and time.monotonic() < deadline:
+                time.sleep(0.02)
+        finally:
+            broker.available = True
+            pub.close()
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "gpuledger.agent.spool"]
+    assert [level for level, _ in lines] == ["WARNING", "INFO", "WARNING", "INFO"], lines  # ... one line per change
+    down, up = lines[0][1], lines[1][1]
+    assert down.startswith("broker unreachable: ") and "simulated outage" in down and "hint: " in down
+    assert "spool: " in down and " 0 dropped, 0 sent, 1 failed send attempts" in down
+    assert up.startswith("broker reachable again after ") and "spool: 0 records waiting, 0 dropped, 5 sent" in up
+
+
+@pytest.fixture
+def kafka_log_level():
+    """open_publisher quiets the process's ``kafka`` logger: restore it for the next test."""
+    level = logging.getLogger("kafka").level
+    yield
+    logging.getLogger("kafka").setLevel(level)
+
+
+def test_verbose_keeps_kafka_pythons_own_lines(tmp_path: Path, kafka_log_level) -> None:
+    """`gpuledger -v agent` (root logger at DEBUG): kafka-python's lines are shown again."""
+    root = logging.getLogger()
+    saved = root.level
+    root.setLevel(logging.DEBUG)
+    try:
+        pub = open_publisher(Settings(kafka_bootstrap="127.0.0.1:9", spool_dir=str(tmp_path / "s")), "v-node")
+        pub.close(timeout_s=0.1)
+    finally:
+        root.setLevel(saved)
+    assert logging.getLogger("kafka").level == logging.NOTSET  # the root's level (DEBUG with -v) applies
+
+
+@pytest.mark.slow
+def test_an_agent_publishing_to_an_unreachable_broker_logs_one_line_not_kafka_pythons_flood(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, kafka_log_level) -> None:
+    """kafka-python logs each connection attempt (77 lines in 10 s at a 1 s tick, before): the agent's log
+    has the spool's one line for the outage, and kafka-python's only with -v (DEBUG)."""
+    settings = Settings(kafka_bootstrap=f"127.0.0.1:{free_port()}", spool_dir=str(tmp_path / "spool"))
+    with caplog.at_level(logging.INFO):
+        pub = open_publisher(settings, "quiet-node")
+        try:
+            for i in range(3):
+                pub.publish(b"quiet-node", f"m{i}".encode())
+            deadline = time.monotonic() + 30  # the producer's bootstrap gives up after 10 s
+            while pub.failures == 0 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert pub.failures >= 1
+        finally:
+            pub.close(timeout_s=0.1)
+    kafka_lines = [r.getMessage() for r in caplog.records if r.name.startswith("kafka")]
+    assert not kafka_lines, kafka_lines[:5]
+    down = [r.getMessage() for r in caplog.records if r.getMessage().startswith("broker unreachable")]
+    assert len(down) == 1 and "3 records waiting" in down[0]
+    assert logging.getLogger("kafka").getEffectiveLevel() == logging.CRITICAL
 
 
 def small_node() -> FleetSim:

@@ -101,8 +101,35 @@ def test_the_sasl_password_is_never_shown_but_reaches_the_kafka_client_in_plain(
 
 
 def test_settings_are_frozen() -> None:
-    with pytest.raises(ValueError):
-        Settings().db_path = "other"  # type: ignore[misc]
+    with pytest.raises(AttributeError, match="frozen"):
+        Settings().db_path = "other"
+
+
+def test_environment_values_are_parsed_by_the_settings_type(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GPULEDGER_KUBELET_INSECURE_TLS", "yes")
+    monkeypatch.setenv("GPULEDGER_METRICS_PORT", " 9500 ")
+    monkeypatch.setenv("gpuledger_interval_s", "2.5")  # names are case-insensitive, as before
+    monkeypatch.setenv("GPULEDGER_KAFKA_SASL_PASSWORD", "s3cret")
+    monkeypatch.setenv("GPULEDGER_NOT_A_SETTING", "ignored")  # unknown variables are ignored
+    s = Settings()
+    assert (s.kubelet_insecure_tls, s.metrics_port, s.interval_s) == (True, 9500, 2.5)
+    assert s.kafka_sasl_password is not None and s.kafka_sasl_password.get_secret_value() == "s3cret"
+    assert Settings(kubelet_insecure_tls="off").kubelet_insecure_tls is False
+    assert Settings(spool_max_bytes=4096.0).spool_max_bytes == 4096
+    for name, bad in [("metrics_port", "94OO"), ("metrics_port", 9.5), ("interval_s", "fast"),
+                      ("kubelet_insecure_tls", "maybe"), ("db_path", 3), ("spool_max_bytes", True)]:
+        with pytest.raises(ValueError, match=name):
+            Settings(**{name: bad})
+    with pytest.raises(ValueError, match="db_pth: not a setting"):
+        Settings(db_pth="x")
+
+
+def test_reading_settings_loads_no_pydantic() -> None:
+    """The node agent reads settings too: pydantic(-settings) would cost it ~25 MiB (docs/benchmarks.md)."""
+    code = ("import sys; from gpuledger.cli import parse; parse(['agent', '--backend', 'sim']); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pydantic', 'pydantic_settings')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_help_shows_a_setting_flags_description_and_default() -> None:

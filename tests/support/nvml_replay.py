@@ -161,7 +161,7 @@ class ReplayNvml:
     def nvmlDeviceGetComputeRunningProcesses_v2(self, h: str) -> list[Any]:  # noqa: N802
         return self._procs(h, "processes_v2")
 
-    def nvmlDeviceGetComputeRunningProcesses(self, h: str) -> list[Any]:  # noqa: N802
+    def nvmlDeviceGetComputeRunningProcesses_v1(self, h: str) -> list[Any]:  # noqa: N802
         return self._procs(h, "processes_v1")
 
     def nvmlDeviceGetMPSComputeRunningProcesses_v3(self, h: str) -> list[Any]:  # noqa: N802

@@ -24,12 +24,10 @@ from __future__ import annotations
 import builtins
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-import grpc
-
-from gpuledger.agent.podresources import api_pb2, api_pb2_grpc
+from gpuledger.agent.podresources import unary
 from gpuledger.errors import BackendError
 
 log = logging.getLogger("gpuledger.agent.podresources")
@@ -37,6 +35,8 @@ log = logging.getLogger("gpuledger.agent.podresources")
 DEFAULT_SOCKET = "/var/lib/kubelet/pod-resources/kubelet.sock"
 _REPLICA = re.compile(r"^(?P<base>.+?)::(?P<n>\d+)$")
 _R450_MIG = re.compile(r"^MIG-(?P<gpu>GPU-[0-9a-fA-F-]+)/(?P<gi>\d+)/(?P<ci>\d+)$")
+_HINT = ("mount /var/lib/kubelet/pod-resources read-only into the agent (the DaemonSet in deploy/ does) "
+         "or set --pod-resources-socket")
 
 
 @dataclass(frozen=True)
@@ -51,57 +51,100 @@ class DeviceHold:
 
 
 class PodResourcesClient:
-    """``v1.PodResourcesLister`` over ``unix://<socket>``; errors become BackendError with a hint."""
+    """``v1.PodResourcesLister`` over ``unix://<socket>``; errors become BackendError with a hint.
+
+    Each call is one HTTP/2 connection (:mod:`.unary`: its own frames and a
+    protobuf reader, not grpcio, whose C core alone is ~17 MiB of the agent's
+    60 MiB budget): a call per tick, to a local socket.
+    """
 
     def __init__(self, socket_path: str = DEFAULT_SOCKET, *, timeout_s: float = 5.0) -> None:
         self.socket_path = socket_path
         self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(f"unix://{socket_path}")
-        self._stub = api_pb2_grpc.PodResourcesListerStub(self._channel)
         self._allocatable_ok = True
 
     def close(self) -> None:
-        self._channel.close()
+        """Nothing to release: no connection outlives a call (kept for callers that close clients)."""
 
-    def _fail(self, what: str, exc: grpc.RpcError) -> BackendError:
-        code = exc.code() if hasattr(exc, "code") else None
-        return BackendError(
-            f"kubelet PodResources {what} on {self.socket_path} failed: {code}: "
-            f"{exc.details() if hasattr(exc, 'details') else exc}",
-            hint="mount /var/lib/kubelet/pod-resources read-only into the agent (the DaemonSet in deploy/ does) "
-            "or set --pod-resources-socket",
-        )
+    def _call(self, method: str) -> bytes:
+        return unary.call(self.socket_path, f"/v1.PodResourcesLister/{method}", timeout_s=self.timeout_s)
+
+    def _fail(self, what: str, exc: unary.RpcError | ValueError) -> BackendError:
+        return BackendError(f"kubelet PodResources {what} on {self.socket_path} failed: {exc}", hint=_HINT)
 
     def list(self) -> list[DeviceHold]:
         """Every device id held by every container on the node (devices only; CPUs and memory ignored)."""
         try:
-            resp = self._stub.List(api_pb2.ListPodResourcesRequest(), timeout=self.timeout_s)
-        except grpc.RpcError as exc:
+            return [DeviceHold(namespace, pod, container, resource, dev_id)
+                    for pod, namespace, containers in _pods(self._call("List"))
+                    for container, devices in containers
+                    for resource, ids in devices
+                    for dev_id in ids]
+        except (unary.RpcError, ValueError) as exc:
             raise self._fail("List", exc) from None
-        return [
-            DeviceHold(pod.namespace, pod.name, c.name, d.resource_name, dev_id)
-            for pod in resp.pod_resources
-            for c in pod.containers
-            for d in c.devices
-            for dev_id in d.device_ids
-        ]
 
     def allocatable(self) -> builtins.list[tuple[str, str]] | None:
         """(resource, device id) of every device the kubelet knows; None where the call is unavailable."""
         if not self._allocatable_ok:
             return None
         try:
-            resp = self._stub.GetAllocatableResources(api_pb2.AllocatableResourcesRequest(), timeout=self.timeout_s)
-        except grpc.RpcError as exc:
-            if exc.code() in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.UNAVAILABLE) or "disabled" in str(
-                exc.details()
-            ):
+            data = self._call("GetAllocatableResources")
+            devices = [_devices(v) for n, _, v in unary.fields(data) if n == 1 and isinstance(v, bytes)]
+        except unary.RpcError as exc:
+            if exc.code in (unary.StatusCode.UNIMPLEMENTED, unary.StatusCode.UNAVAILABLE) or "disabled" in exc.details:
                 log.warning("kubelet GetAllocatableResources unavailable (%s); time-slicing replica counts fall "
-                            "back to the replicas seen in use", exc.code())
+                            "back to the replicas seen in use", exc)
                 self._allocatable_ok = False
                 return None
             raise self._fail("GetAllocatableResources", exc) from None
-        return [(d.resource_name, i) for d in resp.devices for i in d.device_ids]
+        except ValueError as exc:
+            raise self._fail("GetAllocatableResources", exc) from None
+        return [(resource, i) for resource, ids in devices for i in ids]
+
+
+# --- the messages (api.proto field numbers); unknown fields (CPUs, memory, topology, DRA) are skipped ----
+
+def _text(v: bytes | int) -> str:
+    if not isinstance(v, bytes):
+        raise ValueError("a string field is not length-delimited")
+    return v.decode()
+
+
+def _devices(data: bytes | int) -> tuple[str, builtins.list[str]]:
+    """ContainerDevices: (resource_name = 1, device_ids = 2)."""
+    if not isinstance(data, bytes):
+        raise ValueError("a message field is not length-delimited")
+    resource, ids = "", []
+    for n, _, v in unary.fields(data):
+        if n == 1:
+            resource = _text(v)
+        elif n == 2:
+            ids.append(_text(v))
+    return resource, ids
+
+
+def _pods(data: bytes) -> Iterator[tuple[str, str, builtins.list[tuple[str, builtins.list[tuple[str, builtins.list[str]]]]]]]:
+    """ListPodResourcesResponse.pod_resources (1): PodResources (name = 1, namespace = 2, containers = 3),
+    ContainerResources (name = 1, devices = 2)."""
+    for n, _, pod in unary.fields(data):
+        if n != 1 or not isinstance(pod, bytes):
+            continue
+        name = namespace = ""
+        containers = []
+        for pn, _, pv in unary.fields(pod):
+            if pn == 1:
+                name = _text(pv)
+            elif pn == 2:
+                namespace = _text(pv)
+            elif pn == 3 and isinstance(pv, bytes):
+                cname, devices = "", []
+                for cn, _, cv in unary.fields(pv):
+                    if cn == 1:
+                        cname = _text(cv)
+                    elif cn == 2:
+                        devices.append(_devices(cv))
+                containers.append((cname, devices))
+        yield name, namespace, containers
 
 
 def split_replica(device_id: str) -> tuple[str, int]:

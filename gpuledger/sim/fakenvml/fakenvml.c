@@ -54,6 +54,7 @@ typedef struct { char busIdLegacy[16]; unsigned int domain, bus, device, pciDevi
                  char busId[32]; } nvmlPciInfo_t;
 typedef struct { unsigned long long total, free, used; } nvmlMemory_t;
 typedef struct { unsigned int version; unsigned long long total, reserved, free, used; } nvmlMemory_v2_t;
+typedef struct { unsigned int pid; unsigned long long usedGpuMemory; } nvmlProcessInfo_v1_t; /* pre-R450 */
 typedef struct { unsigned int pid; unsigned long long usedGpuMemory; unsigned int gpuInstanceId;
                  unsigned int computeInstanceId; } nvmlProcessInfo_v2_t;
 typedef struct { unsigned int pid; unsigned long long timeStamp; unsigned int smUtil, memUtil, encUtil,
@@ -520,6 +521,32 @@ nvmlReturn_t nvmlDeviceGetMPSComputeRunningProcesses_v3(nvmlDevice_t d, unsigned
                                                         nvmlProcessInfo_v2_t *infos) {
     DEV_CALL("nvmlDeviceGetMPSComputeRunningProcesses_v3", d);
     LEAVE(list_procs(d->mps.v, d->mps.n, d, count, infos));
+}
+
+nvmlReturn_t nvmlDeviceGetMPSComputeRunningProcesses_v2(nvmlDevice_t d, unsigned int *count,
+                                                        nvmlProcessInfo_v2_t *infos) {
+    DEV_CALL("nvmlDeviceGetMPSComputeRunningProcesses_v2", d);
+    LEAVE(list_procs(d->mps.v, d->mps.n, d, count, infos));
+}
+
+/* The original, unsuffixed symbols (drivers before R450) fill the 16-byte v1 rows: no MIG ids. */
+static nvmlReturn_t list_procs_v1(const proc *p, size_t n, unsigned int *count, nvmlProcessInfo_v1_t *infos) {
+    if (!count) return NVML_ERROR_INVALID_ARGUMENT;
+    if (*count < n || (!infos && n)) { *count = (unsigned int)n; return size_query(); }
+    for (size_t i = 0; i < n; i++) infos[i] = (nvmlProcessInfo_v1_t){p[i].pid, p[i].mem};
+    *count = (unsigned int)n;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetComputeRunningProcesses(nvmlDevice_t d, unsigned int *count, nvmlProcessInfo_v1_t *infos) {
+    DEV_CALL("nvmlDeviceGetComputeRunningProcesses", d);
+    LEAVE(list_procs_v1(d->procs.v, d->procs.n, count, infos));
+}
+
+nvmlReturn_t nvmlDeviceGetMPSComputeRunningProcesses(nvmlDevice_t d, unsigned int *count,
+                                                     nvmlProcessInfo_v1_t *infos) {
+    DEV_CALL("nvmlDeviceGetMPSComputeRunningProcesses", d);
+    LEAVE(list_procs_v1(d->mps.v, d->mps.n, count, infos));
 }
 
 /* ---- MIG ------------------------------------------------------------------------------------ */
