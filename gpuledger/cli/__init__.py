@@ -29,7 +29,6 @@ from gpuledger.cli import agent, attribute, demo, export, ingest, report, serve
 from gpuledger.cli.common import EPILOG, HelpFormatter, flag_values
 from gpuledger.config import Settings, load_settings, with_changes
 from gpuledger.errors import GpuledgerError
-from gpuledger.store import configure as configure_store
 
 __all__ = ["build_parser", "main", "parse"]
 
@@ -64,7 +63,10 @@ def parse(argv: Sequence[str] | None = None, base: Settings | None = None) -> tu
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args, settings = parse(argv)
-        configure_store(memory_limit=settings.duckdb_memory_limit)
+        if args.command != "agent":  # the node agent never opens a database (nor loads DuckDB): its memory budget
+            from gpuledger.store import configure as configure_store
+
+            configure_store(memory_limit=settings.duckdb_memory_limit)
         logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         return int(args.handler(args, settings) or 0)
