@@ -310,11 +310,17 @@ class KafkaSubscriber:
                     self._consumer.seek(tp, min(r.offset for r in records))
 
     def commit(self, records: Sequence[Record]) -> None:
-        """Commit past ``records`` and any offsets still owed; on a lost generation the offsets stay owed
-        and :class:`GroupMembershipLost` says why (the records are stored: nothing is lost)."""
+        """Commit past ``records`` and any offsets still owed, for the partitions this member holds; on a
+        lost generation the offsets stay owed and :class:`GroupMembershipLost` says why (the records are
+        stored: nothing is lost). Offsets of a partition now held by another member are not committed
+        (that would move its position under it); it reads those records again and skips them as
+        duplicates."""
         for (topic, partition), offset in next_offsets(records).items():
             tp = TopicPartition(topic, partition)
             self._owed[tp] = max(offset, self._owed.get(tp, 0))
+        assigned = self._consumer.assignment()
+        if assigned:  # a partition that moved to another member is its now: it re-reads from the last commit
+            self._owed = {tp: offset for tp, offset in self._owed.items() if tp in assigned}
         if not self._owed:
             return
         offsets = {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in self._owed.items()}
