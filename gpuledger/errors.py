@@ -76,6 +76,12 @@ class TransportError(GpuledgerError):
     hint = "check --kafka (bootstrap servers) and that the broker is reachable"
 
 
+class GroupMembershipLost(TransportError):
+    """A commit was refused because this consumer is no longer a member of its group's current generation
+    (a rebalance, or it left the group after max_poll_interval_ms without a poll). Nothing is lost: the
+    offsets are owed and committed after the member rejoins (or the records are redelivered and skipped)."""
+
+
 class StoreError(GpuledgerError):
     pass
 

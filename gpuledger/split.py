@@ -4,15 +4,28 @@ A *unit* is a whole GPU or a MIG device for one sample interval. Its busy
 time ``util × capacity`` goes to processes by the first rule that applies
 (docs/attribution.md tables them; the codes below name them)::
 
-    per-process SM samples, Σ > 0              PROCESS_SAMPLES      w_p = evidence_p / Σ evidence
-      ... and a listed owned process has no    UNSAMPLED_REMAINDER  the remainder r the samples leave
-          sample while the samples explain                          unexplained, equally to the
-          less than the device measured                             unsampled; the sampled keep (1 - r)
-    processes listed, no usable sample         EQUAL_PROCESSES      equally among owned processes
+    per-process SM samples, Σ > 0              PROCESS_SAMPLES      w_p = (1 - r) × evidence_p / Σ evidence
+      ... and a listed owned process has no    UNPLACED_REMAINDER   the part r of busy the samples cannot
+          sample while the samples explain                          place, to nobody (``unattributed``);
+          less than (1 - tolerance) of the                          the unsampled process is idle
+          device's busy time
+    processes listed, no sample at all         EQUAL_PROCESSES      equally among owned processes
                                                                     (all processes when none is owned)
     only unowned processes, unit held          SERVER_ONLY          holders by allocation share
     no process listed, unit held               ALLOCATION_SHARE     holders by allocation share
     nothing listed, nobody holds it            NO_HOLDER            nobody's (kept visible)
+
+Why (NVML, ``nvmlDeviceGetProcessUtilization``): "One utilization sample
+structure is returned per process running, that had some non-zero utilization
+during the last sample period." A process that holds a context but has no
+sample in a whole interval ran nothing in it -- it is idle, never the owner of
+its neighbours' time. Per-process samples that sum a little above or below the
+device figure (jitter, a few lost samples) are normalised among the sampled
+processes; a shortfall beyond SAMPLE_TOLERANCE on a unit where an unsampled
+context is listed cannot be placed (the sampled processes' lost samples, or a
+context whose samples were all lost: nothing says which) and stays visible as
+its own rule. Without any unsampled context the sampled processes are the
+only candidates and take all of busy.
 
 Idle (``capacity − busy``, or all of it when the unit reports no utilization)
 goes to the holders by ``share / max(Σ share, 1)``; what they do not hold is
@@ -37,12 +50,20 @@ from typing import NamedTuple
 import numpy as np
 
 __all__ = [
-    "ALLOCATION_SHARE", "EQUAL_PROCESSES", "NO_HOLDER", "PROCESS_SAMPLES", "SERVER_ONLY", "UNSAMPLED_REMAINDER",
-    "UnitSplit", "clean_evidence", "held_fraction", "process_weights", "split_units",
+    "ALLOCATION_SHARE", "EQUAL_PROCESSES", "NO_HOLDER", "LOST_SAMPLES", "PROCESS_SAMPLES", "SAMPLE_TOLERANCE", "SERVER_ONLY",
+    "UNPLACED_REMAINDER", "UnitSplit", "clean_evidence", "held_fraction", "process_weights", "split_units",
 ]
 
 #: Busy rules, as codes (the ledger's names: ``gpuledger.analytics.kinds.RULE_*``, in this order).
-PROCESS_SAMPLES, UNSAMPLED_REMAINDER, EQUAL_PROCESSES, ALLOCATION_SHARE, SERVER_ONLY, NO_HOLDER = range(6)
+PROCESS_SAMPLES, UNPLACED_REMAINDER, EQUAL_PROCESSES, ALLOCATION_SHARE, SERVER_ONLY, NO_HOLDER = range(6)
+#: How far the per-process samples may fall short of the device's busy time and still be scaled up to it
+#: (fraction of busy): the sampled processes get at most 1 / (1 - SAMPLE_TOLERANCE) of what their samples
+#: explain while an unsampled context is listed; the rest is UNPLACED_REMAINDER. The simulator's noisy
+#: scenarios (2 % of samples lost, 5 % noise, per-GPU bias of a few %) fall short by under 5 %.
+SAMPLE_TOLERANCE = 0.1
+#: ... or, when more, the share of LOST_SAMPLES device samples (at a 10 s tick and NVML's ~1 s sample
+#: period, one lost per-process sample is 10 % of an interval); the tolerance never exceeds 1/2.
+LOST_SAMPLES = 2.0
 
 _DBL_MAX = float(np.finfo(np.float64).max)
 
@@ -52,8 +73,8 @@ class UnitSplit(NamedTuple):
 
     measured: np.ndarray  # bool: the unit reports utilization (else its held time is unmeasured, not idle)
     busy: np.ndarray  # busy time, capacity's unit (util × capacity; 0 when not measured)
-    remainder: np.ndarray  # bool: UNSAMPLED_REMAINDER applies
-    r: np.ndarray  # fraction of busy that goes to the unsampled processes (0 unless ``remainder``)
+    remainder: np.ndarray  # bool: a listed owned process has no sample beside sampled ones (r may be 0)
+    r: np.ndarray  # fraction of busy the samples cannot place: UNPLACED_REMAINDER, to nobody (0 unless ``remainder``)
     by_process: np.ndarray  # bool: busy split over the process rows (process_weights)
     by_share: np.ndarray  # bool: busy split over the holders by share (ALLOCATION_SHARE / SERVER_ONLY)
     to_nobody: np.ndarray  # bool: busy held by nobody (NO_HOLDER)
@@ -86,12 +107,15 @@ def split_units(util: np.ndarray, capacity: np.ndarray, util_samples: np.ndarray
     """
     measured = ~np.isnan(util)
     busy = np.where(measured, util * capacity, 0.0)
-    # Each per-process sample stands for capacity / util_samples; what the samples leave unexplained is
-    # the unsampled processes' (all of busy when the sampled ones reported only zeros).
+    # Each per-process sample stands for capacity / util_samples; the samples explain the fraction e of
+    # busy. With an unsampled context listed, the sampled processes are scaled up to at most
+    # e / (1 - SAMPLE_TOLERANCE) of busy; the rest is unplaced (all of it when they reported only zeros).
     remainder = (n_unsampled > 0) & (n_sampled > 0) & (util_samples > 0) & (busy > 0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        unexplained = 1.0 - evidence_sum * capacity / util_samples / busy
-        r = np.where(remainder, np.minimum(np.maximum(unexplained, 0.0), 1.0), 0.0)  # clipped; NaN stays NaN
+        explained = evidence_sum * capacity / util_samples / busy
+        tolerance = np.minimum(np.maximum(SAMPLE_TOLERANCE, LOST_SAMPLES / util_samples), 0.5)
+        unplaced = 1.0 - explained / (1.0 - tolerance)
+        r = np.where(remainder, np.minimum(np.maximum(unplaced, 0.0), 1.0), 0.0)  # clipped; NaN stays NaN
     server_only = (n_owned == 0) & (share_sum > 0)  # only an MPS server / host daemon listed, unit held
     no_proc = measured & (busy > 0) & ((n_procs == 0) | ((evidence_sum <= 0) & server_only))
     return UnitSplit(
@@ -103,21 +127,19 @@ def split_units(util: np.ndarray, capacity: np.ndarray, util_samples: np.ndarray
 
 
 def process_weights(evidence: np.ndarray, owned: np.ndarray, samples: np.ndarray, remainder: np.ndarray,
-                    r: np.ndarray, evidence_sum: np.ndarray, n_unsampled: np.ndarray, n_owned: np.ndarray,
+                    r: np.ndarray, evidence_sum: np.ndarray, n_owned: np.ndarray,
                     n_procs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per process row of a ``by_process`` unit: (w, busy rule code); busy_p = busy × w.
 
     Row figures: ``evidence`` (clean_evidence), ``owned``, ``samples``; the
     rest are the row's unit's (split_units' inputs and output, gathered).
-    A unit's weights sum to 1: ``1 − r`` by evidence, ``r`` to the unsampled.
+    A unit's weights sum to ``1 − r``, by evidence (an unsampled process: 0);
+    the unplaced ``r`` of busy is booked to nobody (UNPLACED_REMAINDER, one row
+    per unit, not here).
     """
-    unsampled = owned & (samples <= 0)
-    take_remainder = remainder & unsampled
     by_evidence = evidence_sum > 0
     with np.errstate(divide="ignore", invalid="ignore"):  # each branch is computed for every row
         equal = np.where(n_owned > 0, owned / n_owned, 1.0 / n_procs)
-        w = np.where(take_remainder, r / n_unsampled,
-                     np.where(by_evidence, (1.0 - r) * evidence / evidence_sum, np.where(remainder, 0.0, equal)))
-    rule = np.where(take_remainder, UNSAMPLED_REMAINDER,
-                    np.where(by_evidence | remainder, PROCESS_SAMPLES, EQUAL_PROCESSES))
+        w = np.where(by_evidence, (1.0 - r) * evidence / evidence_sum, np.where(remainder, 0.0, equal))
+    rule = np.where(by_evidence | remainder, PROCESS_SAMPLES, EQUAL_PROCESSES)
     return w, rule

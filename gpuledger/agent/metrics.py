@@ -330,7 +330,7 @@ def pod_shares(msg: wire.Message) -> dict[tuple[int, int, str, str, str], PodSha
     The ledger's rule, from the same code (``gpuledger.split``; tested against
     the ledger in tests/analytics/test_agent_split.py): each device row is a
     unit whose busy ``util`` (MIG: GR_ENGINE_ACTIVE) goes to its processes by
-    SM-sample share, the unsampled remainder, an equal split, or -- no owned
+    SM-sample share (a listed unsampled process is idle; the unplaced remainder is nobody's), an equal split, or -- no owned
     process listed -- to the holders by allocation share; idle energy goes to
     the holders by ``share / max(Σ share, 1)``. A GPU in MIG mode is, as in the
     ledger, its unconfigured remainder: nothing runs there (util 0), energy ×
@@ -388,7 +388,7 @@ def pod_shares(msg: wire.Message) -> dict[tuple[int, int, str, str, str], PodSha
     unit = split.split_units(util, capacity, util_samples, n_procs, n_owned, n_sampled, n_unsampled, evidence_sum,
                              share_sum)
     w, _ = split.process_weights(evidence, owned, samples, unit.remainder[p_row], unit.r[p_row],
-                                 evidence_sum[p_row], n_unsampled[p_row], n_owned[p_row], n_procs[p_row])
+                                 evidence_sum[p_row], n_owned[p_row], n_procs[p_row])
     p_busy = np.where(unit.by_process[p_row], unit.busy[p_row] * w, np.nan)
     with np.errstate(divide="ignore", invalid="ignore"):
         a_frac = allocs["share"] / share_sum[a_row]

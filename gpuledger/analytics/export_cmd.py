@@ -12,6 +12,14 @@ for schedulers.
 hour it closes every month with data that ended at least
 ``close_grace_hours`` ago, in order, opening the file for writing only for
 the close (it retries later while another writer holds it).
+
+A close is refused while the month's capacity is far below the fleet's
+(:func:`capacity_shortfall`): the GPUs seen in the month or the month before
+should have booked every hour of the month since they were first seen; a
+month with less than ``CLOSE_MIN_CAPACITY`` of that (ingest or attribution
+down for part of the month) would be billed short and closed for good. The
+CLI closes it anyway with ``--force`` (a fleet that really shrank); the
+scheduled close logs the refusal and tries again every hour.
 """
 
 from __future__ import annotations
@@ -34,7 +42,10 @@ from gpuledger.errors import GpuledgerError, StoreError
 from gpuledger.store import Store
 from gpuledger.timeutil import month_bounds, to_ns
 
-__all__ = ["ExportRequest", "MonthCloser", "file_name", "run_export"]
+__all__ = ["CLOSE_MIN_CAPACITY", "ExportRequest", "MonthCloser", "capacity_shortfall", "file_name", "run_export"]
+
+#: A close needs at least this share of the fleet's expected capacity (GPU-hours) in the month.
+CLOSE_MIN_CAPACITY = 0.5
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +64,7 @@ class ExportRequest:
     out: str | None = None  # a file, a directory (ends in / or exists), or None: stdout
     format: Literal["csv", "parquet", "txt", "json"] | None = None  # None: csv, or txt for reconciliation
     final: bool = False  # close the month (writes the database)
+    force: bool = False  # close even when the month's capacity is far below the fleet's
 
 
 def run_export(request: ExportRequest, book: PriceBook, context: ExportContext, now: datetime | None = None) -> int:
@@ -67,6 +79,12 @@ def run_export(request: ExportRequest, book: PriceBook, context: ExportContext, 
     if ended or not request.final:  # closing a month that has not ended is refused below, with its own reason
         with Store(request.db_path, read_only=True) as store:
             _require_data(store, month)
+            if request.final and ended and not request.force and month not in closing.closed_months(store):
+                short = capacity_shortfall(store, month)
+                if short is not None:
+                    raise GpuledgerError(short, hint=f"check that `gpuledger ingest` and `gpuledger attribute` ran all "
+                                         f"month (late data is still booked to {month} until it is closed); if the "
+                                         "fleet really shrank, close it anyway with --final --force")
     if request.what == "reconciliation":
         with Store(request.db_path, read_only=True) as store:
             report = reconcile(store, month, book, context, now=now)
@@ -112,6 +130,44 @@ def _require_data(store: Store, month: str) -> None:
                          "(`gpuledger attribute` books what ingest stored), or pick a month with data")
 
 
+def capacity_shortfall(store: Store, month: str, min_share: float = CLOSE_MIN_CAPACITY) -> str | None:
+    """Why ``month``'s capacity is far below the fleet's, or None when it is not.
+
+    The fleet: the physical GPUs (node, index) with ledger rows in the month or
+    the month before. Each should have booked the month's hours since it was
+    first seen (ledger or hourly rollups, any time before the month's end):
+    a GPU added mid-month is expected only from then on. Capacity: the
+    month's ledger GPU-seconds, every kind (they sum to capacity).
+    """
+    start, end = (to_ns(t) for t in month_bounds(month))
+    before = to_ns(month_bounds(_previous(month))[0])
+    history = "SELECT node, gpu_index, interval_start_ns AS t FROM ledger WHERE interval_start_ns < ?"
+    params: list[int] = [end]
+    if store.has_table("ledger_hourly"):
+        history += " UNION ALL SELECT node, gpu_index, hour_start_ns FROM ledger_hourly WHERE hour_start_ns < ?"
+        params.append(end)
+    row = store.query(f"""
+        WITH seen AS (SELECT node, gpu_index, min(t) AS first_ns, max(t) AS last_ns FROM ({history}) GROUP BY ALL),
+             fleet AS (SELECT greatest(first_ns, ?) AS from_ns FROM seen WHERE last_ns >= ?)
+        SELECT (SELECT count(*) FROM fleet) AS gpus,
+               (SELECT coalesce(sum((? - from_ns) / 1e9), 0) FROM fleet) AS expected_s,
+               (SELECT coalesce(sum(gpu_seconds), 0) FROM ledger
+                WHERE interval_start_ns >= ? AND interval_start_ns < ?) AS booked_s""",
+                      [*params, start, before, end, start, end])
+    gpus, expected_s, booked_s = row.row(0)
+    if not expected_s or booked_s >= min_share * expected_s:
+        return None
+    return (f"capacity far below the fleet: {month} has {booked_s / 3600:,.1f} GPU-hours of capacity, "
+            f"{booked_s / expected_s:.0%} of the {expected_s / 3600:,.1f} GPU-hours that the {gpus} GPUs seen in "
+            f"{month} or the month before should have booked (below {min_share:.0%}): is ingest or "
+            "attribution behind?")
+
+
+def _previous(month: str) -> str:
+    year, mon = int(month[:4]), int(month[5:7])
+    return f"{year - 1}-12" if mon == 1 else f"{year:04d}-{mon - 1:02d}"
+
+
 def _emit(content: bytes, out: str | None, default_name: str) -> Path | None:
     if not out:
         sys.stdout.buffer.write(content)
@@ -129,8 +185,10 @@ class MonthCloser:
     """Closes completed months in the background (``serve --close-months``)."""
 
     def __init__(self, db_path: str | Path, book: PriceBook, context: ExportContext, grace_hours: float,
-                 every_s: float = 3600.0, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 every_s: float = 3600.0, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 min_capacity: float = CLOSE_MIN_CAPACITY) -> None:
         self.db_path, self.book, self.context, self.grace_hours = Path(db_path), book, context, grace_hours
+        self.min_capacity = min_capacity  # a month below this share of the fleet's capacity is not closed
         self.every_s, self.clock = every_s, clock
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -141,6 +199,13 @@ class MonthCloser:
         try:
             with Store(self.db_path, read_only=True) as store:
                 due = closing.months_to_close(store, now, self.grace_hours)
+                for i, month in enumerate(due):  # months close in order: stop at the first that is short
+                    short = capacity_shortfall(store, month, self.min_capacity) if self.min_capacity > 0 else None
+                    if short is not None:
+                        log.error("month close of %s refused: %s (close it with `gpuledger export chargeback "
+                                  "--month %s --final --force` if the fleet really shrank)", month, short, month)
+                        due = due[:i]
+                        break
             if not due:
                 return []
             done = []

@@ -23,7 +23,9 @@ UNATTRIBUTED_TENANT = "unattributed"
 
 #: How a ledger row was attributed (ledger.rule).
 RULE_PROCESS_SAMPLES = "process_samples"  # direct per-process evidence
-RULE_UNSAMPLED_REMAINDER = "unsampled_remainder"  # busy the samples leave unexplained -> listed, unsampled
+#: Busy the per-process samples cannot place: they fall short of the device's busy time by more than
+#: split.SAMPLE_TOLERANCE while a listed context has no sample (idle, per NVML) -> ``unattributed``, visible.
+RULE_UNPLACED_REMAINDER = "unplaced_remainder"
 RULE_EQUAL_PROCESSES = "equal_split_processes"  # no usable samples: split among processes present
 RULE_ALLOCATION_SHARE = "allocation_share"  # no processes: split among allocation holders
 RULE_SERVER_ONLY = "allocation_share_server_only"  # only pod-less processes (MPS server): holders by share

@@ -78,7 +78,9 @@ async def principal(request: Request, credentials: HTTPAuthorizationCredentials 
     db: Database = request.app.state.db
     key = ("token", hashlib.sha256(token.encode("utf-8", "replace")).hexdigest())
     hit = db.peek(key)  # the common case, answered on the event loop; a miss reads the database in a thread
-    found, why = hit if hit is not None else await run_in_threadpool(db.cached, key, lambda: verify_token(s.store, token))
+    # the token file first (no database open, no wait for ingest's writer lock), then the database's own table
+    found, why = hit if hit is not None else await run_in_threadpool(
+        db.cached, key, lambda: verify_token(lambda: s.store, token, tokens=db.tokens))
     if found is None:
         raise ApiError(E.INVALID_TOKEN, why, "create a new token with `gpuledger token create`", _CHALLENGE)
     request.scope.setdefault("state", {})[PRINCIPAL_KEY] = found  # for the audit log: id, role, tenant

@@ -8,7 +8,9 @@ the file, DuckDB refuses other processes: the API answers 503
 ``Store`` instead (``create_app(store=...)``); then nothing is cached.
 
 Cache: results (and token checks) are cached under the file's *version*, the
-``(size, mtime_ns, ctime_ns)`` of the database file and its ``.wal``. Any
+``(size, mtime_ns, ctime_ns)`` of the database file and its ``.wal``, and of
+the token file beside it (``<db>.tokens`` and its ``-wal``: a token created
+or revoked there takes effect on the next request). Any
 commit by a writer changes the WAL or the file, so the next request misses
 the cache and reads the new data; entries also expire after ``ttl_s``
 seconds as a bound on a change the file system clock could not show. Callers
@@ -31,6 +33,7 @@ import polars as pl
 
 from gpuledger.api import errors as E
 from gpuledger.api.errors import ApiError
+from gpuledger.api.tokens import token_path
 from gpuledger.errors import StoreError, StoreLocked, StoreMissingTable
 from gpuledger.store import Store
 
@@ -51,6 +54,8 @@ class Database:
         if (db_path is None) == (store is None):
             raise ValueError("create_app needs exactly one of db_path or store")
         self.path = Path(db_path) if db_path is not None else None
+        #: The token file beside the database (api.tokens); None when serving an open Store.
+        self.tokens = token_path(self.path) if self.path is not None else None
         self.store = store
         self.ttl_s = ttl_s
         self._max = cache_entries
@@ -63,7 +68,8 @@ class Database:
         if self.path is None:
             return None
         out: list[int] = []
-        for p in (self.path, Path(f"{self.path}.wal")):
+        tokens = token_path(self.path)
+        for p in (self.path, Path(f"{self.path}.wal"), tokens, Path(f"{tokens}-wal")):
             try:
                 st = os.stat(p)
                 out.extend((st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))

@@ -2,11 +2,24 @@
 
 A token looks like ``glt_<id>_<secret>``: ``id`` is 8 hex digits, public and
 shown by ``gpuledger token list``; ``secret`` is 32 random bytes
-(``secrets.token_urlsafe``). The database keeps only the SHA-256 of the secret
-(hex) in ``api_tokens`` (DDL in :mod:`gpuledger.store.schema`); the whole token
-is printed once, at creation, and cannot be shown again. Revoking sets ``revoked_at_ns``; a revoked token is
+(``secrets.token_urlsafe``). Only the SHA-256 of the secret (hex) is kept, in
+an ``api_tokens`` table; the whole token is printed once, at creation, and
+cannot be shown again. Revoking sets ``revoked_at_ns``; a revoked token is
 refused from the next request on. Tokens never reach a log: the API logs no
 headers, and errors name only the token id.
+
+Where tokens live: in a small file of their own beside the database,
+``<db>.tokens`` (:func:`token_path`, SQLite in WAL mode: this module is its
+one home), not in the DuckDB file. DuckDB lets one process write a file, and
+ingest is that process; a token store of its own means that creating or
+revoking a token -- revoking a leaked one above all -- never waits for or
+races ingest's writer lock, and the API checks a token without opening the
+database. Tokens made before this (rows of the database's ``api_tokens``,
+DDL in :mod:`gpuledger.store.schema`) still work: :func:`verify_token` looks
+there when the token file does not know the id, and revoking one of them
+records the revocation in the token file (table ``revoked_elsewhere``), which
+wins. An API served from an open ``Store`` (the demo, tests) keeps its tokens
+in that store, as before.
 
 Roles (see docs/api.md):
 
@@ -21,8 +34,12 @@ import hashlib
 import hmac
 import re
 import secrets
+import sqlite3
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Self
 
 import polars as pl
 
@@ -34,9 +51,11 @@ __all__ = [
     "TOKEN_PREFIX",
     "Principal",
     "TokenError",
+    "TokenStore",
     "create_token",
     "list_tokens",
     "revoke_token",
+    "token_path",
     "verify_token",
 ]
 
@@ -64,11 +83,85 @@ class Principal:
         return self.role == "tenant"
 
 
+def token_path(db_path: str | Path) -> Path:
+    """The token file of the database at ``db_path``: ``<db>.tokens``."""
+    return Path(f"{db_path}.tokens")
+
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS api_tokens (id TEXT PRIMARY KEY, secret_sha256 TEXT NOT NULL, role TEXT NOT NULL,
+       tenant TEXT, name TEXT, created_at_ns INTEGER NOT NULL, revoked_at_ns INTEGER)""",
+    # revocations of tokens kept in the database's own api_tokens (made before the token file existed)
+    "CREATE TABLE IF NOT EXISTS revoked_elsewhere (id TEXT PRIMARY KEY, revoked_at_ns INTEGER NOT NULL)",
+)
+
+
+class TokenStore:
+    """The token file (SQLite, WAL): the same small surface as :class:`Store` for token SQL.
+
+    Writers wait up to ``busy_timeout_s`` for each other (two ``token`` commands
+    at once); readers never wait for a writer (WAL). It never touches DuckDB.
+    """
+
+    def __init__(self, path: str | Path, *, create: bool = True, busy_timeout_s: float = 10.0) -> None:
+        self.path = Path(path)
+        if not create and not self.path.exists():
+            raise TokenError(f"no token file at {self.path}", hint="`gpuledger token create` makes it")
+        try:
+            self._con = sqlite3.connect(self.path, timeout=busy_timeout_s, isolation_level=None,
+                                        check_same_thread=False)
+            self._con.execute("PRAGMA journal_mode=WAL")
+            if create:
+                for ddl in _SCHEMA:
+                    self._con.execute(ddl)
+        except sqlite3.Error as exc:
+            raise TokenError(f"cannot open the token file {self.path}: {exc}",
+                             hint="check the path and its permissions (it sits beside the database)") from exc
+
+    def execute(self, sql: str, params: Sequence[Any] | None = None) -> None:
+        try:
+            self._con.execute(sql, list(params or []))
+        except sqlite3.Error as exc:
+            raise TokenError(f"token file {self.path}: {exc}", hint="retry; another `token` command may hold it") from exc
+
+    def query(self, sql: str, params: Sequence[Any] | None = None) -> pl.DataFrame:
+        try:
+            cur = self._con.execute(sql, list(params or []))
+        except sqlite3.Error as exc:
+            raise TokenError(f"token file {self.path}: {exc}", hint="retry shortly") from exc
+        names = [d[0] for d in cur.description]
+        rows = cur.fetchall()
+        return pl.DataFrame({n: [r[i] for r in rows] for i, n in enumerate(names)},
+                            schema={n: pl.String if n in _TEXT else pl.Int64 for n in names})
+
+    def scalar(self, sql: str, params: Sequence[Any] | None = None) -> Any:
+        frame = self.query(sql, params)
+        return None if frame.is_empty() else frame.row(0)[0]
+
+    def has_table(self, name: str) -> bool:
+        return bool(self._con.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?",
+                                      [name]).fetchone()[0])
+
+    def close(self) -> None:
+        self._con.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_TEXT = {"id", "secret_sha256", "role", "tenant", "name"}
+#: Where token SQL runs: the token file, or a database's own api_tokens (an open Store: demo, tests).
+Tokens = Store | TokenStore
+
+
 def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode("ascii")).hexdigest()
 
 
-def create_token(store: Store, role: str, tenant: str | None = None, name: str | None = None,
+def create_token(store: Tokens, role: str, tenant: str | None = None, name: str | None = None,
                  *, now_ns: int | None = None) -> tuple[str, str]:
     """Create a token; returns ``(id, whole token)``. The whole token is not stored anywhere."""
     if role not in ROLES:
@@ -85,17 +178,44 @@ def create_token(store: Store, role: str, tenant: str | None = None, name: str |
     return token_id, f"{TOKEN_PREFIX}{token_id}_{secret}"
 
 
-def list_tokens(store: Store) -> pl.DataFrame:
+def list_tokens(store: Tokens) -> pl.DataFrame:
     """Every token: id, role, tenant, name, created/revoked times (never the secret or its hash)."""
-    return store.query("SELECT id, role, tenant, name, make_timestamp(created_at_ns // 1000) AS created_at, "
-                       "make_timestamp(revoked_at_ns // 1000) AS revoked_at FROM api_tokens ORDER BY created_at_ns")
+    frame = store.query("SELECT id, role, tenant, name, created_at_ns, revoked_at_ns FROM api_tokens "
+                        "ORDER BY created_at_ns")
+    if isinstance(store, TokenStore) and store.has_table("revoked_elsewhere"):
+        elsewhere = store.query("SELECT id, revoked_at_ns AS r FROM revoked_elsewhere")
+        frame = frame.join(elsewhere, on="id", how="left").with_columns(
+            revoked_at_ns=pl.coalesce("revoked_at_ns", "r")).drop("r")
+    return frame.with_columns(
+        created_at=pl.from_epoch(pl.col("created_at_ns") // 1000, time_unit="us"),
+        revoked_at=pl.from_epoch(pl.col("revoked_at_ns") // 1000, time_unit="us"),
+    ).select("id", "role", "tenant", "name", "created_at", "revoked_at")
 
 
-def revoke_token(store: Store, token_id: str, *, now_ns: int | None = None) -> None:
-    """Revoke by id (the ``glt_<id>_`` part, or the whole token)."""
+def _token_id(token_id: str) -> str:
     match = _TOKEN.match(token_id)
-    token_id = match.group(1) if match else token_id
+    return match.group(1) if match else token_id
+
+
+def revoke_token(store: Tokens, token_id: str, *, now_ns: int | None = None,
+                 elsewhere: Callable[[str], bool | None] | None = None) -> None:
+    """Revoke by id (the ``glt_<id>_`` part, or the whole token).
+
+    On the token file, an id it does not hold may be a token of the database's
+    own table: ``elsewhere(id)`` says whether that one exists and is active
+    (None: could not look, e.g. the database is busy); the revocation is then
+    recorded in ``revoked_elsewhere`` without touching the database.
+    """
+    token_id = _token_id(token_id)
     found = store.scalar("SELECT revoked_at_ns IS NULL FROM api_tokens WHERE id = ?", [token_id])
+    if found is None and isinstance(store, TokenStore) and elsewhere is not None:
+        if store.scalar("SELECT count(*) FROM revoked_elsewhere WHERE id = ?", [token_id]):
+            raise TokenError(f"token {token_id} is already revoked", hint="nothing to do")
+        active = elsewhere(token_id)
+        if active is False:
+            raise TokenError(f"no token with id {token_id!r}", hint="`gpuledger token list` shows the ids")
+        store.execute("INSERT INTO revoked_elsewhere VALUES (?, ?)", [token_id, now_ns or time.time_ns()])
+        return
     if found is None:
         raise TokenError(f"no token with id {token_id!r}", hint="`gpuledger token list` shows the ids")
     if not found:
@@ -103,17 +223,38 @@ def revoke_token(store: Store, token_id: str, *, now_ns: int | None = None) -> N
     store.execute("UPDATE api_tokens SET revoked_at_ns = ? WHERE id = ?", [now_ns or time.time_ns(), token_id])
 
 
-def verify_token(store: Store, token: str) -> tuple[Principal | None, str]:
-    """The principal of a presented token, or None and why (without echoing the secret)."""
+def verify_token(store: Tokens | Callable[[], Store] | None, token: str, *,
+                 tokens: Path | None = None) -> tuple[Principal | None, str]:
+    """The principal of a presented token, or None and why (without echoing the secret).
+
+    ``tokens``: the token file, asked first (never waits for a database writer);
+    ``store`` (a store, or a function opening one only when needed): the
+    database's own ``api_tokens``, asked when the token file does not know the id.
+    """
     match = _TOKEN.match(token)
     if match is None:
         return None, "the token is malformed (expected glt_<8 hex>_<43 characters>)"
     token_id, secret = match.groups()
-    if not store.has_table("api_tokens"):
+    if tokens is not None and tokens.exists():
+        with TokenStore(tokens, create=False) as side:
+            if side.has_table("revoked_elsewhere") and side.scalar(
+                    "SELECT count(*) FROM revoked_elsewhere WHERE id = ?", [token_id]):
+                return None, f"token {token_id} was revoked"
+            if side.has_table("api_tokens") and side.scalar("SELECT count(*) FROM api_tokens WHERE id = ?",
+                                                            [token_id]):
+                return _check(side, token_id, secret)
+    db = store() if callable(store) else store
+    if db is None:
+        return None, "no token is known yet"
+    if not db.has_table("api_tokens"):
         return None, "this database has no tokens yet"
+    if not db.scalar("SELECT count(*) FROM api_tokens"):
+        return None, "this database has no tokens yet"
+    return _check(db, token_id, secret)
+
+
+def _check(store: Tokens, token_id: str, secret: str) -> tuple[Principal | None, str]:
     row = store.query("SELECT secret_sha256, role, tenant, revoked_at_ns FROM api_tokens WHERE id = ?", [token_id])
-    if row.is_empty() and not store.scalar("SELECT count(*) FROM api_tokens"):
-        return None, "this database has no tokens yet"
     if row.is_empty() or not hmac.compare_digest(row["secret_sha256"][0], _digest(secret)):
         return None, f"token {token_id} is not known"
     if row["revoked_at_ns"][0] is not None:

@@ -32,6 +32,9 @@ def register(sub: Any, settings: Settings) -> None:
                    help="chargeback: csv (default) or parquet; reconciliation: txt (default) or json")
     e.add_argument("--final", action="store_true", help="close the month: later exports return this exact file, "
                    "later changes become corrections (writes the database; see docs/chargeback.md)")
+    e.add_argument("--force", action="store_true",
+                   help="with --final: close even when the month's capacity is far below the fleet's (under half "
+                   "the GPU-hours its GPUs should have booked: usually ingest or attribution was down)")
     setting_flags(e, settings, "--charge-period", "--focus-version", "--idle-policy")
 
 
@@ -40,5 +43,5 @@ def export(args: argparse.Namespace, settings: Settings) -> int:
     from gpuledger.analytics.focus import ExportContext
 
     request = ExportRequest(args.what, args.month, settings.db_path, out=args.out, format=args.format,
-                            final=args.final)
+                            final=args.final, force=args.force)
     return run_export(request, price_book(settings.prices_path), ExportContext.from_settings(settings))

@@ -31,8 +31,14 @@ def register(sub: Any, settings: Settings) -> None:
     i.add_argument("--segments", metavar="DIR", default=None,
                    help="write immutable Parquet segments, partitioned by day, under DIR instead of --db "
                    "(the scale path for N workers; see docs/storage.md)")
+    i.add_argument("--max-poll-interval-ms", type=int, default=None, metavar="MS",
+                   help="consumer group: longest time between polls before this member is evicted; ingest keeps "
+                   "polling while a flush stores, and lingers at most a quarter of it (default: 300000)")
+    i.add_argument("--session-timeout-ms", type=int, default=None, metavar="MS",
+                   help="consumer group: how long the broker waits for a heartbeat before evicting this member "
+                   "(a crashed ingest's partitions move after it; default: 45000; at most --max-poll-interval-ms)")
     i.add_argument("--group-timeout-ms", type=int, default=None, metavar="MS",
-                   help="consumer-group max poll interval and session timeout (default: Kafka's 300000/45000)")
+                   help="both of the above at once (kept for old scripts; prefer the two flags)")
 
     r = add_command(
         sub, "retention", retention,
@@ -106,6 +112,13 @@ def run_ingest(args: argparse.Namespace, settings: Settings) -> int:
 
     timing = ({"max_poll_interval_ms": args.group_timeout_ms, "session_timeout_ms": args.group_timeout_ms}
               if args.group_timeout_ms else {})
+    for key, value in (("max_poll_interval_ms", args.max_poll_interval_ms),
+                       ("session_timeout_ms", args.session_timeout_ms)):
+        if value is not None:
+            if value <= 0:
+                raise GpuledgerError(f"--{key.replace('_', '-')} must be a positive number of milliseconds",
+                                     hint="e.g. --max-poll-interval-ms 300000 --session-timeout-ms 45000")
+            timing[key] = value
     if not settings.kafka_bootstrap:
         raise GpuledgerError("ingest needs Kafka bootstrap servers",
                              hint="pass --kafka host:port or set GPULEDGER_KAFKA_BOOTSTRAP")

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpuledger.cli.common import add_command, existing_db, free_to_serve, price_book, setting_flags
 from gpuledger.config import Settings
 from gpuledger.errors import GpuledgerError
+
+if TYPE_CHECKING:
+    import polars as pl
 
 
 def register(sub: Any, settings: Settings) -> None:
@@ -85,21 +88,34 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def token(args: argparse.Namespace, settings: Settings) -> int:
-    from gpuledger.api import tokens
-    from gpuledger.store import Store
+    """Token commands work on the token file beside the database (``<db>.tokens``, gpuledger.api.tokens):
+    never on the DuckDB file, so they never wait for ingest's writer lock. Tokens made before the token
+    file existed (the database's own ``api_tokens``) are listed and revoked too: read when the database
+    is free, and revoked by a record in the token file either way."""
+    import polars as pl
 
+    from gpuledger.api import tokens
+
+    db = existing_db(settings.db_path)
     if args.action == "create":
         if not args.role:
             raise GpuledgerError("token create needs --role", hint="--role admin|tenant|finance [--tenant T]")
-        with Store(existing_db(settings.db_path)) as store:
-            token_id, secret = tokens.create_token(store, args.role, args.tenant, args.name)
+        with tokens.TokenStore(tokens.token_path(db)) as side:
+            token_id, secret = tokens.create_token(side, args.role, args.tenant, args.name)
         scope = f" for tenant {args.tenant}" if args.tenant else ""
         print(f"created {args.role} token {token_id}{scope}; it is shown only now:", file=sys.stderr)
         print(secret)
         return 0
     if args.action == "list":
-        with Store(existing_db(settings.db_path)) as store:
-            frame = tokens.list_tokens(store)
+        with tokens.TokenStore(tokens.token_path(db)) as side:
+            frame = tokens.list_tokens(side)
+            revoked = side.query("SELECT id, revoked_at_ns FROM revoked_elsewhere")
+        older = _database_tokens(db)
+        if older is None:
+            print("note: the database is busy (a writer holds it): tokens made before the token file are not "
+                  "listed; retry between ingest flushes", file=sys.stderr)
+        elif not older.is_empty():
+            frame = pl.concat([frame, _revoked_by(older, revoked)])
         for r in frame.iter_rows(named=True):
             state = f"revoked {r['revoked_at']:%Y-%m-%d %H:%M}" if r["revoked_at"] else "active"
             print(f"{r['id']}  {r['role']:<8} {r['tenant'] or '-':<16} {r['name'] or '-':<20} "
@@ -107,7 +123,43 @@ def token(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if not args.token_id:
         raise GpuledgerError("token revoke needs the token id", hint="`gpuledger token list` shows the ids")
-    with Store(existing_db(settings.db_path)) as store:
-        tokens.revoke_token(store, args.token_id)
+
+    def in_database(token_id: str) -> bool | None:
+        older = _database_tokens(db)
+        if older is None:
+            print("note: the database is busy, so this id could not be checked there; the revocation is "
+                  "recorded and applies if such a token exists", file=sys.stderr)
+            return None
+        row = older.filter(pl.col("id") == token_id)
+        return bool(row.height) and row["revoked_at"][0] is None
+
+    with tokens.TokenStore(tokens.token_path(db)) as side:
+        tokens.revoke_token(side, args.token_id, elsewhere=in_database)
     print(f"revoked {args.token_id[:12]}", file=sys.stderr)
     return 0
+
+
+def _database_tokens(db: str) -> pl.DataFrame | None:
+    """Tokens in the database's own table (made before the token file), or None when a writer holds it."""
+    import polars as pl
+
+    from gpuledger.api import tokens
+    from gpuledger.errors import StoreLocked
+    from gpuledger.store import Store
+
+    try:
+        with Store(db, read_only=True) as store:
+            if not store.has_table("api_tokens"):
+                return pl.DataFrame()
+            return tokens.list_tokens(store)
+    except StoreLocked:
+        return None
+
+
+def _revoked_by(older: pl.DataFrame, revoked: pl.DataFrame) -> pl.DataFrame:
+    """The database's tokens with the revocations recorded in the token file applied."""
+    import polars as pl
+
+    stamp = revoked.select("id", r=pl.from_epoch(pl.col("revoked_at_ns") // 1000, time_unit="us"))
+    return older.join(stamp, on="id", how="left").with_columns(
+        revoked_at=pl.coalesce("revoked_at", "r")).drop("r")

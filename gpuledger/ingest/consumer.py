@@ -30,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -127,6 +128,11 @@ class Ingestor:
     intervals are quarantined as implausible (see :class:`ClockCheck`; the
     default checks nothing, for replays of simulated or recorded data; the
     ``gpuledger ingest`` service passes the configured bounds).
+    ``keepalive_s``: in :meth:`run` with ``pipeline``, decoding and storing run
+    on worker threads and the loop calls ``subscriber.keepalive()`` every
+    ``keepalive_s`` seconds while it waits for them, so a slow flush (poison on
+    the per-message path, a database lock) never outlasts the consumer group's
+    max poll interval and costs the membership.
     """
 
     def __init__(
@@ -141,6 +147,7 @@ class Ingestor:
         wall_clock_ns: Callable[[], int] = time.time_ns,
         linger_s: float = 0.0,
         pipeline: bool = False,
+        keepalive_s: float = 1.0,
     ) -> None:
         if batch_max < 1:
             raise ValueError("batch_max must be >= 1")
@@ -157,6 +164,7 @@ class Ingestor:
         self.wall_clock_ns = wall_clock_ns
         self.linger_s = linger_s
         self.pipeline = pipeline
+        self.keepalive_s = keepalive_s
         self._headers = HeaderCache()
 
     def step(self, timeout_s: float = 1.0) -> IngestStats:
@@ -221,10 +229,22 @@ class Ingestor:
         try:
             self.subscriber.commit(flush.records)
         except TransportError as exc:
-            # Stored already; a later commit covers these offsets, or they are
-            # redelivered and skipped as duplicates.
+            # Stored already; the subscriber owes these offsets and commits them with the next
+            # commit (after rejoining its group), or they are redelivered and skipped as duplicates.
             flush.stats.commit_failures = 1
             log.warning("offset commit failed (%s); %s", exc, exc.hint)
+
+    def _wait(self, future: Future[Any]) -> Any:
+        """The worker's result, keeping the group membership while it runs (``keepalive_s``)."""
+        keepalive = getattr(self.subscriber, "keepalive", None)
+        while True:
+            try:
+                return future.result(timeout=self.keepalive_s if keepalive is not None else None)
+            except FutureTimeout:
+                try:
+                    keepalive()  # type: ignore[misc]
+                except TransportError as exc:  # the broker is away: the flush goes on; its commit will tell
+                    log.warning("keepalive failed (%s); %s", exc, exc.hint)
 
     def _account(self, stats: IngestStats) -> None:
         self.totals.add(stats)
@@ -298,6 +318,7 @@ class Ingestor:
         last_record = self.clock()
         backoff = 0.0
         pool = ThreadPoolExecutor(1, thread_name_prefix="ingest-store") if self.pipeline else None
+        decoder = ThreadPoolExecutor(1, thread_name_prefix="ingest-decode") if self.pipeline else None
         pending: tuple[Future[None], _Flush] | None = None
 
         def complete() -> None:  # wait for the flush in flight, then commit it
@@ -306,10 +327,16 @@ class Ingestor:
                 return
             future, flush = pending
             pending = None
-            future.result()  # StoreError propagates: nothing of this flush is committed
+            self._wait(future)  # StoreError propagates: nothing of this flush is committed
             self._finish(flush)
             self._account(flush.stats)
             run.add(flush.stats)
+
+        def prepare(records: list[Record]) -> _Flush:  # overlaps the flush in flight; polls meanwhile
+            if decoder is None:
+                return self._prepare(records)
+            flush: _Flush = self._wait(decoder.submit(self._prepare, records))
+            return flush
 
         try:
             while not stop.is_set():
@@ -331,7 +358,7 @@ class Ingestor:
                     stop.wait(backoff)
                     continue
                 backoff = 0.0
-                flush = self._prepare(records) if records else None  # overlaps the flush in flight
+                flush = prepare(records) if records else None
                 complete()
                 if flush is None:
                     self._account(IngestStats())
@@ -348,8 +375,9 @@ class Ingestor:
         finally:
             if pending is not None:  # leaving on an error: let the write end, commit nothing more
                 pending[0].exception()
-            if pool is not None:
-                pool.shutdown(wait=True)
+            for executor in (pool, decoder):
+                if executor is not None:
+                    executor.shutdown(wait=True)
         return run
 
 
@@ -403,7 +431,12 @@ def run_ingest(
         max_idle_s / max_messages: stop conditions for batch jobs and tests;
             None runs until ``stop`` is set or a signal arrives.
         max_poll_interval_ms / session_timeout_ms: consumer-group timing, see
-            :class:`gpuledger.transport.KafkaSubscriber`.
+            :class:`gpuledger.transport.KafkaSubscriber`. Two separate limits: the
+            session timeout bounds missed heartbeats (a background thread sends them),
+            the max poll interval bounds the time between polls. ``linger_s`` is
+            capped at a quarter of the max poll interval, and while a flush decodes
+            or stores the loop keeps the membership alive (``Subscriber.keepalive``)
+            every min(1 s, a quarter of it), so no flush outlasts it.
         handle_signals: on SIGINT/SIGTERM finish the current batch (store and
             commit), leave the group and close the database. A second signal
             interrupts at once. Only possible from the main thread; ignored
@@ -432,8 +465,15 @@ def run_ingest(
         opener.close()
         raise
     reporter = _ProgressLog(log_every_s)
+    # A flush never costs the group membership: the loop polls at least every quarter of the max poll
+    # interval -- lingering included -- and keeps polling (paused) while a flush decodes or stores.
+    quarter_s = max_poll_interval_ms / 4000
+    if linger_s > quarter_s:
+        log.warning("--linger %.3g s is more than a quarter of the max poll interval (%d ms): lingering %.3g s",
+                    linger_s, max_poll_interval_ms, quarter_s)
+        linger_s = quarter_s
     ingestor = Ingestor(opener, subscriber, batch_max=batch_max, progress=reporter, linger_s=linger_s,
-                        clock_check=clock_check, pipeline=True)
+                        clock_check=clock_check, pipeline=True, keepalive_s=min(1.0, quarter_s))
     log.info("ingesting %s (group %s) from %s into %s", topic, group_id, bootstrap, db_path)
     try:
         with _stop_on_signals(stop, enabled=handle_signals):

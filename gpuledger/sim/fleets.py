@@ -224,13 +224,14 @@ def _replace_proc(node: NodeSpec, pod_i: int, proc_i: int, **changes: object) ->
 
 
 def _silence_one(node: NodeSpec) -> NodeSpec:
-    """The longest-running process on a shared (non-MIG) GPU holds a context but gets no samples."""
+    """The longest-running process on a shared (non-MIG) GPU holds a context and runs nothing (an idle
+    notebook): NVML lists it and gives it no sample, as for any process with zero utilization."""
     cands = [(min(x.end_s, 1e12) - x.start_s, k, j) for k, p in enumerate(node.pods) for j, x in enumerate(p.procs)
              if x.mig < 0 and any(h.share < 1.0 for h in p.holds)]
     if not cands:
         return node
     _, k, j = max(cands)
-    return _replace_proc(node, k, j, silent=True)
+    return _replace_proc(node, k, j, scale=0.0, floor=0.0)
 
 
 def _reuse_one_pid(node: NodeSpec, horizon_s: float) -> NodeSpec:

@@ -95,6 +95,10 @@ class SimGpu:
         self.offset_us = int(rng.integers(0, timing.period_us))
         self.counter0_mj = float(rng.integers(10**9, 10**11))  # energy since driver load, mJ (arbitrary)
         self.counter_mj = self.counter0_mj  # counter after the last computed tick
+        # Per-process smUtil of this GPU reads this factor high or low (the driver's per-process and
+        # device figures disagree by a few %): log-uniform within ±process_bias, drawn once per GPU.
+        b = quirks.process_bias
+        self.bias = float(np.exp(rng.uniform(np.log1p(-b), np.log1p(b)))) if b > 0 else 1.0
         self.period_s = timing.period_us / 1e6
         if spec.mig_profiles:
             if model.mig_slices == 0:
@@ -255,11 +259,13 @@ class SimGpu:
         if blk.rows is None:
             rng = np.random.default_rng([*self.rng_key, 1, blk.k0])
             proc, act = blk.proc.T, blk.actual.T  # (B, lanes): row-major = tick order
-            keep = (proc >= 0) & ~self.p_silent[np.maximum(proc, 0)]
+            # NVML: "one utilization sample structure is returned per process running, that had some
+            # non-zero utilization during the last sample period" -- an idle context holder gets none.
+            keep = (proc >= 0) & ~self.p_silent[np.maximum(proc, 0)] & (act > 0)
             q = self.quirks
             if q.missing_sample_rate > 0:
                 keep &= rng.random(proc.shape) >= q.missing_sample_rate
-            sm = act * 100.0
+            sm = act * 100.0 * self.bias
             if q.process_noise > 0:
                 z = rng.standard_normal(proc.shape)
                 sm = np.clip(sm * np.exp(q.process_noise * z - q.process_noise**2 / 2), 0.0, 100.0)

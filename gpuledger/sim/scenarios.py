@@ -17,13 +17,14 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 
 from gpuledger.sim import traces
 from gpuledger.sim.spec import FleetSpec, GpuSpec, Holding, NodeSpec, PodSpec, ProcSpec, Quirks
 
-__all__ = ["SCENARIOS", "fractional", "mig_mix", "mps", "timeslice"]
+__all__ = ["IDLE_QUIRKS", "SCENARIOS", "fractional", "idle_holders", "mig_mix", "mps", "timeslice"]
 
 H100 = "NVIDIA H100 80GB HBM3"
 _MIG_LAYOUTS = (("3g.40gb", "2g.20gb", "1g.10gb", "1g.10gb"), ("4g.40gb", "3g.40gb"),
@@ -145,7 +146,37 @@ def mig_mix(seed: int = 0, horizon_s: float = 3600.0, quirks: Quirks | None = No
     return FleetSpec((NodeSpec("mig-node", tuple(gpus), tuple(pods)),), quirks or Quirks())
 
 
+#: What the probe of issue 15 saw beside idle context holders: a few lost samples, per-process figures
+#: that are noisy and read a few % above or below the device's on each GPU.
+IDLE_QUIRKS = Quirks(missing_sample_rate=0.02, process_noise=0.05, process_bias=0.04)
+
+
+def idle_holders(seed: int = 0, horizon_s: float = 3600.0, quirks: Quirks | None = None) -> FleetSpec:
+    """6 H100s time-sliced by 3-5 replicas: on each, 1-2 replicas run busy pods (chains of tenants
+    ``t0``..``t7``) and 1-2 are held by idle context holders -- a notebook or an inference server
+    between requests: a long-lived process that holds a context and GPU memory and runs nothing, so
+    NVML lists it and gives it no sample -- of tenants ``idle0``..``idle11``; some replicas are free.
+    Default quirks: IDLE_QUIRKS (lost samples, noise, per-GPU per-process bias of up to 4 %)."""
+    d = _Draw(seed, horizon_s)
+    gpus, pods = [], []
+    n_idle = 0
+    for i in range(6):
+        gpus.append(GpuSpec(H100))
+        n = int(d.rng.integers(3, 6))
+        busy, idle = int(d.rng.integers(1, 3)), int(d.rng.integers(1, 3))
+        for r in range(busy):
+            pods += d.chain((i + r) % 8, Holding(i, -1, "nvidia.com/gpu", 1.0 / n, r), 80 * 2**30 / n)
+        for r in range(busy, busy + idle):
+            proc = replace(d.proc(i, float(d.rng.uniform(0, 60)), math.inf, budget=80 * 2**30 / n),
+                           floor=0.0, scale=0.0)  # demand 0: a context, memory, no work
+            pod = d.pod(0, [Holding(i, -1, "nvidia.com/gpu", 1.0 / n, r)], [proc], -math.inf, math.inf)
+            pods.append(replace(pod, namespace=f"ns-idle{n_idle}", name=f"nb-{n_idle}-{pod.uid[:6]}",
+                                labels=(("team", f"idle{n_idle}"), ("cost-center", "cc-idle"))))
+            n_idle += 1
+    return FleetSpec((NodeSpec("idle-node", tuple(gpus), tuple(pods)),), quirks or IDLE_QUIRKS)
+
+
 #: name -> builder(seed, horizon_s, quirks)
 SCENARIOS: dict[str, Callable[..., FleetSpec]] = {
-    "timeslice": timeslice, "fractional": fractional, "mps": mps, "mig": mig_mix,
+    "timeslice": timeslice, "fractional": fractional, "mps": mps, "mig": mig_mix, "idle_holders": idle_holders,
 }

@@ -34,7 +34,8 @@ class Quirks:
 
     missing_sample_rate: float = 0.0  # probability that one per-process sample row is dropped
     process_noise: float = 0.0  # sigma of mean-1 log-normal noise on reported per-process smUtil
-    silent_process: bool = False  # demo: one process holds a context but never gets samples
+    process_bias: float = 0.0  # per GPU, reported per-process smUtil reads x(1 +- up to this) vs the device
+    silent_process: bool = False  # demo: one process holds a context and runs nothing (no samples, as NVML)
     pid_reuse: bool = False  # demo: a pid exits and a process of another pod gets it later
     energy_reset: bool = False  # demo: one GPU's energy counter resets (driver reload)
     gpu_lost: bool = False  # demo: one GPU falls off the bus at 3/4 of the horizon
@@ -88,7 +89,8 @@ class ProcSpec:
     memory_bytes: int = 2**30  # GPU memory at the series' peak; follows the trace's memory shape
     mem_util_ratio: float = 0.4  # reported memUtil = ratio * smUtil (percent)
     pid: int = 0  # host pid; 0 = let the simulator assign one
-    silent: bool = False  # quirk: has a context (listed) but never appears in process samples
+    silent: bool = False  # quirk: runs, has a context (listed), but its samples are all lost (NVML never
+    #                       does this to a busy process; an idle one gets no sample anyway: scale=0, floor=0)
 
 
 @dataclass(frozen=True)

@@ -18,11 +18,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Self
 
-from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
 from kafka import errors as kafka_errors
 from kafka.codec import has_zstd
 
-from gpuledger.errors import TransportError
+from gpuledger.errors import GroupMembershipLost, TransportError
 from gpuledger.transport.protocols import Record, next_offsets
 
 log = logging.getLogger(__name__)
@@ -62,8 +62,6 @@ def _hint_for(exc: BaseException | None, bootstrap: str) -> str:
     if isinstance(exc, (kafka_errors.KafkaConfigurationError, ValueError, AssertionError, TypeError)):
         return ("a Kafka client setting is invalid: check client_settings against kafka-python's "
                 "KafkaProducer/KafkaConsumer options")
-    if isinstance(exc, kafka_errors.CommitFailedError):
-        return "the consumer group rebalanced before the commit; the records will be redelivered (harmless: ingest is idempotent)"
     return f"check that the broker at {bootstrap!r} is running and reachable, and the TLS/SASL settings"
 
 
@@ -73,6 +71,11 @@ def _describe_error(exc: BaseException) -> str:
         keys = re.findall(r"""['"]([^'"]+)['"]\s*:""", text)
         text = f"unrecognized client settings: {', '.join(keys) or '?'}"
     return f"{type(exc).__name__}: {text}"
+
+
+#: A commit refused because this member is not in the group's current generation (see GroupMembershipLost).
+_GENERATION_LOST = (kafka_errors.CommitFailedError, kafka_errors.RebalanceInProgressError,
+                    kafka_errors.IllegalGenerationError, kafka_errors.UnknownMemberIdError)
 
 
 @contextmanager
@@ -271,6 +274,7 @@ class KafkaSubscriber:
         self.bootstrap = bootstrap
         self.topic = topic
         self.group_id = group_id
+        self.max_poll_interval_ms = max_poll_interval_ms
         session_timeout_ms = min(session_timeout_ms, max_poll_interval_ms)
         config: dict[str, Any] = {
             "bootstrap_servers": bootstrap,
@@ -285,8 +289,13 @@ class KafkaSubscriber:
             "client_id": "gpuledger-ingest",
             **(client_settings or {}),
         }
+        #: Next offsets of records stored but not committed (a commit refused after a lost generation):
+        #: committed with the next commit, and where a partition comes back to this member its position
+        #: is set there, so the stored records are not read again.
+        self._owed: dict[TopicPartition, int] = {}
         with _translated(f"joining group {group_id!r} on {topic} at {bootstrap}", bootstrap, settings=True):
-            self._consumer = KafkaConsumer(topic, **config)
+            self._consumer = KafkaConsumer(**config)
+            self._consumer.subscribe([topic], listener=_Rejoin(self))
         self._closed = False
 
     def poll(self, timeout_s: float, max_records: int | None = None) -> list[Record]:
@@ -298,21 +307,79 @@ class KafkaSubscriber:
             for r in records
         ]
 
+    def keepalive(self) -> None:
+        """Poll with every assigned partition paused: the member stays in the group (kafka-python counts
+        ``max_poll_interval_ms`` from the last poll; heartbeats run on their own thread) and no record
+        is consumed. A record that still comes back (a partition assigned during this very poll) is
+        un-read: the position goes back to it."""
+        with _translated(f"keeping group {self.group_id!r} membership", self.bootstrap):
+            paused = self._consumer.assignment()
+            self._consumer.pause(*paused)
+            try:
+                batches = self._consumer.poll(timeout_ms=0)
+            finally:
+                self._consumer.resume(*(tp for tp in paused if tp in self._consumer.assignment()))
+            for tp, records in batches.items():
+                if records:
+                    self._consumer.seek(tp, min(r.offset for r in records))
+
     def commit(self, records: Sequence[Record]) -> None:
-        offsets = {
-            TopicPartition(topic, partition): OffsetAndMetadata(offset, "", -1)
-            for (topic, partition), offset in next_offsets(records).items()
-        }
-        if not offsets:
+        """Commit past ``records`` and any offsets still owed, for the partitions this member holds; on a
+        lost generation the offsets stay owed and :class:`GroupMembershipLost` says why (the records are
+        stored: nothing is lost). Offsets of a partition now held by another member are not committed
+        (that would move its position under it); it reads those records again and skips them as
+        duplicates."""
+        for (topic, partition), offset in next_offsets(records).items():
+            tp = TopicPartition(topic, partition)
+            self._owed[tp] = max(offset, self._owed.get(tp, 0))
+        assigned = self._consumer.assignment()
+        if assigned:  # a partition that moved to another member is its now: it re-reads from the last commit
+            self._owed = {tp: offset for tp, offset in self._owed.items() if tp in assigned}
+        if not self._owed:
             return
-        with _translated(f"committing offsets {_describe(offsets)} for group {self.group_id!r}", self.bootstrap):
+        offsets = {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in self._owed.items()}
+        try:
             self._consumer.commit(offsets)
+        except _GENERATION_LOST as exc:
+            raise GroupMembershipLost(
+                f"committing offsets {_describe(offsets)} for group {self.group_id!r} failed: "
+                f"{_describe_error(exc)}",
+                hint=(f"this consumer lost its place in the group before the commit: a rebalance, or more than "
+                      f"max_poll_interval_ms ({self.max_poll_interval_ms} ms) passed between polls and it left "
+                      "the group. The records are stored; their offsets are committed once it rejoins (or they "
+                      "are redelivered and skipped as duplicates). If this repeats, raise --max-poll-interval-ms "
+                      "above the longest flush (linger + store) or lower --batch-max / --linger"),
+            ) from exc
+        except kafka_errors.KafkaError as exc:
+            raise TransportError(f"committing offsets {_describe(offsets)} for group {self.group_id!r} failed: "
+                                 f"{_describe_error(exc)}", hint=_hint_for(exc, self.bootstrap)) from exc
+        except OSError as exc:
+            raise TransportError(f"committing offsets for group {self.group_id!r} failed: {_describe_error(exc)}",
+                                 hint=_hint_for(exc, self.bootstrap)) from exc
+        self._owed.clear()
+
+    def _assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        """After a (re)join: resume owed partitions at their stored offsets; forget the others (another
+        member reads them from the last commit; what it reads again is skipped as duplicates)."""
+        mine = set(assigned)
+        self._owed = {tp: offset for tp, offset in self._owed.items() if tp in mine}
+        for tp, offset in self._owed.items():
+            self._consumer.seek(tp, offset)
+        if self._owed:
+            log.info("rejoined group %r: resuming %s at the stored offsets", self.group_id,
+                     ", ".join(f"{tp.topic}/{tp.partition}@{o}" for tp, o in sorted(self._owed.items())))
 
     def close(self) -> None:
-        """Leave the group (so a successor gets the partitions at once); idempotent."""
+        """Leave the group (so a successor gets the partitions at once); idempotent. Owed offsets are
+        committed first where possible."""
         if self._closed:
             return
         self._closed = True
+        if self._owed:
+            try:
+                self.commit([])
+            except TransportError as exc:
+                log.warning("owed offsets not committed at close (%s); they are redelivered and skipped", exc)
         with _translated("closing the consumer", self.bootstrap):
             self._consumer.close(autocommit=False, timeout_ms=5_000)
 
@@ -321,6 +388,19 @@ class KafkaSubscriber:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _Rejoin(ConsumerRebalanceListener):  # type: ignore[misc]
+    """kafka-python calls this inside ``poll`` when the group's assignment changes."""
+
+    def __init__(self, subscriber: KafkaSubscriber) -> None:
+        self.subscriber = subscriber
+
+    def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        pass
+
+    def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        self.subscriber._assigned(assigned)
 
 
 def _describe(offsets: Mapping[TopicPartition, OffsetAndMetadata]) -> str:

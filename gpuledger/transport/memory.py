@@ -39,6 +39,7 @@ class MemoryTransport:
         self._position: list[int] = [0] * partitions
         self._cond = threading.Condition()
         self._next_partition = 0  # round-robin start, so one partition cannot starve the others
+        self.keepalives = 0  # keepalive() calls (a flush outlasting the keepalive interval makes them)
 
     # Publisher
 
@@ -86,6 +87,11 @@ class MemoryTransport:
                 if topic != self.topic:
                     raise TransportError(f"commit for topic {topic!r} on a MemoryTransport of {self.topic!r}")
                 self.committed[partition] = max(self.committed[partition], offset)
+
+    def keepalive(self) -> None:
+        """No group to stay in: counts the calls (``keepalives``), so tests see that a long flush made them."""
+        self._check("keepalive")
+        self.keepalives += 1
 
     # Test helpers
 

@@ -72,6 +72,9 @@ class Subscriber(Protocol):
     def commit(self, records: Sequence[Record]) -> None:
         """Synchronously commit past the given records (offset + 1 per partition)."""
 
+    def keepalive(self) -> None:
+        """Stay a member of the consumer group while a flush runs: return no records, consume nothing."""
+
     def close(self) -> None:
         """Leave the consumer group and release the client."""
 

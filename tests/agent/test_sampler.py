@@ -58,7 +58,7 @@ def test_a_10s_tick_integrates_every_driver_sample_not_a_1s_snapshot() -> None:
 def test_time_sliced_processes_carry_their_own_evidence() -> None:
     pods = tuple(
         PodSpec(uid=f"u{k}", namespace=f"ns{k}", name=f"p{k}", holds=(Holding(0, share=0.25, replica=k),),
-                procs=(ProcSpec(0, series=k + 1, scale=0.5),))
+                procs=(ProcSpec(0, series=k + 1, scale=0.5, floor=0.05),))  # always busy: NVML samples it
         for k in range(3)
     )
     sim = fleet((GpuSpec(H100),), pods)

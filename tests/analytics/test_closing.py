@@ -186,7 +186,7 @@ def test_cli_closes_writes_files_and_reconciles(store: Store, tmp_path: Path, ca
     assert main(["export", "chargeback", "--month", "2026-10", "--db", db, "--focus-version", "1.2"]) == 0
     header = capsys.readouterr().out.splitlines()[0].split(",")  # an open month, in the version asked
     assert "ProviderName" in header and "AllocatedMethodId" not in header
-    assert main(base + ["--final"]) == 0
+    assert main(base + ["--final", "--force"]) == 0  # the fixture books 1 GPU-hour of October: --force
     closed = (out / "gpuledger-chargeback-2026-10.csv").read_bytes()
     assert b"AllocatedMethodId" in closed.split(b"\r\n")[0]  # 1.4 by default
     err = capsys.readouterr().err
@@ -212,7 +212,8 @@ def test_the_serve_closer_closes_due_months_and_waits_for_the_writer(store: Stor
     store.close()
     db = tmp_path / "close.duckdb"
     closer = MonthCloser(db, BOOK, ExportContext(), grace_hours=6,
-                         clock=lambda: datetime(2026, 12, 1, 7, tzinfo=UTC))
+                         clock=lambda: datetime(2026, 12, 1, 7, tzinfo=UTC),
+                         min_capacity=0)  # the fixture's months are far below the fleet: tested below
     with Store(db):  # a writer holds the file: the close is postponed, not failed
         assert closer.run_once() == []
     assert closer.run_once() == ["2026-10", "2026-11"]
@@ -265,7 +266,8 @@ def test_cli_final_cannot_close_a_month_under_a_full_width_key(store: Store, tmp
     store.close()
     assert main(["export", "chargeback", "--month", "２０２６-１０", "--db", db, "--final", "--out", str(tmp_path)]) == 2
     assert "YYYY-MM" in capsys.readouterr().err
-    assert main(["export", "chargeback", "--month", "2026-10", "--db", db, "--final", "--out", str(tmp_path)]) == 0
+    assert main(["export", "chargeback", "--month", "2026-10", "--db", db, "--final", "--force",
+                 "--out", str(tmp_path)]) == 0
     with Store(db, read_only=True) as s:
         assert list(closing.closed_months(s)) == ["2026-10"]  # one close of October, under its ASCII key
 
@@ -284,3 +286,59 @@ def test_a_month_without_data_fails_loudly_instead_of_an_empty_bill(store: Store
         assert not out.exists()
     with Store(db, read_only=True) as s:
         assert "2025-01" not in closing.closed_months(s)  # nothing was closed
+
+
+def test_a_close_far_below_the_fleets_capacity_is_refused_unless_forced(store: Store, tmp_path: Path,
+                                                                         capsys: Any) -> None:
+    """Issue 15: the fixture's GPU booked 1 of October's 744 hours (ingest down the rest of the month):
+    `--final` refuses, naming the figures, with a hint; `--final --force` closes it."""
+    from gpuledger.cli import main
+
+    db = str(tmp_path / "close.duckdb")
+    store.close()
+    args = ["export", "chargeback", "--month", "2026-10", "--db", db, "--final", "--out", str(tmp_path / "oct.csv")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "capacity far below the fleet: 2026-10 has 1.0 GPU-hours of capacity, 0% of the 744.0 GPU-hours" in err
+    assert "hint:" in err and "--force" in err
+    assert not (tmp_path / "oct.csv").exists()
+    with Store(db, read_only=True) as s:
+        assert closing.closed_months(s) == {}
+    assert main(["export", "chargeback", "--month", "2026-10", "--db", db]) == 0  # a preview is not refused
+    capsys.readouterr()
+    assert main([*args, "--force"]) == 0
+    with Store(db, read_only=True) as s:
+        assert list(closing.closed_months(s)) == ["2026-10"]
+
+
+def test_a_month_booked_in_full_closes_and_a_gpu_added_mid_month_is_expected_only_from_then(tmp_path: Path) -> None:
+    from gpuledger.analytics.export_cmd import capacity_shortfall
+
+    mid = to_ns(datetime(2026, 10, 16, tzinfo=UTC))
+    with Store(tmp_path / "full.duckdb") as s:
+        write(s, [row("ml", K.BUSY, 744 * 3600 * 0.6, seq=0, start_ns=OCT),  # GPU 0: all of October
+                  row("", K.UNALLOCATED, 744 * 3600 * 0.4, seq=0, start_ns=OCT),
+                  row("ml", K.BUSY, 16 * 24 * 3600, seq=1, start_ns=mid, gpu=1)])  # GPU 1: from the 16th
+        assert capacity_shortfall(s, "2026-10") is None
+        # November: GPU 1 stops reporting on the 2nd while GPU 0 books the month: 720 + 24 of 1,440 h
+        write(s, [row("ml", K.BUSY, 720 * 3600, seq=2, start_ns=NOV),
+                  row("ml", K.BUSY, 24 * 3600, seq=3, start_ns=NOV, gpu=1)])
+        assert capacity_shortfall(s, "2026-11") is None  # 52 %: not far below
+        assert capacity_shortfall(s, "2026-11", min_share=0.6) is not None
+        # December: nothing booked for GPU 0 after the 1st hour: far below
+        write(s, [row("ml", K.BUSY, 3600, seq=4, start_ns=DEC)])
+        short = capacity_shortfall(s, "2026-12")
+        assert short is not None and "the 2 GPUs seen in 2026-12 or the month before" in short
+
+
+def test_the_serve_closer_does_not_close_a_month_far_below_the_fleet(store: Store, tmp_path: Path,
+                                                                       caplog: Any) -> None:
+    from gpuledger.analytics.export_cmd import MonthCloser
+
+    store.close()
+    db = tmp_path / "close.duckdb"
+    closer = MonthCloser(db, BOOK, ExportContext(), grace_hours=6, clock=lambda: datetime(2026, 12, 1, 7, tzinfo=UTC))
+    assert closer.run_once() == []
+    assert "month close of 2026-10 refused: capacity far below the fleet" in caplog.text
+    with Store(db, read_only=True) as ro:
+        assert closing.closed_months(ro) == {}

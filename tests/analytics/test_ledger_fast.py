@@ -122,14 +122,16 @@ def test_every_ledger_case_matches_the_reference(name: str, holders: str) -> Non
 
 
 def test_unknown_holders_idle_goes_once_to_each_pod_that_ran_whatever_its_busy_rules() -> None:
-    """A pod with a sampled and an unsampled process has busy rows under two rules; the GPU's idle is split
-    among the pods that ran, each once: 6 s idle, two pods, 3 s each."""
+    """A pod with a sampled and an unsampled process, beside another pod; the samples explain 3 of 4 s busy,
+    so part of busy is nobody's (unplaced_remainder): the GPU's idle is split among the pods that ran, each
+    once -- nobody is not a holder: 6 s idle, two pods, 3 s each."""
     m = message([{"util": 0.4, "procs": [("a", 2.0, 10), ("a", 0.0, 0), ("b", 1.0, 10)]}])
     procs = m.processes.copy()
     procs["pod"][1] = procs["pod"][0]  # the builder makes a pod per row: the unsampled process is the first pod's
     ref = _both_ways(store_of(blind(replace(m, processes=procs))), shuffle=2)
     busy = ref.filter(pl.col("kind") == K.BUSY)
-    assert set(busy.filter(pl.col("pod") == "p0")["rule"]) == {K.RULE_PROCESS_SAMPLES, K.RULE_UNSAMPLED_REMAINDER}
+    assert set(busy.filter(pl.col("pod") == "p0")["rule"]) == {K.RULE_PROCESS_SAMPLES}
+    assert set(busy.filter(pl.col("pod").is_null())["rule"]) == {K.RULE_UNPLACED_REMAINDER}
     idle = ref.filter(pl.col("kind") != K.BUSY).sort("pod")
     assert idle.select("pod", "kind", "rule").rows() == [
         ("p0", K.ALLOCATED_IDLE, K.RULE_IDLE_PROCESS_HOLDERS), ("p2", K.ALLOCATED_IDLE, K.RULE_IDLE_PROCESS_HOLDERS)]
@@ -286,7 +288,7 @@ def test_every_compiled_pass_has_one_signature_whatever_the_input_path() -> None
 def test_the_kernels_codes_name_the_rules_of_the_reference_and_of_gpuledger_split() -> None:
     """The compiled passes write codes as literals (the Numba cache sees only passes.py): they must index
     columns.RULES / KINDS as the reference names them, and the busy rules must be gpuledger.split's."""
-    named = {P.R_SAMPLES: K.RULE_PROCESS_SAMPLES, P.R_REMAINDER: K.RULE_UNSAMPLED_REMAINDER,
+    named = {P.R_SAMPLES: K.RULE_PROCESS_SAMPLES, P.R_REMAINDER: K.RULE_UNPLACED_REMAINDER,
              P.R_EQUAL: K.RULE_EQUAL_PROCESSES, P.R_ALLOC: K.RULE_ALLOCATION_SHARE, P.R_SERVER: K.RULE_SERVER_ONLY,
              P.R_NOBODY: K.RULE_NO_HOLDER, P.R_IDLE: K.RULE_IDLE_SHARE, P.R_MIG: K.RULE_MIG_UNMEASURED,
              P.R_UNALLOC: K.RULE_UNALLOCATED, P.R_HOLDERS_UNKNOWN: K.RULE_HOLDERS_UNKNOWN,
@@ -294,6 +296,6 @@ def test_the_kernels_codes_name_the_rules_of_the_reference_and_of_gpuledger_spli
     assert [RULES[code] for code in named] == list(named.values()) and len(RULES) == len(named)
     assert [KINDS[c] for c in (P.BUSY, P.IDLE, P.UNMEASURED, P.UNALLOCATED)] == [
         K.BUSY, K.ALLOCATED_IDLE, K.UNMEASURED, K.UNALLOCATED]
-    assert (split.PROCESS_SAMPLES, split.UNSAMPLED_REMAINDER, split.EQUAL_PROCESSES, split.ALLOCATION_SHARE,
+    assert (split.PROCESS_SAMPLES, split.UNPLACED_REMAINDER, split.EQUAL_PROCESSES, split.ALLOCATION_SHARE,
             split.SERVER_ONLY, split.NO_HOLDER) == (P.R_SAMPLES, P.R_REMAINDER, P.R_EQUAL, P.R_ALLOC, P.R_SERVER,
                                                     P.R_NOBODY)

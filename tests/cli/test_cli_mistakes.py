@@ -51,3 +51,14 @@ def test_demo_on_a_taken_port_fails_before_running_the_pipeline(tmp_path: Path) 
     assert "token" not in out.stdout.lower()  # nothing printed as if serving
     assert not (tmp_path / "out").exists()  # the pipeline did not run
     assert took < 20  # interpreter start-up only (the pipeline takes ~20 s)
+
+
+@pytest.mark.parametrize("flag", ["--max-poll-interval-ms", "--session-timeout-ms"])
+def test_ingest_group_timing_must_be_positive(tmp_path: Path, flag: str) -> None:
+    """The two consumer-group limits are separate flags (issue 15); a non-positive one is refused before
+    any broker is contacted."""
+    out = gpuledger("ingest", "--kafka", "127.0.0.1:1", "--db", str(tmp_path / "x.duckdb"), flag, "0", timeout=30)
+    assert out.returncode != 0
+    assert f"error: {flag} must be a positive number of milliseconds" in out.stderr
+    assert "hint:" in out.stderr
+    assert not (tmp_path / "x.duckdb").exists()

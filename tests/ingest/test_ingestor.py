@@ -251,3 +251,22 @@ def test_pipelined_run_stores_everything_once_and_commits_only_stored_flushes(tm
     with pytest.raises(StoreError):
         Ingestor(broken, transport, batch_max=7, pipeline=True).run(max_idle_s=0.3)
     assert transport.lag() == 20  # nothing the store did not take was committed
+
+
+def test_a_pipelined_flush_slower_than_the_keepalive_interval_keeps_the_subscriber_polling(tmp_path: Path) -> None:
+    """While a flush is stored on the worker thread, the loop calls ``subscriber.keepalive()`` (issue 15:
+    a flush must not outlast the consumer group's max poll interval)."""
+
+    class SlowStore(Store):
+        def write_arrow(self, tables: Any, **kw: Any) -> int:
+            threading.Event().wait(0.3)
+            return super().write_arrow(tables, **kw)
+
+    transport = MemoryTransport()
+    for m in make_stream(3):
+        transport.publish(m.node.encode(), wire.encode(m))
+    store = SlowStore(tmp_path / "slow.duckdb")
+    stats = Ingestor(store, transport, batch_max=1, pipeline=True, keepalive_s=0.05).run(max_idle_s=0.5)
+    assert stats.stored == 3 and stats.duplicates == 0
+    assert transport.keepalives >= 3  # at least one per slow flush
+    store.close()

@@ -247,8 +247,8 @@ def attribute_chunk(chunk: Chunk) -> Result:
     o_kind, o_rule = np.empty(cap, np.uint8), np.empty(cap, np.uint8)
     o_gpu, o_en, o_mem = np.empty(cap), np.empty(cap), np.empty(cap)
     out = (o_unit, o_who, o_kind, o_rule, o_gpu, o_en, o_mem)
-    at = P.busy_by_process(p_unit, p_owner, p_ev, p_mem, pod_owner, p_samples, split, special, ev_scale, r, rem,
-                           ev_sum, n_uns, n_pod, n_procs, busy, busy_energy, u.dt, *out, 0)
+    at = P.busy_by_process(p_unit, p_owner, p_ev, p_mem, pod_owner, split, special, ev_scale, r, rem,
+                           ev_sum, n_pod, n_procs, busy, busy_energy, u.dt, *out, 0)
     at = P.by_share(h_unit, h_owner, h_share, share_sum, by_share, n_procs, busy, busy_energy, idle_s, idle_e,
                     measured, *out, at)
     if any_flagged:  # the owners that ran there: pods (a name known) with a busy row, as the reference
@@ -256,7 +256,7 @@ def attribute_chunk(chunk: Chunk) -> Result:
         first, count, ran = P.unknown_holders(o_unit, o_who, o_kind, at, P.ro(flagged), P.ro(is_pod))
     else:
         first = count = ran = np.zeros(0, np.int64)
-    at = P.per_unit(busy, busy_energy, nobody, un_s, un_e, n_own, P.ro(flagged), first, count, ran, *out, at)
+    at = P.per_unit(busy, busy_energy, nobody, rem, r, un_s, un_e, n_own, P.ro(flagged), first, count, ran, *out, at)
     rows = pl.DataFrame({
         "unit": o_unit[:at], "who": o_who[:at], "kind": o_kind[:at], "rule": o_rule[:at],
         "gpu_seconds": o_gpu[:at], "energy_j": pl.Series(o_en[:at], nan_to_null=True),

@@ -135,7 +135,8 @@ def unit_rules(share_sum: np.ndarray, held: np.ndarray, n_holders: np.ndarray, t
                n_smp: np.ndarray, n_uns: np.ndarray, ev_sum: np.ndarray, floats: np.ndarray, flags: np.ndarray,
                sharing: np.ndarray) -> None:
     """Per-unit quantities (``gpuledger.split.split_units``) in one loop: busy GPU-seconds and energy,
-    the unsampled remainder r, idle per unit of share, unallocated idle, and which rules apply.
+    the unplaced remainder r (``split.SAMPLE_TOLERANCE``, ``LOST_SAMPLES`` as literals: module doc),
+    idle per unit of share, unallocated idle, and which rules apply.
 
     Written into ``floats`` (8 × n), ``flags`` (6 × (n + 1), zeroed) and ``sharing``: blocks numpy
     allocates (large ones on huge pages), not 14 small arrays each faulting in page by page.
@@ -159,8 +160,9 @@ def unit_rules(share_sum: np.ndarray, held: np.ndarray, n_holders: np.ndarray, t
         rm = n_uns[u] > 0 and n_smp[u] > 0 and util_samples[u] > 0 and b > 0
         rem[u] = rm
         rr = 0.0
-        if rm:
-            rr = 1.0 - ev_sum[u] * cap / util_samples[u] / b
+        if rm:  # what the samples cannot place, to nobody: split.SAMPLE_TOLERANCE 0.1, LOST_SAMPLES 2.0
+            tol = min(max(0.1, 2.0 / util_samples[u]), 0.5)
+            rr = 1.0 - ev_sum[u] * cap / util_samples[u] / b / (1.0 - tol)
             rr = 0.0 if rr < 0.0 else 1.0 if rr > 1.0 else rr  # noqa: FURB136 -- np.clip: NaN stays NaN
         r[u] = rr
         # w = (1 - r) × evidence / Σ evidence as one division per row (a reciprocal of a
@@ -180,17 +182,17 @@ def unit_rules(share_sum: np.ndarray, held: np.ndarray, n_holders: np.ndarray, t
 
 @_jit
 def busy_by_process(unit: np.ndarray, owner: np.ndarray, ev: np.ndarray, mem_bytes: np.ndarray,
-               pod_owner: np.ndarray, samples: np.ndarray, split: np.ndarray, special: np.ndarray,
-               ev_scale: np.ndarray, r: np.ndarray, rem: np.ndarray, ev_sum: np.ndarray, n_uns: np.ndarray,
-               n_pod: np.ndarray, n_procs: np.ndarray, busy: np.ndarray, busy_energy: np.ndarray, dt: np.ndarray,
+               pod_owner: np.ndarray, split: np.ndarray, special: np.ndarray, ev_scale: np.ndarray, r: np.ndarray,
+               rem: np.ndarray, ev_sum: np.ndarray, n_pod: np.ndarray, n_procs: np.ndarray, busy: np.ndarray,
+               busy_energy: np.ndarray, dt: np.ndarray,
                o_unit: np.ndarray, o_who: np.ndarray, o_kind: np.ndarray, o_rule: np.ndarray, o_gpu: np.ndarray,
                o_en: np.ndarray, o_mem: np.ndarray, at: int) -> int:
     """Busy by process: each row's weight and rule, summed per (unit, owner, rule); returns the next free row.
 
-    Weight: evidence / Σ evidence × (1 - r) on the common path; on units needing a
-    fallback, the unsampled remainder r split equally among unsampled pod processes,
-    else an equal split among pod processes (or all processes). Memory: GB-seconds,
-    null when no row of the group reports it.
+    Weight: evidence / Σ evidence × (1 - r) on the common path (an unsampled process: 0;
+    the unplaced r is ``per_unit``'s); on units needing a fallback, 0 where the remainder
+    applies (nothing sampled explains busy: r = 1), else an equal split among pod processes
+    (or all processes). Memory: GB-seconds, null when no row of the group reports it.
     """
     rows = len(unit)
     g, e, mm = np.zeros(3), np.zeros(3), np.zeros(3)
@@ -225,9 +227,7 @@ def busy_by_process(unit: np.ndarray, owner: np.ndarray, ev: np.ndarray, mem_byt
         while end < rows and unit[end] == u and owner[end] == owner[i]:
             x = ev[end]
             rule = R_SAMPLES
-            if rem[u] and pod_owner[owner[end]] and samples[end] <= 0:
-                w, rule = r[u] / n_uns[u], R_REMAINDER
-            elif ev_sum[u] > 0:
+            if ev_sum[u] > 0:
                 w = (1.0 - r[u]) * x / ev_sum[u]
             elif rem[u]:
                 w = 0.0
@@ -315,17 +315,23 @@ def unknown_holders(o_unit: np.ndarray, o_who: np.ndarray, o_kind: np.ndarray, a
 
 
 @_jit
-def per_unit(busy: np.ndarray, busy_energy: np.ndarray, nobody: np.ndarray, un_s: np.ndarray, un_e: np.ndarray,
-               n_own: int, flagged: np.ndarray, first: np.ndarray, count: np.ndarray, who: np.ndarray,
+def per_unit(busy: np.ndarray, busy_energy: np.ndarray, nobody: np.ndarray, rem: np.ndarray, r: np.ndarray,
+               un_s: np.ndarray, un_e: np.ndarray, n_own: int, flagged: np.ndarray, first: np.ndarray,
+               count: np.ndarray, who: np.ndarray,
                o_unit: np.ndarray, o_who: np.ndarray, o_kind: np.ndarray, o_rule: np.ndarray, o_gpu: np.ndarray,
                o_en: np.ndarray, o_mem: np.ndarray, at: int) -> int:
-    """Per unit: busy nobody holds, then its unallocated idle -- on a ``flagged`` unit (holders
+    """Per unit: busy nobody holds, or the busy the samples cannot place (``rem``: r of busy, to nobody,
+    rule unplaced remainder), then its unallocated idle -- on a ``flagged`` unit (holders
     unknown) split equally among the pods that ran there (``unknown_holders``) as allocated idle,
     else kept on the platform under the rule ``allocations_unavailable``. Returns the next free row."""
     for u in range(len(busy)):
         if nobody[u]:
             o_unit[at], o_who[at], o_kind[at], o_rule[at] = u, n_own, BUSY, R_NOBODY
             o_gpu[at], o_en[at], o_mem[at] = busy[u], busy_energy[u], np.nan
+            at += 1
+        elif rem[u] and abs(busy[u] * r[u]) > EPS:
+            o_unit[at], o_who[at], o_kind[at], o_rule[at] = u, n_own, BUSY, R_REMAINDER
+            o_gpu[at], o_en[at], o_mem[at] = busy[u] * r[u], busy_energy[u] * r[u], np.nan
             at += 1
         if abs(un_s[u]) > EPS:
             if flagged[u] and count[u] > 0:

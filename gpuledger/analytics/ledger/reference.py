@@ -5,9 +5,10 @@ remainder of a GPU in MIG mode) and interval of length Δt (DESIGN.md)::
 
     capacity = Δt × slice_fraction
     busy     = util × capacity             util: device samples (MIG: GR_ENGINE_ACTIVE)
-    busy_p   = busy × w_p                  w_p: gpuledger.split's rule (per-process samples, the
-                                           remainder they leave unexplained to listed unsampled
-                                           processes, equal split, holders by allocation share)
+    busy_p   = busy × w_p                  w_p: gpuledger.split's rule (per-process samples normalised
+                                           among the sampled processes -- a listed, unsampled one is
+                                           idle --, equal split, holders by allocation share); what
+                                           the samples cannot place stays ``unattributed``)
     idle     = capacity − busy
     idle_h   = idle × a_h                  a_h: allocation share (normalised if Σ > 1)
     unalloc  = idle × (1 − Σ a_h)          the platform's line
@@ -212,14 +213,14 @@ def _rule_name(code: pl.Expr) -> pl.Expr:
 def busy_by_process(process_rows: pl.DataFrame, unit_table: pl.DataFrame) -> pl.LazyFrame:
     """Busy of ``by_process`` units per (unit, owner, rule): busy × w (``split.process_weights``), energy
     likewise, memory as GB × Δt of the owner's processes (null when none reports it)."""
-    figures = ["busy", "busy_energy", "dt_s", "remainder", "r", "evidence_sum", "n_unsampled", "n_owned", "n_procs"]
+    figures = ["busy", "busy_energy", "dt_s", "remainder", "r", "evidence_sum", "n_owned", "n_procs"]
     rows = process_rows.join(unit_table.filter("by_process").select(*KEY, *figures), on=KEY)
 
     def num(name: str) -> pl.Series:
         return rows[name] if rows.schema[name] == pl.Boolean else rows[name].cast(pl.Float64)
 
     w, rule = split.process_weights(*(num(c).to_numpy() for c in (
-        "evidence", "owned", "samples", "remainder", "r", "evidence_sum", "n_unsampled", "n_owned", "n_procs")))
+        "evidence", "owned", "samples", "remainder", "r", "evidence_sum", "n_owned", "n_procs")))
     return (
         rows.lazy().with_columns(
             w=pl.Series(w), _rule=pl.Series(rule),
@@ -264,11 +265,17 @@ def by_share(unit_table: pl.DataFrame, holder_rows: pl.DataFrame) -> pl.LazyFram
 
 
 def per_unit(unit_table: pl.DataFrame) -> pl.LazyFrame:
-    """One row per unit at most of each: busy held by nobody (``unattributed``), unallocated idle (``platform``)."""
+    """One row per unit at most of each: busy held by nobody, or the busy the samples cannot place (r of
+    busy, rule ``unplaced_remainder``), both ``unattributed``; unallocated idle (``platform``)."""
     u = unit_table.lazy()
     nobody = u.filter("to_nobody").select(
         *KEY, tenant=pl.lit(K.UNATTRIBUTED_TENANT), **_NULL_WHO, kind=pl.lit(K.BUSY), rule=pl.lit(K.RULE_NO_HOLDER),
         gpu_seconds="busy", energy_j="busy_energy", memory_gb_seconds=_NO_MEMORY,
+    )
+    unplaced = u.filter("remainder").select(
+        *KEY, tenant=pl.lit(K.UNATTRIBUTED_TENANT), **_NULL_WHO, kind=pl.lit(K.BUSY),
+        rule=pl.lit(K.RULE_UNPLACED_REMAINDER), gpu_seconds=pl.col("busy") * pl.col("r"),
+        energy_j=pl.col("busy_energy") * pl.col("r"), memory_gb_seconds=_NO_MEMORY,
     )
     unallocated = u.select(
         *KEY, tenant=pl.lit(K.PLATFORM_TENANT), **_NULL_WHO, kind=pl.lit(K.UNALLOCATED),
@@ -278,7 +285,7 @@ def per_unit(unit_table: pl.DataFrame) -> pl.LazyFrame:
         .otherwise(pl.col("energy") * (1.0 - pl.col("held"))),
         memory_gb_seconds=_NO_MEMORY,
     )
-    return pl.concat([nobody, unallocated])
+    return pl.concat([nobody, unplaced, unallocated])
 
 
 def unknown_holders(rows: pl.LazyFrame, flagged_units: pl.LazyFrame) -> pl.LazyFrame:
