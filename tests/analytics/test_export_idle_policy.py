@@ -18,7 +18,7 @@ from gpuledger.analytics.policy import apply_idle_policy_to_rows
 from gpuledger.analytics.prices import default_price_book
 from gpuledger.analytics.reconcile import reconcile
 from gpuledger.store import Store
-from tests.support.chargeback_rows import HOUR_NS, SCHEMA, T0, ledger, parse, row
+from tests.support.chargeback_rows import HOUR_NS, T0, book, ledger, parse, row
 
 
 def hour(start_ns: int = T0, seq: int = 0) -> list[dict[str, Any]]:
@@ -78,7 +78,7 @@ def test_a_month_closed_under_one_policy_is_corrected_and_reconciled_under_it(tm
     # March closed under share_unallocated; April exported under holder: March is unchanged, so no correction.
     april = T0 + 31 * 24 * HOUR_NS
     with Store(tmp_path / "p.duckdb") as store:
-        store.append("ledger", pl.DataFrame(hour() + hour(april, 1), schema=SCHEMA))
+        book(store, hour() + hour(april, 1))
         shared = ExportContext(idle_policy="share_unallocated")
         march = closing.export(store, "2025-03", default_price_book(), final=True, context=shared,
                                now=datetime(2025, 4, 2, tzinfo=UTC))
