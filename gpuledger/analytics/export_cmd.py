@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
+from gpuledger.analytics import chargeback as cb
 from gpuledger.analytics import closing
 from gpuledger.analytics.focus import ExportContext
 from gpuledger.analytics.prices import PriceBook
@@ -133,27 +134,24 @@ def _require_data(store: Store, month: str) -> None:
 def capacity_shortfall(store: Store, month: str, min_share: float = CLOSE_MIN_CAPACITY) -> str | None:
     """Why ``month``'s capacity is far below the fleet's, or None when it is not.
 
-    The fleet: the physical GPUs (node, index) with ledger rows in the month or
-    the month before. Each should have booked the month's hours since it was
-    first seen (ledger or hourly rollups, any time before the month's end):
-    a GPU added mid-month is expected only from then on. Capacity: the
-    month's ledger GPU-seconds, every kind (they sum to capacity).
+    The fleet: the physical GPUs (node, index) with booked hours in the month
+    or the month before. Each should have booked the month's hours since it
+    was first seen (any time before the month's end): a GPU added mid-month is
+    expected only from then on. Capacity: the month's GPU-seconds, every kind
+    (they sum to capacity). Read from the hourly rollups, as the bill is.
     """
     start, end = (to_ns(t) for t in month_bounds(month))
     before = to_ns(month_bounds(_previous(month))[0])
-    history = "SELECT node, gpu_index, interval_start_ns AS t FROM ledger WHERE interval_start_ns < ?"
-    params: list[int] = [end]
-    if store.has_table("ledger_hourly"):
-        history += " UNION ALL SELECT node, gpu_index, hour_start_ns FROM ledger_hourly WHERE hour_start_ns < ?"
-        params.append(end)
+    # The bill's own rows (hourly rollups, pending hours from the ledger): never a scan of the interval ledger.
+    hours = cb.hour_rows_sql(store)
     row = store.query(f"""
-        WITH seen AS (SELECT node, gpu_index, min(t) AS first_ns, max(t) AS last_ns FROM ({history}) GROUP BY ALL),
-             fleet AS (SELECT greatest(first_ns, ?) AS from_ns FROM seen WHERE last_ns >= ?)
+        WITH seen AS (SELECT node, gpu_index, min(hour_start_ns) AS first_ns, max(hour_start_ns) AS last_ns
+                      FROM ({hours.replace("$lo", "$first").replace("$hi", "$hi")}) GROUP BY ALL),
+             fleet AS (SELECT greatest(first_ns, $lo) AS from_ns FROM seen WHERE last_ns >= $before)
         SELECT (SELECT count(*) FROM fleet) AS gpus,
-               (SELECT coalesce(sum((? - from_ns) / 1e9), 0) FROM fleet) AS expected_s,
-               (SELECT coalesce(sum(gpu_seconds), 0) FROM ledger
-                WHERE interval_start_ns >= ? AND interval_start_ns < ?) AS booked_s""",
-                      [*params, start, before, end, start, end])
+               (SELECT coalesce(sum(($hi - from_ns) / 1e9), 0) FROM fleet) AS expected_s,
+               (SELECT coalesce(sum(gpu_seconds), 0) FROM ({hours}) ) AS booked_s""",
+                      {"first": -(2**62), "lo": start, "hi": end, "before": before})
     gpus, expected_s, booked_s = row.row(0)
     if not expected_s or booked_s >= min_share * expected_s:
         return None

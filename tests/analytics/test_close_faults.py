@@ -41,7 +41,7 @@ def test_a_close_killed_mid_way_leaves_the_month_open_and_the_next_close_writes_
         book(store, [row(f"team-{t}", "busy", 3600 / 8, seq=h, gpu=g, start_ns=T0 + h * HOUR_NS)
                      for h in range(300) for g in range(4) for t in range(8)])
         want = closing.export(store, MARCH, default_price_book(), now=AFTER).content  # the preview
-    command = [sys.executable, "-m", "gpuledger.cli", "export", "chargeback", "--month", MARCH, "--final",
+    command = [sys.executable, "-m", "gpuledger.cli", "export", "chargeback", "--month", MARCH, "--final", "--force",
                "--db", str(db), "--out", str(tmp_path / "out.csv")]
     killed = 0
     for _ in range(4):
