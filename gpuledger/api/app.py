@@ -39,6 +39,7 @@ from gpuledger.api.audit import AuditLog, AuditMiddleware
 from gpuledger.api.auth import EXPORT_ROLES, principal, require
 from gpuledger.api.errors import ERROR_RESPONSES, ApiError, install_error_handlers
 from gpuledger.api.head import HeadAsGet
+from gpuledger.api.metrics import ApiMetrics, RequestMetrics
 from gpuledger.api.models import WhoAmI
 from gpuledger.api.reader import Database
 from gpuledger.api.respcache import ResponseCache
@@ -52,14 +53,16 @@ STATIC = Path(__file__).parent / "static"
 
 def create_app(db_path: str | Path | None = None, prices: PriceBook | None = None, *,
                store: Store | None = None, auth: bool = True, cache_ttl_s: float = 60.0,
-               export_context: ExportContext | None = None, audit: AuditLog | None = None) -> FastAPI:
+               export_context: ExportContext | None = None, audit: AuditLog | None = None,
+               metrics: ApiMetrics | None = None) -> FastAPI:
     """The API over a DuckDB file (read-only per request) or an open ``store``.
 
     ``prices`` defaults to the shipped book (gpuledger/defaults/prices.toml);
     ``export_context`` (who bills whom on the FOCUS file; ``gpuledger serve``
     builds it from the settings) to the settings' documented defaults;
     ``audit`` logs every ``/v1/`` request's token, route and status
-    (:mod:`~gpuledger.api.audit`; ``serving.audit_log(settings)``).
+    (:mod:`~gpuledger.api.audit`; ``serving.audit_log(settings)``); ``metrics`` counts and times every
+    request (:mod:`~gpuledger.api.metrics`, whose access-log line is written either way).
     """
     db = Database(db_path, store, ttl_s=cache_ttl_s)
     app = FastAPI(title="gpuledger", version=__version__,
@@ -72,6 +75,7 @@ def create_app(db_path: str | Path | None = None, prices: PriceBook | None = Non
     app.add_middleware(HeadAsGet)  # outside the cache: a HEAD is a GET from there in
     if audit is not None:  # outermost: it sees HEAD as HEAD and every status, cached answers included
         app.add_middleware(AuditMiddleware, log=audit)
+    app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: every request, its status and time
 
     @app.get("/healthz", summary="liveness (no token needed)")
     def healthz() -> dict[str, str]:

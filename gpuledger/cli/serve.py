@@ -6,7 +6,15 @@ import argparse
 import sys
 from typing import Any
 
-from gpuledger.cli.common import add_command, existing_db, free_to_serve, price_book, setting_flags
+from gpuledger.cli.common import (
+    add_command,
+    add_metrics_port,
+    existing_db,
+    free_to_serve,
+    metrics_registry,
+    price_book,
+    setting_flags,
+)
 from gpuledger.config import Settings
 from gpuledger.errors import GpuledgerError
 
@@ -26,6 +34,7 @@ def register(sub: Any, settings: Settings) -> None:
                   "--audit-retention-days")
     s.add_argument("--no-auth", action="store_true",
                    help="serve every route without a token, as admin (local development only; never expose it)")
+    add_metrics_port(s, "the API's")
 
     k = add_command(
         sub, "token", token,
@@ -56,7 +65,14 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     free_to_serve(settings.api_host, settings.api_port)
     book, context = price_book(settings.prices_path), ExportContext.from_settings(settings)
     tls = tls_options(settings)  # a half-set or missing TLS file fails here, before anything runs
-    app = create_app(db, prices=book, auth=not args.no_auth, export_context=context, audit=audit_log(settings))
+    registry = metrics_registry(args.own_metrics_port, settings.metrics_host)
+    metrics = None
+    if registry is not None:
+        from gpuledger.api.metrics import ApiMetrics
+
+        metrics = ApiMetrics(registry)
+    app = create_app(db, prices=book, auth=not args.no_auth, export_context=context, audit=audit_log(settings),
+                     metrics=metrics)
     if args.close_months:  # the scheduled monthly close (docs/chargeback.md)
         from gpuledger.analytics.export_cmd import MonthCloser
 
