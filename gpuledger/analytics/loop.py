@@ -45,7 +45,7 @@ __all__ = ["AttributionMetrics", "attribution_loop"]
 RUN_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 
 
-@dataclass
+@dataclass(eq=False)  # registries hold collectors in a set: identity, not value
 class AttributionMetrics(Collector):
     """What the loop reports; register with :meth:`register`."""
 

@@ -21,10 +21,11 @@ verified principal, not the header) and the client address.
 from __future__ import annotations
 
 import logging
+import re
 import time
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gpuledger.api.audit import PRINCIPAL_KEY
@@ -35,6 +36,8 @@ __all__ = ["CACHE_KEY", "ApiMetrics", "RequestMetrics"]
 
 access_log = logging.getLogger("gpuledger.api.access")
 
+#: Routes outside the OpenAPI document (the page, its script, the docs themselves).
+UNDOCUMENTED = ("/", "/static/{name}", "/docs", "/redoc", "/openapi.json")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -55,6 +58,7 @@ class RequestMetrics:
 
     def __init__(self, app: ASGIApp, metrics: ApiMetrics | None = None) -> None:
         self.app, self.metrics = app, metrics
+        self._templates: list[tuple[re.Pattern[str], str]] | None = None  # from the OpenAPI paths, on first use
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -87,9 +91,10 @@ class RequestMetrics:
 
     def _route(self, scope: Scope) -> str:
         """The template of the route that matches (bounded label values), else ``unmatched``."""
-        app = scope.get("app")
-        for route in getattr(getattr(app, "router", None), "routes", ()):
-            match, _ = route.matches({**scope, "method": "GET" if scope["method"] == "HEAD" else scope["method"]})
-            if match == Match.FULL:
-                return str(getattr(route, "path", "unmatched"))
-        return "unmatched"
+        if self._templates is None:
+            app: Any = scope.get("app")
+            paths = list(app.openapi().get("paths", {})) if hasattr(app, "openapi") else []
+            self._templates = [(re.compile("^" + re.sub(r"\\{[^/]+\\}", "[^/]+", re.escape(p)) + "$"), p)
+                               for p in [*paths, *UNDOCUMENTED]]
+        path = scope["path"]
+        return next((template for pattern, template in self._templates if pattern.match(path)), "unmatched")

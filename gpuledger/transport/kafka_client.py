@@ -176,8 +176,9 @@ class KafkaPublisher:
             self._pending.append(future)
 
     def _on_failure(self, exc: BaseException) -> None:
-        # Runs on the client's I/O thread; flush() raises for the same record.
-        log.warning("record to %s not delivered: %s: %s", self.topic, type(exc).__name__, exc)
+        # Runs on the client's I/O thread; flush() raises for the same record, and the caller logs the state
+        # change once (the agent's spool: "broker unreachable"), not once per record.
+        log.debug("record to %s not delivered: %s: %s", self.topic, type(exc).__name__, exc)
 
     def flush(self, timeout_s: float | None = None) -> None:
         """Wait for every record published since the last flush; raise if any failed.
