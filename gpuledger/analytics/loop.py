@@ -17,6 +17,9 @@ gpuledger_attribution_last_success_timestamp_seconds  gauge      end of the last
 gpuledger_attribution_run_duration_seconds          histogram    successful runs, lock wait included
 gpuledger_attribution_messages_total                counter      messages attributed
 gpuledger_attribution_rows_written_total            counter      ledger rows written
+gpuledger_attribution_pending_messages              gauge        messages waiting when the last successful run
+                                                                 started (a run attributes all it finds; ingest
+                                                                 cannot add any during a run: it holds the lock)
 ==================================================  ===========  ==========================================
 """
 
@@ -55,6 +58,7 @@ class AttributionMetrics(Collector):
     rows: int = 0
     failures: dict[str, int] = field(default_factory=dict)
     last_success: float | None = None
+    last_pending: int | None = None
     duration: Histogram | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -71,6 +75,7 @@ class AttributionMetrics(Collector):
             self.messages += messages
             self.rows += rows
             self.last_success = self.clock()
+            self.last_pending = messages
         if self.duration is not None:
             self.duration.observe(seconds)
 
@@ -81,8 +86,8 @@ class AttributionMetrics(Collector):
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:
-            runs, messages, rows, failures, last = (self.runs, self.messages, self.rows, dict(self.failures),
-                                                    self.last_success)
+            runs, messages, rows, failures, last, pending = (self.runs, self.messages, self.rows,
+                                                             dict(self.failures), self.last_success, self.last_pending)
         for name, value, doc in (("gpuledger_attribution_runs", runs, "Attribution runs started."),
                                  ("gpuledger_attribution_messages", messages, "Messages attributed."),
                                  ("gpuledger_attribution_rows_written", rows, "Ledger rows written.")):
@@ -99,6 +104,11 @@ class AttributionMetrics(Collector):
                        "attribution run, seconds since the epoch.", "gauge")
             s.add_sample(s.name, {}, last)
             yield s
+        if pending is not None:
+            w = Metric("gpuledger_attribution_pending_messages", "Messages waiting for attribution when the last "
+                       "successful run started.", "gauge")
+            w.add_sample(w.name, {}, float(pending))
+            yield w
 
     def describe(self) -> Iterator[Metric]:
         return iter(())

@@ -44,9 +44,12 @@ def test_a_run_is_recorded(db: Path) -> None:
     assert got[("gpuledger_attribution_rows_written_total", ())] > 0
     assert got[("gpuledger_attribution_last_success_timestamp_seconds", ())] == 42.0
     assert got[("gpuledger_attribution_run_duration_seconds_count", ())] == 1
+    assert got[("gpuledger_attribution_pending_messages", ())] == 12
     assert not [k for k in got if k[0] == "gpuledger_attribution_failures_total"]
     assert attribute_once(db, TenancyRules(), metrics)  # nothing new: a success with no messages
-    assert samples(registry)[("gpuledger_attribution_messages_total", ())] == 12
+    again = samples(registry)
+    assert again[("gpuledger_attribution_messages_total", ())] == 12
+    assert again[("gpuledger_attribution_pending_messages", ())] == 0
 
 
 def test_no_database_yet_is_a_counted_failure_not_a_crash_nor_a_file(tmp_path: Path) -> None:
