@@ -243,6 +243,20 @@ def test_args_and_settings_are_real(objects) -> None:
     assert seen, "no gpuledger container"
 
 
+def test_every_writable_path_is_a_volume(objects) -> None:
+    """The root filesystem is read-only: what a stage writes (the DuckDB file, numba's kernel cache) is mounted."""
+    for key, spec in pod_specs(objects).items():
+        for c in spec["containers"]:
+            assert c["securityContext"]["readOnlyRootFilesystem"] is True, (key, c["name"])
+            mounts = [m["mountPath"] for m in c["volumeMounts"] if not m.get("readOnly")]
+            env = {e["name"]: e.get("value") for e in c.get("env", [])}
+            for name in ("GPULEDGER_DB_PATH", "NUMBA_CACHE_DIR", "GPULEDGER_SPOOL_DIR"):
+                if env.get(name):
+                    assert any(Path(env[name]).is_relative_to(m) for m in mounts), (key, c["name"], name)
+            if c["name"] != "agent":
+                assert env.get("NUMBA_CACHE_DIR"), f"{key}/{c['name']}: numba needs a writable cache directory"
+
+
 def test_every_stage_runs_in_both_shapes() -> None:
     for values in ({}, LAKE):
         commands = {argv[0] for spec in pod_specs(render(values)).values() for c in spec["containers"]

@@ -73,6 +73,9 @@ envFrom:
 env:
   - name: GPULEDGER_DB_PATH
     value: {{ include "gpuledger.dbPath" . }}
+  # numba caches the compiled ledger kernel beside its source or in $HOME: both read-only here
+  - name: NUMBA_CACHE_DIR
+    value: /tmp/numba-cache
 {{- if .Values.kafka.saslPasswordSecret.name }}
   - name: GPULEDGER_KAFKA_SASL_PASSWORD
     valueFrom:
