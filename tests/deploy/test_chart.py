@@ -108,6 +108,15 @@ def test_every_object_is_valid_for_the_kubernetes_api(objects) -> None:
     assert not errors, "\n".join(errors)
 
 
+def test_a_long_release_name_still_gives_valid_names() -> None:
+    """Kubernetes' limits: 52 characters for a CronJob (its Jobs add 11) and a StatefulSet, 63 for the rest."""
+    objects = render(release="a-rather-long-release-name-for-the-team-gpu-fleet-in-eu-west")
+    for o in objects.values():
+        name = o["metadata"]["name"]
+        limit = 52 if o["kind"] in ("CronJob", "StatefulSet") else 63
+        assert len(name) <= limit and name[-1] != "-", f"{o['kind']}/{name}: {len(name)} > {limit}"
+
+
 def test_the_schema_check_catches_a_broken_object(default) -> None:
     sts = copy.deepcopy(default["StatefulSet/gpuledger"])
     sts["spec"]["template"]["spec"]["containers"][0]["volumeMount"] = []  # misspelt field
