@@ -7,7 +7,8 @@ collector, as the agent's; no gauge is mutated from the scrape thread):
 series                                          type         what
 ==============================================  ===========  ==============================================
 gpuledger_ingest_consumer_lag_messages          gauge        per topic/partition: end offset - committed,
-                                                             measured after each commit (at most every 5 s)
+                                                             measured after a commit or an empty poll (at
+                                                             most every 5 s)
 gpuledger_ingest_records_total                  counter      records polled
 gpuledger_ingest_messages_stored_total          counter      messages new to the store
 gpuledger_ingest_duplicates_total               counter      messages already stored (redelivery, replay)
@@ -30,6 +31,7 @@ letters, :class:`MeasuredSubscriber` records commits and lag.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -40,9 +42,12 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from gpuledger.errors import TransportError
 from gpuledger.store import DeadLetter, Store
 from gpuledger.transport import Record, Subscriber
 from gpuledger.transport.protocols import next_offsets
+
+log = logging.getLogger(__name__)
 
 __all__ = ["IngestMetrics", "MeasuredOpener", "MeasuredSubscriber", "reason_class"]
 
@@ -108,6 +113,10 @@ class IngestMetrics(Collector):
             self.last_commit = self.clock()
             if lag is not None:
                 self.lag = dict(lag)
+
+    def lagged(self, lag: dict[tuple[str, int], int]) -> None:
+        with self._lock:
+            self.lag = dict(lag)
 
     # --- rendering (the scrape thread) --------------------------------------------------------
 
@@ -194,8 +203,9 @@ class MeasuredOpener:
 
 
 class MeasuredSubscriber:
-    """Wraps a Subscriber: each successful commit sets the commit time and, at most every ``lag_every_s``
-    seconds, the lag of the partitions (when the subscriber can tell it: ``partition_lag()``)."""
+    """Wraps a Subscriber: each successful commit sets the commit time; the partitions' lag (when the subscriber
+    can tell it: ``partition_lag()``) is measured after a commit, and after a poll that found nothing (so an
+    idle consumer shows 0, not the lag of its last commit), at most every ``lag_every_s`` seconds."""
 
     def __init__(self, inner: Subscriber, metrics: IngestMetrics, *, lag_every_s: float = 5.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -206,19 +216,30 @@ class MeasuredSubscriber:
         self._lag_at: float | None = None
 
     def poll(self, timeout_s: float, max_records: int | None = None) -> list[Record]:
-        return self.inner.poll(timeout_s, max_records)
+        records = self.inner.poll(timeout_s, max_records)
+        if not records:
+            lag = self._lag()
+            if lag is not None:
+                self.metrics.lagged(lag)
+        return records
 
     def commit(self, records: Sequence[Record]) -> None:
         self.inner.commit(records)
-        if not next_offsets(records):
-            return
-        lag = None
-        now = self.clock()
+        if next_offsets(records):
+            self.metrics.committed(self._lag())
+
+    def _lag(self) -> dict[tuple[str, int], int] | None:
+        """The partitions' lag, or None when it is not time yet, not known, or cannot be read now."""
         partition_lag = getattr(self.inner, "partition_lag", None)
-        if partition_lag is not None and (self._lag_at is None or now - self._lag_at >= self.lag_every_s):
-            self._lag_at = now
-            lag = partition_lag()
-        self.metrics.committed(lag)
+        now = self.clock()
+        if partition_lag is None or (self._lag_at is not None and now - self._lag_at < self.lag_every_s):
+            return None
+        self._lag_at = now
+        try:
+            return dict(partition_lag())
+        except TransportError as exc:  # a lag we cannot read is not a failed commit or poll
+            log.warning("consumer lag not measured: %s", exc)
+            return None
 
     def close(self) -> None:
         self.inner.close()

@@ -70,6 +70,13 @@ def test_the_embedded_pod_ingests_attributes_and_serves(tmp_path: Path, kafka_br
 
         wait_until(lambda: scrape(ports["ingest"]).get("gpuledger_ingest_messages_stored_total", 0) >= 4, 120,
                    "ingest to store the agent's 4 messages")
+
+        def lag() -> dict[str, float]:
+            return {k: v for k, v in scrape(ports["ingest"]).items()
+                    if k.startswith("gpuledger_ingest_consumer_lag_messages{")}
+
+        wait_until(lambda: len(lag()) == 3 and sum(lag().values()) == 0, 30,
+                   "ingest's lag, measured on the broker, to read 0 on the topic's 3 partitions")
         wait_until(lambda: scrape(ports["attribution"]).get("gpuledger_attribution_messages_total", 0) >= 4, 120,
                    "the attribution loop to attribute them")
         attribution = scrape(ports["attribution"])

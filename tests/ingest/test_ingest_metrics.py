@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gpuledger import wire
 from gpuledger.cli.common import metrics_registry
+from gpuledger.errors import TransportError
 from gpuledger.ingest.consumer import Ingestor
 from gpuledger.ingest.metrics import IngestMetrics, MeasuredOpener, MeasuredSubscriber, reason_class
 from gpuledger.ingest.opener import FileOpener
@@ -64,9 +65,26 @@ def test_a_run_is_counted_timed_and_its_lag_measured(tmp_path: Path) -> None:
     assert sum(transport.partition_lag().values()) == 3
     metrics_before = samples(generate_latest(registry).decode())
     assert sum(v for k, v in metrics_before.items() if k[0] == "gpuledger_ingest_consumer_lag_messages") == 0
-    MeasuredSubscriber(transport, metrics, lag_every_s=0).commit(transport.poll(0.1, max_records=1))
+    measured = MeasuredSubscriber(transport, metrics, lag_every_s=0)
+    measured.commit(measured.poll(0.1, max_records=1))
     after = samples(generate_latest(registry).decode())
     assert sum(v for k, v in after.items() if k[0] == "gpuledger_ingest_consumer_lag_messages") == 2
+    measured.commit(measured.poll(0.1))  # the rest
+    assert measured.poll(0.05) == []  # idle: the lag is measured again, not left at its last commit's
+    idle = samples(generate_latest(registry).decode())
+    assert sum(v for k, v in idle.items() if k[0] == "gpuledger_ingest_consumer_lag_messages") == 0
+
+
+def test_a_lag_that_cannot_be_read_is_not_a_failed_commit() -> None:
+    class NoLag(MemoryTransport):
+        def partition_lag(self) -> dict[tuple[str, int], int]:
+            raise TransportError("broker gone", hint="-")
+
+    transport = NoLag("t")
+    transport.publish(b"k", b"v")
+    metrics = IngestMetrics(CollectorRegistry(auto_describe=False), clock=lambda: 7.0)
+    MeasuredSubscriber(transport, metrics, lag_every_s=0).commit(transport.poll(0.1))  # does not raise
+    assert metrics.last_commit == 7.0 and metrics.lag == {}
 
 
 def test_no_commit_no_commit_time() -> None:
