@@ -15,6 +15,16 @@ Data sources (fixed uids, see provisioning/datasources/gpuledger.yaml):
   API's base URL and a bearer token; panels use relative URLs with
   ``start=${__from}&end=${__to}`` (epoch ms);
 - ``prometheus``: Prometheus scraping the agents (DCGM field names).
+
+Variables (``/v1/values?dimension=...``, each following the ones before it):
+``$cluster``, ``$tenant``, ``$namespace``, ``$model`` on the showback and idle
+dashboards, used by every panel there (``FILTERS``); ``$cluster``, ``$model``
+and ``$gpu`` on the GPU dashboard. "All" is the empty value, which the API
+reads as no filter. Values are ``percentencode``d into the URLs.
+
+tests/dashboards also validates each dashboard against Grafana's dashboard
+JSON schema (vendored in dashboards/schema/, see its README) and each
+Infinity query against the plugin's query model.
 """
 
 from __future__ import annotations
@@ -29,6 +39,9 @@ CHART_COPIES = HERE.parent / "deploy" / "helm" / "gpuledger" / "files" / "dashbo
 INFINITY = {"type": "yesoreyeram-infinity-datasource", "uid": "gpuledger-api"}
 PROMETHEUS = {"type": "prometheus", "uid": "prometheus"}
 PERIOD = "start=${__from}&end=${__to}"
+#: The dashboard variables every panel of the showback and idle dashboards filters by.
+FILTERS = ("cluster=${cluster:percentencode}&tenant=${tenant:percentencode}"
+           "&namespace=${namespace:percentencode}&model=${model:percentencode}")
 
 
 def col(selector: str, kind: str = "number", text: str | None = None) -> dict[str, str]:
@@ -58,16 +71,42 @@ def dashboard(uid: str, title: str, panels: list[dict[str, Any]], variables: lis
               time_from: str = "now-7d") -> dict[str, Any]:
     return {"uid": uid, "title": title, "tags": ["gpuledger"], "timezone": "utc", "schemaVersion": 39,
             "version": 1, "editable": True, "refresh": "", "time": {"from": time_from, "to": "now"},
-            "templating": {"list": variables or []}, "panels": panels,
-            "links": [{"title": "gpuledger dashboards", "type": "dashboards", "tags": ["gpuledger"]}]}
+            "templating": {"list": variables or []}, "panels": panels, "annotations": {"list": []},
+            "links": [{"title": "gpuledger dashboards", "type": "dashboards", "tags": ["gpuledger"], "icon": "",
+                       "tooltip": "", "asDropdown": True, "targetBlank": False, "includeVars": True,
+                       "keepTime": True}]}
 
 
-def query_var(name: str, label: str, url: str, selector: str) -> dict[str, Any]:
-    """An Infinity-backed template variable (one column of the API's answer)."""
-    q = infinity(url, [col(selector, "string")], root="rows")
-    return {"name": name, "label": label, "type": "query", "datasource": INFINITY, "refresh": 2,
-            "query": {"infinityQuery": q, "query": "", "queryType": "infinity"}, "includeAll": False,
-            "multi": False, "current": {}}
+def query_var(name: str, label: str, url: str, selector: str, root: str = "rows",
+              all_value: bool = False) -> dict[str, Any]:
+    """An Infinity-backed template variable (one column of the API's answer).
+
+    The query is Infinity's ``VariableQueryInfinity`` (``queryType``, ``refId``,
+    ``infinityQuery``); with ``all_value`` an "All" option whose value is empty:
+    the API reads an empty filter as none.
+    """
+    q = infinity(url, [col(selector, "string")], root=root)
+    var: dict[str, Any] = {"name": name, "label": label, "type": "query", "datasource": INFINITY, "refresh": 2,
+                           "query": {"queryType": "infinity", "refId": f"variable-{name}", "infinityQuery": q},
+                           "includeAll": all_value, "multi": False, "sort": 1}
+    if all_value:
+        var.update(allValue="", current={"text": "All", "value": "$__all"})
+    return var
+
+
+def dimension_var(name: str, label: str, after: str = "") -> dict[str, Any]:
+    """A variable listing one dimension's values (``/v1/values``), filtered by the variables before it."""
+    return query_var(name, label, f"/v1/values?dimension={name}&{PERIOD}{after}", "value", root="", all_value=True)
+
+
+#: $cluster, $tenant, $namespace, $model: each lists its values under the ones before it.
+FILTER_VARS = [
+    dimension_var("cluster", "Cluster"),
+    dimension_var("tenant", "Tenant", "&cluster=${cluster:percentencode}"),
+    dimension_var("namespace", "Namespace", "&cluster=${cluster:percentencode}&tenant=${tenant:percentencode}"),
+    dimension_var("model", "GPU model", "&cluster=${cluster:percentencode}&tenant=${tenant:percentencode}"
+                  "&namespace=${namespace:percentencode}"),
+]
 
 
 USAGE_COLS = [col("time", "timestamp_epoch"), col("tenant", "string"), col("used_gpu_hours"),
@@ -102,63 +141,86 @@ def fleet() -> dict[str, Any]:
                   col("node", "string"), col("gpu_index"), col("gpu", "string"), col("model", "string"),
                   col("sharing", "string"), col("health", "string"), col("xid_events"), col("field_errors"),
                   col("last_seen", "timestamp")], root="rows")], 0, 32, w=24, h=10),
+        panel(11, "Fleet economics per pool: utilization, cost per used GPU-hour, rent vs own (API)", "table",
+              [infinity(f"/v1/economics?{PERIOD}", [
+                  col("pool", "string"), col("model", "string"), col("utilization"), col("allocation"),
+                  col("efficiency"), col("own_cost"), col("cost_per_used_gpu_hour"), col("cloud_rate"),
+                  col("rented_used_cost"), col("rented_allocated_cost"), col("break_even_utilization")],
+                        root="pools")], 0, 42, w=24, h=8,
+              description="From the hourly rollups (docs/economics.md); needs an admin or finance token. "
+              "break_even_utilization: above it, owning is cheaper than renting the used hours on demand."),
     ]
     return dashboard("gpuledger-fleet", "gpuledger / Fleet utilization and health", panels, time_from="now-6h")
 
 
 def showback() -> dict[str, Any]:
+    q = f"{PERIOD}&{FILTERS}"
     panels = [
         panel(1, "GPU-hours used per tenant", "timeseries",
-              [infinity(f"/v1/series/showback?{PERIOD}&group_by=tenant", USAGE_COLS, fmt="timeseries")], 0, 0,
+              [infinity(f"/v1/series/showback?{q}&group_by=tenant", USAGE_COLS, fmt="timeseries")], 0, 0,
               unit="h", description="Busy GPU-hours per time bucket (hour/day/month by range)."),
         panel(2, "Cost per tenant over time", "timeseries",
-              [infinity(f"/v1/series/showback?{PERIOD}&group_by=tenant",
+              [infinity(f"/v1/series/showback?{q}&group_by=tenant",
                         [col("time", "timestamp_epoch"), col("tenant", "string"), col("cost")], fmt="timeseries")],
               12, 0, unit="currencyUSD"),
-        panel(3, "Showback by tenant", "table",
-              [infinity(f"/v1/showback?{PERIOD}&group_by=tenant&limit=1000", [
+        panel(3, "Efficiency per tenant over time", "timeseries",
+              [infinity(f"/v1/series/efficiency?{q}&group_by=tenant",
+                        [col("time", "timestamp_epoch"), col("tenant", "string"), col("utilization")],
+                        fmt="timeseries")], 0, 8, unit="percentunit",
+              description="Used / (used + allocated idle) GPU-hours per time bucket: what a tenant held and ran."),
+        panel(4, "Idle cost per tenant over time", "timeseries",
+              [infinity(f"/v1/series/efficiency?{q}&group_by=tenant",
+                        [col("time", "timestamp_epoch"), col("tenant", "string"), col("idle_cost")],
+                        fmt="timeseries")], 12, 8, unit="currencyUSD",
+              description="Cost of the GPU time each tenant held allocated but idle, per time bucket."),
+        panel(5, "Showback by tenant", "table",
+              [infinity(f"/v1/showback?{q}&group_by=tenant&limit=1000", [
                   col("tenant", "string"), col("used_gpu_hours"), col("allocated_idle_gpu_hours"),
-                  col("unmeasured_gpu_hours"), col("unallocated_gpu_hours"), col("memory_gb_hours"),
-                  col("energy_kwh"), col("coverage"), col("cost"), col("currency", "string")], root="rows")],
-              0, 8, w=24, h=9),
-        panel(4, "Cost by tenant and GPU model", "barchart",
-              [infinity(f"/v1/showback?{PERIOD}&group_by=tenant,model&limit=1000", [
-                  col("tenant", "string"), col("model", "string"), col("cost")], root="rows")], 0, 17, w=24,
+                  col("unmeasured_gpu_hours"), col("unallocated_gpu_hours"), col("utilization"),
+                  col("memory_gb_hours"), col("energy_kwh"), col("coverage"), col("cost"), col("idle_cost"),
+                  col("currency", "string")], root="rows")],
+              0, 16, w=24, h=9),
+        panel(6, "Cost by tenant and GPU model", "barchart",
+              [infinity(f"/v1/showback?{q}&group_by=tenant,model&limit=1000", [
+                  col("tenant", "string"), col("model", "string"), col("cost")], root="rows")], 0, 25, w=24,
               unit="currencyUSD"),
     ]
-    return dashboard("gpuledger-showback", "gpuledger / Tenant showback and cost", panels)
+    return dashboard("gpuledger-showback", "gpuledger / Tenant showback and cost", panels, FILTER_VARS)
 
 
 def idle() -> dict[str, Any]:
+    q = f"{PERIOD}&{FILTERS}"
     panels = [
         panel(1, "Allocated vs used GPU-hours", "timeseries",
-              [infinity(f"/v1/series/efficiency?{PERIOD}&group_by=tenant", [
+              [infinity(f"/v1/series/efficiency?{q}&group_by=tenant", [
                   col("time", "timestamp_epoch"), col("tenant", "string"), col("allocated_gpu_hours"),
                   col("used_gpu_hours"), col("idle_gpu_hours"), col("utilization")], fmt="timeseries")], 0, 0,
               unit="h"),
         panel(2, "Idle cost per tenant over time", "timeseries",
-              [infinity(f"/v1/series/efficiency?{PERIOD}&group_by=tenant", [
+              [infinity(f"/v1/series/efficiency?{q}&group_by=tenant", [
                   col("time", "timestamp_epoch"), col("tenant", "string"), col("idle_cost")], fmt="timeseries")],
               12, 0, unit="currencyUSD"),
         panel(3, "Top wasters (idle cost)", "table",
-              [infinity(f"/v1/efficiency/top-wasters?{PERIOD}&group_by=tenant,workload&limit=20", [
+              [infinity(f"/v1/efficiency/top-wasters?{q}&group_by=tenant,workload&limit=20", [
                   col("tenant", "string"), col("workload", "string"), col("idle_gpu_hours"), col("idle_cost"),
                   col("utilization"), col("allocated_gpu_hours")], root="rows")], 0, 8),
         panel(4, "GPUs allocated but idle for 2 h or more", "table",
-              [infinity(f"/v1/efficiency/idle-gpus?{PERIOD}&min_hours=2&limit=1000", [
+              [infinity(f"/v1/efficiency/idle-gpus?{q}&min_hours=2&limit=1000", [
                   col("node", "string"), col("gpu", "string"), col("mig_index"), col("tenant", "string"),
                   col("pod", "string"), col("idle_since", "timestamp"), col("idle_hours"), col("ongoing", "string")],
                         root="rows")], 12, 8),
         panel(5, "Efficiency and coverage by tenant", "table",
-              [infinity(f"/v1/efficiency?{PERIOD}&group_by=tenant&limit=1000", [
+              [infinity(f"/v1/efficiency?{q}&group_by=tenant&limit=1000", [
                   col("tenant", "string"), col("allocated_gpu_hours"), col("used_gpu_hours"), col("idle_gpu_hours"),
                   col("utilization"), col("idle_cost"), col("coverage")], root="rows")], 0, 16, w=24),
     ]
-    return dashboard("gpuledger-idle", "gpuledger / Idle waste", panels)
+    return dashboard("gpuledger-idle", "gpuledger / Idle waste", panels, FILTER_VARS)
 
 
 def gpu() -> dict[str, Any]:
-    variables = [query_var("gpu", "GPU", f"/v1/fleet?{PERIOD}&limit=1000", "gpu")]
+    variables = [FILTER_VARS[0], dimension_var("model", "GPU model", "&cluster=${cluster:percentencode}"),
+                 query_var("gpu", "GPU", f"/v1/fleet?{PERIOD}&cluster=${{cluster:percentencode}}"
+                           "&model=${model:percentencode}&limit=1000", "gpu")]
     panels = [
         panel(1, "Who used this GPU over time", "timeseries",
               [infinity(f"/v1/series/gpu?gpu=${{gpu}}&{PERIOD}&group_by=tenant", USAGE_COLS, fmt="timeseries")],

@@ -24,6 +24,8 @@ Compression = Literal["zstd", "gzip", "lz4", "snappy", "none"]
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 #: Rows of the chargeback file per billing month or per UTC day.
 ChargePeriod = Literal["month", "day"]
+FocusVersion = Literal["1.4", "1.2"]
+IdlePolicy = Literal["holder", "share_unallocated", "platform"]
 
 
 class Settings(BaseSettings):
@@ -32,6 +34,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GPULEDGER_", extra="ignore", frozen=True)
 
     db_path: str = Field("gpuledger.duckdb", description="DuckDB file that ingest writes and the API reads.")
+    duckdb_memory_limit: str = Field(
+        "1GB", pattern=r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$",
+        description="Most memory DuckDB may use per process (e.g. 512MB, 2GB); past it, it spills to disk "
+        "next to the database file.")
     kafka_bootstrap: str | None = Field(
         None,
         description="Kafka bootstrap servers (host:port[,host:port]) the agent publishes to and ingest reads; "
@@ -98,6 +104,14 @@ class Settings(BaseSettings):
     rollup_retention_months: int = Field(
         36, description="Months of hourly rollups (ledger_hourly) `gpuledger retention` keeps (0: forever)."
     )
+    ledger_window_days: float = Field(
+        7.0, ge=0,
+        description="Days of interval-grain ledger rows `gpuledger attribute` keeps, counted back from the newest "
+        "stored message; older hours are kept as hourly rollups only (the bill is made from them) and `explain` "
+        "recomputes their interval rows from the raw samples while those are kept. 0: keep every interval.")
+    attribute_workers: int = Field(
+        0, ge=0, description="Processes that run the attribution kernel beside the one reading and writing "
+        "the database (0: one per core).")
     api_host: str = Field("127.0.0.1", description="Address the API binds (`gpuledger serve`, and the demo's).")
     api_port: int = Field(8080, description="Port the API binds (`gpuledger serve`, and the demo's).")
     api_tls_certfile: str | None = Field(
@@ -113,11 +127,37 @@ class Settings(BaseSettings):
     )
     prices_path: str | None = Field(None, description="Price book TOML; unset: the shipped default book.")
     tenancy_path: str | None = Field(None, description="Tenancy rules TOML; unset: label `team`, else namespace.")
+    cloud_rates_path: str | None = Field(
+        None, description="On-demand cloud rates TOML for fleet economics; unset: the shipped, dated example."
+    )
+    budgets_path: str | None = Field(
+        None, description="Per-tenant monthly budgets TOML (`/v1/budgets`, `/metrics`, `report budgets`); unset: none."
+    )
+    work_units_path: str | None = Field(
+        None, description="Work units TOML (PromQL per unit, imported hourly); unset: the shipped vLLM token counters."
+    )
+    queues_path: str | None = Field(
+        None, description="Kueue TOML (resource, ClusterQueue -> tenant); unset: nvidia.com/gpu, tenant = queue name."
+    )
+    prometheus_url: str | None = Field(
+        None, description="Prometheus base URL work units are imported from; unset: the work units file's."
+    )
+    node_pools_path: str | None = Field(
+        None, description="Node pools TOML (node name globs -> pool) for fleet economics; unset: `unassigned`."
+    )
     billing_account_id: str = Field("gpuledger", description="FOCUS BillingAccountId of the chargeback file.")
     billing_account_name: str = Field("gpuledger GPU fleet", description="FOCUS BillingAccountName.")
     provider_name: str = Field("gpuledger", description="FOCUS ProviderName, PublisherName and InvoiceIssuerName.")
     region_id: str | None = Field(None, description="FOCUS RegionId/RegionName of the fleet; unset: null.")
     charge_period: ChargePeriod = Field("month", description="Chargeback rows per `month` or per UTC `day`.")
+    idle_policy: IdlePolicy = Field(
+        "holder", description="Who pays for idle GPU time in the chargeback file: `holder` (allocated idle stays "
+        "with the holder, unallocated on platform), `share_unallocated` (unallocated spread over the tenants by "
+        "their GPU-hours, like OpenCost's shareIdle) or `platform` (tenants pay only for busy and unmeasured time)."
+    )
+    focus_version: FocusVersion = Field(
+        "1.4", description="FOCUS version of the chargeback file: `1.4` (split cost allocation columns) or `1.2`."
+    )
     close_grace_hours: float = Field(
         6.0, description="`serve --close-months`: close a month this many hours after it ends."
     )

@@ -22,6 +22,7 @@ def test_demo_writes_outputs_and_its_csv_totals_fleet_capacity_times_price(tmp_p
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "chargeback" in run.stdout
+    assert "tenancy rules demo-1: each namespace is its team's tenant (team-vision -> vision" in run.stdout
     csv = out / "chargeback-2026-10.csv"
     assert csv.exists() and (out / "gpuledger.duckdb").exists()
 
@@ -35,6 +36,9 @@ def test_demo_writes_outputs_and_its_csv_totals_fleet_capacity_times_price(tmp_p
             "WHERE mig_index = -1 GROUP BY model"
         )
         hours = store.scalar("SELECT (max(interval_end_ns) - min(interval_start_ns)) / 3.6e12 FROM messages")
+        tenants = set(store.query("SELECT DISTINCT tenant FROM ledger")["tenant"])
+    # One tenant per team: pods without the team label no longer fall back to their namespace.
+    assert tenants - {"platform", "unattributed"} == {"vision", "nlp", "search", "ads", "research"}
     book = default_price_book()
     expected = Decimal(0)
     for model, ns in zip(cap["model"], cap["ns"]):

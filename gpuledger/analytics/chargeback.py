@@ -30,11 +30,12 @@ billed on the day it started.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from fractions import Fraction
+from typing import Any
 
 import polars as pl
 
@@ -54,12 +55,17 @@ __all__ = [
     "PoolMap",
     "ReconciliationError",
     "Totals",
-    "attach_prices",
+    "Usage",
     "chargeback_csv",
     "chargeback_lines",
     "costed_lines",
+    "hour_rows_sql",
+    "line_keys",
+    "price_usage",
+    "read_usage",
+    "usage_of",
+    "usage_sql",
     "monthly_totals",
-    "pools",
     "read_ledger",
     "showback",
 ]
@@ -88,7 +94,6 @@ _METRICS = {
     .sum(),
     # Null when no row of the line measured energy: missing is not zero.
     "energy_j": pl.when(pl.col("energy_j").is_not_null().any()).then(pl.col("energy_j").sum()),
-    "energy_measured_seconds": pl.col("gpu_seconds").filter(pl.col("energy_j").is_not_null()).sum(),
 }
 
 
@@ -138,69 +143,90 @@ class Totals:
         return self.fleet_cost == self.billed_total
 
 
-def attach_prices(ledger: pl.LazyFrame, book: PriceBook) -> tuple[pl.LazyFrame, dict[str, Price]]:
-    """Add ``entry_id`` (the price entry of each row) and return the prices by entry id."""
-    ledger = ledger.with_columns(
+@dataclass(frozen=True)
+class Usage:
+    """What a period's bill is computed from: sums per line keys and the GPU capacity behind them.
+
+    ``sums``: one row per key × ``model`` × ``_profile`` (MIG profile, "" for a
+    whole GPU) × ``_day`` (UTC date, the price's day) with the :data:`_METRICS`
+    and ``_sharing`` (list of sharing modes). ``capacity``: one row per
+    ``model`` × ``_profile`` × ``_day`` with ``units`` (GPU-nanoseconds × 840,
+    exact integers), ``min_k`` (the smallest slice share, a check) and
+    ``energy_j`` (measured joules, null when none). Both are small: their size
+    does not grow with the fleet's ticks or days beyond one row per day.
+    """
+
+    sums: pl.DataFrame
+    capacity: pl.DataFrame
+
+
+_PRICE_KEYS = ["model", "_profile", "_day"]
+
+
+def _split_units(per: pl.LazyFrame, unit: list[str]) -> pl.LazyFrame:
+    """Per physical GPU interval (``unit`` keys, length ``dt`` ns): its model × profile groups' shares in 1/840.
+
+    ``per`` has one row per ``unit`` × model × ``_profile`` with ``secs``; the
+    largest group (ties: model, profile) takes the rounding remainder so the
+    shares of one interval sum to exactly 840.
+    """
+    return (
+        per.with_columns(total=pl.col("secs").sum().over(unit))
+        .with_columns(k=(pl.col("secs") / pl.col("total") * SLICE_UNITS + 0.5).floor().fill_nan(0).cast(pl.Int64))
+        .sort([*unit, "secs", "model", "_profile"], descending=[False] * len(unit) + [True, False, False])
+        .with_columns(first=pl.int_range(pl.len()).over(unit) == 0)
+        .with_columns(k=pl.when("first").then(SLICE_UNITS - (pl.col("k").sum().over(unit) - pl.col("k")))
+                      .otherwise("k"))
+    )
+
+
+def usage_of(ledger: pl.LazyFrame, by: Sequence[str]) -> Usage:
+    """:class:`Usage` of ledger rows (interval grain; the API and the tests' path), grouped by ``by``."""
+    ledger = _with_line_kind(ledger).with_columns(
+        energy_j=pl.col("energy_j").fill_nan(None),  # NaN energy: unmeasured
         _day=pl.from_epoch("interval_start_ns", time_unit="ns").dt.date(),
         _profile=pl.col("profile").fill_null(""),
     )
-    keys = ledger.select("model", "_profile", "_day").unique().collect()
+    keys = list(dict.fromkeys([*by, *_PRICE_KEYS]))
+    sums = ledger.group_by(keys).agg(**_METRICS, _sharing=pl.col("sharing").unique())
+    per = (ledger.group_by([*_GPU_INTERVAL, *_PRICE_KEYS])
+           .agg(secs=pl.col("gpu_seconds").sum(), dt=(pl.col("interval_end_ns") - pl.col("interval_start_ns")).max(),
+                energy_j=pl.col("energy_j").sum(), measured=pl.col("energy_j").is_not_null().any())
+           .with_columns(dt=pl.col("dt").max().over(_GPU_INTERVAL)))
+    capacity = (_split_units(per, _GPU_INTERVAL).group_by(_PRICE_KEYS)
+                .agg(units=(pl.col("dt").cast(pl.Int128) * pl.col("k")).sum(), min_k=pl.col("k").min(),
+                     energy_j=pl.when(pl.col("measured").any()).then(pl.col("energy_j").filter("measured").sum())))
+    collected = pl.collect_all([sums, capacity])
+    return Usage(collected[0], collected[1])
+
+
+def price_usage(usage: Usage, book: PriceBook, by: Sequence[str]) -> tuple[pl.DataFrame, PoolMap]:
+    """Metrics and cost per ``by`` × model × price entry; the pools they came from.
+
+    Columns: the keys, ``entry_id``, the ``_METRICS`` (seconds, joules),
+    ``sharing_modes`` and ``capacity_cost`` / ``energy_cost`` (Decimal; energy
+    null when not charged).
+    """
+    days = pl.concat([usage.sums.select(_PRICE_KEYS), usage.capacity.select(_PRICE_KEYS)]).unique()
     prices: dict[str, Price] = {}
     entry_ids: list[str] = []
-    for model, profile, day in keys.iter_rows():
+    for model, profile, day in days.iter_rows():
         price = book.price_for(model, profile or None, day)
         prices[price.entry_id] = price
         entry_ids.append(price.entry_id)
-    lookup = keys.with_columns(entry_id=pl.Series(entry_ids, dtype=pl.String)).lazy()
-    priced = ledger.join(lookup, on=["model", "_profile", "_day"], how="left").drop("_day", "_profile")
-    return priced, prices
-
-
-def pools(priced: pl.LazyFrame, prices: dict[str, Price], quantum: Decimal) -> PoolMap:
-    """Capacity and its cost per (model, entry_id), from integer interval nanoseconds."""
-    per = (
-        priced.group_by([*_GPU_INTERVAL, "model", "entry_id"])
-        .agg(secs=pl.col("gpu_seconds").sum(), dt=(pl.col("interval_end_ns") - pl.col("interval_start_ns")).max(),
-             energy=pl.col("energy_j").sum(), measured=pl.col("energy_j").is_not_null().any())
-        .with_columns(total=pl.col("secs").sum().over(_GPU_INTERVAL), dt=pl.col("dt").max().over(_GPU_INTERVAL))
-        .with_columns(k=(pl.col("secs") / pl.col("total") * SLICE_UNITS).fill_nan(0).round().cast(pl.Int64))
-        .sort([*_GPU_INTERVAL, "secs", "model", "entry_id"], descending=[False] * 4 + [True, False, False])
-        .with_columns(first=pl.int_range(pl.len()).over(_GPU_INTERVAL) == 0)
-        .with_columns(k=pl.when("first").then(SLICE_UNITS - (pl.col("k").sum().over(_GPU_INTERVAL) - pl.col("k")))
-                      .otherwise("k"))
-    )
-    sums = (
-        per.group_by("model", "entry_id")
-        .agg(units=(pl.col("dt").cast(pl.Int128) * pl.col("k")).sum(), min_k=pl.col("k").min(),
-             energy=pl.when(pl.col("measured").any()).then(pl.col("energy").filter("measured").sum()))
-        .collect()
-    )
-    out: PoolMap = {}
-    for model, entry_id, units, min_k, energy in sums.sort("model", "entry_id").iter_rows():
-        if min_k < 0:
-            raise ReconciliationError(f"negative slice share in pool {model}/{entry_id}")
-        price = prices[entry_id]
-        capacity = Fraction(int(units), SLICE_UNITS)
-        cost = quantize_fraction(capacity / HOUR_NS * Fraction(price.per_gpu_hour), quantum)
-        e_cost = None
-        if price.energy_per_kwh is not None and energy is not None:
-            e_cost = quantize_fraction(Fraction(energy) / J_PER_KWH * Fraction(price.energy_per_kwh), quantum)
-        out[(model, entry_id)] = Pool(model, price, capacity, cost, energy, e_cost)
-    return out
-
-
-def costed_lines(ledger: pl.LazyFrame, book: PriceBook, by: Sequence[str]) -> tuple[pl.DataFrame, PoolMap]:
-    """Metrics and cost per ``by`` × model × price entry; the pools they came from.
-
-    Columns: the keys, ``entry_id``, the ``_METRICS`` (seconds, joules) and
-    ``capacity_cost`` / ``energy_cost`` (Decimal; energy null when not charged).
-    """
-    ledger = ledger.with_columns(energy_j=pl.col("energy_j").fill_nan(None))  # NaN energy: unmeasured
-    priced, prices = attach_prices(_with_line_kind(ledger), book)
-    pool_map = pools(priced, prices, book.quantum)
+    lookup = days.with_columns(entry_id=pl.Series(entry_ids, dtype=pl.String))
+    pool_map = _pools(usage.capacity.join(lookup, on=_PRICE_KEYS, how="left"), prices, book.quantum)
     keys = list(dict.fromkeys([*by, "model", "entry_id"]))
-    lines = (priced.group_by(keys).agg(**_METRICS, sharing_modes=pl.col("sharing").unique().sort().str.join(","))
-             .sort(keys, nulls_last=True).collect())
+    summed = [pl.col(m).sum() for m in _METRICS if m != "energy_j"]
+    memory = ({"memory_gb_seconds": pl.when(pl.col("memory_gb_seconds").is_not_null().any())
+               .then(pl.col("memory_gb_seconds").sum())} if "memory_gb_seconds" in usage.sums.columns else {})
+    modes = pl.col("_sharing").list.explode(keep_nulls=False, empty_as_null=False).unique().sort().str.join(",")
+    lines = (usage.sums.join(lookup, on=_PRICE_KEYS, how="left", nulls_equal=True)
+             .group_by(keys)
+             .agg(*summed, energy_j=pl.when(pl.col("energy_j").is_not_null().any()).then(pl.col("energy_j").sum()),
+                  sharing_modes=modes, **memory)
+             .select(*keys, *_METRICS, "sharing_modes", *memory)
+             .sort(keys, nulls_last=True))
     bad = lines.filter(pl.col("gpu_seconds").is_nan() | (pl.col("gpu_seconds") < 0))
     if bad.height:
         raise LedgerDataError(f"{bad.height} charge line(s) have NaN or negative GPU-seconds, "
@@ -225,21 +251,54 @@ def costed_lines(ledger: pl.LazyFrame, book: PriceBook, by: Sequence[str]) -> tu
                               energy_cost=pl.Series(e_cost, dtype=money)), pool_map
 
 
-def chargeback_lines(ledger: pl.LazyFrame, book: PriceBook, charge_period: str = "month",
+def _pools(capacity: pl.DataFrame, prices: dict[str, Price], quantum: Decimal) -> PoolMap:
+    """Capacity and its cost per (model, entry_id), from the exact integer units."""
+    sums = (capacity.group_by("model", "entry_id")
+            .agg(units=pl.col("units").cast(pl.Int128).sum(), min_k=pl.col("min_k").min(),
+                 energy=pl.when(pl.col("energy_j").is_not_null().any()).then(pl.col("energy_j").sum())))
+    out: PoolMap = {}
+    for model, entry_id, units, min_k, energy in sums.sort("model", "entry_id").iter_rows():
+        if min_k is not None and min_k < 0:
+            raise ReconciliationError(f"negative slice share in pool {model}/{entry_id}")
+        price = prices[entry_id]
+        capacity_ns = Fraction(int(units), SLICE_UNITS)
+        cost = quantize_fraction(capacity_ns / HOUR_NS * Fraction(price.per_gpu_hour), quantum)
+        e_cost = None
+        if price.energy_per_kwh is not None and energy is not None:
+            e_cost = quantize_fraction(Fraction(energy) / J_PER_KWH * Fraction(price.energy_per_kwh), quantum)
+        out[(model, entry_id)] = Pool(model, price, capacity_ns, cost, energy, e_cost)
+    return out
+
+
+def costed_lines(ledger: pl.LazyFrame, book: PriceBook, by: Sequence[str]) -> tuple[pl.DataFrame, PoolMap]:
+    """:func:`price_usage` of ledger rows (interval grain)."""
+    return price_usage(usage_of(ledger, by), book, by)
+
+
+def line_keys(charge_period: str) -> list[str]:
+    """The keys of a chargeback line for ``charge_period`` (``day`` adds ``charge_day_ns``)."""
+    if charge_period not in CHARGE_PERIODS:
+        raise ValueError(f"charge period must be one of {CHARGE_PERIODS}, got {charge_period!r}")
+    return [*LINE_KEYS, "charge_day_ns"] if charge_period == "day" else list(LINE_KEYS)
+
+
+def chargeback_lines(source: pl.LazyFrame | Usage, book: PriceBook, charge_period: str = "month",
                      ) -> tuple[pl.DataFrame, PoolMap]:
     """One line per tenant × model × MIG profile × kind of line × price entry (× UTC day).
 
-    ``line_kind`` is ``unallocated`` for the platform's idle capacity, else ``usage``.
-    With ``charge_period="day"`` lines are also split by ``charge_day_ns`` (the
-    UTC midnight, ns, of the day each interval starts); pools stay monthly, so
-    the month's total is the same at either granularity.
+    ``source``: ledger rows, or the :class:`Usage` :func:`read_usage` made with
+    the same :func:`line_keys`. ``line_kind`` is ``unallocated`` for the
+    platform's idle capacity, else ``usage``. With ``charge_period="day"``
+    lines are also split by ``charge_day_ns`` (the UTC midnight, ns, of the day
+    each interval starts); pools stay monthly, so the month's total is the
+    same at either granularity.
     """
-    if charge_period not in CHARGE_PERIODS:
-        raise ValueError(f"charge period must be one of {CHARGE_PERIODS}, got {charge_period!r}")
+    keys = line_keys(charge_period)
+    if isinstance(source, Usage):
+        return price_usage(source, book, keys)
     if charge_period == "day":
-        ledger = ledger.with_columns(charge_day_ns=pl.col("interval_start_ns") - pl.col("interval_start_ns") % DAY_NS)
-        return costed_lines(ledger, book, [*LINE_KEYS, "charge_day_ns"])
-    return costed_lines(ledger, book, LINE_KEYS)
+        source = source.with_columns(charge_day_ns=pl.col("interval_start_ns") - pl.col("interval_start_ns") % DAY_NS)
+    return costed_lines(source, book, keys)
 
 
 def showback(ledger: pl.LazyFrame, book: PriceBook, by: Sequence[str]) -> pl.DataFrame:
@@ -293,6 +352,151 @@ def read_ledger(store: Store, start: datetime, end: datetime) -> pl.LazyFrame:
     """The ledger rows whose interval starts in [start, end), from the store (StoreError if it fails)."""
     sql = f"SELECT {_READ} FROM ledger WHERE interval_start_ns >= ? AND interval_start_ns < ?"
     return store.query(sql, [to_ns(start), to_ns(end)]).lazy()
+
+
+#: SQL for the line keys :func:`read_usage` can group by (the rest are plain columns of the rollups).
+_KEY_SQL = {
+    "line_kind": f"CASE WHEN kind = '{kinds.UNALLOCATED}' THEN 'unallocated' ELSE 'usage' END",
+    "charge_day_ns": f"hour_start_ns - hour_start_ns % {DAY_NS}",
+}
+_HOUR_COLUMNS = "node, gpu_index, model, profile, sharing, kind, tenant, namespace, pod, rule, gpu_seconds, energy_j"
+_KNOWN_ENERGY = "sum(energy_j) FILTER (WHERE NOT isnan(energy_j))"  # NaN energy: unmeasured
+
+
+def hour_rows_sql(store: Store) -> str:
+    """SQL for the hour-grain rows of [$lo, $hi) (named parameters, ns): what the bill is made of.
+
+    Columns: ``hour_start_ns``, the rollup's unit, holder, kind and rule
+    columns, ``gpu_seconds``, ``energy_j`` and ``intervals`` (ledger rows summed).
+
+    The hourly rollups (``ledger_hourly``), except hours pending a recompute,
+    which come from the interval ledger summed to the hour; a retired month
+    (its ledger gone) and hours before the interval ledger's window keep
+    their rollups whatever their mark. A file no writer
+    has opened since the rollups were added has only the ledger.
+    """
+    from_ledger = (f"SELECT interval_start_ns - interval_start_ns % {HOUR_NS} AS hour_start_ns, {_HOUR_COLUMNS}, "
+                   "1::UINTEGER AS intervals FROM ledger")
+    if not all(store.has_table(t) for t in ("ledger_hourly", "ledger_hourly_pending", "ledger_retired")):
+        return f"SELECT * FROM ({from_ledger}) WHERE hour_start_ns >= $lo AND hour_start_ns < $hi"
+    pending = "SELECT hour_start_ns FROM ledger_hourly_pending"
+    retired = ("EXISTS (SELECT 1 FROM ledger_retired r "
+               "WHERE h.hour_start_ns >= r.start_ns AND h.hour_start_ns < r.end_ns)")
+    if store.has_table("ledger_window"):  # before the interval ledger's window: rollups only
+        retired += " OR h.hour_start_ns < (SELECT coalesce(max(kept_from_ns), -1) FROM ledger_window)"
+    return (f"SELECT hour_start_ns, {_HOUR_COLUMNS}, intervals FROM ledger_hourly h "
+            f"WHERE hour_start_ns >= $lo AND hour_start_ns < $hi AND (hour_start_ns NOT IN ({pending}) OR {retired}) "
+            f"UNION ALL SELECT * FROM ({from_ledger}) "
+            f"WHERE hour_start_ns >= $lo AND hour_start_ns < $hi AND hour_start_ns IN ({pending})")
+
+
+def usage_sql(store: Store, rows_sql: str, params: Sequence[Any] | Mapping[str, Any],
+              keys: Mapping[str, str], *, capacity: pl.DataFrame | None = None,
+              hour_boot: str | None = None) -> Usage:
+    """:func:`usage_of` computed in DuckDB: :class:`Usage` of the ledger-shaped rows ``rows_sql`` returns.
+
+    ``keys``: output column -> SQL expression over those rows. The same sums
+    and the same per-GPU-interval capacity split as the Polars path, so
+    :func:`price_usage` gives the same lines (tests/api/test_showback_sql.py);
+    only the sums leave DuckDB. Adds ``memory_gb_seconds`` (known sum) to the sums. ``capacity``: the
+    capacity of the same rows from an earlier call (it does not depend on the keys). ``hour_boot``: rows
+    with this ``boot_id`` are GPU-hours of rollups (one "interval" per node, GPU and hour): their capacity
+    is their GPU-seconds summed (conservation), whatever their interval end says.
+    """
+    direct = ", ".join(f"'{r}'" for r in kinds.DIRECT_RULES)
+    key_sql = "".join(f"{expr} AS \"{name}\", " for name, expr in keys.items())
+    metrics = (
+        "sum(gpu_seconds) AS gpu_seconds, "
+        + "".join(f"coalesce(sum(gpu_seconds) FILTER (WHERE kind = '{k}'), 0.0) AS {name}, " for k, name in (
+            (kinds.BUSY, "busy_seconds"), (kinds.ALLOCATED_IDLE, "idle_seconds"),
+            (kinds.UNMEASURED, "unmeasured_seconds"), (kinds.UNALLOCATED, "unallocated_seconds")))
+        + f"coalesce(sum(gpu_seconds) FILTER (WHERE kind = '{kinds.BUSY}' AND rule IN ({direct})), 0.0) "
+        f"AS direct_busy_seconds, {_KNOWN_ENERGY} AS energy_j, sum(memory_gb_seconds) AS memory_gb_seconds"
+    )
+    day = f"interval_start_ns - interval_start_ns % {DAY_NS}"
+    sums_sql = (f"WITH h AS ({rows_sql}) SELECT {key_sql}model AS _model, coalesce(profile, '') AS _profile, "
+                f"{day} AS _day_ns, {metrics}, list(DISTINCT sharing) AS _sharing FROM h GROUP BY ALL")
+    unit = "agent_id, boot_id, seq, gpu_index"
+    dt = "max(dt0) OVER u" if hour_boot is None else \
+        f"CASE WHEN boot_id = '{hour_boot}' THEN round(sum(secs) OVER u * 1e9)::BIGINT ELSE max(dt0) OVER u END"
+    capacity_sql = f"""
+        WITH h AS ({rows_sql}),
+        g AS (SELECT {unit}, model, coalesce(profile, '') AS _profile, {day} AS _day_ns, sum(gpu_seconds) AS secs,
+                     max(interval_end_ns - interval_start_ns) AS dt0, {_KNOWN_ENERGY} AS energy_j FROM h GROUP BY ALL),
+        w AS (SELECT *, {dt} AS dt, sum(secs) OVER u AS total,
+                     row_number() OVER (PARTITION BY {unit} ORDER BY secs DESC, model, _profile) AS r
+              FROM g WINDOW u AS (PARTITION BY {unit})),
+        k AS (SELECT *, CASE WHEN total > 0 THEN floor(secs / total * {SLICE_UNITS} + 0.5)::BIGINT ELSE 0 END AS k0
+              FROM w),
+        x AS (SELECT *, CASE WHEN r = 1 THEN {SLICE_UNITS} - (sum(k0) OVER (PARTITION BY {unit}) - k0) ELSE k0 END
+                     AS k FROM k)
+        SELECT model, _profile, _day_ns, sum(dt::HUGEINT * k) AS units, min(k) AS min_k, sum(energy_j) AS energy_j
+        FROM x GROUP BY ALL"""
+    as_day = pl.from_epoch("_day_ns", time_unit="ns").dt.date().alias("_day")
+    sums = store.query(sums_sql, params)
+    sums = sums.drop("_model") if "model" in keys else sums.rename({"_model": "model"})
+    if capacity is None:
+        capacity = store.query(capacity_sql, params).with_columns(as_day).drop("_day_ns")
+        capacity = capacity.with_columns(pl.col("units").cast(pl.Int128))
+    return Usage(sums.with_columns(as_day).drop("_day_ns"), capacity)
+
+
+def read_usage(store: Store, start: datetime, end: datetime, by: Sequence[str], *, policy: str = "holder") -> Usage:
+    """:class:`Usage` of [start, end) summed in the store (DuckDB), from the hourly rollups.
+
+    Memory does not grow with the fleet's size, tick or days: DuckDB streams
+    the rollups (spilling past its ``memory_limit``) and only the sums leave it
+    (one row per line key × model × profile × day). A physical GPU-hour's
+    capacity is its GPU-seconds summed (conservation: the ledger rows of a GPU
+    interval sum to its length, so the hour's sum rounded to the nanosecond is
+    the integer capacity the ledger path takes from interval bounds);
+    tests/analytics/test_chargeback_rollups.py checks both paths give the same file. ``policy``: who pays
+    for idle (``analytics/policy.py``), applied to the rows in DuckDB.
+    """
+    direct = ", ".join(f"'{r}'" for r in kinds.DIRECT_RULES)
+    key_sql = ", ".join(f"{_KEY_SQL.get(k, k)} AS {k}" for k in by)
+    metrics = (
+        "sum(gpu_seconds) AS gpu_seconds, "
+        + "".join(f"coalesce(sum(gpu_seconds) FILTER (WHERE kind = '{k}'), 0.0) AS {name}, " for k, name in (
+            (kinds.BUSY, "busy_seconds"), (kinds.ALLOCATED_IDLE, "idle_seconds"),
+            (kinds.UNMEASURED, "unmeasured_seconds"), (kinds.UNALLOCATED, "unallocated_seconds")))
+        + f"coalesce(sum(gpu_seconds) FILTER (WHERE kind = '{kinds.BUSY}' AND rule IN ({direct})), 0.0) "
+        f"AS direct_busy_seconds, {_KNOWN_ENERGY} AS energy_j"
+    )
+    day = f"hour_start_ns - hour_start_ns % {DAY_NS}"
+    from gpuledger.analytics.policy import POLICIES, apply_idle_policy_sql
+
+    rows = hour_rows_sql(store)
+    if policy not in POLICIES:
+        raise ValueError(f"unknown idle policy {policy!r}; choose one of {', '.join(POLICIES)}")
+    # Who pays for idle moves GPU-seconds between tenants within a GPU-hour: capacity does not change.
+    sums_sql = (f"WITH h AS ({apply_idle_policy_sql(rows, policy)}) SELECT {key_sql}{', ' if key_sql else ''}model AS _model, "
+                f"coalesce(profile, '') AS _profile, {day} AS _day_ns, {metrics}, list(DISTINCT sharing) AS _sharing "
+                "FROM h GROUP BY ALL")
+    unit = "hour_start_ns, node, gpu_index"
+    capacity_sql = f"""
+        WITH h AS ({rows}),
+        g AS (SELECT {unit}, model, coalesce(profile, '') AS _profile, sum(gpu_seconds) AS secs,
+                     {_KNOWN_ENERGY} AS energy_j FROM h GROUP BY ALL),
+        w AS (SELECT *, sum(secs) OVER u AS total, round(sum(secs) OVER u * 1e9)::HUGEINT AS dt,
+                     row_number() OVER (PARTITION BY {unit} ORDER BY secs DESC, model, _profile) AS r
+              FROM g WINDOW u AS (PARTITION BY {unit})),
+        k AS (SELECT *, CASE WHEN total > 0 THEN floor(secs / total * {SLICE_UNITS} + 0.5)::BIGINT ELSE 0 END AS k0
+              FROM w),
+        x AS (SELECT *, CASE WHEN r = 1 THEN {SLICE_UNITS} - (sum(k0) OVER (PARTITION BY {unit}) - k0) ELSE k0 END
+                     AS k FROM k)
+        SELECT model, _profile, {day} AS _day_ns, sum(dt * k) AS units, min(k) AS min_k, sum(energy_j) AS energy_j
+        FROM x GROUP BY ALL"""
+    params = {"lo": to_ns(start), "hi": to_ns(end)}
+    as_day = pl.from_epoch("_day_ns", time_unit="ns").dt.date().alias("_day")
+    sums = store.query(sums_sql, params)
+    if "model" not in by:
+        sums = sums.rename({"_model": "model"})
+    else:
+        sums = sums.drop("_model")
+    sums = sums.with_columns(as_day).drop("_day_ns")
+    capacity = store.query(capacity_sql, params).with_columns(as_day).drop("_day_ns")
+    return Usage(sums, capacity.with_columns(pl.col("units").cast(pl.Int128)))
 
 
 def chargeback_csv(store: Store, month: str, book: PriceBook) -> str:

@@ -192,9 +192,9 @@ def corrections(store: Store, month: str, book: PriceBook, context: ExportContex
     for m, record in sorted(closed.items()):
         if m >= month or m in retired:  # a retired month's ledger is gone (gpuledger/ingest/retention.py): its bill is final
             continue
-        ctx_m = ExportContext(**{**context.__dict__, "charge_period": record.charge_period})
+        ctx_m = context.as_closed(record.charge_period, record.inputs)  # recomputed as it was closed
         start, end = month_bounds(m)
-        now_rows, totals = charges(cb.read_ledger(store, start, end), book, m, ctx_m)
+        now_rows, totals = charges(store, book, m, ctx_m)
         billed = _billed(store, m)
         expected[m] = totals.fleet_cost - sum((b["cost"] for b in billed.values()), Decimal(0))
         current = {c.key: c for c in now_rows}
@@ -259,7 +259,7 @@ def export(store: Store, month: str, book: PriceBook, *, fmt: Format = "csv", fi
     if final and now < end:
         raise ExportError(f"month {month} has not ended (it ends {end:%Y-%m-%dT%H:%M:%SZ}); it cannot be closed yet",
                           hint="export without --final for a preview; close it after the month ends")
-    regular, totals = charges(cb.read_ledger(store, start, end), book, month, ctx)
+    regular, totals = charges(store, book, month, ctx)
     fixes, expected = corrections(store, month, book, ctx, closed)
     rows = regular + fixes
     got = {m: sum((c.cost for c in fixes if c.corrects == m), Decimal(0)) for m in expected}
@@ -316,14 +316,13 @@ _BILLED_COLUMNS = ("billing_month", "usage_month", "charge_class", "charge_start
 def _inputs(store: Store, month: str, book: PriceBook, ctx: ExportContext) -> dict[str, Any]:
     """What the closed file was computed from, to explain a later correction."""
     start, end = month_bounds(month)
-    stats = store.query("SELECT count(*) AS n, sum(gpu_seconds) AS s, count(DISTINCT (agent_id, boot_id, seq)) AS m "
-                        "FROM ledger WHERE interval_start_ns >= ? AND interval_start_ns < ?",
-                        [to_ns(start), to_ns(end)])
+    stats = store.query(f"SELECT sum(intervals) AS n, sum(gpu_seconds) AS s, count(*) AS r "
+                        f"FROM ({cb.hour_rows_sql(store)})", {"lo": to_ns(start), "hi": to_ns(end)})
     entries = [[e.entry_id, e.model, e.profile, str(e.per_gpu_hour), e.effective_from.isoformat(),
                 None if e.energy_per_kwh is None else str(e.energy_per_kwh)] for e in book.entries]
     digest = hashlib.sha256(json.dumps([book.currency, str(book.quantum), entries]).encode()).hexdigest()
     return {"gpuledger_version": __version__, "price_book": book.source, "price_book_sha256": digest,
-            "ledger_rows": int(stats["n"][0]), "ledger_messages": int(stats["m"][0]),
+            "ledger_rows": int(stats["n"][0] or 0), "rollup_rows": int(stats["r"][0]),
             "ledger_gpu_seconds": float(stats["s"][0] or 0.0), "context": dict(ctx.__dict__)}
 
 
@@ -331,9 +330,11 @@ def _inputs(store: Store, month: str, book: PriceBook, ctx: ExportContext) -> di
 
 
 def months_to_close(store: Store, now: datetime, grace_hours: float = 6.0) -> list[str]:
-    """Months with ledger data, ended at least ``grace_hours`` before ``now``, not closed yet (oldest first)."""
-    frame = store.query("SELECT DISTINCT strftime(make_timestamp(interval_start_ns // 1000), '%Y-%m') AS month "
-                        "FROM ledger ORDER BY month")
+    """Months with attributed usage, ended at least ``grace_hours`` before ``now``, not closed yet (oldest first)."""
+    hours = ("SELECT hour_start_ns AS t FROM ledger_hourly UNION SELECT hour_start_ns FROM ledger_hourly_pending"
+             if store.has_table("ledger_hourly_pending") else "SELECT interval_start_ns AS t FROM ledger")
+    frame = store.query(f"SELECT DISTINCT strftime(make_timestamp(t // 1000), '%Y-%m') AS month FROM ({hours}) "
+                        "ORDER BY month")
     closed = closed_months(store)
     out = []
     for month in frame["month"].to_list() if frame.height else []:

@@ -4,6 +4,7 @@ Every CSV gpuledger writes goes through :func:`write_rows` (or
 :func:`write_frame` for a Polars frame): the FOCUS chargeback file
 (:mod:`~gpuledger.analytics.focus`, and so ``/v1/chargeback.csv``,
 ``/v1/exports/chargeback`` and the page's download, which fetches that route),
+the showback view's CSV (``/v1/showback?format=csv``, the page's "download this view"),
 and ``gpuledger explain --format csv`` (:mod:`~gpuledger.analytics.explain`).
 
 A cell is written by its Python type, so the writer knows text from numbers:

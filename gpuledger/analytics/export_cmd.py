@@ -84,8 +84,12 @@ def run_export(request: ExportRequest, book: PriceBook, context: ExportContext, 
         result = closing.export(store, month, book, fmt=fmt, final=request.final, context=context, now=now)
     where = _emit(result.content, request.out, file_name("chargeback", month, fmt))
     state = "closed" if result.closed else "open (preview; --final closes it)"
+    policy = (context.as_closed(result.record.charge_period, result.record.inputs).idle_policy
+              if result.record is not None else context.idle_policy)
     if where:
-        print(f"wrote {where}: {month} {state}, sha256 {result.sha256}", file=sys.stderr)
+        print(f"wrote {where}: {month} {state}, sha256 {result.sha256}, idle policy {policy}", file=sys.stderr)
+    else:
+        print(f"{month} {state}, idle policy {policy}", file=sys.stderr)
     return 0
 
 

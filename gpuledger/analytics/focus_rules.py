@@ -1,9 +1,15 @@
-"""The FOCUS 1.2 column rules the chargeback file promises, as a checker.
+"""The FOCUS 1.2 / 1.4 column rules the chargeback file promises, as a checker.
 
 :func:`check_rows` reads the file as a consumer would (CSV cells as strings;
 empty = null) and returns one message per violated rule. It is run by the
 reconciliation report and by the property tests; each rule cites the FOCUS
-column or attribute it comes from (FOCUS 1.2, cost and usage columns):
+column or attribute it comes from (FOCUS 1.2, cost and usage columns). A
+header with ``ServiceProviderName`` is read as FOCUS 1.4, which names the
+provider columns ``ServiceProviderName``/``HostProviderName`` instead of
+``ProviderName``/``PublisherName`` and adds the split cost allocation
+columns (``AllocatedTags`` is checked like ``Tags``); the other rules are
+the same. The full 1.4 data model is checked in the tests with the
+FinOps workbook's machine-readable model (``focus-data-toolkit``).
 
 - presence: every column of :data:`MANDATORY` is in the header; other columns
   carry the ``x_`` prefix (ColumnNamingAndOrdering, custom columns).
@@ -38,7 +44,7 @@ from decimal import Decimal
 
 from gpuledger.analytics.csvfile import FORMULA_START
 
-__all__ = ["MANDATORY", "check_rows"]
+__all__ = ["MANDATORY", "MANDATORY_1_4", "check_rows"]
 
 MANDATORY = (
     "BilledCost", "EffectiveCost", "ListCost", "ContractedCost", "BillingCurrency", "BillingAccountId",
@@ -48,10 +54,18 @@ MANDATORY = (
     "ServiceCategory", "SubAccountId", "SubAccountName", "ResourceId", "ResourceName", "ResourceType", "SkuId",
     "RegionId", "Tags",
 )
-_FOCUS_EXTRA = {"ChargeFrequency", "PricingCategory", "ContractedUnitPrice", "SkuPriceId", "RegionName"}
+_PROVIDERS_1_2 = ("ProviderName", "PublisherName")
+_PROVIDERS_1_4 = ("ServiceProviderName", "HostProviderName")
+#: FOCUS 1.4's mandatory columns this file carries (1.2's, with the provider columns renamed).
+MANDATORY_1_4 = tuple({"ProviderName": "ServiceProviderName", "PublisherName": "HostProviderName"}.get(c, c)
+                      for c in MANDATORY)
+_FOCUS_EXTRA = {"ChargeFrequency", "PricingCategory", "ContractedUnitPrice", "SkuPriceId", "RegionName",
+                "InvoiceId", "ServiceSubcategory"}
+_FOCUS_EXTRA_1_4 = _FOCUS_EXTRA | {"AllocatedMethodId", "AllocatedMethodDetails", "AllocatedResourceId",
+                                   "AllocatedResourceName", "AllocatedTags"}
 _NOT_NULL = ("BilledCost", "EffectiveCost", "ListCost", "ContractedCost", "BillingCurrency", "BillingAccountId",
              "BillingPeriodStart", "BillingPeriodEnd", "ChargePeriodStart", "ChargePeriodEnd", "ChargeCategory",
-             "ProviderName", "PublisherName", "InvoiceIssuerName", "ServiceName", "ServiceCategory")
+             "InvoiceIssuerName", "ServiceName", "ServiceCategory")
 _USAGE_NOT_NULL = ("PricingQuantity", "PricingUnit", "ConsumedQuantity", "ConsumedUnit", "ListUnitPrice",
                    "ContractedUnitPrice", "SkuId", "SkuPriceId")
 _DECIMALS = ("BilledCost", "EffectiveCost", "ListCost", "ContractedCost", "PricingQuantity", "ConsumedQuantity",
@@ -72,23 +86,26 @@ def check_rows(rows: Iterable[Mapping[str, str]], header: Iterable[str], quantum
     """Violations of the rules above (at most ``limit``), each naming the row (1 = first data row)."""
     problems: list[str] = []
     names = list(header)
-    problems += [f"header: missing FOCUS column {c}" for c in MANDATORY if c not in names]
+    v14 = "ServiceProviderName" in names
+    mandatory, extra = (MANDATORY_1_4, _FOCUS_EXTRA_1_4) if v14 else (MANDATORY, _FOCUS_EXTRA)
+    not_null = _NOT_NULL + (_PROVIDERS_1_4[:1] if v14 else _PROVIDERS_1_2)
+    problems += [f"header: missing FOCUS column {c}" for c in mandatory if c not in names]
     problems += [f"header: custom column {c} lacks the x_ prefix" for c in names
-                 if c not in MANDATORY and c not in _FOCUS_EXTRA and not c.startswith("x_")]
+                 if c not in mandatory and c not in extra and not c.startswith("x_")]
     for n, row in enumerate(rows, start=1):
-        problems += [f"row {n}: {p}" for p in _check_row(row, quantum)]
+        problems += [f"row {n}: {p}" for p in _check_row(row, quantum, not_null)]
         if len(problems) >= limit:
             break
     return problems[:limit]
 
 
-def _check_row(row: Mapping[str, str], quantum: Decimal) -> list[str]:
+def _check_row(row: Mapping[str, str], quantum: Decimal, not_null: tuple[str, ...]) -> list[str]:
     out: list[str] = []
 
     def get(c: str) -> str | None:
         return row.get(c) or None
 
-    out += [f"{c} is null" for c in _NOT_NULL if get(c) is None]
+    out += [f"{c} is null" for c in not_null if get(c) is None]
     for c in _DECIMALS:
         if get(c) is not None and not _NUMBER.fullmatch(row[c]):
             out.append(f"{c}={row[c]!r} is not NumericFormat")
@@ -129,15 +146,16 @@ def _check_row(row: Mapping[str, str], quantum: Decimal) -> list[str]:
                           ("ResourceType", "ResourceId"), ("RegionName", "RegionId")):
         if get(parent) is None and get(child) is not None:
             out.append(f"{child} is set but {parent} is null")
-    if get("Tags") is not None:
-        out += _check_tags(row["Tags"])
+    for tags in ("Tags", "AllocatedTags"):
+        if get(tags) is not None:
+            out += _check_tags(row[tags], tags)
     for name, value in row.items():
         if value and value.startswith(FORMULA_START) and not _NUMBER.fullmatch(value):
             out.append(f"{name} starts with a formula character: {value[:20]!r}")
     return out
 
 
-def _check_tags(text: str) -> list[str]:
+def _check_tags(text: str, column: str = "Tags") -> list[str]:
     def unique(pairs: list[tuple[str, object]]) -> dict[str, object]:
         keys = [k for k, _ in pairs]
         if len(keys) != len(set(keys)):
@@ -147,7 +165,7 @@ def _check_tags(text: str) -> list[str]:
     try:
         tags = json.loads(text, object_pairs_hook=unique)
     except ValueError as exc:
-        return [f"Tags is not a JSON object with unique keys: {exc}"]
+        return [f"{column} is not a JSON object with unique keys: {exc}"]
     if not isinstance(tags, dict):
-        return ["Tags is not a JSON object"]
-    return [f"Tags value of {k!r} is not a scalar" for k, v in tags.items() if isinstance(v, (dict, list))]
+        return [f"{column} is not a JSON object"]
+    return [f"{column} value of {k!r} is not a scalar" for k, v in tags.items() if isinstance(v, (dict, list))]

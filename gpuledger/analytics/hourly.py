@@ -46,6 +46,8 @@ from gpuledger.timeutil import HOUR_NS
 
 __all__ = [
     "HOURLY_COLUMNS",
+    "add_parts",
+    "merge_hourly",
     "HOURLY_KEYS",
     "RefreshResult",
     "hourly",
@@ -125,11 +127,14 @@ def refresh_hourly(store: Store, hours: Iterable[int] = (), *, max_rows: int = 2
     clear its mark. An hour with more than ``max_rows`` ledger rows is summed
     in node buckets of at most about that many rows (bounded memory; a node's
     rows never span two buckets). Hours of retired ledger months are left
-    pending and untouched (see the module docstring).
+    pending and untouched (see the module docstring), as are hours before
+    the interval ledger's window (``ledger_window``).
     """
     mark_hours(store, hours)
     pending = store.query("SELECT hour_start_ns FROM ledger_hourly_pending ORDER BY 1")["hour_start_ns"].to_list()
     retired = store.query("SELECT start_ns, end_ns FROM ledger_retired").rows()
+    if store.has_table("ledger_window"):  # hours before the interval ledger's window exist only as rollups
+        retired += [(-(2**63), int(k)) for (k,) in store.query("SELECT kept_from_ns FROM ledger_window").rows()]
     result = RefreshResult()
     for done, hour in enumerate(pending, 1):
         if any(lo <= hour < hi for lo, hi in retired):
@@ -147,6 +152,49 @@ def rebuild_hourly(store: Store, *, max_rows: int = 2_000_000,
     """Recompute every hour the ledger has (a check, or the first run on a store older than the rollups)."""
     store.pend_ledger_hours()
     return refresh_hourly(store, max_rows=max_rows, progress=progress)
+
+
+def add_parts(tx: Store, ledger: pl.DataFrame) -> int:
+    """Add ``ledger`` rows' hourly sums to the rollups (inside the caller's transaction); returns rows added.
+
+    The attribution job calls it with each chunk it books, in the transaction
+    that appends the chunk, so the rollups always sum to what is booked --
+    however little of the interval ledger is kept. An hour may then hold
+    several partial rows per key until :func:`merge_hourly` sums them (readers
+    sum anyway); its hour is listed in ``ledger_hourly_unmerged`` meanwhile.
+    """
+    if ledger.is_empty():
+        return 0
+    parts = hourly(ledger.lazy()).collect()
+    tx.append("ledger_hourly", parts)
+    tx.execute("INSERT INTO ledger_hourly_unmerged SELECT DISTINCT unnest(?::BIGINT[]) ON CONFLICT DO NOTHING",
+               [parts["hour_start_ns"].unique().to_list()])
+    return parts.height
+
+
+_MERGED = ", ".join([*HOURLY_KEYS, "sum(gpu_seconds)", "sum(energy_j)", "sum(energy_intervals)::UINTEGER",
+                     "sum(memory_gb_seconds)", "sum(intervals)::UINTEGER"])  # sum() of only NULLs is NULL: unknown stays
+
+
+def merge_hourly(store: Store, progress: Callable[[int, int], None] | None = None) -> int:
+    """Sum the partial rows of every hour in ``ledger_hourly_unmerged`` into one row per key; returns hours merged.
+
+    One transaction per hour (bounded memory; a crash leaves the rest listed
+    for the next run). Reads rollup rows only, never the interval ledger.
+    """
+    hours = store.query("SELECT hour_start_ns FROM ledger_hourly_unmerged ORDER BY 1")["hour_start_ns"].to_list()
+    keys = ", ".join(HOURLY_KEYS)
+    for done, hour in enumerate(hours, 1):
+        with store.transaction() as tx:
+            tx.execute(f"CREATE OR REPLACE TEMP TABLE _merged AS SELECT {_MERGED} FROM ledger_hourly "
+                       f"WHERE hour_start_ns = ? GROUP BY {keys}", [hour])
+            tx.execute("DELETE FROM ledger_hourly WHERE hour_start_ns = ?", [hour])
+            tx.execute("INSERT INTO ledger_hourly SELECT * FROM _merged ORDER BY ALL")
+            tx.execute("DROP TABLE _merged")
+            tx.execute("DELETE FROM ledger_hourly_unmerged WHERE hour_start_ns = ?", [hour])
+        if progress:
+            progress(done, len(hours))
+    return len(hours)
 
 
 def _recompute(store: Store, hour: int, max_rows: int) -> int:

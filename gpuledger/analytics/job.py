@@ -1,43 +1,108 @@
 """The attribution job: IO around the pure ledger (``gpuledger.analytics.ledger``).
 
 Incremental by default: only messages not yet in ``attributed`` are read,
-attributed and appended to ``ledger`` in one transaction with their keys, so a
-crash never leaves half an interval booked. ``full=True`` re-attributes
-every message still stored raw (after a tenancy-rule or price change); ledger
-rows whose raw samples retention removed are kept as they are. Work is chunked by message
-so memory stays bounded on a large store. Each chunk is read already
+attributed and booked -- their hourly rollups added to ``ledger_hourly`` and
+their interval-grain rows appended to ``ledger`` -- in one transaction with
+their keys, so a crash never leaves half an interval booked and the rollups
+always sum to what is booked. ``full=True`` re-attributes every message still
+stored raw (after a tenancy-rule or price change); what retention already
+removed the raw samples of is kept as it is. Work is chunked by message so
+memory stays bounded on a large store: each chunk is read already
 integer-coded (``read_chunk``) and attributed by the compiled kernel
 (``ledger.attribute_chunk``), which gives the reference's rows
 (``reference_chunk`` runs ``ledger.attribute`` on the same chunk;
 tests/analytics/test_ledger_fast.py compares them). Every attributed message
 records the tenancy rules' version (``attributed.rules_version``).
+
+**Rollups are the product** (docs/storage.md): each chunk's hourly sums are
+computed from its in-memory ledger frame and added to the rollups in the
+chunk's transaction (``hourly.add_parts``); at the end the partial rows of
+each touched hour are merged into one row per key (``hourly.merge_hourly``,
+rollup rows only). The interval-grain ledger is optional detail: with a
+``ledger_window_s``, intervals older than the newest stored message minus the
+window are not written (and older rows are pruned), and ``ledger_window``
+records where the ledger starts; readers answer older hours from the rollups
+and ``explain`` recomputes their interval rows from the raw samples
+(``recompute_rows``).
+
+**Both cores**: with ``workers`` > 1 the kernel runs in a process pool
+while this process reads the next chunks and books the finished ones, in
+order; the booked rows are identical to one process (tests/analytics/test_job_pool.py).
 """
 
 from __future__ import annotations
 
+import concurrent.futures as cf
+import multiprocessing as mp
+import os
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
+from typing import TypeVar
 
 import numpy as np
 import polars as pl
 
-from gpuledger.analytics.hourly import mark_pending, refresh_hourly
+from gpuledger.analytics.hourly import add_parts, merge_hourly, refresh_hourly
 from gpuledger.analytics.kinds import UNATTRIBUTED_TENANT
 from gpuledger.analytics.ledger import LEDGER_COLUMNS, MSG, Chunk, attribute, attribute_chunk, device_idents
 from gpuledger.analytics.tenancy import SLURM_PREFIX, TenancyRules
+from gpuledger.errors import GpuledgerError
 from gpuledger.store import Store
+from gpuledger.timeutil import HOUR_NS
 
 _PENDING = """
 SELECT m.agent_id, m.boot_id, m.seq FROM messages m
 ANTI JOIN attributed a USING (agent_id, boot_id, seq)
 ORDER BY m.interval_start_ns, m.agent_id, m.seq
 """
+#: Default interval-ledger window: a week of interval rows for drill-down and disputes (older: rollups).
+DEFAULT_LEDGER_WINDOW_S = 7 * 86_400.0
 
 
 @dataclass
 class JobResult:
     messages: int = 0
-    ledger_rows: int = 0
+    ledger_rows: int = 0  # interval-grain rows computed (booked in the rollups)
+    ledger_rows_kept: int = 0  # of which written to ``ledger`` (inside the window)
+    rollup_rows: int = 0  # partial rollup rows added before the merge
+    hours_merged: int = 0
+    ledger_rows_pruned: int = 0  # older interval rows removed by the window
+    rebooked: int = 0  # --full: messages taken off the books to attribute again
+
+
+def _kernel(chunk: Chunk) -> pl.DataFrame:
+    return _checked(attribute_chunk(chunk).frame())
+
+
+def _checked(ledger: pl.DataFrame) -> pl.DataFrame:
+    """The ledger equation on a chunk's rows: finite, non-negative GPU-seconds that sum to each GPU interval.
+
+    Ingest validates what it stores, so a violation means a corrupt stored
+    row (an interval ending before it starts, a slice fraction out of range):
+    raise, naming the first message, rather than book it.
+    """
+    per = (ledger.group_by(["agent_id", "boot_id", "seq", "gpu_index"])
+           .agg(s=pl.col("gpu_seconds").sum(), lo=pl.col("gpu_seconds").min(),
+                dt=((pl.col("interval_end_ns") - pl.col("interval_start_ns")).max() / 1e9)))
+    bad = per.filter(~pl.col("s").is_finite() | (pl.col("lo") < -1e-6) | (pl.col("dt") <= 0)
+                     | ((pl.col("s") - pl.col("dt")).abs() > 1e-6 * pl.col("dt").abs().clip(1.0)))
+    if bad.height:
+        r = bad.sort("agent_id", "boot_id", "seq", "gpu_index").row(0, named=True)
+        raise ValueError(f"{bad.height} GPU interval(s) break the ledger equation, e.g. message "
+                         f"({r['agent_id']}, {r['boot_id']}, {r['seq']}) GPU {r['gpu_index']}: rows sum to "
+                         f"{r['s']:.6g} s (smallest {r['lo']:.6g} s) for an interval of {r['dt']:.6g} s")
+    return ledger
+
+
+def _read_and_attribute(store: Store, keys: pl.DataFrame, tenants: pl.LazyFrame) -> pl.DataFrame:
+    return _kernel(read_chunk(store, keys, tenants))
+
+
+def default_workers() -> int:
+    """All cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def run_attribution(
@@ -46,36 +111,201 @@ def run_attribution(
     *,
     full: bool = False,
     chunk_messages: int = 5000,
+    workers: int = 1,
+    ledger_window_s: float | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> JobResult:
-    """Attribute pending messages (all of them with ``full``); returns counts."""
+    """Attribute pending messages (all of them with ``full``); returns counts.
+
+    ``workers``: processes running the kernel (1: this process only).
+    ``ledger_window_s``: keep interval-grain rows only for intervals that start
+    at most this long before the newest stored message (None: keep them all).
+    Memory is bounded by the chunk (``chunk_messages`` messages, times
+    ``workers`` + 1 chunks in flight) and DuckDB's ``memory_limit``.
+    """
     rules = rules or TenancyRules()
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    refresh_hourly(store)  # hours a crashed older version left pending: recompute them from the ledger first
     if full:
-        # Only what can be re-attributed: ledger rows whose raw samples retention already
-        # removed (gpuledger/ingest/retention.py) stay, or their months' bills would drop to zero.
-        with store.transaction() as tx:
-            for table in ("ledger", "attributed"):
-                tx.execute(f"DELETE FROM {table} t USING messages m WHERE t.agent_id = m.agent_id "
-                           "AND t.boot_id = m.boot_id AND t.seq = m.seq")
+        result_full = _unbook_raw(store)
     pending = store.query(_PENDING)
-    mark_pending(store)  # their hours' rollups are recomputed below, or by the next run after a crash
-    result = JobResult()
+    kept_from = _window_start(store, ledger_window_s)
+    result = JobResult(rebooked=result_full if full else 0)
     jobs = store.query("SELECT DISTINCT slurm_job FROM processes WHERE slurm_job IS NOT NULL ORDER BY 1")
     tenants = rules.tenant_table(store.query("SELECT pod_uid, namespace, labels, name FROM pods"),
                                  jobs["slurm_job"].to_list()).lazy()
     total = pending.height
-    for start in range(0, total, chunk_messages):
-        keys = pending.slice(start, chunk_messages)
-        ledger = attribute_chunk(read_chunk(store, keys, tenants)).frame()
+    chunks = (pending.slice(start, chunk_messages) for start in range(0, total, chunk_messages))
+
+    def book(keys: pl.DataFrame, ledger: pl.DataFrame) -> None:
+        kept = ledger if kept_from is None else ledger.filter(pl.col("interval_start_ns") >= kept_from)
         with store.transaction() as tx:
-            tx.append("ledger", ledger)
+            result.rollup_rows += add_parts(tx, ledger)
+            tx.append("ledger", kept)
             tx.append("attributed", keys.select(MSG).with_columns(rules_version=pl.lit(rules.version)))
         result.messages += keys.height
         result.ledger_rows += ledger.height
+        result.ledger_rows_kept += kept.height
         if progress:
             progress(result.messages, total)
-    refresh_hourly(store)  # ledger_hourly = ledger summed per hour again (late data, --full included)
+
+    if workers == 1 or total <= chunk_messages:
+        for keys in chunks:
+            book(keys, _naming(keys, partial(_read_and_attribute, store, keys, tenants)))
+    else:
+        # spawn: a forked child would inherit DuckDB's and Polars' threads mid-flight
+        with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            flight: deque[tuple[pl.DataFrame, cf.Future[pl.DataFrame]]] = deque()
+            for keys in chunks:
+                chunk = _naming(keys, partial(read_chunk, store, keys, tenants))
+                flight.append((keys, pool.submit(_kernel, chunk)))
+                while len(flight) > workers:
+                    done_keys, future = flight.popleft()
+                    book(done_keys, _naming(done_keys, future.result))
+            while flight:
+                done_keys, future = flight.popleft()
+                book(done_keys, _naming(done_keys, future.result))
+    result.hours_merged = merge_hourly(store)
+    if kept_from is not None:
+        result.ledger_rows_pruned = _prune(store, kept_from)
     return result
+
+
+def _unbook_raw(store: Store) -> int:
+    """``--full``: take the messages still stored raw off the books (ledger, rollups, keys) to book them again.
+
+    Only hours the interval ledger still covers (``ledger_window``): their
+    rollups are dropped and rebuilt from the ledger rows of those hours whose
+    raw samples retention removed (kept as they are) plus what
+    re-attribution adds. Older hours exist only as rollups, which cannot be
+    split by message: they stay as booked. Returns the messages taken off.
+    """
+    hour = f"interval_start_ns - interval_start_ns % {HOUR_NS}"
+    kept_from = store.scalar("SELECT max(kept_from_ns) FROM ledger_window")
+    since = "TRUE" if kept_from is None else f"interval_start_ns >= {int(kept_from)}"
+    with store.transaction() as tx:
+        tx.execute(f"CREATE OR REPLACE TEMP TABLE _raw AS SELECT agent_id, boot_id, seq, {hour} AS h FROM messages "
+                   f"WHERE {since}")
+        n = int(tx.scalar("SELECT count(*) FROM _raw"))
+        for table in ("ledger", "attributed"):
+            tx.execute(f"DELETE FROM {table} t USING _raw m WHERE t.agent_id = m.agent_id "
+                       "AND t.boot_id = m.boot_id AND t.seq = m.seq")
+        tx.execute("DELETE FROM ledger_hourly WHERE hour_start_ns IN (SELECT DISTINCT h FROM _raw)")
+        others = tx.query(f"SELECT {', '.join(LEDGER_COLUMNS)} FROM ledger WHERE {hour} IN (SELECT DISTINCT h FROM _raw)")
+        add_parts(tx, others)
+        tx.execute("DROP TABLE _raw")
+    return n
+
+
+def ledger_window_start(store: Store) -> int | None:
+    """Where the interval-grain ledger starts (ns): older hours are rollups only. None: it holds every interval."""
+    if not store.has_table("ledger_window"):
+        return None
+    start = store.scalar("SELECT max(kept_from_ns) FROM ledger_window")
+    return None if start is None else int(start)
+
+
+class ChunkError(GpuledgerError):
+    """A chunk of messages that cannot be attributed: nothing of it is booked, and the error names its messages."""
+
+    hint = ("the messages stay pending, so the month's reconciliation fails until they are booked; inspect them "
+            "(`SELECT * FROM devices WHERE agent_id = ... AND seq BETWEEN ...`), fix or delete them, and run "
+            "`gpuledger attribute` again")
+
+
+_T = TypeVar("_T")
+
+
+def _naming(keys: pl.DataFrame, compute: Callable[[], _T]) -> _T:
+    """``compute()``, or a ChunkError naming ``keys`` (a corrupt row, a value out of range): none of them is booked."""
+    try:
+        return compute()
+    except GpuledgerError:
+        raise
+    except Exception as exc:
+        raise _failed(keys, exc) from exc
+
+
+def _failed(keys: pl.DataFrame, exc: BaseException) -> ChunkError:
+    first, last = keys.row(0), keys.row(-1)
+    agents = keys["agent_id"].unique().sort().to_list()
+    return ChunkError(f"attribution of {keys.height} message(s) failed ({type(exc).__name__}: {exc}); first "
+                      f"{first}, last {last} (agent_id, boot_id, seq); agents {', '.join(agents[:10])}"
+                      f"{' …' if len(agents) > 10 else ''}")
+
+
+class RecomputeError(GpuledgerError):
+    """Interval rows that cannot be recomputed as they were booked."""
+
+
+def recompute_rows(store: Store, start_ns: int, end_ns: int, rules: TenancyRules, *, tenant: str | None = None,
+                   chunk_messages: int = 5000) -> pl.DataFrame:
+    """The ledger rows of the intervals starting in [start_ns, end_ns), recomputed from the raw samples.
+
+    For hours before the interval ledger's window (``ledger_window_start``):
+    the same kernel over the same messages under the same tenancy rules gives
+    the rows the job booked (tests/analytics/test_job_window.py compares them).
+    Raises :class:`RecomputeError` when raw samples of booked hours are gone
+    (retention) or the messages were booked under other tenancy rules. Works
+    on a read-only store; ``tenant`` keeps only that tenant's rows (memory:
+    one chunk at a time).
+    """
+    span = "interval_start_ns >= ? AND interval_start_ns < ?"
+    keys = store.query(f"SELECT agent_id, boot_id, seq FROM messages WHERE {span} "
+                       "ORDER BY interval_start_ns, agent_id, seq", [start_ns, end_ns])
+    booked = store.scalar("SELECT sum(intervals) FROM ledger_hourly WHERE hour_start_ns >= ? AND hour_start_ns < ?",
+                          [start_ns - start_ns % HOUR_NS, end_ns]) if store.has_table("ledger_hourly") else None
+    if booked and keys.is_empty():
+        raise RecomputeError("the raw samples of this period are no longer stored (retention); its interval rows "
+                             "exist only as hourly rollups",
+                             hint="use the hourly figures (API showback, grain 'hour'), or a period inside the "
+                             "ledger window (`ledger_window_days`)")
+    with store.registered(_keys=keys):
+        versions = store.query("SELECT DISTINCT coalesce(rules_version, 'unrecorded') AS v FROM attributed "
+                               "SEMI JOIN _keys USING (agent_id, boot_id, seq) ORDER BY 1")["v"].to_list()
+    if versions and versions != [rules.version]:
+        raise RecomputeError(f"these intervals were booked under tenancy rules {', '.join(versions)}, not the "
+                             f"rules given ({rules.version}): recomputed rows would not be the booked ones",
+                             hint="pass the tenancy rules the period was attributed under (--tenancy), or "
+                             "re-attribute it (`gpuledger attribute --full`)")
+    jobs = store.query("SELECT DISTINCT slurm_job FROM processes WHERE slurm_job IS NOT NULL ORDER BY 1")
+    tenants = rules.tenant_table(store.query("SELECT pod_uid, namespace, labels, name FROM pods"),
+                                 jobs["slurm_job"].to_list()).lazy()
+    parts = []
+    for start in range(0, keys.height, chunk_messages):
+        frame = _kernel(read_chunk(store, keys.slice(start, chunk_messages), tenants))
+        if tenant is not None:
+            frame = frame.filter(pl.col("tenant") == tenant)
+        parts.append(frame.with_columns(pl.col(pl.Enum).cast(pl.String)))
+    if not parts:
+        return pl.DataFrame(schema=store.query("SELECT * FROM ledger LIMIT 0").schema)
+    return pl.concat(parts)
+
+
+def _window_start(store: Store, window_s: float | None) -> int | None:
+    """Where the interval ledger starts after this run (ns), or None to keep every interval."""
+    if window_s is None:
+        return None
+    if window_s < 0:
+        raise ValueError(f"the ledger window must be at least 0 seconds, got {window_s}")
+    newest = store.scalar("SELECT max(interval_start_ns) FROM messages")
+    before = store.scalar("SELECT max(kept_from_ns) FROM ledger_window")
+    if newest is None:
+        return None if before is None else int(before)
+    start = int(newest) - int(window_s * 1e9)
+    start -= start % HOUR_NS  # whole hours: an hour is either in the ledger or only in the rollups
+    return start if before is None else max(start, int(before))
+
+
+def _prune(store: Store, kept_from: int) -> int:
+    """Drop interval rows before ``kept_from`` (their rollups stay) and record where the ledger starts."""
+    with store.transaction() as tx:
+        n = int(tx.scalar("SELECT count(*) FROM ledger WHERE interval_start_ns < ?", [kept_from]))
+        tx.execute("DELETE FROM ledger WHERE interval_start_ns < ?", [kept_from])
+        tx.execute("INSERT INTO ledger_window (id, kept_from_ns) VALUES (0, ?) ON CONFLICT (id) DO UPDATE SET "
+                   "kept_from_ns = excluded.kept_from_ns, updated_at = now()", [kept_from])
+    return n
 
 
 def _window(store: Store) -> str:

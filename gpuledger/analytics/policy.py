@@ -39,6 +39,8 @@ POLICIES: tuple[Policy, ...] = ("holder", "share_unallocated", "platform")
 RULE_SHARED_UNALLOCATED = "shared_unallocated"
 RULE_IDLE_ON_PLATFORM = "idle_kept_on_platform"
 LINE_KEYS = ["tenant", "kind", "rule"]
+__all__ = [
+    "apply_idle_policy_sql","POLICIES", "Policy", "apply_idle_policy", "apply_idle_policy_to_rows"]
 
 
 def apply_idle_policy(ledger: pl.LazyFrame, policy: Policy = "holder",
@@ -80,3 +82,71 @@ def apply_idle_policy(ledger: pl.LazyFrame, policy: Policy = "holder",
     )
     kept = lines.filter(is_unalloc).join(charged.select(scope_l).unique(), on=scope_l, how="anti")
     return pl.concat([lines.filter(~is_unalloc), kept, spread], how="vertical_relaxed")
+
+
+def apply_idle_policy_to_rows(ledger: pl.LazyFrame, policy: Policy = "holder",
+                              scope: tuple[str, ...] = ("model",)) -> pl.LazyFrame:
+    """Ledger (or rollup) rows -> the same columns, re-booked under ``policy``, for pricing.
+
+    Unlike :func:`apply_idle_policy` the rows keep their GPU interval keys, so
+    a pool's capacity (priced per physical GPU interval) is unchanged: under
+    ``platform`` an allocated-idle row moves to ``platform`` (rule
+    ``idle_kept_on_platform``); under ``share_unallocated`` each unallocated
+    row becomes one row per tenant charged in its scope over the whole frame
+    (the billing month), its GPU-seconds and joules times that tenant's
+    weight (rule ``shared_unallocated``, kind still ``unallocated``); a scope
+    with no charged tenant keeps its rows on ``platform``. ``Σ gpu_seconds``
+    per GPU interval is unchanged up to float rounding.
+    """
+    if policy not in POLICIES:
+        raise ValueError(f"unknown idle policy {policy!r}; choose one of {', '.join(POLICIES)}")
+    if policy == "holder":
+        return ledger
+    columns = ledger.collect_schema().names()
+    if policy == "platform":
+        moved = pl.col("kind") == K.ALLOCATED_IDLE
+        return ledger.with_columns(
+            tenant=pl.when(moved).then(pl.lit(K.PLATFORM_TENANT)).otherwise(pl.col("tenant")),
+            rule=pl.when(moved).then(pl.lit(RULE_IDLE_ON_PLATFORM)).otherwise(pl.col("rule")),
+        ).select(columns)
+    scope_l = list(scope)
+    is_unalloc = pl.col("kind") == K.UNALLOCATED
+    weights = (ledger.filter(~is_unalloc).group_by([*scope_l, "tenant"]).agg(w=pl.col("gpu_seconds").sum())
+               .filter(pl.col("w") > 0).with_columns(w=pl.col("w") / pl.col("w").sum().over(scope_l))
+               .rename({"tenant": "_to"}))
+    unalloc = ledger.filter(is_unalloc)
+    spread = unalloc.join(weights, on=scope_l, how="inner").with_columns(
+        tenant=pl.col("_to"), rule=pl.lit(RULE_SHARED_UNALLOCATED),
+        gpu_seconds=pl.col("gpu_seconds") * pl.col("w"), energy_j=pl.col("energy_j") * pl.col("w"),
+    ).select(columns)
+    kept = unalloc.join(weights.select(scope_l).unique(), on=scope_l, how="anti").select(columns)
+    return pl.concat([ledger.filter(~is_unalloc), kept, spread], how="vertical_relaxed")
+
+
+def apply_idle_policy_sql(rows_sql: str, policy: Policy = "holder", scope: tuple[str, ...] = ("model",)) -> str:
+    """:func:`apply_idle_policy_to_rows` in DuckDB SQL: ``rows_sql``'s rows re-booked under ``policy``.
+
+    For bills summed in DuckDB (``chargeback.read_usage``): the same rows, the
+    same weights (each tenant's share of the scope's charged GPU-seconds over
+    all of ``rows_sql``), so the same lines as the Polars path (tested).
+    """
+    if policy not in POLICIES:
+        raise ValueError(f"unknown idle policy {policy!r}; choose one of {', '.join(POLICIES)}")
+    if policy == "holder":
+        return rows_sql
+    if policy == "platform":
+        return (f"SELECT * REPLACE (CASE WHEN kind = '{K.ALLOCATED_IDLE}' THEN '{K.PLATFORM_TENANT}' ELSE tenant END "
+                f"AS tenant, CASE WHEN kind = '{K.ALLOCATED_IDLE}' THEN '{RULE_IDLE_ON_PLATFORM}' ELSE rule END AS rule) "
+                f"FROM ({rows_sql})")
+    on = ", ".join(scope)
+    return f"""
+        WITH r AS ({rows_sql}),
+        c AS (SELECT {on}, tenant, sum(gpu_seconds) AS s FROM r WHERE kind <> '{K.UNALLOCATED}'
+              GROUP BY ALL HAVING sum(gpu_seconds) > 0),
+        w AS (SELECT {on}, tenant AS _to, s / sum(s) OVER (PARTITION BY {on}) AS w FROM c)
+        SELECT * FROM r WHERE kind <> '{K.UNALLOCATED}'
+        UNION ALL SELECT r.* FROM r ANTI JOIN (SELECT DISTINCT {on} FROM w) USING ({on})
+            WHERE kind = '{K.UNALLOCATED}'
+        UNION ALL SELECT r.* REPLACE (w._to AS tenant, '{RULE_SHARED_UNALLOCATED}' AS rule,
+                                      r.gpu_seconds * w.w AS gpu_seconds, r.energy_j * w.w AS energy_j)
+            FROM r JOIN w USING ({on}) WHERE kind = '{K.UNALLOCATED}'"""

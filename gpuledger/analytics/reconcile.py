@@ -119,14 +119,14 @@ def reconcile(store: Store, month: str, book: PriceBook, context: ExportContext 
     ctx = context or ExportContext()
     record = closing.closed_months(store).get(month)
     if record is not None:
-        ctx = ExportContext(**{**ctx.__dict__, "charge_period": record.charge_period})
+        ctx = ctx.as_closed(record.charge_period, record.inputs)
     start, end = month_bounds(month)
     result = closing.export(store, month, book, fmt="csv", context=ctx, now=now)
     if record is None:
         assert result.totals is not None
         totals, parquet = result.totals, result.files["parquet"]
     else:
-        _, totals = charges(cb.read_ledger(store, start, end), book, month, ctx)
+        _, totals = charges(store, book, month, ctx)
         parquet = closing.stored_file(store, month, "parquet")
     rows = pq.read_table(io.BytesIO(parquet)).to_pylist()
     header, csv_rows = closing.parse_csv(result.content)
@@ -160,6 +160,11 @@ def reconcile(store: Store, month: str, book: PriceBook, context: ExportContext 
     if record is None:
         checks.append(Check("GPU-hours = capacity", abs(Fraction(hours) - capacity) <= tolerance,
                             f"{hours} in rows vs {float(capacity):.6f} capacity"))
+    unbooked = store.scalar("SELECT count(*) FROM messages m ANTI JOIN attributed a USING (agent_id, boot_id, seq) "
+                            "WHERE m.interval_start_ns >= ? AND m.interval_start_ns < ?", [to_ns(start), to_ns(end)])
+    checks.append(Check("every stored message of the month is booked", not unbooked,
+                        f"{unbooked} message(s) not attributed: run `gpuledger attribute` (a chunk that fails "
+                        "names its messages)" if unbooked else "all attributed"))
     problems = check_rows(csv_rows, header, book.quantum)
     checks.append(Check("FOCUS column rules", not problems, "; ".join(problems) or f"{len(csv_rows)} rows pass"))
     if record is not None:
@@ -180,10 +185,9 @@ def reconcile(store: Store, month: str, book: PriceBook, context: ExportContext 
         billed_for_month = sum((b["cost"] for b in closing._billed(store, month).values()), Decimal(0))
         drift = totals.fleet_cost - billed_for_month
     unallocated = sum((r["BilledCost"] for r in regular if r["x_ChargeType"] == "unallocated"), Decimal(0))
-    table, column = ("ledger_hourly", "hour_start_ns") if retired else ("ledger", "interval_start_ns")
     cov = store.query("SELECT sum(gpu_seconds) FILTER (WHERE kind = 'busy') AS busy, sum(gpu_seconds) FILTER "
-                      f"(WHERE kind = 'busy' AND rule = 'process_samples') AS direct FROM {table} "
-                      f"WHERE {column} >= ? AND {column} < ?", [to_ns(start), to_ns(end)])
+                      f"(WHERE kind = 'busy' AND rule = 'process_samples') AS direct FROM ({cb.hour_rows_sql(store)})",
+                      {"lo": to_ns(start), "hi": to_ns(end)})
     busy, direct = cov["busy"][0], cov["direct"][0]
     capacity_hours = hours if retired else Decimal(float(totals.capacity_gpu_hours)).quantize(Decimal("0.000001"))
     fleet_cost = record.fleet_cost if retired and record else totals.fleet_cost

@@ -9,7 +9,8 @@ for local development only (``gpuledger serve --no-auth``).
 Routes (times UTC, periods start inclusive, end exclusive; see docs/api.md):
 
 - ``GET /`` the showback page; ``GET /healthz``; ``GET /v1/whoami``
-- ``GET /v1/showback`` usage and cost per group, buckets, filters, pages
+- ``GET /v1/showback`` usage, cost and idle cost per group, buckets, filters, pages (``format=csv``: the whole view)
+- ``GET /v1/values?dimension=...`` the values of a dimension in a period (pickers, Grafana variables)
 - ``GET /v1/drilldown`` the ledger rows (intervals, GPUs, rules) behind a line
 - ``GET /v1/efficiency``, ``/v1/efficiency/top-wasters``, ``/v1/efficiency/idle-gpus``
 - ``GET /v1/fleet`` GPUs, health, holders
@@ -31,10 +32,22 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import FileResponse
 
 from gpuledger import __version__
+from gpuledger.analytics.budgets import Budgets
+from gpuledger.analytics.economics import CloudRates, NodePools, default_cloud_rates
 from gpuledger.analytics.focus import ExportContext
 from gpuledger.analytics.prices import PriceBook, default_price_book
+from gpuledger.analytics.queues import Queues
+from gpuledger.analytics.work_units import WorkUnits, default_work_units
 from gpuledger.api import errors as E
-from gpuledger.api import exports, routes_efficiency, routes_fleet, routes_series, routes_showback
+from gpuledger.api import (
+    exports,
+    routes_business,
+    routes_efficiency,
+    routes_fleet,
+    routes_series,
+    routes_showback,
+    routes_values,
+)
 from gpuledger.api.audit import AuditLog, AuditMiddleware
 from gpuledger.api.auth import EXPORT_ROLES, principal, require
 from gpuledger.api.errors import ERROR_RESPONSES, ApiError, install_error_handlers
@@ -44,6 +57,7 @@ from gpuledger.api.models import WhoAmI
 from gpuledger.api.reader import Database
 from gpuledger.api.respcache import ResponseCache
 from gpuledger.api.tokens import Principal
+from gpuledger.errors import ConfigError
 from gpuledger.store import Store
 
 __all__ = ["ApiError", "create_app"]
@@ -54,15 +68,21 @@ STATIC = Path(__file__).parent / "static"
 def create_app(db_path: str | Path | None = None, prices: PriceBook | None = None, *,
                store: Store | None = None, auth: bool = True, cache_ttl_s: float = 60.0,
                export_context: ExportContext | None = None, audit: AuditLog | None = None,
-               metrics: ApiMetrics | None = None) -> FastAPI:
+               cloud_rates: CloudRates | None = None, node_pools: NodePools | None = None,
+               budgets: Budgets | None = None, work_units: WorkUnits | None = None,
+               queues: Queues | None = None, metrics: ApiMetrics | None = None) -> FastAPI:
     """The API over a DuckDB file (read-only per request) or an open ``store``.
 
     ``prices`` defaults to the shipped book (gpuledger/defaults/prices.toml);
     ``export_context`` (who bills whom on the FOCUS file; ``gpuledger serve``
     builds it from the settings) to the settings' documented defaults;
     ``audit`` logs every ``/v1/`` request's token, route and status
-    (:mod:`~gpuledger.api.audit`; ``serving.audit_log(settings)``); ``metrics`` counts and times every
-    request (:mod:`~gpuledger.api.metrics`, whose access-log line is written either way).
+    (:mod:`~gpuledger.api.audit`; ``serving.audit_log(settings)``); ``cloud_rates`` to the
+    shipped example and ``node_pools`` to none (every node ``unassigned``) for ``/v1/economics``;
+    ``budgets`` (per-tenant monthly budgets, ``/v1/budgets`` and ``/metrics``) to none; ``work_units``
+    (``/v1/units``) to the shipped vLLM token counters; ``queues`` (``/v1/queues``) to GPUs, tenant = queue name.
+    ``metrics`` counts and times every request (:mod:`~gpuledger.api.metrics`, whose access-log line is
+    written either way).
     """
     db = Database(db_path, store, ttl_s=cache_ttl_s)
     app = FastAPI(title="gpuledger", version=__version__,
@@ -70,6 +90,13 @@ def create_app(db_path: str | Path | None = None, prices: PriceBook | None = Non
                   "`Authorization: Bearer <token>` (create one with `gpuledger token create`).")
     app.state.db, app.state.book, app.state.auth = db, prices or default_price_book(), auth
     app.state.export_context = export_context or ExportContext()
+    app.state.cloud_rates, app.state.node_pools = cloud_rates or default_cloud_rates(), node_pools or NodePools()
+    app.state.budgets = budgets or Budgets(app.state.book.currency, {})
+    app.state.work_units = work_units or default_work_units()
+    app.state.queues = queues or Queues()
+    if app.state.budgets.currency != app.state.book.currency:
+        raise ConfigError(f"budgets are in {app.state.budgets.currency}, the price book in {app.state.book.currency}",
+                          hint="write the budgets in the price book's currency")
     install_error_handlers(app)
     app.add_middleware(ResponseCache, db=db)
     app.add_middleware(HeadAsGet)  # outside the cache: a HEAD is a GET from there in
@@ -96,8 +123,9 @@ def create_app(db_path: str | Path | None = None, prices: PriceBook | None = Non
     def whoami(request: Request, who: Principal = Depends(principal)) -> WhoAmI:
         return WhoAmI(token_id=who.token_id, role=who.role, tenant=who.tenant, auth=request.app.state.auth)
 
-    for module in (routes_showback, routes_efficiency, routes_fleet, routes_series):
+    for module in (routes_showback, routes_efficiency, routes_fleet, routes_series, routes_values):
         app.include_router(module.router)
     # The finance files: every route there is behind the admin/finance check (the isolation test walks them).
     app.include_router(exports.router, dependencies=[Depends(require(*EXPORT_ROLES))])
+    app.include_router(routes_business.router)  # each route checks its own roles
     return app

@@ -100,14 +100,14 @@ def require(*roles: str) -> Callable[..., Awaitable[Principal]]:
 def data_filters(
     who: Principal,
     tenant: Given = None, namespace: Given = None, node: Given = None, model: Given = None,
-    sharing: Given = None, pod: Given = None, workload: Given = None, gpu: Given = None,
+    sharing: Given = None, pod: Given = None, workload: Given = None, gpu: Given = None, cluster: Given = None,
 ) -> Filters:
     """The exact-match filters of a request, with a tenant token held to its tenant.
 
     Each parameter may be repeated or comma-separated (:func:`~gpuledger.api.params.filter_values`).
     """
     given = {"tenant": tenant, "namespace": namespace, "node": node, "model": model, "sharing": sharing,
-             "pod": pod, "workload": workload, "gpu": gpu}
+             "pod": pod, "workload": workload, "gpu": gpu, "cluster": cluster}
     values = {k: filter_values(given[k]) for k in FILTERS}
     if who.scoped:
         assert who.tenant is not None

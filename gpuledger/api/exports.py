@@ -5,7 +5,8 @@ roles. The API never writes: a closed month is served from its stored bytes;
 an open month is a preview computed now (closing is ``gpuledger export ...
 --final`` or ``serve --close-months``).
 
-- ``GET /v1/exports/chargeback?month=YYYY-MM&format=csv|parquet&charge_period=month|day``
+- ``GET /v1/exports/chargeback?month=YYYY-MM&format=csv|parquet&charge_period=month|day&focus_version=1.4|1.2
+  &idle_policy=holder|share_unallocated|platform`` (header ``X-Idle-Policy``)
   and ``GET /v1/chargeback.csv?month=YYYY-MM`` (the page's download, the same
   as ``format=csv`` without ``charge_period``) — one code path: the same month
   parsing, the same cached file, the same bytes and headers. Attachment;
@@ -26,6 +27,7 @@ from fastapi.responses import Response
 
 from gpuledger.analytics import closing
 from gpuledger.analytics.focus import ExportContext
+from gpuledger.analytics.policy import Policy
 from gpuledger.analytics.reconcile import reconcile
 from gpuledger.api import errors as E
 from gpuledger.api.auth import session
@@ -51,11 +53,15 @@ class ChargebackFile:
     closed: bool
     sha256: str
     billed_total: str  # "<BilledCost sum> <currency>"
+    idle_policy: str  # the policy the file was computed under (a closed file: the one it was closed with)
 
 
-def _context(request: Request, charge_period: Literal["month", "day"] | None) -> ExportContext:
-    """The app's export context (``create_app(export_context=...)``), with the request's charge period."""
+def _context(request: Request, charge_period: Literal["month", "day"] | None,
+             focus_version: Literal["1.4", "1.2"] | None = None, idle_policy: Policy | None = None) -> ExportContext:
+    """The app's export context (``create_app(export_context=...)``), with the request's period, version, policy."""
     ctx: ExportContext = request.app.state.export_context
+    ctx = ctx if focus_version is None else replace(ctx, focus_version=focus_version)
+    ctx = ctx if idle_policy is None else replace(ctx, idle_policy=idle_policy)
     return ctx if charge_period is None else replace(ctx, charge_period=charge_period)
 
 
@@ -67,14 +73,16 @@ def _period(stored: str) -> Literal["month", "day"]:
 
 
 def chargeback_file(request: Request, s: Session, month: str, fmt: closing.Format = "csv",
-                    charge_period: Literal["month", "day"] | None = None) -> ChargebackFile:
+                    charge_period: Literal["month", "day"] | None = None,
+                    focus_version: Literal["1.4", "1.2"] | None = None,
+                    idle_policy: Policy | None = None) -> ChargebackFile:
     """The month's file, for both chargeback routes: a closed month's stored bytes, else computed now.
 
     Without ``charge_period`` a closed month is served with the charge period it
     was closed with; with one that differs, 409 ``closed_month``.
     """
     month = parse_month(month)
-    ctx = _context(request, charge_period)
+    ctx = _context(request, charge_period, focus_version, idle_policy)
     book = request.app.state.book
 
     def compute() -> ChargebackFile:
@@ -85,11 +93,14 @@ def chargeback_file(request: Request, s: Session, month: str, fmt: closing.Forma
             result = closing.export(s.store, month, book, fmt=fmt, context=use)
         except closing.ExportError as exc:
             raise ApiError(E.CLOSED_MONTH, str(exc), exc.hint) from None
-        if result.record is not None:  # a stored file: its close record holds its total
+        if result.record is not None:  # a stored file: its close record holds its total and policy
             billed, currency = result.record.billed_total, result.record.currency
+            policy = use.as_closed(result.record.charge_period, result.record.inputs).idle_policy
         else:
             billed, currency = sum((c.cost for c in result.rows), Decimal(0)), book.currency
-        return ChargebackFile(month, fmt, result.content, result.closed, result.sha256, f"{billed} {currency}")
+            policy = use.idle_policy
+        return ChargebackFile(month, fmt, result.content, result.closed, result.sha256, f"{billed} {currency}",
+                              policy)
 
     db: Database = request.app.state.db
     # charge_period as asked is part of the key: asked or not, a closed month answers differently.
@@ -102,6 +113,7 @@ def _attachment(file: ChargebackFile) -> Response:
         "X-Month-Closed": "true" if file.closed else "false",
         "X-Content-SHA256": file.sha256,
         "X-Billed-Total": file.billed_total,
+        "X-Idle-Policy": file.idle_policy,
     })
 
 
@@ -110,8 +122,10 @@ def _attachment(file: ChargebackFile) -> Response:
             responses={200: {"content": {"text/csv": {}, "application/vnd.apache.parquet": {}},
                              "description": "the file; a closed month's stored bytes"}})
 def chargeback(request: Request, month: str = MONTH, format: Literal["csv", "parquet"] = "csv",
-               charge_period: Literal["month", "day"] | None = None, s: Session = _SESSION) -> Response:
-    return _attachment(chargeback_file(request, s, month, format, charge_period))
+               charge_period: Literal["month", "day"] | None = None,
+               focus_version: Literal["1.4", "1.2"] | None = None, idle_policy: Policy | None = None,
+               s: Session = _SESSION) -> Response:
+    return _attachment(chargeback_file(request, s, month, format, charge_period, focus_version, idle_policy))
 
 
 @router.get("/chargeback.csv", response_class=Response,

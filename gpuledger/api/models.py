@@ -49,8 +49,19 @@ class Usage(Dimensions):
 
 class ShowbackRow(Usage):
     cost: str
+    idle_cost: str  # the cost of the group's allocated-idle lines
+    utilization: float | None  # used / (used + allocated idle); null when nothing measured was held
     currency: str
-    drilldown: str
+    drilldown: str | None  # null for label:KEY groups (the drill-down filters by ledger dimensions)
+
+
+class DataSpan(BaseModel):
+    """How much of the period holds data (ISO UTC; first/last null when none)."""
+
+    first: str | None
+    last: str | None
+    hours_with_data: int
+    period_hours: float
 
 
 class Paged(BaseModel):
@@ -63,7 +74,9 @@ class ShowbackOut(Paged):
     group_by: list[str]
     granularity: str | None
     currency: str
+    idle_policy: str
     total_cost: str | None
+    data: DataSpan | None
     rows: list[ShowbackRow]
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import csv
 import io
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -31,11 +32,13 @@ from gpuledger.timeutil import iso_utc as iso  # the routes' name for it
 
 __all__ = [
     "CURSOR",
+    "DEFAULT_CLUSTER",
     "DEFAULT_PAGE",
     "DIMENSIONS",
     "END",
     "FILTERS",
     "GRANULARITIES",
+    "LABEL_PREFIX",
     "LIMIT",
     "MAX_BUCKETS",
     "MAX_PAGE",
@@ -52,6 +55,7 @@ __all__ = [
     "filter_values",
     "join_values",
     "iso",
+    "is_label",
     "latest_ns",
     "next_cursor",
     "parse_granularity",
@@ -65,10 +69,15 @@ __all__ = [
     "split_values",
 ]
 
-#: What showback and series may group by (ledger columns plus derived ``workload`` and ``gpu``).
-DIMENSIONS = ("tenant", "namespace", "node", "model", "sharing", "profile", "pod", "workload", "gpu")
+#: What showback and series may group by (ledger columns plus derived ``workload``, ``gpu`` and ``cluster``).
+DIMENSIONS = ("tenant", "namespace", "node", "model", "sharing", "profile", "pod", "workload", "gpu", "cluster")
 #: Filters every data route accepts (exact match; several values mean any of them: :func:`filter_values`).
-FILTERS = ("tenant", "namespace", "node", "model", "sharing", "pod", "workload", "gpu")
+FILTERS = ("tenant", "namespace", "node", "model", "sharing", "pod", "workload", "gpu", "cluster")
+#: The cluster of every ledger row until messages carry one (``views.with_dimensions``).
+DEFAULT_CLUSTER = "default"
+#: ``group_by=label:KEY`` groups by a pod label (showback only): KEY as Kubernetes spells label keys.
+LABEL_PREFIX = "label:"
+_LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 GRANULARITIES = ("hour", "day", "month")
 MAX_RANGE_DAYS = 400  # the longest period one request may cover
 MAX_BUCKETS = 2_000  # time buckets one series or showback may return
@@ -98,10 +107,12 @@ def filter_params(
     pod: list[str] | None = Query(None, description="pod name(s)" + _REPEAT),
     workload: list[str] | None = Query(None, description="workload(s): pod name without its generated suffixes"),
     gpu: list[str] | None = Query(None, description="GPU UUID(s)" + _REPEAT),
+    cluster: list[str] | None = Query(None, description=f"cluster(s); every row is in {DEFAULT_CLUSTER!r} "
+                                      "until messages carry a cluster" + _REPEAT),
 ) -> dict[str, list[str] | None]:
     """The exact-match filters every data route accepts (a dependency; see ``auth.data_filters``)."""
     return {"tenant": tenant, "namespace": namespace, "node": node, "model": model, "sharing": sharing,
-            "pod": pod, "workload": workload, "gpu": gpu}
+            "pod": pod, "workload": workload, "gpu": gpu, "cluster": cluster}
 
 
 def filter_values(given: str | list[str] | None) -> tuple[str, ...]:
@@ -260,13 +271,21 @@ def parse_month(month: str) -> str:
         raise ApiError(E.BAD_MONTH, str(exc), "e.g. month=2026-10, or month=previous") from None
 
 
-def parse_group_by(raw: str, allowed: tuple[str, ...] = DIMENSIONS) -> list[str]:
+def parse_group_by(raw: str, allowed: tuple[str, ...] = DIMENSIONS, *, labels: bool = False) -> list[str]:
+    """Dimensions to group by; with ``labels`` also ``label:KEY`` (a pod label, e.g. ``label:team``)."""
     by = list(dict.fromkeys(p.strip() for p in raw.split(",") if p.strip()))
-    bad = [b for b in by if b not in allowed]
+    bad = [b for b in by if b not in allowed and not (labels and is_label(b))]
     if bad or not by:
-        raise ApiError(E.BAD_GROUP_BY, f"cannot group by {', '.join(bad) or 'nothing'}",
-                       f"group_by is a comma-separated list of: {', '.join(allowed)}")
+        more = ", or label:KEY (a pod label, e.g. label:team)" if labels else ""
+        raise ApiError(E.BAD_GROUP_BY, f"cannot group by {', '.join(map(repr, bad)) or 'nothing'}",
+                       f"group_by is a comma-separated list of: {', '.join(allowed)}{more}")
     return by
+
+
+def is_label(dimension: str) -> bool:
+    """``label:KEY`` with a well-formed Kubernetes label key (``team``, ``example.com/cost-center``)."""
+    key = dimension.removeprefix(LABEL_PREFIX)
+    return dimension.startswith(LABEL_PREFIX) and len(key) <= 316 and _LABEL_KEY.match(key) is not None
 
 
 def parse_granularity(raw: str | None, period: Period, *, auto: bool = False) -> str | None:

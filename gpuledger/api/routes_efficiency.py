@@ -47,9 +47,11 @@ router = APIRouter(prefix="/v1/efficiency", responses=ERROR_RESPONSES)
 _ORDER = ("idle_cost", "idle_gpu_hours", "allocated_gpu_hours")
 
 
-def efficiency_frame(rows: pl.LazyFrame, book: Any, by: list[str], filters: Filters) -> pl.DataFrame:
+def efficiency_frame(rows: pl.LazyFrame | views.SqlRows, book: Any, by: list[str], filters: Filters) -> pl.DataFrame:
     """Per group: held / used / idle seconds, idle and allocated cost, coverage."""
-    lines = views.apply_filters(views.costed(rows, book, [*by, "kind", *filters.dims()]), filters)
+    keys = [*by, "kind", *filters.dims()]
+    costed = rows.costed(book, keys) if isinstance(rows, views.SqlRows) else views.costed(rows, book, keys)
+    lines = views.apply_filters(costed, filters)
     lines = lines.filter(pl.col("kind") != K.UNALLOCATED)
     cost = pl.col("capacity_cost") + pl.col("energy_cost").fill_null(0)
     return (
@@ -99,7 +101,7 @@ def _answer(request: Request, s: Session, who: Principal, start: str | None, end
                              "total_rows": 0, "next_cursor": None})
 
     def compute() -> list[dict[str, Any]]:
-        rows = views.with_dimensions(views.read_rows(s, period, filters.values.get("node", ()), hourly=True))
+        rows = views.SqlRows.of(s, period, filters.values.get("node", ()), None)  # summed in DuckDB
         return [_row(r, by, book.quantum) for r in efficiency_frame(rows, book, by, filters).iter_rows(named=True)]
 
     rows = request.app.state.db.cached(("efficiency", period, tuple(by), filters.key()), compute)

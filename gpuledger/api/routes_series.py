@@ -58,7 +58,7 @@ def _frame(request: Request, s: Session, who: Principal, start: str | None, end:
     book = request.app.state.book
 
     def compute() -> list[dict[str, Any]]:
-        rows = views.with_dimensions(views.read_rows(s, period, filters.values.get("node", ()), hourly=True), gran)
+        rows = views.SqlRows.of(s, period, filters.values.get("node", ()), gran)  # summed in DuckDB
         frame = views.showback_rows(rows, book, [*by, *extra_keys], filters, gran)
         if frame.height > MAX_ROWS:
             raise ApiError(E.RESULT_TOO_LARGE, f"{frame.height} series rows, at most {MAX_ROWS}",
@@ -121,5 +121,5 @@ def series_gpu(request: Request, gpu: str = Query(..., description="GPU UUID (fr
                     s: Session = Depends(session, scope="function")) -> JSONResponse:
     by = parse_group_by(group_by, ("tenant", "namespace", "pod", "workload", "profile", "sharing"))
     f: dict[str, Given] = {"tenant": None, "namespace": None, "node": None, "model": None, "sharing": None,
-                                "pod": None, "workload": None, "gpu": gpu}
+                                "pod": None, "workload": None, "gpu": gpu, "cluster": None}
     return JSONResponse(_frame(request, s, who, start, end, granularity, by, f, []))

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import io
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlencode
 
 import polars as pl
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
+from gpuledger.analytics.csvfile import write_rows
+from gpuledger.analytics.policy import Policy, apply_idle_policy_to_rows
 from gpuledger.api import errors as E
 from gpuledger.api import views
 from gpuledger.api.auth import DATA_ROLES, SHOWBACK_ROLES, data_filters, require, session
@@ -19,6 +22,7 @@ from gpuledger.api.models import DrilldownOut, ShowbackOut
 from gpuledger.api.params import (
     CURSOR,
     END,
+    LABEL_PREFIX,
     LIMIT,
     START,
     Filters,
@@ -43,8 +47,13 @@ from gpuledger.timeutil import from_ns
 router = APIRouter(prefix="/v1", responses=ERROR_RESPONSES)
 
 
-def drill_link(period: Period, keys: dict[str, Any], filters: Filters, granularity: str | None) -> str:
-    """The /v1/drilldown URL for one showback row (its bucket, keys and the request's filters)."""
+def drill_link(period: Period, keys: dict[str, Any], filters: Filters, granularity: str | None) -> str | None:
+    """The /v1/drilldown URL for one showback row (its bucket, keys and the request's filters).
+
+    None for a ``label:KEY`` group: the drill-down filters by ledger dimensions, and a label is not one.
+    """
+    if any(k.startswith(LABEL_PREFIX) for k in keys):
+        return None
     params: dict[str, str] = {k: join_values(v) for k, v in filters.values.items() if v}
     start, end = period.start, period.end
     if granularity and keys.get("time") is not None:
@@ -55,27 +64,42 @@ def drill_link(period: Period, keys: dict[str, Any], filters: Filters, granulari
     return "/v1/drilldown?" + urlencode(params)
 
 
+_FORMAT = Query("json", description="json (pages), or csv: every row of the view as a spreadsheet-safe file")
+
+
 @router.get("/showback", response_model=None, responses={200: {"model": ShowbackOut}},
-            summary="GPU-hours used, allocated-idle, memory, energy and cost per group")
+            summary="GPU-hours used, allocated-idle, memory, energy, cost and idle cost per group")
 def showback(request: Request, start: str | None = START, end: str | None = END,
              group_by: str = Query("tenant", description="comma-separated: tenant, namespace, node, model, "
-                                   "sharing, profile, pod, workload, gpu"),
+                                   "sharing, profile, pod, workload, gpu, cluster, or label:KEY (a pod label)"),
              granularity: str | None = Query(None, description="hour, day or month buckets; omit for none"),
-             limit: int = LIMIT, cursor: str | None = CURSOR,
+             limit: int = LIMIT, cursor: str | None = CURSOR, format: Literal["json", "csv"] = _FORMAT,
+             idle_policy: Policy = Query("holder", description="who pays for idle: holder (default), "
+                                         "share_unallocated (spread over tenants, like OpenCost's shareIdle) or "
+                                         "platform (tenants pay for busy and unmeasured time only)"),
              f: dict[str, list[str] | None] = Depends(filter_params),
-             who: Principal = Depends(require(*SHOWBACK_ROLES)), s: Session = Depends(session, scope="function")) -> JSONResponse:
-    by = parse_group_by(group_by)
+             who: Principal = Depends(require(*SHOWBACK_ROLES)), s: Session = Depends(session, scope="function")) -> Response:
+    by = parse_group_by(group_by, labels=True)
     filters = data_filters(who, **f)
     page = parse_page(limit, cursor)
     period = resolve_period(s, start, end, filters)
     book = request.app.state.book
     if period is None:
+        if format == "csv":
+            return _csv([], by, granularity, period)
         return JSONResponse({"period": None, "group_by": by, "granularity": granularity, "currency": book.currency,
-                             "total_cost": None, "rows": [], "total_rows": 0, "next_cursor": None})
+                             "idle_policy": idle_policy, "total_cost": None, "data": None, "rows": [], "total_rows": 0,
+                             "next_cursor": None})
     gran = parse_granularity(granularity, period)
 
-    def compute() -> tuple[list[dict[str, Any]], str]:
-        rows = views.with_dimensions(views.read_rows(s, period, filters.values.get("node", ()), hourly=True), gran)
+    def compute() -> tuple[list[dict[str, Any]], str, dict[str, Any]]:
+        nodes = filters.values.get("node", ())
+        rows: pl.LazyFrame | views.SqlRows
+        if any(d.startswith(LABEL_PREFIX) for d in [*by, *filters.dims()]):  # labels join pods: in Polars
+            read = apply_idle_policy_to_rows(views.read_rows(s, period, nodes, hourly=True), idle_policy)
+            rows = views.with_labels(s, views.with_dimensions(read, gran), by)
+        else:  # summed in DuckDB: memory does not grow with the fleet (a 1,000-GPU month is millions of rows)
+            rows = views.SqlRows.of(s, period, nodes, gran, idle_policy)
         frame = views.showback_rows(rows, book, by, filters, gran)
         check_size(frame.height, "showback rows")
         out = []
@@ -83,16 +107,44 @@ def showback(request: Request, start: str | None = START, end: str | None = END,
             keys = {k: r[k] for k in by}
             if gran:
                 keys = {"time": iso(from_ns(r["time"] * 10**6)), **keys}  # epoch ms
-            out.append({**keys, **views.metric_fields(r), "cost": str(r["cost"]), "currency": book.currency,
-                        "drilldown": drill_link(period, keys, filters, gran)})
+            out.append({**keys, **views.metric_fields(r), "cost": str(r["cost"]), "idle_cost": str(r["idle_cost"]),
+                        "currency": book.currency, "drilldown": drill_link(period, keys, filters, gran)})
         total = sum((Decimal(r["cost"]) for r in out), Decimal(0))
-        return out, str(total.quantize(book.quantum))
+        span = rows.data_span(period, filters) if isinstance(rows, views.SqlRows) else \
+            views.data_span(views.apply_filters(rows, filters), period)
+        data = {"first": None if span["first"] is None else iso(from_ns(span["first"])),
+                "last": None if span["last"] is None else iso(from_ns(span["last"])),
+                "hours_with_data": span["hours_with_data"], "period_hours": span["period_hours"]}
+        return out, str(total.quantize(book.quantum)), data
 
-    rows, total = request.app.state.db.cached(("showback", period, tuple(by), gran, filters.key()), compute)
+    rows, total, data = request.app.state.db.cached(
+        ("showback", period, tuple(by), gran, filters.key(), idle_policy), compute)
+    if format == "csv":
+        return _csv(rows, by, gran, period)
     return JSONResponse({"period": period_out(period), "group_by": by, "granularity": gran,
-                         "currency": book.currency, "total_cost": total,
+                         "currency": book.currency, "idle_policy": idle_policy, "total_cost": total, "data": data,
                          "rows": rows[page.offset:page.offset + page.limit], "total_rows": len(rows),
                          "next_cursor": next_cursor(page, len(rows))})
+
+
+#: Columns of the showback CSV after the group keys (units in the names; money as exact decimals).
+CSV_COLUMNS = ("used_gpu_hours", "allocated_idle_gpu_hours", "unmeasured_gpu_hours", "unallocated_gpu_hours",
+               "gpu_hours", "utilization", "memory_gb_hours", "energy_kwh", "coverage", "cost", "idle_cost",
+               "currency")
+
+
+def _csv(rows: list[dict[str, Any]], by: list[str], gran: str | None, period: Period | None) -> Response:
+    """Every row of the view through the project's one spreadsheet-safe writer (no pages: the whole view)."""
+    keys = [*(["time"] if gran else []), *by]
+    buf = io.StringIO()
+    money = {"cost", "idle_cost"}
+    write_rows(buf, ["period_start", "period_end", *keys, *CSV_COLUMNS],
+               ([iso(period.start) if period else None, iso(period.end) if period else None,
+                 *(r[k] for k in keys), *(Decimal(r[c]) if c in money else r[c] for c in CSV_COLUMNS)]
+                for r in rows))
+    name = "gpuledger-showback" + (f"-{period.start:%Y%m%d}-{period.end:%Y%m%d}" if period else "") + ".csv"
+    return Response(buf.getvalue(), media_type="text/csv; charset=utf-8",
+                    headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
 
 def bucket_end(start: datetime, granularity: str) -> datetime:

@@ -8,6 +8,7 @@ One module per command group, each adding its subcommands with a handler
     attribute.py attribute, explain                (the ledger, and the rows behind a tenant's line)
     serve.py    serve, token                       (the API, and its tokens)
     export.py   export                             (the FOCUS file and its reconciliation)
+    report.py   report, units                      (economics, budgets, work units; importing work units)
     demo.py     demo                               (the whole pipeline on a simulated fleet)
 
 :func:`main` reads the settings once (environment, then the flags that mirror
@@ -24,14 +25,15 @@ import sys
 from collections.abc import Sequence
 
 from gpuledger import __version__
-from gpuledger.cli import agent, attribute, demo, export, ingest, serve
+from gpuledger.cli import agent, attribute, demo, export, ingest, report, serve
 from gpuledger.cli.common import EPILOG, HelpFormatter, flag_values
 from gpuledger.config import Settings, load_settings, with_changes
 from gpuledger.errors import GpuledgerError
+from gpuledger.store import configure as configure_store
 
 __all__ = ["build_parser", "main", "parse"]
 
-_GROUPS = (agent, ingest, attribute, serve, export, demo)  # the order of `gpuledger --help`
+_GROUPS = (agent, ingest, attribute, serve, export, report, demo)  # the order of `gpuledger --help`
 
 
 def build_parser(settings: Settings) -> argparse.ArgumentParser:
@@ -62,6 +64,7 @@ def parse(argv: Sequence[str] | None = None, base: Settings | None = None) -> tu
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args, settings = parse(argv)
+        configure_store(memory_limit=settings.duckdb_memory_limit)
         logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         # kafka-python logs every failed connect, retry and undelivered record (about 60 lines in 20 s while a

@@ -17,9 +17,10 @@ def register(sub: Any, settings: Settings) -> None:
         "evidence), allocated-idle (by allocation share) and unallocated, and books it to tenants. "
         "Incremental by default; --full re-attributes everything (after a tenancy-rule change).",
     )
-    setting_flags(t, settings, "--db")
-    t.add_argument("--full", action="store_true", help="re-attribute every interval still stored raw (after a "
-                   "tenancy-rule change); months whose raw samples retention removed keep their ledger")
+    setting_flags(t, settings, "--db", "--memory-limit", "--ledger-window-days", "--workers")
+    t.add_argument("--full", action="store_true", help="re-attribute every interval still stored raw and inside "
+                   "the ledger window (after a tenancy-rule change); older hours and months whose raw samples "
+                   "retention removed keep what they were booked")
     setting_flags(t, settings, "--tenancy")
     t.add_argument("--every", type=float, default=None, metavar="SECONDS",
                    help="run as a loop: the incremental job every SECONDS (start to start) until stopped, a failed run "
@@ -30,19 +31,23 @@ def register(sub: Any, settings: Settings) -> None:
         sub, "explain", explain,
         help="list the GPUs, intervals and rules behind a tenant's line",
         description="Drill-down for one tenant and period: its GPU-hours by kind, its coverage (share of busy "
-        "time attributed from per-process samples), and one row per GPU, pod, kind and attribution rule with "
-        "the first and last interval. Opens the database read-only.\n\n"
-        "  gpuledger explain --tenant vision --start 2026-10-01 --end 2026-11-01",
+        "time attributed from per-process samples), then one row per GPU: GPU-hours, used, allocated idle, "
+        "unmeasured, the attribution rules, the GPU's share of the tenant's line, first and last interval. "
+        "--detail lists one row per GPU, pod, kind and rule instead. The table and --format csv carry the same "
+        "columns and units (GPU-hours, kWh, ISO 8601 UTC times). Opens the database read-only.\n\n"
+        "  gpuledger explain --tenant vision --start 2026-10-01 --end 2026-11-01\n"
+        "  gpuledger explain --tenant vision --detail --format csv > vision.csv",
     )
-    setting_flags(x, settings, "--db")
+    setting_flags(x, settings, "--db", "--tenancy")
     x.add_argument("--tenant", required=True, help="tenant name as on the showback")
     x.add_argument("--start", default=None, help="period start, ISO date/time, UTC (default: all)")
     x.add_argument("--end", default=None, help="period end (exclusive), ISO date/time, UTC (default: all)")
     x.add_argument("--format", choices=["table", "csv"], default="table", help="output (default: %(default)s)")
+    x.add_argument("--detail", action="store_true", help="one row per GPU, pod, kind and rule (default: per GPU)")
 
 
 def attribute(args: argparse.Namespace, settings: Settings) -> int:
-    from gpuledger.analytics.job import run_attribution
+    from gpuledger.analytics.job import default_workers, run_attribution
     from gpuledger.analytics.tenancy import TenancyRules
     from gpuledger.store import Store
 
@@ -50,8 +55,12 @@ def attribute(args: argparse.Namespace, settings: Settings) -> int:
     if args.every is not None:
         return attribute_every(args, settings, rules)
     with Store(existing_db(settings.db_path)) as store, progress("attributing", "messages") as bar:
-        result = run_attribution(store, rules, full=args.full, progress=bar)
-    print(f"attributed {result.messages} messages into {result.ledger_rows} ledger rows")
+        result = run_attribution(store, rules, full=args.full, progress=bar,
+                                 workers=settings.attribute_workers or default_workers(),
+                                 ledger_window_s=settings.ledger_window_days * 86_400 or None)
+    print(f"attributed {result.messages} messages into {result.ledger_rows} ledger rows "
+          f"({result.ledger_rows_kept} kept at interval grain, {result.rollup_rows} rollup rows added, "
+          f"{result.hours_merged} hours merged, {result.ledger_rows_pruned} older interval rows pruned)")
     return 0
 
 
@@ -79,6 +88,9 @@ def attribute_every(args: argparse.Namespace, settings: Settings, rules: Any) ->
 
 def explain(args: argparse.Namespace, settings: Settings) -> int:
     from gpuledger.analytics.explain import explain_command
+    from gpuledger.analytics.tenancy import TenancyRules
 
-    print(explain_command(existing_db(settings.db_path), args.tenant, args.start, args.end, args.format), end="")
+    rules = TenancyRules.load(settings.tenancy_path) if settings.tenancy_path else TenancyRules()
+    print(explain_command(existing_db(settings.db_path), args.tenant, args.start, args.end, args.format,
+                          args.detail, rules), end="")
     return 0

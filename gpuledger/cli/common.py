@@ -33,6 +33,9 @@ EPILOG = "Settings also come from GPULEDGER_* environment variables; see docs/co
 #: (except the few flags listed in :data:`NOT_SETTINGS`); metavars keep the usage lines they always had.
 SETTING_FLAGS: dict[str, tuple[str, str | None]] = {
     "--db": ("db_path", "DB"),
+    "--memory-limit": ("duckdb_memory_limit", "SIZE"),
+    "--ledger-window-days": ("ledger_window_days", "DAYS"),
+    "--workers": ("attribute_workers", "N"),
     "--kafka": ("kafka_bootstrap", "BOOTSTRAP"),
     "--topic": ("kafka_topic", "TOPIC"),
     "--group": ("kafka_group", "GROUP"),
@@ -56,12 +59,20 @@ SETTING_FLAGS: dict[str, tuple[str, str | None]] = {
     "--host": ("api_host", "HOST"),
     "--port": ("api_port", "PORT"),
     "--prices": ("prices_path", "TOML"),
+    "--cloud-rates": ("cloud_rates_path", "TOML"),
+    "--node-pools": ("node_pools_path", "TOML"),
+    "--budgets": ("budgets_path", "TOML"),
+    "--work-units": ("work_units_path", "TOML"),
+    "--prometheus-url": ("prometheus_url", "URL"),
+    "--queues": ("queues_path", "TOML"),
+    "--idle-policy": ("idle_policy", None),
     "--close-grace-hours": ("close_grace_hours", "HOURS"),
     "--tls-certfile": ("api_tls_certfile", "PEM"),
     "--tls-keyfile": ("api_tls_keyfile", "PEM"),
     "--audit-dir": ("api_audit_dir", "DIR"),
     "--audit-retention-days": ("api_audit_retention_days", "DAYS"),
     "--charge-period": ("charge_period", None),  # choices show as {month,day}
+    "--focus-version": ("focus_version", None),  # choices show as {1.4,1.2}
 }
 
 #: (command, flag) pairs spelled like a setting's flag that deliberately are not that setting, and why.

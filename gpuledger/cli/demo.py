@@ -25,10 +25,24 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress
 
+    from gpuledger.analytics.tenancy import TenancyRules
     from gpuledger.ingest.consumer import Ingestor
     from gpuledger.store import Store
 
 DEMO_START = dt.datetime(2026, 10, 1, tzinfo=dt.UTC)
+
+
+def demo_rules() -> TenancyRules:
+    """The demo's tenancy rules: each demo namespace is one tenant, named by its ``team`` label.
+
+    About one demo pod in seven lacks the ``team`` label (gpuledger/sim/fleets.py), and the
+    default rules fall back to the namespace for those: ``team-nlp`` would stand beside ``nlp``
+    as a second tenant. The namespace overrides say what an operator would write for this fleet.
+    """
+    from gpuledger.analytics.tenancy import TenancyRules
+    from gpuledger.sim.fleets import TENANTS
+
+    return TenancyRules(version="demo-1", overrides={ns: team for ns, team, _, _ in TENANTS})
 DEMO_TOPIC = "gpuledger.samples.v1"
 
 
@@ -85,7 +99,6 @@ def run_demo(options: DemoOptions, settings: Settings, console: Console | None =
     from gpuledger.analytics.chargeback import chargeback_csv
     from gpuledger.analytics.job import run_attribution
     from gpuledger.analytics.prices import default_price_book
-    from gpuledger.analytics.tenancy import TenancyRules
     from gpuledger.ingest.consumer import Ingestor
     from gpuledger.sim.accuracy import compare
     from gpuledger.sim.fleetsim import demo_fleet
@@ -105,13 +118,16 @@ def run_demo(options: DemoOptions, settings: Settings, console: Console | None =
     publisher, subscriber = _transport(options)
     store = Store(db_path)
     ingestor = Ingestor(store, subscriber)
-    rules = TenancyRules()
+    rules = demo_rules()
 
     n_ticks = int(round(options.hours * 3600 / options.tick))
     console.print(
         f"[bold]gpuledger demo[/]: {options.nodes} nodes x {options.gpus_per_node} GPUs, "
         f"{options.hours:g} simulated hours at a {options.tick:g} s tick, from {DEMO_START:%Y-%m-%d %H:%M} UTC"
     )
+    console.print("tenancy rules demo-1: each namespace is its team's tenant ("
+                  + ", ".join(f"{ns} -> {team}" for ns, team in rules.overrides.items() if ns != team)
+                  + "), so the pods that lack a team label do not fall back to their namespace", soft_wrap=True)
     for sampler in samplers:
         sampler.tick()  # prime sample-buffer timestamps and energy counters
     with _progress(console) as progress:
@@ -233,7 +249,7 @@ def _serve(settings: Settings, db_path: Path, console: Console) -> int:
     base = f"http://{settings.api_host}:{settings.api_port}"
     console.print(
         f"\nServing the API until Ctrl-C. An admin token for this demo (shown once):\n  {token}\n"
-        f"  {base}/#token={token}  (the showback page)\n"
+        f"  {base}/#token={token}  (the showback page; this URL carries the admin token: share it like a password)\n"
         f"  curl -H 'Authorization: Bearer {token}' '{base}/v1/showback?group_by=tenant'\n"
         f"  {base}/docs  (OpenAPI)",
         soft_wrap=True,

@@ -14,7 +14,8 @@ def register(sub: Any, settings: Settings) -> None:
         sub, "export", export,
         help="write the monthly chargeback file for finance",
         description="Exports. `export chargeback --month 2026-10` writes one row per tenant x GPU model "
-        "(plus the platform's unallocated line) with FOCUS 1.2 columns; the BilledCost total equals the "
+        "(plus the platform's unallocated line) with FOCUS 1.4 columns (each row a split cost allocation of a GPU "
+        "pool; --focus-version 1.2 for the 1.2 columns); the BilledCost total equals the "
         "fleet's capacity cost to the cent. --final closes the month (later exports return the same bytes; "
         "later changes become Correction rows in the next open month). `export reconciliation` checks a "
         "month and exits 1 when it does not add up. See docs/chargeback.md.\n\n"
@@ -24,14 +25,14 @@ def register(sub: Any, settings: Settings) -> None:
     e.add_argument("what", choices=["chargeback", "reconciliation"],
                    help="the FOCUS file, or its reconciliation report")
     e.add_argument("--month", required=True, metavar="YYYY-MM", help="billing month (UTC), or `previous`")
-    setting_flags(e, settings, "--db")
+    setting_flags(e, settings, "--db", "--memory-limit")
     e.add_argument("--out", default=None, metavar="PATH", help="output file or directory (default: stdout)")
     setting_flags(e, settings, "--prices")
     e.add_argument("--format", choices=["csv", "parquet", "txt", "json"], default=None,
                    help="chargeback: csv (default) or parquet; reconciliation: txt (default) or json")
     e.add_argument("--final", action="store_true", help="close the month: later exports return this exact file, "
                    "later changes become corrections (writes the database; see docs/chargeback.md)")
-    setting_flags(e, settings, "--charge-period")
+    setting_flags(e, settings, "--charge-period", "--focus-version", "--idle-policy")
 
 
 def export(args: argparse.Namespace, settings: Settings) -> int:

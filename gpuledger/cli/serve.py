@@ -27,7 +27,8 @@ def register(sub: Any, settings: Settings) -> None:
         "OpenAPI at /docs, a showback page at /. Opens the database read-only. Every /v1 route needs a token "
         "(`gpuledger token create`); --no-auth turns that off for local development only.",
     )
-    setting_flags(s, settings, "--db", "--host", "--port", "--prices")
+    setting_flags(s, settings, "--db", "--host", "--port", "--prices", "--memory-limit", "--cloud-rates", "--node-pools",
+                  "--budgets", "--idle-policy", "--work-units", "--queues")
     s.add_argument("--close-months", action="store_true",
                    help="close each month's chargeback file once it has ended (+ grace); needs the writer lock")
     setting_flags(s, settings, "--close-grace-hours", "--tls-certfile", "--tls-keyfile", "--audit-dir",
@@ -65,6 +66,18 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     free_to_serve(settings.api_host, settings.api_port)
     book, context = price_book(settings.prices_path), ExportContext.from_settings(settings)
     tls = tls_options(settings)  # a half-set or missing TLS file fails here, before anything runs
+    from gpuledger.analytics import economics as econ
+
+    rates = econ.load_cloud_rates(settings.cloud_rates_path) if settings.cloud_rates_path else econ.default_cloud_rates()
+    pools = econ.load_node_pools(settings.node_pools_path) if settings.node_pools_path else econ.NodePools()
+    from gpuledger.analytics.budgets import load_budgets
+    from gpuledger.analytics.work_units import load_work_units
+
+    budgets = load_budgets(settings.budgets_path) if settings.budgets_path else None
+    from gpuledger.analytics.queues import load_queues
+
+    units = load_work_units(settings.work_units_path) if settings.work_units_path else None
+    queues = load_queues(settings.queues_path) if settings.queues_path else None
     registry = metrics_registry(args.own_metrics_port, settings.metrics_host)
     metrics = None
     if registry is not None:
@@ -72,6 +85,7 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
 
         metrics = ApiMetrics(registry)
     app = create_app(db, prices=book, auth=not args.no_auth, export_context=context, audit=audit_log(settings),
+                     cloud_rates=rates, node_pools=pools, budgets=budgets, work_units=units, queues=queues,
                      metrics=metrics)
     if args.close_months:  # the scheduled monthly close (docs/chargeback.md)
         from gpuledger.analytics.export_cmd import MonthCloser

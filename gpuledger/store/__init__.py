@@ -13,12 +13,13 @@ Who writes and how readers read: docs/storage.md.
 from __future__ import annotations
 
 from gpuledger.store.arrow import batch_to_arrow
-from gpuledger.store.duck import DeadLetter, Store
+from gpuledger.store.duck import DeadLetter, Store, configure
 from gpuledger.store.migrations import MIGRATIONS, Migration
 from gpuledger.store.schema import INGEST_TABLES, NEW_DEAD_LETTER, PODS_LATEST_WINS, TABLES
 from gpuledger.timeutil import HOUR_NS  # re-exported for callers written before gpuledger.timeutil (its home)
 
 __all__ = [
+    "configure",
     "HOUR_NS",
     "INGEST_TABLES",
     "MIGRATIONS",

@@ -37,7 +37,24 @@ from gpuledger.store.migrations import migrate
 from gpuledger.store.schema import NEW_DEAD_LETTER, PODS_LATEST_WINS
 from gpuledger.timeutil import HOUR_NS
 
-__all__ = ["DeadLetter", "Store"]
+__all__ = ["DeadLetter", "Store", "configure"]
+
+#: DuckDB settings every Store opened by this process applies (``configure``; the CLI sets them from Settings).
+_SETTINGS: dict[str, str] = {}
+
+
+def configure(*, memory_limit: str | None = None) -> None:
+    """Bound the memory DuckDB takes in this process (each Store opened from now on).
+
+    ``memory_limit`` (e.g. ``1GB``): DuckDB's buffer manager keeps its data
+    under it and spills what does not fit (sorts, joins, aggregates) to a
+    temporary directory (``<file>.tmp`` next to a database file); a query that
+    cannot spill fails with an out-of-memory error instead of growing. None:
+    DuckDB's default (80 % of the machine's memory).
+    """
+    _SETTINGS.pop("memory_limit", None)
+    if memory_limit is not None:
+        _SETTINGS["memory_limit"] = memory_limit
 
 #: One migration at a time per process: two Stores of one file in one process share DuckDB's instance.
 _MIGRATING = threading.Lock()
@@ -95,6 +112,8 @@ class Store:
         self._lock = threading.RLock()
         with _translated(f"cannot open {self.path}", "check the path and that the file is a gpuledger DuckDB database"):
             self._con = duckdb.connect(self.path, read_only=read_only)
+            for name, value in _SETTINGS.items():
+                self._con.execute(f"SET {name} = '{value}'")
         if not read_only:
             try:
                 with _MIGRATING:
@@ -278,7 +297,7 @@ class Store:
 
     # --- reading -------------------------------------------------------------
 
-    def query(self, sql: str, params: Sequence[Any] | None = None) -> pl.DataFrame:
+    def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> pl.DataFrame:
         with self._lock, _translated("query failed"):
             rel = self._con.sql(sql, params=params or None)
             frame: pl.DataFrame = rel.pl() if rel is not None else pl.DataFrame()

@@ -82,6 +82,10 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(7, "API tokens (created by the first `token create` before migrations)", creates=("api_tokens",)),
     Migration(8, "closed chargeback months and their billed rows (created by the first close before migrations)",
               creates=("chargeback_closes", "chargeback_billed")),
+    Migration(9, "rollups written by the attribution job (hours to merge) and the interval ledger's window",
+              creates=("ledger_hourly_unmerged", "ledger_window")),
+    Migration(10, "work units imported from Prometheus per pod and hour", creates=("work_units",)),
+    Migration(11, "Kueue quota series per ClusterQueue and hour", creates=("queue_hourly",)),
 )
 
 

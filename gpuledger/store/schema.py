@@ -26,11 +26,18 @@ Attribution and its products:
   allocated_idle, unallocated, unmeasured); ``attributed``: which messages
   it covers, under which tenancy rules.
 - ``ledger_hourly``: the ledger summed per UTC hour (``analytics/hourly.py``);
-  ``ledger_hourly_pending``: hours to recompute; ``ledger_retired``: months
-  whose interval-grain ledger retention removed.
+  ``ledger_hourly_pending``: hours to recompute from the ledger;
+  ``ledger_hourly_unmerged``: hours the attribution job added partial sums
+  to, to merge into one row per key; ``ledger_window``: where the
+  interval-grain ledger starts (older intervals exist only as rollups);
+  ``ledger_retired``: months whose interval-grain ledger retention removed.
 - ``chargeback_closes``, ``chargeback_billed``: closed months' files, byte for
   byte, and every billed row (``analytics/closing.py``).
 - ``api_tokens``: API tokens, the secret stored as its SHA-256 only (``api/tokens.py``).
+- ``work_units``: work counted per hour and pod (tokens, samples...), imported
+  from Prometheus (``analytics/work_units.py``).
+- ``queue_hourly``: Kueue's quota, reservation, usage and admission-wait
+  series per ClusterQueue and hour (``analytics/queues.py``).
 
 Bookkeeping: ``schema_migrations``, the migrations applied to this file.
 """
@@ -101,6 +108,17 @@ TABLES: dict[str, str] = {
         gpu_seconds DOUBLE NOT NULL, energy_j DOUBLE, energy_intervals UINTEGER NOT NULL,
         memory_gb_seconds DOUBLE, intervals UINTEGER NOT NULL)""",
     "ledger_hourly_pending": "CREATE TABLE IF NOT EXISTS ledger_hourly_pending (hour_start_ns BIGINT PRIMARY KEY)",
+    "ledger_hourly_unmerged": "CREATE TABLE IF NOT EXISTS ledger_hourly_unmerged (hour_start_ns BIGINT PRIMARY KEY)",
+    "ledger_window": """CREATE TABLE IF NOT EXISTS ledger_window (
+        id INTEGER PRIMARY KEY, kept_from_ns BIGINT NOT NULL, updated_at TIMESTAMPTZ DEFAULT now())""",
+    # --- work done (analytics/work_units.py): per-pod counters imported from Prometheus, hourly ----
+    "work_units": """CREATE TABLE IF NOT EXISTS work_units (
+        hour_start_ns BIGINT NOT NULL, cluster VARCHAR, namespace VARCHAR NOT NULL, pod VARCHAR NOT NULL,
+        unit VARCHAR NOT NULL, count DOUBLE NOT NULL)""",
+    # --- Kueue quotas (analytics/queues.py): per ClusterQueue and hour, imported from Prometheus ----
+    "queue_hourly": """CREATE TABLE IF NOT EXISTS queue_hourly (
+        hour_start_ns BIGINT NOT NULL, cluster_queue VARCHAR NOT NULL, series VARCHAR NOT NULL, le DOUBLE,
+        value DOUBLE NOT NULL)""",
     "ledger_retired": """CREATE TABLE IF NOT EXISTS ledger_retired (
         month VARCHAR PRIMARY KEY, start_ns BIGINT NOT NULL, end_ns BIGINT NOT NULL,
         ledger_rows BIGINT NOT NULL, gpu_seconds DOUBLE, retired_at TIMESTAMPTZ DEFAULT now())""",

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from gpuledger.analytics import chargeback as cb
 from gpuledger.analytics import kinds as K
-from gpuledger.analytics.focus import COLUMNS, focus_csv, sanitize_cell
+from gpuledger.analytics.focus import COLUMNS, ExportContext, focus_csv, sanitize_cell
 from gpuledger.analytics.money import quantize_fraction
 from gpuledger.analytics.prices import default_price_book, parse_price_book
 from gpuledger.store import Store
@@ -25,9 +25,9 @@ from tests.support.chargeback_rows import (
     A100,
     H100,
     HOUR_NS,
-    SCHEMA,
     T0,
     billed,
+    book,
     ledger,
     parse,
     random_ledgers,
@@ -200,7 +200,7 @@ def test_store_edge_reads_the_month_from_a_duckdb_file(tmp_path: Any) -> None:
     rows = [row("ml", K.BUSY, 1800), row("", K.UNALLOCATED, 1800),
             row("ml", K.BUSY, 3600, seq=1, start_ns=to_ns(datetime(2025, 4, 1, tzinfo=UTC)))]
     with Store(tmp_path / "l.duckdb") as store:
-        store.append("ledger", pl.DataFrame(rows, schema=SCHEMA))
+        book(store, rows)
     with Store(tmp_path / "l.duckdb", read_only=True) as store:
         text = cb.chargeback_csv(store, "2025-03", default_price_book())
     assert text == focus_csv(ledger(rows[:2]), default_price_book(), "2025-03")[0]
@@ -212,23 +212,28 @@ def test_store_edge_reads_the_month_from_a_duckdb_file(tmp_path: Any) -> None:
 FOCUS_REQUIRED = ["BilledCost", "EffectiveCost", "ListCost", "BillingCurrency", "BillingPeriodStart",
                   "BillingPeriodEnd", "ChargePeriodStart", "ChargePeriodEnd", "ChargeCategory", "ChargeClass",
                   "ChargeDescription", "PricingQuantity", "PricingUnit", "ConsumedQuantity", "ConsumedUnit",
-                  "ListUnitPrice", "ProviderName", "ServiceName", "ServiceCategory", "SubAccountId",
+                  "ListUnitPrice", "ServiceName", "ServiceCategory", "SubAccountId",
                   "SubAccountName", "ResourceType", "SkuId"]
 EVIL = ["=HYPERLINK(\"http://x\")", "+1+1", "-2+3", "@SUM(A1)", "\tTab", "\rCR", "équipe-δ"]
 
 
-def test_file_columns_values_and_spreadsheet_safety() -> None:
+@pytest.mark.parametrize(("version", "provider"), [("1.4", "ServiceProviderName"), ("1.2", "ProviderName")])
+def test_file_columns_values_and_spreadsheet_safety(version: Any, provider: str) -> None:
     rows = [row(t, K.BUSY, 3600, gpu=i) for i, t in enumerate(EVIL)]
-    text, _ = focus_csv(ledger(rows), default_price_book(), "2025-03")
+    text, _ = focus_csv(ledger(rows), default_price_book(), "2025-03", ExportContext(focus_version=version))
     assert not text.startswith("#") and "\r\n" in text
     out = parse(text)
     header = list(out[0])
-    assert all(name in header for name in FOCUS_REQUIRED)
+    assert all(name in header for name in [*FOCUS_REQUIRED, provider])
+    gone = {"1.4": ("ProviderName", "PublisherName"), "1.2": ("ServiceProviderName", "HostProviderName")}[version]
+    assert not set(gone) & set(header)
     assert all(name.startswith("x_") for name in header if name not in FOCUS_REQUIRED and name[0].islower())
+    assert {r["InvoiceId"] for r in out} == {"gpuledger/2025-03"}
+    assert {r["ServiceSubcategory"] for r in out} == {"AI Platforms"}
     accounts = {r["SubAccountId"] for r in out}
     assert accounts == {"'" + t if t[0] in "=+-@\t\r" else t for t in EVIL}
     first = out[0]
-    assert (first["ChargeCategory"], first["ChargeClass"], first["PricingUnit"], first["ProviderName"],
+    assert (first["ChargeCategory"], first["ChargeClass"], first["PricingUnit"], first[provider],
             first["ServiceCategory"], first["BillingCurrency"]) == ("Usage", "", "GPU-Hours", "gpuledger",
                                                                     "AI and Machine Learning", "USD")
     assert (first["BillingPeriodStart"], first["BillingPeriodEnd"]) == ("2025-03-01T00:00:00Z", "2025-04-01T00:00:00Z")

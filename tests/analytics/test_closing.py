@@ -7,7 +7,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -16,11 +15,12 @@ from gpuledger.analytics import closing
 from gpuledger.analytics import kinds as K
 from gpuledger.analytics.focus import ExportContext
 from gpuledger.analytics.focus_rules import check_rows
+from gpuledger.analytics.hourly import rebuild_hourly
 from gpuledger.analytics.prices import default_price_book
 from gpuledger.analytics.reconcile import reconcile
 from gpuledger.store import Store
 from gpuledger.timeutil import month_bounds, to_ns
-from tests.support.chargeback_rows import HOUR_NS, SCHEMA, billed, parse, random_ledgers, row
+from tests.support.chargeback_rows import HOUR_NS, billed, book, parse, random_ledgers, row
 
 OCT = to_ns(datetime(2026, 10, 1, tzinfo=UTC))
 NOV = to_ns(datetime(2026, 11, 1, tzinfo=UTC))
@@ -30,7 +30,7 @@ BOOK = default_price_book()  # H100 2.99 USD per GPU-hour
 
 
 def write(store: Store, rows: list[dict[str, Any]]) -> None:
-    store.append("ledger", pl.DataFrame(rows, schema=SCHEMA))
+    book(store, rows)
 
 
 @pytest.fixture
@@ -84,6 +84,7 @@ def test_late_data_becomes_correction_rows_in_the_next_open_month(store: Store) 
 def test_a_tenancy_change_after_close_moves_money_between_tenants(store: Store) -> None:
     closing.export(store, "2026-10", BOOK, final=True, now=AFTER_NOV)
     store.execute("UPDATE ledger SET tenant = 'vision' WHERE tenant = 'ml'")  # a corrected rule, re-attributed
+    rebuild_hourly(store)  # as `gpuledger attribute --full` does
     fixes = [r for r in parse(closing.export(store, "2026-11", BOOK, now=AFTER_NOV).content.decode())
              if r["ChargeClass"]]
     # 2.99 over two equal halves is 1.495 each: the tie's spare cent goes to the first line by name, which
@@ -156,6 +157,7 @@ def test_late_rows_are_billed_exactly_once_as_corrections(case: Any, data: st.Da
         write(store, [r for i, r in enumerate(rows) if i in late])
         if renamed:
             store.execute("UPDATE ledger SET tenant = 'renamed' WHERE tenant = 'ml'")
+            rebuild_hourly(store)
         now = datetime(2025, 5, 2, tzinfo=UTC)
         cost_now = reconcile(store, "2025-03", BOOK, now=now).fleet_cost
         closing.export(store, "2025-04", BOOK, final=True, now=now)
@@ -181,9 +183,14 @@ def test_cli_closes_writes_files_and_reconciles(store: Store, tmp_path: Path, ca
     out = tmp_path / "exports"
     out.mkdir()
     base = ["export", "chargeback", "--month", "2026-10", "--db", db, "--out", str(out)]
+    assert main(["export", "chargeback", "--month", "2026-10", "--db", db, "--focus-version", "1.2"]) == 0
+    header = capsys.readouterr().out.splitlines()[0].split(",")  # an open month, in the version asked
+    assert "ProviderName" in header and "AllocatedMethodId" not in header
     assert main(base + ["--final"]) == 0
     closed = (out / "gpuledger-chargeback-2026-10.csv").read_bytes()
-    assert "closed, sha256" in capsys.readouterr().err
+    assert b"AllocatedMethodId" in closed.split(b"\r\n")[0]  # 1.4 by default
+    err = capsys.readouterr().err
+    assert "closed, sha256" in err and err.rstrip().endswith("idle policy holder")
     assert main(base + ["--format", "parquet"]) == 0 and (out / "gpuledger-chargeback-2026-10.parquet").exists()
     assert main(["export", "chargeback", "--month", "2026-10", "--db", db]) == 0
     assert capsys.readouterr().out.encode() == closed  # stdout: the same closed bytes

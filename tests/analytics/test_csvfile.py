@@ -66,12 +66,14 @@ def test_explain_csv_neutralises_crafted_pods_and_namespaces(tmp_path: Path) -> 
         rows.append(r)
     with Store(db) as store:
         store.append("ledger", pl.DataFrame(rows, schema=SCHEMA))
-    out = _cells(explain_command(str(db), "ml", None, None, "csv"))
+    out = _cells(explain_command(str(db), "ml", None, None, "csv", detail=True))
     # 52 unsafe cells in the outside probe: namespaces and pod names reached the file as they were
     assert not _unsafe(out, {"pod", "namespace", "node"}), out
     assert {r[out[0].index("pod")] for r in out[1:]} == {"'" + c for c in CRAFTED}
     assert {r[out[0].index("mig_index")] for r in out[1:]} == {"-1"}  # a number, not neutralised
-    assert {r[out[0].index("gpu_seconds")] for r in out[1:]} == {"600.0"}
+    assert {r[out[0].index("gpu_hours")] for r in out[1:]} == {str(round(600 / 3600, 6))}
+    summary = _cells(explain_command(str(db), "ml", None, None, "csv"))  # per GPU: node names are anyone's too
+    assert not _unsafe(summary, {"node"}) and len(summary) == len(CRAFTED) + 1
 
 
 def test_a_cell_with_a_line_break_is_quoted_whatever_the_line_terminator() -> None:

@@ -81,5 +81,7 @@ def test_explain_cli_prints_the_line_and_its_rows(tmp_path, capsys) -> None:
     assert "tenant a: 0.006 GPU-h" in out and "coverage 100.0 %" in out and "process_samples" in out
     assert cli.main(["explain", "--db", str(db), "--tenant", "a", "--format", "csv"]) == 0
     rows = pl.read_csv(capsys.readouterr().out.encode())
-    assert rows["intervals"].max() == 3 and rows["gpu_seconds"].sum() == pytest.approx(30.0)
+    assert rows["intervals"].max() == 3 and rows["gpu_hours"].sum() == pytest.approx(30.0 / 3600, abs=1e-6)
+    assert cli.main(["explain", "--db", str(db), "--tenant", "a", "--format", "csv", "--detail"]) == 0
+    assert "process_samples" in pl.read_csv(capsys.readouterr().out.encode())["rule"].to_list()
     assert cli.main(["explain", "--db", str(db), "--tenant", "a", "--start", "soon"]) == 2

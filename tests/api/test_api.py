@@ -50,13 +50,28 @@ def test_showback_defaults_to_the_latest_month_with_data(api: httpx.Client) -> N
     assert rows["ml"] == {
         "tenant": "ml", "gpu_hours": 0.833333, "used_gpu_hours": 0.5, "allocated_idle_gpu_hours": 0.333333,
         "unmeasured_gpu_hours": 0.0, "unallocated_gpu_hours": 0.0, "memory_gb_hours": None, "energy_kwh": 1.0,
-        "cost": "2.49", "currency": "USD", "coverage": 1.0,
+        "cost": "2.49", "currency": "USD", "coverage": 1.0, "idle_cost": "1.00", "utilization": 0.6,
         "drilldown": "/v1/drilldown?tenant=ml&start=2025-03-01T00%3A00%3A00Z&end=2025-04-01T00%3A00%3A00Z",
     }
     assert (rows["cv"]["cost"], rows["cv"]["coverage"], rows["cv"]["energy_kwh"]) == ("1.29", 0.25, None)
     assert (rows["platform"]["cost"], rows["platform"]["unallocated_gpu_hours"], rows["platform"]["coverage"]) == (
         "0.50", 0.166667, None)
     assert rows["=cmd|' /C calc'!A0"]["cost"] == "0.69"
+
+
+def test_showback_under_each_idle_policy(api: httpx.Client) -> None:
+    holder = api.get("/v1/showback").json()
+    assert holder["idle_policy"] == "holder"
+    platform = api.get("/v1/showback", params={"idle_policy": "platform"}).json()
+    rows = {r["tenant"]: r for r in platform["rows"]}
+    assert (platform["idle_policy"], platform["total_cost"]) == ("platform", holder["total_cost"])
+    assert rows["ml"]["allocated_idle_gpu_hours"] == 0.0 and rows["ml"]["used_gpu_hours"] == 0.5
+    assert rows["platform"]["allocated_idle_gpu_hours"] == 0.333333  # ml's idle H100 time moved
+    shared = api.get("/v1/showback", params={"idle_policy": "share_unallocated"}).json()
+    rows = {r["tenant"]: r for r in shared["rows"]}
+    assert shared["total_cost"] == holder["total_cost"] and "platform" not in rows  # ml alone used that H100
+    assert rows["ml"]["unallocated_gpu_hours"] == 0.166667 and rows["ml"]["cost"] == "2.99"
+    assert api.get("/v1/showback", params={"idle_policy": "nobody"}).status_code == 422
 
 
 def test_showback_for_an_explicit_period_and_groups(api: httpx.Client) -> None:

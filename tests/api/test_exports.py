@@ -10,7 +10,6 @@ from decimal import Decimal
 from pathlib import Path
 
 import httpx
-import polars as pl
 import pyarrow.parquet as pq
 import pytest
 from fastapi import FastAPI
@@ -22,7 +21,8 @@ from gpuledger.analytics.prices import default_price_book
 from gpuledger.api.app import create_app
 from gpuledger.api.tokens import create_token
 from gpuledger.store import Store
-from tests.support.api_ledger import HOUR_NS, SCHEMA, row
+from tests.support.api_ledger import HOUR_NS, row
+from tests.support.api_ledger import book_ledger as book
 from tests.support.live_server import serving
 
 OCT = int(datetime(2026, 10, 1, tzinfo=UTC).timestamp()) * 10**9
@@ -34,11 +34,11 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Cli
     path = tmp_path_factory.mktemp("exports") / "gpuledger.duckdb"
     with Store(path) as store:
         rows = [row("ml", K.BUSY, 3600, seq=0, start_ns=OCT), row("=evil", K.BUSY, 3600, seq=1, start_ns=NOV)]
-        store.append("ledger", pl.DataFrame(rows, schema=SCHEMA))
+        book(store, rows)
         closed = closing.export(store, "2026-10", default_price_book(), final=True,
                                 now=datetime(2026, 11, 2, tzinfo=UTC)).content
         late = row("late", K.BUSY, 3600, seq=2, gpu=1, start_ns=OCT + HOUR_NS)  # after the close
-        store.append("ledger", pl.DataFrame([late], schema=SCHEMA))
+        book(store, [late])
         tokens = {role: create_token(store, role, "ml" if role == "tenant" else None)[1]
                   for role in ("finance", "tenant")}
     with serving(create_app(str(path))) as client:
@@ -74,6 +74,29 @@ def test_an_open_month_previews_corrections_and_reconciles(
     assert closed["closed"] and closed["drift_since_close"] == "2.99"
 
 
+def test_an_open_month_in_either_focus_version(served: tuple[httpx.Client, Path, bytes, dict[str, str]]) -> None:
+    client = served[0]
+    v14 = client.get("/v1/exports/chargeback", params={"month": "2026-11"})
+    v12 = client.get("/v1/exports/chargeback", params={"month": "2026-11", "focus_version": "1.2"})
+    h14, h12 = (next(csv.reader(io.StringIO(r.text))) for r in (v14, v12))
+    assert "ServiceProviderName" in h14 and "AllocatedMethodDetails" in h14 and "ProviderName" not in h14
+    assert "ProviderName" in h12 and "AllocatedMethodDetails" not in h12 and "InvoiceId" in h12
+    assert v14.headers["x-billed-total"] == v12.headers["x-billed-total"]
+    bad = client.get("/v1/exports/chargeback", params={"month": "2026-11", "focus_version": "1.3"})
+    assert bad.status_code == 422
+
+
+def test_the_idle_policy_is_a_parameter_and_a_header(served: tuple[httpx.Client, Path, bytes, dict[str, str]]) -> None:
+    client = served[0]
+    default = client.get("/v1/exports/chargeback", params={"month": "2026-11"})
+    platform = client.get("/v1/exports/chargeback", params={"month": "2026-11", "idle_policy": "platform"})
+    assert (default.headers["x-idle-policy"], platform.headers["x-idle-policy"]) == ("holder", "platform")
+    assert {r["x_IdlePolicy"] for r in csv.DictReader(io.StringIO(platform.text))} == {"platform"}
+    closed = client.get("/v1/exports/chargeback", params={"month": "2026-10", "idle_policy": "platform"})
+    assert closed.headers["x-idle-policy"] == "holder"  # a closed file says the policy it was closed with
+    assert client.get("/v1/exports/chargeback", params={"month": "2026-11", "idle_policy": "x"}).status_code == 422
+
+
 def test_export_errors_have_the_one_shape(served: tuple[httpx.Client, Path, bytes, dict[str, str]]) -> None:
     client, _, _, tokens = served
     bad = client.get("/v1/exports/chargeback", params={"month": "2026-13"})
@@ -94,7 +117,7 @@ def day_closed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx
     path = tmp_path_factory.mktemp("day-closed") / "gpuledger.duckdb"
     with Store(path) as store:
         rows = [row("ml", K.BUSY, 3600, seq=0, start_ns=OCT), row("nlp", K.BUSY, 1800, seq=1, start_ns=NOV)]
-        store.append("ledger", pl.DataFrame(rows, schema=SCHEMA))
+        book(store, rows)
         closed = closing.export(store, "2026-10", default_price_book(), final=True,
                                 context=ExportContext(charge_period="day"), now=datetime(2026, 11, 2, tzinfo=UTC)).content
         token = create_token(store, "finance")[1]

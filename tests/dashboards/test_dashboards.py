@@ -1,4 +1,8 @@
-"""The Grafana dashboards: generated JSON is committed, well-formed, and every query runs.
+"""The Grafana dashboards: generated JSON is committed, well-formed, valid, and every query runs.
+
+Valid: each dashboard against Grafana's dashboard JSON schema (vendored with
+its provenance in dashboards/schema/), each Infinity query and variable query
+against the plugin's query model (``INFINITY_MODEL`` below, from its source).
 
 Infinity panels: each URL is fetched from the live API on simulator demo data
 (as Grafana would, with ${__from}/${__to} as epoch ms and ${gpu} from the
@@ -11,6 +15,8 @@ test skips (fails under CI=true).
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import importlib.util
 import json
 import re
@@ -19,6 +25,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -34,6 +41,79 @@ from tests.support.system import free_port, need_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 BOARDS = ROOT / "dashboards"
+SCHEMA = BOARDS / "schema" / "dashboard.jsonschema.json"
+SCHEMA_SHA256 = "67451cd5b288f97e3f68eccd52ffa4f75151fc87c669b8cd93c051056b294265"  # dashboards/schema/README.md
+VARIABLE = re.compile(r"\$\{(\w+)(?::(\w+))?\}")  # ${name} or ${name:format}
+FILTER_VARIABLES = {"cluster", "tenant", "namespace", "model"}
+
+#: The Infinity plugin's query model, from grafana/grafana-infinity-datasource src/types/query.types.ts
+#: (InfinityJSONQuery with a URL source: InfinityQueryWithDataSource, InfinityURLOptions, InfinityColumn)
+#: and src/types/variables.types.ts (VariableQueryInfinity), read at commit 03a788f5 / 0268d749.
+INFINITY_MODEL: dict[str, Any] = {
+    "type": {"json", "csv", "tsv", "xml", "graphql", "html", "series", "global", "uql", "groq", "google-sheets",
+             "transformations"},
+    "source": {"url", "inline", "reference", "random-walk", "expression"},
+    "format": {"table", "timeseries", "dataframe", "as-is", "node-graph-nodes", "node-graph-edges"},
+    "json_parser": {"simple", "backend", "sqlite", "uql", "groq"},
+    "column_type": {"string", "number", "timestamp", "timestamp_epoch", "timestamp_epoch_s"},
+    "method": {"GET", "POST"},
+    # DataQuery's own fields, then InfinityJSONQuery's with a URL source.
+    "keys": {"refId", "hide", "key", "queryType", "datasource", "type", "source", "parser", "url", "url_options",
+             "root_selector", "columns", "filters", "format", "json_options", "filterExpression",
+             "summarizeExpression", "summarizeBy", "computed_columns"},
+    "url_option_keys": {"method", "params", "headers", "data", "body_type", "body_content_type", "body_form",
+                        "body_graphql_query"},
+    "column_keys": {"selector", "text", "type", "timestampFormat"},
+    "variable_keys": {"queryType", "refId", "infinityQuery", "query"},
+}
+
+
+def infinity_problems(q: dict[str, Any]) -> list[str]:
+    """What in an Infinity JSON/URL query does not fit the plugin's model (empty: it fits)."""
+    m = INFINITY_MODEL
+    out = [f"unknown field {k!r}" for k in q if k not in m["keys"]]
+    checks = [("type", m["type"]), ("source", m["source"]), ("format", m["format"])]
+    out += [f"{k}={q.get(k)!r} is not one of {sorted(allowed)}" for k, allowed in checks if q.get(k) not in allowed]
+    if q.get("type") == "json" and q.get("parser", "simple") not in m["json_parser"]:
+        out.append(f"parser={q.get('parser')!r} is not a JSON parser")
+    if not isinstance(q.get("refId"), str) or not q["refId"]:
+        out.append("refId missing")
+    if q.get("source") == "url":
+        opts = q.get("url_options")
+        if not isinstance(q.get("url"), str) or not isinstance(opts, dict):
+            out.append("a URL source needs url and url_options")
+        else:
+            out += [f"unknown url_options field {k!r}" for k in opts if k not in m["url_option_keys"]]
+            if opts.get("method") not in m["method"]:
+                out.append(f"url_options.method={opts.get('method')!r}")
+    if not isinstance(q.get("root_selector"), str) or not isinstance(q.get("columns"), list):
+        out.append("root_selector (string) and columns (list) are required")
+    for c in q.get("columns", []):
+        out += [f"unknown column field {k!r}" for k in c if k not in m["column_keys"]]
+        if not (isinstance(c.get("selector"), str) and isinstance(c.get("text"), str)):
+            out.append(f"column {c} needs selector and text")
+        if c.get("type") not in m["column_type"]:
+            out.append(f"column type {c.get('type')!r} is not one of {sorted(m['column_type'])}")
+    return out
+
+
+def variable_problems(v: dict[str, Any]) -> list[str]:
+    """What in a query variable's ``query`` does not fit Infinity's ``VariableQueryInfinity``."""
+    q = v["query"]
+    out = [f"unknown variable query field {k!r}" for k in q if k not in INFINITY_MODEL["variable_keys"]]
+    if q.get("queryType") != "infinity" or not isinstance(q.get("refId"), str):
+        out.append("a variable query needs queryType 'infinity' and a refId")
+    return out + infinity_problems(q.get("infinityQuery", {}))
+
+
+def grafana_schema() -> dict[str, Any]:
+    """The vendored schema, with the one correction dashboards/schema/README.md explains."""
+    schema = json.loads(SCHEMA.read_text(encoding="utf-8"))
+    query = schema["definitions"]["VariableModel"]["properties"]["query"]
+    branches = query["oneOf"] if "oneOf" in query else query["anyOf"]
+    assert branches[1] == {"type": "object", "additionalProperties": {"type": "object", "additionalProperties": {}}}
+    branches[1] = {"type": "object"}  # CUE: query?: string | {...}
+    return schema
 
 
 def _build_module() -> Any:
@@ -89,8 +169,11 @@ def test_structure() -> None:
             uid = t["datasource"]["uid"]
             assert uids[uid] == t["datasource"]["type"], (name, p["title"])
             text = t.get("url") or t.get("expr") or ""
-            used = set(re.findall(r"\$\{(\w+)\}", text)) - {"__from", "__to"}
+            used = {v for v, _ in VARIABLE.findall(text)} - {"__from", "__to"}
             assert used <= variables, (name, p["title"], used)
+            assert {f for v, f in VARIABLE.findall(text) if v in FILTER_VARIABLES} <= {"percentencode"}, text
+            if board["uid"] in ("gpuledger-showback", "gpuledger-idle") and "id" in p:  # every panel filters
+                assert used >= FILTER_VARIABLES, (name, p["title"], FILTER_VARIABLES - used)
             if uid == "gpuledger-api":
                 kinds["infinity"] += 1
                 assert t["url"].startswith("/v1/") and "start=${__from}&end=${__to}" in t["url"], t["url"]
@@ -102,6 +185,46 @@ def test_structure() -> None:
                 names = set(re.findall(r"\b((?:DCGM_FI|gpuledger)_[A-Za-z_]+)\b", t["expr"]))
                 assert names and names <= exported, (name, t["expr"], names - exported)
     assert kinds["infinity"] >= 10 and kinds["prometheus"] >= 8
+    for uid in ("gpuledger-showback", "gpuledger-idle"):
+        board = next(b for b in load_all().values() if b["uid"] == uid)
+        assert [v["name"] for v in board["templating"]["list"]] == ["cluster", "tenant", "namespace", "model"]
+
+
+def test_every_dashboard_validates_against_grafanas_dashboard_schema() -> None:
+    import jsonschema_rs
+
+    assert hashlib.sha256(SCHEMA.read_bytes()).hexdigest() == SCHEMA_SHA256, "update dashboards/schema/README.md"
+    validator = jsonschema_rs.Draft7Validator(grafana_schema())
+    for name, board in load_all().items():
+        errors = [f"{list(e.instance_path)}: {e.message[:200]}" for e in validator.iter_errors(board)]
+        assert not errors, (name, errors)
+    board = load_all()["gpuledger-showback.json"]  # the validator does reject what Grafana would
+    for broken in ({k: v for k, v in board.items() if k != "annotations"},
+                   {**board, "panels": [{**board["panels"][0], "gridPos": {"x": 0, "y": 0, "w": 25, "h": 8}}]},
+                   {**board, "templating": {"list": [{**board["templating"]["list"][0], "refresh": 7}]}}):
+        assert not validator.is_valid(broken)
+
+
+def test_every_infinity_query_follows_the_plugins_query_model() -> None:
+    checked = 0
+    for name, board in load_all().items():
+        for p in board["panels"]:
+            for t in p["targets"]:
+                if t["datasource"]["uid"] == "gpuledger-api":
+                    assert not infinity_problems(t), (name, p["title"], infinity_problems(t))
+                    checked += 1
+        for v in board["templating"]["list"]:
+            assert not variable_problems(v), (name, v["name"], variable_problems(v))
+            checked += 1
+    assert checked >= 25
+    good = next(t for b in load_all().values() for p in b["panels"] for t in p["targets"] if "url" in t)
+    for bad in ({**good, "format": "tabel"}, {**good, "columns": [{"selector": "x", "text": "x", "type": "int"}]},
+                {**good, "url_options": {"method": "PUT"}}, {**good, "rootSelector": "rows"},
+                {k: v for k, v in good.items() if k != "refId"}):
+        assert infinity_problems(bad), bad
+    var = copy.deepcopy(next(v for b in load_all().values() for v in b["templating"]["list"]))
+    var["query"]["queryType"] = "legacy"
+    assert variable_problems(var)
 
 
 # --- queries against live services --------------------------------------------------
@@ -119,9 +242,17 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         yield {"client": client, "last": last}
 
 
-def expand(text: str, gpu: str) -> str:
+def expand(text: str, gpu: str, values: dict[str, str] | None = None) -> str:
+    """A query as Grafana sends it: the demo's span, ``gpu``, and the variables (default: All, empty)."""
     start, end = demo_period_ms()
-    return text.replace("${__from}", str(start)).replace("${__to}", str(end)).replace("${gpu}", gpu)
+    chosen = {"__from": str(start), "__to": str(end), "gpu": gpu, **{v: "" for v in FILTER_VARIABLES},
+              **(values or {})}
+
+    def one(m: re.Match[str]) -> str:
+        value = chosen[m.group(1)]
+        return quote(value, safe="") if m.group(2) == "percentencode" else value
+
+    return VARIABLE.sub(one, text)
 
 
 @pytest.mark.slow
@@ -148,6 +279,35 @@ def test_every_infinity_query_returns_a_full_frame_from_the_live_api(demo: dict[
                 assert len({row["tenant"] for row in frame}) >= 2  # the GPU was shared: more than one tenant
             ran += 1
     assert ran >= 10
+
+
+@pytest.mark.slow
+def test_variables_list_values_and_every_panel_follows_them(demo: dict[str, Any]) -> None:
+    """Choose values as a person would, each from its variable's own list; every panel answers within them."""
+    client: httpx.Client = demo["client"]
+    board = load_all()["gpuledger-showback.json"]
+    chosen: dict[str, str] = {}
+    for v in board["templating"]["list"]:
+        listed = [row["value"] for row in client.get(expand(v["query"]["infinityQuery"]["url"], "", chosen)).json()]
+        assert listed, v["name"]
+        chosen[v["name"]] = "nlp" if v["name"] == "tenant" else listed[0]  # a tenant with several namespaces
+    assert chosen["cluster"] == "default"
+    everything = client.get(expand("/v1/values?dimension=namespace&start=${__from}&end=${__to}", "")).json()
+    mine = client.get(expand(board["templating"]["list"][2]["query"]["infinityQuery"]["url"], "", chosen)).json()
+    assert 0 < len(mine) < len(everything)  # $namespace follows $tenant
+    answered = 0
+    for name in ("gpuledger-showback.json", "gpuledger-idle.json"):
+        for p, t in targets(load_all()[name]):
+            if "id" not in p:
+                continue
+            r = client.get(expand(t["url"], "", chosen))
+            assert r.status_code == 200, (name, p["title"], r.text)
+            body = r.json()
+            frame = body[t["root_selector"]] if t["root_selector"] else body
+            for dim in ("tenant", "namespace", "model"):
+                assert {row[dim] for row in frame if dim in row} <= {chosen[dim]}, (name, p["title"], dim)
+            answered += bool(frame)
+    assert answered >= 8
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from typing import Any
 import polars as pl
 
 from gpuledger.analytics import kinds as K
+from gpuledger.analytics.hourly import refresh_hourly
 from gpuledger.store import Store
 
 H100, A100, L4 = "NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-40GB", "NVIDIA L4"
@@ -54,4 +55,9 @@ LEDGER = [
 
 
 def write_ledger(store: Store, rows: list[dict[str, Any]]) -> None:
+    """Append ledger rows and roll their hours up, as the attribution job does (exports read the rollups)."""
     store.append("ledger", pl.DataFrame(rows, schema=SCHEMA))
+    refresh_hourly(store, [r["interval_start_ns"] for r in rows])
+
+
+book_ledger = write_ledger

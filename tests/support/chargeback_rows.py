@@ -19,6 +19,8 @@ import polars as pl
 from hypothesis import strategies as st
 
 from gpuledger.analytics import kinds as K
+from gpuledger.analytics.hourly import refresh_hourly
+from gpuledger.store import Store
 from gpuledger.timeutil import to_ns
 
 H100, A100 = "NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-40GB"
@@ -50,6 +52,12 @@ def row(tenant: str, kind: str, seconds: float, *, seq: int = 0, gpu: int = 0, s
 
 def ledger(rows: list[dict[str, Any]]) -> pl.LazyFrame:
     return pl.DataFrame(rows, schema=SCHEMA).lazy()
+
+
+def book(store: Store, rows: list[dict[str, Any]]) -> None:
+    """Append ledger rows and roll their hours up, as the attribution job does (exports read the rollups)."""
+    store.append("ledger", pl.DataFrame(rows, schema=SCHEMA))
+    refresh_hourly(store, [r["interval_start_ns"] for r in rows])
 
 
 def parse(text: str) -> list[dict[str, str]]:

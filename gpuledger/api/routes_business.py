@@ -1,0 +1,153 @@
+"""Business routes: ``/v1/economics`` (admin, finance), ``/v1/budgets`` and the API's ``/metrics``.
+
+- ``/v1/economics?month=``: per node pool and GPU model, utilization,
+  allocation, efficiency, the owned fleet's cost per used GPU-hour, and what
+  the used and allocated hours would have cost rented on demand, with the
+  break-even utilization (:mod:`gpuledger.analytics.economics`;
+  docs/economics.md), from the hourly rollups.
+- ``/v1/budgets?month=`` (default: the current UTC month): per tenant, the
+  monthly budget, month-to-date cost, forecast to the month's end and over or
+  under (:mod:`gpuledger.analytics.budgets`); a tenant token sees its own line.
+- ``/v1/units?month=``: cost, GPU-hours and kWh per work unit (per 1M tokens)
+  per unit, tenant, GPU model and pod (:mod:`gpuledger.analytics.work_units`);
+  a tenant token sees its own rows.
+- ``/v1/queues?month=``: per Kueue ClusterQueue, quota vs admitted vs measured
+  GPU-hours and the admission wait (:mod:`gpuledger.analytics.queues`); a
+  tenant token sees its own queues.
+- ``/metrics`` (admin, finance; Prometheus text format): the current month's
+  ``gpuledger_tenant_budget``, ``gpuledger_tenant_cost_month_to_date`` and
+  ``gpuledger_tenant_cost_forecast`` per tenant, for the PrometheusRule in
+  deploy/prometheusrule-budgets.yaml. Rendered from a fresh report on each
+  scrape (cached with the database's version), never kept as gauges.
+
+The app's cloud rates, node pools and budgets come from ``create_app``
+(``gpuledger serve --cloud-rates --node-pools --budgets``).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import PlainTextResponse
+
+from gpuledger.analytics import budgets as bud
+from gpuledger.analytics import economics as econ
+from gpuledger.analytics import queues as qu
+from gpuledger.analytics import work_units as wu
+from gpuledger.analytics.policy import Policy
+from gpuledger.api.auth import EXPORT_ROLES, SHOWBACK_ROLES, data_filters, require, session
+from gpuledger.api.errors import ERROR_RESPONSES
+from gpuledger.api.params import END, MONTH, START, parse_month, resolve_period
+from gpuledger.api.reader import Database, Session
+from gpuledger.api.tokens import Principal
+from gpuledger.timeutil import from_ns, iso_utc, month_bounds, to_ns
+
+__all__ = ["router"]
+
+router = APIRouter(responses=ERROR_RESPONSES)
+_SESSION = Depends(session, scope="function")
+
+
+@router.get("/v1/economics", tags=["business"],
+            summary="Fleet economics per node pool and GPU model: utilization, cost per used GPU-hour, "
+            "rent vs own (admin, finance)")
+def economics(request: Request, month: str | None = Query(None, description="YYYY-MM (UTC) or `previous`; "
+                                                          "else start/end (Grafana), else the latest month with data"),
+              start: str | None = START, end: str | None = END, who: Principal = Depends(require(*EXPORT_ROLES)),
+              s: Session = _SESSION) -> dict[str, Any]:
+    db: Database = request.app.state.db
+    book, rates, pools = request.app.state.book, request.app.state.cloud_rates, request.app.state.node_pools
+    if month is not None:
+        month = parse_month(month)
+        lo, hi = (to_ns(t) for t in month_bounds(month))
+    else:
+        period = resolve_period(s, start, end, data_filters(who))
+        if period is None:
+            return econ.report_dict(None, [], rates, 0, None)
+        lo, hi = to_ns(period.start), to_ns(period.end)
+
+    def compute() -> dict[str, Any]:
+        s.query("SELECT 1 FROM ledger_hourly LIMIT 0")  # 503 with a hint on a file without rollups
+        rows, pending = econ.read_period(s.store, lo, hi)
+        return econ.report_dict(month, econ.economics(rows, book, rates, pools), rates, pending,
+                                None if month else {"start": iso_utc(from_ns(lo)), "end": iso_utc(from_ns(hi))})
+
+    return db.cached(("economics", lo, hi, month), compute)
+
+
+def _budgets(request: Request, s: Session, month: str, policy: Policy) -> dict[str, Any]:
+    db: Database = request.app.state.db
+    book, budgets = request.app.state.book, request.app.state.budgets
+
+    def compute() -> dict[str, Any]:
+        costs, until = bud.month_to_date(s.store, month, book, policy)
+        lines, as_of = bud.budget_report(month, costs, until, budgets, book.quantum)
+        return {"month": month, "currency": book.currency, "idle_policy": policy, "as_of": as_of,
+                "tenants": [t.to_dict() for t in lines]}
+
+    return db.cached(("budgets", month, policy), compute)
+
+
+@router.get("/v1/units", tags=["business"],
+            summary="Cost, GPU-hours and kWh per work unit (e.g. per 1M tokens) per tenant, model and pod")
+def units(request: Request, month: str = MONTH, who: Principal = Depends(require(*SHOWBACK_ROLES)),
+          s: Session = _SESSION) -> dict[str, Any]:
+    month = parse_month(month)
+    db: Database = request.app.state.db
+    book, config = request.app.state.book, request.app.state.work_units
+    rows: list[dict[str, Any]] = db.cached(("units", month), lambda: wu.unit_report(s.store, month, book, config))
+    if who.scoped:
+        rows = [r for r in rows if r["tenant"] == who.tenant]
+    return {"month": month, "currency": book.currency, "rows": rows}
+
+
+@router.get("/v1/queues", tags=["business"],
+            summary="Per Kueue ClusterQueue: quota, admitted, borrowed and unused GPU-hours, measured use, wait p50/p95")
+def queues(request: Request, month: str = MONTH, who: Principal = Depends(require(*SHOWBACK_ROLES)),
+           s: Session = _SESSION) -> dict[str, Any]:
+    month = parse_month(month)
+    db: Database = request.app.state.db
+    config = request.app.state.queues
+    rows: list[dict[str, Any]] = db.cached(("queues", month), lambda: qu.queue_report(s.store, month, config))
+    if who.scoped:
+        rows = [r for r in rows if r["tenant"] == who.tenant]
+    return {"month": month, "resource": config.resource, "queues": rows}
+
+
+@router.get("/v1/budgets", tags=["business"],
+            summary="Per tenant: monthly budget, month-to-date cost, forecast to month end, over/under")
+def budgets(request: Request, month: str = Query("current", description="YYYY-MM (UTC), `current` or `previous`"),
+            idle_policy: Policy = Query("holder", description="who pays for idle (as /v1/showback)"),
+            who: Principal = Depends(require(*SHOWBACK_ROLES)), s: Session = _SESSION) -> dict[str, Any]:
+    body = _budgets(request, s, parse_month(month), idle_policy)
+    if who.scoped:
+        body = {**body, "tenants": [t for t in body["tenants"] if t["tenant"] == who.tenant]}
+    return body
+
+
+_SERIES = (("gpuledger_tenant_budget", "budget", "The tenant's monthly budget (budgets file), in the currency."),
+           ("gpuledger_tenant_cost_month_to_date", "month_to_date",
+            "The tenant's cost in the current UTC month so far, from the hourly rollups."),
+           ("gpuledger_tenant_cost_forecast", "forecast",
+            "The tenant's month-to-date cost extrapolated linearly to the end of the month."))
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+@router.get("/metrics", response_class=PlainTextResponse, tags=["business"],
+            summary="Prometheus metrics: per-tenant budget, month-to-date cost and forecast (admin, finance)")
+def metrics(request: Request, who: Principal = Depends(require(*EXPORT_ROLES)), s: Session = _SESSION) -> str:
+    month = f"{datetime.now(UTC):%Y-%m}"
+    body = _budgets(request, s, month, request.app.state.export_context.idle_policy)
+    out = []
+    for name, field, text in _SERIES:
+        out += [f"# HELP {name} {text}", f"# TYPE {name} gauge"]
+        for t in body["tenants"]:
+            if t[field] is not None:  # no budget: no series (absent, never 0)
+                out.append(f'{name}{{tenant="{_label(t["tenant"])}",currency="{body["currency"]}",'
+                           f'month="{month}"}} {t[field]}')
+    return "\n".join(out) + "\n"

@@ -1,0 +1,185 @@
+"""Showback against Kueue quotas: Kueue-shaped series from a real Prometheus, checked against hand-computed numbers."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gpuledger.analytics import kinds as K
+from gpuledger.analytics import queues as qu
+from gpuledger.analytics.hourly import rebuild_hourly
+from gpuledger.analytics.work_units import PrometheusHTTP
+from gpuledger.errors import ConfigError
+from gpuledger.store import Store
+from gpuledger.timeutil import HOUR_NS
+from tests.support.api_ledger import row, write_ledger
+from tests.support.system import free_port, need_binary
+
+G = 'resource="nvidia.com/gpu"'
+#: cq-ml: quota 4 + 2 GPUs (two flavors), 7 admitted (1 borrowed), 5 in use; cq-cv: quota 4, 1 admitted (3 unused);
+#: a CPU quota that must not count; cq-ml's admission waits: 2 under 1 s, 4 in (1, 10], 4 in (10, 100].
+KUEUE_METRICS = f"""# TYPE kueue_cluster_queue_nominal_quota gauge
+kueue_cluster_queue_nominal_quota{{cohort="all",cluster_queue="cq-ml",flavor="h100",{G}}} 4
+kueue_cluster_queue_nominal_quota{{cohort="all",cluster_queue="cq-ml",flavor="a100",{G}}} 2
+kueue_cluster_queue_nominal_quota{{cohort="all",cluster_queue="cq-cv",flavor="h100",{G}}} 4
+kueue_cluster_queue_nominal_quota{{cohort="all",cluster_queue="cq-cv",flavor="cpu",resource="cpu"}} 64
+# TYPE kueue_cluster_queue_borrowing_limit gauge
+kueue_cluster_queue_borrowing_limit{{cohort="all",cluster_queue="cq-ml",flavor="h100",{G}}} 2
+# TYPE kueue_cluster_queue_resource_reservation gauge
+kueue_cluster_queue_resource_reservation{{cohort="all",cluster_queue="cq-ml",flavor="h100",{G}}} 7
+kueue_cluster_queue_resource_reservation{{cohort="all",cluster_queue="cq-cv",flavor="h100",{G}}} 1
+# TYPE kueue_cluster_queue_resource_usage gauge
+kueue_cluster_queue_resource_usage{{cohort="all",cluster_queue="cq-ml",flavor="h100",{G}}} 5
+# TYPE kueue_admission_wait_time_seconds histogram
+kueue_admission_wait_time_seconds_bucket{{cluster_queue="cq-ml",le="1"}} 2
+kueue_admission_wait_time_seconds_bucket{{cluster_queue="cq-ml",le="10"}} 6
+kueue_admission_wait_time_seconds_bucket{{cluster_queue="cq-ml",le="100"}} 10
+kueue_admission_wait_time_seconds_bucket{{cluster_queue="cq-ml",le="+Inf"}} 10
+kueue_admission_wait_time_seconds_sum{{cluster_queue="cq-ml"}} 300
+kueue_admission_wait_time_seconds_count{{cluster_queue="cq-ml"}} 10
+"""
+QUEUES = qu.parse_queues('[[queue]]\ncluster_queue = "cq-ml"\ntenant = "ml"\n')
+
+
+def test_quantile_interpolates_like_histogram_quantile() -> None:
+    buckets = [(1.0, 2.0), (10.0, 6.0), (100.0, 10.0), (float("inf"), 10.0)]
+    assert qu.quantile(0.5, buckets) == 7.75  # rank 5 in (1, 10]: 1 + 9 x 3/4
+    assert qu.quantile(0.95, buckets) == 88.75  # rank 9.5 in (10, 100]: 10 + 90 x 3.5/4
+    assert qu.quantile(0.99, [(1.0, 1.0), (float("inf"), 5.0)]) == 1.0  # +Inf bucket: the highest finite bound
+    assert qu.quantile(0.5, [(1.0, 0.0), (float("inf"), 0.0)]) is None  # no admissions: unknown, not 0
+    with pytest.raises(ConfigError, match="needs cluster_queue and tenant"):
+        qu.parse_queues('[[queue]]\ncluster_queue = "x"\n')
+
+
+@pytest.fixture
+def kueue_prometheus(tmp_path: Path) -> Iterator[str]:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            body = KUEUE_METRICS.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    binary = need_binary("prometheus", "/usr/bin/prometheus", hint="apt-get install prometheus, or "
+                         "scripts/system-deps.sh as root")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = free_port()
+    (tmp_path / "prometheus.yml").write_text(
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: kueue\n"
+        f"    static_configs:\n      - targets: ['127.0.0.1:{server.server_address[1]}']\n")
+    log = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115
+    prom = subprocess.Popen([binary, f"--config.file={tmp_path / 'prometheus.yml'}",
+                             f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert prom.poll() is None, (tmp_path / "prometheus.log").read_text()[-2000:]
+            try:
+                r = httpx.get(f"{url}/api/v1/query", params={"query": "kueue_admission_wait_time_seconds_bucket"},
+                              timeout=2)
+                if r.status_code == 200 and r.json()["data"]["result"]:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        else:
+            pytest.fail("Prometheus never stored a scrape:\n" + (tmp_path / "prometheus.log").read_text()[-2000:])
+        yield url
+    finally:
+        prom.terminate()
+        prom.wait(10)
+        log.close()
+        server.shutdown()
+
+
+@pytest.mark.external
+@pytest.mark.slow
+def test_kueue_quotas_from_a_real_prometheus(tmp_path: Path, kueue_prometheus: str, capsys: Any) -> None:
+    hour = time.time_ns() // HOUR_NS * HOUR_NS
+    db = tmp_path / "q.duckdb"
+    with Store(db) as store:  # ml's measured hour: busy 30 min, held idle 30 min
+        write_ledger(store, [row("ml", K.BUSY, 1800, seq=1, start_ns=hour),
+                             row("ml", K.ALLOCATED_IDLE, 1800, seq=1, start_ns=hour)])
+        rebuild_hourly(store)
+        assert qu.import_queue_hours(store, PrometheusHTTP(kueue_prometheus), QUEUES, [hour]) > 0
+        assert qu.import_queue_hours(store, PrometheusHTTP(kueue_prometheus), QUEUES, [hour]) > 0  # replaces
+        month = time.strftime("%Y-%m", time.gmtime(hour / 1e9))
+        ml, cv = qu.queue_report(store, month, QUEUES)[::-1]
+    assert (ml["cluster_queue"], ml["tenant"], ml["hours"]) == ("cq-ml", "ml", 1)
+    assert (ml["quota_gpu_hours"], ml["borrowing_limit_gpu_hours"], ml["reserved_gpu_hours"],
+            ml["kueue_usage_gpu_hours"]) == (6.0, 2.0, 7.0, 5.0)
+    assert (ml["borrowed_gpu_hours"], ml["unused_quota_gpu_hours"]) == (1.0, 0.0)
+    assert (ml["used_gpu_hours"], ml["allocated_idle_gpu_hours"]) == (0.5, 0.5)
+    assert (ml["admissions"], ml["wait_p50_s"], ml["wait_p95_s"]) == (10.0, 7.75, 88.75)
+    assert (cv["cluster_queue"], cv["tenant"], cv["quota_gpu_hours"], cv["borrowed_gpu_hours"],
+            cv["unused_quota_gpu_hours"]) == ("cq-cv", "cq-cv", 4.0, 0.0, 3.0)  # the CPU quota is not counted
+    assert (cv["used_gpu_hours"], cv["wait_p50_s"], cv["admissions"]) == (None, None, None)  # unknown, not 0
+    from gpuledger.cli import main
+
+    assert main(["report", "queues", "--month", month, "--db", str(db), "--format", "json"]) == 0
+    assert [q["cluster_queue"] for q in json.loads(capsys.readouterr().out)["queues"]] == ["cq-cv", "cq-ml"]
+
+
+class FakePrometheus:
+    """The Prometheus seam's twin: answers by metric name in the query, per evaluation time."""
+
+    def __init__(self) -> None:
+        self.by_time: dict[float, dict[str, list[tuple[dict[str, str], float]]]] = {}
+
+    def query(self, promql: str, at_s: float) -> list[tuple[dict[str, str], float]]:
+        answers = self.by_time.get(at_s, {})
+        return next((v for k, v in answers.items() if k in promql), [])
+
+
+def test_a_months_waits_are_its_newest_buckets_minus_the_months_before(tmp_path: Path) -> None:
+    feb, mar = 1_740_787_200 * 10**9 - HOUR_NS, 1_740_787_200 * 10**9  # 2025-02-28T23:00Z, 2025-03-01T00:00Z
+    fake = FakePrometheus()
+    bucket = "kueue_admission_wait_time_seconds_bucket"
+    fake.by_time[(feb + HOUR_NS) / 1e9] = {bucket: [({"cluster_queue": "q", "le": "1"}, 3.0),
+                                                    ({"cluster_queue": "q", "le": "+Inf"}, 4.0)]}
+    fake.by_time[(mar + HOUR_NS) / 1e9] = {
+        bucket: [({"cluster_queue": "q", "le": "1"}, 5.0), ({"cluster_queue": "q", "le": "+Inf"}, 8.0)],
+        "nominal_quota": [({"cluster_queue": "q"}, 2.0)], "resource_reservation": [({"cluster_queue": "q"}, 3.0)]}
+    with Store(tmp_path / "q.duckdb") as store:
+        qu.import_queue_hours(store, fake, qu.Queues(), [feb, mar])
+        (q,) = qu.queue_report(store, "2025-03", qu.Queues())
+    # March: 2 more under 1 s, 4 more in all -> p50 at rank 2 is the 1 s bound; quota 2, admitted 3: 1 borrowed
+    assert (q["admissions"], q["wait_p50_s"], q["quota_gpu_hours"], q["borrowed_gpu_hours"]) == (4.0, 1.0, 2.0, 1.0)
+
+
+def test_api_queues_with_tenant_isolation(tmp_path: Path) -> None:
+    from gpuledger.api.app import create_app
+    from gpuledger.api.tokens import create_token
+    from tests.support.live_server import serving
+
+    mar = 1_740_787_200 * 10**9
+    fake = FakePrometheus()
+    fake.by_time[(mar + HOUR_NS) / 1e9] = {"nominal_quota": [({"cluster_queue": "cq-ml"}, 2.0),
+                                                             ({"cluster_queue": "cq-cv"}, 1.0)]}
+    with Store(tmp_path / "q.duckdb") as store:
+        write_ledger(store, [row("ml", K.BUSY, 3600, seq=1, start_ns=mar)])
+        qu.import_queue_hours(store, fake, QUEUES, [mar])
+        admin, tenant = create_token(store, "admin")[1], create_token(store, "tenant", "ml")[1]
+    with serving(create_app(str(tmp_path / "q.duckdb"), queues=QUEUES)) as client:
+        every = client.get("/v1/queues", params={"month": "2025-03"}, headers={"Authorization": f"Bearer {admin}"})
+        assert [(q["cluster_queue"], q["quota_gpu_hours"]) for q in every.json()["queues"]] == [
+            ("cq-cv", 1.0), ("cq-ml", 2.0)]
+        mine = client.get("/v1/queues", params={"month": "2025-03"}, headers={"Authorization": f"Bearer {tenant}"})
+        assert [q["tenant"] for q in mine.json()["queues"]] == ["ml"]
