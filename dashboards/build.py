@@ -1,4 +1,5 @@
-"""Grafana dashboards as code: ``python dashboards/build.py`` writes dashboards/*.json.
+"""Grafana dashboards as code: ``python dashboards/build.py`` writes dashboards/*.json, and the Helm chart's
+copies (deploy/helm/gpuledger/files/dashboards/: a chart can package only files under its own folder).
 
 Plain dicts in Grafana's dashboard JSON model (schemaVersion 39), no
 dependency: the maintained dashboards-as-code libraries on PyPI were either
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).parent
+CHART_COPIES = HERE.parent / "deploy" / "helm" / "gpuledger" / "files" / "dashboards"
 INFINITY = {"type": "yesoreyeram-infinity-datasource", "uid": "gpuledger-api"}
 PROMETHEUS = {"type": "prometheus", "uid": "prometheus"}
 PERIOD = "start=${__from}&end=${__to}"
@@ -249,8 +251,9 @@ def render(name: str) -> str:
 
 def main() -> int:
     for name in DASHBOARDS:
-        (HERE / f"gpuledger-{name}.json").write_text(render(name), encoding="utf-8")
-        print(f"wrote dashboards/gpuledger-{name}.json", file=sys.stderr)
+        for folder in (HERE, CHART_COPIES):
+            (folder / f"gpuledger-{name}.json").write_text(render(name), encoding="utf-8")
+        print(f"wrote dashboards/gpuledger-{name}.json and the chart's copy", file=sys.stderr)
     return 0
 
 

@@ -1,13 +1,14 @@
 #!/bin/sh
-# System packages some tests need (a real Prometheus server scraping the agent,
-# Chromium for the showback page).
+# System packages some tests need (a real Prometheus server scraping the agent and promtool for the
+# alert rules, Chromium for the showback page).
 # Idempotent and quiet: installs only what is missing, and only where it can
 # (root with apt-get, e.g. CI). Elsewhere it says what is missing and exits 0:
 # those tests then skip with the reason (or fail under CI=true).
 set -eu
 
 missing=""
-command -v prometheus >/dev/null 2>&1 || missing="$missing prometheus"
+# Debian's prometheus package ships promtool too (tests/deploy/test_alerts.py: the alert rules' unit tests).
+{ command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; } || missing="$missing prometheus"
 # Headless browser for the built-in page test (tests/web), driven by Playwright.
 command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
 

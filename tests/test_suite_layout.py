@@ -25,6 +25,7 @@ NOT_A_MODULE = {
     "golden": "golden files",
     "fixtures": "recorded inputs",
     "dashboards": "the Grafana dashboards in dashboards/",
+    "deploy": "the Helm chart, the image and the alerts in deploy/",
     "web": "the built-in page (gpuledger/api/static) in a browser",
     "__pycache__": "",
 }

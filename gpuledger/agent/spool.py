@@ -341,6 +341,9 @@ class SpoolingPublisher:
         yield waiting
         size = Metric("gpuledger_spool_size_bytes", "Bytes on disk in the spool.", "gauge")
         size.add_sample(size.name, {}, float(self.spool.size_bytes()))
+        bound = Metric("gpuledger_spool_max_bytes", "The spool's bound (spool_max_bytes): past it the oldest "
+                       "records are dropped.", "gauge")
+        bound.add_sample(bound.name, {}, float(self.spool.max_bytes))
         up = Metric("gpuledger_spool_broker_up", "1 when the last send to the broker succeeded.", "gauge")
         up.add_sample(up.name, {}, 1.0 if self.connected else 0.0)
-        yield from (size, up)
+        yield from (size, bound, up)

@@ -52,6 +52,7 @@ from gpuledger.api.audit import AuditLog, AuditMiddleware
 from gpuledger.api.auth import EXPORT_ROLES, principal, require
 from gpuledger.api.errors import ERROR_RESPONSES, ApiError, install_error_handlers
 from gpuledger.api.head import HeadAsGet
+from gpuledger.api.metrics import ApiMetrics, RequestMetrics
 from gpuledger.api.models import WhoAmI
 from gpuledger.api.reader import Database
 from gpuledger.api.respcache import ResponseCache
@@ -69,7 +70,7 @@ def create_app(db_path: str | Path | None = None, prices: PriceBook | None = Non
                export_context: ExportContext | None = None, audit: AuditLog | None = None,
                cloud_rates: CloudRates | None = None, node_pools: NodePools | None = None,
                budgets: Budgets | None = None, work_units: WorkUnits | None = None,
-               queues: Queues | None = None) -> FastAPI:
+               queues: Queues | None = None, metrics: ApiMetrics | None = None) -> FastAPI:
     """The API over a DuckDB file (read-only per request) or an open ``store``.
 
     ``prices`` defaults to the shipped book (gpuledger/defaults/prices.toml);
@@ -80,6 +81,8 @@ def create_app(db_path: str | Path | None = None, prices: PriceBook | None = Non
     shipped example and ``node_pools`` to none (every node ``unassigned``) for ``/v1/economics``;
     ``budgets`` (per-tenant monthly budgets, ``/v1/budgets`` and ``/metrics``) to none; ``work_units``
     (``/v1/units``) to the shipped vLLM token counters; ``queues`` (``/v1/queues``) to GPUs, tenant = queue name.
+    ``metrics`` counts and times every request (:mod:`~gpuledger.api.metrics`, whose access-log line is
+    written either way).
     """
     db = Database(db_path, store, ttl_s=cache_ttl_s)
     app = FastAPI(title="gpuledger", version=__version__,
@@ -99,6 +102,7 @@ def create_app(db_path: str | Path | None = None, prices: PriceBook | None = Non
     app.add_middleware(HeadAsGet)  # outside the cache: a HEAD is a GET from there in
     if audit is not None:  # outermost: it sees HEAD as HEAD and every status, cached answers included
         app.add_middleware(AuditMiddleware, log=audit)
+    app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: every request, its status and time
 
     @app.get("/healthz", summary="liveness (no token needed)")
     def healthz() -> dict[str, str]:

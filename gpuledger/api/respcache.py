@@ -27,6 +27,10 @@ __all__ = ["ResponseCache"]
 Key = tuple[Any, ...]
 
 
+#: Where the cache says, in ``scope["state"]``, whether it answered ("hit") or the app computed ("miss").
+CACHE_KEY = "gpuledger.cache"
+
+
 class ResponseCache:
     def __init__(self, app: ASGIApp, db: Database, *, entries: int = 1024, max_body: int = 1 << 20) -> None:
         self.app, self.db, self.entries, self.max_body = app, db, entries, max_body
@@ -43,7 +47,9 @@ class ResponseCache:
         auth = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
         key = (version, scope["path"], scope["query_string"], hashlib.sha256(auth).digest())
         hit = self._store.get(key)
-        if hit is not None and time.monotonic() - hit[0] <= self.db.ttl_s:
+        fresh = hit is not None and time.monotonic() - hit[0] <= self.db.ttl_s
+        scope.setdefault("state", {})[CACHE_KEY] = "hit" if fresh else "miss"  # for the API's metrics
+        if hit is not None and fresh:
             self._store.move_to_end(key)
             if hit[2] is not None:  # who asked, for the audit log, as when the answer was computed
                 scope.setdefault("state", {})[PRINCIPAL_KEY] = hit[2]

@@ -69,6 +69,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             configure_store(memory_limit=settings.duckdb_memory_limit)
         logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        # kafka-python logs every failed connect, retry and undelivered record (about 60 lines in 20 s while a
+        # broker is down); its failures reach us as TransportError, and the agent's spool and ingest log one
+        # line per state change instead. -v shows the library's own lines again.
+        logging.getLogger("kafka").setLevel(logging.DEBUG if args.verbose else logging.CRITICAL)
         return int(args.handler(args, settings) or 0)
     except GpuledgerError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from gpuledger.cli.common import add_command, existing_db, progress, setting_flags
+from gpuledger.cli.common import add_command, add_metrics_port, existing_db, metrics_registry, progress, setting_flags
 from gpuledger.config import Settings
 
 
@@ -22,6 +22,10 @@ def register(sub: Any, settings: Settings) -> None:
                    "the ledger window (after a tenancy-rule change); older hours and months whose raw samples "
                    "retention removed keep what they were booked")
     setting_flags(t, settings, "--tenancy")
+    t.add_argument("--every", type=float, default=None, metavar="SECONDS",
+                   help="run as a loop: the incremental job every SECONDS (start to start) until stopped, a failed run "
+                   "logged and counted, never fatal (the chart's attribution container); default: run once")
+    add_metrics_port(t, "the loop's")
 
     x = add_command(
         sub, "explain", explain,
@@ -48,6 +52,8 @@ def attribute(args: argparse.Namespace, settings: Settings) -> int:
     from gpuledger.store import Store
 
     rules = TenancyRules.load(settings.tenancy_path) if settings.tenancy_path else TenancyRules()
+    if args.every is not None:
+        return attribute_every(args, settings, rules)
     with Store(existing_db(settings.db_path)) as store, progress("attributing", "messages") as bar:
         result = run_attribution(store, rules, full=args.full, progress=bar,
                                  workers=settings.attribute_workers or default_workers(),
@@ -55,6 +61,28 @@ def attribute(args: argparse.Namespace, settings: Settings) -> int:
     print(f"attributed {result.messages} messages into {result.ledger_rows} ledger rows "
           f"({result.ledger_rows_kept} kept at interval grain, {result.rollup_rows} rollup rows added, "
           f"{result.hours_merged} hours merged, {result.ledger_rows_pruned} older interval rows pruned)")
+    return 0
+
+
+def attribute_every(args: argparse.Namespace, settings: Settings, rules: Any) -> int:
+    import signal
+    import threading
+
+    from gpuledger.analytics.loop import AttributionMetrics, attribution_loop
+    from gpuledger.errors import GpuledgerError
+
+    if args.every < 1:
+        raise GpuledgerError(f"--every {args.every:g}: a loop needs at least 1 second between runs",
+                             hint="the chart runs it every 300 s; a run takes the writer lock from ingest")
+    metrics = AttributionMetrics()
+    registry = metrics_registry(args.own_metrics_port, settings.metrics_host)
+    if registry is not None:
+        metrics.register(registry)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"attributing {settings.db_path} every {args.every:g} s", flush=True)
+    attribution_loop(settings.db_path, rules, metrics, args.every, stop)
     return 0
 
 

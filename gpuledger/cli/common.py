@@ -12,6 +12,7 @@ validated ``Settings`` (:func:`flag_values`) that the stages receive.
 from __future__ import annotations
 
 import argparse
+import logging
 import socket
 import types
 import typing
@@ -76,6 +77,9 @@ SETTING_FLAGS: dict[str, tuple[str, str | None]] = {
 
 #: (command, flag) pairs spelled like a setting's flag that deliberately are not that setting, and why.
 NOT_SETTINGS: dict[tuple[str, str], str] = {
+    ("ingest", "--metrics-port"): "this process's own /metrics, off unless given (metrics_port is the agent's, 9400)",
+    ("attribute", "--metrics-port"): "the loop's own /metrics, off unless given (metrics_port is the agent's, 9400)",
+    ("serve", "--metrics-port"): "the API's own /metrics, off unless given (metrics_port is the agent's, 9400)",
     ("compact", "--db"): "optional: no --db means no database to compact, not the default database",
     ("demo", "--kafka"): "the demo uses its embedded transport unless told, whatever GPULEDGER_KAFKA_BOOTSTRAP says",
 }
@@ -220,3 +224,25 @@ def free_to_serve(host: str, port: int) -> None:
         raise GpuledgerError(f"cannot serve on {host}:{port}: {exc.strerror or exc}",
                              hint="pick a free port with --port (make demo DEMO_ARGS=\"--port 9000\"), "
                              "or stop what listens there") from None
+
+
+def add_metrics_port(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--metrics-port``: this process's own /metrics (off unless given; the agent's is the metrics_port setting)."""
+    parser.add_argument("--metrics-port", dest="own_metrics_port", type=int, default=None, metavar="PORT",
+                        help=f"serve {what} Prometheus /metrics on this port (binds metrics_host; default: off)")
+
+
+def metrics_registry(port: int | None, host: str) -> Any:
+    """A CollectorRegistry served on ``host:port`` from a daemon thread, or None when ``port`` is None/0."""
+    if not port:
+        return None
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    registry = CollectorRegistry(auto_describe=False)
+    try:
+        start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        raise GpuledgerError(f"cannot serve /metrics on {host}:{port}: {exc.strerror or exc}",
+                             hint="pick a free port with --metrics-port, or leave it out") from None
+    logging.getLogger("gpuledger.cli").info("serving /metrics on http://%s:%d/metrics", host, port)
+    return registry

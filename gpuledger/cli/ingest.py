@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gpuledger.cli.common import add_command, existing_db, progress, setting_flags
+from gpuledger.cli.common import add_command, add_metrics_port, existing_db, metrics_registry, progress, setting_flags
 from gpuledger.config import Settings
 from gpuledger.errors import GpuledgerError
 
@@ -39,6 +39,7 @@ def register(sub: Any, settings: Settings) -> None:
                    "(a crashed ingest's partitions move after it; default: 45000; at most --max-poll-interval-ms)")
     i.add_argument("--group-timeout-ms", type=int, default=None, metavar="MS",
                    help="both of the above at once (kept for old scripts; prefer the two flags)")
+    add_metrics_port(i, "ingest's")
 
     r = add_command(
         sub, "retention", retention,
@@ -122,13 +123,19 @@ def run_ingest(args: argparse.Namespace, settings: Settings) -> int:
     if not settings.kafka_bootstrap:
         raise GpuledgerError("ingest needs Kafka bootstrap servers",
                              hint="pass --kafka host:port or set GPULEDGER_KAFKA_BOOTSTRAP")
+    registry = metrics_registry(args.own_metrics_port, settings.metrics_host)
+    metrics = None
+    if registry is not None:
+        from gpuledger.ingest.metrics import IngestMetrics
+
+        metrics = IngestMetrics(registry)
     consume(settings.kafka_bootstrap, settings.kafka_topic, settings.kafka_group, settings.db_path,
             client_settings=settings.kafka_client_settings(),
             max_idle_s=args.max_idle, batch_max=settings.ingest_batch_max, linger_s=settings.ingest_linger_s,
             hold_db=args.hold_db,
             clock_check=ClockCheck(max_future_s=settings.ingest_max_future_s or None,
                                    max_age_s=settings.ingest_max_age_s or None),
-            segments=args.segments,
+            segments=args.segments, metrics=metrics,
             **timing)
     return 0
 

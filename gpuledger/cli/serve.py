@@ -6,7 +6,15 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
-from gpuledger.cli.common import add_command, existing_db, free_to_serve, price_book, setting_flags
+from gpuledger.cli.common import (
+    add_command,
+    add_metrics_port,
+    existing_db,
+    free_to_serve,
+    metrics_registry,
+    price_book,
+    setting_flags,
+)
 from gpuledger.config import Settings
 from gpuledger.errors import GpuledgerError
 
@@ -30,6 +38,7 @@ def register(sub: Any, settings: Settings) -> None:
                   "--audit-retention-days")
     s.add_argument("--no-auth", action="store_true",
                    help="serve every route without a token, as admin (local development only; never expose it)")
+    add_metrics_port(s, "the API's")
 
     k = add_command(
         sub, "token", token,
@@ -72,8 +81,15 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
 
     units = load_work_units(settings.work_units_path) if settings.work_units_path else None
     queues = load_queues(settings.queues_path) if settings.queues_path else None
+    registry = metrics_registry(args.own_metrics_port, settings.metrics_host)
+    metrics = None
+    if registry is not None:
+        from gpuledger.api.metrics import ApiMetrics
+
+        metrics = ApiMetrics(registry)
     app = create_app(db, prices=book, auth=not args.no_auth, export_context=context, audit=audit_log(settings),
-                     cloud_rates=rates, node_pools=pools, budgets=budgets, work_units=units, queues=queues)
+                     cloud_rates=rates, node_pools=pools, budgets=budgets, work_units=units, queues=queues,
+                     metrics=metrics)
     if args.close_months:  # the scheduled monthly close (docs/chargeback.md)
         from gpuledger.analytics.export_cmd import MonthCloser
 

@@ -41,6 +41,7 @@ from gpuledger import wire
 from gpuledger.errors import StoreError, TransportError, WireError
 from gpuledger.ingest.batch import ArrowBatch, HeaderCache, decode_batch
 from gpuledger.ingest.clock import ClockCheck
+from gpuledger.ingest.metrics import IngestMetrics, MeasuredOpener, MeasuredSubscriber
 from gpuledger.ingest.opener import FileOpener
 from gpuledger.ingest.segments import SegmentWriter
 from gpuledger.store import DeadLetter, Store
@@ -137,7 +138,7 @@ class Ingestor:
 
     def __init__(
         self,
-        store: Store | FileOpener | SegmentWriter,
+        store: Store | FileOpener | SegmentWriter | MeasuredOpener,
         subscriber: Subscriber,
         *,
         batch_max: int = 500,
@@ -404,6 +405,7 @@ def run_ingest(
     max_poll_interval_ms: int = 300_000,
     session_timeout_ms: int = 45_000,
     handle_signals: bool = True,
+    metrics: IngestMetrics | None = None,
 ) -> IngestStats:
     """Run ``gpuledger ingest``: consume ``topic`` as a member of ``group_id`` into
     the DuckDB file ``db_path`` until stopped; return the run's counts.
@@ -441,6 +443,7 @@ def run_ingest(
             commit), leave the group and close the database. A second signal
             interrupts at once. Only possible from the main thread; ignored
             elsewhere.
+        metrics: record this run's metrics there (:mod:`gpuledger.ingest.metrics`).
 
     Raises:
         TransportError: the broker cannot be reached at start-up.
@@ -472,8 +475,17 @@ def run_ingest(
         log.warning("--linger %.3g s is more than a quarter of the max poll interval (%d ms): lingering %.3g s",
                     linger_s, max_poll_interval_ms, quarter_s)
         linger_s = quarter_s
-    ingestor = Ingestor(opener, subscriber, batch_max=batch_max, progress=reporter, linger_s=linger_s,
-                        clock_check=clock_check, pipeline=True, keepalive_s=min(1.0, quarter_s))
+    if metrics is not None:  # measured from outside the loop (ingest.metrics)
+        def progress(totals: IngestStats) -> None:
+            reporter(totals)
+            metrics.progress(totals)
+
+        ingestor = Ingestor(MeasuredOpener(opener, metrics), MeasuredSubscriber(subscriber, metrics),
+                            batch_max=batch_max, progress=progress, linger_s=linger_s, clock_check=clock_check,
+                            pipeline=True, keepalive_s=min(1.0, quarter_s))
+    else:
+        ingestor = Ingestor(opener, subscriber, batch_max=batch_max, progress=reporter, linger_s=linger_s,
+                            clock_check=clock_check, pipeline=True, keepalive_s=min(1.0, quarter_s))
     log.info("ingesting %s (group %s) from %s into %s", topic, group_id, bootstrap, db_path)
     try:
         with _stop_on_signals(stop, enabled=handle_signals):

@@ -369,6 +369,23 @@ class KafkaSubscriber:
             log.info("rejoined group %r: resuming %s at the stored offsets", self.group_id,
                      ", ".join(f"{tp.topic}/{tp.partition}@{o}" for tp, o in sorted(self._owed.items())))
 
+    def partition_lag(self) -> dict[tuple[str, int], int]:
+        """Per partition assigned to this member: end offset - the group's committed offset (from the
+        partition's beginning when nothing is committed). A few broker round trips: call it sparingly,
+        from the thread that polls (kafka-python's consumer is not thread-safe)."""
+        with _translated(f"reading the lag of {self.topic}", self.bootstrap):
+            assigned = sorted(self._consumer.assignment())
+            if not assigned:
+                return {}
+            ends = self._consumer.end_offsets(assigned)
+            starts = self._consumer.beginning_offsets(assigned)
+            out = {}
+            for tp in assigned:
+                committed = self._consumer.committed(tp)
+                base = committed if committed is not None else starts[tp]
+                out[(tp.topic, tp.partition)] = max(0, ends[tp] - base)
+            return out
+
     def close(self) -> None:
         """Leave the group (so a successor gets the partitions at once); idempotent. Owed offsets are
         committed first where possible."""

@@ -105,6 +105,11 @@ class MemoryTransport:
         with self._cond:
             return sum(len(log) - c for log, c in zip(self.log, self.committed))
 
+    def partition_lag(self) -> dict[tuple[str, int], int]:
+        """Per partition: records published but not yet committed (as KafkaSubscriber.partition_lag)."""
+        with self._cond:
+            return {(self.topic, p): len(log) - c for p, (log, c) in enumerate(zip(self.log, self.committed))}
+
     def __len__(self) -> int:
         with self._cond:
             return sum(len(log) for log in self.log)

@@ -225,13 +225,12 @@ def test_the_serve_closer_closes_due_months_and_waits_for_the_writer(store: Stor
 def test_the_cronjob_runs_commands_the_cli_accepts() -> None:
     import shlex
 
-    import yaml
-
     from gpuledger.cli import build_parser
     from gpuledger.config import Settings
+    from tests.support.chart import render
 
-    manifest = yaml.safe_load((Path(__file__).resolve().parents[2] / "deploy" / "cronjob-chargeback.yaml").read_text())
-    assert manifest["kind"] == "CronJob" and manifest["spec"]["schedule"] == "0 6 1 * *"
+    manifest = render()["CronJob/gpuledger-month-close"]  # the Helm chart's (deploy/helm/gpuledger)
+    assert manifest["spec"]["schedule"] == "0 6 1 * *"
     (container,) = manifest["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
     script = container["args"][0]
     commands = [shlex.split(c.strip()) for c in script.split(";") if c.strip().startswith("gpuledger")]

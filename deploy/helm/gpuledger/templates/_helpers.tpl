@@ -1,0 +1,134 @@
+{{/* Names, labels and the pieces every workload shares. */}}
+
+{{- define "gpuledger.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 38 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 38 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "gpuledger.selectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "gpuledger.labels" -}}
+{{ include "gpuledger.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Labels of one component: (dict "ctx" $ "component" "agent") */}}
+{{- define "gpuledger.componentLabels" -}}
+{{ include "gpuledger.labels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+{{- define "gpuledger.componentSelector" -}}
+{{ include "gpuledger.selectorLabels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "gpuledger.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+
+{{- define "gpuledger.agentServiceAccount" -}}
+{{- .Values.agent.serviceAccount.name | default (printf "%s-agent" (include "gpuledger.fullname" .)) -}}
+{{- end -}}
+
+{{- define "gpuledger.dbPath" -}}/data/gpuledger.duckdb{{- end -}}
+
+{{/* The lake shape is declared but not built yet: refuse it unless asked to render it anyway. */}}
+{{- define "gpuledger.checkMode" -}}
+{{- if and (eq .Values.mode "lake") (not .Values.lake.allowUnsupported) -}}
+{{- fail "mode=lake is not yet supported (the lake store does not exist yet): use mode=embedded, or set lake.allowUnsupported=true to render the templates anyway" -}}
+{{- end -}}
+{{- if and (eq .Values.mode "lake") (not .Values.lake.existingSecret) -}}
+{{- fail "mode=lake needs lake.existingSecret: a Secret with the catalog and object-store settings" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Container security context of every non-agent container. */}}
+{{- define "gpuledger.containerSecurity" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: ["ALL"]
+{{- end -}}
+
+{{/* Env of the non-agent stages: the shared settings, the SASL password, the DB path. */}}
+{{- define "gpuledger.stageEnv" -}}
+envFrom:
+  - configMapRef:
+      name: {{ include "gpuledger.fullname" . }}-config
+{{- if eq .Values.mode "lake" }}
+  - secretRef:
+      name: {{ .Values.lake.existingSecret }}
+{{- end }}
+env:
+  - name: GPULEDGER_DB_PATH
+    value: {{ include "gpuledger.dbPath" . }}
+  # numba caches the compiled ledger kernel beside its source or in $HOME: both read-only here
+  - name: NUMBA_CACHE_DIR
+    value: /tmp/numba-cache
+{{- if .Values.kafka.saslPasswordSecret.name }}
+  - name: GPULEDGER_KAFKA_SASL_PASSWORD
+    valueFrom:
+      secretKeyRef:
+        name: {{ .Values.kafka.saslPasswordSecret.name }}
+        key: {{ .Values.kafka.saslPasswordSecret.key }}
+{{- end }}
+{{- end -}}
+
+{{/* Volume mounts every non-agent stage shares (the DuckDB volume is added by the caller). */}}
+{{- define "gpuledger.stageMounts" -}}
+- name: tmp
+  mountPath: /tmp
+{{- if or .Values.config.prices .Values.config.tenancy }}
+- name: files
+  mountPath: /etc/gpuledger/config
+  readOnly: true
+{{- end }}
+{{- if .Values.kafka.caConfigMap.name }}
+- name: kafka-ca
+  mountPath: /etc/gpuledger/kafka-ca
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "gpuledger.stageVolumes" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: 1Gi
+{{- if or .Values.config.prices .Values.config.tenancy }}
+- name: files
+  configMap:
+    name: {{ include "gpuledger.fullname" . }}-files
+{{- end }}
+{{- if .Values.kafka.caConfigMap.name }}
+- name: kafka-ca
+  configMap:
+    name: {{ .Values.kafka.caConfigMap.name }}
+{{- end }}
+{{- end -}}
+
+{{/* Affinity of a CronJob pod that must mount the embedded pod's ReadWriteOnce volume: the same node. */}}
+{{- define "gpuledger.sameNodeAsEmbedded" -}}
+affinity:
+  podAffinity:
+    requiredDuringSchedulingIgnoredDuringExecution:
+      - topologyKey: kubernetes.io/hostname
+        labelSelector:
+          matchLabels:
+            {{- include "gpuledger.componentSelector" (dict "ctx" . "component" "embedded") | nindent 12 }}
+{{- end -}}
+
+{{/* The data volume of a CronJob pod in the embedded shape. */}}
+{{- define "gpuledger.dataClaim" -}}
+{{- .Values.embedded.persistence.existingClaim | default (printf "data-%s-0" (include "gpuledger.fullname" .)) -}}
+{{- end -}}

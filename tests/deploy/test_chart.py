@@ -1,0 +1,366 @@
+"""deploy/helm/gpuledger: the chart renders and lints with Helm's own engine, every object it renders is a valid
+Kubernetes object, every object it references exists, and its containers use only real flags and settings.
+
+Rendered offline by helm-python-sdk (Helm v4's Go SDK, no helm binary, no cluster), validated by
+kubernetes-validate (the API's JSON schemas, strict: an unknown field is an error); tests/support/chart.py.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gpuledger.cli import build_parser
+from gpuledger.config import Settings
+from tests.support.chart import CHART, CUSTOM_KINDS, LAKE, ROOT, render, schema_errors
+
+#: A few value sets beside the defaults: each renders, validates and hangs together.
+VALUE_SETS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "lake": LAKE,
+    "everything": {
+        "api": {"ingress": {"enabled": True, "className": "nginx"}},
+        "kafka": {"securityProtocol": "SASL_SSL", "saslMechanism": "SCRAM-SHA-512", "saslUsername": "gpuledger",
+                  "saslPasswordSecret": {"name": "kafka-user", "key": "password"},
+                  "caConfigMap": {"name": "kafka-ca", "key": "ca.crt"},
+                  "strimziTopic": {"enabled": True, "partitions": 24}},
+        "config": {"prices": '[[price]]\nmodel = "H100"\n', "tenancy": "[rules]\n", "regionId": "eu-west"},
+        "embedded": {"persistence": {"existingClaim": "gpuledger-data", "storageClass": "fast"}},
+        "imagePullSecrets": [{"name": "regcred"}],
+    },
+    "minimal": {"agent": {"enabled": False}, "networkPolicy": {"enabled": False},
+                "metrics": {"serviceMonitor": {"enabled": False}, "prometheusRule": {"enabled": False}},
+                "grafana": {"dashboards": {"enabled": False}, "datasource": {"enabled": False}},
+                "retention": {"enabled": False}, "monthClose": {"enabled": False}, "api": {"pdb": {"enabled": False}}},
+}
+
+
+@pytest.fixture(scope="module", params=sorted(VALUE_SETS))
+def objects(request: pytest.FixtureRequest) -> dict[str, dict[str, Any]]:
+    return render(VALUE_SETS[request.param])
+
+
+@pytest.fixture(scope="module")
+def default() -> dict[str, dict[str, Any]]:
+    return render()
+
+
+def pod_specs(objects: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for key, o in objects.items():
+        if o["kind"] in ("DaemonSet", "StatefulSet", "Deployment"):
+            out[key] = o["spec"]["template"]["spec"]
+        elif o["kind"] == "CronJob":
+            out[key] = o["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    return out
+
+
+def of_kind(objects: dict[str, dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objects.values() if o["kind"] == kind]
+
+
+# --- Helm's engine ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_the_chart_lints_clean(name: str) -> None:
+    import helm_python as helm
+
+    report = helm.lint(CHART, VALUE_SETS[name], strict=True)
+    assert report["errors"] == []
+    problems = [m for m in report["messages"] if m["severity"] >= 2 and "icon" not in m["error"]]
+    assert not problems, problems
+
+
+def test_values_schema_rejects_what_the_chart_cannot_run() -> None:
+    import helm_python as helm
+
+    chart = helm.Chart.load(CHART)
+    for bad, where in [({"mode": "cloud"}, "/mode"), ({"kafka": {"bootstrap": "kafka"}}, "/kafka/bootstrap"),
+                       ({"agent": {"metricsPort": 0}}, "/agent/metricsPort"), ({"replicas": 3}, "replicas"),
+                       ({"config": {"chargePeriod": "week"}}, "/config/chargePeriod")]:
+        with pytest.raises(helm.HelmValuesError, match=where):
+            chart.render(bad)
+    defaults = json.loads((CHART / "values.schema.json").read_text())
+    assert set(defaults["properties"]) >= {"mode", "cluster", "kafka", "agent", "api"}
+
+
+def test_lake_is_refused_until_the_lake_store_exists() -> None:
+    import helm_python as helm
+
+    with pytest.raises(helm.HelmRenderError, match="not yet supported"):
+        render({"mode": "lake"})
+    with pytest.raises(helm.HelmRenderError, match="lake.existingSecret"):
+        render({"mode": "lake", "lake": {"allowUnsupported": True}})
+
+
+# --- the Kubernetes API ----------------------------------------------------------------------------------------
+
+
+def test_every_object_is_valid_for_the_kubernetes_api(objects) -> None:
+    errors = [e for o in objects.values() if (o["apiVersion"], o["kind"]) not in CUSTOM_KINDS
+              for e in [schema_errors(o)] if e]
+    assert not errors, "\n".join(errors)
+
+
+def test_a_long_release_name_still_gives_valid_names() -> None:
+    """Kubernetes' limits: 52 characters for a CronJob (its Jobs add 11) and a StatefulSet, 63 for the rest."""
+    objects = render(release="a-rather-long-release-name-for-the-team-gpu-fleet-in-eu-west")
+    for o in objects.values():
+        name = o["metadata"]["name"]
+        limit = 52 if o["kind"] in ("CronJob", "StatefulSet") else 63
+        assert len(name) <= limit and name[-1] != "-", f"{o['kind']}/{name}: {len(name)} > {limit}"
+
+
+def test_the_schema_check_catches_a_broken_object(default) -> None:
+    sts = copy.deepcopy(default["StatefulSet/gpuledger"])
+    sts["spec"]["template"]["spec"]["containers"][0]["volumeMount"] = []  # misspelt field
+    assert "volumeMount" in (schema_errors(sts) or "")
+    svc = copy.deepcopy(default["Service/gpuledger-api"])
+    svc["spec"]["ports"][0]["port"] = "http"
+    assert schema_errors(svc)
+
+
+def test_custom_resources_have_their_operators_shape(objects) -> None:
+    for o in objects.values():
+        if (o["apiVersion"], o["kind"]) not in CUSTOM_KINDS:
+            continue
+        spec = o["spec"]
+        if o["kind"] == "ServiceMonitor":
+            assert spec["selector"]["matchLabels"] and all(e["port"] for e in spec["endpoints"])
+        elif o["kind"] == "PodMonitor":
+            assert spec["selector"] and all(e["port"] for e in spec["podMetricsEndpoints"])
+        elif o["kind"] == "PrometheusRule":
+            assert all(r["alert"] and r["expr"] for g in spec["groups"] for r in g["rules"])
+        elif o["kind"] == "KafkaTopic":
+            assert o["metadata"]["labels"]["strimzi.io/cluster"] and spec["partitions"] >= 1
+
+
+# --- references ------------------------------------------------------------------------------------------------
+
+
+def test_every_referenced_object_is_created_or_named_in_values(objects) -> None:
+    created = {(o["kind"], o["metadata"]["name"]) for o in objects.values()}
+    for sts in of_kind(objects, "StatefulSet"):  # the claims its volumeClaimTemplates make
+        created |= {("PersistentVolumeClaim", f"{t['metadata']['name']}-{sts['metadata']['name']}-{i}")
+                    for t in sts["spec"].get("volumeClaimTemplates", []) for i in range(sts["spec"]["replicas"])}
+    named = json.dumps(next(v for k, v in VALUE_SETS.items() if render(v) == objects))
+    missing = []
+
+    def need(kind: str, name: str) -> None:
+        if (kind, name) not in created and f'"{name}"' not in named:
+            missing.append(f"{kind}/{name}")
+
+    for spec in pod_specs(objects).values():
+        need("ServiceAccount", spec.get("serviceAccountName", "default"))
+        for v in spec.get("volumes", []):
+            if "configMap" in v:
+                need("ConfigMap", v["configMap"]["name"])
+            if "persistentVolumeClaim" in v:
+                need("PersistentVolumeClaim", v["persistentVolumeClaim"]["claimName"])
+            if "secret" in v:
+                need("Secret", v["secret"]["secretName"])
+        for c in spec["containers"]:
+            for src in c.get("envFrom", []):
+                if "configMapRef" in src:
+                    need("ConfigMap", src["configMapRef"]["name"])
+                if "secretRef" in src:
+                    need("Secret", src["secretRef"]["name"])
+            for e in c.get("env", []):
+                ref = e.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    need("Secret", ref["name"])
+    for binding in of_kind(objects, "ClusterRoleBinding"):
+        need("ClusterRole", binding["roleRef"]["name"])
+        for s in binding["subjects"]:
+            need("ServiceAccount", s["name"])
+    for ing in of_kind(objects, "Ingress"):
+        for rule in ing["spec"]["rules"]:
+            for p in rule["http"]["paths"]:
+                need("Service", p["backend"]["service"]["name"])
+    assert not missing, f"referenced but neither created by the chart nor named in values: {missing}"
+
+
+def test_services_monitors_and_policies_select_real_pods_and_ports(objects) -> None:
+    pods = [(o["spec"]["template"]["metadata"]["labels"], o["spec"]["template"]["spec"]) for o in objects.values()
+            if o["kind"] in ("DaemonSet", "StatefulSet", "Deployment")]
+
+    def port_names(spec: dict[str, Any]) -> set[str]:
+        return {p["name"] for c in spec["containers"] for p in c.get("ports", [])}
+
+    def matching(selector: dict[str, str]) -> list[dict[str, Any]]:
+        return [spec for labels, spec in pods if selector.items() <= labels.items()]
+
+    for svc in of_kind(objects, "Service"):
+        targets = matching(svc["spec"]["selector"])
+        assert targets, f"Service {svc['metadata']['name']} selects no pod"
+        for p in svc["spec"]["ports"]:
+            assert any(p["targetPort"] in port_names(s) for s in targets), (svc["metadata"]["name"], p)
+    for sm in of_kind(objects, "ServiceMonitor"):
+        svcs = [s for s in of_kind(objects, "Service")
+                if sm["spec"]["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()]
+        assert svcs and {e["port"] for e in sm["spec"]["endpoints"]} <= {p["name"] for s in svcs for p in s["spec"]["ports"]}
+    for pm in of_kind(objects, "PodMonitor"):
+        wanted = set(pm["spec"]["selector"]["matchExpressions"][0]["values"])
+        targets = [s for labels, s in pods if labels.get("app.kubernetes.io/component") in wanted]
+        assert targets
+        found = set().union(*(port_names(s) for s in targets))
+        assert {e["port"] for e in pm["spec"]["podMetricsEndpoints"]} <= found | {"attrib-metrics", "ingest-metrics"}
+        assert found & {e["port"] for e in pm["spec"]["podMetricsEndpoints"]}
+    for pdb in of_kind(objects, "PodDisruptionBudget"):
+        assert matching(pdb["spec"]["selector"]["matchLabels"]), "the API's PodDisruptionBudget selects no pod"
+
+
+# --- flags and settings ----------------------------------------------------------------------------------------
+
+
+def gpuledger_commands(container: dict[str, Any]) -> list[list[str]]:
+    """The gpuledger command lines a container runs (its args, or each `gpuledger ...` in a shell script)."""
+    cmd, args = container.get("command", []), container.get("args", [])
+    if cmd[:2] == ["/bin/sh", "-c"] and args and len(args) == 1:
+        return [shlex.split(part.strip())[1:] for part in args[0].split(";") if part.strip().startswith("gpuledger ")]
+    return [args]
+
+
+def test_args_and_settings_are_real(objects) -> None:
+    known = {f"GPULEDGER_{n.upper()}" for n in Settings.model_fields}
+    configmaps = {o["metadata"]["name"]: o.get("data", {}) for o in of_kind(objects, "ConfigMap")}
+    seen = set()
+    for key, spec in pod_specs(objects).items():
+        for c in spec["containers"]:
+            env: dict[str, str] = {}
+            for src in c.get("envFrom", []):
+                if "configMapRef" in src:
+                    env.update(configmaps[src["configMapRef"]["name"]])
+            names = list(env) + [e["name"] for e in c.get("env", [])]
+            unknown = [n for n in names if n.startswith("GPULEDGER_") and n not in known]
+            assert not unknown, f"{key}/{c['name']}: not settings in gpuledger/config.py: {unknown}"
+            env.update({e["name"]: e["value"] for e in c.get("env", []) if "value" in e})
+            settings = Settings(**{k.removeprefix("GPULEDGER_").lower(): v for k, v in env.items()
+                                   if k in known and "$(" not in v})  # the values validate
+            for argv in gpuledger_commands(c):
+                args = build_parser(settings).parse_args(argv)  # argparse exits on an unknown flag
+                seen.add(args.command)
+                port = getattr(args, "own_metrics_port", None) or getattr(args, "metrics_port", None)
+                if port:
+                    assert port in {p["containerPort"] for p in c.get("ports", [])}, (key, c["name"], argv)
+    assert seen, "no gpuledger container"
+
+
+def test_every_writable_path_is_a_volume(objects) -> None:
+    """The root filesystem is read-only: what a stage writes (the DuckDB file, numba's kernel cache) is mounted."""
+    for key, spec in pod_specs(objects).items():
+        for c in spec["containers"]:
+            assert c["securityContext"]["readOnlyRootFilesystem"] is True, (key, c["name"])
+            mounts = [m["mountPath"] for m in c["volumeMounts"] if not m.get("readOnly")]
+            env = {e["name"]: e.get("value") for e in c.get("env", [])}
+            for name in ("GPULEDGER_DB_PATH", "NUMBA_CACHE_DIR", "GPULEDGER_SPOOL_DIR"):
+                if env.get(name):
+                    assert any(Path(env[name]).is_relative_to(m) for m in mounts), (key, c["name"], name)
+            if c["name"] != "agent":
+                assert env.get("NUMBA_CACHE_DIR"), f"{key}/{c['name']}: numba needs a writable cache directory"
+
+
+def test_every_stage_runs_in_both_shapes() -> None:
+    for values in ({}, LAKE):
+        commands = {argv[0] for spec in pod_specs(render(values)).values() for c in spec["containers"]
+                    for argv in gpuledger_commands(c)}
+        assert commands == {"agent", "ingest", "attribute", "serve", "retention", "export"}, commands
+
+
+# --- the agent (what deploy/agent had) -------------------------------------------------------------------------
+
+
+def test_daemonset_has_what_the_agent_needs_on_a_gpu_node(default) -> None:
+    spec = default["DaemonSet/gpuledger-agent"]["spec"]["template"]["spec"]
+    assert spec["hostPID"] is True
+    assert spec["runtimeClassName"] == "nvidia"
+    assert any(t.get("key") == "nvidia.com/gpu" and t["operator"] == "Exists" for t in spec["tolerations"])
+    (c,) = spec["containers"]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["GPULEDGER_NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    assert env["NVIDIA_VISIBLE_DEVICES"]["value"] == "all"
+    assert c["resources"]["requests"]["cpu"] and c["resources"]["limits"]["memory"]
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    proc = mounts[env["GPULEDGER_PROC_ROOT"]["value"]]
+    assert proc["readOnly"] is True and volumes[proc["name"]]["hostPath"]["path"] == "/proc"
+    sock = Path(env["GPULEDGER_POD_RESOURCES_SOCKET"]["value"])
+    pr = mounts[str(sock.parent)]
+    assert pr["readOnly"] is True and volumes[pr["name"]]["hostPath"]["path"] == "/var/lib/kubelet/pod-resources"
+    spool = mounts[env["GPULEDGER_SPOOL_DIR"]["value"]]
+    assert volumes[spool["name"]]["hostPath"]["type"] == "DirectoryOrCreate"  # survives pod restarts
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    binding = default["ClusterRoleBinding/gpuledger-agent"]
+    assert binding["subjects"][0]["name"] == spec["serviceAccountName"]
+    assert binding["subjects"][0]["namespace"] == "gpuledger"
+
+
+# --- the embedded shape ----------------------------------------------------------------------------------------
+
+
+def test_embedded_is_one_pod_whose_stages_share_one_rwo_volume(default) -> None:
+    (sts,) = of_kind(default, "StatefulSet")
+    assert sts["spec"]["replicas"] == 1
+    (claim,) = sts["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    spec = sts["spec"]["template"]["spec"]
+    assert [c["name"] for c in spec["containers"]] == ["ingest", "attribution", "api"]
+    for c in spec["containers"]:
+        (data,) = [m for m in c["volumeMounts"] if m["name"] == claim["metadata"]["name"]]
+        db = next(e["value"] for e in c["env"] if e["name"] == "GPULEDGER_DB_PATH")
+        assert Path(db).parent == Path(data["mountPath"])
+    assert not of_kind(default, "Deployment")
+    assert spec["securityContext"]["runAsNonRoot"] is True
+
+
+def test_cronjobs_mount_the_embedded_volume_on_its_node(default) -> None:
+    (sts,) = of_kind(default, "StatefulSet")
+    claim = f"data-{sts['metadata']['name']}-0"
+    jobs = of_kind(default, "CronJob")
+    assert {j["metadata"]["name"] for j in jobs} == {"gpuledger-retention", "gpuledger-month-close"}
+    for job in jobs:
+        spec = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        assert any(v.get("persistentVolumeClaim", {}).get("claimName") == claim for v in spec["volumes"])
+        (term,) = spec["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        assert term["topologyKey"] == "kubernetes.io/hostname"
+        assert term["labelSelector"]["matchLabels"].items() <= sts["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_lake_shape_is_stateless_and_marked(objects) -> None:
+    deployments = of_kind(objects, "Deployment")
+    if not deployments:
+        assert of_kind(objects, "StatefulSet")
+        return
+    assert not of_kind(objects, "StatefulSet")
+    assert {d["metadata"]["name"] for d in deployments} == {"gpuledger-ingest", "gpuledger-attribution", "gpuledger-api"}
+    for d in deployments:
+        assert "not yet supported" in d["metadata"]["annotations"]["gpuledger.io/support"]
+        spec = d["spec"]["template"]["spec"]
+        assert not any("persistentVolumeClaim" in v for v in spec["volumes"])
+        assert {"secretRef": {"name": "gpuledger-lake"}} in spec["containers"][0]["envFrom"]
+
+
+# --- dashboards and rules: one source of truth -----------------------------------------------------------------
+
+
+def test_dashboards_are_the_repository_dashboards_with_the_sidecar_label(default) -> None:
+    maps = [o for o in of_kind(default, "ConfigMap") if o["metadata"]["labels"].get("grafana_dashboard") == "1"]
+    shipped = {p.name: p.read_text() for p in (ROOT / "dashboards").glob("*.json")}
+    assert {n for m in maps for n in m["data"]} == set(shipped)
+    for m in maps:
+        for name, text in m["data"].items():
+            assert text == shipped[name].rstrip("\n"), f"{name}: run `python dashboards/build.py` (it writes the chart's copy)"
+    (ds,) = [o for o in of_kind(default, "ConfigMap") if o["metadata"]["labels"].get("grafana_datasource") == "1"]
+    text = ds["data"]["gpuledger-datasources.yaml"]
+    assert "uid: gpuledger-api" in text and "yesoreyeram-infinity-datasource" in text
+    assert "http://gpuledger-api.gpuledger.svc:8080" in text and "${GPULEDGER_API_TOKEN}" in text
+
+
+def test_no_kustomize_copy_remains() -> None:
+    assert not (ROOT / "deploy" / "agent").exists() and not (ROOT / "deploy" / "cronjob-chargeback.yaml").exists()
