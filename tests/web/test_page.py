@@ -288,8 +288,8 @@ def test_tenant_token_narrow_screen_and_keyboard(site: dict[str, Any], browser: 
     assert narrow.eval_on_selector_all("#table thead th", "ths => ths.every(t => t.scope === 'col')")
     narrow.focus("#preset")
     order = ["preset"]
-    for _ in range(3):
+    for _ in range(4):
         narrow.keyboard.press("Tab")
         order.append(narrow.evaluate("document.activeElement.id || document.activeElement.textContent"))
-    assert order == ["preset", "view", "Show", "download-view"], order
+    assert order == ["preset", "view", "idle-policy", "Show", "download-view"], order
     assert not errors, errors
