@@ -120,3 +120,15 @@ def test_a_process_pool_books_what_one_process_books(fleet_store: Store, tmp_pat
                        _sorted_ledger(fleet_store.query("SELECT * FROM ledger")))
     rollups = f"SELECT {', '.join(HOURLY_COLUMNS)} FROM ledger_hourly ORDER BY ALL"
     assert_frame_equal(store.query(rollups), fleet_store.query(rollups), rel_tol=1e-12)
+
+
+def test_the_ledger_is_bit_identical_whatever_the_chunking_and_arrival_order(fleet_store: Store, tmp_path) -> None:
+    """Each message's rows come from that message alone, in a fixed row order: re-runs after a crash (other
+    chunk boundaries) or messages stored in another order book the same bits (issue 15)."""
+    want = _sorted_ledger(fleet_store.query("SELECT * FROM ledger"))
+    for chunk, order in ((7, "seq"), (13, "hash(agent_id, seq)")):
+        store = _copy_raw(fleet_store, str(tmp_path / f"b{chunk}.duckdb"))
+        store.execute(f"CREATE OR REPLACE TABLE messages AS SELECT * FROM messages ORDER BY {order} DESC")
+        run_attribution(store, chunk_messages=chunk)
+        got = _sorted_ledger(store.query("SELECT * FROM ledger"))
+        assert_frame_equal(got, want, check_exact=True)
