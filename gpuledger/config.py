@@ -302,8 +302,8 @@ class Settings(_Declared):
         "stored message; older hours are kept as hourly rollups only (the bill is made from them) and `explain` "
         "recomputes their interval rows from the raw samples while those are kept. 0: keep every interval.")
     attribute_workers: int = setting(
-        0, ge=0.0, description="Processes that run the attribution kernel beside the one reading and writing "
-        "the database (0: one per core).")
+        1, ge=0.0, description="Processes that run the attribution kernel (1: the one reading and writing the "
+        "database; 0: one per core). On 2 cores a pool was slower (the kernel is ~7 % of the job; docs/storage.md).")
     api_host: str = setting("127.0.0.1", description="Address the API binds (`gpuledger serve`, and the demo's).")
     api_port: int = setting(8080, description="Port the API binds (`gpuledger serve`, and the demo's).")
     api_tls_certfile: str | None = setting(
