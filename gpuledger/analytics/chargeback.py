@@ -361,6 +361,16 @@ _KEY_SQL = {
 }
 _HOUR_COLUMNS = "node, gpu_index, model, profile, sharing, kind, tenant, namespace, pod, rule, gpu_seconds, energy_j"
 _KNOWN_ENERGY = "sum(energy_j) FILTER (WHERE NOT isnan(energy_j))"  # NaN energy: unmeasured
+_DIRECT = ", ".join(f"'{r}'" for r in kinds.DIRECT_RULES)
+#: ``_METRICS`` in DuckDB SQL (a filtered sum over no row is 0.0, as Polars gives it).
+_METRICS_SQL = (
+    "sum(gpu_seconds) AS gpu_seconds, "
+    + "".join(f"coalesce(sum(gpu_seconds) FILTER (WHERE kind = '{k}'), 0.0) AS {name}, " for k, name in (
+        (kinds.BUSY, "busy_seconds"), (kinds.ALLOCATED_IDLE, "idle_seconds"),
+        (kinds.UNMEASURED, "unmeasured_seconds"), (kinds.UNALLOCATED, "unallocated_seconds")))
+    + f"coalesce(sum(gpu_seconds) FILTER (WHERE kind = '{kinds.BUSY}' AND rule IN ({_DIRECT})), 0.0) "
+    f"AS direct_busy_seconds, {_KNOWN_ENERGY} AS energy_j"
+)
 
 
 def hour_rows_sql(store: Store) -> str:
@@ -403,16 +413,8 @@ def usage_sql(store: Store, rows_sql: str, params: Sequence[Any] | Mapping[str, 
     with this ``boot_id`` are GPU-hours of rollups (one "interval" per node, GPU and hour): their capacity
     is their GPU-seconds summed (conservation), whatever their interval end says.
     """
-    direct = ", ".join(f"'{r}'" for r in kinds.DIRECT_RULES)
     key_sql = "".join(f"{expr} AS \"{name}\", " for name, expr in keys.items())
-    metrics = (
-        "sum(gpu_seconds) AS gpu_seconds, "
-        + "".join(f"coalesce(sum(gpu_seconds) FILTER (WHERE kind = '{k}'), 0.0) AS {name}, " for k, name in (
-            (kinds.BUSY, "busy_seconds"), (kinds.ALLOCATED_IDLE, "idle_seconds"),
-            (kinds.UNMEASURED, "unmeasured_seconds"), (kinds.UNALLOCATED, "unallocated_seconds")))
-        + f"coalesce(sum(gpu_seconds) FILTER (WHERE kind = '{kinds.BUSY}' AND rule IN ({direct})), 0.0) "
-        f"AS direct_busy_seconds, {_KNOWN_ENERGY} AS energy_j, sum(memory_gb_seconds) AS memory_gb_seconds"
-    )
+    metrics = f"{_METRICS_SQL}, sum(memory_gb_seconds) AS memory_gb_seconds"
     day = f"interval_start_ns - interval_start_ns % {DAY_NS}"
     sums_sql = (f"WITH h AS ({rows_sql}) SELECT {key_sql}model AS _model, coalesce(profile, '') AS _profile, "
                 f"{day} AS _day_ns, {metrics}, list(DISTINCT sharing) AS _sharing FROM h GROUP BY ALL")
@@ -453,16 +455,8 @@ def read_usage(store: Store, start: datetime, end: datetime, by: Sequence[str], 
     tests/analytics/test_chargeback_rollups.py checks both paths give the same file. ``policy``: who pays
     for idle (``analytics/policy.py``), applied to the rows in DuckDB.
     """
-    direct = ", ".join(f"'{r}'" for r in kinds.DIRECT_RULES)
     key_sql = ", ".join(f"{_KEY_SQL.get(k, k)} AS {k}" for k in by)
-    metrics = (
-        "sum(gpu_seconds) AS gpu_seconds, "
-        + "".join(f"coalesce(sum(gpu_seconds) FILTER (WHERE kind = '{k}'), 0.0) AS {name}, " for k, name in (
-            (kinds.BUSY, "busy_seconds"), (kinds.ALLOCATED_IDLE, "idle_seconds"),
-            (kinds.UNMEASURED, "unmeasured_seconds"), (kinds.UNALLOCATED, "unallocated_seconds")))
-        + f"coalesce(sum(gpu_seconds) FILTER (WHERE kind = '{kinds.BUSY}' AND rule IN ({direct})), 0.0) "
-        f"AS direct_busy_seconds, {_KNOWN_ENERGY} AS energy_j"
-    )
+    metrics = _METRICS_SQL
     day = f"hour_start_ns - hour_start_ns % {DAY_NS}"
     from gpuledger.analytics.policy import POLICIES, apply_idle_policy_sql
 
