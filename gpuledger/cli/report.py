@@ -124,14 +124,7 @@ def _units(month: str, book: Any, settings: Settings, fmt: str) -> int:
     if not rows:
         raise GpuledgerError(f"no work units for {month}",
                              hint="import them hourly with `gpuledger units import` (docs/economics.md#work-units)")
-    if fmt == "json":
-        sys.stdout.write(json.dumps({"month": month, "rows": rows}, indent=2) + "\n")
-        return 0
-    head = list(rows[0])
-    out = [f"work units {month}", "\t".join(head)]
-    out += ["\t".join("-" if r[k] is None else str(r[k]) for k in head) for r in rows]
-    sys.stdout.write("\n".join(out) + "\n")
-    return 0
+    return _write_rows(rows, fmt, {"month": month, "rows": rows}, f"work units {month}")
 
 
 def units(args: argparse.Namespace, settings: Settings) -> int:
@@ -179,11 +172,16 @@ def _queues(month: str, settings: Settings, fmt: str) -> int:
     if not rows:
         raise GpuledgerError(f"no Kueue data for {month}",
                              hint="import it hourly with `gpuledger units import --kueue` (docs/economics.md#kueue-quotas)")
+    return _write_rows(rows, fmt, {"month": month, "queues": rows}, f"Kueue quotas {month} (GPU-hours)")
+
+
+def _write_rows(rows: list[dict[str, Any]], fmt: str, document: dict[str, Any], title: str) -> int:
+    """A report's rows on stdout: ``document`` as JSON, or a title line and tab-separated columns ("-": none)."""
     if fmt == "json":
-        sys.stdout.write(json.dumps({"month": month, "queues": rows}, indent=2) + "\n")
+        sys.stdout.write(json.dumps(document, indent=2) + "\n")
         return 0
     head = list(rows[0])
-    out = [f"Kueue quotas {month} (GPU-hours)", "\t".join(head)]
+    out = [title, "\t".join(head)]
     out += ["\t".join("-" if r[k] is None else str(r[k]) for k in head) for r in rows]
     sys.stdout.write("\n".join(out) + "\n")
     return 0

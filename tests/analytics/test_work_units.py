@@ -189,6 +189,10 @@ def test_cli_units_import_and_report(tmp_path: Path, capsys: Any) -> None:
     assert main(["report", "units", "--month", "2025-03", "--db", str(db), "--format", "json"]) == 0
     (line,) = json.loads(capsys.readouterr().out)["rows"]
     assert (line["cost_held"], line["cost_per_held"]) == ("2.99", "0.75")  # 1 H100 hour for 4M tokens: 2.99 / 4
+    assert main(["report", "units", "--month", "2025-03", "--db", str(db)]) == 0  # the table: the same line
+    title, header, table_line = capsys.readouterr().out.splitlines()
+    cells = dict(zip(header.split("\t"), table_line.split("\t"), strict=True))
+    assert title == "work units 2025-03" and (cells["cost_held"], cells["cost_per_held"]) == ("2.99", "0.75")
     assert main(["report", "units", "--month", "2025-04", "--db", str(db)]) == 2
     assert "error: no work units for 2025-04" in capsys.readouterr().err
     port = free_port()  # nothing listens there
