@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from gpuledger.errors import ConfigError
+from gpuledger.wire import DEFAULT_CLUSTER
 
 __all__ = ["ChargePeriod", "Compression", "SecretStr", "SecurityProtocol", "Setting", "Settings",
            "SettingsError", "load_settings", "with_changes"]
@@ -252,6 +253,11 @@ class Settings(_Declared):
         None,
         description="Node name stamped on messages; unset: the host name (DaemonSet: NODE_NAME from the downward API).",
     )
+    cluster: str | None = setting(
+        None, pattern=r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}",
+        description="Agent: the cluster (Kubernetes cluster or Slurm site) stamped on every message, so two "
+        "clusters' namespaces and pods never merge; unset: the message names none and belongs to default_cluster.",
+    )
     metrics_port: int = setting(9400, description="Port of the agent's Prometheus /metrics (0: off).")
     metrics_host: str = setting("0.0.0.0", description="Address the agent's /metrics binds (127.0.0.1: this host only).")
     spool_dir: str | None = setting(
@@ -316,6 +322,11 @@ class Settings(_Declared):
     )
     api_audit_retention_days: int = setting(
         90, description="`serve`: days of audit log files kept, today included (0: forever)."
+    )
+    default_cluster: str = setting(
+        DEFAULT_CLUSTER, pattern=r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}",
+        description="Attribution: the cluster of a message that names none (agents without `cluster`, v1 "
+        "messages of older agents); rows attributed before clusters existed are in 'default'.",
     )
     prices_path: str | None = setting(None, description="Price book TOML; unset: the shipped default book.")
     tenancy_path: str | None = setting(None, description="Tenancy rules TOML; unset: label `team`, else namespace.")

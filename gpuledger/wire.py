@@ -42,6 +42,9 @@ SUPPORTED_VERSIONS = frozenset({1})
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 NULL_STR = 0xFFFFFFFF  # string-table index meaning "no value"
 NULL_POD = -1  # pod-table index meaning "not in a pod"
+#: The cluster of a message whose header names none (a v1 agent from before clusters, or one left unset):
+#: the one default every stage shares (``default_cluster`` may name another at attribution).
+DEFAULT_CLUSTER = "default"
 
 _FRAME = struct.Struct("<4sHHIIIII")
 
@@ -163,6 +166,9 @@ class Message:
     allocations: np.ndarray
     field_errors: np.ndarray
     driver_version: str | None = None
+    #: Optional header key ``cluster``: the Kubernetes cluster (or Slurm site) the node is in; None: not sent,
+    #: so the message belongs to the default cluster (``default_cluster``). Absent from v1 messages of older agents.
+    cluster: str | None = None
     schema_version: int = SCHEMA_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -205,6 +211,7 @@ def encode(msg: Message) -> bytes:
         "interval_start_ns": msg.interval_start_ns,
         "interval_end_ns": msg.interval_end_ns,
         "driver_version": msg.driver_version,
+        **({"cluster": msg.cluster} if msg.cluster is not None else {}),
         "strings": msg.strings,
         "pods": msg.pods,
         **msg.extra,
@@ -248,7 +255,7 @@ def decode(buf: bytes) -> Message:
         arrays[name] = np.frombuffer(buf, dtype=dt, count=n, offset=offset)
         offset += n * dt.itemsize
     _check_references(header, arrays)
-    known = {*_HEADER_KEYS, "strings", "pods", "driver_version"}
+    known = {*_HEADER_KEYS, "strings", "pods", "driver_version", "cluster"}
     return Message(
         agent_id=header["agent_id"],
         boot_id=header["boot_id"],
@@ -259,6 +266,7 @@ def decode(buf: bytes) -> Message:
         strings=header["strings"],
         pods=header["pods"],
         driver_version=header.get("driver_version"),
+        cluster=header.get("cluster"),
         extra={k: v for k, v in header.items() if k not in known},
         schema_version=version,
         **arrays,
@@ -282,6 +290,9 @@ def _check_header(header: Any) -> None:
         raise WireError("interval_end_ns must be after interval_start_ns")
     if not isinstance(header.get("driver_version"), (str, type(None))):
         raise WireError("header field driver_version must be a string or null")
+    cluster = header.get("cluster")
+    if cluster is not None and (not isinstance(cluster, str) or not cluster):
+        raise WireError("header field cluster must be a non-empty string (absent or null: the default cluster)")
     strings, pods = header.get("strings"), header.get("pods")
     if not isinstance(strings, list) or not all(isinstance(s, str) for s in strings):
         raise WireError("header field strings must be a list of strings")

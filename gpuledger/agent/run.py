@@ -119,7 +119,7 @@ def run_agent(settings: Settings, source: GpuSource, *, ticks: int | None = None
     cap_malloc_arenas()
     backend, advance, interval = source.backend, source.advance, settings.interval_s
     node = settings.node_name or socket.gethostname()
-    sampler = Sampler(backend, source.workloads, node=node)
+    sampler = Sampler(backend, source.workloads, node=node, cluster=settings.cluster)
     publisher: Any = open_publisher(settings, node) if settings.kafka_bootstrap else None
     collector = AgentCollector(node, extra=[publisher.collect] if publisher is not None else [])
     port = settings.metrics_port

@@ -88,8 +88,10 @@ class Sampler:
         node: str,
         agent_id: str | None = None,
         boot_id: str | None = None,
+        cluster: str | None = None,
     ) -> None:
         self.backend = backend
+        self.cluster = cluster  # the optional header key; None: the message names no cluster
         self.workloads = workloads
         self.node = node
         self.agent_id = agent_id or node
@@ -147,6 +149,7 @@ class Sampler:
             allocations=np.array(build.allocations, dtype=wire.ALLOCATION),
             field_errors=errors,
             driver_version=self._driver_version(),
+            cluster=self.cluster,
             extra=extra,
         )
         self.seq += 1

@@ -44,8 +44,8 @@ __all__ = ["Budgets", "TenantBudget", "budget_report", "load_budgets", "month_to
 #: that hour), so the chargeback's pools price them (as the API's hourly reads do, gpuledger/api/views.py).
 _FROM_HOURLY = (f"node AS agent_id, 'hourly' AS boot_id, (hour_start_ns // {HOUR_NS})::UBIGINT AS seq, node, "
                 "hour_start_ns AS interval_start_ns, hour_start_ns + round(sum(gpu_seconds) OVER "
-                "(PARTITION BY hour_start_ns, node, gpu_index) * 1e9)::BIGINT AS interval_end_ns, gpu_index, "
-                "model, profile, sharing, kind, tenant, namespace, rule, gpu_seconds, energy_j")
+                "(PARTITION BY hour_start_ns, cluster, node, gpu_index) * 1e9)::BIGINT AS interval_end_ns, gpu_index, "
+                "model, profile, sharing, kind, tenant, namespace, rule, gpu_seconds, energy_j, cluster")
 
 
 @dataclass(frozen=True)

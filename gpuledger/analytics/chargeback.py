@@ -72,17 +72,17 @@ __all__ = [
 
 #: Ledger columns a showback may group by.
 GROUPABLE = ("tenant", "namespace", "model", "node", "sharing", "profile")
-#: Keys of one chargeback line (before the price entry splits it).
-LINE_KEYS = ("tenant", "model", "profile", "line_kind")
+#: Keys of one chargeback line (before the price entry splits it): a tenant's use in two clusters is two lines.
+LINE_KEYS = ("tenant", "cluster", "model", "profile", "line_kind")
 #: Units of one physical GPU interval when MIG slices fall into different pools.
 SLICE_UNITS = 840  # lcm(1..8): 1/7 and 1/8 slices are whole units
 #: Charge period granularities of the file: one row per line per month, or per UTC day.
 CHARGE_PERIODS = ("month", "day")
 J_PER_KWH = 3_600_000
-_GPU_INTERVAL = ["agent_id", "boot_id", "seq", "gpu_index"]
+_GPU_INTERVAL = ["cluster", "agent_id", "boot_id", "seq", "gpu_index"]  # cluster: two clusters' node names may match
 #: Ledger columns pricing reads (not pod names or memory).
 _READ = ("agent_id, boot_id, seq, node, interval_start_ns, interval_end_ns, gpu_index, model, profile, "
-         "sharing, kind, tenant, namespace, rule, gpu_seconds, energy_j")
+         "sharing, kind, tenant, namespace, rule, gpu_seconds, energy_j, cluster")
 _METRICS = {
     "gpu_seconds": pl.col("gpu_seconds").sum(),
     "busy_seconds": pl.col("gpu_seconds").filter(pl.col("kind") == kinds.BUSY).sum(),
@@ -359,7 +359,8 @@ _KEY_SQL = {
     "line_kind": f"CASE WHEN kind = '{kinds.UNALLOCATED}' THEN 'unallocated' ELSE 'usage' END",
     "charge_day_ns": f"hour_start_ns - hour_start_ns % {DAY_NS}",
 }
-_HOUR_COLUMNS = "node, gpu_index, model, profile, sharing, kind, tenant, namespace, pod, rule, gpu_seconds, energy_j"
+_HOUR_COLUMNS = ("node, gpu_index, model, profile, sharing, kind, tenant, namespace, pod, rule, gpu_seconds, energy_j, "
+                 "cluster")
 _KNOWN_ENERGY = "sum(energy_j) FILTER (WHERE NOT isnan(energy_j))"  # NaN energy: unmeasured
 _DIRECT = ", ".join(f"'{r}'" for r in kinds.DIRECT_RULES)
 #: ``_METRICS`` in DuckDB SQL (a filtered sum over no row is 0.0, as Polars gives it).
@@ -418,7 +419,7 @@ def usage_sql(store: Store, rows_sql: str, params: Sequence[Any] | Mapping[str, 
     day = f"interval_start_ns - interval_start_ns % {DAY_NS}"
     sums_sql = (f"WITH h AS ({rows_sql}) SELECT {key_sql}model AS _model, coalesce(profile, '') AS _profile, "
                 f"{day} AS _day_ns, {metrics}, list(DISTINCT sharing) AS _sharing FROM h GROUP BY ALL")
-    unit = "agent_id, boot_id, seq, gpu_index"
+    unit = "cluster, agent_id, boot_id, seq, gpu_index"
     dt = "max(dt0) OVER u" if hour_boot is None else \
         f"CASE WHEN boot_id = '{hour_boot}' THEN round(sum(secs) OVER u * 1e9)::BIGINT ELSE max(dt0) OVER u END"
     capacity_sql = f"""
@@ -467,7 +468,7 @@ def read_usage(store: Store, start: datetime, end: datetime, by: Sequence[str], 
     sums_sql = (f"WITH h AS ({apply_idle_policy_sql(rows, policy)}) SELECT {key_sql}{', ' if key_sql else ''}model AS _model, "
                 f"coalesce(profile, '') AS _profile, {day} AS _day_ns, {metrics}, list(DISTINCT sharing) AS _sharing "
                 "FROM h GROUP BY ALL")
-    unit = "hour_start_ns, node, gpu_index"
+    unit = "hour_start_ns, cluster, node, gpu_index"
     capacity_sql = f"""
         WITH h AS ({rows}),
         g AS (SELECT {unit}, model, coalesce(profile, '') AS _profile, sum(gpu_seconds) AS secs,

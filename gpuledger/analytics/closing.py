@@ -69,7 +69,7 @@ __all__ = [
 Format = Literal["csv", "parquet"]
 FORMATS = ("csv", "parquet")
 
-_KEY_COLS = ("charge_start", "tenant", "model", "profile", "line_kind", "entry_id", "unit")
+_KEY_COLS = ("charge_start", "tenant", "model", "profile", "line_kind", "entry_id", "unit", "cluster")
 
 
 class ExportError(GpuledgerError):
@@ -218,7 +218,7 @@ def _difference(key: tuple[str, ...], now: Charge | None, was: dict[str, Any] | 
         metrics[m] = None if new is None and was[m] is None else (new or Decimal(0)) - (was[m] or Decimal(0))
     if cost == 0 and quantity == 0 and not any(metrics.values()):
         return None
-    charge_start, tenant, model, profile, line_kind, entry_id, unit = key
+    charge_start, tenant, model, profile, line_kind, entry_id, unit, cluster = key
     if now is not None:
         price, unit_price, charge_period, sharing = now.price, now.unit_price, now.charge_period, now.sharing
     else:
@@ -227,7 +227,7 @@ def _difference(key: tuple[str, ...], now: Charge | None, was: dict[str, Any] | 
         price = Price(unit_price, book.currency, entry_id, bool(was["is_default"]))
         charge_period = (parse_iso_utc(charge_start), parse_iso_utc(was["charge_end"]))
         sharing = was["sharing"]
-    return Charge(tenant=tenant, model=model, profile=profile or None, line_kind=line_kind, price=price,
+    return Charge(tenant=tenant, cluster=cluster, model=model, profile=profile or None, line_kind=line_kind, price=price,
                   unit=unit, quantity=quantity, unit_price=unit_price, cost=cost,  # type: ignore[arg-type]
                   period=period, charge_period=charge_period, metrics={**metrics, "coverage": None},
                   sharing=sharing, charge_class=CORRECTION, corrects=corrects, context=context)
@@ -302,7 +302,7 @@ def _billed_frame(month: str, rows: list[Charge]) -> pl.DataFrame:
         "profile": c.profile or "", "line_kind": c.line_kind, "entry_id": c.price.entry_id, "unit": c.unit,
         "unit_price": str(c.unit_price), "is_default": c.price.is_default, "sharing": c.sharing,
         "cost": str(c.cost), "quantity": str(c.quantity),
-        **{m: None if c.metrics.get(m) is None else str(c.metrics[m]) for m in METRICS},
+        **{m: None if c.metrics.get(m) is None else str(c.metrics[m]) for m in METRICS}, "cluster": c.cluster,
     } for c in rows]
     schema = {k: (pl.Boolean if k == "is_default" else text) for k in _BILLED_COLUMNS}
     return pl.DataFrame(records, schema=schema)
@@ -310,7 +310,7 @@ def _billed_frame(month: str, rows: list[Charge]) -> pl.DataFrame:
 
 _BILLED_COLUMNS = ("billing_month", "usage_month", "charge_class", "charge_start", "charge_end", "tenant", "model",
                    "profile", "line_kind", "entry_id", "unit", "unit_price", "is_default", "sharing", "cost",
-                   "quantity", *METRICS)
+                   "quantity", *METRICS, "cluster")
 
 
 def _inputs(store: Store, month: str, book: PriceBook, ctx: ExportContext) -> dict[str, Any]:

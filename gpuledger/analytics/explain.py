@@ -2,7 +2,7 @@
 
 ``explain(ledger, tenant, start_ns, end_ns)`` groups the tenant's ledger rows
 of the period by what a reviewer needs to trace a charge back to its
-evidence: node, GPU (uuid, index, MIG device), pod, kind and the rule that
+evidence: node, GPU (uuid, index, MIG device), cluster, namespace and pod, kind and the rule that
 attributed it, with the first and last interval, how many intervals, the
 GPU-seconds and joules. The rows sum exactly to the tenant's line in
 ``rollups.tenant_lines`` under the ``holder`` policy; each interval is
@@ -30,12 +30,14 @@ from gpuledger.analytics.csvfile import write_frame
 from gpuledger.analytics.rollups import in_period
 from gpuledger.errors import GpuledgerError
 from gpuledger.timeutil import HOUR_NS
+from gpuledger.wire import DEFAULT_CLUSTER
 
 if TYPE_CHECKING:
     from gpuledger.analytics.tenancy import TenancyRules
     from gpuledger.store import Store
 
-GROUP = ["node", "gpu_uuid", "gpu_index", "mig_index", "model", "sharing", "namespace", "pod", "kind", "rule"]
+GROUP = ["node", "gpu_uuid", "gpu_index", "mig_index", "model", "sharing", "cluster", "namespace", "pod", "kind",
+         "rule"]
 #: One GPU unit (a whole GPU, or a MIG device of it) in the summary.
 GPU = ["node", "gpu_uuid", "gpu_index", "mig_index", "model", "sharing"]
 _ISO = "%Y-%m-%dT%H:%M:%SZ"
@@ -93,7 +95,7 @@ def readable(frame: pl.DataFrame, detail: bool) -> pl.DataFrame:
     times = [_iso("first_start_ns").alias("first_interval_start"), _iso("last_end_ns").alias("last_interval_end")]
     kwh = (pl.col("energy_j") / J_PER_KWH).round(_DIGITS).alias("energy_kwh")
     if detail:
-        return frame.select("node", "gpu_uuid", "gpu_index", "mig_index", "model", "sharing", "namespace", "pod",
+        return frame.select("node", "gpu_uuid", "gpu_index", "mig_index", "model", "sharing", "cluster", "namespace", "pod",
                             "kind", "rule", "intervals", *times, _hours("gpu_seconds").alias("gpu_hours"), kwh)
     return frame.select("node", "gpu_uuid", "gpu_index", "mig_index", "model", "sharing", "intervals", *times,
                         _hours("gpu_seconds").alias("gpu_hours"), _hours("busy_seconds").alias("used_gpu_hours"),
@@ -135,14 +137,16 @@ def rules_versions(store: Store, where: str, params: Sequence[object]) -> list[s
 
 
 def explain_command(db: str, tenant: str, start: str | None, end: str | None, fmt: str = "table",
-                    detail: bool = False, rules: TenancyRules | None = None) -> str:
+                    detail: bool = False, rules: TenancyRules | None = None,
+                    default_cluster: str = DEFAULT_CLUSTER) -> str:
     """Text for ``gpuledger explain``: the tenant's line (coverage included), then per GPU, or with ``detail``
     per GPU, pod, kind and rule; ``fmt="csv"`` the same rows and units as the table.
 
     Hours before the interval ledger's window (the attribution job keeps
     interval rows for recent days only) are recomputed from the raw samples
     under ``rules`` (default: the default tenancy rules), which must be the
-    rules they were booked under (``job.recompute_rows``).
+    rules they were booked under (``job.recompute_rows``), with messages that name no
+    cluster in ``default_cluster``.
     """
     import io
 
@@ -163,6 +167,8 @@ def explain_command(db: str, tenant: str, start: str | None, end: str | None, fm
             where.append("interval_start_ns < ?")
             params.append(end_ns)
         ledger = store.query(f"SELECT * FROM ledger WHERE {' AND '.join(where)}", params)
+        if "cluster" not in ledger.columns:  # a file no writer opened since migration 12 (read-only here)
+            ledger = ledger.with_columns(cluster=pl.lit(DEFAULT_CLUSTER))
         versions = rules_versions(store, " AND ".join(where), params)
         known = set(store.query("SELECT DISTINCT tenant FROM ledger")["tenant"].to_list())
         kept_from = ledger_window_start(store)
@@ -179,7 +185,7 @@ def explain_command(db: str, tenant: str, start: str | None, end: str | None, fm
                 store.scalar("SELECT min(interval_start_ns) FROM messages WHERE interval_start_ns < ?", [kept_from])
             hi = kept_from if end_ns is None else min(end_ns, kept_from)
             if lo is not None and lo < hi:
-                older = recompute_rows(store, int(lo), hi, rules, tenant=tenant)
+                older = recompute_rows(store, int(lo), hi, rules, tenant=tenant, default_cluster=default_cluster)
                 if older.height:
                     ledger = pl.concat([older.select(ledger.columns), ledger], how="vertical_relaxed")
                     versions = sorted({*versions, rules.version})

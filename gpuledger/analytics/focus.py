@@ -130,6 +130,7 @@ class Charge:
     model: str
     profile: str | None
     line_kind: str  # "usage" or "unallocated"
+    cluster: str  # where the GPU time was used (x_Cluster): a tenant's use in two clusters is two rows
     price: Price
     unit: Literal["GPU-Hours", "kWh"]
     quantity: Decimal  # in ``unit``
@@ -148,9 +149,9 @@ class Charge:
 
     @property
     def key(self) -> tuple[str, ...]:
-        """What a correction is matched on: charge period start, tenant, model, profile, kind, entry, unit."""
+        """What a correction is matched on: charge period start, tenant, model, profile, kind, entry, unit, cluster."""
         return (iso_utc(self.charge_period[0]), self.tenant, self.model, self.profile or "", self.line_kind,
-                self.price.entry_id, self.unit)
+                self.price.entry_id, self.unit, self.cluster)
 
 
 @dataclass(frozen=True)
@@ -218,8 +219,8 @@ def _resource_id(c: Charge) -> str:
 
 def _tags(c: Charge) -> str:
     """Provider-defined tags (prefix ``gpuledger/``), JSON object, keys sorted."""
-    tags: dict[str, str] = {"gpuledger/tenant": c.tenant, "gpuledger/gpu-model": c.model,
-                            "gpuledger/charge-type": _charge_type(c)}
+    tags: dict[str, str] = {"gpuledger/tenant": c.tenant, "gpuledger/cluster": c.cluster,
+                            "gpuledger/gpu-model": c.model, "gpuledger/charge-type": _charge_type(c)}
     if c.profile:
         tags["gpuledger/mig-profile"] = c.profile
     if c.sharing:
@@ -323,6 +324,7 @@ def _columns(version: FocusVersion) -> tuple[Column, ...]:
         Column("x_UnmeasuredGpuHours", "decimal", _gpu_only("unmeasured_h")),
         Column("x_UnallocatedGpuHours", "decimal", _gpu_only("unallocated_h")),
         Column("x_EnergyKwh", "decimal", _gpu_only("energy_kwh")),
+        Column("x_Cluster", "text", lambda c: c.cluster),
         Column("x_GpuModel", "text", lambda c: c.model),
         Column("x_MigProfile", "text", lambda c: c.profile),
         Column("x_SharingModes", "text", lambda c: c.sharing),
@@ -383,7 +385,7 @@ def charges(source: pl.LazyFrame | Store, book: PriceBook, month: str,
             end = from_ns(line["charge_day_ns"] + DAY_NS)
         hours = _hours(line["gpu_seconds"])
         assert hours is not None
-        common = {"tenant": line["tenant"], "model": line["model"], "profile": line["profile"],
+        common = {"tenant": line["tenant"], "cluster": line["cluster"], "model": line["model"], "profile": line["profile"],
                       "line_kind": line["line_kind"], "price": price, "period": period, "charge_period": (start, end),
                       "sharing": line["sharing_modes"] or None, "context": ctx}
         out.append(Charge(unit="GPU-Hours", quantity=hours, unit_price=price.per_gpu_hour,
@@ -427,7 +429,7 @@ def _time_allocation(line: Mapping[str, Any], pool_s: float) -> tuple[tuple[str,
 def order(c: Charge) -> tuple[Any, ...]:
     """File order: regular rows, then corrections by corrected month; then tenant, model, period."""
     return (c.charge_class or "", c.corrects or "", c.line_kind == "unallocated", c.tenant, c.model,
-            c.profile or "", c.charge_period[0], c.price.entry_id, c.unit)
+            c.profile or "", c.charge_period[0], c.price.entry_id, c.unit, c.cluster)
 
 
 def _midnight(day: Any) -> datetime | None:

@@ -2,7 +2,7 @@
 
 ``ledger_hourly`` holds one row per UTC hour x GPU unit (node, gpu_uuid,
 gpu_index, mig_index, model, profile, sharing) x holder (tenant, namespace,
-pod) x kind x rule, with
+pod, cluster) x kind x rule, with
 
 - ``gpu_seconds``: the sum of the ledger's GPU-seconds;
 - ``energy_j`` (J) and ``memory_gb_seconds`` (GB x s): sums of the known
@@ -58,10 +58,11 @@ __all__ = [
 ]
 
 
-#: The rollup's grain, in table order.
+#: The rollup's grain, in table order (``cluster``, added later, is the table's last column).
 HOURLY_KEYS = ("hour_start_ns", "node", "gpu_uuid", "gpu_index", "mig_index", "model", "profile", "sharing",
-               "kind", "tenant", "namespace", "pod", "rule")
-HOURLY_COLUMNS = (*HOURLY_KEYS, "gpu_seconds", "energy_j", "energy_intervals", "memory_gb_seconds", "intervals")
+               "kind", "tenant", "namespace", "pod", "rule", "cluster")
+HOURLY_COLUMNS = (*HOURLY_KEYS[:-1], "gpu_seconds", "energy_j", "energy_intervals", "memory_gb_seconds", "intervals",
+                  "cluster")
 #: Ledger columns the rollup reads.
 _READ = ", ".join(["interval_start_ns", *HOURLY_KEYS[1:], "gpu_seconds", "energy_j", "memory_gb_seconds"])
 
@@ -172,8 +173,10 @@ def add_parts(tx: Store, ledger: pl.DataFrame) -> int:
     return parts.height
 
 
-_MERGED = ", ".join([*HOURLY_KEYS, "sum(gpu_seconds)", "sum(energy_j)", "sum(energy_intervals)::UINTEGER",
-                     "sum(memory_gb_seconds)", "sum(intervals)::UINTEGER"])  # sum() of only NULLs is NULL: unknown stays
+# sum() of only NULLs is NULL: unknown stays unknown. Named, so the rows go back BY NAME (cluster is last in the table).
+_MERGED = ", ".join([*HOURLY_KEYS, "sum(gpu_seconds) AS gpu_seconds", "sum(energy_j) AS energy_j",
+                     "sum(energy_intervals)::UINTEGER AS energy_intervals",
+                     "sum(memory_gb_seconds) AS memory_gb_seconds", "sum(intervals)::UINTEGER AS intervals"])
 
 
 def merge_hourly(store: Store, progress: Callable[[int, int], None] | None = None) -> int:
@@ -189,7 +192,7 @@ def merge_hourly(store: Store, progress: Callable[[int, int], None] | None = Non
             tx.execute(f"CREATE OR REPLACE TEMP TABLE _merged AS SELECT {_MERGED} FROM ledger_hourly "
                        f"WHERE hour_start_ns = ? GROUP BY {keys}", [hour])
             tx.execute("DELETE FROM ledger_hourly WHERE hour_start_ns = ?", [hour])
-            tx.execute("INSERT INTO ledger_hourly SELECT * FROM _merged ORDER BY ALL")
+            tx.execute("INSERT INTO ledger_hourly BY NAME SELECT * FROM _merged ORDER BY ALL")
             tx.execute("DROP TABLE _merged")
             tx.execute("DELETE FROM ledger_hourly_unmerged WHERE hour_start_ns = ?", [hour])
         if progress:

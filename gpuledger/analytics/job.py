@@ -51,12 +51,15 @@ from gpuledger.analytics.tenancy import SLURM_PREFIX, TenancyRules
 from gpuledger.errors import GpuledgerError
 from gpuledger.store import Store
 from gpuledger.timeutil import HOUR_NS
+from gpuledger.wire import DEFAULT_CLUSTER
 
 _PENDING = """
 SELECT m.agent_id, m.boot_id, m.seq FROM messages m
 ANTI JOIN attributed a USING (agent_id, boot_id, seq)
 ORDER BY m.interval_start_ns, m.agent_id, m.seq
 """
+#: A booked ledger row: the kernel's columns and the message's cluster (NULL in ``messages``: ``default_cluster``).
+BOOKED_COLUMNS = [*LEDGER_COLUMNS, "cluster"]
 #: Default interval-ledger window: a week of interval rows for drill-down and disputes (older: rollups).
 DEFAULT_LEDGER_WINDOW_S = 7 * 86_400.0
 
@@ -115,10 +118,14 @@ def run_attribution(
     workers: int = 1,
     ledger_window_s: float | None = None,
     progress: Callable[[int, int], None] | None = None,
+    default_cluster: str = DEFAULT_CLUSTER,
 ) -> JobResult:
     """Attribute pending messages (all of them with ``full``); returns counts.
 
     ``workers``: processes running the kernel (1: this process only).
+    ``default_cluster``: the cluster of a message whose agent named none; every
+    row carries its message's cluster, so (cluster, namespace, pod) is a pod's
+    identity in the ledger and its rollups.
     ``ledger_window_s``: keep interval-grain rows only for intervals that start
     at most this long before the newest stored message (None: keep them all).
     Memory is bounded by the chunk (``chunk_messages`` messages, times
@@ -134,12 +141,14 @@ def run_attribution(
     kept_from = _window_start(store, ledger_window_s)
     result = JobResult(rebooked=result_full if full else 0)
     jobs = store.query("SELECT DISTINCT slurm_job FROM processes WHERE slurm_job IS NOT NULL ORDER BY 1")
-    tenants = rules.tenant_table(store.query("SELECT pod_uid, namespace, labels, name FROM pods"),
+    tenants = rules.tenant_table(store.query("SELECT pod_uid, namespace, labels, name, coalesce(cluster, ?) AS cluster "
+                                             "FROM pods", [default_cluster]),
                                  jobs["slurm_job"].to_list()).lazy()
     total = pending.height
     chunks = (pending.slice(start, chunk_messages) for start in range(0, total, chunk_messages))
 
     def book(keys: pl.DataFrame, ledger: pl.DataFrame) -> None:
+        ledger = with_clusters(store, keys, ledger, default_cluster)
         kept = ledger if kept_from is None else ledger.filter(pl.col("interval_start_ns") >= kept_from)
         with store.transaction() as tx:
             result.rollup_rows += add_parts(tx, ledger)
@@ -193,10 +202,25 @@ def _unbook_raw(store: Store) -> int:
             tx.execute(f"DELETE FROM {table} t USING _raw m WHERE t.agent_id = m.agent_id "
                        "AND t.boot_id = m.boot_id AND t.seq = m.seq")
         tx.execute("DELETE FROM ledger_hourly WHERE hour_start_ns IN (SELECT DISTINCT h FROM _raw)")
-        others = tx.query(f"SELECT {', '.join(LEDGER_COLUMNS)} FROM ledger WHERE {hour} IN (SELECT DISTINCT h FROM _raw)")
+        others = tx.query(f"SELECT {', '.join(BOOKED_COLUMNS)} FROM ledger WHERE {hour} IN (SELECT DISTINCT h FROM _raw)")
         add_parts(tx, others)
         tx.execute("DROP TABLE _raw")
     return n
+
+
+def with_clusters(store: Store, keys: pl.DataFrame, ledger: pl.DataFrame, default_cluster: str) -> pl.DataFrame:
+    """``ledger`` (rows of the messages ``keys``) with each row's ``cluster``: its message's, else the default."""
+    with store.registered(_ckeys=keys.select(MSG)):
+        clusters = store.query("SELECT k.agent_id, k.boot_id, k.seq, coalesce(m.cluster, ?) AS cluster FROM _ckeys k "
+                               "LEFT JOIN messages m USING (agent_id, boot_id, seq)", [default_cluster])
+    names = clusters["cluster"].unique()
+    if names.len() <= 1:  # one cluster in the chunk (the usual case): no join
+        return ledger.with_columns(cluster=pl.lit(names[0] if names.len() else default_cluster, pl.String))
+    key = [pl.col(c).cast(pl.String) for c in MSG]
+    return (ledger.with_columns(_k=pl.concat_str(key, separator="\x1f"))
+            .join(clusters.select(_k=pl.concat_str([pl.col(c).cast(pl.String) for c in MSG], separator="\x1f"),
+                                  cluster="cluster"), on="_k", how="left", maintain_order="left")
+            .drop("_k"))
 
 
 def ledger_window_start(store: Store) -> int | None:
@@ -241,7 +265,7 @@ class RecomputeError(GpuledgerError):
 
 
 def recompute_rows(store: Store, start_ns: int, end_ns: int, rules: TenancyRules, *, tenant: str | None = None,
-                   chunk_messages: int = 5000) -> pl.DataFrame:
+                   chunk_messages: int = 5000, default_cluster: str = DEFAULT_CLUSTER) -> pl.DataFrame:
     """The ledger rows of the intervals starting in [start_ns, end_ns), recomputed from the raw samples.
 
     For hours before the interval ledger's window (``ledger_window_start``):
@@ -271,11 +295,13 @@ def recompute_rows(store: Store, start_ns: int, end_ns: int, rules: TenancyRules
                              hint="pass the tenancy rules the period was attributed under (--tenancy), or "
                              "re-attribute it (`gpuledger attribute --full`)")
     jobs = store.query("SELECT DISTINCT slurm_job FROM processes WHERE slurm_job IS NOT NULL ORDER BY 1")
-    tenants = rules.tenant_table(store.query("SELECT pod_uid, namespace, labels, name FROM pods"),
+    tenants = rules.tenant_table(store.query("SELECT pod_uid, namespace, labels, name, coalesce(cluster, ?) AS cluster "
+                                             "FROM pods", [default_cluster]),
                                  jobs["slurm_job"].to_list()).lazy()
     parts = []
     for start in range(0, keys.height, chunk_messages):
-        frame = _kernel(read_chunk(store, keys.slice(start, chunk_messages), tenants))
+        part = keys.slice(start, chunk_messages)
+        frame = with_clusters(store, part, _kernel(read_chunk(store, part, tenants)), default_cluster)
         if tenant is not None:
             frame = frame.filter(pl.col("tenant") == tenant)
         parts.append(frame.with_columns(pl.col(pl.Enum).cast(pl.String)))

@@ -3,8 +3,8 @@
 The ledger itself is policy-free: it books every GPU-second once, as ``busy``
 (the process's tenant), ``allocated_idle`` (the holder), ``unmeasured`` (the
 holder) or ``unallocated`` (``platform``). A policy only moves idle lines
-between tenants inside a *scope* (default: GPU model -- so a moved
-GPU-second keeps its price), never changes their sum:
+between tenants inside a *scope* (default: cluster and GPU model -- so a
+moved GPU-second keeps its price and its cluster), never changes their sum:
 
 ``holder`` (default)
     allocated idle stays with the holder; unallocated stays on ``platform``.
@@ -39,12 +39,14 @@ POLICIES: tuple[Policy, ...] = ("holder", "share_unallocated", "platform")
 RULE_SHARED_UNALLOCATED = "shared_unallocated"
 RULE_IDLE_ON_PLATFORM = "idle_kept_on_platform"
 LINE_KEYS = ["tenant", "kind", "rule"]
+#: The default scope: a cluster's idle capacity of one GPU model is spread over that cluster's tenants only.
+SCOPE = ("cluster", "model")
 __all__ = [
     "apply_idle_policy_sql","POLICIES", "Policy", "apply_idle_policy", "apply_idle_policy_to_rows"]
 
 
 def apply_idle_policy(ledger: pl.LazyFrame, policy: Policy = "holder",
-                      scope: tuple[str, ...] = ("model",)) -> pl.LazyFrame:
+                      scope: tuple[str, ...] = SCOPE) -> pl.LazyFrame:
     """Ledger rows -> lines (``*scope, tenant, kind, rule, gpu_seconds, energy_j``) under ``policy``.
 
     ``Σ gpu_seconds`` per scope is unchanged (up to float rounding); energy likewise
@@ -85,7 +87,7 @@ def apply_idle_policy(ledger: pl.LazyFrame, policy: Policy = "holder",
 
 
 def apply_idle_policy_to_rows(ledger: pl.LazyFrame, policy: Policy = "holder",
-                              scope: tuple[str, ...] = ("model",)) -> pl.LazyFrame:
+                              scope: tuple[str, ...] = SCOPE) -> pl.LazyFrame:
     """Ledger (or rollup) rows -> the same columns, re-booked under ``policy``, for pricing.
 
     Unlike :func:`apply_idle_policy` the rows keep their GPU interval keys, so
@@ -123,7 +125,7 @@ def apply_idle_policy_to_rows(ledger: pl.LazyFrame, policy: Policy = "holder",
     return pl.concat([ledger.filter(~is_unalloc), kept, spread], how="vertical_relaxed")
 
 
-def apply_idle_policy_sql(rows_sql: str, policy: Policy = "holder", scope: tuple[str, ...] = ("model",)) -> str:
+def apply_idle_policy_sql(rows_sql: str, policy: Policy = "holder", scope: tuple[str, ...] = SCOPE) -> str:
     """:func:`apply_idle_policy_to_rows` in DuckDB SQL: ``rows_sql``'s rows re-booked under ``policy``.
 
     For bills summed in DuckDB (``chargeback.read_usage``): the same rows, the

@@ -18,7 +18,7 @@ from __future__ import annotations
 import polars as pl
 
 from gpuledger.analytics import kinds as K
-from gpuledger.analytics.policy import Policy, apply_idle_policy
+from gpuledger.analytics.policy import SCOPE, Policy, apply_idle_policy
 
 
 def in_period(ledger: pl.LazyFrame, start_ns: int | None, end_ns: int | None) -> pl.LazyFrame:
@@ -30,7 +30,7 @@ def in_period(ledger: pl.LazyFrame, start_ns: int | None, end_ns: int | None) ->
     return ledger
 
 
-def tenant_lines(ledger: pl.LazyFrame, policy: Policy = "holder", scope: tuple[str, ...] = ("model",),
+def tenant_lines(ledger: pl.LazyFrame, policy: Policy = "holder", scope: tuple[str, ...] = SCOPE,
                  start_ns: int | None = None, end_ns: int | None = None) -> pl.LazyFrame:
     """One row per tenant (see the module docstring), sorted by tenant."""
     rows = in_period(ledger, start_ns, end_ns)

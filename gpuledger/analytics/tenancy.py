@@ -5,8 +5,10 @@ past periods (``gpuledger attribute --full --tenancy rules.toml``): the ledger
 keeps pod uids and Slurm job ids, never a frozen tenant. Resolution order for
 a pod, first match wins:
 
-1. ``pods``: static overrides by pod uid or ``namespace/pod-name``
-2. ``overrides``: namespace -> tenant, exact names (e.g. ``kube-system`` -> platform)
+1. ``pods``: static overrides by pod uid, ``cluster/namespace/pod-name`` or
+   ``namespace/pod-name`` (any cluster)
+2. ``overrides``: ``cluster/namespace`` or namespace (any cluster) -> tenant,
+   exact names (e.g. ``kube-system`` -> platform)
 3. ``label_keys``: the first of these pod labels that is set (default ``team``;
    e.g. ``["cost-center", "team"]`` to charge cost centres)
 4. the pod's namespace
@@ -23,10 +25,15 @@ TOML format::
 
     version = "2026-11-02"
     label_keys = ["cost-center", "team"]
-    [overrides]          # namespace = "tenant"
+    [overrides]          # namespace or "cluster/namespace" = "tenant"
     kube-system = "platform"
-    [pods]               # "namespace/pod" or pod uid = "tenant"
+    "gpu-east/team-a" = "east-team-a"
+    [pods]               # "namespace/pod", "cluster/namespace/pod" or pod uid = "tenant"
     "research/shared-notebook" = "research"
+
+A pod's identity is (cluster, namespace, pod): the cluster is the one its
+messages name (``default_cluster`` when they name none), so two clusters'
+``team-a`` namespaces stay apart in the ledger, and a rule may name one of them.
     [slurm_accounts]     # account = "tenant"
     astro = "science"
     [slurm_jobs]         # job id = "account" (or slurm_jobs_csv = "sacct.txt", JobID|Account lines)
@@ -60,13 +67,17 @@ class TenancyRules:
     slurm_jobs: Mapping[str, str] = field(default_factory=dict)
 
     def resolve(self, namespace: str | None, labels: Mapping[str, str], *, uid: str | None = None,
-                name: str | None = None) -> str:
+                name: str | None = None, cluster: str | None = None) -> str:
         if uid is not None and uid in self.pods:
             return self.pods[uid]
+        if cluster and namespace and name and f"{cluster}/{namespace}/{name}" in self.pods:
+            return self.pods[f"{cluster}/{namespace}/{name}"]
         if namespace and name and f"{namespace}/{name}" in self.pods:
             return self.pods[f"{namespace}/{name}"]
         if not namespace:  # no pod, or a pod whose namespace is not known
             return UNATTRIBUTED_TENANT
+        if cluster and f"{cluster}/{namespace}" in self.overrides:
+            return self.overrides[f"{cluster}/{namespace}"]
         if namespace in self.overrides:
             return self.overrides[namespace]
         for key in self.label_keys:
@@ -82,15 +93,17 @@ class TenancyRules:
         return self.slurm_accounts.get(account, account)
 
     def tenant_table(self, pods: pl.DataFrame, slurm_jobs: list[str] | None = None) -> pl.DataFrame:
-        """pods(pod_uid, namespace, labels JSON[, name]) + Slurm job ids -> (pod_uid, tenant).
+        """pods(pod_uid, namespace, labels JSON[, name][, cluster]) + Slurm job ids -> (pod_uid, tenant).
 
         Slurm jobs get rows keyed ``slurm:<job id>``.
         """
         uids = pods["pod_uid"].to_list()
         names = pods["name"].to_list() if "name" in pods.columns else [None] * len(uids)
+        clusters = pods["cluster"].to_list() if "cluster" in pods.columns else [None] * len(uids)
         tenants = [
-            self.resolve(ns, json.loads(labels) if labels else {}, uid=uid, name=name)
-            for uid, ns, labels, name in zip(uids, pods["namespace"].to_list(), pods["labels"].to_list(), names)
+            self.resolve(ns, json.loads(labels) if labels else {}, uid=uid, name=name, cluster=cluster)
+            for uid, ns, labels, name, cluster in zip(uids, pods["namespace"].to_list(), pods["labels"].to_list(),
+                                                      names, clusters)
         ]
         for job in slurm_jobs or ():
             uids.append(SLURM_PREFIX + job)

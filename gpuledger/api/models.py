@@ -34,6 +34,7 @@ class Dimensions(_Open):
     pod: str | None = None
     workload: str | None = None
     gpu: str | None = None
+    cluster: str | None = None
 
 
 class Usage(Dimensions):

@@ -29,6 +29,7 @@ from gpuledger.api.errors import ApiError
 from gpuledger.api.reader import Session
 from gpuledger.timeutil import EPOCH, from_ns, month_of_day
 from gpuledger.timeutil import iso_utc as iso  # the routes' name for it
+from gpuledger.wire import DEFAULT_CLUSTER
 
 __all__ = [
     "CURSOR",
@@ -73,8 +74,6 @@ __all__ = [
 DIMENSIONS = ("tenant", "namespace", "node", "model", "sharing", "profile", "pod", "workload", "gpu", "cluster")
 #: Filters every data route accepts (exact match; several values mean any of them: :func:`filter_values`).
 FILTERS = ("tenant", "namespace", "node", "model", "sharing", "pod", "workload", "gpu", "cluster")
-#: The cluster of every ledger row until messages carry one (``views.with_dimensions``).
-DEFAULT_CLUSTER = "default"
 #: ``group_by=label:KEY`` groups by a pod label (showback only): KEY as Kubernetes spells label keys.
 LABEL_PREFIX = "label:"
 _LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
@@ -107,8 +106,9 @@ def filter_params(
     pod: list[str] | None = Query(None, description="pod name(s)" + _REPEAT),
     workload: list[str] | None = Query(None, description="workload(s): pod name without its generated suffixes"),
     gpu: list[str] | None = Query(None, description="GPU UUID(s)" + _REPEAT),
-    cluster: list[str] | None = Query(None, description=f"cluster(s); every row is in {DEFAULT_CLUSTER!r} "
-                                      "until messages carry a cluster" + _REPEAT),
+    cluster: list[str] | None = Query(None, description="cluster(s): the agents' `cluster` setting; a message "
+                                      f"naming none is in the default cluster ({DEFAULT_CLUSTER!r} unless "
+                                      "default_cluster says otherwise)" + _REPEAT),
 ) -> dict[str, list[str] | None]:
     """The exact-match filters every data route accepts (a dependency; see ``auth.data_filters``)."""
     return {"tenant": tenant, "namespace": namespace, "node": node, "model": model, "sharing": sharing,

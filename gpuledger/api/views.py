@@ -35,7 +35,8 @@ __all__ = ["HOURLY_BOOT", "WORKLOAD", "SqlRows", "apply_filters", "costed", "dat
            "rows_sql", "showback_rows", "with_dimensions", "with_labels"]
 
 _COLUMNS = ("agent_id, boot_id, seq, node, interval_start_ns, interval_end_ns, gpu_uuid, gpu_index, mig_index, "
-            "model, profile, sharing, kind, tenant, namespace, pod, rule, gpu_seconds, energy_j, memory_gb_seconds")
+            "model, profile, sharing, kind, tenant, namespace, pod, rule, gpu_seconds, energy_j, memory_gb_seconds, "
+            "cluster")
 #: ``boot_id`` of rows read from the hourly rollups (drill-down rows say ``grain: hour``).
 HOURLY_BOOT = "hourly"
 #: ``ledger_hourly`` rows in the ledger's columns (see ``read_rows``). Each physical GPU-hour
@@ -44,11 +45,11 @@ HOURLY_BOOT = "hourly"
 #: conservation makes its capacity (the ledger's rows of a GPU interval sum to its length
 #: within 1e-4 ns, so rounding to the nanosecond gives the integer capacity pricing used).
 _FROM_HOURLY = (f"node, '{HOURLY_BOOT}', (hour_start_ns // {HOUR_NS})::UBIGINT, node, hour_start_ns, "
-                "hour_start_ns + round(sum(gpu_seconds) OVER (PARTITION BY hour_start_ns, node, gpu_index) * 1e9)"
+                "hour_start_ns + round(sum(gpu_seconds) OVER (PARTITION BY hour_start_ns, cluster, node, gpu_index) * 1e9)"
                 "::BIGINT, gpu_uuid, gpu_index, mig_index, model, profile, sharing, "
-                "kind, tenant, namespace, pod, rule, gpu_seconds, energy_j, memory_gb_seconds")
+                "kind, tenant, namespace, pod, rule, gpu_seconds, energy_j, memory_gb_seconds, cluster")
 _FROM_HOURLY_FAST = _FROM_HOURLY.replace(
-    "round(sum(gpu_seconds) OVER (PARTITION BY hour_start_ns, node, gpu_index) * 1e9)", str(HOUR_NS))
+    "round(sum(gpu_seconds) OVER (PARTITION BY hour_start_ns, cluster, node, gpu_index) * 1e9)", str(HOUR_NS))
 #: pod name -> workload: drop a ReplicaSet hash and the 5-character pod suffix Kubernetes generates.
 WORKLOAD = r"^(.+?)(?:-[0-9a-f]{8,10})?-[a-z0-9]{5}$"
 _ROUND = 6
@@ -95,6 +96,10 @@ def rows_sql(s: Session, period: Period, nodes: Sequence[str] = (), *, hourly: b
         newest = s.query("SELECT max(hour_start_ns) AS h FROM ledger_hourly WHERE hour_start_ns < ?", [hi])["h"][0]
         a, b = -(-lo // HOUR_NS) * HOUR_NS, min(hi // HOUR_NS * HOUR_NS, newest if newest is not None else 0)
         a, b = (a, b) if a < b else (0, 0)
+    if not s.store.scalar("SELECT count(*) FROM duckdb_columns() WHERE table_name = 'ledger' "
+                          "AND column_name = 'cluster'"):  # a file no writer opened since migration 12
+        return (f"SELECT {_COLUMNS.replace('cluster', repr(DEFAULT_CLUSTER) + ' AS cluster')} FROM ledger "
+                f"WHERE interval_start_ns >= ? AND interval_start_ns < ?{node_sql}", [lo, hi, *nodes])
     if not rolled:
         return (f"SELECT {_COLUMNS} FROM ledger WHERE interval_start_ns >= ? AND interval_start_ns < ?{node_sql}",
                 [lo, hi, *nodes])
@@ -120,15 +125,10 @@ def rows_sql(s: Session, period: Period, nodes: Sequence[str] = (), *, hourly: b
 
 
 def with_dimensions(rows: pl.LazyFrame, granularity: str | None = None) -> pl.LazyFrame:
-    """Add ``workload``, ``gpu`` (the physical GPU's UUID), ``cluster`` and, with a granularity, ``time``
-    (bucket start, ms).
-
-    ``cluster`` is the ledger's own column where it has one; until messages
-    carry a cluster every row is in :data:`~gpuledger.api.params.DEFAULT_CLUSTER`.
-    """
-    cluster = pl.col("cluster") if "cluster" in rows.collect_schema().names() else pl.lit(DEFAULT_CLUSTER)
+    """Add ``workload`` and ``gpu`` (the physical GPU's UUID) and, with a granularity, ``time`` (bucket
+    start, ms); ``cluster`` is the ledger's own column."""
     out = rows.with_columns(workload=pl.col("pod").str.extract(WORKLOAD, 1).fill_null(pl.col("pod")),
-                            gpu=pl.col("gpu_uuid"), cluster=cluster)
+                            gpu=pl.col("gpu_uuid"))
     if granularity:
         start = pl.from_epoch("interval_start_ns", time_unit="ns").dt.truncate(_BUCKET[granularity])
         out = out.with_columns(time=start.dt.epoch("ms"))
@@ -197,9 +197,7 @@ class SqlRows:
         base, params = rows_sql(s, period, nodes, hourly=True, hour_ends=False)
         base = apply_idle_policy_sql(base, idle_policy)
         exact, _ = rows_sql(s, period, nodes, hourly=True)
-        cluster = "cluster" if "cluster" in s.query(f"SELECT * FROM ({base}) LIMIT 0", params).columns \
-            else f"'{DEFAULT_CLUSTER}'"
-        dims = {**_DIMENSION_SQL, "cluster": cluster}
+        dims = {**_DIMENSION_SQL, "cluster": "cluster"}
         if granularity:
             dims["time"] = f"epoch_ms(date_trunc('{_TRUNC[granularity]}', make_timestamp(interval_start_ns // 1000)))"
         cols = ", ".join(f"{expr} AS \"{name}\"" for name, expr in dims.items())

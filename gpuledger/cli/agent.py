@@ -27,7 +27,7 @@ def register(sub: Any, settings: Settings) -> None:
     )
     a.add_argument("--backend", choices=["nvml", "sim"], default="nvml",
                    help="nvml: the local NVIDIA driver; sim: one simulated node (default: nvml)")
-    setting_flags(a, settings, "--kafka", "--topic", "--interval", "--node")
+    setting_flags(a, settings, "--kafka", "--topic", "--interval", "--node", "--cluster")
     a.add_argument("--ticks", type=int, default=None, help="stop after this many ticks (default: run until Ctrl-C)")
     a.add_argument("--seed", type=int, default=7, help="simulator seed (with --backend sim)")
     setting_flags(a, settings, "--metrics-port", "--metrics-host", "--spool-dir", "--spool-max-bytes",
@@ -48,6 +48,6 @@ def simulated_node(seed: int = 7) -> GpuSource:
     from gpuledger.agent.run import GpuSource
     from gpuledger.sim.fleetsim import demo_fleet
 
-    fleet = demo_fleet(n_nodes=1, gpus_per_node=8, seed=seed, start_us=time.time_ns() // 1000)
+    fleet = demo_fleet(n_nodes=1, gpus_per_node=8, seed=seed, start_us=time.time_ns() // 1000)  # its cluster: --cluster
     node = fleet.nodes[0]
     return GpuSource(node, node, fleet.advance)

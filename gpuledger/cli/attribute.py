@@ -21,7 +21,7 @@ def register(sub: Any, settings: Settings) -> None:
     t.add_argument("--full", action="store_true", help="re-attribute every interval still stored raw and inside "
                    "the ledger window (after a tenancy-rule change); older hours and months whose raw samples "
                    "retention removed keep what they were booked")
-    setting_flags(t, settings, "--tenancy")
+    setting_flags(t, settings, "--tenancy", "--default-cluster")
     t.add_argument("--every", type=float, default=None, metavar="SECONDS",
                    help="run as a loop: the incremental job every SECONDS (start to start) until stopped, a failed run "
                    "logged and counted, never fatal (the chart's attribution container); default: run once")
@@ -38,7 +38,7 @@ def register(sub: Any, settings: Settings) -> None:
         "  gpuledger explain --tenant vision --start 2026-10-01 --end 2026-11-01\n"
         "  gpuledger explain --tenant vision --detail --format csv > vision.csv",
     )
-    setting_flags(x, settings, "--db", "--tenancy")
+    setting_flags(x, settings, "--db", "--tenancy", "--default-cluster")
     x.add_argument("--tenant", required=True, help="tenant name as on the showback")
     x.add_argument("--start", default=None, help="period start, ISO date/time, UTC (default: all)")
     x.add_argument("--end", default=None, help="period end (exclusive), ISO date/time, UTC (default: all)")
@@ -57,7 +57,8 @@ def attribute(args: argparse.Namespace, settings: Settings) -> int:
     with Store(existing_db(settings.db_path)) as store, progress("attributing", "messages") as bar:
         result = run_attribution(store, rules, full=args.full, progress=bar,
                                  workers=settings.attribute_workers or default_workers(),
-                                 ledger_window_s=settings.ledger_window_days * 86_400 or None)
+                                 ledger_window_s=settings.ledger_window_days * 86_400 or None,
+                                 default_cluster=settings.default_cluster)
     print(f"attributed {result.messages} messages into {result.ledger_rows} ledger rows "
           f"({result.ledger_rows_kept} kept at interval grain, {result.rollup_rows} rollup rows added, "
           f"{result.hours_merged} hours merged, {result.ledger_rows_pruned} older interval rows pruned)")
@@ -82,7 +83,7 @@ def attribute_every(args: argparse.Namespace, settings: Settings, rules: Any) ->
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     print(f"attributing {settings.db_path} every {args.every:g} s", flush=True)
-    attribution_loop(settings.db_path, rules, metrics, args.every, stop)
+    attribution_loop(settings.db_path, rules, metrics, args.every, stop, default_cluster=settings.default_cluster)
     return 0
 
 
@@ -92,5 +93,5 @@ def explain(args: argparse.Namespace, settings: Settings) -> int:
 
     rules = TenancyRules.load(settings.tenancy_path) if settings.tenancy_path else TenancyRules()
     print(explain_command(existing_db(settings.db_path), args.tenant, args.start, args.end, args.format,
-                          args.detail, rules), end="")
+                          args.detail, rules, settings.default_cluster), end="")
     return 0

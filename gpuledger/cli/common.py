@@ -41,6 +41,8 @@ SETTING_FLAGS: dict[str, tuple[str, str | None]] = {
     "--group": ("kafka_group", "GROUP"),
     "--interval": ("interval_s", "SECONDS"),
     "--node": ("node_name", "NODE"),
+    "--cluster": ("cluster", "CLUSTER"),
+    "--default-cluster": ("default_cluster", "CLUSTER"),
     "--metrics-port": ("metrics_port", "PORT"),
     "--metrics-host": ("metrics_host", "METRICS_HOST"),
     "--spool-dir": ("spool_dir", "DIR"),

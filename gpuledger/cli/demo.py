@@ -114,7 +114,8 @@ def run_demo(options: DemoOptions, settings: Settings, console: Console | None =
     start_us = int(DEMO_START.timestamp() * 1e6)
     fleet = demo_fleet(n_nodes=options.nodes, gpus_per_node=options.gpus_per_node, seed=options.seed,
                        horizon_s=options.hours * 3600, start_us=start_us)
-    samplers = [Sampler(node, node, node=node.spec.name, boot_id=f"demo-{options.seed}") for node in fleet.nodes]
+    samplers = [Sampler(node, node, node=node.spec.name, boot_id=f"demo-{options.seed}", cluster=fleet.spec.cluster)
+                for node in fleet.nodes]  # one cluster: the demo's fleet names none (the default cluster)
     publisher, subscriber = _transport(options)
     store = Store(db_path)
     ingestor = Ingestor(store, subscriber)

@@ -74,6 +74,7 @@ class _Head(msgspec.Struct):
     pods: msgspec.Raw
     driver_version: str | None = None
     allocations_unavailable: str | None = None  # the agent could not read who holds its GPUs, and why
+    cluster: _Id | None = None  # optional (wire.Message.cluster): absent or null, the default cluster
 
 
 class _Pod(msgspec.Struct):
@@ -113,9 +114,11 @@ class ArrowBatch:
         the store.
         """
         ends = self.tables["messages"]["interval_end_ns"].to_numpy()
+        clusters = self.tables["messages"]["cluster"].to_pylist()
         slot: dict[int, int] = {}
         distinct: list[_Part] = []
         latest: list[int] = []
+        where: list[str | None] = []
         for r in rows:
             part, end = self.parts[r], int(ends[r])
             k = slot.get(id(part))
@@ -123,9 +126,10 @@ class ArrowBatch:
                 slot[id(part)] = len(distinct)
                 distinct.append(part)
                 latest.append(end)
-            else:
-                latest[k] = max(latest[k], end)
-        return _pods_table(distinct, np.array(latest, np.int64))
+                where.append(clusters[r])
+            elif end >= latest[k]:
+                latest[k], where[k] = end, clusters[r]
+        return _pods_table(distinct, np.array(latest, np.int64), where)
 
     @property
     def n_messages(self) -> int:
@@ -194,6 +198,7 @@ class _Item(NamedTuple):
     interval_end_ns: int
     driver_version: str | None
     allocations_unavailable: str | None
+    cluster: str | None
     part: _Part
     counts: tuple[int, ...]  # rows per table
     offset: int  # where the tables start in ``buf``
@@ -278,7 +283,7 @@ def _light(i: int, buf: bytes, seen: HeaderCache) -> _Item | str:
         if h.interval_end_ns <= h.interval_start_ns:
             raise WireError("interval")
         return _Item(i, h.agent_id, h.boot_id, h.seq, h.node, h.interval_start_ns, h.interval_end_ns,
-                     h.driver_version, h.allocations_unavailable, part, counts, offset, buf)
+                     h.driver_version, h.allocations_unavailable, h.cluster, part, counts, offset, buf)
     except Exception:  # noqa: BLE001  # the strict decoder names the reason
         return _reason(buf)
 
@@ -292,7 +297,8 @@ def _general(i: int, head: bytes, counts: tuple[int, ...], offset: int, buf: byt
     part = _Part(header["strings"], [(p["uid"], p["namespace"], p["name"], p.get("labels", {})) for p in header["pods"]])
     return _Item(i, header["agent_id"], header["boot_id"], header["seq"], header["node"],
                  header["interval_start_ns"], header["interval_end_ns"], header.get("driver_version"),
-                 wire.header_note(header.get("allocations_unavailable")), part, counts, offset, buf)
+                 wire.header_note(header.get("allocations_unavailable")), header.get("cluster"), part, counts,
+                 offset, buf)
 
 
 def _is_utf8(b: bytes) -> bool:
@@ -315,7 +321,7 @@ def _reason(buf: bytes) -> str:
 
 def _build(heads: Sequence[_Item], sources: Sequence[str | None]) -> dict[str, pa.Table]:
     n = len(heads)
-    (pos, agent_id, boot_id, seq, node, start, end, driver, no_allocs, parts, counts_t, offsets, bufs) = (
+    (pos, agent_id, boot_id, seq, node, start, end, driver, no_allocs, cluster, parts, counts_t, offsets, bufs) = (
         zip(*heads) if n else ((),) * len(_Item._fields))
     counts = np.array(counts_t, dtype=np.int64).reshape(n, len(_NAMES))
     ends = np.array(end, np.int64)
@@ -354,6 +360,7 @@ def _build(heads: Sequence[_Item], sources: Sequence[str | None]) -> dict[str, p
             "driver_version": pa.array(driver, pa.string()),
             "source": pa.array([sources[i] for i in pos], pa.string()),
             "allocations_unavailable": pa.array(no_allocs, pa.string()),
+            "cluster": pa.array(cluster, pa.string()),  # null: the header named none (the default cluster)
             "_m": pa.array(np.arange(n, dtype=np.int32)),
         })
     except (pa.ArrowException, UnicodeError, OverflowError, TypeError) as exc:
@@ -394,7 +401,10 @@ def _build(heads: Sequence[_Item], sources: Sequence[str | None]) -> dict[str, p
         out[name] = pa.table(cols)
     part_ends = np.full(len(distinct), np.iinfo(np.int64).min, np.int64)
     np.maximum.at(part_ends, which, ends)
-    out["pods"] = _pods_table(distinct, part_ends)
+    part_clusters: list[str | None] = [None] * len(distinct)  # each part's cluster: its latest message's
+    for k, _end, c in sorted(zip(which.tolist(), ends.tolist(), cluster), key=lambda t: (t[0], t[1])):
+        part_clusters[k] = c
+    out["pods"] = _pods_table(distinct, part_ends, part_clusters)
     return out
 
 
@@ -432,12 +442,13 @@ def _take(values: pa.Array, idx: np.ndarray, valid: np.ndarray) -> pa.Array:
     return pa.DictionaryArray.from_arrays(indices, values)
 
 
-def _pods_table(parts: Sequence[_Part], ends: np.ndarray) -> pa.Table:
-    """Each pod once, as last seen in the batch (``ends``: the latest interval end per part)."""
+def _pods_table(parts: Sequence[_Part], ends: np.ndarray, clusters: Sequence[str | None]) -> pa.Table:
+    """Each pod once, as last seen in the batch (``ends``: the latest interval end per part; ``clusters``: the
+    cluster its latest message named, None: none)."""
     if not parts:
         uid = pa.array([], pa.string())
         return pa.table({"pod_uid": uid, "namespace": uid, "name": uid, "labels": uid,
-                         "last_seen_ns": pa.array([], pa.int64())})
+                         "last_seen_ns": pa.array([], pa.int64()), "cluster": uid})
     n_pods = np.array([p.n_pods for p in parts], np.int64)
     uid = pa.concat_arrays([p.uid for p in parts])
     table = pa.table({
@@ -446,6 +457,7 @@ def _pods_table(parts: Sequence[_Part], ends: np.ndarray) -> pa.Table:
         "name": pa.concat_arrays([p.name for p in parts]),
         "labels": pa.concat_arrays([p.labels for p in parts]),
         "last_seen_ns": pa.array(np.repeat(ends, n_pods)),
+        "cluster": pa.array([c for c, k in zip(clusters, n_pods.tolist()) for _ in range(k)], pa.string()),
     })
     if pc.count_distinct(uid).as_py() == len(uid):
         return table

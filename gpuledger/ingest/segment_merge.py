@@ -125,10 +125,12 @@ def _merge_step(store: Store, messages: list[Path], by_seg: dict[str, dict[str, 
                                "SEMI JOIN _segnew USING (agent_id, boot_id, seq, seg)")
         pods = [p for s in segs for p in by_seg["pods"].get(s, [])]
         if pods:  # latest seen wins, as in ingest; one row per pod first (ON CONFLICT needs unique input)
+            found = set(tx.query(f"DESCRIBE SELECT * FROM {_read(pods)}")["column_name"])
+            cluster = "arg_max(cluster, last_seen_ns)" if "cluster" in found else "NULL"  # segments older than clusters
             tx.execute(
                 "INSERT INTO pods SELECT pod_uid, arg_max(namespace, last_seen_ns), arg_max(name, last_seen_ns), "
-                f"arg_max(labels, last_seen_ns)::JSON, max(last_seen_ns) FROM {_read(pods)} GROUP BY pod_uid "
-                f"{PODS_LATEST_WINS}")
+                f"arg_max(labels, last_seen_ns)::JSON, max(last_seen_ns), {cluster} FROM {_read(pods)} "
+                f"GROUP BY pod_uid {PODS_LATEST_WINS}")
         tx.execute("DROP TABLE _segnew")
         _record(tx, messages, lambda p: p.relative_to(root).as_posix())
     return added

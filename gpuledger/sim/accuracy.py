@@ -42,7 +42,7 @@ def simulate(sim: FleetSim, tick_s: float, horizon_s: float, *, backends: Sequen
     ``backends``: one GPU backend per node in place of the simulator's own (e.g. NvmlBackend over
     the fake libnvidia-ml, gpuledger.sim.fakenvml); ``after_advance`` runs after each clock step,
     before the agents tick (there: write the scenario the fake library reads)."""
-    samplers = [Sampler(b, n, node=n.spec.name, boot_id="acc")
+    samplers = [Sampler(b, n, node=n.spec.name, boot_id="acc", cluster=sim.spec.cluster)
                 for n, b in zip(sim.nodes, backends if backends is not None else sim.nodes, strict=True)]
     if after_advance is not None:
         after_advance()

@@ -25,6 +25,7 @@ would reproduce ``truth()`` exactly (with quirks off).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import uuid
@@ -454,12 +455,15 @@ def _ticks_in(g: SimGpu, start_s: float, end_s: float, k_now: int) -> int:
 
 
 def demo_fleet(n_nodes: int = 4, gpus_per_node: int = 8, seed: int = 0, quirks: Quirks | None = None,
-               horizon_s: float = 86_400.0, **sim_kwargs: Any) -> FleetSim:
+               horizon_s: float = 86_400.0, cluster: str | None = None, **sim_kwargs: Any) -> FleetSim:
     """The demo fleet (see ``simfleet.demo_spec``) as a ready :class:`FleetSim`.
 
-    ``quirks`` defaults to :meth:`Quirks.mild`; pass ``Quirks()`` for none.
+    ``quirks`` defaults to :meth:`Quirks.mild`; pass ``Quirks()`` for none. ``cluster`` names the fleet's
+    cluster (``FleetSpec.cluster``): two fleets of one seed in two clusters have the same namespaces and pods.
     ``sim_kwargs`` go to :class:`FleetSim` (start_us, sample_period_s, buffer_samples).
     """
     spec = demo_spec(n_nodes, gpus_per_node, seed=seed, quirks=Quirks.mild() if quirks is None else quirks,
                      horizon_s=horizon_s)
+    if cluster is not None:
+        spec = dataclasses.replace(spec, cluster=cluster)
     return FleetSim(spec, seed=seed, **sim_kwargs)

@@ -128,6 +128,8 @@ class FleetSpec:
 
     nodes: tuple[NodeSpec, ...]
     quirks: Quirks = field(default_factory=Quirks)
+    #: The cluster its agents name in every message (``Sampler(cluster=...)``); None: they name none.
+    cluster: str | None = None
 
 
 def mig_profile_slices(profile: str) -> tuple[int, int]:

@@ -36,6 +36,7 @@ def batch_to_arrow(messages: Sequence[wire.Message], sources: Sequence[str | Non
                 "source": list(sources),
                 "allocations_unavailable": pa.array(
                     [wire.header_note(m.extra.get("allocations_unavailable")) for m in messages], pa.string()),
+                "cluster": pa.array([m.cluster for m in messages], pa.string()),  # null: the header named none
                 "_m": pa.array(range(len(messages)), pa.int32()),  # ordinal in the batch (not stored)
             }
         )
@@ -106,13 +107,13 @@ def _repeat(values: list[str], counts: np.ndarray) -> pa.Array:
 
 
 def _pods_table(messages: Sequence[wire.Message]) -> pa.Table:
-    latest: dict[str, tuple[str, str, str, int]] = {}
+    latest: dict[str, tuple[str, str, str, int, str | None]] = {}
     for m in messages:
         for p in m.pods:
             seen = latest.get(p["uid"])
             if seen is None or seen[3] <= m.interval_end_ns:
                 labels = json.dumps(p.get("labels", {}), sort_keys=True)
-                latest[p["uid"]] = (p["namespace"], p["name"], labels, m.interval_end_ns)
+                latest[p["uid"]] = (p["namespace"], p["name"], labels, m.interval_end_ns, m.cluster)
     return pa.table(
         {
             "pod_uid": list(latest),
@@ -120,5 +121,6 @@ def _pods_table(messages: Sequence[wire.Message]) -> pa.Table:
             "name": [v[1] for v in latest.values()],
             "labels": [v[2] for v in latest.values()],
             "last_seen_ns": pa.array([v[3] for v in latest.values()], pa.int64()),
+            "cluster": pa.array([v[4] for v in latest.values()], pa.string()),
         }
     )

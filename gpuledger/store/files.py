@@ -114,10 +114,13 @@ def segment_views(store: Store, root: Path) -> None:
                     store.execute(f"CREATE VIEW {name} AS SELECT {cols} FROM {src(name)} t "
                                   "SEMI JOIN _chosen USING (agent_id, boot_id, seq, seg)")
         if files("pods"):
+            found = set(store.query(f"DESCRIBE SELECT * FROM {src('pods')}")["column_name"])
+            cluster = "arg_max(cluster, last_seen_ns)" if "cluster" in found else "NULL::VARCHAR"  # older segments
             store.execute("DROP TABLE pods")
             store.execute("CREATE VIEW pods AS SELECT pod_uid, arg_max(namespace, last_seen_ns) AS namespace, "
                           "arg_max(name, last_seen_ns) AS name, arg_max(labels, last_seen_ns)::JSON AS labels, "
-                          f"max(last_seen_ns) AS last_seen_ns FROM {src('pods')} GROUP BY pod_uid")
+                          f"max(last_seen_ns) AS last_seen_ns, {cluster} AS cluster FROM {src('pods')} "
+                          "GROUP BY pod_uid")
         if files("dead_letters"):
             store.execute("DROP TABLE dead_letters")
             store.execute('CREATE VIEW dead_letters AS SELECT topic, partition, "offset", reason, payload, size_bytes, '

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from gpuledger.errors import StoreTooNew
 from gpuledger.store.schema import MIGRATIONS_TABLE, TABLES
+from gpuledger.wire import DEFAULT_CLUSTER
 
 if TYPE_CHECKING:
     from gpuledger.store.duck import Store
@@ -67,6 +68,17 @@ def _hourly_rollups(tx: Store) -> None:
         tx.pend_ledger_hours()
 
 
+def _clusters(tx: Store) -> None:
+    """``cluster`` on messages and pods (what the agent said; NULL: nothing), on the ledger and its rollups
+    (part of their key) and on billed rows (part of a correction's key): rows booked or billed before clusters
+    existed are in the default cluster."""
+    for table in ("messages", "pods"):
+        _add_column(table, "cluster", "VARCHAR")(tx)
+    for table in ("ledger", "ledger_hourly", "chargeback_billed"):
+        _add_column(table, "cluster", "VARCHAR")(tx)
+        tx.execute(f"UPDATE {table} SET cluster = ? WHERE cluster IS NULL", [DEFAULT_CLUSTER])
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "raw samples, ledger and attributed keys", creates=(
         "messages", "devices", "processes", "allocations", "field_errors", "pods", "dead_letters",
@@ -86,6 +98,8 @@ MIGRATIONS: tuple[Migration, ...] = (
               creates=("ledger_hourly_unmerged", "ledger_window")),
     Migration(10, "work units imported from Prometheus per pod and hour", creates=("work_units",)),
     Migration(11, "Kueue quota series per ClusterQueue and hour", creates=("queue_hourly",)),
+    Migration(12, "cluster on messages, pods, ledger, rollups and billed rows (two clusters' namespaces never merge)",
+              then=_clusters),
 )
 
 

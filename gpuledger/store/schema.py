@@ -16,6 +16,13 @@ Raw samples (written by ingest):
   record tables (:data:`gpuledger.wire.RECORD_TABLES`), with the message key
   and interval repeated on every row.
 - ``pods``: pod identity and labels, latest seen wins (:data:`PODS_LATEST_WINS`).
+
+``messages.cluster`` and ``pods.cluster`` are what the agent's header said
+(NULL: it named no cluster); ``ledger.cluster`` and ``ledger_hourly.cluster``
+are the resolved cluster (NULL became ``default_cluster``; the job never
+writes NULL there, and migration 12 put rows booked before it in
+``default``), part of the identity (cluster, namespace, pod) and of the
+rollup's key.
 - ``dead_letters``: what could not be decoded or was quarantined, with where
   it came from and why (:data:`NEW_DEAD_LETTER` keeps each record once).
 - ``merged_segments``: Parquet segment files already copied in (``merge --segments``).
@@ -66,7 +73,7 @@ TABLES: dict[str, str] = {
         {_KEY}, {_INTERVAL},
         schema_version USMALLINT NOT NULL, driver_version VARCHAR,
         source VARCHAR, ingested_at TIMESTAMPTZ DEFAULT now(),
-        allocations_unavailable VARCHAR,
+        allocations_unavailable VARCHAR, cluster VARCHAR,
         PRIMARY KEY (agent_id, boot_id, seq))""",
     "devices": f"""CREATE TABLE IF NOT EXISTS devices (
         {_KEY}, {_INTERVAL},
@@ -91,7 +98,7 @@ TABLES: dict[str, str] = {
         field VARCHAR NOT NULL, reason VARCHAR NOT NULL)""",
     "pods": """CREATE TABLE IF NOT EXISTS pods (
         pod_uid VARCHAR PRIMARY KEY, namespace VARCHAR NOT NULL, name VARCHAR NOT NULL,
-        labels JSON NOT NULL, last_seen_ns BIGINT NOT NULL)""",
+        labels JSON NOT NULL, last_seen_ns BIGINT NOT NULL, cluster VARCHAR)""",
     "dead_letters": """CREATE TABLE IF NOT EXISTS dead_letters (
         topic VARCHAR, partition INTEGER, "offset" BIGINT, reason VARCHAR NOT NULL,
         payload BLOB, size_bytes BIGINT NOT NULL, received_at TIMESTAMPTZ DEFAULT now())""",
@@ -100,13 +107,13 @@ TABLES: dict[str, str] = {
     # --- attribution -------------------------------------------------------------------
     "ledger": f"""CREATE TABLE IF NOT EXISTS ledger (
         {_KEY}, {_INTERVAL}, {_LEDGER_UNIT},
-        gpu_seconds DOUBLE NOT NULL, energy_j DOUBLE, memory_gb_seconds DOUBLE)""",
+        gpu_seconds DOUBLE NOT NULL, energy_j DOUBLE, memory_gb_seconds DOUBLE, cluster VARCHAR)""",
     "attributed": f"""CREATE TABLE IF NOT EXISTS attributed (
         {_KEY}, rules_version VARCHAR, PRIMARY KEY (agent_id, boot_id, seq))""",
     "ledger_hourly": f"""CREATE TABLE IF NOT EXISTS ledger_hourly (
         hour_start_ns BIGINT NOT NULL, node VARCHAR NOT NULL, {_LEDGER_UNIT},
         gpu_seconds DOUBLE NOT NULL, energy_j DOUBLE, energy_intervals UINTEGER NOT NULL,
-        memory_gb_seconds DOUBLE, intervals UINTEGER NOT NULL)""",
+        memory_gb_seconds DOUBLE, intervals UINTEGER NOT NULL, cluster VARCHAR)""",
     "ledger_hourly_pending": "CREATE TABLE IF NOT EXISTS ledger_hourly_pending (hour_start_ns BIGINT PRIMARY KEY)",
     "ledger_hourly_unmerged": "CREATE TABLE IF NOT EXISTS ledger_hourly_unmerged (hour_start_ns BIGINT PRIMARY KEY)",
     "ledger_window": """CREATE TABLE IF NOT EXISTS ledger_window (
@@ -135,7 +142,7 @@ TABLES: dict[str, str] = {
         profile VARCHAR NOT NULL, line_kind VARCHAR NOT NULL, entry_id VARCHAR NOT NULL, unit VARCHAR NOT NULL,
         unit_price VARCHAR NOT NULL, is_default BOOLEAN NOT NULL, sharing VARCHAR,
         cost VARCHAR NOT NULL, quantity VARCHAR NOT NULL, used_h VARCHAR, idle_h VARCHAR, unmeasured_h VARCHAR,
-        unallocated_h VARCHAR, energy_kwh VARCHAR)""",
+        unallocated_h VARCHAR, energy_kwh VARCHAR, cluster VARCHAR)""",
     # --- API tokens (api/tokens.py) --------------------------------------------------------
     "api_tokens": """CREATE TABLE IF NOT EXISTS api_tokens (
         id VARCHAR PRIMARY KEY, secret_sha256 VARCHAR NOT NULL, role VARCHAR NOT NULL, tenant VARCHAR,
@@ -148,7 +155,7 @@ INGEST_TABLES: tuple[str, ...] = ("messages", *wire.RECORD_TABLES, "pods", "dead
 #: The tail of every ``INSERT INTO pods``: latest seen wins (a replayed old message, an older worker
 #: file or segment never overwrites newer labels). Its input must hold each pod once.
 PODS_LATEST_WINS = ("ON CONFLICT (pod_uid) DO UPDATE SET namespace = excluded.namespace, name = excluded.name, "
-                    "labels = excluded.labels, last_seen_ns = excluded.last_seen_ns "
+                    "labels = excluded.labels, last_seen_ns = excluded.last_seen_ns, cluster = excluded.cluster "
                     "WHERE excluded.last_seen_ns >= pods.last_seen_ns")
 #: Keeps a dead letter (alias ``d``) not stored yet: idempotent on (topic, partition, offset) where all known.
 NEW_DEAD_LETTER = ('(d.topic IS NULL OR d.partition IS NULL OR d."offset" IS NULL OR NOT EXISTS (SELECT 1 FROM '

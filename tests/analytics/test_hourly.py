@@ -60,7 +60,8 @@ def assert_rollups_match(store: Store) -> None:
 def test_the_pure_rollup_sums_per_hour_and_keeps_unknown_energy_null() -> None:
     base = {c: None for c in LEDGER_COLUMNS}
     key = {"node": "n0", "gpu_uuid": "GPU-0", "gpu_index": 0, "mig_index": -1, "model": "H100", "profile": None,
-           "sharing": "exclusive", "kind": "busy", "tenant": "nlp", "namespace": "nlp", "pod": "p", "rule": "r"}
+           "sharing": "exclusive", "kind": "busy", "tenant": "nlp", "namespace": "nlp", "pod": "p", "rule": "r",
+           "cluster": "default"}
     rows = [
         {**base, **key, "interval_start_ns": 0, "gpu_seconds": 10.0, "energy_j": 100.0, "memory_gb_seconds": None},
         {**base, **key, "interval_start_ns": HOUR_NS - 1, "gpu_seconds": 10.0, "energy_j": None, "memory_gb_seconds": None},

@@ -117,6 +117,26 @@ def test_header_cache_still_validates_a_changed_pod_list() -> None:
     assert again.index == [0]
 
 
+def test_the_cluster_header_is_stored_on_messages_and_pods_null_when_absent() -> None:
+    east = make_message(agent_id="gpu-node-0", boot_id="e", seq=1)
+    east.cluster = "east"
+    west = make_message(agent_id="gpu-node-0", boot_id="w", seq=1)  # same node, pods, uids: another cluster
+    west.cluster = "west"
+    v1 = make_message(agent_id="old-agent", boot_id="o", seq=1, namespace="team-b")
+    v1.pods = [{**p, "uid": "old-" + p["uid"]} for p in v1.pods]
+    store = Store()
+    batch = decode_batch([wire.encode(m) for m in (east, west, v1)])
+    assert store.write_arrow(batch.tables) == 3
+    assert store.query("SELECT boot_id, cluster FROM messages ORDER BY 1").rows() == [
+        ("e", "east"), ("o", None), ("w", "west")]
+    pods = store.query("SELECT namespace, cluster, count(*) AS n FROM pods GROUP BY ALL ORDER BY 1").rows()
+    assert pods == [("team-a", "west", 2), ("team-b", None, 2)]  # a pod uid as last seen (its latest message)
+    slow = Store()  # the strict path stores the same
+    slow.write_messages([wire.decode(wire.encode(m)) for m in (east, west, v1)], [None] * 3)
+    assert slow.query("SELECT boot_id, cluster FROM messages ORDER BY 1").rows() == [
+        ("e", "east"), ("o", None), ("w", "west")]
+
+
 def test_repeats_inside_a_batch_and_across_batches_are_stored_once() -> None:
     store = Store()
     values = [wire.encode(m) for m in make_stream(10)]

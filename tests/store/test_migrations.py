@@ -169,6 +169,9 @@ def test_a_file_made_before_migrations_is_upgraded_once_and_keeps_its_rows(tmp_p
             got = [r[:n] for r in upgraded.query(f"SELECT * FROM {table} ORDER BY ALL").rows()]
             assert got == rows, table
         assert upgraded.count("messages") == 4 and upgraded.count("ledger") == 2
+        # migration 12: rows booked before clusters are in the default cluster; raw messages say none was named
+        assert upgraded.query("SELECT DISTINCT cluster FROM ledger").rows() == [(wire.DEFAULT_CLUSTER,)]
+        assert upgraded.query("SELECT DISTINCT cluster FROM messages").rows() == [(None,)]
         assert upgraded.count("api_tokens") == 0 and upgraded.count("chargeback_closes") == 0
     # A ledger older than its rollups gets every hour marked for the next attribution run; a file that
     # already had rollups keeps its (empty) pending list: nothing is recomputed for nothing.

@@ -16,6 +16,7 @@ import polars as pl
 from gpuledger.analytics import kinds as K
 from gpuledger.analytics.hourly import refresh_hourly
 from gpuledger.store import Store
+from gpuledger.wire import DEFAULT_CLUSTER
 
 H100, A100, L4 = "NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-40GB", "NVIDIA L4"
 HOUR_NS = 3_600 * 10**9
@@ -26,19 +27,21 @@ SCHEMA = {
     "interval_start_ns": pl.Int64, "interval_end_ns": pl.Int64, "gpu_uuid": pl.String, "gpu_index": pl.UInt16,
     "mig_index": pl.Int16, "model": pl.String, "profile": pl.String, "sharing": pl.String, "kind": pl.String,
     "tenant": pl.String, "namespace": pl.String, "pod": pl.String, "rule": pl.String, "gpu_seconds": pl.Float64,
-    "energy_j": pl.Float64, "memory_gb_seconds": pl.Float64,
+    "energy_j": pl.Float64, "memory_gb_seconds": pl.Float64, "cluster": pl.String,
 }
 RULES = {K.BUSY: K.RULE_PROCESS_SAMPLES, K.ALLOCATED_IDLE: K.RULE_IDLE_SHARE, K.UNALLOCATED: K.RULE_UNALLOCATED}
 
 
 def row(tenant: str, kind: str, seconds: float, *, seq: int = 0, gpu: int = 0, start_ns: int = MARCH,
-        model: str = H100, rule: str | None = None, energy_j: float | None = None, node: str = "node-a") -> dict[str, Any]:
+        model: str = H100, rule: str | None = None, energy_j: float | None = None, node: str = "node-a",
+        cluster: str = DEFAULT_CLUSTER) -> dict[str, Any]:
     return {"agent_id": node, "boot_id": "boot-1", "seq": seq, "node": node, "interval_start_ns": start_ns,
             "interval_end_ns": start_ns + HOUR_NS, "gpu_uuid": f"GPU-{node}-{gpu}", "gpu_index": gpu,
             "mig_index": -1, "model": model, "profile": None, "sharing": "exclusive", "kind": kind,
             "tenant": K.PLATFORM_TENANT if kind == K.UNALLOCATED else tenant,
             "namespace": None if kind == K.UNALLOCATED else tenant, "pod": None, "rule": rule or RULES[kind],
-            "gpu_seconds": float(seconds), "energy_j": energy_j, "memory_gb_seconds": None}
+            "gpu_seconds": float(seconds), "energy_j": energy_j, "memory_gb_seconds": None,
+            "cluster": cluster}
 
 
 #: February: ml uses an H100 for an hour (2.99). March, one hour each:

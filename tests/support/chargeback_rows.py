@@ -22,6 +22,7 @@ from gpuledger.analytics import kinds as K
 from gpuledger.analytics.hourly import refresh_hourly
 from gpuledger.store import Store
 from gpuledger.timeutil import to_ns
+from gpuledger.wire import DEFAULT_CLUSTER
 
 H100, A100 = "NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-40GB"
 HOUR_NS = 3_600 * 10**9
@@ -32,7 +33,7 @@ SCHEMA = {
     "interval_start_ns": pl.Int64, "interval_end_ns": pl.Int64, "gpu_uuid": pl.String, "gpu_index": pl.UInt16,
     "mig_index": pl.Int16, "model": pl.String, "profile": pl.String, "sharing": pl.String, "kind": pl.String,
     "tenant": pl.String, "namespace": pl.String, "pod": pl.String, "rule": pl.String, "gpu_seconds": pl.Float64,
-    "energy_j": pl.Float64, "memory_gb_seconds": pl.Float64,
+    "energy_j": pl.Float64, "memory_gb_seconds": pl.Float64, "cluster": pl.String,
 }
 RULES = {K.BUSY: K.RULE_PROCESS_SAMPLES, K.ALLOCATED_IDLE: K.RULE_IDLE_SHARE, K.UNMEASURED: K.RULE_MIG_UNMEASURED,
          K.UNALLOCATED: K.RULE_UNALLOCATED}
@@ -40,14 +41,16 @@ RULES = {K.BUSY: K.RULE_PROCESS_SAMPLES, K.ALLOCATED_IDLE: K.RULE_IDLE_SHARE, K.
 
 def row(tenant: str, kind: str, seconds: float, *, seq: int = 0, gpu: int = 0, start_ns: int = T0,
         dt_ns: int = HOUR_NS, model: str = H100, profile: str | None = None, mig: int = -1,
-        rule: str | None = None, energy_j: float | None = None, sharing: str = "exclusive") -> dict[str, Any]:
+        rule: str | None = None, energy_j: float | None = None, sharing: str = "exclusive",
+        cluster: str = DEFAULT_CLUSTER) -> dict[str, Any]:
     """One ledger row (the ledger table's columns)."""
     return {"agent_id": "agent-a", "boot_id": "boot-1", "seq": seq, "node": "node-a",
             "interval_start_ns": start_ns, "interval_end_ns": start_ns + dt_ns, "gpu_uuid": f"GPU-{gpu}",
             "gpu_index": gpu, "mig_index": mig, "model": model, "profile": profile, "sharing": sharing,
             "kind": kind, "tenant": K.PLATFORM_TENANT if kind == K.UNALLOCATED else tenant,
             "namespace": None if kind == K.UNALLOCATED else tenant, "pod": None, "rule": rule or RULES[kind],
-            "gpu_seconds": float(seconds), "energy_j": energy_j, "memory_gb_seconds": None}
+            "gpu_seconds": float(seconds), "energy_j": energy_j, "memory_gb_seconds": None,
+            "cluster": cluster}
 
 
 def ledger(rows: list[dict[str, Any]]) -> pl.LazyFrame:

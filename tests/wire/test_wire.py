@@ -132,11 +132,25 @@ def test_unreadable_header(raw: bytes, expected: str) -> None:
         ({"pods": [{"uid": "u"}]}, "pods must be a list of"),
         ({"pods": [{"uid": "u", "namespace": "n", "name": "p", "labels": {"k": 1}}]}, "pods must be a list of"),
         ({"driver_version": {"major": 550}}, "driver_version must be a string or null"),
+        ({"cluster": ""}, "cluster must be a non-empty string"),
+        ({"cluster": 7}, "cluster must be a non-empty string"),
         ({"strings": ["\ud800"] + ["x"] * 10}, "lone UTF-16 surrogate"),
     ],
 )
 def test_bad_header_field(changes: dict[str, Any], expected: str) -> None:
     assert expected in refusal(with_header(**changes))
+
+
+def test_the_cluster_is_an_optional_header_key() -> None:
+    named = make_message(seq=1)
+    named.cluster = "gpu-east"
+    buf = wire.encode(named)
+    assert b'"cluster":"gpu-east"' in buf and wire.decode(buf).cluster == "gpu-east"
+    assert "cluster" not in wire.decode(buf).extra
+    v1 = wire.encode(make_message(seq=1))  # what an agent without the setting (or older than it) sends
+    assert b'"cluster"' not in v1 and wire.decode(v1).cluster is None
+    assert wire.peek_version(buf) == wire.peek_version(v1) == 1  # no new schema version: v1 readers take both
+    assert wire.decode(with_header(cluster=None)).cluster is None  # null: as absent
 
 
 def test_missing_header_keys_are_named() -> None:
