@@ -216,11 +216,13 @@ def with_clusters(store: Store, keys: pl.DataFrame, ledger: pl.DataFrame, defaul
     names = clusters["cluster"].unique()
     if names.len() <= 1:  # one cluster in the chunk (the usual case): no join
         return ledger.with_columns(cluster=pl.lit(names[0] if names.len() else default_cluster, pl.String))
-    key = [pl.col(c).cast(pl.String) for c in MSG]
-    return (ledger.with_columns(_k=pl.concat_str(key, separator="\x1f"))
-            .join(clusters.select(_k=pl.concat_str([pl.col(c).cast(pl.String) for c in MSG], separator="\x1f"),
-                                  cluster="cluster"), on="_k", how="left", maintain_order="left")
-            .drop("_k"))
+    # the kernel's key columns are Enums of the chunk's values: join on their text
+    key = {"agent_id": "_a", "boot_id": "_b", "seq": "_s"}
+    return (ledger.with_columns(_a=pl.col("agent_id").cast(pl.String), _b=pl.col("boot_id").cast(pl.String),
+                                _s=pl.col("seq").cast(pl.UInt64))
+            .join(clusters.rename(key).with_columns(pl.col("_s").cast(pl.UInt64)), on=list(key.values()),
+                  how="left", maintain_order="left")
+            .drop(list(key.values())))
 
 
 def ledger_window_start(store: Store) -> int | None:

@@ -14,10 +14,11 @@ without ``namespace`` or ``pod``, or whose value is not finite, is skipped
 and counted.
 
 **Report** (:func:`unit_report`): the rollups (``ledger_hourly``) of the pods
-and hours that have work units, joined on (hour, namespace, pod), per
-tenant, GPU model and pod: the units, used (busy) and held (busy + allocated
-idle + unmeasured) GPU-hours, kWh, and cost at the price book's rate
-(GPU-hours x the model's price; energy x the energy price where the book
+and hours that have work units, joined on (hour, namespace, pod; a sample
+with a ``cluster`` label joins that cluster's pod only), per tenant, GPU
+model and pod: the units, used (busy) and held (busy + allocated idle +
+unmeasured) GPU-hours, kWh, and cost at the price book's rate (GPU-hours x
+the model's price; energy x the energy price where the book
 charges it), each per ``per`` units (1,000,000 for tokens): *busy only* (the
 GPU time the pod's processes ran) and *including the idle it held*. kWh is
 the pod's measured energy (busy and held alike; null when not measured).
@@ -183,21 +184,23 @@ def unit_report(store: Store, month: str, book: PriceBook, units: WorkUnits) -> 
     start, end = (to_ns(t) for t in month_bounds(month))
     if not store.has_table("work_units"):
         return []
-    work = store.query("SELECT hour_start_ns, namespace, pod, unit, sum(count) AS count FROM work_units "
+    work = store.query("SELECT hour_start_ns, cluster AS _wc, namespace, pod, unit, sum(count) AS count FROM work_units "
                        "WHERE hour_start_ns >= ? AND hour_start_ns < ? GROUP BY ALL", [start, end])
     if work.is_empty():
         return []
     gpu = store.query(
-        "SELECT hour_start_ns, namespace, pod, tenant, model, profile, kind, sum(gpu_seconds) AS s, "
+        "SELECT hour_start_ns, cluster, namespace, pod, tenant, model, profile, kind, sum(gpu_seconds) AS s, "
         "CASE WHEN count(energy_j) > 0 THEN sum(energy_j) END AS j FROM ledger_hourly "
         "WHERE hour_start_ns >= ? AND hour_start_ns < ? AND pod IS NOT NULL GROUP BY ALL", [start, end])
     per = {u.name: u.per for u in units.units}
     out = []
     keys = ["unit", "tenant", "model", "pod"]
-    joined = work.join(gpu, on=["hour_start_ns", "namespace", "pod"], how="inner")
+    # A sample with a ``cluster`` label is that cluster's pod only; without one, the pod's in any cluster.
+    same = pl.col("_wc").is_null() | (pl.col("_wc") == pl.col("cluster"))
+    joined = work.join(gpu, on=["hour_start_ns", "namespace", "pod"], how="inner").filter(same)
     # Work counted once per (hour, pod): a pod on two kinds or models splits GPU time, not work.
-    counted = work.join(gpu.select("hour_start_ns", "namespace", "pod", "tenant", "model").unique(),
-                        on=["hour_start_ns", "namespace", "pod"], how="inner")
+    counted = work.join(gpu.select("hour_start_ns", "cluster", "namespace", "pod", "tenant", "model").unique(),
+                        on=["hour_start_ns", "namespace", "pod"], how="inner").filter(same).drop("cluster").unique()
     totals = counted.group_by(keys).agg(count=pl.col("count").sum())
     for (unit, tenant, model, pod), part in sorted(joined.group_by(keys), key=lambda kv: tuple(map(str, kv[0]))):
         busy_h = held_h = Decimal(0)

@@ -19,7 +19,7 @@ TICK_S = 10.0
 def _store() -> Store:
     """Three agents on a node called n0 with the same pods (team-a/train-0, train-1): clusters east, west, and
     one that names none (an older v1 agent), each for three ticks. Pod UIDs differ, as Kubernetes makes them
-    (a random UUID per pod); tests/test_clusters.py runs clusters whose UIDs are equal too."""
+    (a random UUID per pod); tests/test_multi_cluster.py runs clusters whose UIDs are equal too."""
     messages = []
     for boot, cluster in (("e", "east"), ("w", "west"), ("o", None)):
         for seq in range(3):

@@ -221,3 +221,19 @@ def test_api_units_with_tenant_isolation(tmp_path: Path) -> None:
         assert [(r["tenant"], r["cost_per_held"]) for r in body["rows"]] == [("cv", "2.99"), ("inf", "1.50")]
         mine = client.get("/v1/units", params={"month": "2025-03"}, headers={"Authorization": f"Bearer {tenant}"})
         assert [r["tenant"] for r in mine.json()["rows"]] == ["cv"]
+
+
+def test_a_sample_with_a_cluster_label_joins_that_cluster_s_pod_only() -> None:
+    hour = 1_741_392_000 * 10**9  # 2025-03-08T00:00Z
+    store = Store()
+    write_ledger(store, [{**row("inf", K.BUSY, 3600, seq=1, start_ns=hour, cluster=c), "pod": "llm-0"}
+                         for c in ("east", "west")])  # the same namespace and pod name in two clusters
+    rebuild_hourly(store)
+    units = wu.parse_work_units('[[unit]]\nname = "tokens"\nquery = "q"\nper = 1000000\n')
+    wu.import_hours(store, FakePrometheus({"q": [({"cluster": "east", "namespace": "inf", "pod": "llm-0"}, 4e6)]}),
+                    units, [hour])
+    (line,) = wu.unit_report(store, "2025-03", default_price_book(), units)
+    assert (line["count"], line["held_gpu_hours"], line["cost_per_held"]) == (4e6, "1.000000", "0.75")
+    wu.import_hours(store, FakePrometheus({"q": [({"namespace": "inf", "pod": "llm-0"}, 4e6)]}), units, [hour])
+    (line,) = wu.unit_report(store, "2025-03", default_price_book(), units)  # no cluster label: the pod anywhere
+    assert (line["count"], line["held_gpu_hours"], line["cost_per_held"]) == (4e6, "2.000000", "1.50")
