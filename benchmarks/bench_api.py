@@ -86,7 +86,7 @@ def synthetic_ledger(n_gpus: int, hours: int, n_tenants: int, seed: int = 1, tic
             "kind": kind, "tenant": names, "namespace": None if tenant is None else names,
             "pod": None if tenant is None else [f"{n}-job-{x % 7}" for n, x in zip(names, g[idx])],
             "rule": rule, "gpu_seconds": seconds[idx], "energy_j": seconds[idx] * 300.0,
-            "memory_gb_seconds": seconds[idx] * 20.0,
+            "memory_gb_seconds": seconds[idx] * 20.0, "cluster": "default",
         }))
 
     share = np.where(second, 0.5, 1.0)

@@ -90,7 +90,8 @@ def make_rollups(gpus: int, hours: int, pods: int, seed: int = 7) -> pl.DataFram
                                "rule": "unallocated", "gpu_seconds": share[:, pods]}))
     frame = pl.concat(parts, how="diagonal_relaxed").filter(pl.col("gpu_seconds") > 0)
     return frame.with_columns(energy_j=pl.col("gpu_seconds") * 400.0, energy_intervals=pl.lit(360, pl.UInt32),
-                              memory_gb_seconds=pl.lit(None, pl.Float64), intervals=pl.lit(360, pl.UInt32))
+                              memory_gb_seconds=pl.lit(None, pl.Float64), intervals=pl.lit(360, pl.UInt32),
+                              cluster=pl.lit("default"))
 
 
 def _write(db: str, gpus: int, pods: int, queue: Any, days: int = 31) -> None:
