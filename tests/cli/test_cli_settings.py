@@ -73,6 +73,20 @@ def test_a_flag_value_the_setting_rejects_is_an_error_with_a_hint() -> None:
     assert "spool_max_bytes" in str(info.value) and "GPULEDGER_SPOOL_MAX_BYTES" in info.value.hint
 
 
+@pytest.mark.parametrize("args", [["agent", "--cluster", "gpu east"], ["agent", "--cluster", ""],
+                                  ["attribute", "--default-cluster=.x"]])
+def test_a_cluster_name_must_be_a_plain_name(args: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse(args)
+    setting = args[1].split("=")[0].removeprefix("--").replace("-", "_")
+    assert setting in str(info.value) and f"GPULEDGER_{setting.upper()}" in info.value.hint
+
+
+def test_the_cluster_flags_set_the_agent_s_and_attribution_s_settings() -> None:
+    assert parse(["agent", "--cluster", "gpu-east.eu_1"])[1].cluster == "gpu-east.eu_1"
+    assert parse(["attribute", "--default-cluster", "prod"])[1].default_cluster == "prod"
+
+
 def test_a_bad_environment_value_is_an_error_with_a_hint_not_a_traceback() -> None:
     out = subprocess.run([sys.executable, "-m", "gpuledger.cli", "export", "chargeback", "--month", "2026-10"],
                          capture_output=True, text=True, timeout=60,
