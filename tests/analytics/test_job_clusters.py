@@ -74,3 +74,22 @@ def test_a_rule_for_one_cluster_does_not_touch_the_same_names_elsewhere() -> Non
     assert rules.resolve("team-a", {}, name="p", cluster="east") == "y"
     assert rules.resolve("team-a", {}, name="p", cluster="west") == "team-a"
     assert rules.resolve("team-a", {}, name="p") == "team-a"
+
+
+def test_explain_shows_the_cluster_beside_the_namespace(tmp_path) -> None:
+    import csv
+    import io
+
+    from gpuledger.analytics.explain import explain_command
+
+    db = tmp_path / "g.duckdb"
+    src = _store()
+    run_attribution(src, default_cluster="prod")
+    with Store(db) as store:
+        store.append("ledger", src.query("SELECT * FROM ledger"))
+    rows = list(csv.DictReader(io.StringIO(explain_command(str(db), "team-a", None, None, "csv", detail=True))))
+    assert sorted({(r["cluster"], r["namespace"], r["pod"]) for r in rows}) == [
+        (c, "team-a", p) for c in ("east", "prod", "west") for p in ("train-0", "train-1")]
+    table = explain_command(str(db), "team-a", None, None, "table", detail=True)
+    header = next(line for line in table.splitlines() if "namespace" in line)
+    assert header.index("cluster") < header.index("namespace")
