@@ -1,4 +1,4 @@
-"""Business routes: ``/v1/economics`` (admin, finance), ``/v1/budgets`` and the API's ``/metrics``.
+"""Business routes: ``/v1/economics`` (admin, finance), ``/v1/budgets``, ``/v1/units``, ``/v1/queues``.
 
 - ``/v1/economics?month=``: per node pool and GPU model, utilization,
   allocation, efficiency, the owned fleet's cost per used GPU-hour, and what
@@ -14,11 +14,9 @@
 - ``/v1/queues?month=``: per Kueue ClusterQueue, quota vs admitted vs measured
   GPU-hours and the admission wait (:mod:`gpuledger.analytics.queues`); a
   tenant token sees its own queues.
-- ``/metrics`` (admin, finance; Prometheus text format): the current month's
-  ``gpuledger_tenant_budget``, ``gpuledger_tenant_cost_month_to_date`` and
-  ``gpuledger_tenant_cost_forecast`` per tenant, for the PrometheusRule in
-  deploy/prometheusrule-budgets.yaml. Rendered from a fresh report on each
-  scrape (cached with the database's version), never kept as gauges.
+
+The current month's budget report is also rendered as Prometheus series on
+the API's one ``/metrics`` (``serve --metrics-port``; :mod:`~gpuledger.api.metrics`).
 
 The app's cloud rates, node pools and budgets come from ``create_app``
 (``gpuledger serve --cloud-rates --node-pools --budgets``).
@@ -26,11 +24,9 @@ The app's cloud rates, node pools and budgets come from ``create_app``
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import PlainTextResponse
 
 from gpuledger.analytics import budgets as bud
 from gpuledger.analytics import economics as econ
@@ -77,9 +73,12 @@ def economics(request: Request, month: str | None = Query(None, description="YYY
     return db.cached(("economics", lo, hi, month), compute)
 
 
-def _budgets(request: Request, s: Session, month: str, policy: Policy) -> dict[str, Any]:
-    db: Database = request.app.state.db
-    book, budgets = request.app.state.book, request.app.state.budgets
+def budgets_body(db: Database, s: Session, book: Any, budgets: bud.Budgets, month: str,
+                 policy: Policy) -> dict[str, Any]:
+    """The budget report of ``month`` as ``/v1/budgets`` answers it (every tenant), cached with the file's version.
+
+    Also what the API's ``/metrics`` renders (:class:`~gpuledger.api.metrics.BudgetSeries`).
+    """
 
     def compute() -> dict[str, Any]:
         costs, until = bud.month_to_date(s.store, month, book, policy)
@@ -87,7 +86,8 @@ def _budgets(request: Request, s: Session, month: str, policy: Policy) -> dict[s
         return {"month": month, "currency": book.currency, "idle_policy": policy, "as_of": as_of,
                 "tenants": [t.to_dict() for t in lines]}
 
-    return db.cached(("budgets", month, policy), compute)
+    body: dict[str, Any] = db.cached(("budgets", month, policy), compute)
+    return body
 
 
 @router.get("/v1/units", tags=["business"],
@@ -121,33 +121,8 @@ def queues(request: Request, month: str = MONTH, who: Principal = Depends(requir
 def budgets(request: Request, month: str = Query("current", description="YYYY-MM (UTC), `current` or `previous`"),
             idle_policy: Policy = Query("holder", description="who pays for idle (as /v1/showback)"),
             who: Principal = Depends(require(*SHOWBACK_ROLES)), s: Session = _SESSION) -> dict[str, Any]:
-    body = _budgets(request, s, parse_month(month), idle_policy)
+    state = request.app.state
+    body = budgets_body(state.db, s, state.book, state.budgets, parse_month(month), idle_policy)
     if who.scoped:
         body = {**body, "tenants": [t for t in body["tenants"] if t["tenant"] == who.tenant]}
     return body
-
-
-_SERIES = (("gpuledger_tenant_budget", "budget", "The tenant's monthly budget (budgets file), in the currency."),
-           ("gpuledger_tenant_cost_month_to_date", "month_to_date",
-            "The tenant's cost in the current UTC month so far, from the hourly rollups."),
-           ("gpuledger_tenant_cost_forecast", "forecast",
-            "The tenant's month-to-date cost extrapolated linearly to the end of the month."))
-
-
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-@router.get("/metrics", response_class=PlainTextResponse, tags=["business"],
-            summary="Prometheus metrics: per-tenant budget, month-to-date cost and forecast (admin, finance)")
-def metrics(request: Request, who: Principal = Depends(require(*EXPORT_ROLES)), s: Session = _SESSION) -> str:
-    month = f"{datetime.now(UTC):%Y-%m}"
-    body = _budgets(request, s, month, request.app.state.export_context.idle_policy)
-    out = []
-    for name, field, text in _SERIES:
-        out += [f"# HELP {name} {text}", f"# TYPE {name} gauge"]
-        for t in body["tenants"]:
-            if t[field] is not None:  # no budget: no series (absent, never 0)
-                out.append(f'{name}{{tenant="{_label(t["tenant"])}",currency="{body["currency"]}",'
-                           f'month="{month}"}} {t[field]}')
-    return "\n".join(out) + "\n"
