@@ -111,7 +111,16 @@ def test_values_schema_rejects_what_the_chart_cannot_run() -> None:
     chart = helm.Chart.load(CHART)
     for bad, where in [({"mode": "cloud"}, "/mode"), ({"kafka": {"bootstrap": "kafka"}}, "/kafka/bootstrap"),
                        ({"agent": {"metricsPort": 0}}, "/agent/metricsPort"), ({"replicas": 3}, "replicas"),
-                       ({"config": {"chargePeriod": "week"}}, "/config/chargePeriod")]:
+                       ({"config": {"chargePeriod": "week"}}, "/config/chargePeriod"),
+                       ({"config": {"idlePolicy": "nobody"}}, "/config/idlePolicy"),
+                       ({"config": {"focusVersion": "1.3"}}, "/config/focusVersion"),
+                       ({"config": {"budget": "currency = 'USD'"}}, "budget"),
+                       ({"unitsImport": {"hours": 0}}, "/unitsImport/hours"),
+                       ({"unitsImport": {"prometheusUrl": "prometheus:9090"}}, "/unitsImport/prometheusUrl"),
+                       ({"kafka": {"strimziTopic": {"apiVersion": "kafka.strimzi.io/v1beta1"}}},
+                        "/kafka/strimziTopic/apiVersion"),
+                       ({"metrics": {"prometheusRule": {"budgets": {"for": "1 hour"}}}},
+                        "/metrics/prometheusRule/budgets/for")]:
         with pytest.raises(helm.HelmValuesError, match=where):
             chart.render(bad)
     defaults = json.loads((CHART / "values.schema.json").read_text())
@@ -463,4 +472,7 @@ def test_dashboards_are_the_repository_dashboards_with_the_sidecar_label(default
 
 
 def test_no_kustomize_copy_remains() -> None:
-    assert not (ROOT / "deploy" / "agent").exists() and not (ROOT / "deploy" / "cronjob-chargeback.yaml").exists()
+    """deploy/ is the chart, the image and the chart's rules rendered for a plain Prometheus (test_alerts checks
+    that file is the rendering): no loose manifest beside them to drift."""
+    assert {p.name for p in (ROOT / "deploy").iterdir()} == {"Dockerfile", "helm", "prometheus"}
+    assert {p.name for p in (ROOT / "deploy" / "prometheus").iterdir()} == {"gpuledger.rules.yaml"}
