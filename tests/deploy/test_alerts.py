@@ -33,6 +33,7 @@ WANTED = {
     "GPU held idle > N hours": {"GpuledgerGpuHeldIdle"},
     "month close failed / reconciliation failing": {"GpuledgerMonthCloseFailed", "GpuledgerMonthCloseMissing"},
     "a tenant's forecast over its budget (issue 18)": {"GpuledgerTenantForecastOverBudget"},
+    "the hourly work-unit import stopped (issue 18)": {"GpuledgerUnitsImportStale"},
 }
 
 
