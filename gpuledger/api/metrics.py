@@ -26,9 +26,9 @@ gpuledger_api_budget_read_failures_total    counter      scrapes whose budget re
 ==========================================  ===========  ===================================================
 
 The three ``gpuledger_tenant_*`` families are rendered from a fresh budget
-report on each scrape (:func:`~gpuledger.api.routes_business.budgets_body`,
-cached with the database's version, idle policy ``idle_policy``), never
-kept as gauges; the PrometheusRule ``GpuledgerTenantForecastOverBudget``
+report (:func:`~gpuledger.api.routes_business.budgets_body`, idle policy
+``idle_policy``) read at most every :data:`REFRESH_S` seconds, never kept
+as gauges; the PrometheusRule ``GpuledgerTenantForecastOverBudget``
 reads them. They carry every tenant's cost: what a tenant token may not see
 on ``/v1/budgets``, whoever reaches the metrics port sees, as for the
 agent's per-pod series. A scrape that finds the file held by a writer
@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -72,6 +73,10 @@ log = logging.getLogger(__name__)
 #: Routes outside the OpenAPI document (the page, its script, the docs themselves).
 UNDOCUMENTED = ("/", "/static/{name}", "/docs", "/redoc", "/openapi.json")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+#: A budget report younger than this (s) is served again without reading the file: the figures change when
+#: attribution runs (minutes), the file's version with every ingest flush (seconds), and each read holds the
+#: file that ingest's next flush waits for.
+REFRESH_S = 60.0
 #: How old (s) a budget report may be to stand in for one a busy database could not give.
 STALE_AFTER_S = 600.0
 
@@ -99,7 +104,7 @@ _TENANT_SERIES = (
 
 
 class BudgetSeries:
-    """A collector: the current month's budget report as ``gpuledger_tenant_*`` gauges, read on each scrape.
+    """A collector: the current month's budget report as ``gpuledger_tenant_*`` gauges, read at most every REFRESH_S.
 
     ``report(session, month)`` is the report (``routes_business.budgets_body`` bound to the app's
     book, budgets and idle policy); ``clock`` gives the time (the month, and the fallback's age).
@@ -110,11 +115,14 @@ class BudgetSeries:
         self.db, self.report, self.clock = db, report, clock
         self._last: tuple[float, dict[str, Any]] | None = None
         self._failures: dict[str, int] = {}
+        self._lock = threading.Lock()  # scrapes may come at once (one HTTP thread each): one read serves them
 
     def collect(self) -> Iterator[Metric]:
         now = self.clock()
         month = f"{datetime.fromtimestamp(now, UTC):%Y-%m}"
-        body = self._read(month, now)
+        with self._lock:
+            body = self._read(month, now)
+            failed = sorted(self._failures.items())
         for name, field, text in _TENANT_SERIES:
             family = GaugeMetricFamily(name, text, labels=["tenant", "currency", "month"])
             tenants, currency = (body["tenants"], body["currency"]) if body else ([], "")
@@ -124,11 +132,14 @@ class BudgetSeries:
             yield family
         failures = CounterMetricFamily("gpuledger_api_budget_read_failures",
                                        "Scrapes whose budget report could not be read, by reason.", labels=["reason"])
-        for reason, n in sorted(self._failures.items()):
+        for reason, n in failed:
             failures.add_metric([reason], n)
         yield failures
 
     def _read(self, month: str, now: float) -> dict[str, Any] | None:
+        last = self._last
+        if last is not None and last[1]["month"] == month and 0 <= now - last[0] < REFRESH_S:
+            return last[1]
         session = Session(self.db)
         try:
             body = self.report(session, month)
@@ -137,7 +148,6 @@ class BudgetSeries:
             reason = "busy" if code is E.DATABASE_BUSY else "no_database" if code is E.NO_DATABASE else "error"
             self._failures[reason] = self._failures.get(reason, 0) + 1
             log.warning("/metrics: no budget report (%s): %s", reason, exc)
-            last = self._last
             if last is not None and last[1]["month"] == month and now - last[0] <= STALE_AFTER_S:
                 return last[1]
             return None

@@ -27,7 +27,7 @@ from gpuledger.analytics.budgets import parse_budgets
 from gpuledger.analytics.prices import default_price_book
 from gpuledger.api.app import create_app
 from gpuledger.api.audit import AuditLog
-from gpuledger.api.metrics import STALE_AFTER_S, ApiMetrics, BudgetSeries, RequestLog
+from gpuledger.api.metrics import REFRESH_S, STALE_AFTER_S, ApiMetrics, BudgetSeries, RequestLog
 from gpuledger.api.reader import Database
 from gpuledger.api.routes_business import budgets_body
 from gpuledger.api.tokens import create_token
@@ -162,7 +162,7 @@ def writer_holding(path: Path) -> Iterator[subprocess.Popen[bytes]]:
         writer.wait(10)
 
 
-def test_a_busy_database_serves_the_last_report_of_the_month_for_a_while(tmp_path: Path) -> None:
+def test_the_budget_report_is_read_once_a_minute_and_outlives_a_busy_file_for_a_while(tmp_path: Path) -> None:
     path = tmp_path / "held.duckdb"
     with Store(path) as store:
         write_ledger(store, LEDGER)
@@ -180,8 +180,10 @@ def test_a_busy_database_serves_the_last_report_of_the_month_for_a_while(tmp_pat
 
     assert budget_and_failures() == ([1000.0], 0)
     with writer_holding(path):
-        now[0] += 60
-        assert budget_and_failures() == ([1000.0], 1)  # the minute-old report stands in, the failure counts
+        now[0] += REFRESH_S / 2
+        assert budget_and_failures() == ([1000.0], 0)  # fresh enough: the file is not read at all
+        now[0] += REFRESH_S
+        assert budget_and_failures() == ([1000.0], 1)  # the 1.5-minute-old report stands in, the failure counts
         now[0] += STALE_AFTER_S
         assert budget_and_failures() == ([], 2)  # too old: no series rather than a stale figure
     assert budget_and_failures() == ([1000.0], 2)
