@@ -14,6 +14,9 @@
 - ``/v1/queues?month=``: per Kueue ClusterQueue, quota vs admitted vs measured
   GPU-hours and the admission wait (:mod:`gpuledger.analytics.queues`); a
   tenant token sees its own queues.
+- ``/v1/units``, ``/v1/queues`` and ``/v1/budgets`` take ``start``/``end``
+  (Grafana's ``${__from}``/``${__to}``) in place of ``month``: the month that
+  holds the period's last instant.
 - ``/metrics`` (admin, finance; Prometheus text format): the current month's
   ``gpuledger_tenant_budget``, ``gpuledger_tenant_cost_month_to_date`` and
   ``gpuledger_tenant_cost_forecast`` per tenant, for the PrometheusRule in
@@ -26,7 +29,7 @@ The app's cloud rates, node pools and budgets come from ``create_app``
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -38,8 +41,9 @@ from gpuledger.analytics import queues as qu
 from gpuledger.analytics import work_units as wu
 from gpuledger.analytics.policy import Policy
 from gpuledger.api.auth import EXPORT_ROLES, SHOWBACK_ROLES, data_filters, require, session
-from gpuledger.api.errors import ERROR_RESPONSES
-from gpuledger.api.params import END, MONTH, START, parse_month, resolve_period
+from gpuledger.api import errors as E
+from gpuledger.api.errors import ERROR_RESPONSES, ApiError
+from gpuledger.api.params import END, START, parse_month, parse_period, resolve_period
 from gpuledger.api.reader import Database, Session
 from gpuledger.api.tokens import Principal
 from gpuledger.timeutil import from_ns, iso_utc, month_bounds, to_ns
@@ -48,6 +52,20 @@ __all__ = ["router"]
 
 router = APIRouter(responses=ERROR_RESPONSES)
 _SESSION = Depends(session, scope="function")
+_MONTH = Query(None, description="billing month, YYYY-MM (UTC), `previous` or `current`; else start/end "
+               "(Grafana): the month holding the period's last instant")
+
+
+def _month(month: str | None, start: str | None, end: str | None, default: str | None = None) -> str:
+    """``month``, else the month of ``start``/``end``'s last instant, else ``default`` (400 without any)."""
+    if month is not None:
+        return parse_month(month)
+    period = parse_period(start, end, None)
+    if period is None:
+        if default is None:
+            raise ApiError(E.BAD_MONTH, "give month, or start and end", "e.g. month=2026-10, or month=previous")
+        return parse_month(default)
+    return f"{(period.end - timedelta(microseconds=1)):%Y-%m}"
 
 
 @router.get("/v1/economics", tags=["business"],
@@ -92,9 +110,9 @@ def _budgets(request: Request, s: Session, month: str, policy: Policy) -> dict[s
 
 @router.get("/v1/units", tags=["business"],
             summary="Cost, GPU-hours and kWh per work unit (e.g. per 1M tokens) per tenant, model and pod")
-def units(request: Request, month: str = MONTH, who: Principal = Depends(require(*SHOWBACK_ROLES)),
-          s: Session = _SESSION) -> dict[str, Any]:
-    month = parse_month(month)
+def units(request: Request, month: str | None = _MONTH, start: str | None = START, end: str | None = END,
+          who: Principal = Depends(require(*SHOWBACK_ROLES)), s: Session = _SESSION) -> dict[str, Any]:
+    month = _month(month, start, end)
     db: Database = request.app.state.db
     book, config = request.app.state.book, request.app.state.work_units
     rows: list[dict[str, Any]] = db.cached(("units", month), lambda: wu.unit_report(s.store, month, book, config))
@@ -105,9 +123,9 @@ def units(request: Request, month: str = MONTH, who: Principal = Depends(require
 
 @router.get("/v1/queues", tags=["business"],
             summary="Per Kueue ClusterQueue: quota, admitted, borrowed and unused GPU-hours, measured use, wait p50/p95")
-def queues(request: Request, month: str = MONTH, who: Principal = Depends(require(*SHOWBACK_ROLES)),
-           s: Session = _SESSION) -> dict[str, Any]:
-    month = parse_month(month)
+def queues(request: Request, month: str | None = _MONTH, start: str | None = START, end: str | None = END,
+           who: Principal = Depends(require(*SHOWBACK_ROLES)), s: Session = _SESSION) -> dict[str, Any]:
+    month = _month(month, start, end)
     db: Database = request.app.state.db
     config = request.app.state.queues
     rows: list[dict[str, Any]] = db.cached(("queues", month), lambda: qu.queue_report(s.store, month, config))
@@ -118,10 +136,12 @@ def queues(request: Request, month: str = MONTH, who: Principal = Depends(requir
 
 @router.get("/v1/budgets", tags=["business"],
             summary="Per tenant: monthly budget, month-to-date cost, forecast to month end, over/under")
-def budgets(request: Request, month: str = Query("current", description="YYYY-MM (UTC), `current` or `previous`"),
+def budgets(request: Request, month: str | None = Query(None, description="YYYY-MM (UTC), `current` or `previous`; "
+                                                        "else start/end's month (Grafana); default: current"),
+            start: str | None = START, end: str | None = END,
             idle_policy: Policy = Query("holder", description="who pays for idle (as /v1/showback)"),
             who: Principal = Depends(require(*SHOWBACK_ROLES)), s: Session = _SESSION) -> dict[str, Any]:
-    body = _budgets(request, s, parse_month(month), idle_policy)
+    body = _budgets(request, s, _month(month, start, end, "current"), idle_policy)
     if who.scoped:
         body = {**body, "tenants": [t for t in body["tenants"] if t["tenant"] == who.tenant]}
     return body

@@ -221,3 +221,13 @@ def test_api_units_with_tenant_isolation(tmp_path: Path) -> None:
         assert [(r["tenant"], r["cost_per_held"]) for r in body["rows"]] == [("cv", "2.99"), ("inf", "1.50")]
         mine = client.get("/v1/units", params={"month": "2025-03"}, headers={"Authorization": f"Bearer {tenant}"})
         assert [r["tenant"] for r in mine.json()["rows"]] == ["cv"]
+        # Grafana's start/end (epoch ms): the month holding the period's last instant
+        auth = {"Authorization": f"Bearer {admin}"}
+        grafana = client.get("/v1/units", params={"start": "1740787200000", "end": "1740787200000"}, headers=auth)
+        assert grafana.status_code == 400  # start must be before end
+        grafana = client.get("/v1/units", params={"start": "1738368000000", "end": "1740787200000"}, headers=auth)
+        assert grafana.json()["month"] == "2025-02"  # 2025-02-01 .. 2025-03-01 (exclusive): February
+        grafana = client.get("/v1/units", params={"start": "1738368000000", "end": "1740787200001"}, headers=auth)
+        assert grafana.json()["month"] == "2025-03" and len(grafana.json()["rows"]) == 2
+        neither = client.get("/v1/units", headers=auth)
+        assert neither.status_code == 400 and neither.json()["error"]["code"] == "bad_month"
