@@ -40,8 +40,8 @@ from gpuledger.analytics import economics as econ
 from gpuledger.analytics import queues as qu
 from gpuledger.analytics import work_units as wu
 from gpuledger.analytics.policy import Policy
-from gpuledger.api.auth import EXPORT_ROLES, SHOWBACK_ROLES, data_filters, require, session
 from gpuledger.api import errors as E
+from gpuledger.api.auth import EXPORT_ROLES, SHOWBACK_ROLES, data_filters, require, session
 from gpuledger.api.errors import ERROR_RESPONSES, ApiError
 from gpuledger.api.params import END, START, parse_month, parse_period, resolve_period
 from gpuledger.api.reader import Database, Session
