@@ -16,7 +16,7 @@
   tenant token sees its own queues.
 - ``/v1/units``, ``/v1/queues`` and ``/v1/budgets`` take ``start``/``end``
   (Grafana's ``${__from}``/``${__to}``) in place of ``month``: the month that
-  holds the period's last instant.
+  holds the period's last instant; without either, the current UTC month.
 - ``/metrics`` (admin, finance; Prometheus text format): the current month's
   ``gpuledger_tenant_budget``, ``gpuledger_tenant_cost_month_to_date`` and
   ``gpuledger_tenant_cost_forecast`` per tenant, for the PrometheusRule in
@@ -40,9 +40,8 @@ from gpuledger.analytics import economics as econ
 from gpuledger.analytics import queues as qu
 from gpuledger.analytics import work_units as wu
 from gpuledger.analytics.policy import Policy
-from gpuledger.api import errors as E
 from gpuledger.api.auth import EXPORT_ROLES, SHOWBACK_ROLES, data_filters, require, session
-from gpuledger.api.errors import ERROR_RESPONSES, ApiError
+from gpuledger.api.errors import ERROR_RESPONSES
 from gpuledger.api.params import END, START, parse_month, parse_period, resolve_period
 from gpuledger.api.reader import Database, Session
 from gpuledger.api.tokens import Principal
@@ -53,18 +52,16 @@ __all__ = ["router"]
 router = APIRouter(responses=ERROR_RESPONSES)
 _SESSION = Depends(session, scope="function")
 _MONTH = Query(None, description="billing month, YYYY-MM (UTC), `previous` or `current`; else start/end "
-               "(Grafana): the month holding the period's last instant")
+               "(Grafana): the month holding the period's last instant; default: current")
 
 
-def _month(month: str | None, start: str | None, end: str | None, default: str | None = None) -> str:
-    """``month``, else the month of ``start``/``end``'s last instant, else ``default`` (400 without any)."""
+def _month(month: str | None, start: str | None, end: str | None) -> str:
+    """``month``, else the month of ``start``/``end``'s last instant, else the current UTC month."""
     if month is not None:
         return parse_month(month)
     period = parse_period(start, end, None)
     if period is None:
-        if default is None:
-            raise ApiError(E.BAD_MONTH, "give month, or start and end", "e.g. month=2026-10, or month=previous")
-        return parse_month(default)
+        return parse_month("current")
     return f"{(period.end - timedelta(microseconds=1)):%Y-%m}"
 
 
@@ -141,7 +138,7 @@ def budgets(request: Request, month: str | None = Query(None, description="YYYY-
             start: str | None = START, end: str | None = END,
             idle_policy: Policy = Query("holder", description="who pays for idle (as /v1/showback)"),
             who: Principal = Depends(require(*SHOWBACK_ROLES)), s: Session = _SESSION) -> dict[str, Any]:
-    body = _budgets(request, s, _month(month, start, end, "current"), idle_policy)
+    body = _budgets(request, s, _month(month, start, end), idle_policy)
     if who.scoped:
         body = {**body, "tenants": [t for t in body["tenants"] if t["tenant"] == who.tenant]}
     return body

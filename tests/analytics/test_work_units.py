@@ -229,5 +229,7 @@ def test_api_units_with_tenant_isolation(tmp_path: Path) -> None:
         assert grafana.json()["month"] == "2025-02"  # 2025-02-01 .. 2025-03-01 (exclusive): February
         grafana = client.get("/v1/units", params={"start": "1738368000000", "end": "1740787200001"}, headers=auth)
         assert grafana.json()["month"] == "2025-03" and len(grafana.json()["rows"]) == 2
-        neither = client.get("/v1/units", headers=auth)
-        assert neither.status_code == 400 and neither.json()["error"]["code"] == "bad_month"
+        neither = client.get("/v1/units", headers=auth).json()  # the current UTC month
+        assert neither["month"] == time.strftime("%Y-%m", time.gmtime()) and neither["rows"] == []
+        half = client.get("/v1/units", params={"start": "1738368000000"}, headers=auth)
+        assert half.status_code == 400 and half.json()["error"]["code"] == "bad_period"
