@@ -12,8 +12,9 @@
   per unit, tenant, GPU model and pod (:mod:`gpuledger.analytics.work_units`);
   a tenant token sees its own rows.
 - ``/v1/queues?month=``: per Kueue ClusterQueue, quota vs admitted vs measured
-  GPU-hours and the admission wait (:mod:`gpuledger.analytics.queues`); a
-  tenant token sees its own queues.
+  GPU-hours and the admission wait (:mod:`gpuledger.analytics.queues`), and
+  per LocalQueue its tenant's share of the ClusterQueue's quota
+  (:mod:`gpuledger.analytics.local_queues`); a tenant token sees its own.
 - ``/v1/units``, ``/v1/queues`` and ``/v1/budgets`` take ``start``/``end``
   (Grafana's ``${__from}``/``${__to}``) in place of ``month``: the month that
   holds the period's last instant; without either, the current UTC month.
@@ -39,6 +40,7 @@ from gpuledger.analytics import budgets as bud
 from gpuledger.analytics import economics as econ
 from gpuledger.analytics import queues as qu
 from gpuledger.analytics import work_units as wu
+from gpuledger.analytics.local_queues import local_queue_report
 from gpuledger.analytics.policy import Policy
 from gpuledger.api.auth import EXPORT_ROLES, SHOWBACK_ROLES, data_filters, require, session
 from gpuledger.api.errors import ERROR_RESPONSES
@@ -119,16 +121,20 @@ def units(request: Request, month: str | None = _MONTH, start: str | None = STAR
 
 
 @router.get("/v1/queues", tags=["business"],
-            summary="Per Kueue ClusterQueue: quota, admitted, borrowed and unused GPU-hours, measured use, wait p50/p95")
+            summary="Per Kueue ClusterQueue: quota, admitted, borrowed and unused GPU-hours, measured use, wait p50/p95; "
+            "per LocalQueue: its share of the ClusterQueue's quota")
 def queues(request: Request, month: str | None = _MONTH, start: str | None = START, end: str | None = END,
            who: Principal = Depends(require(*SHOWBACK_ROLES)), s: Session = _SESSION) -> dict[str, Any]:
     month = _month(month, start, end)
     db: Database = request.app.state.db
     config = request.app.state.queues
     rows: list[dict[str, Any]] = db.cached(("queues", month), lambda: qu.queue_report(s.store, month, config))
+    local: list[dict[str, Any]] = db.cached(("local_queues", month),
+                                            lambda: local_queue_report(s.store, month, config))
     if who.scoped:
         rows = [r for r in rows if r["tenant"] == who.tenant]
-    return {"month": month, "resource": config.resource, "queues": rows}
+        local = [r for r in local if r["tenant"] == who.tenant]
+    return {"month": month, "resource": config.resource, "queues": rows, "local_queues": local}
 
 
 @router.get("/v1/budgets", tags=["business"],
