@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import http.server
 import json
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from gpuledger.analytics import kinds as K
@@ -20,10 +18,11 @@ from gpuledger.analytics.hourly import rebuild_hourly
 from gpuledger.analytics.local_queues import local_queue_report
 from gpuledger.analytics.work_units import PrometheusHTTP
 from gpuledger.errors import ConfigError
+from gpuledger.sim import promserver
 from gpuledger.store import Store
 from gpuledger.timeutil import HOUR_NS
 from tests.support.api_ledger import row, write_ledger
-from tests.support.system import free_port, need_binary
+from tests.support.system import need_binary
 
 G = 'resource="nvidia.com/gpu"'
 #: cq-ml: quota 4 + 2 GPUs (two flavors), 7 admitted (1 borrowed), 5 in use; cq-cv: quota 4, 1 admitted (3 unused);
@@ -92,34 +91,11 @@ def kueue_prometheus(tmp_path: Path) -> Iterator[str]:
                          "scripts/system-deps.sh as root")
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    port = free_port()
-    (tmp_path / "prometheus.yml").write_text(
-        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: kueue\n"
-        f"    static_configs:\n      - targets: ['127.0.0.1:{server.server_address[1]}']\n")
-    log = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115
-    prom = subprocess.Popen([binary, f"--config.file={tmp_path / 'prometheus.yml'}",
-                             f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
-                            stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert prom.poll() is None, (tmp_path / "prometheus.log").read_text()[-2000:]
-            try:
-                r = httpx.get(f"{url}/api/v1/query", params={"query": "kueue_admission_wait_time_seconds_bucket"},
-                              timeout=2)
-                if r.status_code == 200 and r.json()["data"]["result"]:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        else:
-            pytest.fail("Prometheus never stored a scrape:\n" + (tmp_path / "prometheus.log").read_text()[-2000:])
-        yield url
+        with promserver.prometheus(binary, [f"127.0.0.1:{server.server_address[1]}"], tmp_path / "prom",
+                                   ready_query="kueue_admission_wait_time_seconds_bucket") as url:
+            yield url
     finally:
-        prom.terminate()
-        prom.wait(10)
-        log.close()
         server.shutdown()
 
 

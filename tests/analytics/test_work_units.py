@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import http.server
 import json
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import polars as pl
 import pytest
 
@@ -26,6 +24,7 @@ from gpuledger.analytics import work_units as wu
 from gpuledger.analytics.hourly import rebuild_hourly
 from gpuledger.analytics.prices import default_price_book
 from gpuledger.errors import ConfigError
+from gpuledger.sim import promserver
 from gpuledger.store import Store
 from gpuledger.timeutil import HOUR_NS
 from tests.support.api_ledger import H100, row, write_ledger
@@ -116,33 +115,9 @@ def vllm_exporter() -> Iterator[int]:
 def prometheus(tmp_path: Path, vllm_exporter: int) -> Iterator[str]:
     binary = need_binary("prometheus", "/usr/bin/prometheus", hint="apt-get install prometheus, or "
                          "scripts/system-deps.sh as root")
-    port = free_port()
-    (tmp_path / "prometheus.yml").write_text(
-        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: vllm\n    honor_labels: true\n"
-        f"    static_configs:\n      - targets: ['127.0.0.1:{vllm_exporter}']\n")
-    log = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115
-    prom = subprocess.Popen([binary, f"--config.file={tmp_path / 'prometheus.yml'}",
-                             f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
-                            stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert prom.poll() is None, (tmp_path / "prometheus.log").read_text()[-2000:]
-            try:
-                r = httpx.get(f"{url}/api/v1/query", params={"query": "vllm:prompt_tokens_total"}, timeout=2)
-                if r.status_code == 200 and r.json()["data"]["result"]:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        else:
-            pytest.fail("Prometheus never stored a scrape:\n" + (tmp_path / "prometheus.log").read_text()[-2000:])
+    with promserver.prometheus(binary, [f"127.0.0.1:{vllm_exporter}"], tmp_path / "prom",
+                               ready_query="vllm:prompt_tokens_total") as url:
         yield url
-    finally:
-        prom.terminate()
-        prom.wait(10)
-        log.close()
 
 
 @pytest.mark.external
