@@ -278,6 +278,13 @@ def business() -> dict[str, Any]:
               [infinity(f"/v1/budgets?{PERIOD}", [
                   col("tenant", "string"), col("budget"), col("month_to_date"), col("forecast"),
                   col("over_under"), col("status", "string")], root="tenants")], 12, 17),
+        panel(8, "Each LocalQueue's share of its ClusterQueue's quota", "table",
+              [infinity(f"/v1/queues?{PERIOD}", [
+                  col("local_queue", "string"), col("cluster_queue", "string"), col("tenant", "string"),
+                  col("reserved_gpu_hours"), col("quota_share_gpu_hours"), col("borrowed_gpu_hours"),
+                  col("share_of_quota")], root="local_queues")], 0, 33, w=24,
+              description="Per namespace-scoped LocalQueue (Kueue's LocalQueueMetrics): GPU-hours admitted, the part "
+              "of the ClusterQueue's quota its workloads took, its part of what the ClusterQueue borrowed."),
         panel(6, "Utilization and allocation per pool", "barchart",
               [infinity(f"/v1/economics?{PERIOD}", [
                   col("pool", "string"), col("utilization"), col("allocation"), col("efficiency")],

@@ -238,8 +238,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                                            on_message=lambda m: last.__setitem__(m.node, m)))
     with Store(path) as store:
         _, token = create_token(store, "admin")
-        tenants = store.query("SELECT DISTINCT tenant FROM ledger_hourly")["tenant"].to_list()
-    app = create_app(str(path), budgets=parse_budgets(DEMO_BUDGETS), queues=demo_queues(sorted(tenants)))
+    app = create_app(str(path), budgets=parse_budgets(DEMO_BUDGETS), queues=demo_queues(path))
     with serving(app) as client:
         client.headers["Authorization"] = f"Bearer {token}"
         yield {"client": client, "last": last}

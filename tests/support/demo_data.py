@@ -109,7 +109,7 @@ def add_business_data(path: Path) -> Path:
     generation as the shipped default counts them). Kueue: a ClusterQueue ``cq-<tenant>`` per tenant with
     a nominal quota of 2 GPUs, reserving in each hour the GPUs its pods held on average (busy + idle), and
     an admission-wait histogram that counts one admission under 1 s, one in (1, 10] and one in (10, 60]
-    per hour.
+    per hour; a LocalQueue ``<namespace>/main`` per namespace reserving what the namespace's pods held.
     """
     from gpuledger.analytics import queues as qu
     from gpuledger.analytics import work_units as wu
@@ -130,14 +130,20 @@ def add_business_data(path: Path) -> Path:
                     for ns, pod, busy in rows.select("namespace", "pod", "busy_s").iter_rows()]
 
         wu.import_hours(store, AnsweringPrometheus(tokens), units, hours)
-        per_tenant = held.group_by("hour_start_ns", "tenant").agg(gpus=pl.col("held_s").sum() / 3600)
-        tenants = sorted(set(per_tenant["tenant"].to_list()))
+        owner = _namespace_tenants(store)  # each namespace's LocalQueue points at its tenant's ClusterQueue
+        per_namespace = held.group_by("hour_start_ns", "namespace").agg(gpus=pl.col("held_s").sum() / 3600)
+        per_namespace = per_namespace.with_columns(tenant=pl.col("namespace").replace_strict(owner))
+        per_tenant = per_namespace.group_by("hour_start_ns", "tenant").agg(pl.col("gpus").sum())  # Σ its LocalQueues
         done = {h: n for n, h in enumerate(hours, start=1)}
 
         def kueue(promql: str, at_s: float) -> list[tuple[dict[str, str], float]]:
             hour = round(at_s * 1e9) - 3_600 * 10**9
-            rows = per_tenant.filter(per_tenant["hour_start_ns"] == hour)
             out: list[tuple[dict[str, str], float]] = []
+            if "kueue_local_queue_" in promql:  # LocalQueue <namespace>/main: the namespace's held GPUs
+                rows = per_namespace.filter(per_namespace["hour_start_ns"] == hour)
+                return [({"namespace": ns, "name": "main"}, round(gpus, 6))
+                        for ns, gpus in rows.select("namespace", "gpus").iter_rows()]
+            rows = per_tenant.filter(per_tenant["hour_start_ns"] == hour)
             for tenant, gpus in rows.select("tenant", "gpus").iter_rows():
                 cq = {"cluster_queue": f"cq-{tenant}"}
                 if "nominal_quota" in promql:
@@ -152,12 +158,27 @@ def add_business_data(path: Path) -> Path:
                                                                             ("+Inf", 3))]
             return out
 
-        qu.import_queue_hours(store, AnsweringPrometheus(kueue), demo_queues(tenants), hours)
+        qu.import_queue_hours(store, AnsweringPrometheus(kueue), qu.Queues(), hours)
     return path
 
 
-def demo_queues(tenants: list[str]) -> Queues:
-    """The queues configuration of :func:`add_business_data`: ``cq-<tenant>`` belongs to ``tenant``."""
+def _namespace_tenants(store: Store) -> dict[str, str]:
+    """Namespace -> the tenant its LocalQueue belongs to (the first, where pods of one resolve to two)."""
+    out: dict[str, str] = {}
+    for ns, tenant in store.query("SELECT DISTINCT namespace, tenant FROM ledger_hourly WHERE namespace IS NOT NULL "
+                                  "ORDER BY 1, 2").rows():
+        out.setdefault(ns, tenant)
+    return out
+
+
+def demo_queues(path: Path) -> Queues:
+    """The queues configuration of :func:`add_business_data`'s file: ``cq-<tenant>`` belongs to ``tenant``;
+    each namespace's LocalQueue ``<namespace>/main`` points at its tenant's ClusterQueue."""
     from gpuledger.analytics.queues import parse_queues
 
-    return parse_queues("".join(f'[[queue]]\ncluster_queue = "cq-{t}"\ntenant = "{t}"\n' for t in tenants))
+    with Store(path, read_only=True) as store:
+        owner = _namespace_tenants(store)
+    text = "".join(f'[[queue]]\ncluster_queue = "cq-{t}"\ntenant = "{t}"\n' for t in sorted(set(owner.values())))
+    text += "".join(f'[[local_queue]]\nnamespace = "{ns}"\nname = "main"\ncluster_queue = "cq-{t}"\ntenant = "{t}"\n'
+                    for ns, t in owner.items())
+    return parse_queues(text)

@@ -52,8 +52,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     with Store(path) as store:
         _, token = create_token(store, "admin")
         _, tenant = create_token(store, "tenant", "nlp")
-        tenants = store.query("SELECT DISTINCT tenant FROM ledger_hourly")["tenant"].to_list()
-    with serving(create_app(str(path), queues=demo_queues(sorted(tenants)))) as client:
+    with serving(create_app(str(path), queues=demo_queues(path))) as client:
         client.headers["Authorization"] = f"Bearer {token}"
         yield {"client": client, "token": token, "tenant_token": tenant, "base": str(client.base_url)}
 
@@ -316,10 +315,18 @@ def test_economics_and_quota_panels_read_as_the_api_says(site: dict[str, Any], b
         assert shown[2] == f"{q['quota_gpu_hours']:.2f}" and shown[3] == f"{q['reserved_gpu_hours']:.2f}"
         assert shown[7] == f"{q['wait_p50_s']:.2f}" and shown[8] == f"{q['wait_p95_s']:.2f}"
     assert "2026-10" in page.inner_text("#queues-note")
+    local = page.eval_on_selector_all("#local-queues tbody tr",
+                                      "trs => trs.map(t => [...t.children].map(c => c.textContent))")
+    assert queues["local_queues"] and [r[:3] for r in local] == [
+        [q["local_queue"], q["cluster_queue"], q["tenant"]] for q in queues["local_queues"]]
+    for shown, q in zip(local, queues["local_queues"], strict=True):
+        assert shown[4] == f"{q['quota_share_gpu_hours']:.2f}" and shown[6] == f"{100 * q['share_of_quota']:.0f} %"
     page.locator("#economics-panel").scroll_into_view_if_needed()
     page.screenshot(path=str(shots / "business-panels.png"), full_page=True)
 
     team = _open(browser, site, site["tenant_token"], errors)  # a tenant: its own queue, no fleet economics
     assert not team.locator("#economics-panel").is_visible()
     assert team.eval_on_selector_all("#queues tbody th", "t => t.map(x => x.textContent)") == ["cq-nlp"]
+    own = team.eval_on_selector_all("#local-queues tbody th", "t => t.map(x => x.textContent)")
+    assert own == [q["local_queue"] for q in queues["local_queues"] if q["tenant"] == "nlp"] and own
     assert not errors, errors

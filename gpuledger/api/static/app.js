@@ -358,6 +358,11 @@ async function business() {
             (r) => [r.cluster_queue, r.tenant, h(r.quota_gpu_hours), h(r.reserved_gpu_hours), h(r.used_gpu_hours),
                     h(r.borrowed_gpu_hours), h(r.unused_quota_gpu_hours), h(r.wait_p50_s), h(r.wait_p95_s)],
             "no Kueue data this month (gpuledger units import --kueue)");
+  rowsTable("local-queues", ["LocalQueue", "ClusterQueue", "tenant", "admitted", "quota share", "borrowed",
+                             "share of quota"], queues.local_queues,
+            (r) => [r.local_queue, r.cluster_queue || "(not configured)", r.tenant, h(r.reserved_gpu_hours),
+                    h(r.quota_share_gpu_hours), h(r.borrowed_gpu_hours), pct(r.share_of_quota)],
+            "no LocalQueue data this month (Kueue's LocalQueueMetrics feature gate)");
 }
 
 // --- loading -------------------------------------------------------------------------------------
