@@ -329,7 +329,8 @@ class Settings(_Declared):
         None, description="Work units TOML (PromQL per unit, imported hourly); unset: the shipped vLLM token counters."
     )
     queues_path: str | None = setting(
-        None, description="Kueue TOML (resource, ClusterQueue -> tenant); unset: nvidia.com/gpu, tenant = queue name."
+        None, description="Kueue TOML (resource, ClusterQueue -> tenant, LocalQueue -> ClusterQueue and tenant); "
+        "unset: nvidia.com/gpu, tenant = queue name."
     )
     prometheus_url: str | None = setting(
         None, description="Prometheus base URL work units are imported from; unset: the work units file's."

@@ -12,8 +12,12 @@
   per unit, tenant, GPU model and pod (:mod:`gpuledger.analytics.work_units`);
   a tenant token sees its own rows.
 - ``/v1/queues?month=``: per Kueue ClusterQueue, quota vs admitted vs measured
-  GPU-hours and the admission wait (:mod:`gpuledger.analytics.queues`); a
-  tenant token sees its own queues.
+  GPU-hours and the admission wait (:mod:`gpuledger.analytics.queues`), and
+  per LocalQueue its tenant's share of the ClusterQueue's quota
+  (:mod:`gpuledger.analytics.local_queues`); a tenant token sees its own.
+- ``/v1/units``, ``/v1/queues`` and ``/v1/budgets`` take ``start``/``end``
+  (Grafana's ``${__from}``/``${__to}``) in place of ``month``: the month that
+  holds the period's last instant; without either, the current UTC month.
 
 The current month's budget report is also rendered as Prometheus series on
 the API's one ``/metrics`` (``serve --metrics-port``; :mod:`~gpuledger.api.metrics`).
@@ -24,6 +28,7 @@ The app's cloud rates, node pools and budgets come from ``create_app``
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -32,10 +37,11 @@ from gpuledger.analytics import budgets as bud
 from gpuledger.analytics import economics as econ
 from gpuledger.analytics import queues as qu
 from gpuledger.analytics import work_units as wu
+from gpuledger.analytics.local_queues import local_queue_report
 from gpuledger.analytics.policy import Policy
 from gpuledger.api.auth import EXPORT_ROLES, SHOWBACK_ROLES, data_filters, require, session
 from gpuledger.api.errors import ERROR_RESPONSES
-from gpuledger.api.params import END, MONTH, START, parse_month, resolve_period
+from gpuledger.api.params import END, START, parse_month, parse_period, resolve_period
 from gpuledger.api.reader import Database, Session
 from gpuledger.api.tokens import Principal
 from gpuledger.timeutil import from_ns, iso_utc, month_bounds, to_ns
@@ -44,6 +50,18 @@ __all__ = ["router"]
 
 router = APIRouter(responses=ERROR_RESPONSES)
 _SESSION = Depends(session, scope="function")
+_MONTH = Query(None, description="billing month, YYYY-MM (UTC), `previous` or `current`; else start/end "
+               "(Grafana): the month holding the period's last instant; default: current")
+
+
+def _month(month: str | None, start: str | None, end: str | None) -> str:
+    """``month``, else the month of ``start``/``end``'s last instant, else the current UTC month."""
+    if month is not None:
+        return parse_month(month)
+    period = parse_period(start, end, None)
+    if period is None:
+        return parse_month("current")
+    return f"{(period.end - timedelta(microseconds=1)):%Y-%m}"
 
 
 @router.get("/v1/economics", tags=["business"],
@@ -92,9 +110,9 @@ def budgets_body(db: Database, s: Session, book: Any, budgets: bud.Budgets, mont
 
 @router.get("/v1/units", tags=["business"],
             summary="Cost, GPU-hours and kWh per work unit (e.g. per 1M tokens) per tenant, model and pod")
-def units(request: Request, month: str = MONTH, who: Principal = Depends(require(*SHOWBACK_ROLES)),
-          s: Session = _SESSION) -> dict[str, Any]:
-    month = parse_month(month)
+def units(request: Request, month: str | None = _MONTH, start: str | None = START, end: str | None = END,
+          who: Principal = Depends(require(*SHOWBACK_ROLES)), s: Session = _SESSION) -> dict[str, Any]:
+    month = _month(month, start, end)
     db: Database = request.app.state.db
     book, config = request.app.state.book, request.app.state.work_units
     rows: list[dict[str, Any]] = db.cached(("units", month), lambda: wu.unit_report(s.store, month, book, config))
@@ -104,25 +122,31 @@ def units(request: Request, month: str = MONTH, who: Principal = Depends(require
 
 
 @router.get("/v1/queues", tags=["business"],
-            summary="Per Kueue ClusterQueue: quota, admitted, borrowed and unused GPU-hours, measured use, wait p50/p95")
-def queues(request: Request, month: str = MONTH, who: Principal = Depends(require(*SHOWBACK_ROLES)),
-           s: Session = _SESSION) -> dict[str, Any]:
-    month = parse_month(month)
+            summary="Per Kueue ClusterQueue: quota, admitted, borrowed and unused GPU-hours, measured use, wait p50/p95; "
+            "per LocalQueue: its share of the ClusterQueue's quota")
+def queues(request: Request, month: str | None = _MONTH, start: str | None = START, end: str | None = END,
+           who: Principal = Depends(require(*SHOWBACK_ROLES)), s: Session = _SESSION) -> dict[str, Any]:
+    month = _month(month, start, end)
     db: Database = request.app.state.db
     config = request.app.state.queues
     rows: list[dict[str, Any]] = db.cached(("queues", month), lambda: qu.queue_report(s.store, month, config))
+    local: list[dict[str, Any]] = db.cached(("local_queues", month),
+                                            lambda: local_queue_report(s.store, month, config))
     if who.scoped:
         rows = [r for r in rows if r["tenant"] == who.tenant]
-    return {"month": month, "resource": config.resource, "queues": rows}
+        local = [r for r in local if r["tenant"] == who.tenant]
+    return {"month": month, "resource": config.resource, "queues": rows, "local_queues": local}
 
 
 @router.get("/v1/budgets", tags=["business"],
             summary="Per tenant: monthly budget, month-to-date cost, forecast to month end, over/under")
-def budgets(request: Request, month: str = Query("current", description="YYYY-MM (UTC), `current` or `previous`"),
+def budgets(request: Request, month: str | None = Query(None, description="YYYY-MM (UTC), `current` or `previous`; "
+                                                        "else start/end's month (Grafana); default: current"),
+            start: str | None = START, end: str | None = END,
             idle_policy: Policy = Query("holder", description="who pays for idle (as /v1/showback)"),
             who: Principal = Depends(require(*SHOWBACK_ROLES)), s: Session = _SESSION) -> dict[str, Any]:
     state = request.app.state
-    body = budgets_body(state.db, s, state.book, state.budgets, parse_month(month), idle_policy)
+    body = budgets_body(state.db, s, state.book, state.budgets, _month(month, start, end), idle_policy)
     if who.scoped:
         body = {**body, "tenants": [t for t in body["tenants"] if t["tenant"] == who.tenant]}
     return body
