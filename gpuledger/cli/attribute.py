@@ -22,6 +22,11 @@ def register(sub: Any, settings: Settings) -> None:
                    "the ledger window (after a tenancy-rule change); older hours and months whose raw samples "
                    "retention removed keep what they were booked")
     setting_flags(t, settings, "--tenancy")
+    t.add_argument("--shards", action="store_true",
+                   help="attribute by shard (UTC hour x node group, docs/attribution.md): each shard touched by a "
+                   "pending message is attributed from all of its raw samples and replaces its rollups; shards run "
+                   "in this process, in a pool of --workers processes, or on Ray (--ray)")
+    setting_flags(t, settings, "--node-groups", "--ray")
     t.add_argument("--every", type=float, default=None, metavar="SECONDS",
                    help="run as a loop: the incremental job every SECONDS (start to start) until stopped, a failed run "
                    "logged and counted, never fatal (the chart's attribution container); default: run once")
@@ -54,6 +59,8 @@ def attribute(args: argparse.Namespace, settings: Settings) -> int:
     rules = TenancyRules.load(settings.tenancy_path) if settings.tenancy_path else TenancyRules()
     if args.every is not None:
         return attribute_every(args, settings, rules)
+    if args.shards or settings.attribute_ray_address is not None:
+        return attribute_shards(args, settings, rules)
     with Store(existing_db(settings.db_path)) as store, progress("attributing", "messages") as bar:
         result = run_attribution(store, rules, full=args.full, progress=bar,
                                  workers=settings.attribute_workers or default_workers(),
@@ -61,6 +68,35 @@ def attribute(args: argparse.Namespace, settings: Settings) -> int:
     print(f"attributed {result.messages} messages into {result.ledger_rows} ledger rows "
           f"({result.ledger_rows_kept} kept at interval grain, {result.rollup_rows} rollup rows added, "
           f"{result.hours_merged} hours merged, {result.ledger_rows_pruned} older interval rows pruned)")
+    return 0
+
+
+def attribute_shards(args: argparse.Namespace, settings: Settings, rules: Any) -> int:
+    from gpuledger.analytics.job import default_workers
+    from gpuledger.analytics.shards import Executor, InProcess, ProcessPool, run_shards
+    from gpuledger.errors import GpuledgerError
+    from gpuledger.store import Store
+
+    if args.every is not None:
+        raise GpuledgerError("--every runs the incremental job; it does not run shards yet",
+                             hint="run `gpuledger attribute --shards` from a scheduler (a CronJob), or drop --shards")
+    executor: Executor
+    workers = settings.attribute_workers or default_workers()
+    if settings.attribute_ray_address is not None:
+        from gpuledger.analytics.shard_ray import RayExecutor
+
+        executor, where = RayExecutor(settings.attribute_ray_address), f"on Ray at {settings.attribute_ray_address}"
+    elif workers > 1:
+        executor, where = ProcessPool(workers), f"in {workers} processes"
+    else:
+        executor, where = InProcess(), "in this process"
+    with Store(existing_db(settings.db_path)) as store, progress("attributing", "shards") as bar:
+        result = run_shards(store, rules, groups=settings.attribute_node_groups, executor=executor, full=args.full,
+                            ledger_window_s=settings.ledger_window_days * 86_400 or None, progress=bar)
+    print(f"attributed {len(result.shards)} shards ({settings.attribute_node_groups} node groups per hour) {where}: "
+          f"{result.messages} messages into {result.ledger_rows} ledger rows ({result.ledger_rows_kept} kept at "
+          f"interval grain, {result.rollup_rows} rollup rows written, {result.ledger_rows_pruned} older interval "
+          "rows pruned)")
     return 0
 
 
