@@ -306,7 +306,7 @@ class Settings(_Declared):
         "database; 0: one per core). On 2 cores a pool was slower (the kernel is ~7 % of the job; docs/storage.md).")
     attribute_node_groups: int = setting(
         8, ge=1.0, description="`gpuledger attribute --shards`: node groups per hour; a shard is one UTC hour x the "
-        "nodes whose name's CRC-32 falls in one group, attributed and booked as a whole (docs/attribution.md).")
+        "nodes whose name hashes (BLAKE2b) into one group, attributed and booked as a whole (docs/attribution.md).")
     attribute_ray_address: str | None = setting(
         None, description="`gpuledger attribute`: compute the attribution shards on this Ray cluster (ray://HEAD:10001, "
         "HEAD:6379, auto, or local to start one here); implies --shards, needs the `ray` extra. Unset: this machine.")

@@ -19,6 +19,7 @@ as the writer's (the project's image has them).
 
 from __future__ import annotations
 
+import socket
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
@@ -46,15 +47,36 @@ def _ray() -> Any:
 
 
 class RayExecutor:
-    """Runs each item as a Ray task; ``in_flight`` bounds the tasks submitted at once (default: cluster CPUs + 1)."""
+    """Runs each item as a Ray task; ``in_flight`` bounds the tasks submitted at once (default: cluster CPUs + 1).
 
-    def __init__(self, address: str | None = None, *, in_flight: int | None = None) -> None:
-        self.address, self.in_flight = address, in_flight
+    ``keep``: leave the connection open after :meth:`map` (the attribution loop runs shards every few minutes).
+    """
+
+    def __init__(self, address: str | None = None, *, in_flight: int | None = None, keep: bool = False,
+                 connect_timeout_s: float = 10.0) -> None:
+        self.address, self.in_flight, self.keep, self.connect_timeout_s = address, in_flight, keep, connect_timeout_s
+
+    def _reachable(self) -> None:
+        """A TCP connect to the head first: Ray itself retries an unreachable address for minutes."""
+        if self.address in (None, "local", "auto"):
+            return
+        host, sep, port = self.address.removeprefix("ray://").rpartition(":")
+        if not sep or not port.isdigit() or not host:
+            raise RayUnavailable(f"--ray {self.address!r} is not a Ray address",
+                                 hint="ray://HEAD:10001 (Ray Client), HEAD:6379 (on a node of the cluster), auto or "
+                                 "local")
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=self.connect_timeout_s).close()
+        except OSError as exc:
+            raise RayUnavailable(f"cannot reach the Ray cluster at {self.address} ({exc})",
+                                 hint="is the head running (`ray status` on it) and the port open from here? "
+                                 "Or run without --ray (a local pool: --shards --workers N)") from exc
 
     def _connect(self, ray: Any) -> bool:
         """Initialise Ray unless this process already has; True when this call did (and so shuts it down)."""
         if ray.is_initialized():
             return False
+        self._reachable()
         kwargs: dict[str, Any] = {"address": self.address, "log_to_driver": False}
         if self.address in (None, "local"):
             kwargs["include_dashboard"] = False
@@ -81,5 +103,5 @@ class RayExecutor:
             while flight:
                 yield ray.get(flight.popleft())
         finally:
-            if started:
+            if started and not self.keep:  # keep: a loop's runs share one connection
                 ray.shutdown()

@@ -2,9 +2,9 @@
 
 A **shard** is the messages whose interval starts in one UTC hour (the hour
 a rollup row belongs to, ``hourly``) on the nodes of one **node group** --
-the nodes whose name's CRC-32 falls into that bucket of ``groups``
-(:func:`node_group`: stable across processes, machines and versions, unlike
-DuckDB's or Python's ``hash``). Running a shard reads its raw rows,
+the nodes whose name hashes into that bucket of ``groups`` (:func:`node_group`:
+BLAKE2b of the name, stable across processes, machines and versions, unlike
+DuckDB's or Python's ``hash``; a lake engine can compute it too). Running a shard reads its raw rows,
 attributes them with the compiled kernel and computes its hourly rollups;
 booking it *replaces* the shard -- its rollup rows, its interval-grain ledger
 rows (inside the ledger window) and its messages' ``attributed`` keys -- in
@@ -39,10 +39,10 @@ depend on which worker finished first.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import hashlib
 import logging
 import math
 import multiprocessing as mp
-import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -85,10 +85,15 @@ DEFAULT_NODE_GROUPS = 8
 
 
 def node_group(node: str, groups: int) -> int:
-    """The node group of ``node``: CRC-32 of its UTF-8 name modulo ``groups`` (stable everywhere)."""
+    """The node group of ``node``: the first 8 bytes of the BLAKE2b of its UTF-8 name, big-endian, modulo ``groups``.
+
+    Stable everywhere, and well mixed: CRC-32 is linear, so its low bits put
+    names that differ in one digit (``node-0``, ``node-2``, ...) into the same
+    bucket of a power of two.
+    """
     if groups < 1:
         raise ValueError(f"node groups must be at least 1, got {groups}")
-    return zlib.crc32(node.encode()) % groups
+    return int.from_bytes(hashlib.blake2b(node.encode(), digest_size=8).digest(), "big") % groups
 
 
 @dataclass(frozen=True, order=True)

@@ -57,10 +57,10 @@ def attribute(args: argparse.Namespace, settings: Settings) -> int:
     from gpuledger.store import Store
 
     rules = TenancyRules.load(settings.tenancy_path) if settings.tenancy_path else TenancyRules()
-    if args.every is not None:
-        return attribute_every(args, settings, rules)
     if args.shards or settings.attribute_ray_address is not None:
         return attribute_shards(args, settings, rules)
+    if args.every is not None:
+        return attribute_every(args, settings, rules)
     with Store(existing_db(settings.db_path)) as store, progress("attributing", "messages") as bar:
         result = run_attribution(store, rules, full=args.full, progress=bar,
                                  workers=settings.attribute_workers or default_workers(),
@@ -72,27 +72,29 @@ def attribute(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def attribute_shards(args: argparse.Namespace, settings: Settings, rules: Any) -> int:
+    from functools import partial
+
     from gpuledger.analytics.job import default_workers
     from gpuledger.analytics.shards import Executor, InProcess, ProcessPool, run_shards
-    from gpuledger.errors import GpuledgerError
     from gpuledger.store import Store
 
-    if args.every is not None:
-        raise GpuledgerError("--every runs the incremental job; it does not run shards yet",
-                             hint="run `gpuledger attribute --shards` from a scheduler (a CronJob), or drop --shards")
     executor: Executor
     workers = settings.attribute_workers or default_workers()
     if settings.attribute_ray_address is not None:
         from gpuledger.analytics.shard_ray import RayExecutor
 
-        executor, where = RayExecutor(settings.attribute_ray_address), f"on Ray at {settings.attribute_ray_address}"
+        executor = RayExecutor(settings.attribute_ray_address, keep=args.every is not None)
+        where = f"on Ray at {settings.attribute_ray_address}"
     elif workers > 1:
         executor, where = ProcessPool(workers), f"in {workers} processes"
     else:
         executor, where = InProcess(), "in this process"
+    job = partial(run_shards, groups=settings.attribute_node_groups, executor=executor, full=args.full,
+                  ledger_window_s=settings.ledger_window_days * 86_400 or None)
+    if args.every is not None:
+        return attribute_every(args, settings, rules, job=job)
     with Store(existing_db(settings.db_path)) as store, progress("attributing", "shards") as bar:
-        result = run_shards(store, rules, groups=settings.attribute_node_groups, executor=executor, full=args.full,
-                            ledger_window_s=settings.ledger_window_days * 86_400 or None, progress=bar)
+        result = job(store, rules, progress=bar)
     print(f"attributed {len(result.shards)} shards ({settings.attribute_node_groups} node groups per hour) {where}: "
           f"{result.messages} messages into {result.ledger_rows} ledger rows ({result.ledger_rows_kept} kept at "
           f"interval grain, {result.rollup_rows} rollup rows written, {result.ledger_rows_pruned} older interval "
@@ -100,16 +102,20 @@ def attribute_shards(args: argparse.Namespace, settings: Settings, rules: Any) -
     return 0
 
 
-def attribute_every(args: argparse.Namespace, settings: Settings, rules: Any) -> int:
+def attribute_every(args: argparse.Namespace, settings: Settings, rules: Any, job: Any = None) -> int:
     import signal
     import threading
 
+    from gpuledger.analytics.job import run_attribution
     from gpuledger.analytics.loop import AttributionMetrics, attribution_loop
     from gpuledger.errors import GpuledgerError
 
     if args.every < 1:
         raise GpuledgerError(f"--every {args.every:g}: a loop needs at least 1 second between runs",
                              hint="the chart runs it every 300 s; a run takes the writer lock from ingest")
+    if args.full:
+        raise GpuledgerError("--full with --every would re-attribute everything on every run",
+                             hint="run `gpuledger attribute --full` once, then the loop")
     metrics = AttributionMetrics()
     registry = metrics_registry(args.own_metrics_port, settings.metrics_host)
     if registry is not None:
@@ -117,8 +123,8 @@ def attribute_every(args: argparse.Namespace, settings: Settings, rules: Any) ->
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    print(f"attributing {settings.db_path} every {args.every:g} s", flush=True)
-    attribution_loop(settings.db_path, rules, metrics, args.every, stop)
+    print(f"attributing {settings.db_path} every {args.every:g} s{' by shard' if job else ''}", flush=True)
+    attribution_loop(settings.db_path, rules, metrics, args.every, stop, job=job or run_attribution)
     return 0
 
 

@@ -3,7 +3,7 @@ shards are computed or re-run, and late data re-running only the shards it falls
 
 from __future__ import annotations
 
-import zlib
+import hashlib
 
 import pytest
 from polars.testing import assert_frame_equal
@@ -28,10 +28,12 @@ def sharded(fleet_store: Store, tmp_path_factory) -> Store:
     return store
 
 
-def test_node_groups_are_the_crc32_of_the_name() -> None:
-    # Stable across processes, machines and versions (Python's hash() is salted per process, DuckDB's may change).
-    assert [node_group(f"gpu-node-{i}", 3) for i in range(4)] == [zlib.crc32(f"gpu-node-{i}".encode()) % 3
-                                                                  for i in range(4)]
+def test_node_groups_are_a_stable_well_mixed_hash_of_the_name() -> None:
+    # BLAKE2b: the same on every machine and version (Python's hash() is salted per process, DuckDB's may change)
+    names = [f"gpu-node-{i}" for i in range(8)]
+    assert [node_group(n, 1 << 62) for n in names] == [
+        int.from_bytes(hashlib.blake2b(n.encode(), digest_size=8).digest(), "big") % (1 << 62) for n in names]
+    assert {node_group(n, 3) for n in names} == {0, 1, 2}  # names one digit apart spread over the groups
     with pytest.raises(ValueError, match="at least 1"):
         node_group("n", 0)
 
