@@ -114,3 +114,16 @@ def test_a_shard_whose_booked_raw_samples_are_gone_is_not_replaced(fleet_store: 
         run_shards(store, groups=GROUPS)
     assert err.value.hint
     assert_frame_equal(rollups(store), before, check_exact=True)
+
+
+@pytest.mark.slow
+def test_a_ledger_window_keeps_recent_interval_rows_and_the_same_rollups(fleet_store: Store, sharded: Store,
+                                                                         tmp_path) -> None:
+    store = copy_raw(fleet_store, str(tmp_path / "window.duckdb"))
+    result = run_shards(store, groups=GROUPS, ledger_window_s=3600.0)
+    kept_from = store.scalar("SELECT kept_from_ns FROM ledger_window")
+    assert kept_from % HOUR_NS == 0 and store.scalar("SELECT min(interval_start_ns) FROM ledger") >= kept_from
+    assert 0 < result.ledger_rows_kept == store.count("ledger") < result.ledger_rows == sharded.count("ledger")
+    assert_frame_equal(rollups(store), rollups(sharded), check_exact=True)
+    assert_frame_equal(ledger(store), ledger(sharded).filter(ledger(sharded)["interval_start_ns"] >= kept_from),
+                       check_exact=True)
