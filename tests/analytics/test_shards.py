@@ -4,12 +4,15 @@ shards are computed or re-run, and late data re-running only the shards it falls
 from __future__ import annotations
 
 import hashlib
+import math
 
+import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
 from gpuledger.analytics.hourly import HOURLY_COLUMNS, hourly
-from gpuledger.analytics.shards import ProcessPool, Shard, ShardError, node_group, run_shards
+from gpuledger.analytics.ledger import LEDGER_COLUMNS
+from gpuledger.analytics.shards import ProcessPool, Shard, ShardError, node_group, run_shards, shard_rollups
 from gpuledger.store import Store
 from gpuledger.timeutil import HOUR_NS
 from tests.support.shards import GROUPS, add_raw, copy_raw, fleet, ledger, rollups
@@ -127,3 +130,19 @@ def test_a_ledger_window_keeps_recent_interval_rows_and_the_same_rollups(fleet_s
     assert_frame_equal(rollups(store), rollups(sharded), check_exact=True)
     assert_frame_equal(ledger(store), ledger(sharded).filter(ledger(sharded)["interval_start_ns"] >= kept_from),
                        check_exact=True)
+
+
+def test_rollup_sums_are_correctly_rounded_whatever_the_row_order() -> None:
+    key = {"agent_id": "a", "boot_id": "b", "node": "n0", "interval_end_ns": 10, "gpu_uuid": "GPU-0", "gpu_index": 0,
+           "mig_index": -1, "model": "H100", "profile": None, "sharing": "time_slicing", "kind": "busy",
+           "tenant": "nlp", "namespace": "nlp", "pod": "p", "rule": "process_samples"}
+    values = [1.0] + [1e-16] * 20  # added one by one from the left, every 1e-16 is lost
+    rows = [{**key, "seq": i, "interval_start_ns": i, "gpu_seconds": v, "energy_j": None if i % 2 else v,
+             "memory_gb_seconds": None} for i, v in enumerate(values)]
+    frame = pl.DataFrame(rows).select(LEDGER_COLUMNS)
+    sums = {shard_rollups(frame.sample(fraction=1.0, shuffle=True, seed=seed)).row(0, named=True)["gpu_seconds"]
+            for seed in range(8)}
+    assert sums == {math.fsum(values)} and math.fsum(values) != 1.0
+    out = shard_rollups(frame).row(0, named=True)
+    assert out["energy_j"] == math.fsum(values[::2]) and out["memory_gb_seconds"] is None  # unknown stays null
+    assert (out["intervals"], out["energy_intervals"]) == (21, 11)
