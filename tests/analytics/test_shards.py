@@ -55,7 +55,7 @@ def test_shards_book_the_ledger_the_job_books_and_rollups_that_sum_it(fleet_stor
 @pytest.mark.slow
 def test_a_rerun_replaces_every_shard_with_the_same_bytes(fleet_store: Store, sharded: Store, tmp_path) -> None:
     store = copy_raw(fleet_store, str(tmp_path / "again.duckdb"))
-    first = run_shards(store, groups=GROUPS)
+    first = run_shards(store, groups=GROUPS, commit_messages=50)  # several shards a commit, several commits
     hours = store.query("SELECT count(DISTINCT hour_start_ns) FROM ledger_hourly").item()
     groups = {node_group(n, GROUPS) for n in store.query("SELECT DISTINCT node FROM messages")["node"]}
     assert len(first.shards) == hours * len(groups) and hours >= 3 and len(groups) >= 2
@@ -146,3 +146,19 @@ def test_rollup_sums_are_correctly_rounded_whatever_the_row_order() -> None:
     out = shard_rollups(frame).row(0, named=True)
     assert out["energy_j"] == math.fsum(values[::2]) and out["memory_gb_seconds"] is None  # unknown stays null
     assert (out["intervals"], out["energy_intervals"]) == (21, 11)
+
+
+@pytest.mark.slow
+def test_a_failing_shard_books_nothing_of_itself_and_the_shards_before_it_stay_booked(fleet_store: Store,
+                                                                                      tmp_path) -> None:
+    from gpuledger.analytics.job import ChunkError
+
+    store = copy_raw(fleet_store, str(tmp_path / "bad.duckdb"))
+    last = store.query("SELECT max(interval_start_ns) FROM messages").item() // HOUR_NS * HOUR_NS
+    store.execute("UPDATE devices SET interval_end_ns = interval_start_ns - 1 WHERE interval_start_ns >= ?", [last])
+    with pytest.raises(ChunkError, match="cannot be booked"):
+        run_shards(store, groups=1)  # one shard an hour: the last hour's fails
+    assert store.query("SELECT DISTINCT hour_start_ns FROM ledger_hourly ORDER BY 1")["hour_start_ns"].max() < last
+    assert store.scalar("SELECT count(*) FROM messages ANTI JOIN attributed USING (agent_id, boot_id, seq)") == \
+        store.scalar("SELECT count(*) FROM messages WHERE interval_start_ns >= ?", [last]) > 0
+    assert store.count("ledger_hourly") > 0
