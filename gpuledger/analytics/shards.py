@@ -24,9 +24,11 @@ Incremental: the shards run are those holding a message not yet attributed
 (``full``: every shard with raw samples). Late data -- a spool replayed
 hours later -- re-runs only the shards it falls in; the others are not read.
 
-Who computes, who writes. The store seam is :class:`ShardStore`: "the raw
-rows of (hour, nodes)" and "book this shard's result"; the runner needs
-nothing else from a store. Computing (:func:`attribute_shard`, a pure
+Who computes, who writes. The store seam is :class:`ShardStore`: which
+(hour, node) pairs have work, "the raw rows of (hour, nodes)" and "book
+these shards' results"; :func:`plan_shards` and :func:`book_shards` need
+nothing else from a store (:func:`run_shards` wraps them for the DuckDB
+file). Computing (:func:`attribute_shard`, a pure
 function of the shard's coded rows) runs in this process, in a local
 process pool or on Ray (:mod:`gpuledger.analytics.shard_ray`), behind
 :class:`Executor`. Reading and booking stay in *this* process: a DuckDB file
@@ -73,6 +75,7 @@ __all__ = [
     "ShardRunResult",
     "ShardStore",
     "attribute_shard",
+    "book_shards",
     "node_group",
     "plan_shards",
     "run_shards",
@@ -296,20 +299,36 @@ def plan_shards(store: ShardStore, groups: int, *, full: bool = False) -> list[t
 def run_shards(store: Store, rules: TenancyRules | None = None, *, groups: int = DEFAULT_NODE_GROUPS,
                executor: Executor | None = None, full: bool = False, ledger_window_s: float | None = None,
                progress: Callable[[int, int], None] | None = None, commit_messages: int = 5000) -> ShardRunResult:
-    """Run every shard holding a pending message (``full``: every shard with raw samples); returns what ran.
+    """Run every shard of the DuckDB file holding a pending message (``full``: every shard with raw samples).
 
     ``executor``: who computes (default: this process); reading and booking
     stay here, the file's single writer. ``ledger_window_s`` as in
-    :func:`gpuledger.analytics.job.run_attribution`. Finished shards are
-    booked together once they hold ``commit_messages`` messages (each shard
-    whole, in one transaction: a crash loses none of a shard and half of none).
+    :func:`gpuledger.analytics.job.run_attribution`. The file's own steps
+    around the shards: hours an older run left pending are recomputed first,
+    interval rows older than the window are pruned last.
     """
-    rules = rules or TenancyRules()
-    executor = executor or InProcess()
     refresh_hourly(store)  # hours an older run left pending: recompute them from the ledger first
     kept_from = _window_start(store, ledger_window_s)
-    seam = DuckShardStore(store, rules, kept_from)
-    plan = plan_shards(seam, groups, full=full)
+    seam = DuckShardStore(store, rules or TenancyRules(), kept_from)
+    result = book_shards(seam, plan_shards(seam, groups, full=full), executor=executor, kept_from=kept_from,
+                         progress=progress, commit_messages=commit_messages)
+    if kept_from is not None:
+        result.ledger_rows_pruned = _prune(store, kept_from)
+    return result
+
+
+def book_shards(seam: ShardStore, plan: Sequence[tuple[Shard, tuple[str, ...]]], *, executor: Executor | None = None,
+                kept_from: int | None = None, progress: Callable[[int, int], None] | None = None,
+                commit_messages: int = 5000) -> ShardRunResult:
+    """Read, compute and book the planned shards through any :class:`ShardStore`; returns what ran.
+
+    ``kept_from``: shards of earlier hours book no interval-grain rows (the
+    ledger window). Finished shards are booked together once they hold
+    ``commit_messages`` messages, each shard whole: a crash loses none of a
+    shard and books half of none; on a failing shard, those finished before
+    it are booked and the rest stay pending.
+    """
+    executor = executor or InProcess()
     result = ShardRunResult()
 
     def inputs() -> Iterator[ShardInput]:
@@ -345,8 +364,6 @@ def run_shards(store: Store, rules: TenancyRules | None = None, *, groups: int =
         raise
     if batch:
         flush()
-    if kept_from is not None:
-        result.ledger_rows_pruned = _prune(store, kept_from)
     return result
 
 
