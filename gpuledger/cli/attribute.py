@@ -15,7 +15,12 @@ def register(sub: Any, settings: Settings) -> None:
         help="run the ledger: every GPU-second and joule to a tenant",
         description="Attribution job. Splits each GPU's capacity per interval into busy (by per-process "
         "evidence), allocated-idle (by allocation share) and unallocated, and books it to tenants. "
-        "Incremental by default; --full re-attributes everything (after a tenancy-rule change).",
+        "Incremental by default; --full re-attributes everything (after a tenancy-rule change). --shards books by "
+        "UTC hour x node group instead, each shard replacing its rollups (the same bytes in one process, a pool or "
+        "on Ray).\n\n"
+        "  gpuledger attribute --db gpuledger.duckdb\n"
+        "  gpuledger attribute --db gpuledger.duckdb --shards --workers 4\n"
+        "  gpuledger attribute --db gpuledger.duckdb --ray ray://ray-head:10001",
     )
     setting_flags(t, settings, "--db", "--memory-limit", "--ledger-window-days", "--workers")
     t.add_argument("--full", action="store_true", help="re-attribute every interval still stored raw and inside "
