@@ -242,7 +242,68 @@ def gpu() -> dict[str, Any]:
     return dashboard("gpuledger-gpu", "gpuledger / GPU drill-down", panels, variables, time_from="now-2d")
 
 
-DASHBOARDS = {"fleet": fleet, "showback": showback, "idle": idle, "gpu": gpu}
+def business() -> dict[str, Any]:
+    """Cost per result, quotas, budgets and fleet economics: the month holding the time range's end."""
+    month = "the month that holds the time range's end"
+    panels = [
+        panel(1, "Cost and energy per 1M tokens by tenant and model", "table",
+              [infinity(f"/v1/units?{PERIOD}", [
+                  col("unit", "string"), col("tenant", "string"), col("model", "string"), col("pod", "string"),
+                  col("count"), col("cost_per_busy"), col("cost_per_held"), col("kwh_per"),
+                  col("used_gpu_hours_per"), col("held_gpu_hours_per"), col("currency", "string")], root="rows")],
+              0, 0, w=24, h=9,
+              description=f"Per work unit (tokens: per 1M; docs/economics.md#work-units), {month}: cost busy only "
+              "and including the idle the pod held, measured kWh, GPU-hours. Work units are imported hourly from "
+              "Prometheus (`gpuledger units import`)."),
+        panel(2, "Kueue quota vs admitted vs used GPU-hours per ClusterQueue", "barchart",
+              [infinity(f"/v1/queues?{PERIOD}", [
+                  col("cluster_queue", "string"), col("quota_gpu_hours"), col("reserved_gpu_hours"),
+                  col("used_gpu_hours"), col("allocated_idle_gpu_hours")], root="queues")], 0, 9, unit="h",
+              description=f"{month}: nominal quota, admitted (reserved), measured used and allocated-idle "
+              "GPU-hours of the queue's tenant (docs/economics.md#kueue-quotas)."),
+        panel(3, "Borrowed, lent and admission wait per ClusterQueue", "table",
+              [infinity(f"/v1/queues?{PERIOD}", [
+                  col("cluster_queue", "string"), col("tenant", "string"), col("borrowed_gpu_hours"),
+                  col("unused_quota_gpu_hours"), col("admissions"), col("wait_p50_s"), col("wait_p95_s")],
+                        root="queues")], 12, 9,
+              description="borrowed: admitted above the nominal quota; unused_quota (lent or idle): quota left "
+              "unadmitted; wait p50/p95 from Kueue's admission-wait histogram."),
+        panel(4, "Budgets: month-to-date and forecast vs budget per tenant", "barchart",
+              [infinity(f"/v1/budgets?{PERIOD}", [
+                  col("tenant", "string"), col("budget"), col("month_to_date"), col("forecast")],
+                        root="tenants")], 0, 17, unit="currencyUSD",
+              description=f"{month}: the budgets file's monthly budget, the month-to-date cost and its linear "
+              "forecast to the month's end (docs/economics.md#budgets)."),
+        panel(5, "Budget status per tenant", "table",
+              [infinity(f"/v1/budgets?{PERIOD}", [
+                  col("tenant", "string"), col("budget"), col("month_to_date"), col("forecast"),
+                  col("over_under"), col("status", "string")], root="tenants")], 12, 17),
+        panel(8, "Each LocalQueue's share of its ClusterQueue's quota", "table",
+              [infinity(f"/v1/queues?{PERIOD}", [
+                  col("local_queue", "string"), col("cluster_queue", "string"), col("tenant", "string"),
+                  col("reserved_gpu_hours"), col("quota_share_gpu_hours"), col("borrowed_gpu_hours"),
+                  col("share_of_quota")], root="local_queues")], 0, 33, w=24,
+              description="Per namespace-scoped LocalQueue (Kueue's LocalQueueMetrics): GPU-hours admitted, the part "
+              "of the ClusterQueue's quota its workloads took, its part of what the ClusterQueue borrowed."),
+        panel(6, "Utilization and allocation per pool", "barchart",
+              [infinity(f"/v1/economics?{PERIOD}", [
+                  col("pool", "string"), col("utilization"), col("allocation"), col("efficiency")],
+                        root="pools")], 0, 25, unit="percentunit",
+              description="used / capacity, allocated / capacity and used / allocated GPU-hours over the time "
+              "range (docs/economics.md); needs an admin or finance token."),
+        panel(7, "Effective cost per used GPU-hour, rent vs own", "table",
+              [infinity(f"/v1/economics?{PERIOD}", [
+                  col("pool", "string"), col("model", "string"), col("own_cost"), col("cost_per_used_gpu_hour"),
+                  col("cloud_rate"), col("rented_used_cost"), col("break_even_utilization")], root="pools")],
+              12, 25,
+              description="Above break_even_utilization, owning is cheaper than renting the used hours on demand. "
+              "Pools are keyed by node pool and GPU model (a cluster key may follow)."),
+    ]
+    return dashboard("gpuledger-business", "gpuledger / Cost per result, quotas, budgets, economics", panels,
+                     time_from="now/M")
+
+
+DASHBOARDS = {"fleet": fleet, "showback": showback, "idle": idle, "gpu": gpu, "business": business}
 
 
 def render(name: str) -> str:

@@ -310,6 +310,12 @@ class Settings(_Declared):
     attribute_workers: int = setting(
         1, ge=0.0, description="Processes that run the attribution kernel (1: the one reading and writing the "
         "database; 0: one per core). On 2 cores a pool was slower (the kernel is ~7 % of the job; docs/storage.md).")
+    attribute_node_groups: int = setting(
+        8, ge=1.0, description="`gpuledger attribute --shards`: node groups per hour; a shard is one UTC hour x the "
+        "nodes whose name hashes (BLAKE2b) into one group, attributed and booked as a whole (docs/attribution.md).")
+    attribute_ray_address: str | None = setting(
+        None, description="`gpuledger attribute`: compute the attribution shards on this Ray cluster (ray://HEAD:10001, "
+        "HEAD:6379, auto, or local to start one here); implies --shards, needs the `ray` extra. Unset: this machine.")
     api_host: str = setting("127.0.0.1", description="Address the API binds (`gpuledger serve`, and the demo's).")
     api_port: int = setting(8080, description="Port the API binds (`gpuledger serve`, and the demo's).")
     api_tls_certfile: str | None = setting(
@@ -340,7 +346,8 @@ class Settings(_Declared):
         None, description="Work units TOML (PromQL per unit, imported hourly); unset: the shipped vLLM token counters."
     )
     queues_path: str | None = setting(
-        None, description="Kueue TOML (resource, ClusterQueue -> tenant); unset: nvidia.com/gpu, tenant = queue name."
+        None, description="Kueue TOML (resource, ClusterQueue -> tenant, LocalQueue -> ClusterQueue and tenant); "
+        "unset: nvidia.com/gpu, tenant = queue name."
     )
     prometheus_url: str | None = setting(
         None, description="Prometheus base URL work units are imported from; unset: the work units file's."

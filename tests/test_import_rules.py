@@ -8,6 +8,7 @@
   except the CLI itself; the simulator's own modules import only the agent's
   backend Protocols, the error tree and the simulator (``accuracy``, the
   harness that runs the real pipeline against the truth, is the exception).
+- ``duckdb``, ``pynvml`` and ``ray`` are each imported by one module only.
 """
 
 from __future__ import annotations
@@ -66,3 +67,16 @@ def test_the_simulator_imports_only_the_backend_protocols_and_errors() -> None:
         if not module.startswith("gpuledger.sim") and module not in SIM_MAY_IMPORT:
             bad.append(f"{rel} imports {module}")
     assert not bad, "\n".join(bad)
+
+
+def test_each_outside_dependency_has_one_home() -> None:
+    homes = {"duckdb": {"store/duck.py"}, "pynvml": {"agent/nvml.py"}, "ray": {"analytics/shard_ray.py"}}
+    found: dict[str, set[str]] = {name: set() for name in homes}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
+            for name in names:
+                if name.split(".")[0] in homes:
+                    found[name.split(".")[0]].add(str(path.relative_to(PACKAGE)))
+    assert found == homes

@@ -11,6 +11,15 @@ The list is fetched at most once per ``min_refresh_s`` seconds (default 30),
 also when a lookup misses (a pod newer than the cache), so a node with
 thousands of short-lived processes costs at most one request per window.
 A failed fetch keeps the last good list and logs once per outage.
+
+vCluster: a pod that a virtual cluster's syncer created on the host carries
+its virtual identity in the annotations ``vcluster.loft.sh/object-name`` and
+``vcluster.loft.sh/object-namespace`` (and the labels
+``vcluster.loft.sh/managed-by`` = the virtual cluster, and
+``vcluster.loft.sh/namespace``). Pod metadata on the wire holds labels only,
+so those two annotations (:data:`VCLUSTER_ANNOTATIONS`) are kept in the
+pod's labels map under their own keys, for the tenancy rules
+(gpuledger/analytics/tenancy.py, ``[vclusters]``).
 """
 
 from __future__ import annotations
@@ -29,6 +38,8 @@ from gpuledger.agent.backend import Pod
 log = logging.getLogger("gpuledger.agent.kubelet")
 
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+#: Annotations vCluster's syncer sets on host pods (loft-sh/vcluster pkg/util/translate), kept with the labels.
+VCLUSTER_ANNOTATIONS = ("vcluster.loft.sh/object-name", "vcluster.loft.sh/object-namespace")
 MAX_BODY_BYTES = 64 * 2**20
 
 
@@ -53,7 +64,10 @@ def parse_pod_list(doc: object) -> PodIndex:
         if not (isinstance(uid, str) and uid and isinstance(ns, str) and ns and isinstance(name, str) and name):
             continue
         raw_labels = meta.get("labels")
-        labels: dict[object, object] = raw_labels if isinstance(raw_labels, dict) else {}
+        labels: dict[object, object] = dict(raw_labels) if isinstance(raw_labels, dict) else {}
+        annotations = meta.get("annotations")
+        if isinstance(annotations, dict):
+            labels.update({k: annotations[k] for k in VCLUSTER_ANNOTATIONS if isinstance(annotations.get(k), str)})
         pod = Pod(uid=uid, namespace=ns, name=name,
                   labels=tuple(sorted((str(k), str(v)) for k, v in labels.items())))
         index.by_uid[uid] = pod

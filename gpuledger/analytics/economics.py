@@ -25,7 +25,9 @@ weighted by their fraction, as the ledger books them):
 Pools: the agent does not send node labels, so a node's pool comes from a
 node-pools file (:class:`NodePools`; ``[[pool]] name = "train" nodes =
 "gpu-h100-*"``, first match wins); a node no entry matches is in pool
-``unassigned``.
+``unassigned``. Pools have no cluster key yet: the rollups carry no cluster
+column; when they do (the per-cluster work), a pool's key should gain it, so
+two clusters' same-named node pools stay apart.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ pending and the rollup keeps what it had.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import polars as pl
@@ -55,6 +55,7 @@ __all__ = [
     "mark_pending",
     "rebuild_hourly",
     "refresh_hourly",
+    "replace_shard_rollups",
 ]
 
 
@@ -171,6 +172,18 @@ def add_parts(tx: Store, ledger: pl.DataFrame) -> int:
     tx.execute("INSERT INTO ledger_hourly_unmerged SELECT DISTINCT unnest(?::BIGINT[]) ON CONFLICT DO NOTHING",
                [parts["hour_start_ns"].unique().to_list()])
     return parts.height
+
+
+def replace_shard_rollups(tx: Store, hour: int, nodes: Sequence[str], rows: pl.DataFrame) -> None:
+    """Replace the rollup rows of ``hour`` on ``nodes`` by ``rows`` (inside the caller's transaction).
+
+    An attribution shard (``analytics/shards.py``) books its hour x node group
+    this way: the rows it computed from all of the shard's raw samples take
+    the place of whatever was booked there, so a re-run leaves the same rows.
+    """
+    tx.execute("DELETE FROM ledger_hourly WHERE hour_start_ns = ? AND node IN (SELECT unnest(?::VARCHAR[]))",
+               [hour, list(nodes)])
+    tx.append("ledger_hourly", rows)
 
 
 # sum() of only NULLs is NULL: unknown stays unknown. Named, so the rows go back BY NAME (cluster is last in the table).

@@ -148,7 +148,7 @@ def run_attribution(
     chunks = (pending.slice(start, chunk_messages) for start in range(0, total, chunk_messages))
 
     def book(keys: pl.DataFrame, ledger: pl.DataFrame) -> None:
-        ledger = with_clusters(store, keys, ledger, default_cluster)
+        ledger = with_clusters(ledger, message_clusters(store, keys, default_cluster))
         kept = ledger if kept_from is None else ledger.filter(pl.col("interval_start_ns") >= kept_from)
         with store.transaction() as tx:
             result.rollup_rows += add_parts(tx, ledger)
@@ -208,20 +208,24 @@ def _unbook_raw(store: Store) -> int:
     return n
 
 
-def with_clusters(store: Store, keys: pl.DataFrame, ledger: pl.DataFrame, default_cluster: str) -> pl.DataFrame:
-    """``ledger`` (rows of the messages ``keys``) with each row's ``cluster``: its message's, else the default."""
+def message_clusters(store: Store, keys: pl.DataFrame, default_cluster: str) -> pl.DataFrame:
+    """(agent_id, boot_id, seq, cluster) of the messages ``keys``: the cluster each named, else the default."""
     with store.registered(_ckeys=keys.select(MSG)):
-        clusters = store.query("SELECT k.agent_id, k.boot_id, k.seq, coalesce(m.cluster, ?) AS cluster FROM _ckeys k "
-                               "LEFT JOIN messages m USING (agent_id, boot_id, seq)", [default_cluster])
+        return store.query("SELECT k.agent_id, k.boot_id, k.seq, coalesce(m.cluster, ?) AS cluster FROM _ckeys k "
+                           "LEFT JOIN messages m USING (agent_id, boot_id, seq)", [default_cluster])
+
+
+def with_clusters(ledger: pl.DataFrame, clusters: pl.DataFrame) -> pl.DataFrame:
+    """``ledger`` with each row's ``cluster``, from ``clusters`` (:func:`message_clusters` of its messages)."""
     names = clusters["cluster"].unique()
-    if names.len() <= 1:  # one cluster in the chunk (the usual case): no join
-        return ledger.with_columns(cluster=pl.lit(names[0] if names.len() else default_cluster, pl.String))
+    if names.len() == 1:  # one cluster in the chunk (the usual case): no join
+        return ledger.with_columns(cluster=pl.lit(names[0], pl.String))
     # the kernel's key columns are Enums of the chunk's values: join on their text
     key = {"agent_id": "_a", "boot_id": "_b", "seq": "_s"}
     return (ledger.with_columns(_a=pl.col("agent_id").cast(pl.String), _b=pl.col("boot_id").cast(pl.String),
                                 _s=pl.col("seq").cast(pl.UInt64))
-            .join(clusters.rename(key).with_columns(pl.col("_s").cast(pl.UInt64)), on=list(key.values()),
-                  how="left", maintain_order="left")
+            .join(clusters.select(*MSG, "cluster").rename(key).with_columns(pl.col("_s").cast(pl.UInt64)),
+                  on=list(key.values()), how="left", maintain_order="left")
             .drop(list(key.values())))
 
 
@@ -303,7 +307,7 @@ def recompute_rows(store: Store, start_ns: int, end_ns: int, rules: TenancyRules
     parts = []
     for start in range(0, keys.height, chunk_messages):
         part = keys.slice(start, chunk_messages)
-        frame = with_clusters(store, part, _kernel(read_chunk(store, part, tenants)), default_cluster)
+        frame = with_clusters(_kernel(read_chunk(store, part, tenants)), message_clusters(store, part, default_cluster))
         if tenant is not None:
             frame = frame.filter(pl.col("tenant") == tenant)
         parts.append(frame.with_columns(pl.col(pl.Enum).cast(pl.String)))

@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.metrics_core import Metric
@@ -40,7 +41,6 @@ from gpuledger.analytics.job import run_attribution
 from gpuledger.analytics.tenancy import TenancyRules
 from gpuledger.errors import StoreError, StoreLocked
 from gpuledger.store import Store
-from gpuledger.wire import DEFAULT_CLUSTER
 
 log = logging.getLogger(__name__)
 
@@ -115,10 +115,17 @@ class AttributionMetrics(Collector):
         return iter(())
 
 
+class RunResult(Protocol):
+    messages: int
+    ledger_rows: int
+
+
 def attribute_once(db_path: str | Path, rules: TenancyRules, metrics: AttributionMetrics, *,
                    lock_wait_s: float = 60.0, sleep: Callable[[float], None] = time.sleep,
-                   default_cluster: str = DEFAULT_CLUSTER) -> bool:
-    """One incremental run, recorded in ``metrics``; True when it succeeded. Never raises a StoreError."""
+                   job: Callable[[Store, TenancyRules], RunResult] = run_attribution) -> bool:
+    """One incremental run, recorded in ``metrics``; True when it succeeded. Never raises a StoreError.
+
+    ``job``: the message-chunk job, or the shard runner (``gpuledger attribute --shards --every``)."""
     t0 = time.monotonic()
     if not Path(db_path).exists():
         metrics.failed("no_database")
@@ -136,7 +143,7 @@ def attribute_once(db_path: str | Path, rules: TenancyRules, metrics: Attributio
                 sleep(pause)
                 pause = min(pause * 2, 1.0)
         with store:
-            result = run_attribution(store, rules, default_cluster=default_cluster)
+            result = job(store, rules)
     except StoreLocked as exc:
         metrics.failed("locked")
         log.warning("attribution skipped: %s held the file for %.0f s (%s)", db_path, lock_wait_s, exc)
@@ -157,9 +164,9 @@ def attribute_once(db_path: str | Path, rules: TenancyRules, metrics: Attributio
 
 def attribution_loop(db_path: str | Path, rules: TenancyRules, metrics: AttributionMetrics, every_s: float,
                      stop: threading.Event, *, lock_wait_s: float = 60.0,
-                     default_cluster: str = DEFAULT_CLUSTER) -> None:
+                     job: Callable[[Store, TenancyRules], RunResult] = run_attribution) -> None:
     """Run :func:`attribute_once` every ``every_s`` seconds (start to start) until ``stop`` is set."""
     while not stop.is_set():
         t0 = time.monotonic()
-        attribute_once(db_path, rules, metrics, lock_wait_s=lock_wait_s, default_cluster=default_cluster)
+        attribute_once(db_path, rules, metrics, lock_wait_s=lock_wait_s, job=job)
         stop.wait(max(0.0, every_s - (time.monotonic() - t0)))

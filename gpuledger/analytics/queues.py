@@ -13,8 +13,14 @@ evaluated at each UTC hour's end:
 - ``kueue_admission_wait_time_seconds_bucket``: the cumulative bucket counts
   (``last_over_time``) per ``cluster_queue`` and ``le``.
 
-Rows go to ``queue_hourly(hour_start_ns, cluster_queue, series, le, value)``;
-an hour is replaced as a whole; a series Prometheus lacks is no row.
+- per LocalQueue (feature gate ``LocalQueueMetrics``):
+  ``kueue_local_queue_resource_reservation`` and ``..._resource_usage``,
+  summed over flavors per ``namespace``/``name`` (reported by
+  :mod:`gpuledger.analytics.local_queues`).
+
+Rows go to ``queue_hourly(hour_start_ns, cluster_queue, series, le, value)``
+(a LocalQueue's rows: ``namespace/name`` in ``cluster_queue``); an hour is
+replaced as a whole; a series Prometheus lacks is no row.
 
 **Report** (:func:`queue_report`), per ClusterQueue (and its tenant:
 configuration ``[[queue]] cluster_queue = ... tenant = ...``, else the queue's
@@ -48,7 +54,8 @@ from gpuledger.errors import ConfigError
 from gpuledger.store import Store
 from gpuledger.timeutil import HOUR_NS, month_bounds, to_ns
 
-__all__ = ["Queues", "import_queue_hours", "load_queues", "parse_queues", "quantile", "queue_report"]
+__all__ = ["LOCAL_GAUGES", "LocalQueue", "Queues", "import_queue_hours", "load_queues", "measured_by_tenant",
+           "parse_queues", "quantile", "queue_report"]
 
 _GAUGES = {
     "nominal_quota": "kueue_cluster_queue_nominal_quota",
@@ -59,10 +66,28 @@ _GAUGES = {
 _WAIT = "kueue_admission_wait_time_seconds_bucket"
 
 
+#: LocalQueue series (Kueue >= 0.10, feature gate ``LocalQueueMetrics``; labels ``namespace``, ``name``), stored in
+#: ``queue_hourly`` with the LocalQueue's ``namespace/name`` in the ``cluster_queue`` column (a Kubernetes name
+#: holds no "/", so the two never collide); reported by :mod:`gpuledger.analytics.local_queues`.
+LOCAL_GAUGES = {
+    "local_reservation": "kueue_local_queue_resource_reservation",
+    "local_usage": "kueue_local_queue_resource_usage",
+}
+
+
+@dataclass(frozen=True)
+class LocalQueue:
+    namespace: str
+    name: str
+    cluster_queue: str  # the LocalQueue's spec.clusterQueue
+    tenant: str  # default: its namespace
+
+
 @dataclass(frozen=True)
 class Queues:
     resource: str = "nvidia.com/gpu"
     tenants: dict[str, str] = field(default_factory=dict)  # cluster_queue -> tenant
+    local_queues: dict[str, LocalQueue] = field(default_factory=dict)  # "namespace/name" -> its mapping
 
     def tenant_of(self, cluster_queue: str) -> str:
         return self.tenants.get(cluster_queue, cluster_queue)
@@ -73,16 +98,27 @@ def parse_queues(text: str, source: str = "<string>") -> Queues:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}", hint="see https://toml.io for the syntax") from None
-    hint = 'resource = "nvidia.com/gpu" then [[queue]] cluster_queue = "team-ml" tenant = "ml"'
-    if set(doc) - {"resource", "queue"} or not isinstance(doc.get("resource", ""), str):
-        raise ConfigError(f"{source}: expected resource and [[queue]] entries only", hint=hint)
+    hint = ('resource = "nvidia.com/gpu" then [[queue]] cluster_queue = "team-ml" tenant = "ml", and '
+            '[[local_queue]] namespace = "ml-a" name = "main" cluster_queue = "team-ml" tenant = "ml-a"')
+    if set(doc) - {"resource", "queue", "local_queue"} or not isinstance(doc.get("resource", ""), str):
+        raise ConfigError(f"{source}: expected resource, [[queue]] and [[local_queue]] entries only", hint=hint)
+    local = {}
+    for n, item in enumerate(doc.get("local_queue", [])):
+        if (not isinstance(item, dict) or not {"namespace", "name", "cluster_queue"} <= set(item)
+                or set(item) - {"namespace", "name", "cluster_queue", "tenant"}
+                or not all(isinstance(v, str) and v for v in item.values())):
+            raise ConfigError(f"{source}: [[local_queue]] #{n + 1} needs namespace, name and cluster_queue "
+                              "(text; tenant optional, default the namespace)", hint=hint)
+        local[f"{item['namespace']}/{item['name']}"] = LocalQueue(item["namespace"], item["name"],
+                                                                  item["cluster_queue"],
+                                                                  str(item.get("tenant", item["namespace"])))
     tenants = {}
     for n, item in enumerate(doc.get("queue", [])):
         if (not isinstance(item, dict) or set(item) != {"cluster_queue", "tenant"}
                 or not all(isinstance(v, str) and v for v in item.values())):
             raise ConfigError(f"{source}: [[queue]] #{n + 1} needs cluster_queue and tenant (text)", hint=hint)
         tenants[item["cluster_queue"]] = item["tenant"]
-    return Queues(doc.get("resource", "nvidia.com/gpu"), tenants)
+    return Queues(doc.get("resource", "nvidia.com/gpu"), tenants, local)
 
 
 def load_queues(path: str | Path) -> Queues:
@@ -96,7 +132,16 @@ def load_queues(path: str | Path) -> Queues:
 def _queries(resource: str) -> list[tuple[str, str]]:
     sel = f'resource="{resource}"'
     out = [(name, f"sum by (cluster_queue) (avg_over_time({metric}{{{sel}}}[1h]))") for name, metric in _GAUGES.items()]
+    out += [(name, f"sum by (namespace, name) (avg_over_time({metric}{{{sel}}}[1h]))")
+            for name, metric in LOCAL_GAUGES.items()]
     return [*out, ("wait_bucket", f"sum by (cluster_queue, le) (last_over_time({_WAIT}[1h]))")]
+
+
+def _queue_key(series: str, labels: dict[str, str]) -> str | None:
+    """The ``cluster_queue`` column: the ClusterQueue's name, or a LocalQueue's ``namespace/name``."""
+    if series in LOCAL_GAUGES:
+        return f"{labels['namespace']}/{labels['name']}" if labels.get("namespace") and labels.get("name") else None
+    return labels.get("cluster_queue") or None
 
 
 def import_queue_hours(store: Store, prometheus: Prometheus, queues: Queues, hours: Iterable[int]) -> int:
@@ -108,12 +153,13 @@ def import_queue_hours(store: Store, prometheus: Prometheus, queues: Queues, hou
         rows = []
         for series, promql in _queries(queues.resource):
             for labels, value in prometheus.query(promql, (hour + HOUR_NS) / 1e9):
-                if not labels.get("cluster_queue") or not math.isfinite(value):
+                key = _queue_key(series, labels)
+                if key is None or not math.isfinite(value):
                     continue
                 le = float(labels["le"]) if series == "wait_bucket" and "le" in labels else None
                 if series == "wait_bucket" and le is None:
                     continue
-                rows.append({"hour_start_ns": hour, "cluster_queue": labels["cluster_queue"], "series": series,
+                rows.append({"hour_start_ns": hour, "cluster_queue": key, "series": series,
                              "le": le, "value": value})
         with store.transaction() as tx:
             tx.execute("DELETE FROM queue_hourly WHERE hour_start_ns = ?", [hour])
@@ -146,13 +192,14 @@ def queue_report(store: Store, month: str, queues: Queues) -> list[dict[str, Any
     start, end = (to_ns(t) for t in month_bounds(month))
     if not store.has_table("queue_hourly"):
         return []
-    gauges = store.query("SELECT hour_start_ns, cluster_queue, series, value FROM queue_hourly WHERE series <> "
-                         "'wait_bucket' AND hour_start_ns >= ? AND hour_start_ns < ?", [start, end])
+    gauges = store.query("SELECT hour_start_ns, cluster_queue, series, value FROM queue_hourly WHERE series IN "
+                         f"({', '.join('?' * len(_GAUGES))}) AND hour_start_ns >= ? AND hour_start_ns < ?",
+                         [*_GAUGES, start, end])
     per: dict[str, dict[int, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
     for r in gauges.iter_rows(named=True):
         per[r["cluster_queue"]][r["hour_start_ns"]][r["series"]] = r["value"]
     waits = _month_buckets(store, start, end)
-    measured = _measured(store, start, end)
+    measured = measured_by_tenant(store, start, end)
     out = []
     for cq in sorted(set(per) | set(waits)):
         hours = per.get(cq, {})
@@ -203,7 +250,7 @@ def _month_buckets(store: Store, start: int, end: int) -> dict[str, list[tuple[f
     return result
 
 
-def _measured(store: Store, start: int, end: int) -> dict[str, tuple[float, float]]:
+def measured_by_tenant(store: Store, start: int, end: int) -> dict[str, tuple[float, float]]:
     """Per tenant: busy and allocated-idle (+ unmeasured) GPU-hours of the month, from the rollups."""
     if not store.has_table("ledger_hourly"):
         return {}

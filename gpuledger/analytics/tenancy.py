@@ -7,12 +7,17 @@ a pod, first match wins:
 
 1. ``pods``: static overrides by pod uid, ``cluster/namespace/pod-name`` or
    ``namespace/pod-name`` (any cluster)
-2. ``overrides``: ``cluster/namespace`` or namespace (any cluster) -> tenant,
+2. ``vclusters``: a pod that vCluster synced into the host cluster, by its
+   virtual cluster (label ``vcluster.loft.sh/managed-by``) and virtual
+   namespace (annotation ``vcluster.loft.sh/object-namespace``, kept with the
+   labels by the agent, else label ``vcluster.loft.sh/namespace``):
+   ``"vcluster/virtual-namespace"`` first, then ``"vcluster"``
+3. ``overrides``: ``cluster/namespace`` or namespace (any cluster) -> tenant,
    exact names (e.g. ``kube-system`` -> platform)
-3. ``label_keys``: the first of these pod labels that is set (default ``team``;
+4. ``label_keys``: the first of these pod labels that is set (default ``team``;
    e.g. ``["cost-center", "team"]`` to charge cost centres)
-4. the pod's namespace
-5. no pod at all (a host process, an unknown PID): ``unattributed``
+5. the pod's namespace (for a synced pod: its host namespace, the virtual cluster's)
+6. no pod at all (a host process, an unknown PID): ``unattributed``
 
 A bare-metal Slurm process has no pod but a job id (from its cgroup). Its
 tenant is the job's account (``slurm_jobs``: job id -> account, e.g. loaded
@@ -30,14 +35,17 @@ TOML format::
     "gpu-east/team-a" = "east-team-a"
     [pods]               # "namespace/pod", "cluster/namespace/pod" or pod uid = "tenant"
     "research/shared-notebook" = "research"
-
-A pod's identity is (cluster, namespace, pod): the cluster is the one its
-messages name (``default_cluster`` when they name none), so two clusters'
-``team-a`` namespaces stay apart in the ledger, and a rule may name one of them.
+    [vclusters]          # "virtual cluster" or "virtual cluster/virtual namespace" = "tenant"
+    team-a = "team-a"
+    "shared/ml" = "ml"
     [slurm_accounts]     # account = "tenant"
     astro = "science"
     [slurm_jobs]         # job id = "account" (or slurm_jobs_csv = "sacct.txt", JobID|Account lines)
     "4242" = "astro"
+
+A pod's identity is (cluster, namespace, pod): the cluster is the one its
+messages name (``default_cluster`` when they name none), so two clusters'
+``team-a`` namespaces stay apart in the ledger, and a rule may name one of them.
 """
 
 from __future__ import annotations
@@ -55,6 +63,10 @@ from gpuledger.analytics.kinds import UNATTRIBUTED_TENANT
 from gpuledger.errors import ConfigError
 
 SLURM_PREFIX = "slurm:"
+#: What vCluster's syncer puts on a host pod (loft-sh/vcluster pkg/util/translate): the virtual cluster's name
+#: (label), the virtual namespace (annotation, kept with the labels by the agent; and a label).
+VCLUSTER_LABEL = "vcluster.loft.sh/managed-by"
+VCLUSTER_NAMESPACE_KEYS = ("vcluster.loft.sh/object-namespace", "vcluster.loft.sh/namespace")
 
 
 @dataclass(frozen=True)
@@ -65,6 +77,7 @@ class TenancyRules:
     pods: Mapping[str, str] = field(default_factory=dict)
     slurm_accounts: Mapping[str, str] = field(default_factory=dict)
     slurm_jobs: Mapping[str, str] = field(default_factory=dict)
+    vclusters: Mapping[str, str] = field(default_factory=dict)
 
     def resolve(self, namespace: str | None, labels: Mapping[str, str], *, uid: str | None = None,
                 name: str | None = None, cluster: str | None = None) -> str:
@@ -76,6 +89,13 @@ class TenancyRules:
             return self.pods[f"{namespace}/{name}"]
         if not namespace:  # no pod, or a pod whose namespace is not known
             return UNATTRIBUTED_TENANT
+        vcluster = labels.get(VCLUSTER_LABEL) if self.vclusters else None
+        if vcluster:
+            virtual_ns = next((labels[k] for k in VCLUSTER_NAMESPACE_KEYS if labels.get(k)), None)
+            if virtual_ns and f"{vcluster}/{virtual_ns}" in self.vclusters:
+                return self.vclusters[f"{vcluster}/{virtual_ns}"]
+            if vcluster in self.vclusters:
+                return self.vclusters[vcluster]
         if cluster and f"{cluster}/{namespace}" in self.overrides:
             return self.overrides[f"{cluster}/{namespace}"]
         if namespace in self.overrides:
@@ -121,7 +141,7 @@ class TenancyRules:
         if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
             raise ConfigError(f"tenancy rules {path}: label_keys must be a list of strings")
         tables = {}
-        for table in ("overrides", "pods", "slurm_accounts", "slurm_jobs"):
+        for table in ("overrides", "pods", "slurm_accounts", "slurm_jobs", "vclusters"):
             value = data.get(table, {})
             if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
                 raise ConfigError(f"tenancy rules {path}: [{table}] maps names to strings",

@@ -18,7 +18,8 @@ Routes (times UTC, periods start inclusive, end exclusive; see docs/api.md):
 - ``GET /v1/chargeback.csv?month=YYYY-MM``, ``/v1/exports/chargeback``, ``/v1/exports/reconciliation``
   the month's FOCUS file and its report (admin, finance; :mod:`~gpuledger.api.exports`)
 
-With ``audit=`` every ``/v1/`` request is logged (:mod:`~gpuledger.api.audit`);
+With ``audit=`` every ``/v1/`` request is logged (:mod:`~gpuledger.api.audit`); the API's own
+series are not a route here but ``metrics=`` (:mod:`~gpuledger.api.metrics`);
 TLS is uvicorn's, from settings (:mod:`~gpuledger.api.serving`). Every GET
 route also answers ``HEAD`` (the GET's status and headers, no body;
 :mod:`~gpuledger.api.head`). Errors have one shape (:mod:`~gpuledger.api.errors`).
@@ -48,14 +49,15 @@ from gpuledger.api import (
     routes_showback,
     routes_values,
 )
-from gpuledger.api.audit import AuditLog, AuditMiddleware
+from gpuledger.api.audit import AuditLog
 from gpuledger.api.auth import EXPORT_ROLES, principal, require
 from gpuledger.api.errors import ERROR_RESPONSES, ApiError, install_error_handlers
 from gpuledger.api.head import HeadAsGet
-from gpuledger.api.metrics import ApiMetrics, RequestMetrics
+from gpuledger.api.metrics import ApiMetrics, BudgetSeries, RequestLog
 from gpuledger.api.models import WhoAmI
 from gpuledger.api.reader import Database
 from gpuledger.api.respcache import ResponseCache
+from gpuledger.api.routes_business import budgets_body
 from gpuledger.api.tokens import Principal
 from gpuledger.errors import ConfigError
 from gpuledger.store import Store
@@ -79,10 +81,11 @@ def create_app(db_path: str | Path | None = None, prices: PriceBook | None = Non
     ``audit`` logs every ``/v1/`` request's token, route and status
     (:mod:`~gpuledger.api.audit`; ``serving.audit_log(settings)``); ``cloud_rates`` to the
     shipped example and ``node_pools`` to none (every node ``unassigned``) for ``/v1/economics``;
-    ``budgets`` (per-tenant monthly budgets, ``/v1/budgets`` and ``/metrics``) to none; ``work_units``
+    ``budgets`` (per-tenant monthly budgets, ``/v1/budgets`` and the budget series) to none; ``work_units``
     (``/v1/units``) to the shipped vLLM token counters; ``queues`` (``/v1/queues``) to GPUs, tenant = queue name.
-    ``metrics`` counts and times every request (:mod:`~gpuledger.api.metrics`, whose access-log line is
-    written either way).
+    ``metrics`` counts and times every request and renders the current month's budget series in its
+    registry (:mod:`~gpuledger.api.metrics`: the process's one ``/metrics``, served on its own port by
+    ``gpuledger serve --metrics-port``); the access-log line is written either way.
     """
     db = Database(db_path, store, ttl_s=cache_ttl_s)
     app = FastAPI(title="gpuledger", version=__version__,
@@ -100,9 +103,12 @@ def create_app(db_path: str | Path | None = None, prices: PriceBook | None = Non
     install_error_handlers(app)
     app.add_middleware(ResponseCache, db=db)
     app.add_middleware(HeadAsGet)  # outside the cache: a HEAD is a GET from there in
-    if audit is not None:  # outermost: it sees HEAD as HEAD and every status, cached answers included
-        app.add_middleware(AuditMiddleware, log=audit)
-    app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: every request, its status and time
+    # Outermost: one watcher per request (access log, series, audit), HEAD as HEAD, every status, cached or not.
+    app.add_middleware(RequestLog, metrics=metrics, audit=audit)
+    if metrics is not None:  # the budget series beside the request series: one /metrics per process
+        state = app.state
+        metrics.registry.register(BudgetSeries(db, lambda s, month: budgets_body(
+            db, s, state.book, state.budgets, month, state.export_context.idle_policy)))
 
     @app.get("/healthz", summary="liveness (no token needed)")
     def healthz() -> dict[str, str]:

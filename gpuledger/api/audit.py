@@ -14,6 +14,10 @@ Files: ``<dir>/audit-YYYY-MM-DD.jsonl``, one per UTC day, appended to;
 files older than ``retention_days`` days are deleted when a day's first
 entry is written and when the log opens (0: keep every file). Settings
 ``api_audit_dir`` and ``api_audit_retention_days`` (docs/configuration.md).
+
+The entries are written by the API's one request middleware,
+:class:`~gpuledger.api.metrics.RequestLog`, which also writes the access-log
+line and counts the request: one watcher per request, not one per concern.
 """
 
 from __future__ import annotations
@@ -27,11 +31,11 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from gpuledger.api.tokens import Principal
 
-__all__ = ["PRINCIPAL_KEY", "AuditLog", "AuditMiddleware"]
+__all__ = ["PRINCIPAL_KEY", "AuditLog"]
 
 #: Where :func:`~gpuledger.api.auth.principal` leaves the verified principal in the request's ``scope["state"]``.
 PRINCIPAL_KEY = "gpuledger.principal"
@@ -66,6 +70,21 @@ class AuditLog:
             with self.path(now.date()).open("a", encoding="utf-8") as f:
                 f.write(line)
 
+    def request(self, scope: Scope, status: int, who: Principal | None) -> None:
+        """Record one answered ``/v1/`` request (the HTTP ``scope``, its status, the verified principal).
+
+        :class:`~gpuledger.api.metrics.RequestLog`, the one middleware that watches every request, calls this.
+        """
+        has_token = any(k == b"authorization" for k, _ in scope["headers"])
+        client = scope.get("client")
+        self.record({
+            "token_id": who.token_id if who else None, "role": who.role if who else None,
+            "tenant": who.tenant if who else None,
+            "token": "valid" if who else "invalid" if has_token else "none",
+            "method": scope["method"], "route": scope["path"], "status": status,
+            "client": client[0] if client else None,
+        })
+
     def prune(self) -> list[Path]:
         """Delete the files older than the retention; returns them."""
         with self._lock:
@@ -82,37 +101,3 @@ class AuditLog:
                 path.unlink(missing_ok=True)
                 gone.append(path)
         return sorted(gone)
-
-
-class AuditMiddleware:
-    """Logs every ``/v1/`` request with its token's id and role, route and status (outermost middleware)."""
-
-    def __init__(self, app: ASGIApp, log: AuditLog) -> None:
-        self.app, self.log = app, log
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
-            await self.app(scope, receive, send)
-            return
-        state = scope.setdefault("state", {})  # shared with the inner scopes (their copies are shallow)
-        status = 500  # an exception that escapes the app is answered 500 by the server
-
-        async def watch(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, watch)
-        finally:
-            who: Principal | None = state.get(PRINCIPAL_KEY)
-            has_token = any(k == b"authorization" for k, _ in scope["headers"])
-            client = scope.get("client")
-            self.log.record({
-                "token_id": who.token_id if who else None, "role": who.role if who else None,
-                "tenant": who.tenant if who else None,
-                "token": "valid" if who else "invalid" if has_token else "none",
-                "method": scope["method"], "route": scope["path"], "status": status,
-                "client": client[0] if client else None,
-            })

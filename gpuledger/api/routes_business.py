@@ -1,4 +1,4 @@
-"""Business routes: ``/v1/economics`` (admin, finance), ``/v1/budgets`` and the API's ``/metrics``.
+"""Business routes: ``/v1/economics`` (admin, finance), ``/v1/budgets``, ``/v1/units``, ``/v1/queues``.
 
 - ``/v1/economics?month=``: per node pool and GPU model, utilization,
   allocation, efficiency, the owned fleet's cost per used GPU-hour, and what
@@ -12,13 +12,15 @@
   per unit, tenant, GPU model and pod (:mod:`gpuledger.analytics.work_units`);
   a tenant token sees its own rows.
 - ``/v1/queues?month=``: per Kueue ClusterQueue, quota vs admitted vs measured
-  GPU-hours and the admission wait (:mod:`gpuledger.analytics.queues`); a
-  tenant token sees its own queues.
-- ``/metrics`` (admin, finance; Prometheus text format): the current month's
-  ``gpuledger_tenant_budget``, ``gpuledger_tenant_cost_month_to_date`` and
-  ``gpuledger_tenant_cost_forecast`` per tenant, for the PrometheusRule in
-  deploy/prometheusrule-budgets.yaml. Rendered from a fresh report on each
-  scrape (cached with the database's version), never kept as gauges.
+  GPU-hours and the admission wait (:mod:`gpuledger.analytics.queues`), and
+  per LocalQueue its tenant's share of the ClusterQueue's quota
+  (:mod:`gpuledger.analytics.local_queues`); a tenant token sees its own.
+- ``/v1/units``, ``/v1/queues`` and ``/v1/budgets`` take ``start``/``end``
+  (Grafana's ``${__from}``/``${__to}``) in place of ``month``: the month that
+  holds the period's last instant; without either, the current UTC month.
+
+The current month's budget report is also rendered as Prometheus series on
+the API's one ``/metrics`` (``serve --metrics-port``; :mod:`~gpuledger.api.metrics`).
 
 The app's cloud rates, node pools and budgets come from ``create_app``
 (``gpuledger serve --cloud-rates --node-pools --budgets``).
@@ -26,20 +28,20 @@ The app's cloud rates, node pools and budgets come from ``create_app``
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import timedelta
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import PlainTextResponse
 
 from gpuledger.analytics import budgets as bud
 from gpuledger.analytics import economics as econ
 from gpuledger.analytics import queues as qu
 from gpuledger.analytics import work_units as wu
+from gpuledger.analytics.local_queues import local_queue_report
 from gpuledger.analytics.policy import Policy
 from gpuledger.api.auth import EXPORT_ROLES, SHOWBACK_ROLES, data_filters, require, session
 from gpuledger.api.errors import ERROR_RESPONSES
-from gpuledger.api.params import END, MONTH, START, parse_month, resolve_period
+from gpuledger.api.params import END, START, parse_month, parse_period, resolve_period
 from gpuledger.api.reader import Database, Session
 from gpuledger.api.tokens import Principal
 from gpuledger.timeutil import from_ns, iso_utc, month_bounds, to_ns
@@ -48,6 +50,18 @@ __all__ = ["router"]
 
 router = APIRouter(responses=ERROR_RESPONSES)
 _SESSION = Depends(session, scope="function")
+_MONTH = Query(None, description="billing month, YYYY-MM (UTC), `previous` or `current`; else start/end "
+               "(Grafana): the month holding the period's last instant; default: current")
+
+
+def _month(month: str | None, start: str | None, end: str | None) -> str:
+    """``month``, else the month of ``start``/``end``'s last instant, else the current UTC month."""
+    if month is not None:
+        return parse_month(month)
+    period = parse_period(start, end, None)
+    if period is None:
+        return parse_month("current")
+    return f"{(period.end - timedelta(microseconds=1)):%Y-%m}"
 
 
 @router.get("/v1/economics", tags=["business"],
@@ -77,9 +91,12 @@ def economics(request: Request, month: str | None = Query(None, description="YYY
     return db.cached(("economics", lo, hi, month), compute)
 
 
-def _budgets(request: Request, s: Session, month: str, policy: Policy) -> dict[str, Any]:
-    db: Database = request.app.state.db
-    book, budgets = request.app.state.book, request.app.state.budgets
+def budgets_body(db: Database, s: Session, book: Any, budgets: bud.Budgets, month: str,
+                 policy: Policy) -> dict[str, Any]:
+    """The budget report of ``month`` as ``/v1/budgets`` answers it (every tenant), cached with the file's version.
+
+    Also what the API's ``/metrics`` renders (:class:`~gpuledger.api.metrics.BudgetSeries`).
+    """
 
     def compute() -> dict[str, Any]:
         costs, until = bud.month_to_date(s.store, month, book, policy)
@@ -87,14 +104,15 @@ def _budgets(request: Request, s: Session, month: str, policy: Policy) -> dict[s
         return {"month": month, "currency": book.currency, "idle_policy": policy, "as_of": as_of,
                 "tenants": [t.to_dict() for t in lines]}
 
-    return db.cached(("budgets", month, policy), compute)
+    body: dict[str, Any] = db.cached(("budgets", month, policy), compute)
+    return body
 
 
 @router.get("/v1/units", tags=["business"],
             summary="Cost, GPU-hours and kWh per work unit (e.g. per 1M tokens) per tenant, model and pod")
-def units(request: Request, month: str = MONTH, who: Principal = Depends(require(*SHOWBACK_ROLES)),
-          s: Session = _SESSION) -> dict[str, Any]:
-    month = parse_month(month)
+def units(request: Request, month: str | None = _MONTH, start: str | None = START, end: str | None = END,
+          who: Principal = Depends(require(*SHOWBACK_ROLES)), s: Session = _SESSION) -> dict[str, Any]:
+    month = _month(month, start, end)
     db: Database = request.app.state.db
     book, config = request.app.state.book, request.app.state.work_units
     rows: list[dict[str, Any]] = db.cached(("units", month), lambda: wu.unit_report(s.store, month, book, config))
@@ -104,50 +122,31 @@ def units(request: Request, month: str = MONTH, who: Principal = Depends(require
 
 
 @router.get("/v1/queues", tags=["business"],
-            summary="Per Kueue ClusterQueue: quota, admitted, borrowed and unused GPU-hours, measured use, wait p50/p95")
-def queues(request: Request, month: str = MONTH, who: Principal = Depends(require(*SHOWBACK_ROLES)),
-           s: Session = _SESSION) -> dict[str, Any]:
-    month = parse_month(month)
+            summary="Per Kueue ClusterQueue: quota, admitted, borrowed and unused GPU-hours, measured use, wait p50/p95; "
+            "per LocalQueue: its share of the ClusterQueue's quota")
+def queues(request: Request, month: str | None = _MONTH, start: str | None = START, end: str | None = END,
+           who: Principal = Depends(require(*SHOWBACK_ROLES)), s: Session = _SESSION) -> dict[str, Any]:
+    month = _month(month, start, end)
     db: Database = request.app.state.db
     config = request.app.state.queues
     rows: list[dict[str, Any]] = db.cached(("queues", month), lambda: qu.queue_report(s.store, month, config))
+    local: list[dict[str, Any]] = db.cached(("local_queues", month),
+                                            lambda: local_queue_report(s.store, month, config))
     if who.scoped:
         rows = [r for r in rows if r["tenant"] == who.tenant]
-    return {"month": month, "resource": config.resource, "queues": rows}
+        local = [r for r in local if r["tenant"] == who.tenant]
+    return {"month": month, "resource": config.resource, "queues": rows, "local_queues": local}
 
 
 @router.get("/v1/budgets", tags=["business"],
             summary="Per tenant: monthly budget, month-to-date cost, forecast to month end, over/under")
-def budgets(request: Request, month: str = Query("current", description="YYYY-MM (UTC), `current` or `previous`"),
+def budgets(request: Request, month: str | None = Query(None, description="YYYY-MM (UTC), `current` or `previous`; "
+                                                        "else start/end's month (Grafana); default: current"),
+            start: str | None = START, end: str | None = END,
             idle_policy: Policy = Query("holder", description="who pays for idle (as /v1/showback)"),
             who: Principal = Depends(require(*SHOWBACK_ROLES)), s: Session = _SESSION) -> dict[str, Any]:
-    body = _budgets(request, s, parse_month(month), idle_policy)
+    state = request.app.state
+    body = budgets_body(state.db, s, state.book, state.budgets, _month(month, start, end), idle_policy)
     if who.scoped:
         body = {**body, "tenants": [t for t in body["tenants"] if t["tenant"] == who.tenant]}
     return body
-
-
-_SERIES = (("gpuledger_tenant_budget", "budget", "The tenant's monthly budget (budgets file), in the currency."),
-           ("gpuledger_tenant_cost_month_to_date", "month_to_date",
-            "The tenant's cost in the current UTC month so far, from the hourly rollups."),
-           ("gpuledger_tenant_cost_forecast", "forecast",
-            "The tenant's month-to-date cost extrapolated linearly to the end of the month."))
-
-
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-@router.get("/metrics", response_class=PlainTextResponse, tags=["business"],
-            summary="Prometheus metrics: per-tenant budget, month-to-date cost and forecast (admin, finance)")
-def metrics(request: Request, who: Principal = Depends(require(*EXPORT_ROLES)), s: Session = _SESSION) -> str:
-    month = f"{datetime.now(UTC):%Y-%m}"
-    body = _budgets(request, s, month, request.app.state.export_context.idle_policy)
-    out = []
-    for name, field, text in _SERIES:
-        out += [f"# HELP {name} {text}", f"# TYPE {name} gauge"]
-        for t in body["tenants"]:
-            if t[field] is not None:  # no budget: no series (absent, never 0)
-                out.append(f'{name}{{tenant="{_label(t["tenant"])}",currency="{body["currency"]}",'
-                           f'month="{month}"}} {t[field]}')
-    return "\n".join(out) + "\n"

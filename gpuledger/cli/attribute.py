@@ -15,13 +15,23 @@ def register(sub: Any, settings: Settings) -> None:
         help="run the ledger: every GPU-second and joule to a tenant",
         description="Attribution job. Splits each GPU's capacity per interval into busy (by per-process "
         "evidence), allocated-idle (by allocation share) and unallocated, and books it to tenants. "
-        "Incremental by default; --full re-attributes everything (after a tenancy-rule change).",
+        "Incremental by default; --full re-attributes everything (after a tenancy-rule change). --shards books by "
+        "UTC hour x node group instead, each shard replacing its rollups (the same bytes in one process, a pool or "
+        "on Ray).\n\n"
+        "  gpuledger attribute --db gpuledger.duckdb\n"
+        "  gpuledger attribute --db gpuledger.duckdb --shards --workers 4\n"
+        "  gpuledger attribute --db gpuledger.duckdb --ray ray://ray-head:10001",
     )
     setting_flags(t, settings, "--db", "--memory-limit", "--ledger-window-days", "--workers")
     t.add_argument("--full", action="store_true", help="re-attribute every interval still stored raw and inside "
                    "the ledger window (after a tenancy-rule change); older hours and months whose raw samples "
                    "retention removed keep what they were booked")
     setting_flags(t, settings, "--tenancy", "--default-cluster")
+    t.add_argument("--shards", action="store_true",
+                   help="attribute by shard (UTC hour x node group, docs/attribution.md): each shard touched by a "
+                   "pending message is attributed from all of its raw samples and replaces its rollups; shards run "
+                   "in this process, in a pool of --workers processes, or on Ray (--ray)")
+    setting_flags(t, settings, "--node-groups", "--ray")
     t.add_argument("--every", type=float, default=None, metavar="SECONDS",
                    help="run as a loop: the incremental job every SECONDS (start to start) until stopped, a failed run "
                    "logged and counted, never fatal (the chart's attribution container); default: run once")
@@ -52,6 +62,8 @@ def attribute(args: argparse.Namespace, settings: Settings) -> int:
     from gpuledger.store import Store
 
     rules = TenancyRules.load(settings.tenancy_path) if settings.tenancy_path else TenancyRules()
+    if args.shards or settings.attribute_ray_address is not None:
+        return attribute_shards(args, settings, rules)
     if args.every is not None:
         return attribute_every(args, settings, rules)
     with Store(existing_db(settings.db_path)) as store, progress("attributing", "messages") as bar:
@@ -65,16 +77,53 @@ def attribute(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def attribute_every(args: argparse.Namespace, settings: Settings, rules: Any) -> int:
+def attribute_shards(args: argparse.Namespace, settings: Settings, rules: Any) -> int:
+    from functools import partial
+
+    from gpuledger.analytics.job import default_workers
+    from gpuledger.analytics.shards import Executor, InProcess, ProcessPool, run_shards
+    from gpuledger.store import Store
+
+    executor: Executor
+    workers = settings.attribute_workers or default_workers()
+    if settings.attribute_ray_address is not None:
+        from gpuledger.analytics.shard_ray import RayExecutor
+
+        executor = RayExecutor(settings.attribute_ray_address, keep=args.every is not None)
+        where = f"on Ray at {settings.attribute_ray_address}"
+    elif workers > 1:
+        executor, where = ProcessPool(workers), f"in {workers} processes"
+    else:
+        executor, where = InProcess(), "in this process"
+    job = partial(run_shards, groups=settings.attribute_node_groups, executor=executor, full=args.full,
+                  ledger_window_s=settings.ledger_window_days * 86_400 or None,
+                  default_cluster=settings.default_cluster)
+    if args.every is not None:
+        return attribute_every(args, settings, rules, job=job)
+    with Store(existing_db(settings.db_path)) as store, progress("attributing", "shards") as bar:
+        result = job(store, rules, progress=bar)
+    print(f"attributed {len(result.shards)} shards ({settings.attribute_node_groups} node groups per hour) {where}: "
+          f"{result.messages} messages into {result.ledger_rows} ledger rows ({result.ledger_rows_kept} kept at "
+          f"interval grain, {result.rollup_rows} rollup rows written, {result.ledger_rows_pruned} older interval "
+          "rows pruned)")
+    return 0
+
+
+def attribute_every(args: argparse.Namespace, settings: Settings, rules: Any, job: Any = None) -> int:
     import signal
     import threading
+    from functools import partial
 
+    from gpuledger.analytics.job import run_attribution
     from gpuledger.analytics.loop import AttributionMetrics, attribution_loop
     from gpuledger.errors import GpuledgerError
 
     if args.every < 1:
         raise GpuledgerError(f"--every {args.every:g}: a loop needs at least 1 second between runs",
                              hint="the chart runs it every 300 s; a run takes the writer lock from ingest")
+    if args.full:
+        raise GpuledgerError("--full with --every would re-attribute everything on every run",
+                             hint="run `gpuledger attribute --full` once, then the loop")
     metrics = AttributionMetrics()
     registry = metrics_registry(args.own_metrics_port, settings.metrics_host)
     if registry is not None:
@@ -82,8 +131,9 @@ def attribute_every(args: argparse.Namespace, settings: Settings, rules: Any) ->
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    print(f"attributing {settings.db_path} every {args.every:g} s", flush=True)
-    attribution_loop(settings.db_path, rules, metrics, args.every, stop, default_cluster=settings.default_cluster)
+    print(f"attributing {settings.db_path} every {args.every:g} s{' by shard' if job else ''}", flush=True)
+    job = job or partial(run_attribution, default_cluster=settings.default_cluster)
+    attribution_loop(settings.db_path, rules, metrics, args.every, stop, job=job)
     return 0
 
 

@@ -36,6 +36,8 @@ SETTING_FLAGS: dict[str, tuple[str, str | None]] = {
     "--memory-limit": ("duckdb_memory_limit", "SIZE"),
     "--ledger-window-days": ("ledger_window_days", "DAYS"),
     "--workers": ("attribute_workers", "N"),
+    "--node-groups": ("attribute_node_groups", "N"),
+    "--ray": ("attribute_ray_address", "ADDRESS"),
     "--kafka": ("kafka_bootstrap", "BOOTSTRAP"),
     "--topic": ("kafka_topic", "TOPIC"),
     "--group": ("kafka_group", "GROUP"),

@@ -164,15 +164,22 @@ def _queue_config(settings: Settings) -> Any:
 
 def _queues(month: str, settings: Settings, fmt: str) -> int:
     from gpuledger.analytics import queues as qu
+    from gpuledger.analytics.local_queues import local_queue_report
     from gpuledger.errors import GpuledgerError
     from gpuledger.store import Store
 
+    config = _queue_config(settings)
     with Store(existing_db(settings.db_path), read_only=True) as store:
-        rows = qu.queue_report(store, month, _queue_config(settings))
+        rows = qu.queue_report(store, month, config)
+        local = local_queue_report(store, month, config)
     if not rows:
         raise GpuledgerError(f"no Kueue data for {month}",
                              hint="import it hourly with `gpuledger units import --kueue` (docs/economics.md#kueue-quotas)")
-    return _write_rows(rows, fmt, {"month": month, "queues": rows}, f"Kueue quotas {month} (GPU-hours)")
+    _write_rows(rows, fmt, {"month": month, "queues": rows, "local_queues": local}, f"Kueue quotas {month} (GPU-hours)")
+    if local and fmt != "json":
+        sys.stdout.write("\n")
+        _write_rows(local, fmt, {}, f"LocalQueues {month}: each one's share of its ClusterQueue's quota (GPU-hours)")
+    return 0
 
 
 def _write_rows(rows: list[dict[str, Any]], fmt: str, document: dict[str, Any], title: str) -> int:

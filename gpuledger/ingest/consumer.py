@@ -306,7 +306,7 @@ class Ingestor:
         poll_s: float = 0.5,
         retry_max_s: float = 30.0,
     ) -> IngestStats:
-        """Ingest until ``stop`` is set, no record came for ``max_idle_s`` seconds,
+        """Ingest until ``stop`` is set, nothing came or was written for ``max_idle_s`` seconds,
         or at least ``max_messages`` records were processed; return this run's counts.
 
         ``poll_s`` bounds how long a stop request waits. Transport failures are
@@ -360,11 +360,13 @@ class Ingestor:
                     continue
                 backoff = 0.0
                 flush = prepare(records) if records else None
+                writing = pending is not None
                 complete()
                 if flush is None:
+                    if writing:  # idle counts from the end of the last write, not from its records' arrival
+                        last_record = self.clock()
                     self._account(IngestStats())
                     continue
-                last_record = self.clock()
                 if pool is not None:
                     pending = (pool.submit(self._write, flush), flush)
                 else:
@@ -372,6 +374,7 @@ class Ingestor:
                     self._finish(flush)
                     self._account(flush.stats)
                     run.add(flush.stats)
+                last_record = self.clock()
             complete()
         finally:
             if pending is not None:  # leaving on an error: let the write end, commit nothing more

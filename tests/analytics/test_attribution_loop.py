@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gpuledger.analytics.loop import AttributionMetrics, attribute_once
+from gpuledger.analytics.shards import run_shards
 from gpuledger.analytics.tenancy import TenancyRules
 from gpuledger.store import Store
 from tests.support.factories import make_stream
@@ -63,6 +65,19 @@ def test_no_database_yet_is_a_counted_failure_not_a_crash_nor_a_file(tmp_path: P
 
 
 @pytest.mark.slow
+def test_the_loop_runs_shards_when_given_the_shard_runner(db: Path) -> None:
+    registry = CollectorRegistry(auto_describe=False)
+    metrics = AttributionMetrics(clock=lambda: 42.0).register(registry)
+    job = partial(run_shards, groups=2)
+    assert attribute_once(db, TenancyRules(), metrics, job=job)
+    assert samples(registry)[("gpuledger_attribution_messages_total", ())] == 12
+    with Store(db) as store:
+        assert store.count("attributed") == 12 and store.count("ledger_hourly_unmerged") == 0  # shards: no partials
+        assert store.scalar("SELECT sum(intervals) FROM ledger_hourly") == store.count("ledger") > 0
+    assert attribute_once(db, TenancyRules(), metrics, job=job)  # nothing pending: no shard runs
+    assert samples(registry)[("gpuledger_attribution_messages_total", ())] == 12
+
+
 def test_a_writer_holding_the_file_is_a_locked_failure(db: Path) -> None:
     holder = subprocess.Popen([sys.executable, "-c", f"import duckdb,time; c=duckdb.connect({str(db)!r}); "
                                "print('held', flush=True); time.sleep(30)"], stdout=subprocess.PIPE, text=True)

@@ -93,3 +93,16 @@ def test_explain_shows_the_cluster_beside_the_namespace(tmp_path) -> None:
     table = explain_command(str(db), "team-a", None, None, "table", detail=True)
     header = next(line for line in table.splitlines() if "namespace" in line)
     assert header.index("cluster") < header.index("namespace")
+
+
+def test_attribution_by_shard_books_the_same_clusters() -> None:
+    from gpuledger.analytics.shards import run_shards
+
+    by_chunk, by_shard = _store(), _store()
+    run_attribution(by_chunk, default_cluster="prod")
+    run_shards(by_shard, groups=2, default_cluster="prod")
+    sums = ("SELECT cluster, namespace, pod, kind, round(sum(gpu_seconds), 9) AS s FROM {} GROUP BY ALL ORDER BY ALL")
+    for table in ("ledger", "ledger_hourly"):
+        got = by_shard.query(sums.format(table))
+        assert got.equals(by_chunk.query(sums.format(table))), table
+        assert set(got["cluster"]) == {"east", "west", "prod"}

@@ -4,25 +4,25 @@ from __future__ import annotations
 
 import http.server
 import json
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from gpuledger.analytics import kinds as K
 from gpuledger.analytics import queues as qu
 from gpuledger.analytics.hourly import rebuild_hourly
+from gpuledger.analytics.local_queues import local_queue_report
 from gpuledger.analytics.work_units import PrometheusHTTP
 from gpuledger.errors import ConfigError
+from gpuledger.sim import promserver
 from gpuledger.store import Store
 from gpuledger.timeutil import HOUR_NS
 from tests.support.api_ledger import row, write_ledger
-from tests.support.system import free_port, need_binary
+from tests.support.system import need_binary
 
 G = 'resource="nvidia.com/gpu"'
 #: cq-ml: quota 4 + 2 GPUs (two flavors), 7 admitted (1 borrowed), 5 in use; cq-cv: quota 4, 1 admitted (3 unused);
@@ -46,8 +46,19 @@ kueue_admission_wait_time_seconds_bucket{{cluster_queue="cq-ml",le="100"}} 10
 kueue_admission_wait_time_seconds_bucket{{cluster_queue="cq-ml",le="+Inf"}} 10
 kueue_admission_wait_time_seconds_sum{{cluster_queue="cq-ml"}} 300
 kueue_admission_wait_time_seconds_count{{cluster_queue="cq-ml"}} 10
+# TYPE kueue_local_queue_resource_reservation gauge
+kueue_local_queue_resource_reservation{{name="main",namespace="ml-a",flavor="h100",{G}}} 5
+kueue_local_queue_resource_reservation{{name="main",namespace="ml-b",flavor="h100",{G}}} 2
+kueue_local_queue_resource_reservation{{name="main",namespace="ml-b",flavor="cpu",resource="cpu"}} 32
+kueue_local_queue_resource_reservation{{name="stray",namespace="x",flavor="h100",{G}}} 1
+# TYPE kueue_local_queue_resource_usage gauge
+kueue_local_queue_resource_usage{{name="main",namespace="ml-a",flavor="h100",{G}}} 4
 """
-QUEUES = qu.parse_queues('[[queue]]\ncluster_queue = "cq-ml"\ntenant = "ml"\n')
+#: cq-ml's LocalQueues: ml-a/main (5 of the 7 admitted GPUs; tenant ml) and ml-b/main (2; tenant: its namespace);
+#: x/stray is not configured (its ClusterQueue is unknown).
+QUEUES = qu.parse_queues('[[queue]]\ncluster_queue = "cq-ml"\ntenant = "ml"\n'
+                         '[[local_queue]]\nnamespace = "ml-a"\nname = "main"\ncluster_queue = "cq-ml"\ntenant = "ml"\n'
+                         '[[local_queue]]\nnamespace = "ml-b"\nname = "main"\ncluster_queue = "cq-ml"\n')
 
 
 def test_quantile_interpolates_like_histogram_quantile() -> None:
@@ -58,6 +69,8 @@ def test_quantile_interpolates_like_histogram_quantile() -> None:
     assert qu.quantile(0.5, [(1.0, 0.0), (float("inf"), 0.0)]) is None  # no admissions: unknown, not 0
     with pytest.raises(ConfigError, match="needs cluster_queue and tenant"):
         qu.parse_queues('[[queue]]\ncluster_queue = "x"\n')
+    with pytest.raises(ConfigError, match=r"\[\[local_queue\]\] #1 needs namespace, name and cluster_queue"):
+        qu.parse_queues('[[local_queue]]\nnamespace = "a"\nname = "main"\n')
 
 
 @pytest.fixture
@@ -78,34 +91,11 @@ def kueue_prometheus(tmp_path: Path) -> Iterator[str]:
                          "scripts/system-deps.sh as root")
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    port = free_port()
-    (tmp_path / "prometheus.yml").write_text(
-        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: kueue\n"
-        f"    static_configs:\n      - targets: ['127.0.0.1:{server.server_address[1]}']\n")
-    log = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115
-    prom = subprocess.Popen([binary, f"--config.file={tmp_path / 'prometheus.yml'}",
-                             f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
-                            stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert prom.poll() is None, (tmp_path / "prometheus.log").read_text()[-2000:]
-            try:
-                r = httpx.get(f"{url}/api/v1/query", params={"query": "kueue_admission_wait_time_seconds_bucket"},
-                              timeout=2)
-                if r.status_code == 200 and r.json()["data"]["result"]:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        else:
-            pytest.fail("Prometheus never stored a scrape:\n" + (tmp_path / "prometheus.log").read_text()[-2000:])
-        yield url
+        with promserver.prometheus(binary, [f"127.0.0.1:{server.server_address[1]}"], tmp_path / "prom",
+                                   ready_query="kueue_admission_wait_time_seconds_bucket") as url:
+            yield url
     finally:
-        prom.terminate()
-        prom.wait(10)
-        log.close()
         server.shutdown()
 
 
@@ -122,6 +112,7 @@ def test_kueue_quotas_from_a_real_prometheus(tmp_path: Path, kueue_prometheus: s
         assert qu.import_queue_hours(store, PrometheusHTTP(kueue_prometheus), QUEUES, [hour]) > 0  # replaces
         month = time.strftime("%Y-%m", time.gmtime(hour / 1e9))
         ml, cv = qu.queue_report(store, month, QUEUES)[::-1]
+        local = {r["local_queue"]: r for r in local_queue_report(store, month, QUEUES)}
     assert (ml["cluster_queue"], ml["tenant"], ml["hours"]) == ("cq-ml", "ml", 1)
     assert (ml["quota_gpu_hours"], ml["borrowing_limit_gpu_hours"], ml["reserved_gpu_hours"],
             ml["kueue_usage_gpu_hours"]) == (6.0, 2.0, 7.0, 5.0)
@@ -131,10 +122,27 @@ def test_kueue_quotas_from_a_real_prometheus(tmp_path: Path, kueue_prometheus: s
     assert (cv["cluster_queue"], cv["tenant"], cv["quota_gpu_hours"], cv["borrowed_gpu_hours"],
             cv["unused_quota_gpu_hours"]) == ("cq-cv", "cq-cv", 4.0, 0.0, 3.0)  # the CPU quota is not counted
     assert (cv["used_gpu_hours"], cv["wait_p50_s"], cv["admissions"]) == (None, None, None)  # unknown, not 0
+    # LocalQueues: cq-ml's quota 6, admitted 7 (1 borrowed); ml-a took 5/7 of it, ml-b 2/7.
+    assert sorted(local) == ["ml-a/main", "ml-b/main", "x/stray"]
+    a, b, stray = local["ml-a/main"], local["ml-b/main"], local["x/stray"]
+    assert (a["cluster_queue"], a["tenant"], a["reserved_gpu_hours"], a["kueue_usage_gpu_hours"]) == (
+        "cq-ml", "ml", 5.0, 4.0)
+    assert (a["quota_share_gpu_hours"], a["borrowed_gpu_hours"], a["share_of_quota"]) == (
+        round(6 * 5 / 7, 6), round(1 * 5 / 7, 6), round(5 / 7, 6))
+    assert (a["used_gpu_hours"], a["allocated_idle_gpu_hours"]) == (0.5, 0.5)  # the tenant ml's measured hour
+    assert (b["tenant"], b["reserved_gpu_hours"], b["quota_share_gpu_hours"], b["borrowed_gpu_hours"]) == (
+        "ml-b", 2.0, round(6 * 2 / 7, 6), round(1 * 2 / 7, 6))  # the CPU reservation is not counted
+    assert (b["kueue_usage_gpu_hours"], b["used_gpu_hours"]) == (None, None)  # no series, no rollups: unknown
+    assert a["quota_share_gpu_hours"] + b["quota_share_gpu_hours"] == pytest.approx(ml["quota_gpu_hours"])
+    assert a["borrowed_gpu_hours"] + b["borrowed_gpu_hours"] == pytest.approx(ml["borrowed_gpu_hours"])
+    assert (stray["cluster_queue"], stray["tenant"], stray["reserved_gpu_hours"], stray["quota_share_gpu_hours"]) == (
+        None, "x", 1.0, None)
     from gpuledger.cli import main
 
     assert main(["report", "queues", "--month", month, "--db", str(db), "--format", "json"]) == 0
-    assert [q["cluster_queue"] for q in json.loads(capsys.readouterr().out)["queues"]] == ["cq-cv", "cq-ml"]
+    body = json.loads(capsys.readouterr().out)
+    assert [q["cluster_queue"] for q in body["queues"]] == ["cq-cv", "cq-ml"]
+    assert [q["local_queue"] for q in body["local_queues"]] == ["ml-a/main", "ml-b/main", "x/stray"]
 
 
 class FakePrometheus:
@@ -172,7 +180,10 @@ def test_api_queues_with_tenant_isolation(tmp_path: Path) -> None:
     mar = 1_740_787_200 * 10**9
     fake = FakePrometheus()
     fake.by_time[(mar + HOUR_NS) / 1e9] = {"nominal_quota": [({"cluster_queue": "cq-ml"}, 2.0),
-                                                             ({"cluster_queue": "cq-cv"}, 1.0)]}
+                                                             ({"cluster_queue": "cq-cv"}, 1.0)],
+                                           "local_queue_resource_reservation": [
+                                               ({"namespace": "ml-a", "name": "main"}, 1.0),
+                                               ({"namespace": "ml-b", "name": "main"}, 1.0)]}
     with Store(tmp_path / "q.duckdb") as store:
         write_ledger(store, [row("ml", K.BUSY, 3600, seq=1, start_ns=mar)])
         qu.import_queue_hours(store, fake, QUEUES, [mar])
@@ -181,5 +192,7 @@ def test_api_queues_with_tenant_isolation(tmp_path: Path) -> None:
         every = client.get("/v1/queues", params={"month": "2025-03"}, headers={"Authorization": f"Bearer {admin}"})
         assert [(q["cluster_queue"], q["quota_gpu_hours"]) for q in every.json()["queues"]] == [
             ("cq-cv", 1.0), ("cq-ml", 2.0)]
+        assert [q["local_queue"] for q in every.json()["local_queues"]] == ["ml-a/main", "ml-b/main"]
         mine = client.get("/v1/queues", params={"month": "2025-03"}, headers={"Authorization": f"Bearer {tenant}"})
         assert [q["tenant"] for q in mine.json()["queues"]] == ["ml"]
+        assert [q["local_queue"] for q in mine.json()["local_queues"]] == ["ml-a/main"]  # ml-b's is ml-b's

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import http.server
 import json
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import polars as pl
 import pytest
 
@@ -26,6 +24,7 @@ from gpuledger.analytics import work_units as wu
 from gpuledger.analytics.hourly import rebuild_hourly
 from gpuledger.analytics.prices import default_price_book
 from gpuledger.errors import ConfigError
+from gpuledger.sim import promserver
 from gpuledger.store import Store
 from gpuledger.timeutil import HOUR_NS
 from tests.support.api_ledger import H100, row, write_ledger
@@ -116,33 +115,9 @@ def vllm_exporter() -> Iterator[int]:
 def prometheus(tmp_path: Path, vllm_exporter: int) -> Iterator[str]:
     binary = need_binary("prometheus", "/usr/bin/prometheus", hint="apt-get install prometheus, or "
                          "scripts/system-deps.sh as root")
-    port = free_port()
-    (tmp_path / "prometheus.yml").write_text(
-        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: vllm\n    honor_labels: true\n"
-        f"    static_configs:\n      - targets: ['127.0.0.1:{vllm_exporter}']\n")
-    log = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115
-    prom = subprocess.Popen([binary, f"--config.file={tmp_path / 'prometheus.yml'}",
-                             f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
-                            stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert prom.poll() is None, (tmp_path / "prometheus.log").read_text()[-2000:]
-            try:
-                r = httpx.get(f"{url}/api/v1/query", params={"query": "vllm:prompt_tokens_total"}, timeout=2)
-                if r.status_code == 200 and r.json()["data"]["result"]:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        else:
-            pytest.fail("Prometheus never stored a scrape:\n" + (tmp_path / "prometheus.log").read_text()[-2000:])
+    with promserver.prometheus(binary, [f"127.0.0.1:{vllm_exporter}"], tmp_path / "prom",
+                               ready_query="vllm:prompt_tokens_total") as url:
         yield url
-    finally:
-        prom.terminate()
-        prom.wait(10)
-        log.close()
 
 
 @pytest.mark.external
@@ -221,6 +196,18 @@ def test_api_units_with_tenant_isolation(tmp_path: Path) -> None:
         assert [(r["tenant"], r["cost_per_held"]) for r in body["rows"]] == [("cv", "2.99"), ("inf", "1.50")]
         mine = client.get("/v1/units", params={"month": "2025-03"}, headers={"Authorization": f"Bearer {tenant}"})
         assert [r["tenant"] for r in mine.json()["rows"]] == ["cv"]
+        # Grafana's start/end (epoch ms): the month holding the period's last instant
+        auth = {"Authorization": f"Bearer {admin}"}
+        grafana = client.get("/v1/units", params={"start": "1740787200000", "end": "1740787200000"}, headers=auth)
+        assert grafana.status_code == 400  # start must be before end
+        grafana = client.get("/v1/units", params={"start": "1738368000000", "end": "1740787200000"}, headers=auth)
+        assert grafana.json()["month"] == "2025-02"  # 2025-02-01 .. 2025-03-01 (exclusive): February
+        grafana = client.get("/v1/units", params={"start": "1738368000000", "end": "1740787200001"}, headers=auth)
+        assert grafana.json()["month"] == "2025-03" and len(grafana.json()["rows"]) == 2
+        neither = client.get("/v1/units", headers=auth).json()  # the current UTC month
+        assert neither["month"] == time.strftime("%Y-%m", time.gmtime()) and neither["rows"] == []
+        half = client.get("/v1/units", params={"start": "1738368000000"}, headers=auth)
+        assert half.status_code == 400 and half.json()["error"]["code"] == "bad_period"
 
 
 def test_a_sample_with_a_cluster_label_joins_that_cluster_s_pod_only() -> None:

@@ -32,10 +32,11 @@ import pytest
 import yaml
 
 from gpuledger import wire
+from gpuledger.analytics.budgets import parse_budgets
 from gpuledger.api.app import create_app
 from gpuledger.api.tokens import create_token
 from gpuledger.store import Store
-from tests.support.demo_data import build_demo_db, demo_period_ms
+from tests.support.demo_data import DEMO_BUDGETS, add_business_data, build_demo_db, demo_period_ms, demo_queues
 from tests.support.live_server import serving
 from tests.support.system import free_port, need_binary
 
@@ -233,11 +234,12 @@ def test_every_infinity_query_follows_the_plugins_query_model() -> None:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     last: dict[str, wire.Message] = {}
-    path = build_demo_db(tmp_path_factory.mktemp("boards") / "demo.duckdb",
-                         on_message=lambda m: last.__setitem__(m.node, m))
+    path = add_business_data(build_demo_db(tmp_path_factory.mktemp("boards") / "demo.duckdb",
+                                           on_message=lambda m: last.__setitem__(m.node, m)))
     with Store(path) as store:
         _, token = create_token(store, "admin")
-    with serving(create_app(str(path))) as client:
+    app = create_app(str(path), budgets=parse_budgets(DEMO_BUDGETS), queues=demo_queues(path))
+    with serving(app) as client:
         client.headers["Authorization"] = f"Bearer {token}"
         yield {"client": client, "last": last}
 

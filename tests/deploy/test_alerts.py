@@ -18,8 +18,9 @@ from tests.support.chart import RULES_FILE, render, rules_file_text, rules_spec
 from tests.support.system import need_binary
 
 FIXTURES = Path(__file__).parent / "fixtures"
-#: promtool unit tests: minute-grain alerts, and the monthly close's at an hour's grain (33 days at 1m is slow).
-TESTS = [FIXTURES / "alerts.test.yaml", FIXTURES / "alerts-monthly.test.yaml"]
+#: promtool unit tests: minute-grain alerts, the monthly close's at an hour's grain (33 days at 1m is slow), the
+#: budget alert's at 5 minutes.
+TESTS = [FIXTURES / "alerts.test.yaml", FIXTURES / "alerts-monthly.test.yaml", FIXTURES / "alerts-budgets.test.yaml"]
 #: The failures issue 16 asks to alert on, each with its alert(s).
 WANTED = {
     "agent down": {"GpuledgerAgentDown", "GpuledgerAgentStalled"},
@@ -31,6 +32,8 @@ WANTED = {
     "GPU lost or XID errors": {"GpuledgerGpuLost", "GpuledgerGpuXidErrors"},
     "GPU held idle > N hours": {"GpuledgerGpuHeldIdle"},
     "month close failed / reconciliation failing": {"GpuledgerMonthCloseFailed", "GpuledgerMonthCloseMissing"},
+    "a tenant's forecast over its budget (issue 18)": {"GpuledgerTenantForecastOverBudget"},
+    "the hourly work-unit import stopped (issue 18)": {"GpuledgerUnitsImportStale"},
 }
 
 
@@ -52,6 +55,19 @@ def test_every_wanted_failure_has_an_alert_and_every_alert_a_promtool_test() -> 
     assert {case["alertname"] for case in cases} == alerts()
     firing = {case["alertname"] for case in cases if case["exp_alerts"]}
     assert firing == alerts(), "each alert needs a case where it fires"
+
+
+def test_the_budget_alert_is_the_charts_and_follows_its_values() -> None:
+    """The budget rule is the chart's (no loose copy in deploy/), on by default, off or slower by values."""
+    def groups(values: dict[str, object]) -> dict[str, dict[str, object]]:
+        return {g["name"]: g for g in rules_spec(render(values))["groups"]}
+
+    (rule,) = groups({})["gpuledger-budgets"]["rules"]
+    assert rule["alert"] == "GpuledgerTenantForecastOverBudget" and rule["for"] == "1h"
+    assert "gpuledger-budgets" not in groups({"metrics": {"prometheusRule": {"budgets": {"enabled": False}}}})
+    (rule,) = groups({"metrics": {"prometheusRule": {"budgets": {"for": "3h"}}}})["gpuledger-budgets"]["rules"]
+    assert rule["for"] == "3h"
+    assert not list(RULES_FILE.parents[1].glob("prometheusrule*.yaml")), "one source of truth: the chart"
 
 
 def test_values_change_the_thresholds() -> None:

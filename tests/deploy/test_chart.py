@@ -9,18 +9,41 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import shlex
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from gpuledger.analytics.budgets import load_budgets
+from gpuledger.analytics.economics import load_cloud_rates, load_node_pools
+from gpuledger.analytics.prices import load_price_book
+from gpuledger.analytics.queues import load_queues
+from gpuledger.analytics.tenancy import TenancyRules
+from gpuledger.analytics.work_units import load_work_units
+from gpuledger.api.app import create_app
 from gpuledger.cli import build_parser
 from gpuledger.config import Settings
-from tests.support.chart import CHART, CUSTOM_KINDS, LAKE, ROOT, render, schema_errors
+from gpuledger.store import Store
+from tests.support.chart import CHART, LAKE, ROOT, custom_resources, is_custom, render, schema_errors
+
+OPERATIONS = ROOT / "docs" / "operations.md"
+
+
+def operations_values() -> dict[str, Any]:
+    """The values.yaml of docs/operations.md's walk-through (step 2): the one a platform engineer starts from."""
+    step = OPERATIONS.read_text(encoding="utf-8").split("### 2. ", 1)[1].split("### 3. ", 1)[0]
+    (block,) = re.findall(r"```yaml\n(.*?)```", step, re.S)
+    values: dict[str, Any] = yaml.safe_load(block)
+    return values
+
 
 #: A few value sets beside the defaults: each renders, validates and hangs together.
 VALUE_SETS: dict[str, dict[str, Any]] = {
+    "operations-guide": operations_values(),
     "defaults": {},
     "lake": LAKE,
     "everything": {
@@ -29,10 +52,15 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
                   "saslPasswordSecret": {"name": "kafka-user", "key": "password"},
                   "caConfigMap": {"name": "kafka-ca", "key": "ca.crt"},
                   "strimziTopic": {"enabled": True, "partitions": 24}},
-        "config": {"prices": '[[price]]\nmodel = "H100"\n', "tenancy": "[rules]\n", "regionId": "eu-west"},
+        "config": {"prices": '[[price]]\nmodel = "H100"\n', "tenancy": "[rules]\n", "regionId": "eu-west",
+                   "cloudRates": "# rates\n", "nodePools": "# pools\n", "budgets": "# budgets\n",
+                   "workUnits": "# units\n", "queues": "# queues\n", "idlePolicy": "platform", "focusVersion": "1.2"},
         "embedded": {"persistence": {"existingClaim": "gpuledger-data", "storageClass": "fast"}},
         "imagePullSecrets": [{"name": "regcred"}],
+        "unitsImport": {"enabled": True, "kueue": True},
     },
+    "older-strimzi": {"kafka": {"strimziTopic": {"enabled": True, "apiVersion": "kafka.strimzi.io/v1beta2"}},
+                      "metrics": {"prometheusRule": {"budgets": {"enabled": False}}}},
     "minimal": {"agent": {"enabled": False}, "networkPolicy": {"enabled": False},
                 "metrics": {"serviceMonitor": {"enabled": False}, "prometheusRule": {"enabled": False}},
                 "grafana": {"dashboards": {"enabled": False}, "datasource": {"enabled": False}},
@@ -83,7 +111,16 @@ def test_values_schema_rejects_what_the_chart_cannot_run() -> None:
     chart = helm.Chart.load(CHART)
     for bad, where in [({"mode": "cloud"}, "/mode"), ({"kafka": {"bootstrap": "kafka"}}, "/kafka/bootstrap"),
                        ({"agent": {"metricsPort": 0}}, "/agent/metricsPort"), ({"replicas": 3}, "replicas"),
-                       ({"config": {"chargePeriod": "week"}}, "/config/chargePeriod")]:
+                       ({"config": {"chargePeriod": "week"}}, "/config/chargePeriod"),
+                       ({"config": {"idlePolicy": "nobody"}}, "/config/idlePolicy"),
+                       ({"config": {"focusVersion": "1.3"}}, "/config/focusVersion"),
+                       ({"config": {"budget": "currency = 'USD'"}}, "budget"),
+                       ({"unitsImport": {"hours": 0}}, "/unitsImport/hours"),
+                       ({"unitsImport": {"prometheusUrl": "prometheus:9090"}}, "/unitsImport/prometheusUrl"),
+                       ({"kafka": {"strimziTopic": {"apiVersion": "kafka.strimzi.io/v1beta1"}}},
+                        "/kafka/strimziTopic/apiVersion"),
+                       ({"metrics": {"prometheusRule": {"budgets": {"for": "1 hour"}}}},
+                        "/metrics/prometheusRule/budgets/for")]:
         with pytest.raises(helm.HelmValuesError, match=where):
             chart.render(bad)
     defaults = json.loads((CHART / "values.schema.json").read_text())
@@ -103,9 +140,16 @@ def test_lake_is_refused_until_the_lake_store_exists() -> None:
 
 
 def test_every_object_is_valid_for_the_kubernetes_api(objects) -> None:
-    errors = [e for o in objects.values() if (o["apiVersion"], o["kind"]) not in CUSTOM_KINDS
-              for e in [schema_errors(o)] if e]
+    """Built-in kinds against the API's schemas; custom resources against their operators' vendored CRDs."""
+    errors = [e for o in objects.values() for e in [schema_errors(o)] if e]
     assert not errors, "\n".join(errors)
+
+
+def test_the_value_sets_render_every_vendored_custom_resource_version() -> None:
+    """The CRD check above is not vacuous: between them the value sets render each kind and version vendored."""
+    rendered = {(o["apiVersion"], o["kind"]) for values in VALUE_SETS.values() for o in render(values).values()
+                if is_custom(o)}
+    assert rendered == set(custom_resources().versions)
 
 
 def test_a_long_release_name_still_gives_valid_names() -> None:
@@ -126,19 +170,20 @@ def test_the_schema_check_catches_a_broken_object(default) -> None:
     assert schema_errors(svc)
 
 
-def test_custom_resources_have_their_operators_shape(objects) -> None:
-    for o in objects.values():
-        if (o["apiVersion"], o["kind"]) not in CUSTOM_KINDS:
-            continue
-        spec = o["spec"]
-        if o["kind"] == "ServiceMonitor":
-            assert spec["selector"]["matchLabels"] and all(e["port"] for e in spec["endpoints"])
-        elif o["kind"] == "PodMonitor":
-            assert spec["selector"] and all(e["port"] for e in spec["podMetricsEndpoints"])
-        elif o["kind"] == "PrometheusRule":
-            assert all(r["alert"] and r["expr"] for g in spec["groups"] for r in g["rules"])
-        elif o["kind"] == "KafkaTopic":
-            assert o["metadata"]["labels"]["strimzi.io/cluster"] and spec["partitions"] >= 1
+def test_the_schema_check_catches_a_broken_custom_resource(default) -> None:
+    monitor = copy.deepcopy(default["PodMonitor/gpuledger-pipeline"])
+    monitor["spec"]["podMetricsEndpoints"][0]["interval"] = "30 seconds"  # not a Prometheus duration
+    assert "interval" in (schema_errors(monitor) or "")
+    monitor = copy.deepcopy(default["PodMonitor/gpuledger-pipeline"])
+    monitor["spec"]["podMetricsEndpoint"] = monitor["spec"].pop("podMetricsEndpoints")  # misspelt field
+    assert "podMetricsEndpoint" in (schema_errors(monitor) or "")
+    rule = copy.deepcopy(default["PrometheusRule/gpuledger"])
+    del rule["spec"]["groups"][0]["rules"][0]["expr"]
+    assert "expr" in (schema_errors(rule) or "")
+    topic = render({"kafka": {"strimziTopic": {"enabled": True}}})["KafkaTopic/gpuledger.samples.v1"]
+    assert schema_errors(topic) is None
+    assert "not served" in (schema_errors({**topic, "apiVersion": "kafka.strimzi.io/v1beta1"}) or "")
+    assert "partitions" in (schema_errors({**topic, "spec": {**topic["spec"], "partitions": 0}}) or "")
 
 
 # --- references ------------------------------------------------------------------------------------------------
@@ -273,6 +318,70 @@ def test_every_stage_runs_in_both_shapes() -> None:
         assert commands == {"agent", "ingest", "attribute", "serve", "retention", "export"}, commands
 
 
+# --- configuration files (issue 18's business files) -------------------------------------------------------------
+
+#: Each file setting and gpuledger's own parser of it.
+LOADERS: dict[str, Callable[[Path], Any]] = {
+    "prices_path": load_price_book, "tenancy_path": TenancyRules.load, "cloud_rates_path": load_cloud_rates,
+    "node_pools_path": load_node_pools, "budgets_path": load_budgets, "work_units_path": load_work_units,
+    "queues_path": load_queues,
+}
+
+
+def container_env(objects: dict[str, dict[str, Any]], c: dict[str, Any]) -> dict[str, str]:
+    """A container's environment: its ConfigMaps' data, then its own literal env."""
+    configmaps = {o["metadata"]["name"]: o.get("data", {}) for o in of_kind(objects, "ConfigMap")}
+    env: dict[str, str] = {}
+    for src in c.get("envFrom", []):
+        if "configMapRef" in src:
+            env.update(configmaps[src["configMapRef"]["name"]])
+    env.update({e["name"]: e["value"] for e in c.get("env", []) if "value" in e})
+    return env
+
+
+@pytest.mark.parametrize("shape", ["embedded", "lake"])
+def test_every_configuration_file_reaches_every_stage_and_parses(shape: str, tmp_path: Path) -> None:
+    """The operations guide's files, rendered: each stage but the agent finds each at its setting's path, on the
+    chart's files ConfigMap, and gpuledger's parsers accept them (the API starts with all of them together)."""
+    objects = render({**operations_values(), **(LAKE if shape == "lake" else {})})
+    files = objects["ConfigMap/gpuledger-files"]["data"]
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    loaded: dict[str, Any] = {}
+    stages = 0
+    for key, spec in pod_specs(objects).items():
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        for c in spec["containers"]:
+            if c["name"] == "agent":
+                continue
+            stages += 1
+            env = container_env(objects, c)
+            paths = {name: env[f"GPULEDGER_{name.upper()}"] for name in LOADERS if f"GPULEDGER_{name.upper()}" in env}
+            assert set(paths) == set(LOADERS), f"{key}/{c['name']} misses {set(LOADERS) - set(paths)}"
+            for setting, path in paths.items():
+                (mount,) = [m for m in c["volumeMounts"] if Path(path).parent == Path(m["mountPath"])]
+                assert mount["readOnly"] and volumes[mount["name"]]["configMap"]["name"] == "gpuledger-files"
+                assert Path(path).name in files, (key, c["name"], path)
+                loaded[setting] = LOADERS[setting](tmp_path / Path(path).name)
+    assert stages >= 5 and set(loaded) == set(LOADERS)
+    create_app(store=Store(":memory:"), prices=loaded["prices_path"], cloud_rates=loaded["cloud_rates_path"],
+               node_pools=loaded["node_pools_path"], budgets=loaded["budgets_path"],
+               work_units=loaded["work_units_path"], queues=loaded["queues_path"])  # currencies agree, and so on
+    (job,) = [o for o in of_kind(objects, "CronJob") if o["metadata"]["name"] == "gpuledger-units-import"]
+    (c,) = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    args = build_parser(Settings()).parse_args(c["args"])
+    assert (args.command, args.action, args.kueue) == ("units", "import", True)
+    assert args.prometheus_url == operations_values()["unitsImport"]["prometheusUrl"]
+
+
+def test_without_files_nothing_is_mounted_and_the_defaults_apply(default) -> None:
+    assert "ConfigMap/gpuledger-files" not in default
+    env = default["ConfigMap/gpuledger-config"]["data"]
+    assert not [k for k in env if k.endswith("_PATH") and k != "GPULEDGER_DB_PATH"]
+    assert (env["GPULEDGER_IDLE_POLICY"], env["GPULEDGER_FOCUS_VERSION"]) == ("holder", "1.4")
+    assert "CronJob/gpuledger-units-import" not in default  # it needs a Prometheus: on by values
+
+
 # --- the agent (what deploy/agent had) -------------------------------------------------------------------------
 
 
@@ -363,4 +472,7 @@ def test_dashboards_are_the_repository_dashboards_with_the_sidecar_label(default
 
 
 def test_no_kustomize_copy_remains() -> None:
-    assert not (ROOT / "deploy" / "agent").exists() and not (ROOT / "deploy" / "cronjob-chargeback.yaml").exists()
+    """deploy/ is the chart, the image and the chart's rules rendered for a plain Prometheus (test_alerts checks
+    that file is the rendering): no loose manifest beside them to drift."""
+    assert {p.name for p in (ROOT / "deploy").iterdir()} == {"Dockerfile", "helm", "prometheus"}
+    assert {p.name for p in (ROOT / "deploy" / "prometheus").iterdir()} == {"gpuledger.rules.yaml"}

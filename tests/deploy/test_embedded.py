@@ -92,9 +92,11 @@ def test_the_embedded_pod_ingests_attributes_and_serves(tmp_path: Path, kafka_br
         with httpx.Client(base_url=f"http://127.0.0.1:{ports['api']}", timeout=30) as api:
             wait_until(lambda: _ok(api), 60, "the API")
             body = api.get("/v1/showback", headers={"Authorization": f"Bearer {token}"}).json()
+            assert api.get("/metrics", headers={"Authorization": f"Bearer {token}"}).status_code == 404
         assert body["rows"], json.dumps(body)[:2000]
-        served = scrape(ports["api-metrics"])
+        served = scrape(ports["api-metrics"])  # the API's one /metrics: its requests and this month's costs
         assert any(k.startswith("gpuledger_api_requests_total{") and 'route="/v1/showback"' in k for k in served)
+        assert any(k.startswith("gpuledger_tenant_cost_month_to_date{") for k in served), served
         assert all(p.poll() is None for p in procs), logs()  # nobody crashed on the shared file
     finally:
         for p in procs:

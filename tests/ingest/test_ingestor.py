@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,24 @@ def test_every_message_is_stored_once_with_its_source(transport: MemoryTransport
                                    "field_errors": 60, "pods": 2}
     sources = store.query("SELECT source FROM messages")["source"].to_list()
     assert len(set(sources)) == 30 and all(s.startswith(f"{TOPIC}/") for s in sources)
+    assert transport.lag() == 0
+
+
+class _SlowWrites(Ingestor):
+    """Each write takes longer than the idle limit, as flushes do on a loaded machine."""
+
+    def _write(self, flush: Any) -> None:
+        time.sleep(0.25)
+        super()._write(flush)
+
+
+@pytest.mark.parametrize("pipeline", [False, True])
+def test_a_write_slower_than_max_idle_does_not_end_the_run(transport: MemoryTransport, pipeline: bool) -> None:
+    # idle counts from the end of the last write: a batch job must not stop with records waiting
+    store = Store()
+    publish(transport, make_stream(30))
+    stats = _SlowWrites(store, transport, batch_max=7, pipeline=pipeline).run(max_idle_s=0.1)
+    assert (stats.records, stats.stored) == (30, 30)
     assert transport.lag() == 0
 
 
@@ -195,7 +214,14 @@ def test_run_stops_on_max_messages_stop_event_and_idle(transport: MemoryTranspor
     assert ingestor.run(max_messages=10).records == 10
 
     stop = threading.Event()
-    threading.Timer(0.2, stop.set).start()
+
+    def stop_when_all_are_in() -> None:  # not on a timer: a loaded machine may not have read them yet
+        while ingestor.totals.records < 20:
+            time.sleep(0.01)
+        time.sleep(0.2)  # the run keeps polling, idle, until the event
+        stop.set()
+
+    threading.Thread(target=stop_when_all_are_in, daemon=True).start()
     rest = ingestor.run(stop)  # no other limit: only the event ends it
     assert rest.records == 10 and stop.is_set()
     assert ingestor.totals.records == 20 and store.count("messages") == 20

@@ -4,7 +4,8 @@ Against the live server on simulator demo data (six hours of one October day),
 it reads the page as a person would and compares with the API: the coverage
 notice, each view's rows and totals, a drill-down path from tenant to a GPU's
 hours with its breadcrumbs, the top-wasters and idle-now panels, the CSV of
-the shown view (a tenant token's own lines only), an error that replaces the
+the shown view (a tenant token's own lines only), the fleet economics and Kueue
+quota panels (economics for admin and finance only), an error that replaces the
 numbers, a 420 px screen without horizontal overflow, labels and focus
 order. A screenshot of each view is kept under ``test-artifacts/web/`` (or
 ``$GPULEDGER_TEST_ARTIFACTS/web``). Without Chromium the test skips, except
@@ -27,7 +28,7 @@ import pytest
 from gpuledger.api.app import create_app
 from gpuledger.api.tokens import create_token
 from gpuledger.store import Store
-from tests.support.demo_data import build_demo_db
+from tests.support.demo_data import add_business_data, build_demo_db, demo_queues
 from tests.support.live_server import serving
 from tests.support.system import need_binary
 
@@ -47,11 +48,11 @@ def _artifacts() -> Path:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    path = build_demo_db(tmp_path_factory.mktemp("web") / "demo.duckdb", hours=6.0)
+    path = add_business_data(build_demo_db(tmp_path_factory.mktemp("web") / "demo.duckdb", hours=6.0))
     with Store(path) as store:
         _, token = create_token(store, "admin")
         _, tenant = create_token(store, "tenant", "nlp")
-    with serving(create_app(str(path))) as client:
+    with serving(create_app(str(path), queues=demo_queues(path))) as client:
         client.headers["Authorization"] = f"Bearer {token}"
         yield {"client": client, "token": token, "tenant_token": tenant, "base": str(client.base_url)}
 
@@ -292,4 +293,40 @@ def test_tenant_token_narrow_screen_and_keyboard(site: dict[str, Any], browser: 
         narrow.keyboard.press("Tab")
         order.append(narrow.evaluate("document.activeElement.id || document.activeElement.textContent"))
     assert order == ["preset", "view", "idle-policy", "Show", "download-view"], order
+    assert not errors, errors
+
+
+def test_economics_and_quota_panels_read_as_the_api_says(site: dict[str, Any], browser: Any) -> None:
+    api, shots, errors = site["client"], _artifacts(), []
+    page = _open(browser, site, site["token"], errors)
+    period = api.get("/v1/showback", params={"limit": 1}).json()["period"]  # the page's "latest month"
+    econ = api.get("/v1/economics", params=period).json()
+    assert econ["pools"]
+    cells = page.eval_on_selector_all("#economics tbody tr", "trs => trs.map(t => [...t.children].map(c => c.textContent))")
+    assert [c[:2] for c in cells] == [[p["pool"], p["model"]] for p in econ["pools"]]
+    for shown, pool in zip(cells, econ["pools"], strict=True):
+        assert shown[2] == f"{100 * float(pool['utilization']):.0f} %"
+        assert shown[5] == f"{pool['cost_per_used_gpu_hour']} {econ['currency']}"
+    queues = api.get("/v1/queues", params=period).json()
+    assert queues["month"] == "2026-10" and queues["queues"]
+    rows = page.eval_on_selector_all("#queues tbody tr", "trs => trs.map(t => [...t.children].map(c => c.textContent))")
+    assert [r[:2] for r in rows] == [[q["cluster_queue"], q["tenant"]] for q in queues["queues"]]
+    for shown, q in zip(rows, queues["queues"], strict=True):
+        assert shown[2] == f"{q['quota_gpu_hours']:.2f}" and shown[3] == f"{q['reserved_gpu_hours']:.2f}"
+        assert shown[7] == f"{q['wait_p50_s']:.2f}" and shown[8] == f"{q['wait_p95_s']:.2f}"
+    assert "2026-10" in page.inner_text("#queues-note")
+    local = page.eval_on_selector_all("#local-queues tbody tr",
+                                      "trs => trs.map(t => [...t.children].map(c => c.textContent))")
+    assert queues["local_queues"] and [r[:3] for r in local] == [
+        [q["local_queue"], q["cluster_queue"], q["tenant"]] for q in queues["local_queues"]]
+    for shown, q in zip(local, queues["local_queues"], strict=True):
+        assert shown[4] == f"{q['quota_share_gpu_hours']:.2f}" and shown[6] == f"{100 * q['share_of_quota']:.0f} %"
+    page.locator("#economics-panel").scroll_into_view_if_needed()
+    page.screenshot(path=str(shots / "business-panels.png"), full_page=True)
+
+    team = _open(browser, site, site["tenant_token"], errors)  # a tenant: its own queue, no fleet economics
+    assert not team.locator("#economics-panel").is_visible()
+    assert team.eval_on_selector_all("#queues tbody th", "t => t.map(x => x.textContent)") == ["cq-nlp"]
+    own = team.eval_on_selector_all("#local-queues tbody th", "t => t.map(x => x.textContent)")
+    assert own == [q["local_queue"] for q in queues["local_queues"] if q["tenant"] == "nlp"] and own
     assert not errors, errors

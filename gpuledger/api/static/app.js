@@ -1,5 +1,6 @@
 // gpuledger showback page: plain JS + SVG, no build step. Reads /v1/whoami, /v1/showback (a view and its
-// trend), /v1/efficiency/top-wasters, /v1/efficiency/idle-gpus, /v1/drilldown and the CSV files with the
+// trend), /v1/efficiency/top-wasters, /v1/efficiency/idle-gpus, /v1/drilldown, /v1/economics (admin and
+// finance), /v1/queues (the month of the period's end) and the CSV files with the
 // token the user gives (URL fragment #token=... or the form), kept in sessionStorage for this tab only;
 // the fragment never reaches the server or its logs.
 //
@@ -316,6 +317,54 @@ function panels(wasters, idle) {
   }
 }
 
+// Fleet economics per pool (admin and finance tokens; hidden for others) and Kueue quotas per ClusterQueue.
+function rowsTable(id, names, rows, cells, empty) {
+  document.querySelector(`#${id} thead`).replaceChildren(headerRow(names));
+  const tbody = document.querySelector(`#${id} tbody`);
+  tbody.replaceChildren(...rows.map((r) => {
+    const tr = node("tr");
+    cells(r).forEach((v, i) => tr.appendChild(i === 0 ? node("th", { scope: "row" }, v) : node("td", {}, v)));
+    return tr;
+  }));
+  if (!rows.length) {
+    const tr = node("tr");
+    tr.appendChild(node("td", { colspan: String(names.length) }, empty));
+    tbody.appendChild(tr);
+  }
+}
+
+async function business() {
+  const p = new URLSearchParams({ start: state.period.start, end: state.period.end });
+  const finance = role === "admin" || role === "finance";
+  const [econ, queues] = await Promise.all([
+    finance ? api("/v1/economics?" + p).then((r) => r.json()) : Promise.resolve(null),
+    api("/v1/queues?" + p).then((r) => r.json()),
+  ]);
+  $("economics-panel").hidden = !econ;
+  if (econ) {
+    const cur = econ.currency;
+    $("economics-note").textContent = `Utilization = used ÷ capacity; owning beats renting above the break-even `
+      + `utilization (cloud rates as of ${econ.cloud_rates.as_of}).`;
+    rowsTable("economics", ["pool", "GPU model", "utilization", "allocation", "efficiency", "cost per used GPU-h",
+                            "cloud rate", "break-even"], econ.pools,
+              (r) => [r.pool, r.model, pct(r.utilization), pct(r.allocation), pct(r.efficiency),
+                      money(r.cost_per_used_gpu_hour, cur), money(r.cloud_rate, cur), pct(r.break_even_utilization)],
+              "no GPU capacity in this period");
+  }
+  $("queues-note").textContent = `${queues.month}, ${queues.resource}: GPU-hours; borrowed above the quota, `
+    + "unused quota lent or idle.";
+  rowsTable("queues", ["ClusterQueue", "tenant", "quota", "admitted", "used", "borrowed", "unused", "wait p50 s",
+                       "wait p95 s"], queues.queues,
+            (r) => [r.cluster_queue, r.tenant, h(r.quota_gpu_hours), h(r.reserved_gpu_hours), h(r.used_gpu_hours),
+                    h(r.borrowed_gpu_hours), h(r.unused_quota_gpu_hours), h(r.wait_p50_s), h(r.wait_p95_s)],
+            "no Kueue data this month (gpuledger units import --kueue)");
+  rowsTable("local-queues", ["LocalQueue", "ClusterQueue", "tenant", "admitted", "quota share", "borrowed",
+                             "share of quota"], queues.local_queues,
+            (r) => [r.local_queue, r.cluster_queue || "(not configured)", r.tenant, h(r.reserved_gpu_hours),
+                    h(r.quota_share_gpu_hours), h(r.borrowed_gpu_hours), pct(r.share_of_quota)],
+            "no LocalQueue data this month (Kueue's LocalQueueMetrics feature gate)");
+}
+
 // --- loading -------------------------------------------------------------------------------------
 function fail(e) {
   // An error replaces what was shown: no stale numbers under a message about another request.
@@ -357,6 +406,7 @@ async function show() {
       shown = body;
       $("download-view").hidden = false;
       heading(body); notice(body); cards(body); trend(series, gran); table(body); panels(wasters, idle);
+      await business();
     }
     const month = state.period.start.slice(0, 7);
     const link = $("download");

@@ -85,11 +85,31 @@ env:
 {{- end }}
 {{- end -}}
 
+{{/* The configuration files values can carry (TOML text), as "valueKey: fileName:SETTING_ENV" lines: each
+non-empty one is a key of the ConfigMap <fullname>-files, mounted at /etc/gpuledger/config in every stage but
+the agent, and its path setting is in <fullname>-config (so `kubectl exec ... gpuledger report ...` reads it too). */}}
+{{- define "gpuledger.configFiles" -}}
+prices: prices.toml:GPULEDGER_PRICES_PATH
+tenancy: tenancy.toml:GPULEDGER_TENANCY_PATH
+cloudRates: cloud_rates.toml:GPULEDGER_CLOUD_RATES_PATH
+nodePools: node_pools.toml:GPULEDGER_NODE_POOLS_PATH
+budgets: budgets.toml:GPULEDGER_BUDGETS_PATH
+workUnits: work_units.toml:GPULEDGER_WORK_UNITS_PATH
+queues: queues.toml:GPULEDGER_QUEUES_PATH
+{{- end -}}
+
+{{/* "true" when values carry at least one configuration file. */}}
+{{- define "gpuledger.hasFiles" -}}
+{{- range $key, $_ := include "gpuledger.configFiles" . | fromYaml -}}
+{{- if index $.Values.config $key }}true{{ end -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Volume mounts every non-agent stage shares (the DuckDB volume is added by the caller). */}}
 {{- define "gpuledger.stageMounts" -}}
 - name: tmp
   mountPath: /tmp
-{{- if or .Values.config.prices .Values.config.tenancy }}
+{{- if include "gpuledger.hasFiles" . }}
 - name: files
   mountPath: /etc/gpuledger/config
   readOnly: true
@@ -105,7 +125,7 @@ env:
 - name: tmp
   emptyDir:
     sizeLimit: 1Gi
-{{- if or .Values.config.prices .Values.config.tenancy }}
+{{- if include "gpuledger.hasFiles" . }}
 - name: files
   configMap:
     name: {{ include "gpuledger.fullname" . }}-files

@@ -1,0 +1,76 @@
+"""A real Prometheus server scraping local exporters, for the accuracy benchmark and the tests.
+
+:func:`prometheus` starts the ``prometheus`` binary (Debian's package;
+``scripts/system-deps.sh`` installs it) with a fresh TSDB in ``workdir``,
+scraping ``targets`` (``host:port``) every second with ``honor_labels`` (the
+exporter's ``namespace``/``pod`` labels win, as Kubernetes relabeling gives
+them), waits until ``ready_query`` returns a sample, and stops it on exit.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from gpuledger.errors import GpuledgerError
+
+__all__ = ["PrometheusStartError", "prometheus"]
+
+
+class PrometheusStartError(GpuledgerError):
+    hint = "see the Prometheus log named in the message"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _has_sample(url: str, promql: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/api/v1/query?" + urllib.parse.urlencode({"query": promql}),
+                                    timeout=2) as resp:  # noqa: S310 (loopback)
+            return bool(json.loads(resp.read())["data"]["result"])
+    except (urllib.error.URLError, OSError, ValueError, KeyError):
+        return False
+
+
+@contextmanager
+def prometheus(binary: str, targets: Sequence[str], workdir: Path, *, ready_query: str,
+               timeout_s: float = 60.0) -> Iterator[str]:
+    """Yield the base URL of a Prometheus that has scraped ``ready_query``'s series at least once."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    config, log_path = workdir / "prometheus.yml", workdir / "prometheus.log"
+    config.write_text("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: exporters\n"
+                      "    honor_labels: true\n    static_configs:\n      - targets: ["
+                      + ", ".join(f"'{t}'" for t in targets) + "]\n")
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'data'}",
+                                 f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + timeout_s
+            while not _has_sample(url, ready_query):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    tail = log_path.read_text(errors="replace")[-2000:]
+                    raise PrometheusStartError(f"Prometheus never stored a scrape of {ready_query!r} "
+                                               f"(log {log_path}):\n{tail}")
+                time.sleep(0.3)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
