@@ -123,12 +123,17 @@ def apply_idle_policy_to_rows(ledger: pl.LazyFrame, policy: Policy = "holder",
     return pl.concat([ledger.filter(~is_unalloc), kept, spread], how="vertical_relaxed")
 
 
-def apply_idle_policy_sql(rows_sql: str, policy: Policy = "holder", scope: tuple[str, ...] = ("model",)) -> str:
+def apply_idle_policy_sql(rows_sql: str, policy: Policy = "holder", scope: tuple[str, ...] = ("model",), *,
+                          exact: bool = False) -> str:
     """:func:`apply_idle_policy_to_rows` in DuckDB SQL: ``rows_sql``'s rows re-booked under ``policy``.
 
     For bills summed in DuckDB (``chargeback.read_usage``): the same rows, the
     same weights (each tenant's share of the scope's charged GPU-seconds over
     all of ``rows_sql``), so the same lines as the Polars path (tested).
+    ``exact``: the rows carry the exact ``gpu_ps`` and ``energy_nj``
+    (``analytics/exact.py``): weights come from their integer sums and a
+    spread row's integers are its row's times the weight, rounded (the same
+    bits whatever the rows' order).
     """
     if policy not in POLICIES:
         raise ValueError(f"unknown idle policy {policy!r}; choose one of {', '.join(POLICIES)}")
@@ -139,14 +144,17 @@ def apply_idle_policy_sql(rows_sql: str, policy: Policy = "holder", scope: tuple
                 f"AS tenant, CASE WHEN kind = '{K.ALLOCATED_IDLE}' THEN '{RULE_IDLE_ON_PLATFORM}' ELSE rule END AS rule) "
                 f"FROM ({rows_sql})")
     on = ", ".join(scope)
+    seconds = "gpu_ps" if exact else "gpu_seconds"
+    spread_exact = (", round(r.gpu_ps * w.w)::BIGINT AS gpu_ps, round(r.energy_nj * w.w)::BIGINT AS energy_nj"
+                    if exact else "")
     return f"""
         WITH r AS ({rows_sql}),
-        c AS (SELECT {on}, tenant, sum(gpu_seconds) AS s FROM r WHERE kind <> '{K.UNALLOCATED}'
-              GROUP BY ALL HAVING sum(gpu_seconds) > 0),
-        w AS (SELECT {on}, tenant AS _to, s / sum(s) OVER (PARTITION BY {on}) AS w FROM c)
+        c AS (SELECT {on}, tenant, sum({seconds}) AS s FROM r WHERE kind <> '{K.UNALLOCATED}'
+              GROUP BY ALL HAVING sum({seconds}) > 0),
+        w AS (SELECT {on}, tenant AS _to, s::DOUBLE / (sum(s) OVER (PARTITION BY {on}))::DOUBLE AS w FROM c)
         SELECT * FROM r WHERE kind <> '{K.UNALLOCATED}'
         UNION ALL SELECT r.* FROM r ANTI JOIN (SELECT DISTINCT {on} FROM w) USING ({on})
             WHERE kind = '{K.UNALLOCATED}'
         UNION ALL SELECT r.* REPLACE (w._to AS tenant, '{RULE_SHARED_UNALLOCATED}' AS rule,
-                                      r.gpu_seconds * w.w AS gpu_seconds, r.energy_j * w.w AS energy_j)
+                                      r.gpu_seconds * w.w AS gpu_seconds, r.energy_j * w.w AS energy_j{spread_exact})
             FROM r JOIN w USING ({on}) WHERE kind = '{K.UNALLOCATED}'"""

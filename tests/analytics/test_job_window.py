@@ -132,3 +132,22 @@ def test_the_ledger_is_bit_identical_whatever_the_chunking_and_arrival_order(fle
         run_attribution(store, chunk_messages=chunk)
         got = _sorted_ledger(store.query("SELECT * FROM ledger"))
         assert_frame_equal(got, want, check_exact=True)
+
+
+def test_rollups_and_the_bill_are_bit_identical_whatever_the_chunking_and_arrival_order(fleet_store: Store,
+                                                                                        tmp_path) -> None:
+    """The rollups sum exact integers (GPU-picoseconds, nanojoules, byte-seconds, capacity in ns), so partial
+    sums merged in any order, chunked anyhow, give the same bits, and so does the bill (issue 15)."""
+    rollups = "SELECT * FROM ledger_hourly ORDER BY ALL"
+    want = fleet_store.query(rollups)
+    month = fleet_store.query("SELECT strftime(make_timestamp(min(interval_start_ns) // 1000), '%Y-%m') AS m "
+                              "FROM ledger")["m"][0]
+    book = default_price_book()
+    bill = closing.export(fleet_store, month, book).content
+    for chunk, order in ((7, "seq"), (13, "hash(agent_id, seq)"), (29, "hash(seq) % 5, seq")):
+        store = _copy_raw(fleet_store, str(tmp_path / f"r{chunk}.duckdb"))
+        store.execute(f"CREATE OR REPLACE TABLE messages AS SELECT * FROM messages ORDER BY {order} DESC")
+        run_attribution(store, chunk_messages=chunk)
+        assert_frame_equal(store.query(rollups), want, check_exact=True)
+        assert closing.export(store, month, book).content == bill
+        store.close()
