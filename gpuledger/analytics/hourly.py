@@ -10,11 +10,12 @@ pod) x kind x rule, with
   ``energy_intervals`` counts the rows that knew their energy, so a partly
   known hour shows as such;
 - ``intervals``: how many ledger rows (sample intervals) were summed;
-- ``capacity_ns``: the lengths (integer ns, from interval bounds) of the
-  physical GPU intervals this row carries. Each GPU interval (message x
-  ``gpu_index``) is counted once, on the row of its first ledger row in key
-  order, so summed over a physical GPU-hour (hour, node, ``gpu_index``) it is
-  that GPU-hour's capacity, exactly -- what the bill prices;
+- ``capacity_ns``: the capacity of the physical GPU-hour (hour, node,
+  ``gpu_index``) the row belongs to -- the lengths of its GPU intervals
+  (message x ``gpu_index``), integer ns from interval bounds, each counted
+  once -- carried by the GPU-hour's first row in key order (0 on the others),
+  so summed over a GPU-hour it is that GPU-hour's capacity, exactly: what the
+  bill prices;
 - ``gpu_ps``, ``energy_nj``, ``memory_byte_seconds``: the exact integer sums
   of GPU-seconds, joules and GB-seconds (``analytics/exact.py``); the float
   columns above are these divided by their scale, so every column is the
@@ -56,6 +57,7 @@ from gpuledger.timeutil import HOUR_NS
 
 __all__ = [
     "EXACT_COLUMNS",
+    "GPU_HOUR",
     "GPU_INTERVAL",
     "HOURLY_COLUMNS",
     "add_parts",
@@ -79,6 +81,8 @@ HOURLY_COLUMNS = (*HOURLY_KEYS, "gpu_seconds", "energy_j", "energy_intervals", "
                   *EXACT_COLUMNS)
 #: One physical GPU interval: its ledger rows share its bounds.
 GPU_INTERVAL = ("agent_id", "boot_id", "seq", "gpu_index")
+#: One physical GPU-hour: what ``capacity_ns`` sums to a capacity over.
+GPU_HOUR = ("hour_start_ns", "node", "gpu_index")
 #: Ledger columns the rollup reads.
 _READ = ", ".join(["agent_id", "boot_id", "seq", "interval_start_ns", "interval_end_ns", *HOURLY_KEYS[1:],
                    "gpu_seconds", "energy_j", "memory_gb_seconds"])
@@ -91,18 +95,20 @@ def _known_sum(column: str) -> pl.Expr:
 
 def hourly(ledger: pl.LazyFrame) -> pl.LazyFrame:
     """Ledger rows (at least the GPU interval's key and bounds, the keys and the measures) -> rollup rows, sorted."""
-    schema = ledger.collect_schema()
-    first = [pl.col(k).cast(pl.String) if isinstance(schema[k], (pl.Enum, pl.Categorical)) else pl.col(k)
-             for k in (*GPU_INTERVAL, *HOURLY_KEYS[1:])]  # enums (the job's frames) sort as text, as stored
-    carries = pl.int_range(pl.len()).over(GPU_INTERVAL) == 0  # the GPU interval's first row in key order
+    rows = ledger.with_columns(
+        hour_start_ns=pl.col("interval_start_ns") - pl.col("interval_start_ns") % HOUR_NS,
+        gpu_ps=exact("gpu_seconds"), energy_nj=exact("energy_j"), memory_byte_seconds=exact("memory_gb_seconds"),
+    )
+    # Each physical GPU-hour's capacity: its GPU intervals' lengths (integer bounds), each counted once.
+    capacity = (rows.group_by(GPU_INTERVAL)
+                .agg(pl.col("hour_start_ns").first(), pl.col("node").first(),
+                     capacity_ns=(pl.col("interval_end_ns") - pl.col("interval_start_ns")).max())
+                .group_by(GPU_HOUR).agg(pl.col("capacity_ns").sum()))
+    schema = rows.collect_schema()
+    order = [pl.col(k).cast(pl.String) if isinstance(schema[k], (pl.Enum, pl.Categorical)) else pl.col(k)
+             for k in HOURLY_KEYS]  # enums (the job's frames) sort as text, as DuckDB sorts what is stored
     return (
-        ledger.sort(first, nulls_last=True)
-        .with_columns(
-            hour_start_ns=pl.col("interval_start_ns") - pl.col("interval_start_ns") % HOUR_NS,
-            capacity_ns=pl.when(carries).then(pl.col("interval_end_ns") - pl.col("interval_start_ns")).otherwise(0),
-            gpu_ps=exact("gpu_seconds"), energy_nj=exact("energy_j"), memory_byte_seconds=exact("memory_gb_seconds"),
-        )
-        .group_by(HOURLY_KEYS)
+        rows.group_by(HOURLY_KEYS)
         .agg(
             # Null when a row's GPU-seconds were not finite: the bill refuses it (never a silent 0).
             gpu_ps=pl.when(pl.col("gpu_ps").null_count() == 0).then(pl.col("gpu_ps").sum()),
@@ -110,11 +116,13 @@ def hourly(ledger: pl.LazyFrame) -> pl.LazyFrame:
             energy_intervals=pl.col("energy_nj").count().cast(pl.UInt32),
             memory_byte_seconds=_known_sum("memory_byte_seconds"),
             intervals=pl.len().cast(pl.UInt32),
-            capacity_ns=pl.col("capacity_ns").sum(),
         )
-        .with_columns(measure("gpu_seconds"), measure("energy_j"), measure("memory_gb_seconds"))
+        .sort(order, nulls_last=True)
+        .join(capacity, on=list(GPU_HOUR), how="left", maintain_order="left")
+        .with_columns(  # carried by the GPU-hour's first row in key order (as ``merge_hourly`` carries it)
+            *(measure(m) for m in ("gpu_seconds", "energy_j", "memory_gb_seconds")),
+            capacity_ns=pl.when(pl.int_range(pl.len()).over(GPU_HOUR) == 0).then(pl.col("capacity_ns")).otherwise(0))
         .select(HOURLY_COLUMNS)
-        .sort(HOURLY_KEYS, nulls_last=True)
     )
 
 
@@ -212,6 +220,10 @@ _MERGED = ", ".join([
     "sum(intervals)::UINTEGER AS intervals", "sum(capacity_ns)::BIGINT AS capacity_ns",
     f"({_KNOWN_PS})::BIGINT AS gpu_ps", "sum(energy_nj)::BIGINT AS energy_nj",
     "sum(memory_byte_seconds)::BIGINT AS memory_byte_seconds"])
+#: Each GPU-hour's capacity onto its first row in key order, as :func:`hourly` carries it.
+_CARRIED = (f"CASE WHEN row_number() OVER (PARTITION BY {', '.join(GPU_HOUR)} ORDER BY "
+            + ", ".join(f"{k} NULLS LAST" for k in HOURLY_KEYS if k not in GPU_HOUR)
+            + f") = 1 THEN sum(capacity_ns) OVER (PARTITION BY {', '.join(GPU_HOUR)}) ELSE 0 END::BIGINT")
 
 
 def merge_hourly(store: Store, progress: Callable[[int, int], None] | None = None) -> int:
@@ -224,8 +236,8 @@ def merge_hourly(store: Store, progress: Callable[[int, int], None] | None = Non
     keys = ", ".join(HOURLY_KEYS)
     for done, hour in enumerate(hours, 1):
         with store.transaction() as tx:
-            tx.execute(f"CREATE OR REPLACE TEMP TABLE _merged AS SELECT {_MERGED} FROM ledger_hourly "
-                       f"WHERE hour_start_ns = ? GROUP BY {keys}", [hour])
+            tx.execute(f"CREATE OR REPLACE TEMP TABLE _merged AS SELECT * REPLACE ({_CARRIED} AS capacity_ns) "
+                       f"FROM (SELECT {_MERGED} FROM ledger_hourly WHERE hour_start_ns = ? GROUP BY {keys})", [hour])
             tx.execute("DELETE FROM ledger_hourly WHERE hour_start_ns = ?", [hour])
             tx.execute("INSERT INTO ledger_hourly BY NAME SELECT * FROM _merged ORDER BY ALL")
             tx.execute("DROP TABLE _merged")
