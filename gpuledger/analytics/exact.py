@@ -56,12 +56,16 @@ def exact_sql(measure: str, source: str | None = None) -> str:
 
 def measure(name: str, column: str | None = None) -> pl.Expr:
     """An exact sum (integer column ``column``, default the exact column of ``name``) back in the measure's unit,
-    as a float: a function of the integer alone, so as order-free as it."""
+    as a float: a function of the integer alone, so as order-free as it.
+
+    Computed as the integer (as a double) times the double nearest to 1/scale: Polars divides a column by a
+    scalar that way (``x * (1 / y)``), DuckDB divides exactly, so both multiply to give the same bits.
+    """
     exact_column, scale = UNITS[name]
-    return (pl.col(column or exact_column).cast(pl.Float64) / float(scale)).alias(name)
+    return (pl.col(column or exact_column).cast(pl.Float64) * (1 / scale)).alias(name)
 
 
 def measure_sql(name: str, source: str) -> str:
     """:func:`measure` in DuckDB SQL: ``source`` (an integer expression) in the unit of ``name``."""
     _, scale = UNITS[name]
-    return f"({source})::DOUBLE / {scale}::DOUBLE"
+    return f"({source})::DOUBLE * {1 / scale!r}::DOUBLE"

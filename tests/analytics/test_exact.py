@@ -10,7 +10,7 @@ import polars as pl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gpuledger.analytics.exact import UNITS, exact, exact_sql, measure
+from gpuledger.analytics.exact import UNITS, exact, exact_sql, measure, measure_sql
 
 #: Values whose scaled product is a tie (x.5), tiny, huge, negative, and the non-finite ones.
 EDGES = [0.0, -0.0, 2.5e-12, 3.5e-12, 0.5e-12, -2.5e-12, 1.0000000000005, 10 / 3, 1e-3, 1e-300, 3600.0,
@@ -40,6 +40,19 @@ def test_polars_and_duckdb_round_every_value_to_the_same_integer() -> None:
 def test_polars_and_duckdb_agree_on_any_gpu_seconds(values: list[float]) -> None:
     polars, duck = _both(list(values), "gpu_seconds")
     assert polars == duck
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.integers(min_value=-(2**62), max_value=2**62), min_size=1, max_size=50))
+def test_an_exact_sum_reads_back_as_the_same_float_in_polars_and_duckdb(sums: list[int]) -> None:
+    sums = [*sums, 429_674_662_438_431]  # Polars divides by a scalar as x * (1/y): this one came out 1 ulp apart
+    for name in UNITS:
+        column = UNITS[name][0]
+        polars = pl.DataFrame({column: sums}, schema={column: pl.Int64}).select(measure(name))[name].to_list()
+        duck = duckdb.connect().execute(f"SELECT list({measure_sql(name, column)} ORDER BY i) FROM (SELECT "
+                                        f"unnest(?::BIGINT[]) AS {column}, unnest(range(?)) AS i)",
+                                        [sums, len(sums)]).fetchone()
+        assert duck is not None and polars == duck[0]
 
 
 def test_an_exact_sum_is_the_same_in_any_order_where_the_float_sum_is_not() -> None:

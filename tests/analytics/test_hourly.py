@@ -46,7 +46,7 @@ def assert_rollups_match(store: Store) -> None:
     got = rollups(store)
     want = expected(store)
     assert got.height == want.height > 0
-    assert_frame_equal(got, want.select(got.columns), check_dtypes=False, rel_tol=1e-12)
+    assert_frame_equal(got, want.select(got.columns), check_dtypes=False, check_exact=True)
     assert store.count("ledger_hourly_pending") == 0
     # The headline invariant in plain SQL: per hour, GPU-seconds and interval counts agree.
     diff = store.query(
