@@ -91,11 +91,12 @@ def make_rollups(gpus: int, hours: int, pods: int, seed: int = 7) -> pl.DataFram
     parts.append(pl.DataFrame({**base, "kind": "unallocated", "tenant": "platform", "namespace": None, "pod": None,
                                "rule": "unallocated", "gpu_seconds": share[:, pods]}))
     frame = pl.concat(parts, how="diagonal_relaxed").filter(pl.col("gpu_seconds") > 0)
-    # The exact columns as attribution writes them (analytics/exact.py): each GPU-hour's capacity, 3,600 s in
-    # ns, carried by its unallocated row (always there: its share is never 0).
+    # The exact columns (analytics/exact.py): each GPU-hour's capacity, 3,600 s in ns, on one row (its
+    # unallocated one: always there, its share is never 0); the bill sums it per GPU-hour.
     return (frame.with_columns(energy_j=pl.col("gpu_seconds") * 400.0, energy_intervals=pl.lit(360, pl.UInt32),
                                memory_gb_seconds=pl.lit(None, pl.Float64), intervals=pl.lit(360, pl.UInt32),
-                               capacity_ns=pl.when(pl.col("kind") == "unallocated").then(3600 * 10**9).otherwise(0))
+                               capacity_ns=pl.when(pl.col("kind") == "unallocated").then(pl.lit(3600 * 10**9, pl.Int64))
+                               .otherwise(pl.lit(0, pl.Int64)))
             .with_columns(exact("gpu_seconds"), exact("energy_j"), exact("memory_gb_seconds")))
 
 
