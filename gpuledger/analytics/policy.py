@@ -33,6 +33,7 @@ from typing import Literal
 import polars as pl
 
 from gpuledger.analytics import kinds as K
+from gpuledger.analytics.exact import exact
 
 Policy = Literal["holder", "share_unallocated", "platform"]
 POLICIES: tuple[Policy, ...] = ("holder", "share_unallocated", "platform")
@@ -111,8 +112,11 @@ def apply_idle_policy_to_rows(ledger: pl.LazyFrame, policy: Policy = "holder",
         ).select(columns)
     scope_l = list(scope)
     is_unalloc = pl.col("kind") == K.UNALLOCATED
-    weights = (ledger.filter(~is_unalloc).group_by([*scope_l, "tenant"]).agg(w=pl.col("gpu_seconds").sum())
-               .filter(pl.col("w") > 0).with_columns(w=pl.col("w") / pl.col("w").sum().over(scope_l))
+    # Weights from exact sums (analytics/exact.py): the same bits whatever the rows' order.
+    weights = (ledger.filter(~is_unalloc).group_by([*scope_l, "tenant"])
+               .agg(w=exact("gpu_seconds").cast(pl.Int128).sum())
+               .filter(pl.col("w") > 0)
+               .with_columns(w=pl.col("w").cast(pl.Float64) / pl.col("w").sum().over(scope_l).cast(pl.Float64))
                .rename({"tenant": "_to"}))
     unalloc = ledger.filter(is_unalloc)
     spread = unalloc.join(weights, on=scope_l, how="inner").with_columns(
