@@ -33,7 +33,7 @@ from typing import Literal
 import polars as pl
 
 from gpuledger.analytics import kinds as K
-from gpuledger.analytics.exact import exact
+from gpuledger.analytics.exact import exact, measure
 
 Policy = Literal["holder", "share_unallocated", "platform"]
 POLICIES: tuple[Policy, ...] = ("holder", "share_unallocated", "platform")
@@ -46,43 +46,40 @@ __all__ = [
 
 def apply_idle_policy(ledger: pl.LazyFrame, policy: Policy = "holder",
                       scope: tuple[str, ...] = ("model",)) -> pl.LazyFrame:
-    """Ledger rows -> lines (``*scope, tenant, kind, rule, gpu_seconds, energy_j``) under ``policy``.
+    """Ledger rows -> lines (``*scope, tenant, kind, rule, gpu_seconds, energy_j, gpu_ps, energy_nj``) under ``policy``.
 
-    ``Σ gpu_seconds`` per scope is unchanged (up to float rounding); energy likewise
-    where known (null energy stays null: it is not spread as zero).
+    Summed as exact integers (``gpu_ps``, ``energy_nj``: ``analytics/exact.py``), the floats computed from
+    them, so a line does not depend on the rows' order. ``Σ gpu_ps`` per scope is unchanged (a spread line
+    is its share rounded to the picosecond); energy likewise where known (null energy stays null: it is
+    not spread as zero).
     """
     if policy not in POLICIES:
         raise ValueError(f"unknown idle policy {policy!r}; choose one of {', '.join(POLICIES)}")
     keys = [*scope, *LINE_KEYS]
-    lines = ledger.group_by(keys).agg(
-        gpu_seconds=pl.col("gpu_seconds").sum(),
-        energy_j=pl.when(pl.col("energy_j").is_not_null().any()).then(pl.col("energy_j").sum()),
-    )
-    if policy == "holder":
-        return lines
+    known_nj = pl.when(pl.col("energy_nj").is_not_null().any()).then(pl.col("energy_nj").cast(pl.Int128).sum())
+    sums = {"gpu_ps": pl.col("gpu_ps").cast(pl.Int128).sum(), "energy_nj": known_nj}
+    lines = ledger.with_columns(exact("gpu_seconds"), exact("energy_j")).group_by(keys).agg(**sums)
     if policy == "platform":
         moved = pl.col("kind") == K.ALLOCATED_IDLE
-        return lines.with_columns(
+        lines = lines.with_columns(
             tenant=pl.when(moved).then(pl.lit(K.PLATFORM_TENANT)).otherwise(pl.col("tenant")),
             rule=pl.when(moved).then(pl.lit(RULE_IDLE_ON_PLATFORM)).otherwise(pl.col("rule")),
-        ).group_by(keys).agg(
-            gpu_seconds=pl.col("gpu_seconds").sum(),
-            energy_j=pl.when(pl.col("energy_j").is_not_null().any()).then(pl.col("energy_j").sum()),
+        ).group_by(keys).agg(**sums)
+    elif policy == "share_unallocated":
+        scope_l = list(scope)
+        is_unalloc = pl.col("kind") == K.UNALLOCATED
+        charged = lines.filter(~is_unalloc).group_by([*scope_l, "tenant"]).agg(w=pl.col("gpu_ps").sum())
+        charged = charged.filter(pl.col("w") > 0).with_columns(
+            w=pl.col("w").cast(pl.Float64) / pl.col("w").sum().over(scope_l).cast(pl.Float64))
+        pool = lines.filter(is_unalloc).group_by(scope_l).agg(pool_ps=pl.col("gpu_ps").sum(), pool_nj=known_nj)
+        spread = pool.join(charged, on=scope_l, how="inner").select(
+            *scope_l, "tenant", kind=pl.lit(K.UNALLOCATED), rule=pl.lit(RULE_SHARED_UNALLOCATED),
+            gpu_ps=(pl.col("pool_ps").cast(pl.Float64) * pl.col("w")).round(0).cast(pl.Int128),
+            energy_nj=(pl.col("pool_nj").cast(pl.Float64) * pl.col("w")).round(0).cast(pl.Int128),
         )
-    scope_l = list(scope)
-    is_unalloc = pl.col("kind") == K.UNALLOCATED
-    charged = lines.filter(~is_unalloc).group_by([*scope_l, "tenant"]).agg(w=pl.col("gpu_seconds").sum())
-    charged = charged.filter(pl.col("w") > 0).with_columns(w=pl.col("w") / pl.col("w").sum().over(scope_l))
-    pool = lines.filter(is_unalloc).group_by(scope_l).agg(
-        pool_s=pl.col("gpu_seconds").sum(),
-        pool_j=pl.when(pl.col("energy_j").is_not_null().any()).then(pl.col("energy_j").sum()),
-    )
-    spread = pool.join(charged, on=scope_l, how="inner").select(
-        *scope_l, "tenant", kind=pl.lit(K.UNALLOCATED), rule=pl.lit(RULE_SHARED_UNALLOCATED),
-        gpu_seconds=pl.col("pool_s") * pl.col("w"), energy_j=pl.col("pool_j") * pl.col("w"),
-    )
-    kept = lines.filter(is_unalloc).join(charged.select(scope_l).unique(), on=scope_l, how="anti")
-    return pl.concat([lines.filter(~is_unalloc), kept, spread], how="vertical_relaxed")
+        kept = lines.filter(is_unalloc).join(charged.select(scope_l).unique(), on=scope_l, how="anti")
+        lines = pl.concat([lines.filter(~is_unalloc), kept, spread], how="vertical_relaxed")
+    return lines.with_columns(measure("gpu_seconds"), measure("energy_j"))
 
 
 def apply_idle_policy_to_rows(ledger: pl.LazyFrame, policy: Policy = "holder",
