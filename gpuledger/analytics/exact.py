@@ -21,7 +21,7 @@ coarse enough that a rollup row (one GPU-hour) fits a BIGINT many times over.
 A GPU's *capacity* is not a sum of these rounded parts (rounding each part
 would let the parts of a GPU interval miss its length): it is summed from
 interval bounds, integer nanoseconds (``ledger_hourly.capacity_ns``,
-docs/chargeback.md).
+docs/storage.md, "Exact sums").
 """
 
 from __future__ import annotations
