@@ -62,6 +62,8 @@ TENANTS = 40
 
 def make_rollups(gpus: int, hours: int, pods: int, seed: int = 7) -> pl.DataFrame:
     """``gpus`` x ``hours`` GPU-hours of rollup rows (see the module docstring)."""
+    from gpuledger.analytics.exact import exact
+
     rng = np.random.default_rng(seed)
     g = np.tile(np.arange(gpus), hours)
     h = np.repeat(np.arange(hours), gpus)
@@ -89,9 +91,13 @@ def make_rollups(gpus: int, hours: int, pods: int, seed: int = 7) -> pl.DataFram
     parts.append(pl.DataFrame({**base, "kind": "unallocated", "tenant": "platform", "namespace": None, "pod": None,
                                "rule": "unallocated", "gpu_seconds": share[:, pods]}))
     frame = pl.concat(parts, how="diagonal_relaxed").filter(pl.col("gpu_seconds") > 0)
-    return frame.with_columns(energy_j=pl.col("gpu_seconds") * 400.0, energy_intervals=pl.lit(360, pl.UInt32),
-                              memory_gb_seconds=pl.lit(None, pl.Float64), intervals=pl.lit(360, pl.UInt32),
-                              cluster=pl.lit("default"))
+    # The exact columns (analytics/exact.py): each GPU-hour's capacity, 3,600 s in ns, on one row (its
+    # unallocated one: always there, its share is never 0); the bill sums it per GPU-hour.
+    return (frame.with_columns(energy_j=pl.col("gpu_seconds") * 400.0, energy_intervals=pl.lit(360, pl.UInt32),
+                               memory_gb_seconds=pl.lit(None, pl.Float64), intervals=pl.lit(360, pl.UInt32),
+                               capacity_ns=pl.when(pl.col("kind") == "unallocated").then(pl.lit(3600 * 10**9, pl.Int64))
+                               .otherwise(pl.lit(0, pl.Int64)), cluster=pl.lit("default"))
+            .with_columns(exact("gpu_seconds"), exact("energy_j"), exact("memory_gb_seconds")))
 
 
 def _write(db: str, gpus: int, pods: int, queue: Any, days: int = 31) -> None:

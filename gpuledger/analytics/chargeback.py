@@ -40,6 +40,7 @@ from typing import Any
 import polars as pl
 
 from gpuledger.analytics import kinds
+from gpuledger.analytics.exact import exact, exact_sql, measure
 from gpuledger.analytics.money import allocate, quantize_fraction
 from gpuledger.analytics.prices import Price, PriceBook
 from gpuledger.errors import GpuledgerError
@@ -83,18 +84,35 @@ _GPU_INTERVAL = ["cluster", "agent_id", "boot_id", "seq", "gpu_index"]  # cluste
 #: Ledger columns pricing reads (not pod names or memory).
 _READ = ("agent_id, boot_id, seq, node, interval_start_ns, interval_end_ns, gpu_index, model, profile, "
          "sharing, kind, tenant, namespace, rule, gpu_seconds, energy_j, cluster")
+#: A line's measures (float, what lines show) -> the exact integer sums they are computed from
+#: (GPU-picoseconds, nanojoules: ``analytics/exact.py``); every sum of a bill adds these integers only.
+METRIC_SUMS = {"gpu_seconds": "gpu_ps", "busy_seconds": "busy_ps", "idle_seconds": "idle_ps",
+               "unmeasured_seconds": "unmeasured_ps", "unallocated_seconds": "unallocated_ps",
+               "direct_busy_seconds": "direct_busy_ps", "energy_j": "energy_nj"}
+_PS = pl.col("gpu_ps").cast(pl.Int128)
 _METRICS = {
-    "gpu_seconds": pl.col("gpu_seconds").sum(),
-    "busy_seconds": pl.col("gpu_seconds").filter(pl.col("kind") == kinds.BUSY).sum(),
-    "idle_seconds": pl.col("gpu_seconds").filter(pl.col("kind") == kinds.ALLOCATED_IDLE).sum(),
-    "unmeasured_seconds": pl.col("gpu_seconds").filter(pl.col("kind") == kinds.UNMEASURED).sum(),
-    "unallocated_seconds": pl.col("gpu_seconds").filter(pl.col("kind") == kinds.UNALLOCATED).sum(),
-    "direct_busy_seconds": pl.col("gpu_seconds")
-    .filter((pl.col("kind") == kinds.BUSY) & pl.col("rule").is_in(list(kinds.DIRECT_RULES)))
+    # Null when a row's GPU-seconds were not finite: the line cannot be priced (LedgerDataError).
+    "gpu_ps": pl.when(pl.col("gpu_ps").null_count() == 0).then(_PS.sum()),
+    "busy_ps": _PS.filter(pl.col("kind") == kinds.BUSY).sum(),
+    "idle_ps": _PS.filter(pl.col("kind") == kinds.ALLOCATED_IDLE).sum(),
+    "unmeasured_ps": _PS.filter(pl.col("kind") == kinds.UNMEASURED).sum(),
+    "unallocated_ps": _PS.filter(pl.col("kind") == kinds.UNALLOCATED).sum(),
+    "direct_busy_ps": _PS.filter((pl.col("kind") == kinds.BUSY) & pl.col("rule").is_in(list(kinds.DIRECT_RULES)))
     .sum(),
     # Null when no row of the line measured energy: missing is not zero.
-    "energy_j": pl.when(pl.col("energy_j").is_not_null().any()).then(pl.col("energy_j").sum()),
+    "energy_nj": pl.when(pl.col("energy_nj").is_not_null().any()).then(pl.col("energy_nj").cast(pl.Int128).sum()),
 }
+
+
+def _known(column: str) -> pl.Expr:
+    """Exact sum of the known values (Int128), null when none is known."""
+    return pl.when(pl.col(column).is_not_null().any()).then(pl.col(column).cast(pl.Int128).sum())
+
+
+def _measures() -> list[pl.Expr]:
+    """The float measures of lines, each from its exact sum (:data:`METRIC_SUMS`)."""
+    return [measure("energy_j" if name == "energy_j" else "gpu_seconds", column).alias(name)
+            for name, column in METRIC_SUMS.items()]
 
 
 class LedgerDataError(GpuledgerError):
@@ -148,11 +166,12 @@ class Usage:
     """What a period's bill is computed from: sums per line keys and the GPU capacity behind them.
 
     ``sums``: one row per key × ``model`` × ``_profile`` (MIG profile, "" for a
-    whole GPU) × ``_day`` (UTC date, the price's day) with the :data:`_METRICS`
-    and ``_sharing`` (list of sharing modes). ``capacity``: one row per
+    whole GPU) × ``_day`` (UTC date, the price's day) with the exact sums of
+    :data:`METRIC_SUMS` (GPU-picoseconds, nanojoules; integers, so no sum
+    depends on its order) and ``_sharing`` (list of sharing modes). ``capacity``: one row per
     ``model`` × ``_profile`` × ``_day`` with ``units`` (GPU-nanoseconds × 840,
     exact integers), ``min_k`` (the smallest slice share, a check) and
-    ``energy_j`` (measured joules, null when none). Both are small: their size
+    ``energy_nj`` (measured nanojoules, null when none). Both are small: their size
     does not grow with the fleet's ticks or days beyond one row per day.
     """
 
@@ -166,13 +185,16 @@ _PRICE_KEYS = ["model", "_profile", "_day"]
 def _split_units(per: pl.LazyFrame, unit: list[str]) -> pl.LazyFrame:
     """Per physical GPU interval (``unit`` keys, length ``dt`` ns): its model × profile groups' shares in 1/840.
 
-    ``per`` has one row per ``unit`` × model × ``_profile`` with ``secs``; the
+    ``per`` has one row per ``unit`` × model × ``_profile`` with ``secs`` (exact GPU-picoseconds); each share is
+    ``secs / total`` × 840 rounded half up, in integers; the
     largest group (ties: model, profile) takes the rounding remainder so the
     shares of one interval sum to exactly 840.
     """
+    total = pl.col("total")
     return (
         per.with_columns(total=pl.col("secs").sum().over(unit))
-        .with_columns(k=(pl.col("secs") / pl.col("total") * SLICE_UNITS + 0.5).floor().fill_nan(0).cast(pl.Int64))
+        .with_columns(k=pl.when(total > 0).then((pl.col("secs") * 2 * SLICE_UNITS + total) // (2 * total))
+                      .otherwise(0).cast(pl.Int64))
         .sort([*unit, "secs", "model", "_profile"], descending=[False] * len(unit) + [True, False, False])
         .with_columns(first=pl.int_range(pl.len()).over(unit) == 0)
         .with_columns(k=pl.when("first").then(SLICE_UNITS - (pl.col("k").sum().over(unit) - pl.col("k")))
@@ -183,19 +205,19 @@ def _split_units(per: pl.LazyFrame, unit: list[str]) -> pl.LazyFrame:
 def usage_of(ledger: pl.LazyFrame, by: Sequence[str]) -> Usage:
     """:class:`Usage` of ledger rows (interval grain; the API and the tests' path), grouped by ``by``."""
     ledger = _with_line_kind(ledger).with_columns(
-        energy_j=pl.col("energy_j").fill_nan(None),  # NaN energy: unmeasured
+        gpu_ps=exact("gpu_seconds"), energy_nj=exact("energy_j"),  # NaN energy: unmeasured (null)
         _day=pl.from_epoch("interval_start_ns", time_unit="ns").dt.date(),
         _profile=pl.col("profile").fill_null(""),
     )
     keys = list(dict.fromkeys([*by, *_PRICE_KEYS]))
     sums = ledger.group_by(keys).agg(**_METRICS, _sharing=pl.col("sharing").unique())
     per = (ledger.group_by([*_GPU_INTERVAL, *_PRICE_KEYS])
-           .agg(secs=pl.col("gpu_seconds").sum(), dt=(pl.col("interval_end_ns") - pl.col("interval_start_ns")).max(),
-                energy_j=pl.col("energy_j").sum(), measured=pl.col("energy_j").is_not_null().any())
+           .agg(secs=_PS.sum(), dt=(pl.col("interval_end_ns") - pl.col("interval_start_ns")).max(),
+                energy_nj=pl.col("energy_nj").cast(pl.Int128).sum(), measured=pl.col("energy_nj").is_not_null().any())
            .with_columns(dt=pl.col("dt").max().over(_GPU_INTERVAL)))
     capacity = (_split_units(per, _GPU_INTERVAL).group_by(_PRICE_KEYS)
                 .agg(units=(pl.col("dt").cast(pl.Int128) * pl.col("k")).sum(), min_k=pl.col("k").min(),
-                     energy_j=pl.when(pl.col("measured").any()).then(pl.col("energy_j").filter("measured").sum())))
+                     energy_nj=pl.when(pl.col("measured").any()).then(pl.col("energy_nj").filter("measured").sum())))
     collected = pl.collect_all([sums, capacity])
     return Usage(collected[0], collected[1])
 
@@ -203,9 +225,10 @@ def usage_of(ledger: pl.LazyFrame, by: Sequence[str]) -> Usage:
 def price_usage(usage: Usage, book: PriceBook, by: Sequence[str]) -> tuple[pl.DataFrame, PoolMap]:
     """Metrics and cost per ``by`` × model × price entry; the pools they came from.
 
-    Columns: the keys, ``entry_id``, the ``_METRICS`` (seconds, joules),
-    ``sharing_modes`` and ``capacity_cost`` / ``energy_cost`` (Decimal; energy
-    null when not charged).
+    Columns: the keys, ``entry_id``, the measures of :data:`METRIC_SUMS` (seconds, joules: floats, each
+    computed from its exact integer sum) and those sums, ``sharing_modes`` and ``capacity_cost`` /
+    ``energy_cost`` (Decimal; energy null when not charged). Cost is split by GPU-seconds (joules)
+    rounded to the microsecond (millijoule), from the exact sums.
     """
     days = pl.concat([usage.sums.select(_PRICE_KEYS), usage.capacity.select(_PRICE_KEYS)]).unique()
     prices: dict[str, Price] = {}
@@ -217,17 +240,19 @@ def price_usage(usage: Usage, book: PriceBook, by: Sequence[str]) -> tuple[pl.Da
     lookup = days.with_columns(entry_id=pl.Series(entry_ids, dtype=pl.String))
     pool_map = _pools(usage.capacity.join(lookup, on=_PRICE_KEYS, how="left"), prices, book.quantum)
     keys = list(dict.fromkeys([*by, "model", "entry_id"]))
-    summed = [pl.col(m).sum() for m in _METRICS if m != "energy_j"]
-    memory = ({"memory_gb_seconds": pl.when(pl.col("memory_gb_seconds").is_not_null().any())
-               .then(pl.col("memory_gb_seconds").sum())} if "memory_gb_seconds" in usage.sums.columns else {})
+    summed = [pl.col(m).sum() for m in _METRICS if m not in ("gpu_ps", "energy_nj")]
+    has_memory = "memory_byte_seconds" in usage.sums.columns
+    memory = {"memory_byte_seconds": _known("memory_byte_seconds")} if has_memory else {}
     modes = pl.col("_sharing").list.explode(keep_nulls=False, empty_as_null=False).unique().sort().str.join(",")
     lines = (usage.sums.join(lookup, on=_PRICE_KEYS, how="left", nulls_equal=True)
              .group_by(keys)
-             .agg(*summed, energy_j=pl.when(pl.col("energy_j").is_not_null().any()).then(pl.col("energy_j").sum()),
-                  sharing_modes=modes, **memory)
-             .select(*keys, *_METRICS, "sharing_modes", *memory)
+             .agg(*summed, gpu_ps=pl.when(pl.col("gpu_ps").null_count() == 0).then(pl.col("gpu_ps").sum()),
+                  energy_nj=_known("energy_nj"), sharing_modes=modes, **memory)
+             .with_columns(*_measures(), *([measure("memory_gb_seconds")] if has_memory else []))
+             .select(*keys, *METRIC_SUMS, *METRIC_SUMS.values(), "sharing_modes",
+                     *(["memory_gb_seconds"] if has_memory else []))
              .sort(keys, nulls_last=True))
-    bad = lines.filter(pl.col("gpu_seconds").is_nan() | (pl.col("gpu_seconds") < 0))
+    bad = lines.filter(pl.col("gpu_ps").is_null() | (pl.col("gpu_ps") < 0))
     if bad.height:
         raise LedgerDataError(f"{bad.height} charge line(s) have NaN or negative GPU-seconds, "
                               f"e.g. {bad.select(keys).row(0)}")
@@ -237,12 +262,12 @@ def price_usage(usage: Usage, book: PriceBook, by: Sequence[str]) -> tuple[pl.Da
     for (model, entry_id), part in sorted(index.items()):
         pool = pool_map[(str(model), str(entry_id))]
         rows = part["_i"].to_list()
-        # Weights rounded to 1 µs / 1 mJ: float summation noise must not decide who gets a cent.
-        weights = [round(s, 6) for s in part["gpu_seconds"].to_list()]
+        # Weights: the exact sums rounded (half to even) to 1 µs / 1 mJ, the grain a line's share is weighed in.
+        weights = [round(Fraction(int(p), 10**6)) for p in part["gpu_ps"].to_list()]
         for i, amount in zip(rows, allocate(pool.capacity_cost, weights, book.quantum)):
             cap_cost[i] = amount
         if pool.energy_cost is not None:
-            weights = [round(e or 0.0, 3) for e in part["energy_j"].to_list()]
+            weights = [round(Fraction(int(e or 0), 10**6)) for e in part["energy_nj"].to_list()]
             for i, amount, e in zip(rows, allocate(pool.energy_cost, weights, book.quantum), part["energy_j"]):
                 e_cost[i] = amount if e is not None else None
     scale = max(0, -int(book.quantum.as_tuple().exponent))
@@ -252,10 +277,10 @@ def price_usage(usage: Usage, book: PriceBook, by: Sequence[str]) -> tuple[pl.Da
 
 
 def _pools(capacity: pl.DataFrame, prices: dict[str, Price], quantum: Decimal) -> PoolMap:
-    """Capacity and its cost per (model, entry_id), from the exact integer units."""
+    """Capacity and its cost per (model, entry_id), from the exact integer units (energy: nanojoules)."""
     sums = (capacity.group_by("model", "entry_id")
             .agg(units=pl.col("units").cast(pl.Int128).sum(), min_k=pl.col("min_k").min(),
-                 energy=pl.when(pl.col("energy_j").is_not_null().any()).then(pl.col("energy_j").sum())))
+                 energy=_known("energy_nj")))
     out: PoolMap = {}
     for model, entry_id, units, min_k, energy in sums.sort("model", "entry_id").iter_rows():
         if min_k is not None and min_k < 0:
@@ -264,9 +289,10 @@ def _pools(capacity: pl.DataFrame, prices: dict[str, Price], quantum: Decimal) -
         capacity_ns = Fraction(int(units), SLICE_UNITS)
         cost = quantize_fraction(capacity_ns / HOUR_NS * Fraction(price.per_gpu_hour), quantum)
         e_cost = None
-        if price.energy_per_kwh is not None and energy is not None:
-            e_cost = quantize_fraction(Fraction(energy) / J_PER_KWH * Fraction(price.energy_per_kwh), quantum)
-        out[(model, entry_id)] = Pool(model, price, capacity_ns, cost, energy, e_cost)
+        joules = None if energy is None else Fraction(int(energy), 10**9)
+        if price.energy_per_kwh is not None and joules is not None:
+            e_cost = quantize_fraction(joules / J_PER_KWH * Fraction(price.energy_per_kwh), quantum)
+        out[(model, entry_id)] = Pool(model, price, capacity_ns, cost, None if joules is None else float(joules), e_cost)
     return out
 
 
@@ -312,12 +338,13 @@ def showback(ledger: pl.LazyFrame, book: PriceBook, by: Sequence[str]) -> pl.Dat
     if bad or not by:
         raise ValueError(f"cannot group by {bad or 'nothing'}; choose from {', '.join(GROUPABLE)}")
     lines, _ = costed_lines(ledger, book, by)
-    metric_sums = [pl.col(m).sum() for m in _METRICS if m != "energy_j"]
+    metric_sums = [pl.col(m).sum() for m in METRIC_SUMS.values() if m != "energy_nj"]
     return (
         lines.group_by(list(by))
-        .agg(*metric_sums, energy_j=pl.when(pl.col("energy_j").is_not_null().any()).then(pl.col("energy_j").sum()),
+        .agg(*metric_sums, energy_nj=_known("energy_nj"),
              capacity_cost=pl.col("capacity_cost").sum(),
              energy_cost=pl.when(pl.col("energy_cost").is_not_null().any()).then(pl.col("energy_cost").sum()))
+        .with_columns(*_measures())
         .with_columns(cost=pl.col("capacity_cost") + pl.col("energy_cost").fill_null(0),
                       coverage=pl.when(pl.col("busy_seconds") > 0)
                       .then(pl.col("direct_busy_seconds") / pl.col("busy_seconds")))
@@ -361,24 +388,43 @@ _KEY_SQL = {
 }
 _HOUR_COLUMNS = ("node, gpu_index, model, profile, sharing, kind, tenant, namespace, pod, rule, gpu_seconds, energy_j, "
                  "cluster")
-_KNOWN_ENERGY = "sum(energy_j) FILTER (WHERE NOT isnan(energy_j))"  # NaN energy: unmeasured
+#: The exact columns of hour-grain rows (``ledger_hourly``'s; a ledger row's own, ``analytics/exact.py``).
+_HOUR_EXACT = "gpu_ps, energy_nj, capacity_ns"
 _DIRECT = ", ".join(f"'{r}'" for r in kinds.DIRECT_RULES)
-#: ``_METRICS`` in DuckDB SQL (a filtered sum over no row is 0.0, as Polars gives it).
+#: Null when a row's GPU-seconds were not finite (no integer): the line cannot be priced.
+_KNOWN_PS = "CASE WHEN count(*) = count(gpu_ps) THEN sum(gpu_ps) END"
+#: ``_METRICS`` in DuckDB SQL: integer sums (HUGEINT), a filtered sum over no row is 0, as Polars gives it.
 _METRICS_SQL = (
-    "sum(gpu_seconds) AS gpu_seconds, "
-    + "".join(f"coalesce(sum(gpu_seconds) FILTER (WHERE kind = '{k}'), 0.0) AS {name}, " for k, name in (
-        (kinds.BUSY, "busy_seconds"), (kinds.ALLOCATED_IDLE, "idle_seconds"),
-        (kinds.UNMEASURED, "unmeasured_seconds"), (kinds.UNALLOCATED, "unallocated_seconds")))
-    + f"coalesce(sum(gpu_seconds) FILTER (WHERE kind = '{kinds.BUSY}' AND rule IN ({_DIRECT})), 0.0) "
-    f"AS direct_busy_seconds, {_KNOWN_ENERGY} AS energy_j"
+    f"{_KNOWN_PS} AS gpu_ps, "
+    + "".join(f"coalesce(sum(gpu_ps) FILTER (WHERE kind = '{k}'), 0) AS {name}, " for k, name in (
+        (kinds.BUSY, "busy_ps"), (kinds.ALLOCATED_IDLE, "idle_ps"),
+        (kinds.UNMEASURED, "unmeasured_ps"), (kinds.UNALLOCATED, "unallocated_ps")))
+    + f"coalesce(sum(gpu_ps) FILTER (WHERE kind = '{kinds.BUSY}' AND rule IN ({_DIRECT})), 0) "
+    "AS direct_busy_ps, sum(energy_nj) AS energy_nj"
 )
+#: One share of a physical GPU interval (or GPU-hour) in 1/840: ``secs / total`` rounded half up, in integers.
+_SHARE_SQL = f"CASE WHEN total > 0 THEN (secs * {2 * SLICE_UNITS} + total) // (2 * total) ELSE 0 END"
+
+
+def _ledger_hour_rows(where: str) -> str:
+    """Ledger rows as hour-grain rows (``hour_rows_sql``'s columns) where ``where`` holds for their hour
+    (``h``): the exact integers of each row, and each GPU interval's length (integer ns) on one of its rows,
+    so a physical GPU-hour's ``capacity_ns`` sums to its capacity as the rollups' does."""
+    hour = f"interval_start_ns - interval_start_ns % {HOUR_NS}"
+    return (f"SELECT {hour} AS hour_start_ns, {_HOUR_COLUMNS}, 1::UINTEGER AS intervals, "
+            f"{exact_sql('gpu_seconds')} AS gpu_ps, {exact_sql('energy_j')} AS energy_nj, "
+            "CASE WHEN row_number() OVER (PARTITION BY cluster, agent_id, boot_id, seq, gpu_index) = 1 "
+            "THEN interval_end_ns - interval_start_ns ELSE 0 END AS capacity_ns "
+            f"FROM ledger WHERE {where.replace('h.hour_start_ns', f'({hour})')}")
 
 
 def hour_rows_sql(store: Store) -> str:
     """SQL for the hour-grain rows of [$lo, $hi) (named parameters, ns): what the bill is made of.
 
     Columns: ``hour_start_ns``, the rollup's unit, holder, kind and rule
-    columns, ``gpu_seconds``, ``energy_j`` and ``intervals`` (ledger rows summed).
+    columns, ``gpu_seconds``, ``energy_j``, ``intervals`` (ledger rows summed)
+    and the exact ``gpu_ps``, ``energy_nj`` and ``capacity_ns`` (summed per
+    physical GPU-hour: its capacity), see ``analytics/hourly.py``.
 
     The hourly rollups (``ledger_hourly``), except hours pending a recompute,
     which come from the interval ledger summed to the hour; a retired month
@@ -386,19 +432,17 @@ def hour_rows_sql(store: Store) -> str:
     their rollups whatever their mark. A file no writer
     has opened since the rollups were added has only the ledger.
     """
-    from_ledger = (f"SELECT interval_start_ns - interval_start_ns % {HOUR_NS} AS hour_start_ns, {_HOUR_COLUMNS}, "
-                   "1::UINTEGER AS intervals FROM ledger")
+    span = "h.hour_start_ns >= $lo AND h.hour_start_ns < $hi"
     if not all(store.has_table(t) for t in ("ledger_hourly", "ledger_hourly_pending", "ledger_retired")):
-        return f"SELECT * FROM ({from_ledger}) WHERE hour_start_ns >= $lo AND hour_start_ns < $hi"
+        return _ledger_hour_rows(span)
     pending = "SELECT hour_start_ns FROM ledger_hourly_pending"
     retired = ("EXISTS (SELECT 1 FROM ledger_retired r "
                "WHERE h.hour_start_ns >= r.start_ns AND h.hour_start_ns < r.end_ns)")
     if store.has_table("ledger_window"):  # before the interval ledger's window: rollups only
         retired += " OR h.hour_start_ns < (SELECT coalesce(max(kept_from_ns), -1) FROM ledger_window)"
-    return (f"SELECT hour_start_ns, {_HOUR_COLUMNS}, intervals FROM ledger_hourly h "
-            f"WHERE hour_start_ns >= $lo AND hour_start_ns < $hi AND (hour_start_ns NOT IN ({pending}) OR {retired}) "
-            f"UNION ALL SELECT * FROM ({from_ledger}) "
-            f"WHERE hour_start_ns >= $lo AND hour_start_ns < $hi AND hour_start_ns IN ({pending})")
+    return (f"SELECT hour_start_ns, {_HOUR_COLUMNS}, intervals, {_HOUR_EXACT} FROM ledger_hourly h "
+            f"WHERE {span} AND (hour_start_ns NOT IN ({pending}) OR {retired}) "
+            f"UNION ALL {_ledger_hour_rows(f'{span} AND h.hour_start_ns IN ({pending})')}")
 
 
 def usage_sql(store: Store, rows_sql: str, params: Sequence[Any] | Mapping[str, Any],
@@ -409,31 +453,34 @@ def usage_sql(store: Store, rows_sql: str, params: Sequence[Any] | Mapping[str, 
     ``keys``: output column -> SQL expression over those rows. The same sums
     and the same per-GPU-interval capacity split as the Polars path, so
     :func:`price_usage` gives the same lines (tests/api/test_showback_sql.py);
-    only the sums leave DuckDB. Adds ``memory_gb_seconds`` (known sum) to the sums. ``capacity``: the
+    only the sums leave DuckDB. Each row's measures are made exact integers
+    first (``analytics/exact.py``), so no sum depends on its order. Adds
+    ``memory_byte_seconds`` (known sum) to the sums. ``capacity``: the
     capacity of the same rows from an earlier call (it does not depend on the keys). ``hour_boot``: rows
     with this ``boot_id`` are GPU-hours of rollups (one "interval" per node, GPU and hour): their capacity
-    is their GPU-seconds summed (conservation), whatever their interval end says.
+    is their GPU-seconds summed (conservation) and rounded to the nanosecond, whatever their interval end says.
     """
     key_sql = "".join(f"{expr} AS \"{name}\", " for name, expr in keys.items())
-    metrics = f"{_METRICS_SQL}, sum(memory_gb_seconds) AS memory_gb_seconds"
+    rows = (f"SELECT *, {exact_sql('gpu_seconds')} AS gpu_ps, {exact_sql('energy_j')} AS energy_nj, "
+            f"{exact_sql('memory_gb_seconds')} AS memory_byte_seconds FROM ({rows_sql})")
+    metrics = f"{_METRICS_SQL}, sum(memory_byte_seconds) AS memory_byte_seconds"
     day = f"interval_start_ns - interval_start_ns % {DAY_NS}"
-    sums_sql = (f"WITH h AS ({rows_sql}) SELECT {key_sql}model AS _model, coalesce(profile, '') AS _profile, "
+    sums_sql = (f"WITH h AS ({rows}) SELECT {key_sql}model AS _model, coalesce(profile, '') AS _profile, "
                 f"{day} AS _day_ns, {metrics}, list(DISTINCT sharing) AS _sharing FROM h GROUP BY ALL")
     unit = "cluster, agent_id, boot_id, seq, gpu_index"
     dt = "max(dt0) OVER u" if hour_boot is None else \
-        f"CASE WHEN boot_id = '{hour_boot}' THEN round(sum(secs) OVER u * 1e9)::BIGINT ELSE max(dt0) OVER u END"
+        f"CASE WHEN boot_id = '{hour_boot}' THEN (sum(secs) OVER u + 500) // 1000 ELSE max(dt0) OVER u END"
     capacity_sql = f"""
-        WITH h AS ({rows_sql}),
-        g AS (SELECT {unit}, model, coalesce(profile, '') AS _profile, {day} AS _day_ns, sum(gpu_seconds) AS secs,
-                     max(interval_end_ns - interval_start_ns) AS dt0, {_KNOWN_ENERGY} AS energy_j FROM h GROUP BY ALL),
+        WITH h AS ({rows}),
+        g AS (SELECT {unit}, model, coalesce(profile, '') AS _profile, {day} AS _day_ns, sum(gpu_ps) AS secs,
+                     max(interval_end_ns - interval_start_ns) AS dt0, sum(energy_nj) AS energy_nj FROM h GROUP BY ALL),
         w AS (SELECT *, {dt} AS dt, sum(secs) OVER u AS total,
                      row_number() OVER (PARTITION BY {unit} ORDER BY secs DESC, model, _profile) AS r
               FROM g WINDOW u AS (PARTITION BY {unit})),
-        k AS (SELECT *, CASE WHEN total > 0 THEN floor(secs / total * {SLICE_UNITS} + 0.5)::BIGINT ELSE 0 END AS k0
-              FROM w),
+        k AS (SELECT *, {_SHARE_SQL} AS k0 FROM w),
         x AS (SELECT *, CASE WHEN r = 1 THEN {SLICE_UNITS} - (sum(k0) OVER (PARTITION BY {unit}) - k0) ELSE k0 END
                      AS k FROM k)
-        SELECT model, _profile, _day_ns, sum(dt::HUGEINT * k) AS units, min(k) AS min_k, sum(energy_j) AS energy_j
+        SELECT model, _profile, _day_ns, sum(dt::HUGEINT * k) AS units, min(k) AS min_k, sum(energy_nj) AS energy_nj
         FROM x GROUP BY ALL"""
     as_day = pl.from_epoch("_day_ns", time_unit="ns").dt.date().alias("_day")
     sums = store.query(sums_sql, params)
@@ -449,10 +496,12 @@ def read_usage(store: Store, start: datetime, end: datetime, by: Sequence[str], 
 
     Memory does not grow with the fleet's size, tick or days: DuckDB streams
     the rollups (spilling past its ``memory_limit``) and only the sums leave it
-    (one row per line key × model × profile × day). A physical GPU-hour's
-    capacity is its GPU-seconds summed (conservation: the ledger rows of a GPU
-    interval sum to its length, so the hour's sum rounded to the nanosecond is
-    the integer capacity the ledger path takes from interval bounds);
+    (one row per line key × model × profile × day). Every sum adds integers
+    (GPU-picoseconds, nanojoules, nanoseconds: ``analytics/exact.py``), so the
+    bill does not depend on how the rollups were chunked or merged, nor on
+    DuckDB's parallel aggregation. A physical GPU-hour's capacity is the sum
+    of its rows' ``capacity_ns`` (interval lengths from integer bounds, the
+    capacity the ledger path takes per GPU interval);
     tests/analytics/test_chargeback_rollups.py checks both paths give the same file. ``policy``: who pays
     for idle (``analytics/policy.py``), applied to the rows in DuckDB.
     """
@@ -465,22 +514,22 @@ def read_usage(store: Store, start: datetime, end: datetime, by: Sequence[str], 
     if policy not in POLICIES:
         raise ValueError(f"unknown idle policy {policy!r}; choose one of {', '.join(POLICIES)}")
     # Who pays for idle moves GPU-seconds between tenants within a GPU-hour: capacity does not change.
-    sums_sql = (f"WITH h AS ({apply_idle_policy_sql(rows, policy)}) SELECT {key_sql}{', ' if key_sql else ''}model AS _model, "
+    sums_sql = (f"WITH h AS ({apply_idle_policy_sql(rows, policy, exact=True)}) SELECT {key_sql}"
+                f"{', ' if key_sql else ''}model AS _model, "
                 f"coalesce(profile, '') AS _profile, {day} AS _day_ns, {metrics}, list(DISTINCT sharing) AS _sharing "
                 "FROM h GROUP BY ALL")
     unit = "hour_start_ns, cluster, node, gpu_index"
     capacity_sql = f"""
         WITH h AS ({rows}),
-        g AS (SELECT {unit}, model, coalesce(profile, '') AS _profile, sum(gpu_seconds) AS secs,
-                     {_KNOWN_ENERGY} AS energy_j FROM h GROUP BY ALL),
-        w AS (SELECT *, sum(secs) OVER u AS total, round(sum(secs) OVER u * 1e9)::HUGEINT AS dt,
+        g AS (SELECT {unit}, model, coalesce(profile, '') AS _profile, sum(gpu_ps) AS secs,
+                     sum(capacity_ns) AS cap, sum(energy_nj) AS energy_nj FROM h GROUP BY ALL),
+        w AS (SELECT *, sum(secs) OVER u AS total, sum(cap) OVER u AS dt,
                      row_number() OVER (PARTITION BY {unit} ORDER BY secs DESC, model, _profile) AS r
               FROM g WINDOW u AS (PARTITION BY {unit})),
-        k AS (SELECT *, CASE WHEN total > 0 THEN floor(secs / total * {SLICE_UNITS} + 0.5)::BIGINT ELSE 0 END AS k0
-              FROM w),
+        k AS (SELECT *, {_SHARE_SQL} AS k0 FROM w),
         x AS (SELECT *, CASE WHEN r = 1 THEN {SLICE_UNITS} - (sum(k0) OVER (PARTITION BY {unit}) - k0) ELSE k0 END
                      AS k FROM k)
-        SELECT model, _profile, {day} AS _day_ns, sum(dt * k) AS units, min(k) AS min_k, sum(energy_j) AS energy_j
+        SELECT model, _profile, {day} AS _day_ns, sum(dt * k) AS units, min(k) AS min_k, sum(energy_nj) AS energy_nj
         FROM x GROUP BY ALL"""
     params = {"lo": to_ns(start), "hi": to_ns(end)}
     as_day = pl.from_epoch("_day_ns", time_unit="ns").dt.date().alias("_day")

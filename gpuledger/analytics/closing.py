@@ -316,7 +316,7 @@ _BILLED_COLUMNS = ("billing_month", "usage_month", "charge_class", "charge_start
 def _inputs(store: Store, month: str, book: PriceBook, ctx: ExportContext) -> dict[str, Any]:
     """What the closed file was computed from, to explain a later correction."""
     start, end = month_bounds(month)
-    stats = store.query(f"SELECT sum(intervals) AS n, sum(gpu_seconds) AS s, count(*) AS r "
+    stats = store.query(f"SELECT sum(intervals) AS n, sum(gpu_ps)::DOUBLE / 1e12 AS s, count(*) AS r "
                         f"FROM ({cb.hour_rows_sql(store)})", {"lo": to_ns(start), "hi": to_ns(end)})
     entries = [[e.entry_id, e.model, e.profile, str(e.per_gpu_hour), e.effective_from.isoformat(),
                 None if e.energy_per_kwh is None else str(e.energy_per_kwh)] for e in book.entries]

@@ -409,9 +409,11 @@ def _pool_totals(lines: pl.DataFrame) -> dict[tuple[str, str], tuple[float, floa
     """GPU-seconds and joules of each priced pool (model, price entry) over the month: the split's denominators."""
     if lines.is_empty():
         return {}
+    # Summed as exact integers (GPU-ps, nJ): the same denominators whatever the lines' order.
     pools = lines.group_by("model", "entry_id").agg(
-        s=pl.col("gpu_seconds").sum(), j=pl.when(pl.col("energy_j").is_not_null().any()).then(pl.col("energy_j").sum()))
-    return {(r["model"], r["entry_id"]): (r["s"], r["j"]) for r in pools.iter_rows(named=True)}
+        s=pl.col("gpu_ps").sum(), j=pl.when(pl.col("energy_nj").is_not_null().any()).then(pl.col("energy_nj").sum()))
+    return {(r["model"], r["entry_id"]): (int(r["s"]) / 10**12, None if r["j"] is None else int(r["j"]) / 10**9)
+            for r in pools.iter_rows(named=True)}
 
 
 def _time_allocation(line: Mapping[str, Any], pool_s: float) -> tuple[tuple[str, Decimal, Decimal], ...]:

@@ -9,7 +9,17 @@ pod, cluster) x kind x rule, with
   values, null when no ledger row of the group knew one (missing is not zero);
   ``energy_intervals`` counts the rows that knew their energy, so a partly
   known hour shows as such;
-- ``intervals``: how many ledger rows (sample intervals) were summed.
+- ``intervals``: how many ledger rows (sample intervals) were summed;
+- ``capacity_ns``: the capacity of the physical GPU-hour (hour, node,
+  ``gpu_index``) the row belongs to -- the lengths of its GPU intervals
+  (message x ``gpu_index``), integer ns from interval bounds, each counted
+  once -- carried by the GPU-hour's first row in key order (0 on the others),
+  so summed over a GPU-hour it is that GPU-hour's capacity, exactly: what the
+  bill prices;
+- ``gpu_ps``, ``energy_nj``, ``memory_byte_seconds``: the exact integer sums
+  of GPU-seconds, joules and GB-seconds (``analytics/exact.py``); the float
+  columns above are these divided by their scale, so every column is the
+  same whatever the chunking, arrival order or merge order that summed it.
 
 An interval belongs to the hour that contains its ``interval_start_ns``, the
 rule chargeback uses for months and days, so an hour's rollup and a month's
@@ -41,10 +51,14 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
+from gpuledger.analytics.exact import exact, measure, measure_sql
 from gpuledger.store import Store
 from gpuledger.timeutil import HOUR_NS
 
 __all__ = [
+    "EXACT_COLUMNS",
+    "GPU_HOUR",
+    "GPU_INTERVAL",
     "HOURLY_COLUMNS",
     "add_parts",
     "merge_hourly",
@@ -62,31 +76,54 @@ __all__ = [
 #: The rollup's grain, in table order (``cluster``, added later, is the table's last column).
 HOURLY_KEYS = ("hour_start_ns", "node", "gpu_uuid", "gpu_index", "mig_index", "model", "profile", "sharing",
                "kind", "tenant", "namespace", "pod", "rule", "cluster")
+#: The exact integer sums (``analytics/exact.py``) and the capacity carried, after the float columns.
+EXACT_COLUMNS = ("capacity_ns", "gpu_ps", "energy_nj", "memory_byte_seconds")
 HOURLY_COLUMNS = (*HOURLY_KEYS[:-1], "gpu_seconds", "energy_j", "energy_intervals", "memory_gb_seconds", "intervals",
-                  "cluster")
+                  "cluster", *EXACT_COLUMNS)
+#: One physical GPU interval: its ledger rows share its bounds.
+GPU_INTERVAL = ("cluster", "agent_id", "boot_id", "seq", "gpu_index")
+#: One physical GPU-hour: what ``capacity_ns`` sums to a capacity over (two clusters' node names may match).
+GPU_HOUR = ("hour_start_ns", "cluster", "node", "gpu_index")
 #: Ledger columns the rollup reads.
-_READ = ", ".join(["interval_start_ns", *HOURLY_KEYS[1:], "gpu_seconds", "energy_j", "memory_gb_seconds"])
+_READ = ", ".join(["agent_id", "boot_id", "seq", "interval_start_ns", "interval_end_ns", *HOURLY_KEYS[1:],
+                   "gpu_seconds", "energy_j", "memory_gb_seconds"])
 
 
 def _known_sum(column: str) -> pl.Expr:
-    """Sum of the known values; null (not 0) when none is known."""
+    """Exact sum of the known values (Int64; a rollup row fits many times over); null (not 0) when none is known."""
     return pl.when(pl.col(column).is_not_null().any()).then(pl.col(column).sum())
 
 
 def hourly(ledger: pl.LazyFrame) -> pl.LazyFrame:
-    """Ledger rows (at least ``interval_start_ns``, the keys and the measures) -> rollup rows, sorted."""
+    """Ledger rows (at least the GPU interval's key and bounds, the keys and the measures) -> rollup rows, sorted."""
+    rows = ledger.with_columns(
+        hour_start_ns=pl.col("interval_start_ns") - pl.col("interval_start_ns") % HOUR_NS,
+        gpu_ps=exact("gpu_seconds"), energy_nj=exact("energy_j"), memory_byte_seconds=exact("memory_gb_seconds"),
+    )
+    # Each physical GPU-hour's capacity: its GPU intervals' lengths (integer bounds), each counted once.
+    capacity = (rows.group_by(GPU_INTERVAL)
+                .agg(pl.col("hour_start_ns").first(), pl.col("node").first(),
+                     capacity_ns=(pl.col("interval_end_ns") - pl.col("interval_start_ns")).max())
+                .group_by(GPU_HOUR).agg(pl.col("capacity_ns").sum()))
+    schema = rows.collect_schema()
+    order = [pl.col(k).cast(pl.String) if isinstance(schema[k], (pl.Enum, pl.Categorical)) else pl.col(k)
+             for k in HOURLY_KEYS]  # enums (the job's frames) sort as text, as DuckDB sorts what is stored
     return (
-        ledger.with_columns(hour_start_ns=pl.col("interval_start_ns") - pl.col("interval_start_ns") % HOUR_NS)
-        .group_by(HOURLY_KEYS)
+        rows.group_by(HOURLY_KEYS)
         .agg(
-            gpu_seconds=pl.col("gpu_seconds").sum(),
-            energy_j=_known_sum("energy_j"),
-            energy_intervals=pl.col("energy_j").count().cast(pl.UInt32),
-            memory_gb_seconds=_known_sum("memory_gb_seconds"),
+            # Null when a row's GPU-seconds were not finite: the bill refuses it (never a silent 0).
+            gpu_ps=pl.when(pl.col("gpu_ps").null_count() == 0).then(pl.col("gpu_ps").sum()),
+            energy_nj=_known_sum("energy_nj"),
+            energy_intervals=pl.col("energy_nj").count().cast(pl.UInt32),
+            memory_byte_seconds=_known_sum("memory_byte_seconds"),
             intervals=pl.len().cast(pl.UInt32),
         )
+        .sort(order, nulls_last=True)
+        .join(capacity, on=list(GPU_HOUR), how="left", maintain_order="left")
+        .with_columns(  # carried by the GPU-hour's first row in key order (as ``merge_hourly`` carries it)
+            *(measure(m) for m in ("gpu_seconds", "energy_j", "memory_gb_seconds")),
+            capacity_ns=pl.when(pl.int_range(pl.len()).over(GPU_HOUR) == 0).then(pl.col("capacity_ns")).otherwise(0))
         .select(HOURLY_COLUMNS)
-        .sort(HOURLY_KEYS, nulls_last=True)
     )
 
 
@@ -186,10 +223,20 @@ def replace_shard_rollups(tx: Store, hour: int, nodes: Sequence[str], rows: pl.D
     tx.append("ledger_hourly", rows)
 
 
-# sum() of only NULLs is NULL: unknown stays unknown. Named, so the rows go back BY NAME (cluster is last in the table).
-_MERGED = ", ".join([*HOURLY_KEYS, "sum(gpu_seconds) AS gpu_seconds", "sum(energy_j) AS energy_j",
-                     "sum(energy_intervals)::UINTEGER AS energy_intervals",
-                     "sum(memory_gb_seconds) AS memory_gb_seconds", "sum(intervals)::UINTEGER AS intervals"])
+#: An hour's partial rows summed: integers only (the floats follow from them), so any merge order gives the same
+#: bits. sum() of only NULLs is NULL: unknown stays unknown; a NULL ``gpu_ps`` (GPU-seconds not finite) stays NULL.
+_KNOWN_PS = "CASE WHEN count(*) = count(gpu_ps) THEN sum(gpu_ps) END"
+_MERGED = ", ".join([
+    *HOURLY_KEYS, f"{measure_sql('gpu_seconds', _KNOWN_PS)} AS gpu_seconds",
+    f"{measure_sql('energy_j', 'sum(energy_nj)')} AS energy_j", "sum(energy_intervals)::UINTEGER AS energy_intervals",
+    f"{measure_sql('memory_gb_seconds', 'sum(memory_byte_seconds)')} AS memory_gb_seconds",
+    "sum(intervals)::UINTEGER AS intervals", "sum(capacity_ns)::BIGINT AS capacity_ns",
+    f"({_KNOWN_PS})::BIGINT AS gpu_ps", "sum(energy_nj)::BIGINT AS energy_nj",
+    "sum(memory_byte_seconds)::BIGINT AS memory_byte_seconds"])
+#: Each GPU-hour's capacity onto its first row in key order, as :func:`hourly` carries it.
+_CARRIED = (f"CASE WHEN row_number() OVER (PARTITION BY {', '.join(GPU_HOUR)} ORDER BY "
+            + ", ".join(f"{k} NULLS LAST" for k in HOURLY_KEYS if k not in GPU_HOUR)
+            + f") = 1 THEN sum(capacity_ns) OVER (PARTITION BY {', '.join(GPU_HOUR)}) ELSE 0 END::BIGINT")
 
 
 def merge_hourly(store: Store, progress: Callable[[int, int], None] | None = None) -> int:
@@ -202,8 +249,8 @@ def merge_hourly(store: Store, progress: Callable[[int, int], None] | None = Non
     keys = ", ".join(HOURLY_KEYS)
     for done, hour in enumerate(hours, 1):
         with store.transaction() as tx:
-            tx.execute(f"CREATE OR REPLACE TEMP TABLE _merged AS SELECT {_MERGED} FROM ledger_hourly "
-                       f"WHERE hour_start_ns = ? GROUP BY {keys}", [hour])
+            tx.execute(f"CREATE OR REPLACE TEMP TABLE _merged AS SELECT * REPLACE ({_CARRIED} AS capacity_ns) "
+                       f"FROM (SELECT {_MERGED} FROM ledger_hourly WHERE hour_start_ns = ? GROUP BY {keys})", [hour])
             tx.execute("DELETE FROM ledger_hourly WHERE hour_start_ns = ?", [hour])
             tx.execute("INSERT INTO ledger_hourly BY NAME SELECT * FROM _merged ORDER BY ALL")
             tx.execute("DROP TABLE _merged")

@@ -33,6 +33,7 @@ from typing import Literal
 import polars as pl
 
 from gpuledger.analytics import kinds as K
+from gpuledger.analytics.exact import exact, measure
 
 Policy = Literal["holder", "share_unallocated", "platform"]
 POLICIES: tuple[Policy, ...] = ("holder", "share_unallocated", "platform")
@@ -47,43 +48,40 @@ __all__ = [
 
 def apply_idle_policy(ledger: pl.LazyFrame, policy: Policy = "holder",
                       scope: tuple[str, ...] = SCOPE) -> pl.LazyFrame:
-    """Ledger rows -> lines (``*scope, tenant, kind, rule, gpu_seconds, energy_j``) under ``policy``.
+    """Ledger rows -> lines (``*scope, tenant, kind, rule, gpu_seconds, energy_j, gpu_ps, energy_nj``) under ``policy``.
 
-    ``Σ gpu_seconds`` per scope is unchanged (up to float rounding); energy likewise
-    where known (null energy stays null: it is not spread as zero).
+    Summed as exact integers (``gpu_ps``, ``energy_nj``: ``analytics/exact.py``), the floats computed from
+    them, so a line does not depend on the rows' order. ``Σ gpu_ps`` per scope is unchanged (a spread line
+    is its share rounded to the picosecond); energy likewise where known (null energy stays null: it is
+    not spread as zero).
     """
     if policy not in POLICIES:
         raise ValueError(f"unknown idle policy {policy!r}; choose one of {', '.join(POLICIES)}")
     keys = [*scope, *LINE_KEYS]
-    lines = ledger.group_by(keys).agg(
-        gpu_seconds=pl.col("gpu_seconds").sum(),
-        energy_j=pl.when(pl.col("energy_j").is_not_null().any()).then(pl.col("energy_j").sum()),
-    )
-    if policy == "holder":
-        return lines
+    known_nj = pl.when(pl.col("energy_nj").is_not_null().any()).then(pl.col("energy_nj").cast(pl.Int128).sum())
+    sums = {"gpu_ps": pl.col("gpu_ps").cast(pl.Int128).sum(), "energy_nj": known_nj}
+    lines = ledger.with_columns(exact("gpu_seconds"), exact("energy_j")).group_by(keys).agg(**sums)
     if policy == "platform":
         moved = pl.col("kind") == K.ALLOCATED_IDLE
-        return lines.with_columns(
+        lines = lines.with_columns(
             tenant=pl.when(moved).then(pl.lit(K.PLATFORM_TENANT)).otherwise(pl.col("tenant")),
             rule=pl.when(moved).then(pl.lit(RULE_IDLE_ON_PLATFORM)).otherwise(pl.col("rule")),
-        ).group_by(keys).agg(
-            gpu_seconds=pl.col("gpu_seconds").sum(),
-            energy_j=pl.when(pl.col("energy_j").is_not_null().any()).then(pl.col("energy_j").sum()),
+        ).group_by(keys).agg(**sums)
+    elif policy == "share_unallocated":
+        scope_l = list(scope)
+        is_unalloc = pl.col("kind") == K.UNALLOCATED
+        charged = lines.filter(~is_unalloc).group_by([*scope_l, "tenant"]).agg(w=pl.col("gpu_ps").sum())
+        charged = charged.filter(pl.col("w") > 0).with_columns(
+            w=pl.col("w").cast(pl.Float64) / pl.col("w").sum().over(scope_l).cast(pl.Float64))
+        pool = lines.filter(is_unalloc).group_by(scope_l).agg(pool_ps=pl.col("gpu_ps").sum(), pool_nj=known_nj)
+        spread = pool.join(charged, on=scope_l, how="inner").select(
+            *scope_l, "tenant", kind=pl.lit(K.UNALLOCATED), rule=pl.lit(RULE_SHARED_UNALLOCATED),
+            gpu_ps=(pl.col("pool_ps").cast(pl.Float64) * pl.col("w")).round(0).cast(pl.Int128),
+            energy_nj=(pl.col("pool_nj").cast(pl.Float64) * pl.col("w")).round(0).cast(pl.Int128),
         )
-    scope_l = list(scope)
-    is_unalloc = pl.col("kind") == K.UNALLOCATED
-    charged = lines.filter(~is_unalloc).group_by([*scope_l, "tenant"]).agg(w=pl.col("gpu_seconds").sum())
-    charged = charged.filter(pl.col("w") > 0).with_columns(w=pl.col("w") / pl.col("w").sum().over(scope_l))
-    pool = lines.filter(is_unalloc).group_by(scope_l).agg(
-        pool_s=pl.col("gpu_seconds").sum(),
-        pool_j=pl.when(pl.col("energy_j").is_not_null().any()).then(pl.col("energy_j").sum()),
-    )
-    spread = pool.join(charged, on=scope_l, how="inner").select(
-        *scope_l, "tenant", kind=pl.lit(K.UNALLOCATED), rule=pl.lit(RULE_SHARED_UNALLOCATED),
-        gpu_seconds=pl.col("pool_s") * pl.col("w"), energy_j=pl.col("pool_j") * pl.col("w"),
-    )
-    kept = lines.filter(is_unalloc).join(charged.select(scope_l).unique(), on=scope_l, how="anti")
-    return pl.concat([lines.filter(~is_unalloc), kept, spread], how="vertical_relaxed")
+        kept = lines.filter(is_unalloc).join(charged.select(scope_l).unique(), on=scope_l, how="anti")
+        lines = pl.concat([lines.filter(~is_unalloc), kept, spread], how="vertical_relaxed")
+    return lines.with_columns(measure("gpu_seconds"), measure("energy_j"))
 
 
 def apply_idle_policy_to_rows(ledger: pl.LazyFrame, policy: Policy = "holder",
@@ -113,8 +111,11 @@ def apply_idle_policy_to_rows(ledger: pl.LazyFrame, policy: Policy = "holder",
         ).select(columns)
     scope_l = list(scope)
     is_unalloc = pl.col("kind") == K.UNALLOCATED
-    weights = (ledger.filter(~is_unalloc).group_by([*scope_l, "tenant"]).agg(w=pl.col("gpu_seconds").sum())
-               .filter(pl.col("w") > 0).with_columns(w=pl.col("w") / pl.col("w").sum().over(scope_l))
+    # Weights from exact sums (analytics/exact.py): the same bits whatever the rows' order.
+    weights = (ledger.filter(~is_unalloc).group_by([*scope_l, "tenant"])
+               .agg(w=exact("gpu_seconds").cast(pl.Int128).sum())
+               .filter(pl.col("w") > 0)
+               .with_columns(w=pl.col("w").cast(pl.Float64) / pl.col("w").sum().over(scope_l).cast(pl.Float64))
                .rename({"tenant": "_to"}))
     unalloc = ledger.filter(is_unalloc)
     spread = unalloc.join(weights, on=scope_l, how="inner").with_columns(
@@ -125,12 +126,17 @@ def apply_idle_policy_to_rows(ledger: pl.LazyFrame, policy: Policy = "holder",
     return pl.concat([ledger.filter(~is_unalloc), kept, spread], how="vertical_relaxed")
 
 
-def apply_idle_policy_sql(rows_sql: str, policy: Policy = "holder", scope: tuple[str, ...] = SCOPE) -> str:
+def apply_idle_policy_sql(rows_sql: str, policy: Policy = "holder", scope: tuple[str, ...] = SCOPE, *,
+                          exact: bool = False) -> str:
     """:func:`apply_idle_policy_to_rows` in DuckDB SQL: ``rows_sql``'s rows re-booked under ``policy``.
 
     For bills summed in DuckDB (``chargeback.read_usage``): the same rows, the
     same weights (each tenant's share of the scope's charged GPU-seconds over
     all of ``rows_sql``), so the same lines as the Polars path (tested).
+    ``exact``: the rows carry the exact ``gpu_ps`` and ``energy_nj``
+    (``analytics/exact.py``): weights come from their integer sums and a
+    spread row's integers are its row's times the weight, rounded (the same
+    bits whatever the rows' order).
     """
     if policy not in POLICIES:
         raise ValueError(f"unknown idle policy {policy!r}; choose one of {', '.join(POLICIES)}")
@@ -141,14 +147,17 @@ def apply_idle_policy_sql(rows_sql: str, policy: Policy = "holder", scope: tuple
                 f"AS tenant, CASE WHEN kind = '{K.ALLOCATED_IDLE}' THEN '{RULE_IDLE_ON_PLATFORM}' ELSE rule END AS rule) "
                 f"FROM ({rows_sql})")
     on = ", ".join(scope)
+    seconds = "gpu_ps" if exact else "gpu_seconds"
+    spread_exact = (", round(r.gpu_ps * w.w)::BIGINT AS gpu_ps, round(r.energy_nj * w.w)::BIGINT AS energy_nj"
+                    if exact else "")
     return f"""
         WITH r AS ({rows_sql}),
-        c AS (SELECT {on}, tenant, sum(gpu_seconds) AS s FROM r WHERE kind <> '{K.UNALLOCATED}'
-              GROUP BY ALL HAVING sum(gpu_seconds) > 0),
-        w AS (SELECT {on}, tenant AS _to, s / sum(s) OVER (PARTITION BY {on}) AS w FROM c)
+        c AS (SELECT {on}, tenant, sum({seconds}) AS s FROM r WHERE kind <> '{K.UNALLOCATED}'
+              GROUP BY ALL HAVING sum({seconds}) > 0),
+        w AS (SELECT {on}, tenant AS _to, s::DOUBLE / (sum(s) OVER (PARTITION BY {on}))::DOUBLE AS w FROM c)
         SELECT * FROM r WHERE kind <> '{K.UNALLOCATED}'
         UNION ALL SELECT r.* FROM r ANTI JOIN (SELECT DISTINCT {on} FROM w) USING ({on})
             WHERE kind = '{K.UNALLOCATED}'
         UNION ALL SELECT r.* REPLACE (w._to AS tenant, '{RULE_SHARED_UNALLOCATED}' AS rule,
-                                      r.gpu_seconds * w.w AS gpu_seconds, r.energy_j * w.w AS energy_j)
+                                      r.gpu_seconds * w.w AS gpu_seconds, r.energy_j * w.w AS energy_j{spread_exact})
             FROM r JOIN w USING ({on}) WHERE kind = '{K.UNALLOCATED}'"""

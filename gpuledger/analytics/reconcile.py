@@ -185,7 +185,7 @@ def reconcile(store: Store, month: str, book: PriceBook, context: ExportContext 
         billed_for_month = sum((b["cost"] for b in closing._billed(store, month).values()), Decimal(0))
         drift = totals.fleet_cost - billed_for_month
     unallocated = sum((r["BilledCost"] for r in regular if r["x_ChargeType"] == "unallocated"), Decimal(0))
-    cov = store.query("SELECT sum(gpu_seconds) FILTER (WHERE kind = 'busy') AS busy, sum(gpu_seconds) FILTER "
+    cov = store.query("SELECT sum(gpu_ps) FILTER (WHERE kind = 'busy') AS busy, sum(gpu_ps) FILTER "
                       f"(WHERE kind = 'busy' AND rule = 'process_samples') AS direct FROM ({cb.hour_rows_sql(store)})",
                       {"lo": to_ns(start), "hi": to_ns(end)})
     busy, direct = cov["busy"][0], cov["direct"][0]
@@ -193,7 +193,7 @@ def reconcile(store: Store, month: str, book: PriceBook, context: ExportContext 
     fleet_cost = record.fleet_cost if retired and record else totals.fleet_cost
     return Reconciliation(month, book.currency, record is not None, fleet_cost, capacity_hours, regular_total,
                           fixes, billed_total, unallocated, tenants,
-                          None if not busy else (direct or 0.0) / busy, drift, checks, result.sha256)
+                          None if not busy else int(direct or 0) / int(busy), drift, checks, result.sha256)
 
 
 def _tenants(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

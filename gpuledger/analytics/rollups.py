@@ -18,6 +18,7 @@ from __future__ import annotations
 import polars as pl
 
 from gpuledger.analytics import kinds as K
+from gpuledger.analytics.exact import exact, measure
 from gpuledger.analytics.policy import SCOPE, Policy, apply_idle_policy
 
 
@@ -35,20 +36,24 @@ def tenant_lines(ledger: pl.LazyFrame, policy: Policy = "holder", scope: tuple[s
     """One row per tenant (see the module docstring), sorted by tenant."""
     rows = in_period(ledger, start_ns, end_ns)
     lines = apply_idle_policy(rows, policy, scope)
+    # Exact integer sums (analytics/exact.py), then the floats: a tenant's line does not depend on row order.
     by_kind = lines.group_by("tenant").agg(
-        *[pl.col("gpu_seconds").filter(pl.col("kind") == k).sum().alias(f"{k}_s") for k in K.KINDS],
-        total_s=pl.col("gpu_seconds").sum(),
-        energy_j=pl.when(pl.col("energy_j").is_not_null().any()).then(pl.col("energy_j").sum()),
-    )
+        *[pl.col("gpu_ps").filter(pl.col("kind") == k).sum().alias(f"{k}_s") for k in K.KINDS],
+        total_s=pl.col("gpu_ps").sum(),
+        energy_nj=pl.when(pl.col("energy_nj").is_not_null().any()).then(pl.col("energy_nj").sum()),
+    ).with_columns(*(measure("gpu_seconds", c).alias(c) for c in [*(f"{k}_s" for k in K.KINDS), "total_s"]),
+                   measure("energy_j")).drop("energy_nj")
+    ps = exact("gpu_seconds").cast(pl.Int128)
+    memory = exact("memory_gb_seconds").cast(pl.Int128)
     busy = rows.filter(pl.col("kind") == K.BUSY).group_by("tenant").agg(
-        direct_s=pl.col("gpu_seconds").filter(pl.col("rule").is_in(list(K.DIRECT_RULES))).sum(),
-        busy_all_s=pl.col("gpu_seconds").sum(),
-        memory_gb_h=pl.when(pl.col("memory_gb_seconds").is_not_null().any())
-        .then(pl.col("memory_gb_seconds").sum() / 3600.0),
-    )
+        direct_s=ps.filter(pl.col("rule").is_in(list(K.DIRECT_RULES))).sum(),
+        busy_all_s=ps.sum(),
+        memory_byte_seconds=pl.when(memory.is_not_null().any()).then(memory.sum()),
+    ).with_columns(memory_gb_h=measure("memory_gb_seconds") / 3600.0)
     return (
         by_kind.join(busy, on="tenant", how="left")
-        .with_columns(coverage=pl.when(pl.col("busy_all_s") > 0).then(pl.col("direct_s") / pl.col("busy_all_s")))
-        .drop("direct_s", "busy_all_s")
+        .with_columns(coverage=pl.when(pl.col("busy_all_s") > 0)
+                      .then(pl.col("direct_s").cast(pl.Float64) / pl.col("busy_all_s").cast(pl.Float64)))
+        .drop("direct_s", "busy_all_s", "memory_byte_seconds")
         .sort("tenant")
     )

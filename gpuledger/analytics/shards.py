@@ -43,7 +43,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import hashlib
 import logging
-import math
 import multiprocessing as mp
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -52,7 +51,7 @@ from typing import Protocol, TypeVar
 
 import polars as pl
 
-from gpuledger.analytics.hourly import HOURLY_KEYS, hourly, refresh_hourly, replace_shard_rollups
+from gpuledger.analytics.hourly import hourly, refresh_hourly, replace_shard_rollups
 from gpuledger.analytics.job import _kernel, _naming, _prune, _window_start, read_chunk, with_clusters
 from gpuledger.analytics.ledger import MSG, Chunk
 from gpuledger.analytics.tenancy import TenancyRules
@@ -139,27 +138,16 @@ def attribute_shard(work: ShardInput) -> ShardOutput:
                        ledger if work.keep_ledger else None, ledger.height)
 
 
-_FLOAT_SUMS = ("gpu_seconds", "energy_j", "memory_gb_seconds")
-
-
 def shard_rollups(ledger: pl.DataFrame) -> pl.DataFrame:
-    """:func:`hourly` of the shard's ledger rows, its floating-point sums correctly rounded (``math.fsum``).
+    """:func:`hourly` of the shard's ledger rows.
 
-    Polars' parallel group-by adds a group's values in an order that varies
-    from run to run (the same frame twice can differ in the last bit), so
-    the sums are taken again with ``math.fsum``, whose result does not depend
-    on the order: the same shard gives the same bytes in any process, pool
-    or Ray worker, and after any re-run. Unknown stays unknown (no known
-    value: null).
+    The rollups sum exact integers (``analytics/exact.py``), so the same
+    shard gives the same bytes in any process, pool or Ray worker, in any
+    row order and after any re-run. A shard holds whole GPU-hours (a node
+    group holds whole nodes), so each GPU-hour's capacity is carried on its
+    first row as the chunk job carries it.
     """
-    rows = hourly(ledger.lazy()).collect()
-    values = (ledger.lazy().with_columns(hour_start_ns=pl.col("interval_start_ns") - pl.col("interval_start_ns") % HOUR_NS)
-              .group_by(HOURLY_KEYS).agg(pl.col(c).drop_nulls() for c in _FLOAT_SUMS)
-              .sort(HOURLY_KEYS, nulls_last=True).collect())
-    if not values.select(HOURLY_KEYS).equals(rows.select(HOURLY_KEYS)):
-        raise AssertionError("the rollup's groups and their values are not aligned")
-    return rows.with_columns(pl.Series(c, [math.fsum(v) if v else None for v in values[c].to_list()], pl.Float64)
-                             for c in _FLOAT_SUMS)
+    return hourly(ledger.lazy()).collect()
 
 
 class ShardStore(Protocol):

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from gpuledger.errors import StoreTooNew
 from gpuledger.store.schema import MIGRATIONS_TABLE, TABLES
+from gpuledger.timeutil import HOUR_NS
 from gpuledger.wire import DEFAULT_CLUSTER
 
 if TYPE_CHECKING:
@@ -79,6 +80,34 @@ def _clusters(tx: Store) -> None:
         tx.execute(f"UPDATE {table} SET cluster = ? WHERE cluster IS NULL", [DEFAULT_CLUSTER])
 
 
+def _exact_rollups(tx: Store) -> None:
+    """Exact integer sums in the hourly rollups (``analytics/exact.py``). Every rolled-up hour the ledger still
+    has is marked pending, so the next attribution run recomputes it exactly from the ledger (readers use the ledger
+    for pending hours meanwhile). Hours that exist only as rollups (retired months, hours before the ledger's
+    window) get the integers of their stored floats: each GPU-hour's capacity is its GPU-seconds summed and
+    rounded to the nanosecond -- what the bill took before -- carried by its first row in key order."""
+    def exact(column: str, scale: str) -> str:  # analytics/exact.py's rule, frozen here (the store is below analytics)
+        return f"CASE WHEN isfinite(c.{column}) THEN round(c.{column} * {scale}::DOUBLE)::BIGINT END"
+
+    for column in ("capacity_ns", "gpu_ps", "energy_nj", "memory_byte_seconds"):
+        tx.execute(f"ALTER TABLE ledger_hourly ADD COLUMN IF NOT EXISTS {column} BIGINT")
+    gpu_hour = "PARTITION BY hour_start_ns, cluster, node, gpu_index"  # migration 12 added cluster before
+    keys = "node, gpu_uuid, gpu_index, mig_index, model, profile, sharing, kind, tenant, namespace, pod, rule"
+    tx.execute(f"""
+        UPDATE ledger_hourly SET capacity_ns = c.capacity_ns, gpu_ps = {exact("gpu_seconds", "1e12")},
+            energy_nj = {exact("energy_j", "1e9")}, memory_byte_seconds = {exact("memory_gb_seconds", "1e9")}
+        FROM (SELECT rowid AS r, gpu_seconds, energy_j, memory_gb_seconds,
+                     CASE WHEN row_number() OVER ({gpu_hour} ORDER BY {keys} NULLS LAST) = 1
+                          THEN round(sum(gpu_seconds) OVER ({gpu_hour}) * 1e9)::BIGINT ELSE 0 END AS capacity_ns
+              FROM ledger_hourly) c
+        WHERE ledger_hourly.rowid = c.r""")
+    if tx.has_table("ledger"):  # as ``Store.pend_ledger_hours``, for the hours that have rollups to redo
+        hour = f"interval_start_ns - interval_start_ns % {HOUR_NS}"
+        tx.execute(f"INSERT INTO ledger_hourly_pending SELECT DISTINCT hour_start_ns FROM ledger_hourly "
+                   f"SEMI JOIN (SELECT DISTINCT {hour} AS hour_start_ns FROM ledger) USING (hour_start_ns) "
+                   "ON CONFLICT DO NOTHING")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "raw samples, ledger and attributed keys", creates=(
         "messages", "devices", "processes", "allocations", "field_errors", "pods", "dead_letters",
@@ -100,6 +129,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(11, "Kueue quota series per ClusterQueue and hour", creates=("queue_hourly",)),
     Migration(12, "cluster on messages, pods, ledger, rollups and billed rows (two clusters' namespaces never merge)",
               then=_clusters),
+    Migration(13, "exact integer sums in the hourly rollups (capacity ns, GPU ps, energy nJ, memory byte-seconds)",
+              then=_exact_rollups),
 )
 
 

@@ -32,7 +32,8 @@ Attribution and its products:
 - ``ledger``: one row per GPU unit, interval, tenant and kind (busy,
   allocated_idle, unallocated, unmeasured); ``attributed``: which messages
   it covers, under which tenancy rules.
-- ``ledger_hourly``: the ledger summed per UTC hour (``analytics/hourly.py``);
+- ``ledger_hourly``: the ledger summed per UTC hour (``analytics/hourly.py``), with
+  exact integer sums (``capacity_ns``, ``gpu_ps``, ``energy_nj``, ``memory_byte_seconds``);
   ``ledger_hourly_pending``: hours to recompute from the ledger;
   ``ledger_hourly_unmerged``: hours the attribution job added partial sums
   to, to merge into one row per key; ``ledger_window``: where the
@@ -113,7 +114,8 @@ TABLES: dict[str, str] = {
     "ledger_hourly": f"""CREATE TABLE IF NOT EXISTS ledger_hourly (
         hour_start_ns BIGINT NOT NULL, node VARCHAR NOT NULL, {_LEDGER_UNIT},
         gpu_seconds DOUBLE NOT NULL, energy_j DOUBLE, energy_intervals UINTEGER NOT NULL,
-        memory_gb_seconds DOUBLE, intervals UINTEGER NOT NULL, cluster VARCHAR)""",
+        memory_gb_seconds DOUBLE, intervals UINTEGER NOT NULL, cluster VARCHAR,
+        capacity_ns BIGINT, gpu_ps BIGINT, energy_nj BIGINT, memory_byte_seconds BIGINT)""",
     "ledger_hourly_pending": "CREATE TABLE IF NOT EXISTS ledger_hourly_pending (hour_start_ns BIGINT PRIMARY KEY)",
     "ledger_hourly_unmerged": "CREATE TABLE IF NOT EXISTS ledger_hourly_unmerged (hour_start_ns BIGINT PRIMARY KEY)",
     "ledger_window": """CREATE TABLE IF NOT EXISTS ledger_window (

@@ -46,7 +46,7 @@ def assert_rollups_match(store: Store) -> None:
     got = rollups(store)
     want = expected(store)
     assert got.height == want.height > 0
-    assert_frame_equal(got, want.select(got.columns), check_dtypes=False, rel_tol=1e-12)
+    assert_frame_equal(got, want.select(got.columns), check_dtypes=False, check_exact=True)
     assert store.count("ledger_hourly_pending") == 0
     # The headline invariant in plain SQL: per hour, GPU-seconds and interval counts agree.
     diff = store.query(
@@ -55,6 +55,16 @@ def assert_rollups_match(store: Store) -> None:
         "FROM ledger GROUP BY h) l FULL JOIN (SELECT hour_start_ns AS h, sum(gpu_seconds) s, sum(intervals) n "
         "FROM ledger_hourly GROUP BY h) r USING (h) WHERE abs(l.s - r.s) > 1e-6 OR l.n <> r.n OR l.s IS NULL OR r.s IS NULL")
     assert diff.is_empty(), diff
+    # Capacity, exactly: per physical GPU-hour the rollups' capacity_ns is its GPU intervals' lengths (integer
+    # bounds, each interval once), carried by one row.
+    intervals = store.query(
+        f"SELECT h, node, gpu_index, sum(dt) AS c FROM (SELECT DISTINCT agent_id, boot_id, seq, gpu_index, node, "
+        f"interval_start_ns - interval_start_ns % {HOUR_NS} AS h, interval_end_ns - interval_start_ns AS dt "
+        "FROM ledger) GROUP BY ALL ORDER BY ALL")
+    carried = store.query("SELECT hour_start_ns AS h, node, gpu_index, sum(capacity_ns) AS c, "
+                          "count(*) FILTER (WHERE capacity_ns <> 0) AS carriers FROM ledger_hourly GROUP BY ALL "
+                          "ORDER BY ALL")
+    assert carried.drop("carriers").equals(intervals) and set(carried["carriers"]) == {1}
 
 
 def test_the_pure_rollup_sums_per_hour_and_keeps_unknown_energy_null() -> None:

@@ -55,7 +55,7 @@ def test_the_job_books_rollups_equal_to_the_ledger_summed_per_hour(fleet_store: 
     got = fleet_store.query(f"SELECT {', '.join(HOURLY_COLUMNS)} FROM ledger_hourly ORDER BY ALL")
     want = hourly(fleet_store.query("SELECT * FROM ledger").lazy()).collect().sort(HOURLY_COLUMNS, nulls_last=True)
     assert got.height == want.height > 0
-    assert_frame_equal(got, want.select(got.columns), check_dtypes=False, rel_tol=1e-12)
+    assert_frame_equal(got, want.select(got.columns), check_dtypes=False, check_exact=True)
     assert fleet_store.count("ledger_hourly_unmerged") == 0
 
 
@@ -119,7 +119,7 @@ def test_a_process_pool_books_what_one_process_books(fleet_store: Store, tmp_pat
     assert_frame_equal(_sorted_ledger(store.query("SELECT * FROM ledger")),
                        _sorted_ledger(fleet_store.query("SELECT * FROM ledger")))
     rollups = f"SELECT {', '.join(HOURLY_COLUMNS)} FROM ledger_hourly ORDER BY ALL"
-    assert_frame_equal(store.query(rollups), fleet_store.query(rollups), rel_tol=1e-12)
+    assert_frame_equal(store.query(rollups), fleet_store.query(rollups), check_exact=True)
 
 
 def test_the_ledger_is_bit_identical_whatever_the_chunking_and_arrival_order(fleet_store: Store, tmp_path) -> None:
@@ -132,3 +132,22 @@ def test_the_ledger_is_bit_identical_whatever_the_chunking_and_arrival_order(fle
         run_attribution(store, chunk_messages=chunk)
         got = _sorted_ledger(store.query("SELECT * FROM ledger"))
         assert_frame_equal(got, want, check_exact=True)
+
+
+def test_rollups_and_the_bill_are_bit_identical_whatever_the_chunking_and_arrival_order(fleet_store: Store,
+                                                                                        tmp_path) -> None:
+    """The rollups sum exact integers (GPU-picoseconds, nanojoules, byte-seconds, capacity in ns), so partial
+    sums merged in any order, chunked anyhow, give the same bits, and so does the bill (issue 15)."""
+    rollups = "SELECT * FROM ledger_hourly ORDER BY ALL"
+    want = fleet_store.query(rollups)
+    month = fleet_store.query("SELECT strftime(make_timestamp(min(interval_start_ns) // 1000), '%Y-%m') AS m "
+                              "FROM ledger")["m"][0]
+    book = default_price_book()
+    bill = closing.export(fleet_store, month, book).content
+    for chunk, order in ((7, "seq"), (13, "hash(agent_id, seq)"), (29, "hash(seq) % 5, seq")):
+        store = _copy_raw(fleet_store, str(tmp_path / f"r{chunk}.duckdb"))
+        store.execute(f"CREATE OR REPLACE TABLE messages AS SELECT * FROM messages ORDER BY {order} DESC")
+        run_attribution(store, chunk_messages=chunk)
+        assert_frame_equal(store.query(rollups), want, check_exact=True)
+        assert closing.export(store, month, book).content == bill
+        store.close()
