@@ -18,7 +18,12 @@ def register(sub: Any, settings: Settings) -> None:
         help="consume the Kafka topic into DuckDB (idempotent, dead-letters bad input)",
         description="Ingest worker: reads the topic as a consumer group, decodes batches, writes them to "
         "DuckDB in one transaction (idempotent on agent_id, boot_id, seq) and only then commits offsets. "
-        "Undecodable messages go to the dead_letters table with the reason.",
+        "Undecodable messages go to the dead_letters table with the reason.\n\n"
+        "With --lake CATALOG_URI --warehouse PATH_OR_S3 it appends to Apache Iceberg tables instead, which any "
+        "number of workers in the group share: one commit per table every --commit-interval seconds, then the "
+        "offsets (docs/lake.md).\n\n"
+        "  gpuledger ingest --kafka broker:9092 --lake postgresql+psycopg://gl:pw@pg/gpuledger \\\n"
+        "      --warehouse s3://gpuledger-lake/raw --s3-endpoint http://minio:9000",
     )
     setting_flags(i, settings, "--kafka", "--topic", "--group", "--db", required=["--kafka"])
     i.add_argument("--max-idle", type=float, default=None, metavar="SECONDS",
@@ -31,6 +36,7 @@ def register(sub: Any, settings: Settings) -> None:
     i.add_argument("--segments", metavar="DIR", default=None,
                    help="write immutable Parquet segments, partitioned by day, under DIR instead of --db "
                    "(the scale path for N workers; see docs/storage.md)")
+    setting_flags(i, settings, "--lake", "--warehouse", "--s3-endpoint", "--commit-interval")
     i.add_argument("--max-poll-interval-ms", type=int, default=None, metavar="MS",
                    help="consumer group: longest time between polls before this member is evicted; ingest keeps "
                    "polling while a flush stores, and lingers at most a quarter of it (default: 300000)")
@@ -123,6 +129,21 @@ def run_ingest(args: argparse.Namespace, settings: Settings) -> int:
     if not settings.kafka_bootstrap:
         raise GpuledgerError("ingest needs Kafka bootstrap servers",
                              hint="pass --kafka host:port or set GPULEDGER_KAFKA_BOOTSTRAP")
+    lake = None
+    linger_s = settings.ingest_linger_s
+    if settings.lake_catalog_uri or settings.lake_warehouse:
+        if not (settings.lake_catalog_uri and settings.lake_warehouse):
+            raise GpuledgerError("the lake needs both a catalog and a warehouse",
+                                 hint="pass --lake CATALOG_URI and --warehouse PATH_OR_S3 (docs/lake.md)")
+        if args.segments:
+            raise GpuledgerError("--lake and --segments are two different stores", hint="give one of them")
+        try:
+            from gpuledger.store.lake import LakeConfig
+        except ImportError as exc:
+            raise GpuledgerError(f"the lake store is not installed ({exc})",
+                                 hint='pip install "gpuledger[lake]" (pyiceberg, sqlalchemy, psycopg)') from exc
+        lake = LakeConfig(settings.lake_catalog_uri, settings.lake_warehouse, s3_endpoint=settings.lake_s3_endpoint)
+        linger_s = settings.lake_commit_interval_s
     registry = metrics_registry(args.own_metrics_port, settings.metrics_host)
     metrics = None
     if registry is not None:
@@ -131,11 +152,11 @@ def run_ingest(args: argparse.Namespace, settings: Settings) -> int:
         metrics = IngestMetrics(registry)
     consume(settings.kafka_bootstrap, settings.kafka_topic, settings.kafka_group, settings.db_path,
             client_settings=settings.kafka_client_settings(),
-            max_idle_s=args.max_idle, batch_max=settings.ingest_batch_max, linger_s=settings.ingest_linger_s,
+            max_idle_s=args.max_idle, batch_max=settings.ingest_batch_max, linger_s=linger_s,
             hold_db=args.hold_db,
             clock_check=ClockCheck(max_future_s=settings.ingest_max_future_s or None,
                                    max_age_s=settings.ingest_max_age_s or None),
-            segments=args.segments, metrics=metrics,
+            segments=args.segments, lake=lake, metrics=metrics,
             **timing)
     return 0
 

@@ -35,7 +35,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, fields
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpuledger import wire
 from gpuledger.errors import StoreError, TransportError, WireError
@@ -46,6 +46,9 @@ from gpuledger.ingest.opener import FileOpener
 from gpuledger.ingest.segments import SegmentWriter
 from gpuledger.store import DeadLetter, Store
 from gpuledger.transport import KafkaSubscriber, Record, Subscriber
+
+if TYPE_CHECKING:  # the lake is an optional extra (pyiceberg): imported only when ingest is given one
+    from gpuledger.store.lake import LakeConfig, LakeStore
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +141,7 @@ class Ingestor:
 
     def __init__(
         self,
-        store: Store | FileOpener | SegmentWriter | MeasuredOpener,
+        store: Store | FileOpener | SegmentWriter | MeasuredOpener | LakeStore,
         subscriber: Subscriber,
         *,
         batch_max: int = 500,
@@ -398,6 +401,7 @@ def run_ingest(
     lock_wait_s: float = 30.0,
     clock_check: ClockCheck | None = None,
     segments: str | Path | None = None,
+    lake: LakeConfig | None = None,
     log_every_s: float = 10.0,
     max_idle_s: float | None = None,
     max_messages: int | None = None,
@@ -427,7 +431,14 @@ def run_ingest(
             seconds for a reader to let go.
         clock_check: quarantine bounds (:class:`ClockCheck`); None checks nothing.
         segments: write Parquet segments under this directory instead of the
-            DuckDB file (:mod:`gpuledger.ingest.segments`, the scale path).
+            DuckDB file (:mod:`gpuledger.ingest.segments`).
+        lake: append to these Iceberg tables instead of the DuckDB file
+            (:mod:`gpuledger.store.lake`, docs/lake.md): N workers in one group
+            write the same tables; a flush is one commit per table, and
+            ``linger_s`` should be the lake's commit interval (the CLI passes it).
+            A catalog or object store that does not answer is retried with
+            backoff for a minute, then ``LakeUnavailable`` stops the run with
+            nothing committed to Kafka.
         log_every_s: seconds between progress log lines (INFO, logger
             ``gpuledger.ingest.consumer``).
         max_idle_s / max_messages: stop conditions for batch jobs and tests;
@@ -450,10 +461,15 @@ def run_ingest(
         StoreError: the database cannot be opened or written.
     """
     stop = stop or threading.Event()
-    opener: FileOpener | SegmentWriter = (
-        SegmentWriter(segments, worker=f"{socket.gethostname()}-{os.getpid()}") if segments is not None
-        else FileOpener(db_path, hold=hold_db, lock_wait_s=lock_wait_s)
-    )
+    opener: FileOpener | SegmentWriter | LakeStore
+    if lake is not None:
+        from gpuledger.store.lake import LakeStore
+
+        opener = LakeStore(lake)
+    elif segments is not None:
+        opener = SegmentWriter(segments, worker=f"{socket.gethostname()}-{os.getpid()}")
+    else:
+        opener = FileOpener(db_path, hold=hold_db, lock_wait_s=lock_wait_s)
     try:
         subscriber = KafkaSubscriber(
             bootstrap,
@@ -486,7 +502,8 @@ def run_ingest(
     else:
         ingestor = Ingestor(opener, subscriber, batch_max=batch_max, progress=reporter, linger_s=linger_s,
                             clock_check=clock_check, pipeline=True, keepalive_s=min(1.0, quarter_s))
-    log.info("ingesting %s (group %s) from %s into %s", topic, group_id, bootstrap, db_path)
+    target = f"the lake {lake.warehouse} (catalog {lake.namespace})" if lake is not None else db_path
+    log.info("ingesting %s (group %s) from %s into %s", topic, group_id, bootstrap, target)
     try:
         with _stop_on_signals(stop, enabled=handle_signals):
             stats = ingestor.run(stop, max_idle_s=max_idle_s, max_messages=max_messages)
