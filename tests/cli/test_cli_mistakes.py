@@ -62,3 +62,11 @@ def test_ingest_group_timing_must_be_positive(tmp_path: Path, flag: str) -> None
     assert f"error: {flag} must be a positive number of milliseconds" in out.stderr
     assert "hint:" in out.stderr
     assert not (tmp_path / "x.duckdb").exists()
+
+
+def test_ingest_into_the_lake_without_a_warehouse_says_what_to_pass(tmp_path: Path) -> None:
+    proc = gpuledger("ingest", "--kafka", "127.0.0.1:1", "--lake", f"sqlite:///{tmp_path}/catalog.db")
+    assert proc.returncode != 0
+    assert "error: the lake needs both a catalog and a warehouse" in proc.stderr
+    assert "hint: pass --lake CATALOG_URI and --warehouse PATH_OR_S3" in proc.stderr
+    assert not (tmp_path / "catalog.db").exists()  # refused before touching anything
