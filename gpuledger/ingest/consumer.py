@@ -44,7 +44,7 @@ from gpuledger.ingest.clock import ClockCheck
 from gpuledger.ingest.metrics import IngestMetrics, MeasuredOpener, MeasuredSubscriber
 from gpuledger.ingest.opener import FileOpener
 from gpuledger.ingest.segments import SegmentWriter
-from gpuledger.store import DeadLetter, Store
+from gpuledger.store import DeadLetter, RawWriter, Store
 from gpuledger.transport import KafkaSubscriber, Record, Subscriber
 
 if TYPE_CHECKING:  # the lake is an optional extra (pyiceberg): imported only when ingest is given one
@@ -141,7 +141,7 @@ class Ingestor:
 
     def __init__(
         self,
-        store: Store | FileOpener | SegmentWriter | MeasuredOpener | LakeStore,
+        store: Store | Callable[[], AbstractContextManager[RawWriter]],
         subscriber: Subscriber,
         *,
         batch_max: int = 500,
@@ -156,8 +156,8 @@ class Ingestor:
         if batch_max < 1:
             raise ValueError("batch_max must be >= 1")
         self.store = store
-        self._open: Callable[[], AbstractContextManager[Store]] = (
-            (lambda: nullcontext(store)) if isinstance(store, Store) else store  # type: ignore[assignment]
+        self._open: Callable[[], AbstractContextManager[RawWriter]] = (
+            (lambda: nullcontext(store)) if isinstance(store, Store) else store
         )
         self.subscriber = subscriber
         self.batch_max = batch_max
@@ -255,7 +255,7 @@ class Ingestor:
         if self.progress is not None:
             self.progress(self.totals.copy())
 
-    def _store_one_by_one(self, store: Store, records: Sequence[Record]) -> tuple[int, int, list[DeadLetter]]:
+    def _store_one_by_one(self, store: RawWriter, records: Sequence[Record]) -> tuple[int, int, list[DeadLetter]]:
         messages: list[wire.Message] = []
         origins: list[Record] = []
         dead: list[DeadLetter] = []
@@ -275,7 +275,8 @@ class Ingestor:
         dead.extend(unstorable)
         return stored, len(messages) - len(unstorable) - stored, dead
 
-    def _store(self, store: Store, messages: Sequence[wire.Message], origins: Sequence[Record]) -> tuple[int, list[DeadLetter]]:
+    def _store(self, store: RawWriter, messages: Sequence[wire.Message],
+               origins: Sequence[Record]) -> tuple[int, list[DeadLetter]]:
         """Write messages in one transaction; returns (new count, unstorable as dead letters).
 
         ``StoreError`` (the database refused or failed) propagates: it is not
