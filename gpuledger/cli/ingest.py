@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpuledger.cli.common import add_command, add_metrics_port, existing_db, metrics_registry, progress, setting_flags
 from gpuledger.config import Settings
 from gpuledger.errors import GpuledgerError
+
+if TYPE_CHECKING:
+    from gpuledger.store.lake import LakeConfig
 
 
 def register(sub: Any, settings: Settings) -> None:
@@ -70,7 +73,8 @@ def register(sub: Any, settings: Settings) -> None:
 
     mg = add_command(
         sub, "merge", merge,
-        help="merge N ingest workers' DuckDB files, or Parquet segments, into the serving file (idempotent)",
+        help="merge N ingest workers' DuckDB files, Parquet segments, or the lake's Iceberg tables into the serving "
+        "file (idempotent)",
         description="The merge step of N ingest workers, each writing its own DuckDB file (docs/operations.md). "
         "Copies into --db every message (with its rows) whose key (agent_id, boot_id, seq) the serving file lacks, "
         "pods by latest seen and dead letters by topic/partition/offset. Idempotent: a batch two workers both "
@@ -78,14 +82,16 @@ def register(sub: Any, settings: Settings) -> None:
         "attached read-only between its worker's flushes (not while a worker runs with --hold-db). Then run "
         "`gpuledger attribute` on the serving file. With --segments DIR (workers run `ingest --segments DIR`), "
         "the segments not merged before are copied the same way; each is read once (listed in the file's "
-        "merged_segments table).\n\n"
+        "merged_segments table). With --lake CATALOG_URI --warehouse PATH_OR_S3 (workers run `ingest --lake`), "
+        "the lake's complete messages the file lacks are copied the same way (docs/lake.md).\n\n"
         "  gpuledger merge --db /data/gpuledger.duckdb /data/ingest-0.duckdb /data/ingest-1.duckdb\n"
-        "  gpuledger merge --db /data/gpuledger.duckdb --segments /shared/gpuledger-raw",
+        "  gpuledger merge --db /data/gpuledger.duckdb --segments /shared/gpuledger-raw\n"
+        "  gpuledger merge --db /data/gpuledger.duckdb --lake postgresql+psycopg://gl@pg/gl --warehouse s3://lake/raw",
     )
     mg.add_argument("workers", nargs="*", metavar="WORKER_FILE", help="worker DuckDB files to merge in")
     mg.add_argument("--segments", metavar="DIR", default=None,
                     help="also merge the Parquet segments under DIR (ingest --segments DIR)")
-    setting_flags(mg, settings, "--db")
+    setting_flags(mg, settings, "--db", "--lake", "--warehouse", "--s3-endpoint")
 
     c = add_command(
         sub, "compact", compact,
@@ -129,20 +135,11 @@ def run_ingest(args: argparse.Namespace, settings: Settings) -> int:
     if not settings.kafka_bootstrap:
         raise GpuledgerError("ingest needs Kafka bootstrap servers",
                              hint="pass --kafka host:port or set GPULEDGER_KAFKA_BOOTSTRAP")
-    lake = None
+    lake = lake_config(settings)
     linger_s = settings.ingest_linger_s
-    if settings.lake_catalog_uri or settings.lake_warehouse:
-        if not (settings.lake_catalog_uri and settings.lake_warehouse):
-            raise GpuledgerError("the lake needs both a catalog and a warehouse",
-                                 hint="pass --lake CATALOG_URI and --warehouse PATH_OR_S3 (docs/lake.md)")
+    if lake is not None:
         if args.segments:
             raise GpuledgerError("--lake and --segments are two different stores", hint="give one of them")
-        try:
-            from gpuledger.store.lake import LakeConfig
-        except ImportError as exc:
-            raise GpuledgerError(f"the lake store is not installed ({exc})",
-                                 hint='pip install "gpuledger[lake]" (pyiceberg, sqlalchemy, psycopg)') from exc
-        lake = LakeConfig(settings.lake_catalog_uri, settings.lake_warehouse, s3_endpoint=settings.lake_s3_endpoint)
         linger_s = settings.lake_commit_interval_s
     registry = metrics_registry(args.own_metrics_port, settings.metrics_host)
     metrics = None
@@ -159,6 +156,21 @@ def run_ingest(args: argparse.Namespace, settings: Settings) -> int:
             segments=args.segments, lake=lake, metrics=metrics,
             **timing)
     return 0
+
+
+def lake_config(settings: Settings) -> LakeConfig | None:
+    """The lake of --lake/--warehouse/--s3-endpoint, or None when neither is given."""
+    if not (settings.lake_catalog_uri or settings.lake_warehouse):
+        return None
+    if not (settings.lake_catalog_uri and settings.lake_warehouse):
+        raise GpuledgerError("the lake needs both a catalog and a warehouse",
+                             hint="pass --lake CATALOG_URI and --warehouse PATH_OR_S3 (docs/lake.md)")
+    try:
+        from gpuledger.store.lake import LakeConfig
+    except ImportError as exc:
+        raise GpuledgerError(f"the lake store is not installed ({exc})",
+                             hint='pip install "gpuledger[lake]" (pyiceberg, sqlalchemy, psycopg)') from exc
+    return LakeConfig(settings.lake_catalog_uri, settings.lake_warehouse, s3_endpoint=settings.lake_s3_endpoint)
 
 
 def retention(args: argparse.Namespace, settings: Settings) -> int:
@@ -202,8 +214,10 @@ def merge(args: argparse.Namespace, settings: Settings) -> int:
 
     from gpuledger.store import Store
 
-    if not args.workers and not args.segments:
-        raise GpuledgerError("nothing to merge", hint="name worker DuckDB files, or --segments DIR, or both")
+    lake = lake_config(settings)
+    if not args.workers and not args.segments and lake is None:
+        raise GpuledgerError("nothing to merge", hint="name worker DuckDB files, or --segments DIR, or --lake URI "
+                             "--warehouse PATH_OR_S3")
     missing = [w for w in args.workers if not Path(w).is_file()]
     if missing:
         raise GpuledgerError(f"no worker file at {', '.join(missing)}",
@@ -229,6 +243,13 @@ def merge(args: argparse.Namespace, settings: Settings) -> int:
             print(f"{args.segments}: {res.messages} new messages from {res.segments} segments, {res.dead_letters} "
                   f"new dead letters from {res.dead_letter_files} files ({time.monotonic() - t0:.1f} s)",
                   file=sys.stderr)
+        if lake is not None:
+            from gpuledger.store.lake import LakeStore, materialize
+
+            t0 = time.monotonic()
+            added = materialize(LakeStore(lake), serving)
+            total += added
+            print(f"lake {lake.warehouse}: {added} new messages ({time.monotonic() - t0:.1f} s)", file=sys.stderr)
         messages = serving.count("messages")
     print(f"merged {total} new messages into {db} ({messages} in all); next: gpuledger attribute --db {db}")
     return 0
