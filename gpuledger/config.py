@@ -287,6 +287,9 @@ class Settings(_Declared):
     lake_s3_endpoint: str | None = setting(
         None, description="Lake store: S3-compatible endpoint (MinIO, Ceph...), e.g. http://minio:9000; unset: AWS. "
         "Credentials: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION.")
+    lake_unavailable_s: float = setting(
+        60.0, ge=0, description="Lake store: seconds a worker retries (doubling pauses) a catalog or object store that "
+        "does not answer before it stops with an error, committing nothing to Kafka.")
     lake_commit_interval_s: float = setting(
         10.0, gt=0, description="Lake store: seconds an ingest worker gathers records before one Iceberg commit per "
         "table (replaces --linger with --lake): data is visible to readers within about this long plus a commit.")

@@ -170,7 +170,8 @@ def lake_config(settings: Settings) -> LakeConfig | None:
     except ImportError as exc:
         raise GpuledgerError(f"the lake store is not installed ({exc})",
                              hint='pip install "gpuledger[lake]" (pyiceberg, sqlalchemy, psycopg)') from exc
-    return LakeConfig(settings.lake_catalog_uri, settings.lake_warehouse, s3_endpoint=settings.lake_s3_endpoint)
+    return LakeConfig(settings.lake_catalog_uri, settings.lake_warehouse, s3_endpoint=settings.lake_s3_endpoint,
+                      unavailable_s=settings.lake_unavailable_s)
 
 
 def retention(args: argparse.Namespace, settings: Settings) -> int:

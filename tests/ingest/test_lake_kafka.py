@@ -93,6 +93,7 @@ def test_two_workers_one_killed_again_and_again_store_every_message_once_as_the_
     victim = worker()
     feeder = threading.Thread(target=publish_slowly, args=(tansu.bootstrap, topic, values, 16, 0.5), daemon=True)
     kills = 0
+    held_at_kills: list[int] = []
     try:
         feeder.start()
         lake = LakeStore(LakeConfig(postgres.uri, warehouse, s3_endpoint=s3.endpoint))
@@ -100,6 +101,7 @@ def test_two_workers_one_killed_again_and_again_store_every_message_once_as_the_
             time.sleep(1.5)  # mid-run: flushes (one commit per table) are going on
             victim.send_signal(signal.SIGKILL)
             victim.wait()
+            held_at_kills.append(stored_keys(lake)[0])
             kills += 1
             victim = worker()
             assert kills < 12, "the feeder did not finish"
@@ -110,6 +112,7 @@ def test_two_workers_one_killed_again_and_again_store_every_message_once_as_the_
             if p.poll() is None:
                 p.kill()
                 p.wait()
+    assert 0 < held_at_kills[0] < len(messages), held_at_kills  # killed mid-run: some stored, not all
     rows, distinct = stored_keys(lake)
     assert (rows, distinct) == (len(messages), len(messages))  # every message, none twice
     want = reference(tansu.bootstrap, topic, len(messages), tmp_path / "ref.duckdb")

@@ -254,8 +254,9 @@ class LakeStore:
         return table.scan(row_filter=expr, selected_fields=tuple(columns)).to_arrow()
 
     def _retrying(self, what: str, action: Callable[[], T]) -> T:
-        """``action()``, retried with doubling pauses while the catalog or object store does not answer."""
-        deadline = self.clock() + self.unavailable_s
+        """``action()``, retried with doubling pauses while the catalog or object store does not answer
+        (for ``unavailable_s`` seconds from the first failure)."""
+        deadline: float | None = None
         pause = 0.25
         while True:
             try:
@@ -266,6 +267,8 @@ class LakeStore:
                 if not transient(exc):
                     raise
                 error = exc
+            if deadline is None:
+                deadline = self.clock() + self.unavailable_s
             if self.clock() + pause > deadline:
                 why = error if isinstance(error, LakeUnavailable) else _first_line(error)
                 raise LakeUnavailable(f"{what}: the lake's catalog or object store did not answer for "
