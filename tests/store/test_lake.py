@@ -183,3 +183,31 @@ def test_an_unreachable_catalog_is_retried_with_doubling_pauses_then_reported_wi
     assert pauses == [0.25, 0.5, 1.0]  # then 2.0 would pass the 3 s
     assert "did not answer" in str(err.value) and "nothing was committed to Kafka" in err.value.hint
     assert isinstance(err.value, StoreError)  # the Ingestor stops on it, committing nothing
+
+
+@pytest.mark.slow
+def test_an_object_store_gone_mid_run_is_retried_then_reported_with_a_hint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("moto", reason="moto[server] is a test extra (pip install -e '.[test]')")
+    from tests.support.s3 import CREDENTIALS, MotoS3
+
+    for key, value in CREDENTIALS.items():
+        monkeypatch.setenv(key, value)
+    s3 = MotoS3(tmp_path)
+    s3.start()
+    try:
+        warehouse = s3.bucket("lake") + "/raw"
+        cfg = LakeConfig(f"sqlite:///{tmp_path}/catalog.db", warehouse, s3_endpoint=s3.endpoint, unavailable_s=1.0)
+        pauses: list[float] = []
+        lake = LakeStore(cfg, sleep=pauses.append, clock=lambda: sum(pauses))  # time passes only in pauses
+        msgs = stream(4, nodes=2)
+        assert lake.write_messages(msgs[:4]) == 4 and pauses == []
+        s3.stop()  # the object store goes away (moto keeps objects in memory: no coming back to test here;
+        # exactly once across an outage is tested with the catalog in tests/ingest/test_lake_kafka.py)
+        with pytest.raises(LakeUnavailable) as err:
+            lake.write_messages(msgs)
+        assert "did not answer for 1 s" in str(err.value) and "AWS_ACCESS_KEY_ID" in err.value.hint
+        assert pauses == [0.25, 0.5]  # retried with doubling pauses, then reported
+    finally:
+        s3.stop()
