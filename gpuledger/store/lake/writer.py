@@ -155,15 +155,15 @@ class LakeStore:
         if len(todo) == 0:
             return 0
         now = pa.scalar(time.time_ns() // 1000, pa.int64()).cast(pa.timestamp("us", "UTC"))
-        for name in (*_RECORD_ORDER, "messages"):
+        for name in _RECORD_ORDER:
             rows = tables.get(name)
-            if rows is None:
-                continue
-            self._append_keyed(name, rows, todo, scope, now)
+            if rows is not None:
+                self._append_keyed(name, rows, todo, scope, now)
         pods = tables.get("pods")
         if pods is not None and pods.num_rows:
             self._append_new("pods", pods, ("pod_uid", "last_seen_ns"), now)
-        return len(todo)
+        # last: the commit record. Its count is what this writer stored (a concurrent writer's share excluded).
+        return self._append_keyed("messages", msgs, todo, scope, now)
 
     def write_dead_letters(self, letters: Iterable[DeadLetter]) -> int:
         """Store undecodable records; returns how many were new (idempotent on topic, partition, offset)."""
@@ -181,17 +181,18 @@ class LakeStore:
         now = pa.scalar(time.time_ns() // 1000, pa.int64()).cast(pa.timestamp("us", "UTC"))
         return self._append_new("dead_letters", table, ("topic", "partition", "offset"), now)
 
-    def _append_keyed(self, name: str, rows: pa.Table, todo: pa.Array, scope: BooleanExpression, now: pa.Scalar) -> None:
+    def _append_keyed(self, name: str, rows: pa.Table, todo: pa.Array, scope: BooleanExpression, now: pa.Scalar) -> int:
+        """Append the rows of messages ``todo`` whose key the table lacks; returns the rows appended."""
         candidates = rows.filter(pc.is_in(rows["_m"], value_set=todo))
         if candidates.num_rows == 0:
-            return
+            return 0
 
         def attempt(table: Table) -> pa.Table:
             have = self._existing(table, scope)
             keep = _rows_without(candidates, have)
             return _conform(keep.drop_columns(["_m"]), table, now)
 
-        self._commit(name, attempt)
+        return self._commit(name, attempt)
 
     def _append_new(self, name: str, rows: pa.Table, key: tuple[str, ...], now: pa.Scalar) -> int:
         """Append the rows whose ``key`` the table lacks (rows with a NULL in the key are always new)."""
