@@ -18,13 +18,22 @@ import pytest
 
 pytest.importorskip("pyiceberg", reason="the lake extra is not installed (pip install -e '.[test]')")
 
+from pyiceberg.exceptions import CommitFailedException  # noqa: E402
 from pyiceberg.schema import Schema  # noqa: E402
 
 from gpuledger.errors import StoreError  # noqa: E402
 from gpuledger.store import DeadLetter, Store  # noqa: E402
-from gpuledger.store.lake import LakeConfig, LakeStore, LakeUnavailable, lake_schema, materialize, scan  # noqa: E402
+from gpuledger.store.lake import (  # noqa: E402
+    LakeConfig,
+    LakeStore,
+    LakeUnavailable,
+    evolve,
+    lake_schema,
+    materialize,
+    scan,
+)
 from gpuledger.store.lake.schema import DAY_COLUMN, KEYED, LAKE_TABLES  # noqa: E402
-from gpuledger.store.lake.writer import _RECORD_ORDER  # noqa: E402
+from gpuledger.store.lake.writer import _RECORD_ORDER, TABLE_PROPERTIES  # noqa: E402
 from tests.support.ingest_runs import stream  # noqa: E402
 from tests.support.system import free_port  # noqa: E402
 
@@ -212,3 +221,30 @@ def test_an_object_store_gone_mid_run_is_retried_then_reported_with_a_hint(
         assert pauses == [0.25, 0.5]  # retried with doubling pauses, then reported
     finally:
         s3.stop()
+
+
+def test_a_worker_starting_beside_one_that_just_evolved_the_table_takes_the_change_as_done(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    from gpuledger.store.lake import open_catalog, partition_spec
+
+    catalog = open_catalog(cfg)
+    older = Schema(*[f for f in lake_schema("messages").fields if f.name != "allocations_unavailable"])
+    catalog.create_table((cfg.namespace, "messages"), schema=older, partition_spec=partition_spec("messages", older),
+                         properties=TABLE_PROPERTIES)
+    stale = catalog.load_table((cfg.namespace, "messages"))  # what the second worker loaded ...
+    LakeStore(cfg)  # ... before the first one added the column
+    with pytest.raises(CommitFailedException):
+        evolve(stale, "messages")  # the race exists: a schema change from stale metadata is refused
+
+    second = LakeStore(cfg)
+    real_load = second.catalog.load_table
+    loads: list[int] = []
+
+    def load_stale_once(ident: object) -> object:
+        loads.append(1)
+        return stale if len(loads) == 1 else real_load(ident)  # type: ignore[arg-type]
+
+    second.catalog.load_table = load_stale_once  # type: ignore[method-assign,assignment]
+    table = second._ensure("messages")
+    assert "allocations_unavailable" in [f.name for f in table.schema().fields]
+    assert second.conflicts == 1 and len(loads) == 2

@@ -117,22 +117,33 @@ class LakeStore:
         return self._tables[name]
 
     def _ensure(self, name: str) -> Table:
-        """Load ``name``, creating it, or adding the columns the current schema has and it lacks."""
+        """Load ``name``, creating it, or adding the columns the current schema has and it lacks.
+
+        Workers starting together race here: a creation or schema change another
+        worker committed first is taken as done (the table is loaded again).
+        """
         ident = (self.config.namespace, name)
         want = lake_schema(name)
-        try:
-            table = self.catalog.load_table(ident)
-        except NoSuchTableError:
+        for _ in range(self.conflict_retries):
             try:
-                return self.catalog.create_table(ident, schema=want, partition_spec=partition_spec(name, want),
-                                                 properties=TABLE_PROPERTIES)
-            except TableAlreadyExistsError:  # another worker created it meanwhile
                 table = self.catalog.load_table(ident)
-        if any(table.properties.get(k) != v for k, v in TABLE_PROPERTIES.items()):
-            with table.transaction() as tx:
-                tx.set_properties(TABLE_PROPERTIES)
-            table = table.refresh()
-        return evolve(table, name)
+            except NoSuchTableError:
+                try:
+                    return self.catalog.create_table(ident, schema=want, partition_spec=partition_spec(name, want),
+                                                     properties=TABLE_PROPERTIES)
+                except TableAlreadyExistsError:  # another worker created it meanwhile
+                    continue
+            try:
+                if any(table.properties.get(k) != v for k, v in TABLE_PROPERTIES.items()):
+                    with table.transaction() as tx:
+                        tx.set_properties(TABLE_PROPERTIES)
+                    table = table.refresh()
+                return evolve(table, name)
+            except CommitFailedException:  # another worker changed it first: look again
+                self.conflicts += 1
+                self.sleep(0.05 * (0.5 + random.random()))
+        raise StoreError(f"lake table {name}: could not bring it up to date ({self.conflict_retries} tries lost to "
+                         "concurrent changes)", hint="start the workers again")
 
     # --- writing -----------------------------------------------------------------
 
