@@ -177,6 +177,10 @@ def test_dead_letters_are_kept_once_per_topic_partition_and_offset(tmp_path: Pat
     assert lake.write_dead_letters(letters) == 3
     assert lake.write_dead_letters(letters) == 1  # the one without an origin cannot be recognised
     assert scan(lake, "dead_letters").num_rows == 4
+    with Store(":memory:") as store:  # copied once into a DuckDB file, however often it is materialised
+        materialize(lake, store)
+        materialize(lake, store)
+        assert store.count("dead_letters") == 4
 
 
 def test_an_unreachable_catalog_is_retried_with_doubling_pauses_then_reported_with_a_hint(tmp_path: Path) -> None:

@@ -66,8 +66,12 @@ def materialize(lake: LakeStore, store: Store, row_filter: BooleanExpression | N
     dead = scan(lake, "dead_letters")
     if dead.num_rows:
         with store.registered(_lake_dead=dead):
+            # NEW_DEAD_LETTER keeps one per (topic, partition, offset); one without an origin is recognised by
+            # what the lake stored of it (reason, bytes, the time it was received), so a second copy adds nothing.
             store.execute('INSERT INTO dead_letters SELECT d.topic, d.partition, d."offset", d.reason, d.payload, '
-                          f"d.size_bytes, d.received_at FROM _lake_dead d WHERE {NEW_DEAD_LETTER}")
+                          f"d.size_bytes, d.received_at FROM _lake_dead d WHERE {NEW_DEAD_LETTER} AND NOT EXISTS ("
+                          "SELECT 1 FROM dead_letters x WHERE x.received_at = d.received_at AND x.reason = d.reason "
+                          "AND x.payload IS NOT DISTINCT FROM d.payload)")
     return copied
 
 
