@@ -329,11 +329,11 @@ def _scope(msgs: pa.Table) -> BooleanExpression:
 
 # pyiceberg's predicates are pydantic models with positional constructors the pydantic mypy plugin does not see.
 def _in(column: str, values: set[Any]) -> BooleanExpression:
-    return In(column, values)  # type: ignore[call-arg,misc]
+    return In(column, values)  # type: ignore[call-arg,misc,unused-ignore]
 
 
 def _between(column: str, lo: int, hi: int) -> BooleanExpression:
-    return And(GreaterThanOrEqual(column, lo), LessThanOrEqual(column, hi))  # type: ignore[call-arg,misc]
+    return And(GreaterThanOrEqual(column, lo), LessThanOrEqual(column, hi))  # type: ignore[call-arg,misc,unused-ignore]
 
 
 def _without(first: pa.Array, msgs: pa.Table, stored: pa.Table) -> pa.Array:
