@@ -284,6 +284,21 @@ class Settings(_Declared):
         5000, description="Ingest: most records per flush (one DuckDB transaction, then one offset commit)."
     )
     ingest_linger_s: float = setting(1.0, description="Ingest: seconds to keep polling after a flush's first record to fill it.")
+    lake_catalog_uri: str | None = setting(
+        None, description="Lake store: the Iceberg catalog ingest appends to instead of the DuckDB file -- "
+        "sqlite:////path/catalog.db, postgresql+psycopg://user:pass@host/db or a REST catalog's http(s):// URL "
+        "(docs/lake.md; needs the `lake` extra).")
+    lake_warehouse: str | None = setting(
+        None, description="Lake store: where the tables' files go: a directory or s3://bucket/prefix (with --lake).")
+    lake_s3_endpoint: str | None = setting(
+        None, description="Lake store: S3-compatible endpoint (MinIO, Ceph...), e.g. http://minio:9000; unset: AWS. "
+        "Credentials: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION.")
+    lake_unavailable_s: float = setting(
+        60.0, ge=0, description="Lake store: seconds a worker retries (doubling pauses) a catalog or object store that "
+        "does not answer before it stops with an error, committing nothing to Kafka.")
+    lake_commit_interval_s: float = setting(
+        10.0, gt=0, description="Lake store: seconds an ingest worker gathers records before one Iceberg commit per "
+        "table (replaces --linger with --lake): data is visible to readers within about this long plus a commit.")
     ingest_max_future_s: float = setting(
         300.0, description="Ingest: an interval ending more than this many seconds after now is quarantined (clock skew bound)."
     )

@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpuledger.cli.common import add_command, add_metrics_port, existing_db, metrics_registry, progress, setting_flags
 from gpuledger.config import Settings
 from gpuledger.errors import GpuledgerError
+
+if TYPE_CHECKING:
+    from gpuledger.store.lake import LakeConfig
 
 
 def register(sub: Any, settings: Settings) -> None:
@@ -18,7 +21,12 @@ def register(sub: Any, settings: Settings) -> None:
         help="consume the Kafka topic into DuckDB (idempotent, dead-letters bad input)",
         description="Ingest worker: reads the topic as a consumer group, decodes batches, writes them to "
         "DuckDB in one transaction (idempotent on agent_id, boot_id, seq) and only then commits offsets. "
-        "Undecodable messages go to the dead_letters table with the reason.",
+        "Undecodable messages go to the dead_letters table with the reason.\n\n"
+        "With --lake CATALOG_URI --warehouse PATH_OR_S3 it appends to Apache Iceberg tables instead, which any "
+        "number of workers in the group share: one commit per table every --commit-interval seconds, then the "
+        "offsets (docs/lake.md).\n\n"
+        "  gpuledger ingest --kafka broker:9092 --lake postgresql+psycopg://gl:pw@pg/gpuledger \\\n"
+        "      --warehouse s3://gpuledger-lake/raw --s3-endpoint http://minio:9000",
     )
     setting_flags(i, settings, "--kafka", "--topic", "--group", "--db", required=["--kafka"])
     i.add_argument("--max-idle", type=float, default=None, metavar="SECONDS",
@@ -31,6 +39,7 @@ def register(sub: Any, settings: Settings) -> None:
     i.add_argument("--segments", metavar="DIR", default=None,
                    help="write immutable Parquet segments, partitioned by day, under DIR instead of --db "
                    "(the scale path for N workers; see docs/storage.md)")
+    setting_flags(i, settings, "--lake", "--warehouse", "--s3-endpoint", "--commit-interval")
     i.add_argument("--max-poll-interval-ms", type=int, default=None, metavar="MS",
                    help="consumer group: longest time between polls before this member is evicted; ingest keeps "
                    "polling while a flush stores, and lingers at most a quarter of it (default: 300000)")
@@ -64,7 +73,8 @@ def register(sub: Any, settings: Settings) -> None:
 
     mg = add_command(
         sub, "merge", merge,
-        help="merge N ingest workers' DuckDB files, or Parquet segments, into the serving file (idempotent)",
+        help="merge N ingest workers' DuckDB files, Parquet segments, or the lake's Iceberg tables into the serving "
+        "file (idempotent)",
         description="The merge step of N ingest workers, each writing its own DuckDB file (docs/operations.md). "
         "Copies into --db every message (with its rows) whose key (agent_id, boot_id, seq) the serving file lacks, "
         "pods by latest seen and dead letters by topic/partition/offset. Idempotent: a batch two workers both "
@@ -72,14 +82,16 @@ def register(sub: Any, settings: Settings) -> None:
         "attached read-only between its worker's flushes (not while a worker runs with --hold-db). Then run "
         "`gpuledger attribute` on the serving file. With --segments DIR (workers run `ingest --segments DIR`), "
         "the segments not merged before are copied the same way; each is read once (listed in the file's "
-        "merged_segments table).\n\n"
+        "merged_segments table). With --lake CATALOG_URI --warehouse PATH_OR_S3 (workers run `ingest --lake`), "
+        "the lake's complete messages the file lacks are copied the same way (docs/lake.md).\n\n"
         "  gpuledger merge --db /data/gpuledger.duckdb /data/ingest-0.duckdb /data/ingest-1.duckdb\n"
-        "  gpuledger merge --db /data/gpuledger.duckdb --segments /shared/gpuledger-raw",
+        "  gpuledger merge --db /data/gpuledger.duckdb --segments /shared/gpuledger-raw\n"
+        "  gpuledger merge --db /data/gpuledger.duckdb --lake postgresql+psycopg://gl@pg/gl --warehouse s3://lake/raw",
     )
     mg.add_argument("workers", nargs="*", metavar="WORKER_FILE", help="worker DuckDB files to merge in")
     mg.add_argument("--segments", metavar="DIR", default=None,
                     help="also merge the Parquet segments under DIR (ingest --segments DIR)")
-    setting_flags(mg, settings, "--db")
+    setting_flags(mg, settings, "--db", "--lake", "--warehouse", "--s3-endpoint")
 
     c = add_command(
         sub, "compact", compact,
@@ -123,6 +135,12 @@ def run_ingest(args: argparse.Namespace, settings: Settings) -> int:
     if not settings.kafka_bootstrap:
         raise GpuledgerError("ingest needs Kafka bootstrap servers",
                              hint="pass --kafka host:port or set GPULEDGER_KAFKA_BOOTSTRAP")
+    lake = lake_config(settings)
+    linger_s = settings.ingest_linger_s
+    if lake is not None:
+        if args.segments:
+            raise GpuledgerError("--lake and --segments are two different stores", hint="give one of them")
+        linger_s = settings.lake_commit_interval_s
     registry = metrics_registry(args.own_metrics_port, settings.metrics_host)
     metrics = None
     if registry is not None:
@@ -131,13 +149,29 @@ def run_ingest(args: argparse.Namespace, settings: Settings) -> int:
         metrics = IngestMetrics(registry)
     consume(settings.kafka_bootstrap, settings.kafka_topic, settings.kafka_group, settings.db_path,
             client_settings=settings.kafka_client_settings(),
-            max_idle_s=args.max_idle, batch_max=settings.ingest_batch_max, linger_s=settings.ingest_linger_s,
+            max_idle_s=args.max_idle, batch_max=settings.ingest_batch_max, linger_s=linger_s,
             hold_db=args.hold_db,
             clock_check=ClockCheck(max_future_s=settings.ingest_max_future_s or None,
                                    max_age_s=settings.ingest_max_age_s or None),
-            segments=args.segments, metrics=metrics,
+            segments=args.segments, lake=lake, metrics=metrics,
             **timing)
     return 0
+
+
+def lake_config(settings: Settings) -> LakeConfig | None:
+    """The lake of --lake/--warehouse/--s3-endpoint, or None when neither is given."""
+    if not (settings.lake_catalog_uri or settings.lake_warehouse):
+        return None
+    if not (settings.lake_catalog_uri and settings.lake_warehouse):
+        raise GpuledgerError("the lake needs both a catalog and a warehouse",
+                             hint="pass --lake CATALOG_URI and --warehouse PATH_OR_S3 (docs/lake.md)")
+    try:
+        from gpuledger.store.lake import LakeConfig
+    except ImportError as exc:
+        raise GpuledgerError(f"the lake store is not installed ({exc})",
+                             hint='pip install "gpuledger[lake]" (pyiceberg, sqlalchemy, psycopg)') from exc
+    return LakeConfig(settings.lake_catalog_uri, settings.lake_warehouse, s3_endpoint=settings.lake_s3_endpoint,
+                      unavailable_s=settings.lake_unavailable_s)
 
 
 def retention(args: argparse.Namespace, settings: Settings) -> int:
@@ -181,8 +215,10 @@ def merge(args: argparse.Namespace, settings: Settings) -> int:
 
     from gpuledger.store import Store
 
-    if not args.workers and not args.segments:
-        raise GpuledgerError("nothing to merge", hint="name worker DuckDB files, or --segments DIR, or both")
+    lake = lake_config(settings)
+    if not args.workers and not args.segments and lake is None:
+        raise GpuledgerError("nothing to merge", hint="name worker DuckDB files, or --segments DIR, or --lake URI "
+                             "--warehouse PATH_OR_S3")
     missing = [w for w in args.workers if not Path(w).is_file()]
     if missing:
         raise GpuledgerError(f"no worker file at {', '.join(missing)}",
@@ -208,6 +244,13 @@ def merge(args: argparse.Namespace, settings: Settings) -> int:
             print(f"{args.segments}: {res.messages} new messages from {res.segments} segments, {res.dead_letters} "
                   f"new dead letters from {res.dead_letter_files} files ({time.monotonic() - t0:.1f} s)",
                   file=sys.stderr)
+        if lake is not None:
+            from gpuledger.store.lake import LakeStore, materialize
+
+            t0 = time.monotonic()
+            added = materialize(LakeStore(lake), serving)
+            total += added
+            print(f"lake {lake.warehouse}: {added} new messages ({time.monotonic() - t0:.1f} s)", file=sys.stderr)
         messages = serving.count("messages")
     print(f"merged {total} new messages into {db} ({messages} in all); next: gpuledger attribute --db {db}")
     return 0

@@ -35,7 +35,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, fields
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpuledger import wire
 from gpuledger.errors import StoreError, TransportError, WireError
@@ -44,8 +44,11 @@ from gpuledger.ingest.clock import ClockCheck
 from gpuledger.ingest.metrics import IngestMetrics, MeasuredOpener, MeasuredSubscriber
 from gpuledger.ingest.opener import FileOpener
 from gpuledger.ingest.segments import SegmentWriter
-from gpuledger.store import DeadLetter, Store
+from gpuledger.store import DeadLetter, RawWriter, Store
 from gpuledger.transport import KafkaSubscriber, Record, Subscriber
+
+if TYPE_CHECKING:  # the lake is an optional extra (pyiceberg): imported only when ingest is given one
+    from gpuledger.store.lake import LakeConfig, LakeStore
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +141,7 @@ class Ingestor:
 
     def __init__(
         self,
-        store: Store | FileOpener | SegmentWriter | MeasuredOpener,
+        store: Store | Callable[[], AbstractContextManager[RawWriter]],
         subscriber: Subscriber,
         *,
         batch_max: int = 500,
@@ -153,8 +156,8 @@ class Ingestor:
         if batch_max < 1:
             raise ValueError("batch_max must be >= 1")
         self.store = store
-        self._open: Callable[[], AbstractContextManager[Store]] = (
-            (lambda: nullcontext(store)) if isinstance(store, Store) else store  # type: ignore[assignment]
+        self._open: Callable[[], AbstractContextManager[RawWriter]] = (
+            (lambda: nullcontext(store)) if isinstance(store, Store) else store
         )
         self.subscriber = subscriber
         self.batch_max = batch_max
@@ -252,7 +255,7 @@ class Ingestor:
         if self.progress is not None:
             self.progress(self.totals.copy())
 
-    def _store_one_by_one(self, store: Store, records: Sequence[Record]) -> tuple[int, int, list[DeadLetter]]:
+    def _store_one_by_one(self, store: RawWriter, records: Sequence[Record]) -> tuple[int, int, list[DeadLetter]]:
         messages: list[wire.Message] = []
         origins: list[Record] = []
         dead: list[DeadLetter] = []
@@ -272,7 +275,8 @@ class Ingestor:
         dead.extend(unstorable)
         return stored, len(messages) - len(unstorable) - stored, dead
 
-    def _store(self, store: Store, messages: Sequence[wire.Message], origins: Sequence[Record]) -> tuple[int, list[DeadLetter]]:
+    def _store(self, store: RawWriter, messages: Sequence[wire.Message],
+               origins: Sequence[Record]) -> tuple[int, list[DeadLetter]]:
         """Write messages in one transaction; returns (new count, unstorable as dead letters).
 
         ``StoreError`` (the database refused or failed) propagates: it is not
@@ -401,6 +405,7 @@ def run_ingest(
     lock_wait_s: float = 30.0,
     clock_check: ClockCheck | None = None,
     segments: str | Path | None = None,
+    lake: LakeConfig | None = None,
     log_every_s: float = 10.0,
     max_idle_s: float | None = None,
     max_messages: int | None = None,
@@ -430,7 +435,14 @@ def run_ingest(
             seconds for a reader to let go.
         clock_check: quarantine bounds (:class:`ClockCheck`); None checks nothing.
         segments: write Parquet segments under this directory instead of the
-            DuckDB file (:mod:`gpuledger.ingest.segments`, the scale path).
+            DuckDB file (:mod:`gpuledger.ingest.segments`).
+        lake: append to these Iceberg tables instead of the DuckDB file
+            (:mod:`gpuledger.store.lake`, docs/lake.md): N workers in one group
+            write the same tables; a flush is one commit per table, and
+            ``linger_s`` should be the lake's commit interval (the CLI passes it).
+            A catalog or object store that does not answer is retried with
+            backoff for a minute, then ``LakeUnavailable`` stops the run with
+            nothing committed to Kafka.
         log_every_s: seconds between progress log lines (INFO, logger
             ``gpuledger.ingest.consumer``).
         max_idle_s / max_messages: stop conditions for batch jobs and tests;
@@ -453,10 +465,15 @@ def run_ingest(
         StoreError: the database cannot be opened or written.
     """
     stop = stop or threading.Event()
-    opener: FileOpener | SegmentWriter = (
-        SegmentWriter(segments, worker=f"{socket.gethostname()}-{os.getpid()}") if segments is not None
-        else FileOpener(db_path, hold=hold_db, lock_wait_s=lock_wait_s)
-    )
+    opener: FileOpener | SegmentWriter | LakeStore
+    if lake is not None:
+        from gpuledger.store.lake import LakeStore
+
+        opener = LakeStore(lake)
+    elif segments is not None:
+        opener = SegmentWriter(segments, worker=f"{socket.gethostname()}-{os.getpid()}")
+    else:
+        opener = FileOpener(db_path, hold=hold_db, lock_wait_s=lock_wait_s)
     try:
         subscriber = KafkaSubscriber(
             bootstrap,
@@ -489,7 +506,8 @@ def run_ingest(
     else:
         ingestor = Ingestor(opener, subscriber, batch_max=batch_max, progress=reporter, linger_s=linger_s,
                             clock_check=clock_check, pipeline=True, keepalive_s=min(1.0, quarter_s))
-    log.info("ingesting %s (group %s) from %s into %s", topic, group_id, bootstrap, db_path)
+    target = f"the lake {lake.warehouse} (catalog {lake.namespace})" if lake is not None else db_path
+    log.info("ingesting %s (group %s) from %s into %s", topic, group_id, bootstrap, target)
     try:
         with _stop_on_signals(stop, enabled=handle_signals):
             stats = ingestor.run(stop, max_idle_s=max_idle_s, max_messages=max_messages)

@@ -5,7 +5,9 @@
 - :mod:`~gpuledger.store.duck`: :class:`Store`, the connection and the translation of DuckDB's errors
   (``duck`` is the only module that imports ``duckdb``);
 - :mod:`~gpuledger.store.arrow`: decoded wire messages to Arrow tables (:func:`batch_to_arrow`);
-- :mod:`~gpuledger.store.files`: a compacted copy, absorbing worker files, views over Parquet segments.
+- :mod:`~gpuledger.store.files`: a compacted copy, absorbing worker files, views over Parquet segments;
+- :mod:`~gpuledger.store.protocol`: :class:`RawWriter`, the seam ingest writes through (file, segments, lake);
+- :mod:`~gpuledger.store.lake`: the lake store, Apache Iceberg tables (optional extra; docs/lake.md).
 
 Who writes and how readers read: docs/storage.md.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 from gpuledger.store.arrow import batch_to_arrow
 from gpuledger.store.duck import DeadLetter, Store, configure
 from gpuledger.store.migrations import MIGRATIONS, Migration
+from gpuledger.store.protocol import RawWriter
 from gpuledger.store.schema import INGEST_TABLES, NEW_DEAD_LETTER, PODS_LATEST_WINS, TABLES
 from gpuledger.timeutil import HOUR_NS  # re-exported for callers written before gpuledger.timeutil (its home)
 
@@ -28,6 +31,7 @@ __all__ = [
     "TABLES",
     "DeadLetter",
     "Migration",
+    "RawWriter",
     "Store",
     "batch_to_arrow",
 ]

@@ -6,6 +6,7 @@ message and its hint, and that nothing was created.
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -62,3 +63,29 @@ def test_ingest_group_timing_must_be_positive(tmp_path: Path, flag: str) -> None
     assert f"error: {flag} must be a positive number of milliseconds" in out.stderr
     assert "hint:" in out.stderr
     assert not (tmp_path / "x.duckdb").exists()
+
+
+def test_ingest_into_the_lake_without_a_warehouse_says_what_to_pass(tmp_path: Path) -> None:
+    proc = gpuledger("ingest", "--kafka", "127.0.0.1:1", "--lake", f"sqlite:///{tmp_path}/catalog.db")
+    assert proc.returncode != 0
+    assert "error: the lake needs both a catalog and a warehouse" in proc.stderr
+    assert "hint: pass --lake CATALOG_URI and --warehouse PATH_OR_S3" in proc.stderr
+    assert not (tmp_path / "catalog.db").exists()  # refused before touching anything
+
+
+@pytest.mark.slow
+def test_ingest_into_an_unreachable_lake_catalog_retries_then_fails_with_a_hint(tmp_path: Path) -> None:
+    pytest.importorskip("pyiceberg", reason="the lake extra is not installed (pip install -e '.[test]')")
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.run(
+        [sys.executable, "-m", "gpuledger.cli", "ingest", "--kafka", "127.0.0.1:1", "--lake",
+         f"postgresql+psycopg://gpuledger:secret@127.0.0.1:{port}/gpuledger", "--warehouse", str(tmp_path / "wh")],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "GPULEDGER_LAKE_UNAVAILABLE_S": "1"})
+    assert proc.returncode != 0
+    assert "error: opening the lake catalog: the lake's catalog or object store did not answer for 1 s" in proc.stderr
+    assert "retrying in 0.25 s" in proc.stderr and "retrying in 0.50 s" in proc.stderr  # backoff, then give up
+    assert "hint: check --lake (the catalog URI) and --warehouse" in proc.stderr
+    assert "secret" not in proc.stderr  # the catalog's password is never printed
+    assert "Traceback" not in proc.stderr

@@ -125,3 +125,23 @@ def test_segments_merge_into_the_serving_file_then_retention_frees_their_days(tm
     assert not list(root.glob("*/day=2025-01-01"))
     bad = gpuledger("merge", "--db", str(serving), "--segments", str(tmp_path / "nope"))
     assert bad.returncode == 2 and "hint:" in bad.stderr
+
+
+@pytest.mark.slow
+def test_merge_from_the_lake_copies_its_messages_once_and_attribution_runs_on_them(tmp_path: Path) -> None:
+    pytest.importorskip("pyiceberg", reason="the lake extra is not installed (pip install -e '.[test]')")
+    from gpuledger.store.lake import LakeConfig, LakeStore
+
+    catalog, warehouse = f"sqlite:///{tmp_path}/catalog.db", str(tmp_path / "warehouse")
+    lake = LakeStore(LakeConfig(catalog, warehouse))
+    assert lake.write_arrow(decode_batch([wire.encode(m) for m in make_stream(12)]).tables) == 12
+    serving = tmp_path / "gpuledger.duckdb"
+    out = gpuledger("merge", "--db", str(serving), "--lake", catalog, "--warehouse", warehouse)
+    assert out.returncode == 0, out.stderr
+    assert "merged 12 new messages" in out.stdout and "12 new messages" in out.stderr
+    again = gpuledger("merge", "--db", str(serving), "--lake", catalog, "--warehouse", warehouse)
+    assert again.returncode == 0 and "merged 0 new messages" in again.stdout and "(12 in all)" in again.stdout
+    with Store(serving, read_only=True) as store:
+        assert (store.count("messages"), store.count("devices")) == (12, 24)
+    attributed = gpuledger("attribute", "--db", str(serving))
+    assert attributed.returncode == 0 and "attributed 12 messages" in attributed.stdout

@@ -1,0 +1,22 @@
+"""The lake store: gpuledger's raw tables as Apache Iceberg tables (pyiceberg), for many ingest workers.
+
+The embedded DuckDB file (:mod:`gpuledger.store.duck`) stays the default;
+the lake is the path beyond one machine (docs/lake.md). This package is the
+only one that imports ``pyiceberg`` and ``sqlalchemy`` (an optional extra:
+``pip install gpuledger[lake]``).
+
+- :mod:`~gpuledger.store.lake.schema`: Iceberg schemas and day partitions, derived from ``store/schema.py``;
+- :mod:`~gpuledger.store.lake.catalog`: the catalog (SQLite/PostgreSQL/REST) and warehouse (directory/S3);
+- :mod:`~gpuledger.store.lake.writer`: :class:`LakeStore`, ingest's idempotent, conflict-safe appends;
+- :mod:`~gpuledger.store.lake.read`: scans to Arrow, and a DuckDB file materialised from the lake.
+"""
+
+from __future__ import annotations
+
+from gpuledger.store.lake.catalog import LakeConfig, LakeUnavailable, open_catalog
+from gpuledger.store.lake.read import materialize, scan
+from gpuledger.store.lake.schema import LAKE_TABLES, lake_schema, partition_spec
+from gpuledger.store.lake.writer import LakeStore, evolve
+
+__all__ = ["LAKE_TABLES", "LakeConfig", "LakeStore", "LakeUnavailable", "evolve", "lake_schema", "materialize",
+           "open_catalog", "partition_spec", "scan"]
