@@ -67,7 +67,8 @@ def drill_link(period: Period, keys: dict[str, Any], filters: Filters, granulari
 _FORMAT = Query("json", description="json (pages), or csv: every row of the view as a spreadsheet-safe file")
 
 
-@router.get("/showback", response_model=None, responses={200: {"model": ShowbackOut}},
+@router.get("/showback", response_model=None,
+            responses={200: {"model": ShowbackOut, "content": {"text/csv": {"schema": {"type": "string"}}}}},
             summary="GPU-hours used, allocated-idle, memory, energy, cost and idle cost per group")
 def showback(request: Request, start: str | None = START, end: str | None = END,
              group_by: str = Query("tenant", description="comma-separated: tenant, namespace, node, model, "
