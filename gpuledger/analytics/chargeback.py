@@ -539,7 +539,13 @@ def read_usage(store: Store, start: datetime, end: datetime, by: Sequence[str], 
     else:
         sums = sums.drop("_model")
     sums = sums.with_columns(as_day).drop("_day_ns")
-    capacity = store.query(capacity_sql, params).with_columns(as_day).drop("_day_ns")
+    # A UTC day at a time: the window functions over GPU-hours hold their input in memory (they do not spill
+    # as the sums' GROUP BY does), so a month of a 1,000-GPU fleet at once would not fit a small memory_limit.
+    low, high = store.query(f"SELECT min(hour_start_ns), max(hour_start_ns) FROM ({rows})", params).row(0)
+    first, last = (low, high + 1) if low is not None else (to_ns(start), to_ns(end))  # the days that hold rows
+    days = [(max(d, first), min(d + DAY_NS, last)) for d in range(first - first % DAY_NS, last, DAY_NS)] or [(first, last)]
+    capacity = pl.concat([store.query(capacity_sql, {"lo": lo, "hi": hi}) for lo, hi in days], how="vertical_relaxed")
+    capacity = capacity.with_columns(as_day).drop("_day_ns")
     return Usage(sums, capacity.with_columns(pl.col("units").cast(pl.Int128)))
 
 
