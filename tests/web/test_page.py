@@ -144,6 +144,9 @@ def test_views_totals_notice_and_csv_read_as_the_api_says(site: dict[str, Any], 
     assert idle, "the demo holds a notebook idle to its end"
     assert page.eval_on_selector_all("#idle-now tbody th", "t => t.map(x => x.textContent)") \
         == [r["pod"] for r in idle]
+    assert page.eval_on_selector_all("#idle-now tbody td:nth-child(3)", "t => t.map(x => x.textContent)") \
+        == [f"{r['cluster']}/{r['node']} #{r['gpu_index']}" + (f"/{r['mig_index']}" if r["mig_index"] >= 0 else "")
+            for r in idle]  # a node name alone would not say which cluster's node
     page.screenshot(path=str(shots / "view-tenant.png"), full_page=True)
 
     # The CSV of the shown view: its rows and cost, through the spreadsheet-safe writer.

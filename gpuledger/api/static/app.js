@@ -306,7 +306,7 @@ function panels(wasters, idle) {
   tbody.replaceChildren(...now.map((r) => {
     const tr = node("tr");
     tr.appendChild(node("th", { scope: "row" }, r.pod || "–"));
-    for (const v of [r.tenant, `${r.node} #${r.gpu_index}${r.mig_index >= 0 ? "/" + r.mig_index : ""}`,
+    for (const v of [r.tenant, `${r.cluster}/${r.node} #${r.gpu_index}${r.mig_index >= 0 ? "/" + r.mig_index : ""}`,
                      fmtTime(r.idle_since), r.idle_hours.toFixed(1)]) tr.appendChild(node("td", {}, v));
     return tr;
   }));
