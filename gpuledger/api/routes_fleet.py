@@ -9,6 +9,10 @@ lost or it stopped appearing in its node's messages before the node's newest
 one, ``degraded`` when its newest health code says so, else ``ok``. A lost GPU
 keeps its last known UUID and model (NVML reports neither once it is gone).
 
+A GPU is keyed by (cluster, node, GPU index): the cluster is the one its
+message's agent named (none: the default cluster), so two clusters'
+same-named nodes are separate GPUs, each with its own holders.
+
 A tenant token sees only the GPUs its tenant has ledger rows on in the period,
 and only its own holders on them.
 """
