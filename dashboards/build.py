@@ -138,12 +138,14 @@ def fleet() -> dict[str, Any]:
               [prom("sum by (field, reason) (gpuledger_field_errors)", "{{field}}: {{reason}}")], 12, 24),
         panel(10, "Fleet: health, sharing and current holders (API)", "table",
               [infinity(f"/v1/fleet?{PERIOD}&limit=1000", [
-                  col("node", "string"), col("gpu_index"), col("gpu", "string"), col("model", "string"),
+                  col("cluster", "string"), col("node", "string"), col("gpu_index"), col("gpu", "string"),
+                  col("model", "string"),
                   col("sharing", "string"), col("health", "string"), col("xid_events"), col("field_errors"),
                   col("last_seen", "timestamp")], root="rows")], 0, 32, w=24, h=10),
         panel(11, "Fleet economics per pool: utilization, cost per used GPU-hour, rent vs own (API)", "table",
               [infinity(f"/v1/economics?{PERIOD}", [
-                  col("pool", "string"), col("model", "string"), col("utilization"), col("allocation"),
+                  col("pool", "string"), col("model", "string"), col("cluster", "string"), col("utilization"),
+                  col("allocation"),
                   col("efficiency"), col("own_cost"), col("cost_per_used_gpu_hour"), col("cloud_rate"),
                   col("rented_used_cost"), col("rented_allocated_cost"), col("break_even_utilization")],
                         root="pools")], 0, 42, w=24, h=8,
@@ -293,11 +295,12 @@ def business() -> dict[str, Any]:
               "range (docs/economics.md); needs an admin or finance token."),
         panel(7, "Effective cost per used GPU-hour, rent vs own", "table",
               [infinity(f"/v1/economics?{PERIOD}", [
-                  col("pool", "string"), col("model", "string"), col("own_cost"), col("cost_per_used_gpu_hour"),
+                  col("pool", "string"), col("model", "string"), col("cluster", "string"), col("own_cost"),
+                  col("cost_per_used_gpu_hour"),
                   col("cloud_rate"), col("rented_used_cost"), col("break_even_utilization")], root="pools")],
               12, 25,
               description="Above break_even_utilization, owning is cheaper than renting the used hours on demand. "
-              "Pools are keyed by node pool and GPU model (a cluster key may follow)."),
+              "Pools are keyed by node pool, GPU model and cluster."),
     ]
     return dashboard("gpuledger-business", "gpuledger / Cost per result, quotas, budgets, economics", panels,
                      time_from="now/M")

@@ -1,7 +1,7 @@
 """Fleet economics: what the owned fleet cost per GPU-hour actually used, and what renting would have cost.
 
 Read from the hourly rollups (``ledger_hourly``), per pool (node pool x GPU
-model) and month, with capacity = every GPU-second of the pool (MIG slices
+model x cluster) and month, with capacity = every GPU-second of the pool (MIG slices
 weighted by their fraction, as the ledger books them):
 
 - ``utilization`` = used (busy) ÷ capacity; ``allocation`` = allocated
@@ -25,9 +25,9 @@ weighted by their fraction, as the ledger books them):
 Pools: the agent does not send node labels, so a node's pool comes from a
 node-pools file (:class:`NodePools`; ``[[pool]] name = "train" nodes =
 "gpu-h100-*"``, first match wins); a node no entry matches is in pool
-``unassigned``. Pools have no cluster key yet: the rollups carry no cluster
-column; when they do (the per-cluster work), a pool's key should gain it, so
-two clusters' same-named node pools stay apart.
+``unassigned``. A pool's key includes the rollups' cluster, so two clusters'
+same-named nodes and pools stay apart (the globs match node names in every
+cluster).
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ from gpuledger.analytics.prices import PriceBook, PriceEntry
 from gpuledger.errors import ConfigError, GpuledgerError
 from gpuledger.store import Store
 from gpuledger.timeutil import DAY_NS, from_ns, month_bounds, to_ns
+from gpuledger.wire import DEFAULT_CLUSTER
 
 __all__ = ["UNASSIGNED", "CloudRates", "NodePools", "PoolEconomics", "default_cloud_rates", "economics",
            "load_cloud_rates", "load_node_pools", "parse_cloud_rates", "read_month", "report_dict", "report_text",
@@ -172,6 +173,7 @@ class PoolEconomics:
 
     pool: str
     model: str
+    cluster: str
     capacity_gpu_hours: Decimal
     used_gpu_hours: Decimal
     allocated_gpu_hours: Decimal
@@ -196,7 +198,8 @@ def _ratio(a: Decimal, b: Decimal) -> Decimal | None:
 
 
 def economics(rows: pl.LazyFrame, book: PriceBook, rates: CloudRates, pools: NodePools = NodePools()) -> list[PoolEconomics]:
-    """Rollup rows (``hour_start_ns, node, model, profile, kind, gpu_seconds``) -> one entry per pool x model.
+    """Rollup rows (``hour_start_ns, cluster, node, model, profile, kind, gpu_seconds``) -> one entry per
+    pool x model x cluster.
 
     Raises GpuledgerError when the cloud rates are in another currency than the price book.
     """
@@ -204,27 +207,27 @@ def economics(rows: pl.LazyFrame, book: PriceBook, rates: CloudRates, pools: Nod
         raise GpuledgerError(f"cloud rates are in {rates.book.currency}, the price book in {book.currency}",
                              hint="use a cloud rates file in the price book's currency")
     day = (pl.col("hour_start_ns") - pl.col("hour_start_ns") % DAY_NS).alias("day_ns")
-    grouped = rows.group_by("node", "model", "profile", day).agg(
+    grouped = rows.group_by("cluster", "node", "model", "profile", day).agg(
         capacity=pl.col("gpu_seconds").sum(),
         used=pl.col("gpu_seconds").filter(pl.col("kind") == K.BUSY).sum(),
         unallocated=pl.col("gpu_seconds").filter(pl.col("kind") == K.UNALLOCATED).sum(),
     ).collect()
-    acc: dict[tuple[str, str], dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
+    acc: dict[tuple[str, str, str], dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
     for r in grouped.iter_rows(named=True):
-        a = acc[(pools.pool_of(r["node"]), r["model"])]
+        a = acc[(pools.pool_of(r["node"]), r["model"], r["cluster"])]
         capacity = Decimal(r["capacity"]) / 3600
         a["capacity"] += capacity
         a["used"] += Decimal(r["used"]) / 3600
         a["allocated"] += capacity - Decimal(r["unallocated"]) / 3600
         a["cost"] += capacity * book.price_for(r["model"], r["profile"], from_ns(r["day_ns"]).date()).per_gpu_hour
     out = []
-    for (pool, model), a in sorted(acc.items()):
+    for (pool, model, cluster), a in sorted(acc.items()):
         cap, used, alloc = a["capacity"], a["used"], a["allocated"]  # exact sums; rounded where shown
         cost = a["cost"].quantize(book.quantum)
         found = rates.rate(model)
         rate, rate_id = found if found else (None, None)
         out.append(PoolEconomics(
-            pool, model, cap.quantize(_HOURS), used.quantize(_HOURS), alloc.quantize(_HOURS),
+            pool, model, cluster, cap.quantize(_HOURS), used.quantize(_HOURS), alloc.quantize(_HOURS),
             _ratio(used, cap), _ratio(alloc, cap), _ratio(used, alloc), cost,
             None if used == 0 else (cost / used).quantize(book.quantum),
             rate, rate_id,
@@ -245,7 +248,10 @@ def read_period(store: Store, start: int, end: int) -> tuple[pl.LazyFrame, int]:
     if not store.has_table("ledger_hourly"):
         raise GpuledgerError("this database has no hourly rollups (ledger_hourly)",
                              hint="run `gpuledger attribute` with a current gpuledger: it creates and fills them")
-    rows = store.query("SELECT hour_start_ns, node, model, profile, kind, gpu_seconds FROM ledger_hourly "
+    named = store.scalar("SELECT count(*) FROM duckdb_columns() WHERE table_name = 'ledger_hourly' "
+                         "AND column_name = 'cluster'")  # a file no writer opened since migration 12: all default
+    cluster = "cluster" if named else f"{DEFAULT_CLUSTER!r} AS cluster"
+    rows = store.query(f"SELECT hour_start_ns, {cluster}, node, model, profile, kind, gpu_seconds FROM ledger_hourly "
                        "WHERE hour_start_ns >= ? AND hour_start_ns < ?", [start, end])
     pending = int(store.scalar("SELECT count(*) FROM ledger_hourly_pending WHERE hour_start_ns >= ? AND "
                                "hour_start_ns < ?", [start, end]) or 0) if store.has_table("ledger_hourly_pending") else 0
@@ -278,7 +284,7 @@ def report_text(body: dict[str, Any]) -> str:
     def cell(v: Any) -> str:
         return "-" if v is None else str(v)
 
-    head = ("pool", "model", "capacity_gpu_hours", "used_gpu_hours", "allocated_gpu_hours", "utilization",
+    head = ("pool", "model", "cluster", "capacity_gpu_hours", "used_gpu_hours", "allocated_gpu_hours", "utilization",
             "allocation", "efficiency", "own_cost", "cost_per_used_gpu_hour", "cloud_rate", "rented_used_cost",
             "rented_allocated_cost", "break_even_utilization")
     lines = [f"fleet economics {body['month'] or body['period']} ({body['currency']}); cloud rates as of "

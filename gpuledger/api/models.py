@@ -102,6 +102,7 @@ class EfficiencyOut(Paged):
 
 class IdleRun(BaseModel):
     gpu: str
+    cluster: str
     node: str
     gpu_index: int
     mig_index: int
@@ -134,6 +135,7 @@ class Holder(BaseModel):
 
 class FleetGpu(BaseModel):
     gpu: str | None  # null only if the GPU never reported its UUID
+    cluster: str  # the cluster its agent named (none: the default); (cluster, node, gpu_index) is the GPU's key
     node: str
     gpu_index: int
     model: str | None

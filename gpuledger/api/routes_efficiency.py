@@ -163,7 +163,7 @@ def idle_gpus(request: Request, start: str | None = START, end: str | None = END
 
 def idle_runs(rows: pl.LazyFrame, filters: Filters, period: Period) -> list[dict[str, Any]]:
     """Every idle run (see module doc) of the filtered holders, longest first."""
-    unit = ["gpu_uuid", "node", "gpu_index", "mig_index", "model", "profile", "tenant", "namespace", "pod"]
+    unit = ["cluster", "gpu_uuid", "node", "gpu_index", "mig_index", "model", "profile", "tenant", "namespace", "pod"]
     held = views.apply_filters(rows.filter(pl.col("kind").is_in([K.BUSY, K.ALLOCATED_IDLE])
                                            & pl.col("pod").is_not_null()), filters)
     per = (held.group_by([*unit, "interval_start_ns", "interval_end_ns"])
@@ -186,9 +186,10 @@ def idle_runs(rows: pl.LazyFrame, filters: Filters, period: Period) -> list[dict
     last = views.read_last_end(rows)
     out = []
     for r in runs.iter_rows(named=True):
-        out.append({"gpu": r["gpu_uuid"], "node": r["node"], "gpu_index": r["gpu_index"], "mig_index": r["mig_index"],
+        out.append({"gpu": r["gpu_uuid"], "cluster": r["cluster"], "node": r["node"], "gpu_index": r["gpu_index"],
+                    "mig_index": r["mig_index"],
                     "model": r["model"], "profile": r["profile"], "tenant": r["tenant"], "namespace": r["namespace"],
                     "pod": r["pod"], "idle_since": iso(from_ns(r["since"])), "idle_until": iso(from_ns(r["until"])),
                     "idle_hours": round(r["hours"], 6), "idle_gpu_hours": views.hours(r["idle_s"]),
-                    "ongoing": last.get(r["node"]) == r["until"]})
+                    "ongoing": last.get((r["cluster"], r["node"])) == r["until"]})
     return out

@@ -323,7 +323,7 @@ def metric_fields(r: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def read_last_end(rows: pl.LazyFrame) -> dict[str, int]:
-    """Per node, the end (ns) of its newest interval among ``rows``."""
-    frame = rows.group_by("node").agg(last=pl.col("interval_end_ns").max()).collect()
-    return dict(zip(frame["node"].to_list(), frame["last"].to_list()))
+def read_last_end(rows: pl.LazyFrame) -> dict[tuple[str, str], int]:
+    """Per (cluster, node), the end (ns) of its newest interval among ``rows``."""
+    frame = rows.group_by("cluster", "node").agg(last=pl.col("interval_end_ns").max()).collect()
+    return {(c, n): last for c, n, last in frame.iter_rows()}

@@ -75,11 +75,28 @@ def test_pools_hand_computed(db: tuple[Path, str]) -> None:
 
 def test_an_idle_pool_has_no_cost_per_used_hour_and_no_efficiency() -> None:
     import polars as pl
-    idle = pl.LazyFrame({"hour_start_ns": [MARCH], "node": ["n"], "model": [H100], "profile": [None],
+    idle = pl.LazyFrame({"hour_start_ns": [MARCH], "cluster": ["default"], "node": ["n"], "model": [H100], "profile": [None],
                          "kind": [K.UNALLOCATED], "gpu_seconds": [3600.0]}, schema_overrides={"profile": pl.String})
     (e,) = econ.economics(idle, default_price_book(), RATES)
     assert (e.utilization, e.allocation, e.efficiency, e.cost_per_used_gpu_hour) == (
         Decimal("0.000000"), Decimal("0.000000"), None, None)
+
+
+def test_two_clusters_same_named_pool_are_two_entries(tmp_path: Path) -> None:
+    """node-a in east (busy one hour) and node-a in west (idle one hour): pool train x H100 once per cluster."""
+    path = tmp_path / "gpuledger.duckdb"
+    with Store(path) as store:
+        write_ledger(store, [row("ml", K.BUSY, 3600, seq=1, cluster="east"),
+                             row("", K.UNALLOCATED, 3600, seq=1, cluster="west")])
+        rebuild_hourly(store)
+        rows, _ = econ.read_month(store, "2025-03")
+    east, west = econ.economics(rows, default_price_book(), RATES, POOLS)
+    assert [(e.pool, e.model, e.cluster) for e in (east, west)] == [("train", H100, "east"), ("train", H100, "west")]
+    assert (east.capacity_gpu_hours, east.used_gpu_hours, east.utilization) == (
+        Decimal("1.000000"), Decimal("1.000000"), Decimal("1.000000"))
+    assert (west.capacity_gpu_hours, west.used_gpu_hours, west.utilization) == (
+        Decimal("1.000000"), Decimal("0.000000"), Decimal("0.000000"))
+    assert east.own_cost == west.own_cost == Decimal("2.99")  # each cluster's own GPU-hour, never one pool of two
 
 
 def test_the_shipped_cloud_rates_are_dated_and_sourced() -> None:

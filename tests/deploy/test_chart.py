@@ -41,10 +41,19 @@ def operations_values() -> dict[str, Any]:
     return values
 
 
+def remote_agent_values() -> dict[str, Any]:
+    """The values of a remote GPU cluster in docs/operations.md, "Several clusters": agents only."""
+    section = OPERATIONS.read_text(encoding="utf-8").split("## Several clusters", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    values: dict[str, Any] = yaml.safe_load(block)
+    return values
+
+
 #: A few value sets beside the defaults: each renders, validates and hangs together.
 VALUE_SETS: dict[str, dict[str, Any]] = {
     "operations-guide": operations_values(),
     "defaults": {},
+    "remote-agent": remote_agent_values(),
     "lake": LAKE,
     "everything": {
         "api": {"ingress": {"enabled": True, "className": "nginx"}},
@@ -134,6 +143,36 @@ def test_lake_is_refused_until_the_lake_store_exists() -> None:
         render({"mode": "lake"})
     with pytest.raises(helm.HelmRenderError, match="lake.existingSecret"):
         render({"mode": "lake", "lake": {"allowUnsupported": True}})
+
+
+#: What mode=agent renders (release "gpuledger"): the agent DaemonSet and what it needs, nothing of the pipeline.
+AGENT_ONLY = {"DaemonSet/gpuledger-agent", "ServiceAccount/gpuledger-agent", "ClusterRole/gpuledger-agent",
+              "ClusterRoleBinding/gpuledger-agent", "ConfigMap/gpuledger-agent", "Service/gpuledger-agent",
+              "ServiceMonitor/gpuledger-agent", "PrometheusRule/gpuledger", "NetworkPolicy/gpuledger-agent"}
+
+
+def test_agent_mode_renders_the_agent_and_only_what_it_needs() -> None:
+    values = remote_agent_values()
+    assert values["mode"] == "agent"
+    objects = render(values)
+    assert set(objects) == AGENT_ONLY
+    assert [g["name"] for g in objects["PrometheusRule/gpuledger"]["spec"]["groups"]] == ["gpuledger-agent"]
+    (agent,) = objects["DaemonSet/gpuledger-agent"]["spec"]["template"]["spec"]["containers"]
+    assert {"name": "GPULEDGER_CLUSTER", "value": values["cluster"]} in agent["env"]
+    assert objects["ConfigMap/gpuledger-agent"]["data"]["GPULEDGER_KAFKA_BOOTSTRAP"] == values["kafka"]["bootstrap"]
+    # every pipeline switch on: still nothing of ingest, attribution, the API, the jobs, dashboards or the topic
+    everything = {**VALUE_SETS["everything"], **values, "kafka": {**VALUE_SETS["everything"]["kafka"], **values["kafka"]}}
+    assert set(render(everything)) == AGENT_ONLY
+    assert set(render({**values, "networkPolicy": {"enabled": False}, "metrics": {
+        "serviceMonitor": {"enabled": False}, "prometheusRule": {"enabled": False}}})) \
+        == AGENT_ONLY - {"NetworkPolicy/gpuledger-agent", "ServiceMonitor/gpuledger-agent", "PrometheusRule/gpuledger"}
+
+
+def test_agent_mode_without_the_agent_is_refused() -> None:
+    import helm_python as helm
+
+    with pytest.raises(helm.HelmRenderError, match="agent.enabled=true"):
+        render({"mode": "agent", "agent": {"enabled": False}})
 
 
 # --- the Kubernetes API ----------------------------------------------------------------------------------------
@@ -444,7 +483,8 @@ def test_cronjobs_mount_the_embedded_volume_on_its_node(default) -> None:
 def test_lake_shape_is_stateless_and_marked(objects) -> None:
     deployments = of_kind(objects, "Deployment")
     if not deployments:
-        assert of_kind(objects, "StatefulSet")
+        # the embedded shape; mode=agent renders neither (test_agent_mode_renders_the_agent_and_only_what_it_needs)
+        assert of_kind(objects, "StatefulSet") or set(objects) <= AGENT_ONLY
         return
     assert not of_kind(objects, "StatefulSet")
     assert {d["metadata"]["name"] for d in deployments} == {"gpuledger-ingest", "gpuledger-attribution", "gpuledger-api"}

@@ -144,6 +144,9 @@ def test_views_totals_notice_and_csv_read_as_the_api_says(site: dict[str, Any], 
     assert idle, "the demo holds a notebook idle to its end"
     assert page.eval_on_selector_all("#idle-now tbody th", "t => t.map(x => x.textContent)") \
         == [r["pod"] for r in idle]
+    assert page.eval_on_selector_all("#idle-now tbody td:nth-child(3)", "t => t.map(x => x.textContent)") \
+        == [f"{r['cluster']}/{r['node']} #{r['gpu_index']}" + (f"/{r['mig_index']}" if r["mig_index"] >= 0 else "")
+            for r in idle]  # a node name alone would not say which cluster's node
     page.screenshot(path=str(shots / "view-tenant.png"), full_page=True)
 
     # The CSV of the shown view: its rows and cost, through the spreadsheet-safe writer.
@@ -303,10 +306,10 @@ def test_economics_and_quota_panels_read_as_the_api_says(site: dict[str, Any], b
     econ = api.get("/v1/economics", params=period).json()
     assert econ["pools"]
     cells = page.eval_on_selector_all("#economics tbody tr", "trs => trs.map(t => [...t.children].map(c => c.textContent))")
-    assert [c[:2] for c in cells] == [[p["pool"], p["model"]] for p in econ["pools"]]
+    assert [c[:3] for c in cells] == [[p["pool"], p["model"], p["cluster"]] for p in econ["pools"]]
     for shown, pool in zip(cells, econ["pools"], strict=True):
-        assert shown[2] == f"{100 * float(pool['utilization']):.0f} %"
-        assert shown[5] == f"{pool['cost_per_used_gpu_hour']} {econ['currency']}"
+        assert shown[3] == f"{100 * float(pool['utilization']):.0f} %"
+        assert shown[6] == f"{pool['cost_per_used_gpu_hour']} {econ['currency']}"
     queues = api.get("/v1/queues", params=period).json()
     assert queues["month"] == "2026-10" and queues["queues"]
     rows = page.eval_on_selector_all("#queues tbody tr", "trs => trs.map(t => [...t.children].map(c => c.textContent))")

@@ -306,7 +306,7 @@ function panels(wasters, idle) {
   tbody.replaceChildren(...now.map((r) => {
     const tr = node("tr");
     tr.appendChild(node("th", { scope: "row" }, r.pod || "–"));
-    for (const v of [r.tenant, `${r.node} #${r.gpu_index}${r.mig_index >= 0 ? "/" + r.mig_index : ""}`,
+    for (const v of [r.tenant, `${r.cluster}/${r.node} #${r.gpu_index}${r.mig_index >= 0 ? "/" + r.mig_index : ""}`,
                      fmtTime(r.idle_since), r.idle_hours.toFixed(1)]) tr.appendChild(node("td", {}, v));
     return tr;
   }));
@@ -345,9 +345,9 @@ async function business() {
     const cur = econ.currency;
     $("economics-note").textContent = `Utilization = used ÷ capacity; owning beats renting above the break-even `
       + `utilization (cloud rates as of ${econ.cloud_rates.as_of}).`;
-    rowsTable("economics", ["pool", "GPU model", "utilization", "allocation", "efficiency", "cost per used GPU-h",
+    rowsTable("economics", ["pool", "GPU model", "cluster", "utilization", "allocation", "efficiency", "cost per used GPU-h",
                             "cloud rate", "break-even"], econ.pools,
-              (r) => [r.pool, r.model, pct(r.utilization), pct(r.allocation), pct(r.efficiency),
+              (r) => [r.pool, r.model, r.cluster, pct(r.utilization), pct(r.allocation), pct(r.efficiency),
                       money(r.cost_per_used_gpu_hour, cur), money(r.cloud_rate, cur), pct(r.break_even_utilization)],
               "no GPU capacity in this period");
   }

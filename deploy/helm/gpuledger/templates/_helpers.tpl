@@ -45,6 +45,9 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/* The lake shape is declared but not built yet: refuse it unless asked to render it anyway. */}}
 {{- define "gpuledger.checkMode" -}}
+{{- if and (eq .Values.mode "agent") (not .Values.agent.enabled) -}}
+{{- fail "mode=agent renders only the agent: set agent.enabled=true" -}}
+{{- end -}}
 {{- if and (eq .Values.mode "lake") (not .Values.lake.allowUnsupported) -}}
 {{- fail "mode=lake is not yet supported (the lake store does not exist yet): use mode=embedded, or set lake.allowUnsupported=true to render the templates anyway" -}}
 {{- end -}}
@@ -151,4 +154,10 @@ affinity:
 {{/* The data volume of a CronJob pod in the embedded shape. */}}
 {{- define "gpuledger.dataClaim" -}}
 {{- .Values.embedded.persistence.existingClaim | default (printf "data-%s-0" (include "gpuledger.fullname" .)) -}}
+{{- end -}}
+
+{{/* "true" unless mode=agent (a remote GPU cluster whose agents send to a central Kafka): ingest, attribution,
+the API, the CronJobs, dashboards, the KafkaTopic and their monitors, alerts and policies are rendered. */}}
+{{- define "gpuledger.pipeline" -}}
+{{- if ne .Values.mode "agent" -}}true{{- end -}}
 {{- end -}}
