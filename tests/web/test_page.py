@@ -5,7 +5,8 @@ it reads the page as a person would and compares with the API: the coverage
 notice, each view's rows and totals, a drill-down path from tenant to a GPU's
 hours with its breadcrumbs, the top-wasters and idle-now panels, the CSV of
 the shown view (a tenant token's own lines only), the fleet economics and Kueue
-quota panels (economics for admin and finance only), an error that replaces the
+quota panels (economics for admin and finance only), the cost-per-unit-of-work
+panel against ``/v1/units`` (a tenant token's own rows; the empty state), an error that replaces the
 numbers, a 420 px screen without horizontal overflow, labels and focus
 order. A screenshot of each view is kept under ``test-artifacts/web/`` (or
 ``$GPULEDGER_TEST_ARTIFACTS/web``). Without Chromium the test skips, except
@@ -237,6 +238,7 @@ def test_errors_replace_the_numbers_and_a_period_change_reloads(site: dict[str, 
     assert "error: start 2026-10-05 is not before end" in page.inner_text("#error")
     assert "hint:" in page.inner_text("#error")
     assert not page.locator("#table").is_visible() and not page.locator("#notice").is_visible()
+    assert not page.locator("#units").is_visible() and not page.locator("#queues").is_visible()
     page.fill("#start", "2026-09-01")  # nothing there: a notice, not zeros presented as data
     page.fill("#end", "2026-09-30")
     _show(page)
@@ -332,4 +334,51 @@ def test_economics_and_quota_panels_read_as_the_api_says(site: dict[str, Any], b
     assert team.eval_on_selector_all("#queues tbody th", "t => t.map(x => x.textContent)") == ["cq-nlp"]
     own = team.eval_on_selector_all("#local-queues tbody th", "t => t.map(x => x.textContent)")
     assert own == [q["local_queue"] for q in queues["local_queues"] if q["tenant"] == "nlp"] and own
+    assert not errors, errors
+
+
+def _key(r: dict[str, Any]) -> list[str]:
+    return [r["unit"], str(r["per"]), _name(r["tenant"], "tenant"), _name(r["model"], "model"), r["pod"]]
+
+
+def test_units_panel_reads_as_the_api_says(site: dict[str, Any], browser: Any) -> None:
+    api, shots, errors = site["client"], _artifacts(), []
+    page = _open(browser, site, site["token"], errors)
+    period = api.get("/v1/showback", params={"limit": 1}).json()["period"]  # the page's "latest month"
+    units = api.get("/v1/units", params=period).json()
+    assert units["month"] == "2026-10" and units["rows"]  # the demo's vLLM token series, imported
+    cur = units["currency"]
+
+    def cells(p: Any) -> list[list[str]]:
+        return p.eval_on_selector_all(  # type: ignore[no-any-return]
+            "#units tbody tr", "trs => trs.map(t => [...t.children].map(c => c.textContent))")
+
+    shown = cells(page)
+    assert [c[:5] for c in shown] == [_key(r) for r in units["rows"]]
+    for row, r in zip(shown, units["rows"], strict=True):
+        assert float(row[5]) == r["count"]
+        assert row[6] == f"{r['cost_per_busy']} {cur}" and row[7] == f"{r['cost_per_held']} {cur}"
+        assert row[8:11] == [r[k] if r[k] is not None else "–" for k in ("used_gpu_hours_per", "held_gpu_hours_per",
+                                                                             "kwh_per")]
+        assert row[11] == f"{float(r['used_gpu_hours']):.2f}" and row[12] == f"{float(r['held_gpu_hours']):.2f}"
+        # Including the idle it held never costs less than busy time alone.
+        assert Decimal(r["cost_per_held"]) >= Decimal(r["cost_per_busy"])
+    assert page.eval_on_selector_all("#units thead th", "ths => ths.every(t => t.scope === 'col')")
+    assert "2026-10" in page.inner_text("#units-note")
+    page.locator("#units-panel").scroll_into_view_if_needed()
+    page.screenshot(path=str(shots / "units-panel.png"), full_page=True)
+
+    # A month without work units: the empty state says how to import them, not a table of zeros.
+    page.select_option("#preset", "custom")
+    page.fill("#start", "2026-09-01")
+    page.fill("#end", "2026-09-30")
+    _show(page)
+    assert api.get("/v1/units", params={"month": "2026-09"}).json()["rows"] == []
+    assert cells(page) == [["no work units this month (import them hourly with `gpuledger units import`; "
+                            "docs/economics.md#work-units)"]]
+
+    team = _open(browser, site, site["tenant_token"], errors)  # a tenant: its own rows only
+    own = [r for r in units["rows"] if r["tenant"] == "nlp"]
+    assert own and len(own) < len(units["rows"])
+    assert [c[:5] for c in cells(team)] == [_key(r) for r in own]
     assert not errors, errors

@@ -1,6 +1,6 @@
 // gpuledger showback page: plain JS + SVG, no build step. Reads /v1/whoami, /v1/showback (a view and its
 // trend), /v1/efficiency/top-wasters, /v1/efficiency/idle-gpus, /v1/drilldown, /v1/economics (admin and
-// finance), /v1/queues (the month of the period's end) and the CSV files with the
+// finance), /v1/queues and /v1/units (the month of the period's end) and the CSV files with the
 // token the user gives (URL fragment #token=... or the form), kept in sessionStorage for this tab only;
 // the fragment never reaches the server or its logs.
 //
@@ -336,9 +336,10 @@ function rowsTable(id, names, rows, cells, empty) {
 async function business() {
   const p = new URLSearchParams({ start: state.period.start, end: state.period.end });
   const finance = role === "admin" || role === "finance";
-  const [econ, queues] = await Promise.all([
+  const [econ, queues, units] = await Promise.all([
     finance ? api("/v1/economics?" + p).then((r) => r.json()) : Promise.resolve(null),
     api("/v1/queues?" + p).then((r) => r.json()),
+    api("/v1/units?" + p).then((r) => r.json()),
   ]);
   $("economics-panel").hidden = !econ;
   if (econ) {
@@ -363,6 +364,18 @@ async function business() {
             (r) => [r.local_queue, r.cluster_queue || "(not configured)", r.tenant, h(r.reserved_gpu_hours),
                     h(r.quota_share_gpu_hours), h(r.borrowed_gpu_hours), pct(r.share_of_quota)],
             "no LocalQueue data this month (Kueue's LocalQueueMetrics feature gate)");
+  // Per unit (e.g. tokens per 1,000,000), tenant, GPU model and pod: cost, GPU-hours and kWh per `per` units of
+  // work, busy time only and including the idle the pod held; a value the API cannot know (no energy) shows "–".
+  const ucur = units.currency;
+  $("units-note").textContent = `${units.month}: per N units of work (N = "per"); busy = the GPU time the pod used, `
+    + "held = including the idle it held; the last two columns are the month's GPU-hours.";
+  rowsTable("units", ["unit", "per", "tenant", "GPU model", "pod", "count", "cost per N busy", "cost per N held",
+                      "used GPU-h per N", "held GPU-h per N", "kWh per N", "used GPU-h", "held GPU-h"], units.rows,
+            (r) => [r.unit, String(r.per), r.tenant || "(unallocated)", r.model || "(none)", r.pod, String(r.count),
+                    money(r.cost_per_busy, ucur), money(r.cost_per_held, ucur), r.used_gpu_hours_per ?? "–",
+                    r.held_gpu_hours_per ?? "–", r.kwh_per ?? "–",
+                    h(r.used_gpu_hours), h(r.held_gpu_hours)],
+            "no work units this month (import them hourly with `gpuledger units import`; docs/economics.md#work-units)");
 }
 
 // --- loading -------------------------------------------------------------------------------------
