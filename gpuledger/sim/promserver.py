@@ -5,28 +5,66 @@
 scraping ``targets`` (``host:port``) every second with ``honor_labels`` (the
 exporter's ``namespace``/``pod`` labels win, as Kubernetes relabeling gives
 them), waits until ``ready_query`` returns a sample, and stops it on exit.
+:class:`TextExporter` serves what those exporters serve: Prometheus's text
+format, rendered on each scrape.
 """
 
 from __future__ import annotations
 
+import http.server
 import json
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from gpuledger.errors import GpuledgerError
 
-__all__ = ["PrometheusStartError", "prometheus"]
+__all__ = ["PrometheusStartError", "TextExporter", "prometheus"]
 
 
 class PrometheusStartError(GpuledgerError):
     hint = "see the Prometheus log named in the message"
+
+
+class TextExporter:
+    """``render()`` (Prometheus's text format 0.0.4) served on ``http://127.0.0.1:PORT/metrics`` from a
+    thread, rendered again on each scrape; ``close()`` (or leaving the ``with``) stops it."""
+
+    def __init__(self, render: Callable[[], str]) -> None:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                body = render().encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self._server.server_address[1])
+        self.target = f"127.0.0.1:{self.port}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> TextExporter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _free_port() -> int:

@@ -19,18 +19,16 @@ of the simulated hour still lands its samples inside that hour.
 
 from __future__ import annotations
 
-import http.server
 import math
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import polars as pl
 
 from gpuledger.sim.fleetsim import FleetSim
+from gpuledger.sim.promserver import TextExporter
 
 __all__ = ["PodTokens", "VllmExporter", "token_counts"]
 
@@ -75,38 +73,15 @@ def exposition(pods: list[PodTokens], stamp_ms: int | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-class VllmExporter:
+class VllmExporter(TextExporter):
     """The counters of ``pods`` served on ``http://127.0.0.1:PORT/metrics`` (a thread; ``close()`` stops it)."""
 
     def __init__(self, pods: list[PodTokens], *, not_after_s: float | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.pods, self.not_after_s, self.clock = pods, not_after_s, clock
-        exporter = self
+        super().__init__(self._render)
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-                now = exporter.clock()
-                stamp = now if exporter.not_after_s is None else min(now, exporter.not_after_s)
-                body = exposition(exporter.pods, round(stamp * 1000)).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = int(self._server.server_address[1])
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def __enter__(self) -> VllmExporter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def _render(self) -> str:
+        now = self.clock()
+        stamp = now if self.not_after_s is None else min(now, self.not_after_s)
+        return exposition(self.pods, round(stamp * 1000))

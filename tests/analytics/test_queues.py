@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import http.server
 import json
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,28 +73,12 @@ def test_quantile_interpolates_like_histogram_quantile() -> None:
 
 @pytest.fixture
 def kueue_prometheus(tmp_path: Path) -> Iterator[str]:
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-            body = KUEUE_METRICS.encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
     binary = need_binary("prometheus", "/usr/bin/prometheus", hint="apt-get install prometheus, or "
                          "scripts/system-deps.sh as root")
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        with promserver.prometheus(binary, [f"127.0.0.1:{server.server_address[1]}"], tmp_path / "prom",
-                                   ready_query="kueue_admission_wait_time_seconds_bucket") as url:
-            yield url
-    finally:
-        server.shutdown()
+    with promserver.TextExporter(lambda: KUEUE_METRICS) as exporter, \
+            promserver.prometheus(binary, [exporter.target], tmp_path / "prom",
+                                  ready_query="kueue_admission_wait_time_seconds_bucket") as url:
+        yield url
 
 
 @pytest.mark.external
