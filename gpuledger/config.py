@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+import tomllib
 import types
 import typing
 from collections.abc import Mapping
@@ -29,7 +30,7 @@ from typing import Any, ClassVar, Literal
 from gpuledger.errors import ConfigError
 from gpuledger.wire import DEFAULT_CLUSTER
 
-__all__ = ["ChargePeriod", "Compression", "SecretStr", "SecurityProtocol", "Setting", "Settings",
+__all__ = ["ChargePeriod", "parse_toml", "Compression", "SecretStr", "SecurityProtocol", "Setting", "Settings",
            "SettingsError", "load_settings", "with_changes"]
 
 ENV_PREFIX = "GPULEDGER_"
@@ -427,3 +428,12 @@ def _invalid(exc: SettingsError) -> ConfigError:
     return ConfigError(f"invalid setting {problems}",
                        hint=f"fix {where} or its command-line flag (docs/configuration.md: each setting and "
                        "what it accepts)")
+
+
+def parse_toml(text: str, source: str) -> dict[str, Any]:
+    """The TOML ``text`` of a configuration file (prices, budgets, work units, queues, cloud rates, node pools)
+    as a dict; invalid TOML is a :class:`ConfigError` naming ``source``."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}", hint="see https://toml.io for the syntax") from None

@@ -23,7 +23,6 @@ a tenant with cost and no budget has budget null.
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -34,6 +33,7 @@ import polars as pl
 from gpuledger.analytics import chargeback as cb
 from gpuledger.analytics.policy import Policy, apply_idle_policy_to_rows
 from gpuledger.analytics.prices import PriceBook
+from gpuledger.config import parse_toml
 from gpuledger.errors import ConfigError
 from gpuledger.store import Store
 from gpuledger.timeutil import HOUR_NS, from_ns, iso_utc, month_bounds, to_ns
@@ -55,10 +55,7 @@ class Budgets:
 
 
 def parse_budgets(text: str, source: str = "<string>") -> Budgets:
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: not valid TOML: {exc}", hint="see https://toml.io for the syntax") from None
+    doc = parse_toml(text, source)
     hint = 'currency = "USD" then [[budget]] tenant = "ml" monthly = "5000.00"'
     if set(doc) - {"currency", "budget"} or not isinstance(doc.get("currency"), str):
         raise ConfigError(f"{source}: expected currency and [[budget]] entries only", hint=hint)

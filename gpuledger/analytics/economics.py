@@ -32,7 +32,6 @@ cluster).
 
 from __future__ import annotations
 
-import tomllib
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ import polars as pl
 
 from gpuledger.analytics import kinds as K
 from gpuledger.analytics.prices import PriceBook, PriceEntry
+from gpuledger.config import parse_toml
 from gpuledger.errors import ConfigError, GpuledgerError
 from gpuledger.store import Store
 from gpuledger.timeutil import DAY_NS, from_ns, month_bounds, to_ns
@@ -82,10 +82,7 @@ class CloudRates:
 
 def parse_cloud_rates(text: str, source: str = "<string>") -> CloudRates:
     """Validate a cloud rates file: ``currency``, ``as_of``, ``source``, ``[[rate]]`` (id, model, per_gpu_hour, offer)."""
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: not valid TOML: {exc}", hint="see https://toml.io for the syntax") from None
+    doc = parse_toml(text, source)
     unknown = set(doc) - {"currency", "as_of", "source", "rate"}
     if unknown:
         raise ConfigError(f"{source}: unknown top-level key(s) {sorted(unknown)}",
@@ -147,11 +144,10 @@ class NodePools:
 def load_node_pools(path: str | Path) -> NodePools:
     """``[[pool]] name = "train-h100" nodes = "gpu-h100-*"`` entries (``nodes``: a glob or a list of globs)."""
     try:
-        doc = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read node pools {path}: {exc.strerror}", hint="pass --node-pools PATH") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}", hint="see https://toml.io for the syntax") from None
+    doc = parse_toml(text, str(path))
     rules: list[tuple[str, str]] = []
     for n, item in enumerate(doc.get("pool", [])):
         nodes = item.get("nodes") if isinstance(item, dict) else None

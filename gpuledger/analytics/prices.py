@@ -31,7 +31,6 @@ prices unknown models and marks the price ``is_default``.
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal, InvalidOperation
@@ -40,6 +39,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from gpuledger.config import parse_toml
 from gpuledger.errors import ConfigError
 
 __all__ = ["Price", "PriceEntry", "PriceBook", "load_price_book", "default_price_book", "DEFAULT_BOOK"]
@@ -182,10 +182,7 @@ def load_price_book(path: str | Path) -> PriceBook:
 
 def parse_price_book(text: str, source: str = "<string>") -> PriceBook:
     """Validate the TOML text of a book (``source`` names it in errors)."""
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: not valid TOML: {exc}", hint="see https://toml.io for the syntax") from None
+    doc = parse_toml(text, source)
     unknown = set(doc) - _BOOK_KEYS
     if unknown:
         raise ConfigError(f"{source}: unknown top-level key(s) {sorted(unknown)}",

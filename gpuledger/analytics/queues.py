@@ -39,7 +39,6 @@ without admissions). ``hours`` says how many hours had quota data.
 from __future__ import annotations
 
 import math
-import tomllib
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -50,6 +49,7 @@ import polars as pl
 
 from gpuledger.analytics import kinds as K
 from gpuledger.analytics.work_units import Prometheus
+from gpuledger.config import parse_toml
 from gpuledger.errors import ConfigError
 from gpuledger.store import Store
 from gpuledger.timeutil import HOUR_NS, month_bounds, to_ns
@@ -94,10 +94,7 @@ class Queues:
 
 
 def parse_queues(text: str, source: str = "<string>") -> Queues:
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: not valid TOML: {exc}", hint="see https://toml.io for the syntax") from None
+    doc = parse_toml(text, source)
     hint = ('resource = "nvidia.com/gpu" then [[queue]] cluster_queue = "team-ml" tenant = "ml", and '
             '[[local_queue]] namespace = "ml-a" name = "main" cluster_queue = "team-ml" tenant = "ml-a"')
     if set(doc) - {"resource", "queue", "local_queue"} or not isinstance(doc.get("resource", ""), str):

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import math
-import tomllib
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -43,6 +42,7 @@ import polars as pl
 
 from gpuledger.analytics import kinds as K
 from gpuledger.analytics.prices import PriceBook
+from gpuledger.config import parse_toml
 from gpuledger.errors import ConfigError, GpuledgerError
 from gpuledger.store import Store
 from gpuledger.timeutil import HOUR_NS, from_ns, month_bounds, to_ns
@@ -68,10 +68,7 @@ class WorkUnits:
 
 
 def parse_work_units(text: str, source: str = "<string>") -> WorkUnits:
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: not valid TOML: {exc}", hint="see https://toml.io for the syntax") from None
+    doc = parse_toml(text, source)
     hint = '[[unit]] name = "tokens" per = 1000000 query = \'sum by (namespace, pod) (increase(...[1h]))\''
     if set(doc) - {"prometheus_url", "unit"}:
         raise ConfigError(f"{source}: unknown top-level key(s) {sorted(set(doc) - {'prometheus_url', 'unit'})}",
