@@ -26,6 +26,7 @@ from gpuledger.errors import GpuledgerError
 
 if TYPE_CHECKING:
     from gpuledger.analytics.prices import PriceBook
+    from gpuledger.store.lake import LakeConfig
 
 EPILOG = "Settings also come from GPULEDGER_* environment variables; see docs/configuration.md."
 
@@ -254,3 +255,19 @@ def metrics_registry(port: int | None, host: str) -> Any:
                              hint="pick a free port with --metrics-port, or leave it out") from None
     logging.getLogger("gpuledger.cli").info("serving /metrics on http://%s:%d/metrics", host, port)
     return registry
+
+
+def lake_config(settings: Settings) -> LakeConfig | None:
+    """The lake of --lake/--warehouse/--s3-endpoint, or None when neither is given."""
+    if not (settings.lake_catalog_uri or settings.lake_warehouse):
+        return None
+    if not (settings.lake_catalog_uri and settings.lake_warehouse):
+        raise GpuledgerError("the lake needs both a catalog and a warehouse",
+                             hint="pass --lake CATALOG_URI and --warehouse PATH_OR_S3 (docs/lake.md)")
+    try:
+        from gpuledger.store.lake import LakeConfig
+    except ImportError as exc:
+        raise GpuledgerError(f"the lake store is not installed ({exc})",
+                             hint='pip install "gpuledger[lake]" (pyiceberg, sqlalchemy, psycopg)') from exc
+    return LakeConfig(settings.lake_catalog_uri, settings.lake_warehouse, s3_endpoint=settings.lake_s3_endpoint,
+                      unavailable_s=settings.lake_unavailable_s)

@@ -5,14 +5,19 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from gpuledger.cli.common import add_command, add_metrics_port, existing_db, metrics_registry, progress, setting_flags
+from gpuledger.cli.common import (
+    add_command,
+    add_metrics_port,
+    existing_db,
+    lake_config,
+    metrics_registry,
+    progress,
+    setting_flags,
+)
 from gpuledger.config import Settings
 from gpuledger.errors import GpuledgerError
-
-if TYPE_CHECKING:
-    from gpuledger.store.lake import LakeConfig
 
 
 def register(sub: Any, settings: Settings) -> None:
@@ -156,22 +161,6 @@ def run_ingest(args: argparse.Namespace, settings: Settings) -> int:
             segments=args.segments, lake=lake, metrics=metrics,
             **timing)
     return 0
-
-
-def lake_config(settings: Settings) -> LakeConfig | None:
-    """The lake of --lake/--warehouse/--s3-endpoint, or None when neither is given."""
-    if not (settings.lake_catalog_uri or settings.lake_warehouse):
-        return None
-    if not (settings.lake_catalog_uri and settings.lake_warehouse):
-        raise GpuledgerError("the lake needs both a catalog and a warehouse",
-                             hint="pass --lake CATALOG_URI and --warehouse PATH_OR_S3 (docs/lake.md)")
-    try:
-        from gpuledger.store.lake import LakeConfig
-    except ImportError as exc:
-        raise GpuledgerError(f"the lake store is not installed ({exc})",
-                             hint='pip install "gpuledger[lake]" (pyiceberg, sqlalchemy, psycopg)') from exc
-    return LakeConfig(settings.lake_catalog_uri, settings.lake_warehouse, s3_endpoint=settings.lake_s3_endpoint,
-                      unavailable_s=settings.lake_unavailable_s)
 
 
 def retention(args: argparse.Namespace, settings: Settings) -> int:

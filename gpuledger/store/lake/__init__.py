@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from gpuledger.store.lake.catalog import LakeConfig, LakeUnavailable, open_catalog
 from gpuledger.store.lake.read import materialize, scan
-from gpuledger.store.lake.schema import LAKE_TABLES, lake_schema, partition_spec
+from gpuledger.store.lake.schema import LAKE_TABLES, ROLLUP_TABLES, lake_schema, partition_spec
 from gpuledger.store.lake.writer import LakeStore, evolve
 
-__all__ = ["LAKE_TABLES", "LakeConfig", "LakeStore", "LakeUnavailable", "evolve", "lake_schema", "materialize",
+__all__ = ["LAKE_TABLES", "ROLLUP_TABLES", "LakeConfig", "LakeStore", "LakeUnavailable", "evolve", "lake_schema", "materialize",
            "open_catalog", "partition_spec", "scan"]

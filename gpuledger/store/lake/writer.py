@@ -92,7 +92,7 @@ class LakeStore:
         self.catalog: Catalog = self._retrying("opening the lake catalog", lambda: open_catalog(config))
         self._tables: dict[str, Table] = {}
         for name in LAKE_TABLES:
-            self._tables[name] = self._retrying(f"opening lake table {name}", partial(self._ensure, name))
+            self._tables[name] = self.ensure(name)
 
     # --- the Ingestor's opener protocol ----------------------------------------
 
@@ -109,7 +109,14 @@ class LakeStore:
     # --- tables ----------------------------------------------------------------
 
     def table(self, name: str) -> Table:
+        """An open lake table: a raw table, or a product table (:data:`ROLLUP_TABLES`) created on first use."""
+        if name not in self._tables:
+            self._tables[name] = self.ensure(name)
         return self._tables[name]
+
+    def ensure(self, name: str) -> Table:
+        """``name`` loaded, created or evolved to the current schema, retried while the lake does not answer."""
+        return self._retrying(f"opening lake table {name}", partial(self._ensure, name))
 
     def _refreshed(self, name: str) -> Table:
         """The table at its current snapshot (another worker may have committed since)."""
