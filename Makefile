@@ -29,6 +29,7 @@ demo: setup
 
 test: setup lint
 	sh scripts/system-deps.sh
+	$(PY) -m tests.support.focus_validator
 	$(PY) -m pytest -q $(TEST_ARGS)
 
 # mypy --strict and ruff, configured in pyproject.toml; CI runs them through `make test`.

@@ -1,11 +1,12 @@
 """The FOCUS 1.2 file against the FinOps Foundation's own validator (``focus-validator`` 2.2.1, FOCUS 1.2 rules).
 
 The validator needs Python >= 3.12 and pins numpy < 2 (which then needs
-pyarrow < 22), so it cannot share the project's environment: the test makes a
-virtualenv for it once, under ``.cache/`` keyed by the validator and Python
-versions, with the first Python 3.12 it finds (``python3.12`` on PATH, or
-under pyenv; then 3.13+, where numpy < 2 builds from source). The validator opens ``focus_validator/rules/currency_codes.csv``
-relative to the working directory, so it runs from its own site-packages folder.
+pyarrow < 22), so it cannot share the project's environment: it lives in a
+virtualenv of its own under ``.cache/`` (``tests/support/focus_validator.py``),
+which ``make test`` prepares before the suite runs (installing it is setup, not
+test time), and this test makes on first use otherwise. The validator opens
+``focus_validator/rules/currency_codes.csv`` relative to the working
+directory, so it runs from its own site-packages folder.
 
 No Python 3.12, or no package index to install from: the test skips with the
 reason, and fails under ``CI=true`` (tests/support/system.py).
@@ -20,9 +21,7 @@ one always fails on a file that has the column. The file carries an
 from __future__ import annotations
 
 import csv
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -32,51 +31,11 @@ from gpuledger.analytics import kinds as K
 from gpuledger.analytics.focus import ExportContext, focus_csv
 from gpuledger.analytics.prices import default_price_book
 from tests.support.chargeback_rows import A100, HOUR_NS, T0, ledger, parse, row
-from tests.support.system import missing
+from tests.support.focus_validator import validator_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.external]
 
-VALIDATOR = "2.2.1"
-REQUIREMENTS = [f"focus-validator=={VALIDATOR}", "numpy<2", "pyarrow<22"]
-ROOT = Path(__file__).resolve().parents[2]
 CONTRADICTORY = {"InvoiceId-C-004-C", "InvoiceId-C-005-C"}
-
-
-def python312() -> tuple[Path, str]:
-    """A Python >= 3.12 interpreter that runs (pyenv shims of an inactive version do not) and its X.Y, else skip."""
-    # 3.12 first: numpy < 2 has wheels for it; on 3.13 pip would build numpy 1.26 from source.
-    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
-    candidates = [shutil.which("python3.12"), *map(str, sorted(pyenv.glob("3.12*/bin/python3"), reverse=True)),
-                  shutil.which("python3.13"), *map(str, sorted(pyenv.glob("3.1[3-9]*/bin/python3")))]
-    for c in candidates:
-        if not c:
-            continue
-        probe = subprocess.run([c, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-                               capture_output=True, text=True)
-        version = probe.stdout.strip()
-        if probe.returncode == 0 and tuple(map(int, version.split("."))) >= (3, 12):
-            return Path(c), version
-    missing("focus-validator 2.2.1 needs Python >= 3.12: none on PATH (python3.12) or under pyenv "
-            "(`pyenv install 3.12`)")
-
-
-def validator_env() -> tuple[Path, Path]:
-    """(the focus-validator executable, its site-packages folder), creating the virtualenv on first use."""
-    python, version = python312()
-    venv = ROOT / ".cache" / f"focus-validator-{VALIDATOR}-py{version}"
-    ready = venv / ".installed"
-    if not ready.exists():
-        shutil.rmtree(venv, ignore_errors=True)
-        subprocess.run([str(python), "-m", "venv", str(venv)], check=True, capture_output=True)
-        pip = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", *REQUIREMENTS],
-                             capture_output=True, text=True, timeout=900)
-        if pip.returncode != 0:
-            missing(f"could not install {' '.join(REQUIREMENTS)} into {venv}: {pip.stderr.strip()[-400:]}")
-        ready.write_text(" ".join(REQUIREMENTS) + "\n")
-    site = subprocess.run([str(venv / "bin" / "python"), "-c",
-                           "import focus_validator, os; print(os.path.dirname(os.path.dirname(focus_validator.__file__)))"],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    return venv / "bin" / "focus-validator", Path(site)
 
 
 def validate(csv_path: Path) -> tuple[dict[str, str], str]:
