@@ -172,6 +172,7 @@ def test_new_rows_in_the_lake_reach_both_replicas_at_their_refresh(lake: Lake) -
         hourly.append(pa.Table.from_arrays(shifted.columns, schema=rows.schema))
         assert ca.get(f"/v1/showback?{day}", headers=bearer(lake.admin)).json() == before  # not yet refreshed
         assert a.refresh() and b.refresh()
+        assert a.rows_read == b.rows_read == rows.num_rows  # only the new data file was read; the rest was local
         after_a = ca.get(f"/v1/showback?{day}", headers=bearer(lake.admin)).json()
         assert after_a == cb.get(f"/v1/showback?{day}", headers=bearer(lake.admin)).json()
         assert after_a != before and after_a["rows"]

@@ -12,8 +12,9 @@ version). What the file holds:
 - the raw tables the fleet view reads (``messages``, ``devices``,
   ``allocations``, ``field_errors``, ``processes``; ``pods`` by latest seen,
   for label dimensions) for the newest ``raw_days`` UTC days the lake holds
-  (partition pruned), complete messages only (a message whose key is in
-  ``messages``, committed last by the writer);
+  (partition pruned). The fleet view joins every record table on
+  ``messages``, so rows of a message whose ``messages`` row is not committed
+  yet (the writer commits it last) are held but not shown until it is;
 - the closed months and billed rows of the metadata store, so
   ``/v1/chargeback.csv`` returns a closed month's bytes;
 - ``ledger_window`` set to the end of time: the interval-grain ledger is not in
@@ -23,11 +24,13 @@ version). What the file holds:
 
 Refresh: every ``refresh_s`` the replica reads each table's current snapshot
 id from the catalog (no data) and the closed months; unchanged -> nothing is
-read. Otherwise a new file is built completely beside the old one -- tables
-whose snapshot did not move are copied from the old local file, the others
-read from the lake as Arrow batches -- checkpointed, and renamed over the
-served path (``os.replace``: atomic; a request that opened the old file
-finishes on it). The ids it holds are in the file's ``lake_sync`` table.
+read. Otherwise a new file is built completely beside the old one -- the
+served file copied on local disk, then for each table whose snapshot moved
+only the lake's data files the copy does not hold yet (``lake_files``) read as
+Arrow batches and appended; a table one of whose held files is gone (an
+overwrite, a delete, compaction) is read again whole -- checkpointed, and
+renamed over the served path (``os.replace``: atomic; a request that opened
+the old file finishes on it). The ids it holds are in its ``lake_sync`` table.
 
 The lake unreachable at a refresh: the last complete file keeps being served;
 :meth:`LakeReplica.age_s` (``/healthz`` and the ``gpuledger_lake_snapshot_age_seconds``
@@ -40,6 +43,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -49,6 +53,7 @@ from typing import Any
 
 import pyarrow as pa
 from pyiceberg.expressions import AlwaysTrue, BooleanExpression, GreaterThanOrEqual, LessThan
+from pyiceberg.io.pyarrow import ArrowScan
 
 from gpuledger.errors import GpuledgerError, StoreError
 from gpuledger.store.duck import Store
@@ -67,23 +72,19 @@ RAW_SERVED = ("messages", "devices", "processes", "allocations", "field_errors")
 #: ``ledger_window.kept_from_ns`` of a replica's file: every hour before it is answered from the rollups.
 FAR_FUTURE_NS = 2**62
 SERVED = "serving.duckdb"
-_KEY = '"agent_id", "boot_id", "seq"'
 
 
 def copy_table(lake: LakeStore, store: Store, name: str, row_filter: BooleanExpression | None = None,
-               *, complete_only: bool = False, on_rows: Callable[[int], None] | None = None) -> int:
+               *, on_rows: Callable[[int], None] | None = None) -> int:
     """Copy lake table ``name`` (rows matching ``row_filter``) into ``store``'s table of that name, Arrow batch
-    by Arrow batch (the lake-only partition column left out); returns the rows copied. ``complete_only``:
-    only rows of messages ``store`` already holds in ``messages``."""
+    by Arrow batch (the lake-only partition column left out); returns the rows copied."""
     columns = _columns(store, name)
     copied = 0
     for batch in _batches(lake, name, row_filter):
         names = [c for c in batch.schema.names if c in columns]
         cols = ", ".join(f'"{c}"' for c in names)
-        join = f" SEMI JOIN messages m USING ({_KEY})" if complete_only else ""
         with store.registered(_batch=pa.Table.from_batches([batch])):
-            store.execute(f"INSERT INTO {name} ({cols}) SELECT {', '.join(f'b.{c}' for c in cols.split(', '))} "
-                          f"FROM _batch b{join}")
+            store.execute(f"INSERT INTO {name} ({cols}) SELECT {cols} FROM _batch")
         copied += batch.num_rows
         if on_rows is not None:
             on_rows(batch.num_rows)
@@ -173,6 +174,7 @@ class LakeReplica:
         self.synced_at: float | None = None  # when the served file was last known to match the lake
         self.last_error: str | None = None
         self.builds = 0  # files built (a refresh that found nothing new builds none)
+        self.rows_read = 0  # rows the last build read from the lake (the rest came from the previous copy)
         self._held: dict[str, Any] | None = self._read_held()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -203,7 +205,8 @@ class LakeReplica:
     def sync(self) -> bool:
         """Bring the served file up to the lake; True when a new file was swapped in."""
         wanted = self.wanted()
-        if self._held is not None and self._held.get("ids") == wanted and self.path.exists():
+        held = {k: v for k, v in (self._held or {}).get("ids", {}).items() if k != "raw_since_ns"}
+        if self._held is not None and held == wanted and self.path.exists():
             self.synced_at = self.clock()
             self.last_error = None
             return False
@@ -215,6 +218,7 @@ class LakeReplica:
         t0 = time.monotonic()
         rows = self._build(building, wanted)
         os.replace(building, self.path)
+        self.rows_read = rows
         self._held = {"name": name, "ids": wanted}
         self.synced_at = self.clock()
         self.last_error = None
@@ -223,52 +227,85 @@ class LakeReplica:
         return True
 
     def _build(self, path: Path, wanted: dict[str, Any]) -> int:
+        """The new file at ``path``: the served one copied (local disk), then each table whose snapshot moved
+        brought up to date by reading only the lake's data files it does not hold yet (:meth:`_sync_table`)."""
         held = self._held["ids"] if self._held is not None and self.path.exists() else {}
+        if held:
+            shutil.copyfile(self.path, path)
         rows = 0
         with Store(path) as store:
+            store.execute("CREATE TABLE IF NOT EXISTS lake_files (tbl VARCHAR NOT NULL, path VARCHAR NOT NULL)")
             for name in ROLLUP_TABLES:
-                rows += self._fill(store, name, held, wanted, None)
-            rows += self._raw(store, held, wanted)
+                rows += self._sync_table(store, name, held, wanted, None)
+            newest = self._newest_day()
+            since_ns = None if newest is None else (newest - self.raw_days + 1) * DAY_NS
+            window = None if since_ns is None else _range(DAY_COLUMN, since_ns // 1000)
+            moved = held.get("raw_since_ns") != since_ns  # a new day: the window's oldest day leaves the copy
+            wanted["raw_since_ns"] = since_ns
+            for name in RAW_SERVED:
+                rows += self._sync_table(store, name, held, wanted, window, full=moved, empty=window is None)
+            rows += self._sync_table(store, "pods", held, wanted, None, latest_pods=True)
             _rollups_only(store)
             seed_closes(store, self.meta)
-            store.execute("CREATE TABLE lake_sync (name VARCHAR, ids JSON)")
+            store.execute("CREATE OR REPLACE TABLE lake_sync (name VARCHAR, ids JSON)")
             store.execute("INSERT INTO lake_sync VALUES (?, ?)", [path.name.removesuffix(".building"),
                                                                   json.dumps(wanted, sort_keys=True)])
             store.execute("CHECKPOINT")
         return rows
 
-    def _fill(self, store: Store, name: str, held: dict[str, Any], wanted: dict[str, Any],
-              row_filter: BooleanExpression | None, *, complete_only: bool = False) -> int:
-        """One table: from the old local file when its snapshot did not move, else from the lake."""
-        if wanted.get(name) is None:
-            return 0
-        if held.get(name) == wanted[name] and held.get("raw_days") == wanted["raw_days"]:
-            store.execute(f"ATTACH '{self.path}' AS previous (READ_ONLY)")
-            try:
-                store.execute(f"INSERT INTO {name} SELECT * FROM previous.{name}")
-            finally:
-                store.execute("DETACH previous")
-            return 0
-        return copy_table(self.lake, store, name, row_filter, complete_only=complete_only)
+    def _sync_table(self, store: Store, name: str, held: dict[str, Any], wanted: dict[str, Any],
+                    row_filter: BooleanExpression | None, *, full: bool = False, empty: bool = False,
+                    latest_pods: bool = False) -> int:
+        """Bring table ``name`` of the copy to the lake's snapshot; returns the rows read from the lake.
 
-    def _raw(self, store: Store, held: dict[str, Any], wanted: dict[str, Any]) -> int:
-        newest = self._newest_day()
-        if newest is None:
+        Unchanged snapshot: nothing. Otherwise the scan is planned (catalog and
+        manifests only) and only the data files the copy does not hold yet
+        (``lake_files``) are read: appends -- ingest's flushes, a new hour of
+        rollups -- cost what they added. When a file the copy holds is gone
+        from the plan (an overwrite or delete: a month migrated again, a shard
+        re-attributed, compaction), when a file carries delete files, or when
+        ``full`` (the raw window moved), the table is copied again whole.
+        """
+        if not full and held.get(name) == wanted.get(name) and name in held:
             return 0
-        since_ns = (newest - self.raw_days + 1) * DAY_NS
-        window = _range(DAY_COLUMN, since_ns // 1000)
+        files = {r[0] for r in store.query("SELECT path FROM lake_files WHERE tbl = ?", [name]).rows()}
+        if wanted.get(name) is None or empty:
+            self._clear(store, name)
+            return 0
+        table = self.lake.table(name).refresh()
+        scan = table.scan(row_filter=row_filter or AlwaysTrue())
+        tasks = list(scan.plan_files())
+        paths = {t.file.file_path for t in tasks}
+        if full or not files <= paths or any(t.delete_files for t in tasks):
+            self._clear(store, name)
+            files = set()
+        todo = [t for t in tasks if t.file.file_path not in files]
+        reader = ArrowScan(table.metadata, table.io, scan.projection(), scan.row_filter, scan.case_sensitive)
+        columns = _columns(store, name)
         rows = 0
-        for name in RAW_SERVED:
-            rows += self._fill(store, name, held, wanted, window, complete_only=name != "messages")
-        if wanted.get("pods") is not None:
-            for batch in _batches(self.lake, "pods", None):
-                with store.registered(_pods=pa.Table.from_batches([batch])):
-                    cluster = "arg_max(cluster, last_seen_ns)" if "cluster" in batch.schema.names else "NULL"
+        for batch in reader.to_record_batches(todo):
+            if batch.num_rows == 0:
+                continue
+            names = [c for c in batch.schema.names if c in columns and c not in (HOUR_COLUMN, DAY_COLUMN)]
+            with store.registered(_batch=pa.Table.from_batches([batch])):
+                if latest_pods:
+                    cluster = "arg_max(cluster, last_seen_ns)" if "cluster" in names else "NULL"
                     store.execute("INSERT INTO pods SELECT pod_uid, arg_max(namespace, last_seen_ns), "
                                   "arg_max(name, last_seen_ns), arg_max(labels, last_seen_ns), "
-                                  f"max(last_seen_ns), {cluster} FROM _pods GROUP BY pod_uid {PODS_LATEST_WINS}")
-                rows += batch.num_rows
+                                  f"max(last_seen_ns), {cluster} FROM _batch GROUP BY pod_uid {PODS_LATEST_WINS}")
+                else:
+                    cols = ", ".join(f'"{c}"' for c in names)
+                    store.execute(f"INSERT INTO {name} ({cols}) SELECT {cols} FROM _batch")
+            rows += batch.num_rows
+        if todo:
+            with store.registered(_paths=pa.table({"path": [t.file.file_path for t in todo]})):
+                store.execute("INSERT INTO lake_files SELECT ?, path FROM _paths", [name])
         return rows
+
+    @staticmethod
+    def _clear(store: Store, name: str) -> None:
+        store.execute(f"DELETE FROM {name}")
+        store.execute("DELETE FROM lake_files WHERE tbl = ?", [name])
 
     def _newest_day(self) -> int | None:
         """The newest UTC day (days since the epoch) of the lake's ``messages``, from partition metadata."""
