@@ -23,6 +23,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from prometheus_client import CollectorRegistry
 
 pytest.importorskip("pyiceberg", reason="the lake extra is not installed (pip install -e '.[test]')")
 
@@ -30,6 +31,7 @@ from gpuledger.analytics.export_cmd import ExportRequest, run_export, run_lake_e
 from gpuledger.analytics.focus import ExportContext  # noqa: E402
 from gpuledger.analytics.prices import default_price_book  # noqa: E402
 from gpuledger.api.app import create_app  # noqa: E402
+from gpuledger.api.metrics import LakeSnapshotAge  # noqa: E402
 from gpuledger.api.tokens import TokenStore, create_token, revoke_token, token_path  # noqa: E402
 from gpuledger.store import Store  # noqa: E402
 from gpuledger.store.lake import LakeConfig, LakeStore, scan  # noqa: E402
@@ -190,6 +192,12 @@ def test_export_from_the_lake_is_byte_identical_and_a_closed_month_stays_closed(
             assert run_lake_export(ExportRequest(**{**request.__dict__, "out": str(got)}), lake.store, lake.meta,
                                    book, context, NOW) == 0
             assert got.read_bytes() == want.read_bytes(), (final, fmt)
+    for where in ("db", "lake"):  # the reconciliation report too
+        request = ExportRequest("reconciliation", MONTH, str(lake.db), out=str(tmp_path / f"{where}.txt"))
+        code = (run_export(request, book, context, NOW) if where == "db"
+                else run_lake_export(request, lake.store, lake.meta, book, context, NOW))
+        assert code == 0
+    assert (tmp_path / "lake.txt").read_text() == (tmp_path / "db.txt").read_text()
     closed = lake.meta.closes()
     assert closed["month"].to_list() == [MONTH]
     first = (tmp_path / "lake-True.csv").read_bytes()
@@ -230,6 +238,9 @@ def test_a_lake_written_by_the_previous_version_is_read_after_the_upgrade(tmp_pa
 
 def test_a_replica_keeps_serving_its_last_snapshot_while_the_lake_is_away(lake: Lake) -> None:
     rep = replica(lake, "cache")
+    registry = CollectorRegistry()
+    registry.register(LakeSnapshotAge(rep.age_s))
+    assert registry.get_sample_value("gpuledger_lake_snapshot_age_seconds") is not None
     with serving(lake_app(lake, rep)) as client:
         want = client.get("/v1/showback?format=csv", headers=bearer(lake.admin)).content
         away = lake.root / "warehouse-away"
@@ -237,6 +248,7 @@ def test_a_replica_keeps_serving_its_last_snapshot_while_the_lake_is_away(lake: 
         assert rep.refresh() is False
         health = client.get("/healthz").json()
         assert "did not answer" in health["lake_error"] and health["lake_snapshot_age_s"] is not None
+        assert list((lake.root / "cache").glob("*.building*")) == []  # the failed build left nothing
         assert client.get("/v1/showback?format=csv", headers=bearer(lake.admin)).content == want
         away.rename(lake.root / "warehouse")
         rep.refresh()

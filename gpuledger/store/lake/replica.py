@@ -216,8 +216,13 @@ class LakeReplica:
         for stale in (building, Path(f"{building}.wal")):
             stale.unlink(missing_ok=True)
         t0 = time.monotonic()
-        rows = self._build(building, wanted)
-        os.replace(building, self.path)
+        try:
+            rows = self._build(building, wanted)
+            os.replace(building, self.path)
+        except BaseException:  # a half-built copy is never served, nor left behind
+            for part in (building, Path(f"{building}.wal")):
+                part.unlink(missing_ok=True)
+            raise
         self.rows_read = rows
         self._held = {"name": name, "ids": wanted}
         self.synced_at = self.clock()
