@@ -133,8 +133,7 @@ def run_lake_export(request: ExportRequest, lake: LakeStore, meta: Metadata, boo
         month = closing.resolve_month(request.month, now)
     except ValueError as exc:
         raise GpuledgerError(str(exc), hint="--month 2026-10, or --month previous") from None
-    closes = meta.closes()
-    closed = set(closes["month"].to_list()) if closes.height else set()
+    closed = meta.closed()
     months = {month, _previous(month), *(m for m in closed if m < month)}
     with tempfile.TemporaryDirectory(prefix="gpuledger-export-", dir=work_dir) as tmp:
         path = Path(tmp) / "bill.duckdb"

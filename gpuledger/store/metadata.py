@@ -78,6 +78,10 @@ class Metadata(Protocol):
         """Every closed month: the ``chargeback_closes`` columns, file bytes included."""
         ...
 
+    def closed(self) -> set[str]:
+        """The closed months (no file bytes read)."""
+        ...
+
     def billed(self) -> pl.DataFrame:
         """Every billed row: the ``chargeback_billed`` columns."""
         ...
@@ -178,6 +182,14 @@ class FileMetadata:
 
     def billed(self) -> pl.DataFrame:
         return self._read("chargeback_billed")
+
+    def closed(self) -> set[str]:
+        from gpuledger.store.duck import Store
+
+        with Store(self.db_path, read_only=True) as store:
+            if not store.has_table("chargeback_closes"):
+                return set()
+            return set(store.query("SELECT month FROM chargeback_closes")["month"].to_list())
 
     def record_close(self, close: pl.DataFrame, billed: pl.DataFrame) -> None:
         from gpuledger.store.duck import Store

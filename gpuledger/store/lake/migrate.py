@@ -228,7 +228,7 @@ def _closes(db_path: Path, meta: Metadata) -> int:
     closes = source.closes()
     if closes.is_empty():
         return 0
-    have = set(meta.closes()["month"].to_list()) if meta.closes().height else set()
+    have = meta.closed()
     billed = source.billed()
     copied = 0
     for month in closes["month"].to_list():

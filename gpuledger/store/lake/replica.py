@@ -195,8 +195,7 @@ class LakeReplica:
     def wanted(self) -> dict[str, Any]:
         """The lake's current snapshot ids and closed months (no data is read)."""
         ids: dict[str, Any] = {name: self.lake.snapshot_id(name) for name in (*ROLLUP_TABLES, *RAW_SERVED, "pods")}
-        closes = self.meta.closes()
-        ids["closed"] = sorted(closes["month"].to_list()) if closes.height else []
+        ids["closed"] = sorted(self.meta.closed())
         ids["raw_days"] = self.raw_days
         return ids
 
