@@ -180,6 +180,7 @@ def test_new_rows_in_the_lake_reach_both_replicas_at_their_refresh(lake: Lake) -
         assert after_a != before and after_a["rows"]
 
 
+@pytest.mark.slow  # six exports each way and a replica (~7 s on the loaded 2-core VM)
 def test_export_from_the_lake_is_byte_identical_and_a_closed_month_stays_closed(lake: Lake, tmp_path: Path) -> None:
     book, context = default_price_book(), ExportContext()
     for final in (False, True):  # the preview, then the close
