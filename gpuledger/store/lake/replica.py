@@ -10,7 +10,7 @@ version). What the file holds:
   ``queue_hourly``), whole: every showback, series, efficiency, economics,
   budget, unit and queue answer and the chargeback file are made of them;
 - the raw tables the fleet view reads (``messages``, ``devices``,
-  ``allocations``, ``field_errors``, ``processes``; ``pods`` by latest seen,
+  ``allocations``, ``field_errors``; ``pods`` by latest seen,
   for label dimensions) for the newest ``raw_days`` UTC days the lake holds
   (partition pruned). The fleet view joins every record table on
   ``messages``, so rows of a message whose ``messages`` row is not committed
@@ -67,8 +67,9 @@ log = logging.getLogger(__name__)
 
 __all__ = ["FAR_FUTURE_NS", "RAW_SERVED", "LakeReplica", "copy_table", "month_store"]
 
-#: The raw tables a replica serves (the fleet view), ``messages`` first: the others join on it.
-RAW_SERVED = ("messages", "devices", "processes", "allocations", "field_errors")
+#: The raw tables a replica serves (the fleet view). Not ``processes``: no API view reads it (attribution does),
+#: and it is the largest raw table.
+RAW_SERVED = ("messages", "devices", "allocations", "field_errors")
 #: ``ledger_window.kept_from_ns`` of a replica's file: every hour before it is answered from the rollups.
 FAR_FUTURE_NS = 2**62
 SERVED = "serving.duckdb"
