@@ -300,6 +300,18 @@ class Settings(_Declared):
     lake_commit_interval_s: float = setting(
         10.0, gt=0, description="Lake store: seconds an ingest worker gathers records before one Iceberg commit per "
         "table (replaces --linger with --lake): data is visible to readers within about this long plus a commit.")
+    lake_cache_dir: str = setting(
+        "/tmp/gpuledger-lake-cache", description="Lake serving: the directory where `serve --lake` keeps its local "
+        "DuckDB copy of what the API reads (disposable: an emptyDir in Kubernetes; rebuilt from the lake).")
+    lake_refresh_s: float = setting(
+        30.0, gt=0, description="Lake serving: seconds between a replica's checks of the lake's snapshots (unchanged: "
+        "nothing read); new data is served within about this long plus one rebuild of the cache.")
+    lake_raw_days: int = setting(
+        2, ge=1, description="Lake serving: newest UTC days of raw tables (devices, allocations...) a replica copies "
+        "for the fleet view; showback, series and exports read the rollups, all months.")
+    lake_metadata_uri: str | None = setting(
+        None, description="Lake store: the SQL database (SQLAlchemy URL) for tokens and closed months; unset: the "
+        "catalog's own (needed with a REST catalog).")
     ingest_max_future_s: float = setting(
         300.0, description="Ingest: an interval ending more than this many seconds after now is quarantined (clock skew bound)."
     )

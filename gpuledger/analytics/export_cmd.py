@@ -27,12 +27,13 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import tempfile
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from gpuledger.analytics import chargeback as cb
 from gpuledger.analytics import closing
@@ -43,7 +44,12 @@ from gpuledger.errors import GpuledgerError, StoreError
 from gpuledger.store import Store
 from gpuledger.timeutil import month_bounds, to_ns
 
-__all__ = ["CLOSE_MIN_CAPACITY", "ExportRequest", "MonthCloser", "capacity_shortfall", "file_name", "run_export"]
+if TYPE_CHECKING:
+    from gpuledger.store.lake import LakeStore
+    from gpuledger.store.metadata import Metadata
+
+__all__ = ["CLOSE_MIN_CAPACITY", "ExportRequest", "MonthCloser", "capacity_shortfall", "file_name", "run_export",
+           "run_lake_export"]
 
 #: A close needs at least this share of the fleet's expected capacity (GPU-hours) in the month.
 CLOSE_MIN_CAPACITY = 0.5
@@ -110,6 +116,39 @@ def run_export(request: ExportRequest, book: PriceBook, context: ExportContext, 
     else:
         print(f"{month} {state}, idle policy {policy}", file=sys.stderr)
     return 0
+
+
+def run_lake_export(request: ExportRequest, lake: LakeStore, meta: Metadata, book: PriceBook, context: ExportContext,
+                    now: datetime | None = None, *, work_dir: str | Path | None = None) -> int:
+    """``gpuledger export --lake``: :func:`run_export` on a temporary DuckDB file holding what the month's bill
+    reads from the lake -- the rollups of the month, of the month before (the close's capacity check) and of
+    every closed month before it (their corrections), one month partition each, read as Arrow batches -- and
+    the metadata store's closed months. The file's ``--memory-limit`` bounds the work, as for ``export --db``.
+    A ``--final`` close is then recorded in the metadata store (the month is its key: of two closers, the second
+    gets an error and nothing of it is kept). ``request.db_path`` is ignored."""
+    from gpuledger.store.lake.replica import month_store
+    from gpuledger.store.metadata import MonthAlreadyClosed
+
+    try:
+        month = closing.resolve_month(request.month, now)
+    except ValueError as exc:
+        raise GpuledgerError(str(exc), hint="--month 2026-10, or --month previous") from None
+    closed = meta.closed()
+    months = {month, _previous(month), *(m for m in closed if m < month)}
+    with tempfile.TemporaryDirectory(prefix="gpuledger-export-", dir=work_dir) as tmp:
+        path = Path(tmp) / "bill.duckdb"
+        month_store(lake, meta, path, [tuple(to_ns(t) for t in month_bounds(m)) for m in months]).close()  # type: ignore[misc]
+        code = run_export(replace(request, db_path=str(path)), book, context, now)
+        if request.what == "chargeback" and request.final and month not in closed:
+            with Store(path, read_only=True) as store:
+                close = store.query("SELECT * FROM chargeback_closes WHERE month = ?", [month])
+                billed = store.query("SELECT * FROM chargeback_billed WHERE billing_month = ?", [month])
+            try:
+                meta.record_close(close, billed)
+            except MonthAlreadyClosed as exc:
+                raise GpuledgerError(f"{exc}: this run's file was not recorded", hint=f"export {month} again for "
+                                     "the file as it was closed") from None
+    return code
 
 
 def _require_data(store: Store, month: str) -> None:

@@ -27,7 +27,9 @@ route also answers ``HEAD`` (the GET's status and headers, no body;
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable
 from pathlib import Path
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import FileResponse
@@ -61,6 +63,7 @@ from gpuledger.api.routes_business import budgets_body
 from gpuledger.api.tokens import Principal
 from gpuledger.errors import ConfigError
 from gpuledger.store import Store
+from gpuledger.store.metadata import TokenSql
 
 __all__ = ["ApiError", "create_app"]
 
@@ -72,7 +75,9 @@ def create_app(db_path: str | Path | None = None, prices: PriceBook | None = Non
                export_context: ExportContext | None = None, audit: AuditLog | None = None,
                cloud_rates: CloudRates | None = None, node_pools: NodePools | None = None,
                budgets: Budgets | None = None, work_units: WorkUnits | None = None,
-               queues: Queues | None = None, metrics: ApiMetrics | None = None) -> FastAPI:
+               queues: Queues | None = None, metrics: ApiMetrics | None = None,
+               tokens: TokenSql | None = None, token_version: Callable[[], Hashable] | None = None,
+               health: Callable[[], dict[str, Any]] | None = None) -> FastAPI:
     """The API over a DuckDB file (read-only per request) or an open ``store``.
 
     ``prices`` defaults to the shipped book (gpuledger/defaults/prices.toml);
@@ -83,11 +88,14 @@ def create_app(db_path: str | Path | None = None, prices: PriceBook | None = Non
     shipped example and ``node_pools`` to none (every node ``unassigned``) for ``/v1/economics``;
     ``budgets`` (per-tenant monthly budgets, ``/v1/budgets`` and the budget series) to none; ``work_units``
     (``/v1/units``) to the shipped vLLM token counters; ``queues`` (``/v1/queues``) to GPUs, tenant = queue name.
+    ``tokens`` and ``token_version``: check tokens there (the lake's metadata database,
+    ``gpuledger serve --lake``) instead of the token file, the table's version keying every cache;
+    ``health()`` adds its fields to ``/healthz`` (a lake replica: the snapshot served and its age).
     ``metrics`` counts and times every request and renders the current month's budget series in its
     registry (:mod:`~gpuledger.api.metrics`: the process's one ``/metrics``, served on its own port by
     ``gpuledger serve --metrics-port``); the access-log line is written either way.
     """
-    db = Database(db_path, store, ttl_s=cache_ttl_s)
+    db = Database(db_path, store, ttl_s=cache_ttl_s, tokens=tokens, token_version=token_version)
     app = FastAPI(title="gpuledger", version=__version__,
                   description="GPU showback, efficiency, fleet health and chargeback. Send "
                   "`Authorization: Bearer <token>` (create one with `gpuledger token create`).")
@@ -111,8 +119,8 @@ def create_app(db_path: str | Path | None = None, prices: PriceBook | None = Non
             db, s, state.book, state.budgets, month, state.export_context.idle_policy)))
 
     @app.get("/healthz", summary="liveness (no token needed)")
-    def healthz() -> dict[str, str]:
-        return {"status": "ok", "version": __version__}
+    def healthz() -> dict[str, Any]:
+        return {"status": "ok", "version": __version__, **(health() if health is not None else {})}
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:

@@ -30,6 +30,7 @@ from gpuledger.api.errors import ApiError
 from gpuledger.api.params import FILTERS, Filters, filter_values
 from gpuledger.api.reader import Database, Session
 from gpuledger.api.tokens import Principal, verify_token
+from gpuledger.errors import StoreError
 
 __all__ = [
     "DATA_ROLES",
@@ -79,8 +80,13 @@ async def principal(request: Request, credentials: HTTPAuthorizationCredentials 
     key = ("token", hashlib.sha256(token.encode("utf-8", "replace")).hexdigest())
     hit = db.peek(key)  # the common case, answered on the event loop; a miss reads the database in a thread
     # the token file first (no database open, no wait for ingest's writer lock), then the database's own table
-    found, why = hit if hit is not None else await run_in_threadpool(
-        db.cached, key, lambda: verify_token(lambda: s.store, token, tokens=db.tokens))
+    # (serving the lake: the metadata database's token table, ``db.token_sql``)
+    source = db.token_sql if db.token_sql is not None else (lambda: s.store)
+    try:
+        found, why = hit if hit is not None else await run_in_threadpool(
+            db.cached, key, lambda: verify_token(source, token, tokens=db.tokens))
+    except StoreError as exc:
+        raise ApiError(E.DATABASE_UNAVAILABLE, f"tokens cannot be checked: {exc}", exc.hint) from None
     if found is None:
         raise ApiError(E.INVALID_TOKEN, why, "create a new token with `gpuledger token create`", _CHALLENGE)
     request.scope.setdefault("state", {})[PRINCIPAL_KEY] = found  # for the audit log: id, role, tenant

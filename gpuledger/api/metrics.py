@@ -207,3 +207,23 @@ class RequestLog:
                                for p in [*paths, *UNDOCUMENTED]]
         path = scope["path"]
         return next((template for pattern, template in self._templates if pattern.match(path)), "unmatched")
+
+
+class LakeSnapshotAge:
+    """``gpuledger_lake_snapshot_age_seconds``: how old the lake snapshot a replica serves is (``serve --lake``).
+
+    Seconds since the replica last found its local copy equal to the lake; it
+    grows while the lake does not answer (the last complete copy is served).
+    No sample before the first sync. Rendered at each scrape (a snapshot, not a mutated gauge).
+    """
+
+    def __init__(self, age: Callable[[], float | None]) -> None:
+        self.age = age
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily("gpuledger_lake_snapshot_age_seconds",
+                                   "Seconds since this API replica's copy of the lake was last found current")
+        age = self.age()
+        if age is not None:
+            family.add_metric([], age)
+        yield family

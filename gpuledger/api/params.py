@@ -244,10 +244,13 @@ def parse_period(start: str | None, end: str | None, latest_ns: int | None) -> P
 def latest_ns(s: Session, filters: Filters) -> int | None:
     """Interval start of the newest ledger row (of the tenant, for a tenant token)."""
     tenants = filters.values.get("tenant", ())
-    sql = "SELECT max(interval_start_ns) AS latest FROM ledger"
-    if tenants:
-        sql += f" WHERE tenant IN ({', '.join('?' for _ in tenants)})"
-    frame = s.query(sql, list(tenants))
+    where = f" WHERE tenant IN ({', '.join('?' for _ in tenants)})" if tenants else ""
+    sql = f"SELECT max(interval_start_ns) AS latest FROM ledger{where}"
+    params = list(tenants)
+    if s.store.has_table("ledger_hourly"):  # hours that exist only as rollups (retired, or served from the lake)
+        sql = f"SELECT greatest(({sql}), (SELECT max(hour_start_ns) FROM ledger_hourly{where})) AS latest"
+        params += list(tenants)
+    frame = s.query(sql, params)
     latest = None if frame.is_empty() else frame["latest"][0]
     return None if latest is None else int(latest)
 

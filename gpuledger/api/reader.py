@@ -36,6 +36,7 @@ from gpuledger.api.errors import ApiError
 from gpuledger.api.tokens import token_path
 from gpuledger.errors import StoreError, StoreLocked, StoreMissingTable
 from gpuledger.store import Store
+from gpuledger.store.metadata import TokenSql
 
 #: How long a request waits for a writer to release the file before 503 database_busy (s).
 BUSY_WAIT_S = 1.5
@@ -50,12 +51,17 @@ class Database:
     """The API's data source: a DuckDB path (read-only per request) or an open Store."""
 
     def __init__(self, db_path: str | Path | None, store: Store | None, *, cache_entries: int = 512,
-                 ttl_s: float = 60.0) -> None:
+                 ttl_s: float = 60.0, tokens: TokenSql | None = None,
+                 token_version: Callable[[], Hashable] | None = None) -> None:
         if (db_path is None) == (store is None):
             raise ValueError("create_app needs exactly one of db_path or store")
         self.path = Path(db_path) if db_path is not None else None
         #: The token file beside the database (api.tokens); None when serving an open Store.
         self.tokens = token_path(self.path) if self.path is not None else None
+        #: Where tokens are checked instead (the lake's metadata database), and the version of its token table:
+        #: part of :meth:`version`, so a token created or revoked by another replica takes effect at the next request.
+        self.token_sql = tokens
+        self.token_version = token_version
         self.store = store
         self.ttl_s = ttl_s
         self._max = cache_entries
@@ -75,6 +81,11 @@ class Database:
                 out.extend((st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
             except FileNotFoundError:
                 out.extend((-1, -1, -1, -1))
+        if self.token_version is not None:
+            try:
+                out.append(hash(self.token_version()))
+            except StoreError:  # the metadata database does not answer: nothing cached; the token check says why
+                out.append(time.monotonic_ns())
         return tuple(out)
 
     def cached(self, key: Hashable, compute: Callable[[], T]) -> T:

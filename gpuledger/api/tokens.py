@@ -34,24 +34,28 @@ import hashlib
 import hmac
 import re
 import secrets
-import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
 
 import polars as pl
 
-from gpuledger.errors import GpuledgerError
 from gpuledger.store import Store
+from gpuledger.store.metadata import TokenError, TokenSql, TokenStore, token_path
+
+#: Where token SQL runs: the token file, a database's own api_tokens (an open Store: demo, tests), or the
+#: lake's catalog database (``gpuledger.store.lake.meta``): anything with the small :class:`TokenSql` surface.
+Tokens = TokenSql
 
 __all__ = [
     "ROLES",
     "TOKEN_PREFIX",
     "Principal",
     "TokenError",
+    "TokenSql",
     "TokenStore",
+    "Tokens",
     "create_token",
     "list_tokens",
     "revoke_token",
@@ -62,12 +66,6 @@ __all__ = [
 ROLES = ("admin", "tenant", "finance")
 TOKEN_PREFIX = "glt_"
 _TOKEN = re.compile(r"^glt_([0-9a-f]{8})_([A-Za-z0-9_-]{43})$")
-
-class TokenError(GpuledgerError):
-    """A token command that cannot be carried out."""
-
-    hint = "see `gpuledger token --help`"
-
 
 @dataclass(frozen=True)
 class Principal:
@@ -81,80 +79,6 @@ class Principal:
     def scoped(self) -> bool:
         """True when every data query must be limited to :attr:`tenant`."""
         return self.role == "tenant"
-
-
-def token_path(db_path: str | Path) -> Path:
-    """The token file of the database at ``db_path``: ``<db>.tokens``."""
-    return Path(f"{db_path}.tokens")
-
-
-_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS api_tokens (id TEXT PRIMARY KEY, secret_sha256 TEXT NOT NULL, role TEXT NOT NULL,
-       tenant TEXT, name TEXT, created_at_ns INTEGER NOT NULL, revoked_at_ns INTEGER)""",
-    # revocations of tokens kept in the database's own api_tokens (made before the token file existed)
-    "CREATE TABLE IF NOT EXISTS revoked_elsewhere (id TEXT PRIMARY KEY, revoked_at_ns INTEGER NOT NULL)",
-)
-
-
-class TokenStore:
-    """The token file (SQLite, WAL): the same small surface as :class:`Store` for token SQL.
-
-    Writers wait up to ``busy_timeout_s`` for each other (two ``token`` commands
-    at once); readers never wait for a writer (WAL). It never touches DuckDB.
-    """
-
-    def __init__(self, path: str | Path, *, create: bool = True, busy_timeout_s: float = 10.0) -> None:
-        self.path = Path(path)
-        if not create and not self.path.exists():
-            raise TokenError(f"no token file at {self.path}", hint="`gpuledger token create` makes it")
-        try:
-            self._con = sqlite3.connect(self.path, timeout=busy_timeout_s, isolation_level=None,
-                                        check_same_thread=False)
-            self._con.execute("PRAGMA journal_mode=WAL")
-            if create:
-                for ddl in _SCHEMA:
-                    self._con.execute(ddl)
-        except sqlite3.Error as exc:
-            raise TokenError(f"cannot open the token file {self.path}: {exc}",
-                             hint="check the path and its permissions (it sits beside the database)") from exc
-
-    def execute(self, sql: str, params: Sequence[Any] | None = None) -> None:
-        try:
-            self._con.execute(sql, list(params or []))
-        except sqlite3.Error as exc:
-            raise TokenError(f"token file {self.path}: {exc}", hint="retry; another `token` command may hold it") from exc
-
-    def query(self, sql: str, params: Sequence[Any] | None = None) -> pl.DataFrame:
-        try:
-            cur = self._con.execute(sql, list(params or []))
-        except sqlite3.Error as exc:
-            raise TokenError(f"token file {self.path}: {exc}", hint="retry shortly") from exc
-        names = [d[0] for d in cur.description]
-        rows = cur.fetchall()
-        return pl.DataFrame({n: [r[i] for r in rows] for i, n in enumerate(names)},
-                            schema={n: pl.String if n in _TEXT else pl.Int64 for n in names})
-
-    def scalar(self, sql: str, params: Sequence[Any] | None = None) -> Any:
-        frame = self.query(sql, params)
-        return None if frame.is_empty() else frame.row(0)[0]
-
-    def has_table(self, name: str) -> bool:
-        return bool(self._con.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?",
-                                      [name]).fetchone()[0])
-
-    def close(self) -> None:
-        self._con.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-_TEXT = {"id", "secret_sha256", "role", "tenant", "name"}
-#: Where token SQL runs: the token file, or a database's own api_tokens (an open Store: demo, tests).
-Tokens = Store | TokenStore
 
 
 def _digest(secret: str) -> str:

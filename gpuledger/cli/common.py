@@ -27,6 +27,7 @@ from gpuledger.errors import GpuledgerError
 if TYPE_CHECKING:
     from gpuledger.analytics.prices import PriceBook
     from gpuledger.store.lake import LakeConfig
+    from gpuledger.store.lake.meta import SqlMetadata
 
 EPILOG = "Settings also come from GPULEDGER_* environment variables; see docs/configuration.md."
 
@@ -58,6 +59,10 @@ SETTING_FLAGS: dict[str, tuple[str, str | None]] = {
     "--lake": ("lake_catalog_uri", "CATALOG_URI"),
     "--warehouse": ("lake_warehouse", "PATH_OR_S3"),
     "--s3-endpoint": ("lake_s3_endpoint", "URL"),
+    "--cache-dir": ("lake_cache_dir", "DIR"),
+    "--lake-refresh": ("lake_refresh_s", "SECONDS"),
+    "--lake-raw-days": ("lake_raw_days", "DAYS"),
+    "--lake-metadata": ("lake_metadata_uri", "SQL_URI"),
     "--commit-interval": ("lake_commit_interval_s", "SECONDS"),
     "--max-future": ("ingest_max_future_s", "SECONDS"),
     "--max-age": ("ingest_max_age_s", "SECONDS"),
@@ -271,3 +276,10 @@ def lake_config(settings: Settings) -> LakeConfig | None:
                              hint='pip install "gpuledger[lake]" (pyiceberg, sqlalchemy, psycopg)') from exc
     return LakeConfig(settings.lake_catalog_uri, settings.lake_warehouse, s3_endpoint=settings.lake_s3_endpoint,
                       unavailable_s=settings.lake_unavailable_s)
+
+
+def lake_metadata(settings: Settings, lake: LakeConfig) -> SqlMetadata:
+    """The lake's small-metadata store: --lake-metadata, else the catalog's own SQL database."""
+    from gpuledger.store.lake.meta import SqlMetadata
+
+    return SqlMetadata(settings.lake_metadata_uri or lake.catalog_uri)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from gpuledger.cli.common import add_command, price_book, setting_flags
+from gpuledger.cli.common import add_command, lake_config, lake_metadata, price_book, setting_flags
 from gpuledger.config import Settings
 
 
@@ -20,7 +20,12 @@ def register(sub: Any, settings: Settings) -> None:
         "later changes become Correction rows in the next open month). `export reconciliation` checks a "
         "month and exits 1 when it does not add up. See docs/chargeback.md.\n\n"
         "  gpuledger export chargeback --month previous --final --out exports/\n"
-        "  gpuledger export reconciliation --month 2026-10",
+        "  gpuledger export reconciliation --month 2026-10\n\n"
+        "With --lake CATALOG_URI --warehouse PATH_OR_S3 it reads the month's rollups from the lake (one month "
+        "partition, and those of the closed months it corrects) into a temporary DuckDB file bounded by "
+        "--memory-limit, and a --final close is recorded in the lake's metadata database (docs/lake.md):\n\n"
+        "  gpuledger export chargeback --month previous --final --lake postgresql+psycopg://gl@pg/gl \\\n"
+        "      --warehouse s3://gpuledger-lake/raw --out exports/",
     )
     e.add_argument("what", choices=["chargeback", "reconciliation"],
                    help="the FOCUS file, or its reconciliation report")
@@ -36,6 +41,7 @@ def register(sub: Any, settings: Settings) -> None:
                    help="with --final: close even when the month's capacity is far below the fleet's (under half "
                    "the GPU-hours its GPUs should have booked: usually ingest or attribution was down)")
     setting_flags(e, settings, "--charge-period", "--focus-version", "--idle-policy")
+    setting_flags(e, settings, "--lake", "--warehouse", "--s3-endpoint", "--lake-metadata")
 
 
 def export(args: argparse.Namespace, settings: Settings) -> int:
@@ -44,4 +50,11 @@ def export(args: argparse.Namespace, settings: Settings) -> int:
 
     request = ExportRequest(args.what, args.month, settings.db_path, out=args.out, format=args.format,
                             final=args.final, force=args.force)
+    lake = lake_config(settings)
+    if lake is not None:
+        from gpuledger.analytics.export_cmd import run_lake_export
+        from gpuledger.store.lake import LakeStore
+
+        return run_lake_export(request, LakeStore(lake), lake_metadata(settings, lake),
+                               price_book(settings.prices_path), ExportContext.from_settings(settings))
     return run_export(request, price_book(settings.prices_path), ExportContext.from_settings(settings))

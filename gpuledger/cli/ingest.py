@@ -98,6 +98,23 @@ def register(sub: Any, settings: Settings) -> None:
                     help="also merge the Parquet segments under DIR (ingest --segments DIR)")
     setting_flags(mg, settings, "--db", "--lake", "--warehouse", "--s3-endpoint")
 
+    mi = add_command(
+        sub, "migrate", migrate,
+        help="copy a DuckDB file into the lake: raw tables, rollups, tokens and closed months (idempotent)",
+        description="The upgrade path from the embedded file to the lake store (docs/lake.md). Copies --db's raw "
+        "tables (through the lake writer's idempotent appends: a message the lake holds is not copied again), its "
+        "product tables (ledger_hourly, work_units, queue_hourly; one month partition per Iceberg commit, skipped "
+        "when the lake holds that month from the same rows) and its small metadata (API tokens with their "
+        "revocations, closed months with their billed rows) into the lake's metadata store (the catalog's SQL "
+        "database, or --lake-metadata). Reads the file read-only, Arrow batch by batch; running it twice copies "
+        "nothing the second time. Run `gpuledger attribute` on the file first (a file with pending rollups is "
+        "refused).\n\n"
+        "  gpuledger migrate --to lake --db /data/gpuledger.duckdb \\\n"
+        "      --lake postgresql+psycopg://gl:pw@pg/gpuledger --warehouse s3://gpuledger-lake/raw",
+    )
+    mi.add_argument("--to", choices=["lake"], required=True, help="where to: the lake store (--lake, --warehouse)")
+    setting_flags(mi, settings, "--db", "--lake", "--warehouse", "--s3-endpoint", "--lake-metadata")
+
     c = add_command(
         sub, "compact", compact,
         help="rewrite Parquet segments one file per table and day, or a DuckDB file in full row groups",
@@ -242,6 +259,31 @@ def merge(args: argparse.Namespace, settings: Settings) -> int:
             print(f"lake {lake.warehouse}: {added} new messages ({time.monotonic() - t0:.1f} s)", file=sys.stderr)
         messages = serving.count("messages")
     print(f"merged {total} new messages into {db} ({messages} in all); next: gpuledger attribute --db {db}")
+    return 0
+
+
+def migrate(args: argparse.Namespace, settings: Settings) -> int:
+    import time
+
+    from gpuledger.cli.common import existing_db, lake_metadata
+    from gpuledger.store.lake import LakeStore
+    from gpuledger.store.lake.migrate import migrate_to_lake
+
+    db = existing_db(settings.db_path)
+    lake = lake_config(settings)
+    if lake is None:
+        raise GpuledgerError("migrate --to lake needs the lake", hint="pass --lake CATALOG_URI --warehouse PATH_OR_S3")
+    t0 = time.monotonic()
+    store, meta = LakeStore(lake), lake_metadata(settings, lake)
+    with progress("migrate", "messages + rollup rows") as bar:
+        report = migrate_to_lake(db, store, meta, on_progress=bar)
+    rows = ", ".join(f"{t} {n:,}" for t, n in report.rows.items()) or "none"
+    print(f"migrated {db} -> {lake.warehouse} ({time.monotonic() - t0:.1f} s): {report.messages:,} new messages, "
+          f"rollup rows {rows} ({len(report.months_copied)} months copied, {len(report.months_skipped)} already "
+          f"there), {report.pods} pods, {report.dead_letters} dead letters, {report.tokens} tokens, "
+          f"{report.closes} closed months", file=sys.stderr)
+    if not report.copied_anything:
+        print("nothing to copy: the lake already holds this file", file=sys.stderr)
     return 0
 
 

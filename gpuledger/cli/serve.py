@@ -11,6 +11,8 @@ from gpuledger.cli.common import (
     add_metrics_port,
     existing_db,
     free_to_serve,
+    lake_config,
+    lake_metadata,
     metrics_registry,
     price_book,
     setting_flags,
@@ -21,19 +23,33 @@ from gpuledger.errors import GpuledgerError
 if TYPE_CHECKING:
     import polars as pl
 
+    from gpuledger.store.lake import LakeConfig
+    from gpuledger.store.lake.replica import LakeReplica
+
 
 def register(sub: Any, settings: Settings) -> None:
     s = add_command(
         sub, "serve", serve,
-        help="serve the showback API (FastAPI) over the DuckDB file",
+        help="serve the showback API (FastAPI) over the DuckDB file, or the lake as a stateless replica",
         description="Showback API and page: showback, efficiency, fleet, Grafana series, drill-down, chargeback CSV; "
         "OpenAPI at /docs, a showback page at /. Opens the database read-only. Every /v1 route needs a token "
-        "(`gpuledger token create`); --no-auth turns that off for local development only.",
+        "(`gpuledger token create`); --no-auth turns that off for local development only.\n\n"
+        "With --lake CATALOG_URI --warehouse PATH_OR_S3 it serves the lake instead, as a stateless replica (run "
+        "as many as you like): it copies the lake's rollups (and the newest --lake-raw-days of raw tables, for the "
+        "fleet view) into a DuckDB file under --cache-dir, re-checks the lake's snapshots every --lake-refresh "
+        "seconds and swaps a complete new copy in when they moved; tokens and closed months live in the catalog's "
+        "SQL database, so a token created through one replica works on every replica at its next request. "
+        "/healthz and the gpuledger_lake_snapshot_age_seconds gauge say how old the served snapshot is "
+        "(docs/lake.md).\n\n"
+        "  gpuledger serve --lake postgresql+psycopg://gl:pw@pg/gpuledger --warehouse s3://gpuledger-lake/raw \\\n"
+        "      --cache-dir /cache --lake-refresh 30",
     )
     setting_flags(s, settings, "--db", "--host", "--port", "--prices", "--memory-limit", "--cloud-rates", "--node-pools",
                   "--budgets", "--idle-policy", "--work-units", "--queues")
     s.add_argument("--close-months", action="store_true",
                    help="close each month's chargeback file once it has ended (+ grace); needs the writer lock")
+    setting_flags(s, settings, "--lake", "--warehouse", "--s3-endpoint", "--lake-metadata", "--cache-dir",
+                  "--lake-refresh", "--lake-raw-days")
     setting_flags(s, settings, "--close-grace-hours", "--tls-certfile", "--tls-keyfile", "--audit-dir",
                   "--audit-retention-days")
     s.add_argument("--no-auth", action="store_true",
@@ -45,7 +61,9 @@ def register(sub: Any, settings: Settings) -> None:
         help="create, list or revoke API tokens",
         description="API tokens for `gpuledger serve`. Roles: admin (every tenant), tenant (one tenant, on every "
         "route), finance (exports and showback). The token is printed once; only its SHA-256 is stored. Writes "
-        "the database, so run it where no other writer (ingest) holds the file.\n\n"
+        "the database, so run it where no other writer (ingest) holds the file. With --lake CATALOG_URI the tokens "
+        "are kept in the lake's metadata database (the catalog's, or --lake-metadata) instead, where every "
+        "`serve --lake` replica checks them.\n\n"
         "  gpuledger token create --role tenant --tenant nlp --name nlp-grafana\n"
         "  gpuledger token list\n"
         "  gpuledger token revoke 1a2b3c4d",
@@ -55,7 +73,7 @@ def register(sub: Any, settings: Settings) -> None:
     k.add_argument("--role", choices=["admin", "tenant", "finance"], help="role of a new token")
     k.add_argument("--tenant", help="tenant of a --role tenant token")
     k.add_argument("--name", help="a label for the new token (e.g. who holds it)")
-    setting_flags(k, settings, "--db")
+    setting_flags(k, settings, "--db", "--lake", "--lake-metadata")
 
 
 def serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -65,8 +83,18 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     from gpuledger.api.app import create_app
     from gpuledger.api.serving import audit_log, tls_options
 
-    db = existing_db(settings.db_path)
+    lake = lake_config(settings)
     free_to_serve(settings.api_host, settings.api_port)
+    replica: LakeReplica | None = None
+    if lake is not None:
+        if args.close_months:
+            raise GpuledgerError("--close-months closes the DuckDB file's months, not the lake's",
+                                 hint="close a lake month with `gpuledger export chargeback --lake ... --final` "
+                                 "(a CronJob), from one place")
+        replica = _lake_replica(settings, lake)
+        db = str(replica.path)
+    else:
+        db = existing_db(settings.db_path)
     book, context = price_book(settings.prices_path), ExportContext.from_settings(settings)
     tls = tls_options(settings)  # a half-set or missing TLS file fails here, before anything runs
     from gpuledger.analytics import economics as econ
@@ -87,9 +115,21 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
         from gpuledger.api.metrics import ApiMetrics
 
         metrics = ApiMetrics(registry)
+    lake_args: dict[str, Any] = {}
+    if replica is not None:
+        from gpuledger.store.lake.meta import SqlMetadata, SqlTokens
+
+        assert isinstance(replica.meta, SqlMetadata)
+        lake_args = {"tokens": SqlTokens(replica.meta.engine), "token_version": replica.meta.token_version,
+                     "health": replica.health}
+        if registry is not None:
+            from gpuledger.api.metrics import LakeSnapshotAge
+
+            registry.register(LakeSnapshotAge(replica.age_s))
+        replica.start()
     app = create_app(db, prices=book, auth=not args.no_auth, export_context=context, audit=audit_log(settings),
                      cloud_rates=rates, node_pools=pools, budgets=budgets, work_units=units, queues=queues,
-                     metrics=metrics)
+                     metrics=metrics, **lake_args)
     if args.close_months:  # the scheduled monthly close (docs/chargeback.md)
         from gpuledger.analytics.export_cmd import MonthCloser
 
@@ -103,6 +143,23 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _lake_replica(settings: Settings, lake: LakeConfig) -> LakeReplica:
+    """The replica's first sync: the lake unreachable now is an error (later, the last copy is served)."""
+    from gpuledger.store.lake import LakeStore, LakeUnavailable
+    from gpuledger.store.lake.replica import LakeReplica
+
+    try:
+        replica = LakeReplica(LakeStore(lake), lake_metadata(settings, lake), settings.lake_cache_dir,
+                              refresh_s=settings.lake_refresh_s, raw_days=settings.lake_raw_days)
+        replica.sync()
+    except LakeUnavailable as exc:
+        raise GpuledgerError(f"cannot serve from the lake: {exc}",
+                             hint="check --lake (the catalog URI), --warehouse, and that the catalog database and "
+                             "the object store answer from here (S3: --s3-endpoint, AWS_ACCESS_KEY_ID, "
+                             "AWS_SECRET_ACCESS_KEY); GPULEDGER_LAKE_UNAVAILABLE_S sets how long to retry") from None
+    return replica
+
+
 def token(args: argparse.Namespace, settings: Settings) -> int:
     """Token commands work on the token file beside the database (``<db>.tokens``, gpuledger.api.tokens):
     never on the DuckDB file, so they never wait for ingest's writer lock. Tokens made before the token
@@ -112,6 +169,8 @@ def token(args: argparse.Namespace, settings: Settings) -> int:
 
     from gpuledger.api import tokens
 
+    if settings.lake_catalog_uri or settings.lake_metadata_uri:
+        return _lake_token(args, settings)
     db = existing_db(settings.db_path)
     if args.action == "create":
         if not args.role:
@@ -152,6 +211,37 @@ def token(args: argparse.Namespace, settings: Settings) -> int:
     with tokens.TokenStore(tokens.token_path(db)) as side:
         tokens.revoke_token(side, args.token_id, elsewhere=in_database)
     print(f"revoked {args.token_id[:12]}", file=sys.stderr)
+    return 0
+
+
+def _lake_token(args: argparse.Namespace, settings: Settings) -> int:
+    """``token`` on the lake's metadata database (no older in-file tokens there)."""
+    from gpuledger.api import tokens
+    from gpuledger.store.lake.meta import SqlMetadata
+
+    meta = SqlMetadata(settings.lake_metadata_uri or str(settings.lake_catalog_uri))
+    try:
+        with meta.tokens() as sql:
+            if args.action == "create":
+                if not args.role:
+                    raise GpuledgerError("token create needs --role", hint="--role admin|tenant|finance [--tenant T]")
+                token_id, secret = tokens.create_token(sql, args.role, args.tenant, args.name)
+                scope = f" for tenant {args.tenant}" if args.tenant else ""
+                print(f"created {args.role} token {token_id}{scope} in the lake's metadata; it is shown only now:",
+                      file=sys.stderr)
+                print(secret)
+            elif args.action == "list":
+                for r in tokens.list_tokens(sql).iter_rows(named=True):
+                    state = f"revoked {r['revoked_at']:%Y-%m-%d %H:%M}" if r["revoked_at"] else "active"
+                    print(f"{r['id']}  {r['role']:<8} {r['tenant'] or '-':<16} {r['name'] or '-':<20} "
+                          f"created {r['created_at']:%Y-%m-%d %H:%M}  {state}")
+            else:
+                if not args.token_id:
+                    raise GpuledgerError("token revoke needs the token id", hint="`gpuledger token list` shows the ids")
+                tokens.revoke_token(sql, args.token_id)
+                print(f"revoked {args.token_id[:12]}", file=sys.stderr)
+    finally:
+        meta.close()
     return 0
 
 

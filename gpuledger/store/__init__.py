@@ -7,6 +7,8 @@
 - :mod:`~gpuledger.store.arrow`: decoded wire messages to Arrow tables (:func:`batch_to_arrow`);
 - :mod:`~gpuledger.store.files`: a compacted copy, absorbing worker files, views over Parquet segments;
 - :mod:`~gpuledger.store.protocol`: :class:`RawWriter`, the seam ingest writes through (file, segments, lake);
+- :mod:`~gpuledger.store.metadata`: the small-metadata seam (tokens, closed months): the token file
+  (:class:`~gpuledger.store.metadata.TokenStore`) and the file's close tables, or the lake's SQL database;
 - :mod:`~gpuledger.store.lake`: the lake store, Apache Iceberg tables (optional extra; docs/lake.md).
 
 Who writes and how readers read: docs/storage.md.

@@ -303,6 +303,30 @@ class Store:
             frame: pl.DataFrame = rel.pl() if rel is not None else pl.DataFrame()
             return frame
 
+    def arrow(self, sql: str, params: Sequence[Any] | None = None) -> pa.Table:
+        """The result of ``sql`` as one Arrow table (DuckDB's types: VARCHAR is ``string``)."""
+        with self._lock, _translated("query failed"):
+            table: pa.Table = self._con.sql(sql, params=params or None).to_arrow_table()
+            return table
+
+    def batches(self, sql: str, params: Sequence[Any] | None = None, rows: int = 65_536) -> Iterator[pa.RecordBatch]:
+        """The result of ``sql`` as Arrow record batches of up to ``rows`` rows, read as they are consumed
+        (bounded memory: a copy of a large table never holds it whole). It reads through a cursor of its own:
+        frames registered on the store are not visible to ``sql``."""
+        with self._lock, _translated("query failed"):
+            cursor = self._con.cursor()
+            reader = cursor.sql(sql, params=params or None).to_arrow_reader(rows)
+        try:
+            while True:
+                with _translated("query failed"):
+                    try:
+                        batch = reader.read_next_batch()
+                    except StopIteration:
+                        return
+                yield batch
+        finally:
+            cursor.close()
+
     def scalar(self, sql: str, params: Sequence[Any] | None = None) -> Any:
         with self._lock, _translated("query failed"):
             rows = self._con.execute(sql, params or []).fetchall()

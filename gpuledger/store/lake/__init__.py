@@ -8,7 +8,11 @@ only one that imports ``pyiceberg`` and ``sqlalchemy`` (an optional extra:
 - :mod:`~gpuledger.store.lake.schema`: Iceberg schemas and day partitions, derived from ``store/schema.py``;
 - :mod:`~gpuledger.store.lake.catalog`: the catalog (SQLite/PostgreSQL/REST) and warehouse (directory/S3);
 - :mod:`~gpuledger.store.lake.writer`: :class:`LakeStore`, ingest's idempotent, conflict-safe appends;
-- :mod:`~gpuledger.store.lake.read`: scans to Arrow, and a DuckDB file materialised from the lake.
+- :mod:`~gpuledger.store.lake.read`: scans to Arrow, and a DuckDB file materialised from the lake;
+- :mod:`~gpuledger.store.lake.meta`: tokens and closed months in the catalog's SQL database (``SqlMetadata``);
+- :mod:`~gpuledger.store.lake.replica`: an API replica's local copy of the lake (``LakeReplica``), and a month's
+  bill read into a temporary DuckDB file (``month_store``);
+- :mod:`~gpuledger.store.lake.migrate`: ``gpuledger migrate --to lake`` (``migrate_to_lake``).
 """
 
 from __future__ import annotations

@@ -199,6 +199,21 @@ class LakeStore:
         now = pa.scalar(time.time_ns() // 1000, pa.int64()).cast(pa.timestamp("us", "UTC"))
         return self._append_new("dead_letters", table, ("topic", "partition", "offset"), now)
 
+    def write_rows(self, name: str, rows: pa.Table, key: tuple[str, ...]) -> int:
+        """Append the rows of ``rows`` whose ``key`` table ``name`` lacks (a copy run twice adds nothing);
+        returns the rows appended. Rows with a NULL in the key are always new."""
+        now = pa.scalar(time.time_ns() // 1000, pa.int64()).cast(pa.timestamp("us", "UTC"))
+        return self._append_new(name, rows, key, now)
+
+    def snapshot_id(self, name: str) -> int | None:
+        """The id of table ``name``'s current snapshot (None: nothing committed yet), read from the catalog."""
+        def current() -> int | None:
+            snapshot = self._refreshed(name).current_snapshot()
+            return None if snapshot is None else int(snapshot.snapshot_id)
+
+        self.table(name)
+        return self._retrying(f"reading the snapshot of lake table {name}", current)
+
     def _append_keyed(self, name: str, rows: pa.Table, todo: pa.Array, scope: BooleanExpression, now: pa.Scalar) -> int:
         """Append the rows of messages ``todo`` whose key the table lacks; returns the rows appended."""
         candidates = rows.filter(pc.is_in(rows["_m"], value_set=todo))

@@ -1,0 +1,61 @@
+"""The small-metadata seam's two homes: the embedded file and the lake's SQL database (SQLite here).
+
+Both refuse a second close of one month and keep nothing of it; token SQL
+written once (``api/tokens.py``) runs on either; only the SHA-256 is stored.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+pytest.importorskip("sqlalchemy", reason="the lake extra is not installed (pip install -e '.[test]')")
+
+from gpuledger.api.tokens import create_token, list_tokens, revoke_token, verify_token  # noqa: E402
+from gpuledger.store import Store  # noqa: E402
+from gpuledger.store.lake.meta import SqlMetadata  # noqa: E402
+from gpuledger.store.metadata import FileMetadata, Metadata, MonthAlreadyClosed  # noqa: E402
+
+
+def a_close(month: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """One close row and one billed row, in the DuckDB tables' columns (read back from a real file)."""
+    with Store(":memory:") as store:
+        store.execute("INSERT INTO chargeback_closes VALUES (?, ?, 'month', 'USD', '10.00', '10.00', '0', '10.00', 1, "
+                      "?, 'aa', ?, 'bb', '{}')", [month, datetime(2026, 11, 1, tzinfo=UTC), b"csv,bytes\n", b"PAR1"])
+        store.execute("INSERT INTO chargeback_billed VALUES (?, ?, NULL, '2026-10-01T00:00:00Z', '2026-11-01T00:00:00Z', "
+                      "'nlp', 'H100', '', 'used', 'e1', 'GPU-hour', '2.5', false, 'exclusive', '10.00', '4', '4', NULL, "
+                      "NULL, NULL, NULL, 'default')", [month, month])
+        return store.query("SELECT * FROM chargeback_closes"), store.query("SELECT * FROM chargeback_billed")
+
+
+@pytest.fixture(params=["file", "sql"])
+def meta(request: pytest.FixtureRequest, tmp_path: Path) -> Metadata:
+    if request.param == "file":
+        Store(tmp_path / "g.duckdb").close()
+        return FileMetadata(tmp_path / "g.duckdb")
+    return SqlMetadata(f"sqlite:///{tmp_path}/catalog.db")
+
+
+def test_a_month_closes_once_with_its_bytes_and_rows(meta: Metadata) -> None:
+    close, billed = a_close("2026-10")
+    meta.record_close(close, billed)
+    with pytest.raises(MonthAlreadyClosed):
+        meta.record_close(close, billed)
+    got = meta.closes()
+    assert got["month"].to_list() == ["2026-10"] and bytes(got["csv"][0]) == b"csv,bytes\n"
+    assert got["closed_at"][0] == datetime(2026, 11, 1, tzinfo=UTC)
+    assert meta.billed().select(billed.columns).equals(billed)  # one set of billed rows, not two
+
+
+def test_tokens_work_the_same_on_either_home(meta: Metadata) -> None:
+    with meta.tokens() as tokens:
+        token_id, token = create_token(tokens, "tenant", "nlp", "grafana")
+        principal, _ = verify_token(tokens, token)
+        assert principal is not None and (principal.role, principal.tenant) == ("tenant", "nlp")
+        assert token.split("_")[-1] not in str(tokens.query("SELECT * FROM api_tokens").rows())
+        revoke_token(tokens, token_id)
+        assert verify_token(tokens, token)[0] is None
+        assert list_tokens(tokens)["revoked_at"][0] is not None
