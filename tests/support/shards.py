@@ -61,4 +61,10 @@ def lake_batch(src: Store, keys: pl.DataFrame | None = None) -> dict[str, pa.Tab
                                "ORDER BY m._m").to_arrow()
     src.execute("DROP TABLE _lake_m")
     out["pods"] = src.query("SELECT * FROM pods").to_arrow()
-    return out
+    return {name: _small_strings(t) for name, t in out.items()}
+
+
+def _small_strings(table: pa.Table) -> pa.Table:
+    """Polars' large strings as the decoder's strings (the writer joins batch keys on their type)."""
+    schema = pa.schema([f.with_type(pa.string()) if f.type == pa.large_string() else f for f in table.schema])
+    return table.cast(schema)

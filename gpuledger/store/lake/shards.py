@@ -137,6 +137,9 @@ class LakeShards:
         """The complete messages of (hour, nodes) at ``snapshot`` of ``messages`` and their rows in the record
         tables, each in the DuckDB file's columns (the lake-only ``interval_start`` dropped)."""
         expr = And(_hour_filter(hour_start_ns), _in("node", set(nodes)))
+        if self.lake._tables["messages"].metadata.snapshot_by_id(snapshot) is None:
+            for name in SHARD_TABLES:  # a worker's tables opened before this run: messages first, records after
+                self.lake._retrying(f"reading lake table {name}", partial(self.lake._refreshed, name))
         out: dict[str, pa.Table] = {}
         for name in SHARD_TABLES:
             table = self.lake._tables[name]
