@@ -140,3 +140,40 @@ def test_a_failing_shard_leaves_the_lakes_rollups_as_they_were_and_is_named(sour
             run_lake_shards(config, groups=1, lake=lake)
         assert snapshot_of(lake) == before
         assert_frame_equal(lake_rollups(lake), booked, check_exact=True)
+
+
+@pytest.mark.external
+def test_on_postgresql_and_s3_the_lake_books_the_embedded_rollups_and_late_data_reruns_its_shard(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gpuledger.analytics.job import run_attribution
+    from tests.support.factories import EPOCH_NS, make_message
+    from tests.support.postgres import Postgres, need_postgres
+    from tests.support.s3 import CREDENTIALS, MotoS3
+
+    def tick(seq: int, node: str):  # type: ignore[no-untyped-def]
+        return make_message(seq=seq, start_ns=EPOCH_NS + seq * 600 * 10**9, tick_ns=600 * 10**9,  # type: ignore[arg-type]
+                            node=node, agent_id=f"agent-{node}")
+
+    on_time = [tick(i, node) for node in ("n0", "n1", "n2") for i in range(12) if (node, i) != ("n1", 8)]
+    pg, s3 = Postgres(need_postgres()), MotoS3(tmp_path)
+    pg.start()
+    try:
+        s3.start()
+        for key, value in CREDENTIALS.items():
+            monkeypatch.setenv(key, value)
+        config = LakeConfig(pg.uri, s3.bucket("lake") + "/raw", s3_endpoint=s3.endpoint)
+        lake = LakeStore(config)
+        lake.write_messages(on_time)
+        first = run_lake_shards(config, groups=2, lake=lake)
+        assert len(first.shards) >= 3
+        lake.write_messages([tick(8, "n1")])  # late
+        late = run_lake_shards(config, groups=2, lake=lake)
+        assert late.shards == [Shard((EPOCH_NS + 8 * 600 * 10**9) // HOUR_NS * HOUR_NS, node_group("n1", 2))]
+        assert run_lake_shards(config, groups=2, lake=lake).shards == []
+        with Store(":memory:") as file:
+            file.write_messages([*on_time, tick(8, "n1")])
+            run_attribution(file)
+            assert_frame_equal(lake_rollups(lake), embedded(file), check_dtypes=False, check_exact=True)
+    finally:
+        s3.stop()
+        pg.remove()
