@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
 import polars as pl
 import pyarrow as pa
@@ -82,10 +81,17 @@ class LakeShardReader:
             return keys, read_chunk(db, keys, tenants.lazy())
 
 
-@lru_cache(maxsize=4)
-def _opened(config: LakeConfig) -> LakeShards:
-    """The lake, opened once per process (a pool or Ray worker reads many shards)."""
-    return LakeShards(LakeStore(config))
+def _opened(config: LakeConfig, lake: LakeStore | None = None) -> LakeShards:
+    """The lake, opened once per process (a pool or Ray worker reads many shards); ``lake``: an open one to use."""
+    if lake is not None and (config not in _lakes or _lakes[config].lake is not lake):
+        _lakes[config] = LakeShards(lake)
+    if config not in _lakes:
+        _lakes[config] = LakeShards(LakeStore(config))
+    return _lakes[config]
+
+
+#: This process's open lakes, by configuration.
+_lakes: dict[LakeConfig, LakeShards] = {}
 
 
 def _pods(config: LakeConfig, snapshot: int, rules: TenancyRules,
@@ -117,7 +123,7 @@ class LakeShardStore:
     def __init__(self, config: LakeConfig, rules: TenancyRules, default_cluster: str = DEFAULT_CLUSTER,
                  lake: LakeStore | None = None) -> None:
         self.config, self.rules = config, rules
-        self.lake = LakeShards(lake) if lake is not None else _opened(config)
+        self.lake = _opened(config, lake)
         self.snapshot = self.lake.messages_snapshot()
         self.last = self.lake.last_run()
         self.reader = LakeShardReader(config, rules, default_cluster, self.snapshot or 0)

@@ -33,8 +33,12 @@ def local_ray() -> Iterator[None]:
             os.environ["RAY_AUTH_MODE"] = before
 
 
-def test_one_process_a_pool_and_ray_book_byte_identical_rollups(local_ray: None, tmp_path) -> None:
-    source = fleet()
+@pytest.fixture(scope="module")
+def source() -> Store:
+    return fleet()
+
+
+def test_one_process_a_pool_and_ray_book_byte_identical_rollups(local_ray: None, source: Store, tmp_path) -> None:
     booked: dict[str, Store] = {}
     for name, executor in (("one", InProcess()), ("pool", ProcessPool(2)), ("ray", RayExecutor(in_flight=3))):
         store = copy_raw(source, str(tmp_path / f"{name}.duckdb"))
@@ -58,7 +62,8 @@ def test_a_failing_shard_on_ray_books_nothing_and_names_its_messages(local_ray: 
     assert store.count("ledger_hourly") == store.count("attributed") == store.count("ledger") == 0
 
 
-def test_ray_tasks_read_their_shards_from_the_lake_and_book_the_embedded_rollups(local_ray: None, tmp_path) -> None:
+def test_ray_tasks_read_their_shards_from_the_lake_and_book_the_embedded_rollups(local_ray: None, source: Store,
+                                                                                 tmp_path) -> None:
     pytest.importorskip("pyiceberg", reason="the lake extra is not installed")
     import polars as pl
 
@@ -67,7 +72,6 @@ def test_ray_tasks_read_their_shards_from_the_lake_and_book_the_embedded_rollups
     from gpuledger.store.lake import LakeConfig, LakeStore, scan
     from tests.support.shards import lake_batch
 
-    source = fleet()
     config = LakeConfig(f"sqlite:///{tmp_path}/catalog.db", str(tmp_path / "warehouse"))
     lake = LakeStore(config)
     lake.write_arrow(lake_batch(source))

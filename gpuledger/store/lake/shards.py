@@ -126,10 +126,20 @@ class LakeShards:
             return _hour_nodes(pa.table({"node": pa.array([], pa.string()),
                                          "interval_start_ns": pa.array([], pa.int64())}))
         table = self.lake._tables["messages"]
-        expr = _any(_hour_filter(h) for h in sorted(set(hours)))
+        wanted = sorted(set(hours))
+        runs: list[list[int]] = []  # consecutive hours as one range: a first run's month is one filter
+        for h in wanted:
+            if runs and runs[-1][1] + HOUR_NS == h:
+                runs[-1][1] = h
+            else:
+                runs.append([h, h])
+        if len(runs) > 64:  # scattered late hours: one range over them all, the other hours dropped below
+            runs = [[wanted[0], wanted[-1]]]
+        expr = _any(_hours_filter(lo, hi) for lo, hi in runs)
         rows = self.lake._retrying("scanning lake table messages", lambda: table.scan(
             row_filter=expr, snapshot_id=snapshot, selected_fields=("node", "interval_start_ns")).to_arrow())
-        return _hour_nodes(rows)
+        pairs = _hour_nodes(rows)
+        return pairs.filter(pc.is_in(pairs["hour_start_ns"], value_set=pa.array(wanted, pa.int64())))
 
     # --- a shard's rows -------------------------------------------------------------
 
@@ -259,18 +269,25 @@ def _scan(table: Table, expr: BooleanExpression, snapshot: int | None) -> pa.Tab
 
 
 def _any(exprs: Iterable[BooleanExpression]) -> BooleanExpression:
-    """The disjunction of ``exprs`` (false when there are none)."""
-    out: BooleanExpression = AlwaysFalse()
-    for expr in exprs:
-        out = Or(out, expr)
-    return out
+    """The disjunction of ``exprs`` (false when there are none), as a balanced tree: pyiceberg's visitors recurse,
+    and a chain of hundreds of ORs would reach Python's recursion limit."""
+    items = list(exprs)
+    if not items:
+        return AlwaysFalse()
+    while len(items) > 1:
+        items = [Or(items[i], items[i + 1]) if i + 1 < len(items) else items[i] for i in range(0, len(items), 2)]
+    return items[0]
 
 
 def _hour_filter(hour_start_ns: int) -> BooleanExpression:
     """The raw rows of one hour: its day partition (``interval_start``) and ``interval_start_ns`` range."""
-    end = hour_start_ns + HOUR_NS - 1
-    return And(_between(DAY_COLUMN, hour_start_ns // 1000, end // 1000),
-               _between("interval_start_ns", hour_start_ns, end))
+    return _hours_filter(hour_start_ns, hour_start_ns)
+
+
+def _hours_filter(first: int, last: int) -> BooleanExpression:
+    """The raw rows of the hours ``first`` to ``last`` (hour starts, ns): day partitions and interval range."""
+    end = last + HOUR_NS - 1
+    return And(_between(DAY_COLUMN, first // 1000, end // 1000), _between("interval_start_ns", first, end))
 
 
 def _hour_filter_rollups(hour_start_ns: int) -> BooleanExpression:
