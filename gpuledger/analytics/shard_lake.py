@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 __all__ = ["LakeShardReader", "LakeShardStore", "run_lake_shards"]
 
 _PODS = "SELECT pod_uid, namespace, labels, name, coalesce(cluster, ?) AS cluster FROM pods"
+_NO_PODS = pl.DataFrame(schema={"pod_uid": pl.String, "namespace": pl.String, "labels": pl.String})
 
 
 @dataclass(frozen=True)
@@ -76,8 +77,7 @@ class LakeShardReader:
                             "ORDER BY interval_start_ns, agent_id, boot_id, seq", [self.default_cluster])
             jobs = db.query("SELECT DISTINCT slurm_job FROM processes WHERE slurm_job IS NOT NULL ORDER BY 1")
             # the tenant table of every pod (as the embedded store builds it) plus the shard's Slurm jobs
-            tenants = pl.concat([pod_tenants, self.rules.tenant_table(db.query(_PODS + " LIMIT 0", [self.default_cluster]),
-                                                                      jobs["slurm_job"].to_list())])
+            tenants = pl.concat([pod_tenants, self.rules.tenant_table(_NO_PODS, jobs["slurm_job"].to_list())])
             return keys, read_chunk(db, keys, tenants.lazy())
 
 

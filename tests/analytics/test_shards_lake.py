@@ -99,16 +99,16 @@ def test_late_data_reruns_only_its_shard_and_leaves_the_other_hours_files_untouc
     node = "gpu-node-1"
     hour = source.query("SELECT min(interval_start_ns) FROM messages").item() // HOUR_NS * HOUR_NS + HOUR_NS
     late = f"node = '{node}' AND interval_start_ns >= {hour} AND interval_start_ns < {hour + HOUR_NS} AND seq % 7 = 3"
-    config, lake = lake_at(tmp_path)
+    config, lake = lake_at(tmp_path)  # ``lake`` is the ingest worker; attribution opens the lake itself, once
     lake.write_arrow(lake_batch(source, source.query(f"SELECT agent_id, boot_id, seq FROM messages WHERE NOT ({late})")))
-    run_lake_shards(config, groups=GROUPS, lake=lake)
+    run_lake_shards(config, groups=GROUPS)
     on_time = lake_rollups(lake)
     files = data_files(lake)
     # The agent's spool replays the messages it could not send, hours later.
     keys = source.query(f"SELECT agent_id, boot_id, seq FROM messages WHERE {late}")
     assert keys.height > 0
     lake.write_arrow(lake_batch(source, keys))
-    again = run_lake_shards(config, groups=GROUPS, lake=lake)
+    again = run_lake_shards(config, groups=GROUPS)  # the same process: its open tables are older than the late data
     assert again.shards == [Shard(hour, node_group(node, GROUPS))]
     after = data_files(lake)
     assert {f: h for f, h in files.items() if hour not in h} == {f: h for f, h in after.items() if hour not in h}

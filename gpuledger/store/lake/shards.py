@@ -75,6 +75,7 @@ class LakeShards:
 
     def __init__(self, lake: LakeStore) -> None:
         self.lake = lake
+        self._fresh_for: int | None = None  # the messages snapshot the record tables were last read again for
 
     # --- what changed -------------------------------------------------------------
 
@@ -147,9 +148,15 @@ class LakeShards:
         """The complete messages of (hour, nodes) at ``snapshot`` of ``messages`` and their rows in the record
         tables, each in the DuckDB file's columns (the lake-only ``interval_start`` dropped)."""
         expr = And(_hour_filter(hour_start_ns), _in("node", set(nodes)))
-        if self.lake._tables["messages"].metadata.snapshot_by_id(snapshot) is None:
-            for name in SHARD_TABLES:  # a worker's tables opened before this run: messages first, records after
+        if self._fresh_for != snapshot:
+            # Tables opened before this run (a worker's, or this process's from an earlier run) may predate the
+            # records of messages in ``snapshot``: read them again, messages first (if it lacks the snapshot), then
+            # the records -- committed before their messages, so now they hold every row of the snapshot's messages.
+            names = SHARD_TABLES if self.lake._tables["messages"].metadata.snapshot_by_id(snapshot) is None \
+                else SHARD_TABLES[1:]
+            for name in names:
                 self.lake._retrying(f"reading lake table {name}", partial(self.lake._refreshed, name))
+            self._fresh_for = snapshot
         out: dict[str, pa.Table] = {}
         for name in SHARD_TABLES:
             table = self.lake._tables[name]
