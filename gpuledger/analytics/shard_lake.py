@@ -148,9 +148,10 @@ class LakeShardStore:
         self.lake.replace([(o.shard.hour_start_ns, o.nodes, o.rollups.to_arrow()) for o in outs])
 
     def finish(self) -> None:
-        """Record this run, unless it is the run already recorded (then nothing is committed)."""
+        """Record this run, unless it is the run already recorded or the lake holds no message yet (then nothing
+        is committed)."""
         run = LakeRun(self.snapshot, self.rules.version)
-        if run != self.last:
+        if run != self.last and self.snapshot is not None:
             self.lake.record_run(run)
             self.last = run
 

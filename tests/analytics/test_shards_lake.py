@@ -177,3 +177,10 @@ def test_on_postgresql_and_s3_the_lake_books_the_embedded_rollups_and_late_data_
     finally:
         s3.stop()
         pg.remove()
+
+
+def test_an_empty_lake_runs_nothing_and_records_nothing(tmp_path: Path) -> None:
+    config, lake = lake_at(tmp_path)
+    assert run_lake_shards(config, lake=lake).shards == []
+    table = lake.table("ledger_hourly").refresh()
+    assert table.current_snapshot() is None and not any(k.startswith("gpuledger.") for k in table.properties)
