@@ -286,7 +286,8 @@ class Settings(_Declared):
     )
     ingest_linger_s: float = setting(1.0, description="Ingest: seconds to keep polling after a flush's first record to fill it.")
     lake_catalog_uri: str | None = setting(
-        None, description="Lake store: the Iceberg catalog ingest appends to instead of the DuckDB file -- "
+        None, description="Lake store: the Iceberg catalog ingest appends to instead of the DuckDB file, and "
+        "`attribute --lake` reads raw from and books rollups into -- "
         "sqlite:////path/catalog.db, postgresql+psycopg://user:pass@host/db or a REST catalog's http(s):// URL "
         "(docs/lake.md; needs the `lake` extra).")
     lake_warehouse: str | None = setting(

@@ -52,7 +52,7 @@ from typing import Protocol, TypeVar
 import polars as pl
 
 from gpuledger.analytics.hourly import hourly, refresh_hourly, replace_shard_rollups
-from gpuledger.analytics.job import _kernel, _naming, _prune, _window_start, read_chunk, with_clusters
+from gpuledger.analytics.job import ChunkError, _kernel, _naming, _prune, _window_start, read_chunk, with_clusters
 from gpuledger.analytics.ledger import MSG, Chunk
 from gpuledger.analytics.tenancy import TenancyRules
 from gpuledger.errors import GpuledgerError
@@ -72,12 +72,15 @@ __all__ = [
     "ShardError",
     "ShardInput",
     "ShardOutput",
+    "ShardReader",
     "ShardRunResult",
     "ShardStore",
+    "ShardTask",
     "attribute_shard",
     "book_shards",
     "node_group",
     "plan_shards",
+    "read_and_attribute_shard",
     "run_shards",
     "shard_rollups",
 ]
@@ -169,6 +172,31 @@ class ShardStore(Protocol):
     def book(self, outs: Sequence[ShardOutput]) -> None:
         """Replace each shard's rollups (and interval rows, and message keys) by its output, in one transaction."""
         ...
+
+
+class ShardReader(Protocol):
+    """Reads a shard's rows where it is computed (a picklable callable: it travels to pool and Ray workers)."""
+
+    def __call__(self, shard: Shard, nodes: tuple[str, ...]) -> tuple[pl.DataFrame, Chunk]: ...
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """A shard whose worker reads its rows itself (a store every worker can reach, such as the lake)."""
+
+    reader: ShardReader
+    shard: Shard
+    nodes: tuple[str, ...]
+    keep_ledger: bool
+
+
+def read_and_attribute_shard(task: ShardTask) -> ShardOutput:
+    """Read the shard through its reader and attribute it; a failure is a ChunkError naming the shard."""
+    keys, chunk = task.reader(task.shard, task.nodes)
+    try:
+        return _computed(ShardInput(task.shard, task.nodes, keys, chunk, task.keep_ledger))
+    except ChunkError as exc:
+        raise ChunkError(f"shard {task.shard} (nodes {', '.join(task.nodes)}): {exc}") from exc
 
 
 class ShardError(GpuledgerError):
@@ -313,7 +341,8 @@ def run_shards(store: Store, rules: TenancyRules | None = None, *, groups: int =
 
 def book_shards(seam: ShardStore, plan: Sequence[tuple[Shard, tuple[str, ...]]], *, executor: Executor | None = None,
                 kept_from: int | None = None, progress: Callable[[int, int], None] | None = None,
-                commit_messages: int = 5000) -> ShardRunResult:
+                commit_messages: int = 5000, reader: ShardReader | None = None,
+                ledger: bool = True) -> ShardRunResult:
     """Read, compute and book the planned shards through any :class:`ShardStore`; returns what ran.
 
     ``kept_from``: shards of earlier hours book no interval-grain rows (the
@@ -321,15 +350,28 @@ def book_shards(seam: ShardStore, plan: Sequence[tuple[Shard, tuple[str, ...]]],
     ``commit_messages`` messages, each shard whole: a crash loses none of a
     shard and books half of none; on a failing shard, those finished before
     it are booked and the rest stay pending.
+
+    ``reader``: the workers read their shards' rows themselves through it (it
+    travels to them; a store they can all reach, such as the lake) instead of
+    this process reading them with ``seam.read`` and sending them.
+    ``ledger=False``: no interval-grain rows are kept (the lake keeps rollups only).
     """
     executor = executor or InProcess()
     result = ShardRunResult()
 
+    def keep(shard: Shard) -> bool:
+        return ledger and (kept_from is None or shard.hour_start_ns >= kept_from)
+
     def inputs() -> Iterator[ShardInput]:
         for shard, nodes in plan:
             keys, chunk = seam.read(shard, nodes)
-            keep = kept_from is None or shard.hour_start_ns >= kept_from
-            yield ShardInput(shard, nodes, keys, chunk, keep)
+            yield ShardInput(shard, nodes, keys, chunk, keep(shard))
+
+    outputs: Iterator[ShardOutput]
+    if reader is None:
+        outputs = executor.map(_computed, inputs())
+    else:
+        outputs = executor.map(read_and_attribute_shard, (ShardTask(reader, s, n, keep(s)) for s, n in plan))
 
     batch: list[ShardOutput] = []
 
@@ -348,7 +390,7 @@ def book_shards(seam: ShardStore, plan: Sequence[tuple[Shard, tuple[str, ...]]],
             progress(len(result.shards), len(plan))
 
     try:
-        for out in executor.map(_computed, inputs()):
+        for out in outputs:
             batch.append(out)
             if sum(b.keys.height for b in batch) >= commit_messages:
                 flush()

@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from gpuledger.cli.common import add_command, add_metrics_port, existing_db, metrics_registry, progress, setting_flags
+from gpuledger.cli.common import (
+    add_command,
+    add_metrics_port,
+    existing_db,
+    given,
+    lake_config,
+    metrics_registry,
+    progress,
+    setting_flags,
+)
 from gpuledger.config import Settings
 
 
@@ -17,10 +26,14 @@ def register(sub: Any, settings: Settings) -> None:
         "evidence), allocated-idle (by allocation share) and unallocated, and books it to tenants. "
         "Incremental by default; --full re-attributes everything (after a tenancy-rule change). --shards books by "
         "UTC hour x node group instead, each shard replacing its rollups (the same bytes in one process, a pool or "
-        "on Ray).\n\n"
+        "on Ray). With --lake CATALOG_URI --warehouse PATH_OR_S3 it attributes the lake's raw Iceberg tables by shard and "
+        "books the hourly rollups into the lake's ledger_hourly (no DuckDB file; shards with messages committed "
+        "since the last run, or every shard after a tenancy-rules version change or with --full; docs/lake.md).\n\n"
         "  gpuledger attribute --db gpuledger.duckdb\n"
         "  gpuledger attribute --db gpuledger.duckdb --shards --workers 4\n"
-        "  gpuledger attribute --db gpuledger.duckdb --ray ray://ray-head:10001",
+        "  gpuledger attribute --db gpuledger.duckdb --ray ray://ray-head:10001\n"
+        "  gpuledger attribute --lake sqlite:////data/lake/catalog.db --warehouse /data/lake/warehouse --workers 4\n"
+        "  gpuledger attribute --lake postgresql+psycopg://gl@pg/gl --warehouse s3://lake/raw --ray ray://ray-head:10001",
     )
     setting_flags(t, settings, "--db", "--memory-limit", "--ledger-window-days", "--workers")
     t.add_argument("--full", action="store_true", help="re-attribute every interval still stored raw and inside "
@@ -31,7 +44,7 @@ def register(sub: Any, settings: Settings) -> None:
                    help="attribute by shard (UTC hour x node group, docs/attribution.md): each shard touched by a "
                    "pending message is attributed from all of its raw samples and replaces its rollups; shards run "
                    "in this process, in a pool of --workers processes, or on Ray (--ray)")
-    setting_flags(t, settings, "--node-groups", "--ray")
+    setting_flags(t, settings, "--node-groups", "--ray", "--lake", "--warehouse", "--s3-endpoint")
     t.add_argument("--every", type=float, default=None, metavar="SECONDS",
                    help="run as a loop: the incremental job every SECONDS (start to start) until stopped, a failed run "
                    "logged and counted, never fatal (the chart's attribution container); default: run once")
@@ -62,6 +75,8 @@ def attribute(args: argparse.Namespace, settings: Settings) -> int:
     from gpuledger.store import Store
 
     rules = TenancyRules.load(settings.tenancy_path) if settings.tenancy_path else TenancyRules()
+    if lake_config(settings) is not None:
+        return attribute_lake(args, settings, rules)
     if args.shards or settings.attribute_ray_address is not None:
         return attribute_shards(args, settings, rules)
     if args.every is not None:
@@ -77,24 +92,55 @@ def attribute(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def attribute_shards(args: argparse.Namespace, settings: Settings, rules: Any) -> int:
-    from functools import partial
-
+def executor_for(settings: Settings, keep: bool = False) -> tuple[Any, str]:
+    """The shards' executor of --ray / --workers, and where it runs (for the summary line)."""
     from gpuledger.analytics.job import default_workers
-    from gpuledger.analytics.shards import Executor, InProcess, ProcessPool, run_shards
-    from gpuledger.store import Store
+    from gpuledger.analytics.shards import InProcess, ProcessPool
 
-    executor: Executor
     workers = settings.attribute_workers or default_workers()
     if settings.attribute_ray_address is not None:
         from gpuledger.analytics.shard_ray import RayExecutor
 
-        executor = RayExecutor(settings.attribute_ray_address, keep=args.every is not None)
-        where = f"on Ray at {settings.attribute_ray_address}"
-    elif workers > 1:
-        executor, where = ProcessPool(workers), f"in {workers} processes"
-    else:
-        executor, where = InProcess(), "in this process"
+        return RayExecutor(settings.attribute_ray_address, keep=keep), f"on Ray at {settings.attribute_ray_address}"
+    if workers > 1:
+        return ProcessPool(workers), f"in {workers} processes"
+    return InProcess(), "in this process"
+
+
+def attribute_lake(args: argparse.Namespace, settings: Settings, rules: Any) -> int:
+    from gpuledger.analytics.shard_lake import run_lake_shards
+    from gpuledger.errors import GpuledgerError
+
+    lake = lake_config(settings)
+    assert lake is not None
+    for flag, why in (("--db", "attribution on the lake reads the lake's raw tables and books into its "
+                       "ledger_hourly; it opens no DuckDB file"),
+                      ("--ledger-window-days", "the lake keeps hourly rollups only, no interval-grain ledger "
+                       "(`explain` recomputes intervals from the raw tables)")):
+        if given(args, flag):
+            raise GpuledgerError(f"--lake and {flag} do not go together: {why}",
+                                 hint=f"drop {flag}, or drop --lake/--warehouse to attribute a DuckDB file")
+    if args.every is not None:
+        raise GpuledgerError("--every is not built for the lake yet",
+                             hint="run `gpuledger attribute --lake ...` from a scheduler (a CronJob): a run with "
+                             "nothing new reads no data file and commits nothing")
+    executor, where = executor_for(settings)
+    with progress("attributing", "shards") as bar:
+        result = run_lake_shards(lake, rules, groups=settings.attribute_node_groups, executor=executor,
+                                 full=args.full, progress=bar, default_cluster=settings.default_cluster)
+    print(f"attributed {len(result.shards)} shards ({settings.attribute_node_groups} node groups per hour) {where} "
+          f"from the lake {lake.warehouse}: {result.messages} messages into {result.ledger_rows} ledger rows, "
+          f"{result.rollup_rows} rollup rows written to its ledger_hourly")
+    return 0
+
+
+def attribute_shards(args: argparse.Namespace, settings: Settings, rules: Any) -> int:
+    from functools import partial
+
+    from gpuledger.analytics.shards import run_shards
+    from gpuledger.store import Store
+
+    executor, where = executor_for(settings, keep=args.every is not None)
     job = partial(run_shards, groups=settings.attribute_node_groups, executor=executor, full=args.full,
                   ledger_window_s=settings.ledger_window_days * 86_400 or None,
                   default_cluster=settings.default_cluster)

@@ -115,6 +115,13 @@ class SettingFlag(argparse.Action):
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
                  values: str | Sequence[Any] | None, option_string: str | None = None) -> None:
         setattr(namespace, self.dest, values)
+        if option_string:  # which flags were given, not defaulted: see given()
+            namespace._given_flags = {*getattr(namespace, "_given_flags", ()), option_string}
+
+
+def given(args: argparse.Namespace, flag: str) -> bool:
+    """Whether setting flag ``flag`` was on the command line (not its default from the environment)."""
+    return flag in getattr(args, "_given_flags", ())
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):

@@ -33,8 +33,12 @@ def local_ray() -> Iterator[None]:
             os.environ["RAY_AUTH_MODE"] = before
 
 
-def test_one_process_a_pool_and_ray_book_byte_identical_rollups(local_ray: None, tmp_path) -> None:
-    source = fleet()
+@pytest.fixture(scope="module")
+def source() -> Store:
+    return fleet()
+
+
+def test_one_process_a_pool_and_ray_book_byte_identical_rollups(local_ray: None, source: Store, tmp_path) -> None:
     booked: dict[str, Store] = {}
     for name, executor in (("one", InProcess()), ("pool", ProcessPool(2)), ("ray", RayExecutor(in_flight=3))):
         store = copy_raw(source, str(tmp_path / f"{name}.duckdb"))
@@ -56,3 +60,24 @@ def test_a_failing_shard_on_ray_books_nothing_and_names_its_messages(local_ray: 
     with pytest.raises(ChunkError, match="cannot be booked"):  # Ray's task error is also the kernel's error
         run_shards(store, groups=1, executor=RayExecutor())  # one group: the first hour's shard fails
     assert store.count("ledger_hourly") == store.count("attributed") == store.count("ledger") == 0
+
+
+def test_ray_tasks_read_their_shards_from_the_lake_and_book_the_embedded_rollups(local_ray: None, source: Store,
+                                                                                 tmp_path) -> None:
+    pytest.importorskip("pyiceberg", reason="the lake extra is not installed")
+    import polars as pl
+
+    from gpuledger.analytics.hourly import HOURLY_COLUMNS
+    from gpuledger.analytics.shard_lake import run_lake_shards
+    from gpuledger.store.lake import LakeConfig, LakeStore, scan
+    from tests.support.shards import lake_batch
+
+    config = LakeConfig(f"sqlite:///{tmp_path}/catalog.db", str(tmp_path / "warehouse"))
+    lake = LakeStore(config)
+    lake.write_arrow(lake_batch(source))
+    result = run_lake_shards(config, groups=GROUPS, executor=RayExecutor(in_flight=3))  # tasks get the config
+    assert len(result.shards) >= 6 and result.messages == source.count("messages")
+    got = pl.from_arrow(scan(lake, "ledger_hourly"))
+    assert isinstance(got, pl.DataFrame)
+    assert_frame_equal(got.select(HOURLY_COLUMNS).sort(HOURLY_COLUMNS, nulls_last=True),
+                       rollups(source).sort(HOURLY_COLUMNS, nulls_last=True), check_dtypes=False, check_exact=True)

@@ -4,6 +4,7 @@ of its raw samples to attribute again."""
 from __future__ import annotations
 
 import polars as pl
+import pyarrow as pa
 
 from gpuledger import wire
 from gpuledger.analytics.hourly import HOURLY_COLUMNS
@@ -44,3 +45,26 @@ def rollups(store: Store) -> pl.DataFrame:
 
 def ledger(store: Store) -> pl.DataFrame:
     return store.query(f"SELECT {', '.join(BOOKED_COLUMNS)} FROM ledger ORDER BY ALL")
+
+
+def lake_batch(src: Store, keys: pl.DataFrame | None = None) -> dict[str, pa.Table]:
+    """``src``'s raw rows of these messages (default: all) as the lake writer takes a decoded batch
+    (``LakeStore.write_arrow``: each row with its message's ordinal ``_m``), with every pod."""
+    keys = src.query("SELECT agent_id, boot_id, seq FROM messages") if keys is None else keys
+    out: dict[str, pa.Table] = {}
+    with src.registered(_k=keys):
+        src.execute("CREATE OR REPLACE TEMP TABLE _lake_m AS SELECT agent_id, boot_id, seq, "
+                    "(row_number() OVER (ORDER BY agent_id, boot_id, seq) - 1)::INTEGER AS _m FROM messages "
+                    "SEMI JOIN _k USING (agent_id, boot_id, seq)")
+    for table in ("messages", *wire.RECORD_TABLES):
+        out[table] = src.query(f"SELECT t.*, m._m FROM {table} t JOIN _lake_m m USING (agent_id, boot_id, seq) "
+                               "ORDER BY m._m").to_arrow()
+    src.execute("DROP TABLE _lake_m")
+    out["pods"] = src.query("SELECT * FROM pods").to_arrow()
+    return {name: _small_strings(t) for name, t in out.items()}
+
+
+def _small_strings(table: pa.Table) -> pa.Table:
+    """Polars' large strings as the decoder's strings (the writer joins batch keys on their type)."""
+    schema = pa.schema([f.with_type(pa.string()) if f.type == pa.large_string() else f for f in table.schema])
+    return table.cast(schema)
