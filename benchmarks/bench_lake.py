@@ -17,7 +17,8 @@ a zero):
   The rate is read from the lake's own commits: the ``messages`` table's
   Iceberg snapshots (commit time, total records) from the first flush to the
   one holding every message, so worker start-up and the group join are
-  outside it and nothing polls the lake. ``cpu_s_per_msg`` is the workers'
+  outside it (the benchmark reads the table's snapshot list every 0.5 s,
+  to know when to stop the workers; it scans no data). ``cpu_s_per_msg`` is the workers'
   CPU seconds (``/proc/PID/stat``, sampled every 0.5 s) over the same span
   per message. For comparison, the same backlog into the embedded DuckDB
   file with the ingest benchmark's worker (``Ingestor`` in this process, the
