@@ -347,7 +347,10 @@ def attribute_steps(config: Any, process_rows: int) -> list[dict[str, Any]]:
     for workers in (1, 2):
         row: dict[str, Any] = {"step": "attribute", "target": "postgresql+s3", "workers": workers}
         if why is None:
-            seconds, failed = _timed(["attribute", *_lake_flags(config), "--ray", "local", "--workers", str(workers)])
+            # A local Ray (`--ray local`); the 2-worker figure means something only where --workers caps Ray's
+            # parallelism in wt-lakeattr's interface: check when merging.
+            seconds, failed = _timed(["attribute", *_lake_flags(config), "--shards", "--ray", "local",
+                                      "--workers", str(workers)])
             if seconds is None:
                 row["skipped"] = failed
             else:
@@ -368,8 +371,9 @@ def close_step(config: Any, attributed: bool, month: str) -> dict[str, Any]:
     elif not attributed:
         row["skipped"] = "not run: needs the rollups of the attribute step, which did not run"
     else:
-        with tempfile.TemporaryDirectory() as out:
-            seconds, failed = _timed(["export", *_lake_flags(config), "--month", month, "--final", "--out", out])
+        with tempfile.TemporaryDirectory() as out:  # closed months are kept in the embedded file (docs/lake.md)
+            seconds, failed = _timed(["export", "chargeback", *_lake_flags(config), "--db", f"{out}/meta.duckdb",
+                                      "--month", month, "--final", "--out", f"{out}/"])
         if seconds is None:
             row["skipped"] = failed
         else:
