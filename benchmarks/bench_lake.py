@@ -506,6 +506,10 @@ def _sizing(gpus: int, one: dict[str, Any], flush_rows: list[dict[str, Any]],
 
 def run(quick: bool) -> list[dict[str, Any]]:
     p = parameters(quick)
+    try:
+        import pyiceberg  # noqa: F401
+    except ImportError:
+        return [{"step": "all", "skipped": "not run: the lake extra is not installed (pip install -e '.[lake]')"}]
     rng = np.random.default_rng(1)
     fleet = [bench_ingest.node_message(node, t, rng) for t in range(p["ticks"]) for node in range(p["nodes"])]
     n = len(fleet)
