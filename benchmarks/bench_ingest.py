@@ -321,10 +321,11 @@ def run(quick: bool) -> list[dict[str, Any]]:
     return out
 
 
-def ingest_worker(bootstrap: str, topic: str, store: Any, expect: int) -> tuple[float, int, int, int, float]:
-    """The real worker (``Ingestor.run`` over ``KafkaSubscriber``), timed after its first poll;
-    returns (seconds, records, rows, bytes, CPU seconds of this process)."""
-    sub = KafkaSubscriber(bootstrap, topic, f"bench-{uuid.uuid4().hex[:8]}", max_poll_records=BATCH,
+def ingest_worker(bootstrap: str, topic: str, store: Any, expect: int,
+                  batch: int = BATCH) -> tuple[float, int, int, int, float]:
+    """The real worker (``Ingestor.run`` over ``KafkaSubscriber``), timed after its first poll, flushing up to
+    ``batch`` records; returns (seconds, records, rows, bytes, CPU seconds of this process)."""
+    sub = KafkaSubscriber(bootstrap, topic, f"bench-{uuid.uuid4().hex[:8]}", max_poll_records=batch,
                           client_settings=FETCH, **GROUP)
     first: list[Any] = []
 
@@ -332,7 +333,7 @@ def ingest_worker(bootstrap: str, topic: str, store: Any, expect: int) -> tuple[
         if not first and totals.records:
             first.append((time.perf_counter(), time.process_time(), totals.copy()))
 
-    ing = Ingestor(store, sub, batch_max=BATCH, progress=progress, linger_s=0.2, pipeline=True)  # as run_ingest
+    ing = Ingestor(store, sub, batch_max=batch, progress=progress, linger_s=0.2, pipeline=True)  # as run_ingest
     try:
         ing.run(max_messages=expect, max_idle_s=60)
     finally:

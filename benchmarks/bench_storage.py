@@ -30,6 +30,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -95,35 +96,42 @@ def series(gpus: int, ticks: int, seed: int = 5) -> dict[str, np.ndarray]:
     return out
 
 
+def node_batches(values: dict[str, np.ndarray], gpus: int, ticks: int, flush_ticks: int = 2000) -> Iterator[Any]:
+    """The samples as node messages (8 GPUs each, one per node and tick) through the ingest batch
+    decoder: one decoded batch (table name -> Arrow) per ``flush_ticks`` ticks, as a flush stores it."""
+    nodes = gpus // 8
+    for t0 in range(0, ticks, flush_ticks):
+        bufs = []
+        for t in range(t0, min(ticks, t0 + flush_ticks)):
+            for n in range(nodes):
+                st = wire.StringTable()
+                dev = wire.empty("devices", 8)
+                dev["gpu_index"] = np.arange(8)
+                dev["mig_index"] = -1
+                dev["uuid"] = [st(f"GPU-{n:04d}-{g}-6f1c2d3e-4a5b-6c7d-8e9f0a1b") for g in range(8)]
+                dev["model"] = st("NVIDIA H100 80GB HBM3")
+                dev["profile"] = wire.NULL_STR
+                dev["slice_fraction"] = 1.0
+                dev["util_samples"] = 60
+                for col in wire.DEVICE_METRICS:
+                    dev[col] = values[col][t, n * 8:(n + 1) * 8]
+                start = (START_S + t * TICK_S) * 10**9
+                bufs.append(wire.encode(wire.Message(
+                    agent_id=f"node-{n:04d}", boot_id="b", seq=t, node=f"node-{n:04d}", interval_start_ns=start,
+                    interval_end_ns=start + TICK_S * 10**9, strings=st.items, pods=[], devices=dev,
+                    processes=wire.empty("processes"), allocations=wire.empty("allocations"),
+                    field_errors=wire.empty("field_errors"), driver_version="550.54.15")))
+        yield decode_batch(bufs).tables
+
+
 def store_gpuledger(values: dict[str, np.ndarray], gpus: int, ticks: int, path: Path,
                     segments: Path | None = None, compacted: Path | None = None) -> int:
     """Store through the ingest decoder into a DuckDB file (size of a compacted copy when
     ``compacted``), or Parquet segments when ``segments``."""
-    nodes = gpus // 8
     writer = SegmentWriter(segments, "bench") if segments is not None else None
     with Store(path) as store:
-        for t0 in range(0, ticks, 2000):
-            bufs = []
-            for t in range(t0, min(ticks, t0 + 2000)):
-                for n in range(nodes):
-                    st = wire.StringTable()
-                    dev = wire.empty("devices", 8)
-                    dev["gpu_index"] = np.arange(8)
-                    dev["mig_index"] = -1
-                    dev["uuid"] = [st(f"GPU-{n:04d}-{g}-6f1c2d3e-4a5b-6c7d-8e9f0a1b") for g in range(8)]
-                    dev["model"] = st("NVIDIA H100 80GB HBM3")
-                    dev["profile"] = wire.NULL_STR
-                    dev["slice_fraction"] = 1.0
-                    dev["util_samples"] = 60
-                    for col in wire.DEVICE_METRICS:
-                        dev[col] = values[col][t, n * 8:(n + 1) * 8]
-                    start = (START_S + t * TICK_S) * 10**9
-                    bufs.append(wire.encode(wire.Message(
-                        agent_id=f"node-{n:04d}", boot_id="b", seq=t, node=f"node-{n:04d}", interval_start_ns=start,
-                        interval_end_ns=start + TICK_S * 10**9, strings=st.items, pods=[], devices=dev,
-                        processes=wire.empty("processes"), allocations=wire.empty("allocations"),
-                        field_errors=wire.empty("field_errors"), driver_version="550.54.15")))
-            (writer or store).write_arrow(decode_batch(bufs).tables)
+        for tables in node_batches(values, gpus, ticks):
+            (writer or store).write_arrow(tables)
         store.execute("CHECKPOINT")
         if compacted is not None:
             return store.compact_into(compacted)

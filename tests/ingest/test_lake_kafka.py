@@ -15,8 +15,9 @@ from __future__ import annotations
 import signal
 import subprocess
 import threading
-import time
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,9 @@ from tests.support.system import wait_until  # noqa: E402
 pytestmark = [pytest.mark.kafka, pytest.mark.external, pytest.mark.slow]
 
 
-@pytest.fixture
-def postgres() -> Iterator[Postgres]:
+@pytest.fixture(scope="module")
+def postgres_server() -> Iterator[Postgres]:
+    """One cluster for the module (initdb once); each test gets a database of its own."""
     pg = Postgres(need_postgres())
     pg.start()
     try:
@@ -46,19 +48,51 @@ def postgres() -> Iterator[Postgres]:
         pg.remove()
 
 
+@dataclass
+class Catalog:
+    """A fresh database on the module's server: the test's Iceberg catalog; stop/start act on the server."""
+
+    server: Postgres
+    uri: str
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def start(self) -> None:
+        self.server.start()
+
+
 @pytest.fixture
-def s3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MotoS3]:
-    server = MotoS3(tmp_path)
+def postgres(postgres_server: Postgres) -> Catalog:
+    if not postgres_server.running():  # a test stopped it and failed before starting it again
+        postgres_server.start()
+    return Catalog(postgres_server, postgres_server.database(f"catalog_{uuid.uuid4().hex[:8]}"))
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
+    """One moto server for the module; each test writes to buckets of its own."""
+    server = MotoS3(tmp_path_factory.mktemp("moto"))
     server.start()
-    for key, value in CREDENTIALS.items():
-        monkeypatch.setenv(key, value)
     try:
         yield server
     finally:
         server.stop()
 
 
-def lake_args(pg: Postgres, s3: MotoS3, warehouse: str) -> list[str]:
+@pytest.fixture
+def s3(s3_server: MotoS3, monkeypatch: pytest.MonkeyPatch) -> MotoS3:
+    for key, value in CREDENTIALS.items():
+        monkeypatch.setenv(key, value)
+    return s3_server
+
+
+def lake_bucket(s3: MotoS3) -> str:
+    """A bucket of this test's own, as a warehouse URI."""
+    return s3.bucket(f"gpuledger-lake-{uuid.uuid4().hex[:8]}") + "/raw"
+
+
+def lake_args(pg: Catalog, s3: MotoS3, warehouse: str) -> list[str]:
     return ["--lake", pg.uri, "--warehouse", warehouse, "--s3-endpoint", s3.endpoint]
 
 
@@ -68,53 +102,50 @@ def stored_keys(lake: LakeStore) -> tuple[int, int]:
     return keys.num_rows, keys.group_by(["agent_id", "boot_id", "seq"]).aggregate([]).num_rows
 
 
-def publish_slowly(bootstrap: str, topic: str, values: list[tuple[bytes, bytes]], chunk: int, pause_s: float) -> None:
-    for i in range(0, len(values), chunk):
-        publish(bootstrap, topic, values[i:i + chunk])
-        time.sleep(pause_s)
-
-
 def test_two_workers_one_killed_again_and_again_store_every_message_once_as_the_embedded_store(
-    tansu: Any, postgres: Postgres, s3: MotoS3, tmp_path: Path
+    tansu: Any, postgres: Catalog, s3: MotoS3, tmp_path: Path
 ) -> None:
     topic = tansu.create_topic(partitions=4)
-    messages = stream(24, nodes=8)  # 192 messages over 8 keys: every partition gets some
+    messages = stream(12, nodes=8)  # 96 messages over 8 keys: every partition gets some
     values = encoded(messages)
-    warehouse = s3.bucket("gpuledger-lake") + "/raw"
+    chunks = [values[i:i + 32] for i in range(0, len(values), 32)]  # one per kill; the survivor finishes the last
+    warehouse = lake_bucket(s3)
     cmd = [*ingest_cmd(tansu.bootstrap, topic, "lake-workers", tmp_path / "unused.duckdb"),
-           *lake_args(postgres, s3, warehouse), "--batch-max", "16", "--commit-interval", "0.3", "--max-idle", "6"]
+           *lake_args(postgres, s3, warehouse), "--batch-max", "16", "--commit-interval", "0.3"]
     env = with_credentials()
 
-    def worker() -> subprocess.Popen[str]:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-        started(proc, timeout_s=90)
-        return proc
+    def spawn() -> subprocess.Popen[str]:
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
 
-    steady = worker()
-    victim = worker()
-    feeder = threading.Thread(target=publish_slowly, args=(tansu.bootstrap, topic, values, 16, 0.5), daemon=True)
-    kills = 0
+    steady, victim = spawn(), spawn()  # started together: their start-ups overlap
     held_at_kills: list[int] = []
     try:
-        feeder.start()
+        started(steady, timeout_s=90)
+        started(victim, timeout_s=90)
         lake = LakeStore(LakeConfig(postgres.uri, warehouse, s3_endpoint=s3.endpoint))
-        wait_until(lambda: stored_keys(lake)[0] > 0, 90, "the first messages in the lake", interval_s=0.3)
-        while feeder.is_alive() or kills < 3:
-            victim.send_signal(signal.SIGKILL)  # mid-run: flushes (one commit per table) are going on
+        for kill, chunk in enumerate(chunks):
+            before = stored_keys(lake)[0]
+            publish(tansu.bootstrap, topic, chunk)
+            # mid-run: a flush of these records has committed, more of them are being stored (a commit per table)
+            wait_until(lambda before=before: stored_keys(lake)[0] > before, 90, "a flush of the new records",
+                       interval_s=0.1)
+            victim.send_signal(signal.SIGKILL)
             victim.wait()
             held_at_kills.append(stored_keys(lake)[0])
-            kills += 1
-            victim = worker()
-            assert kills < 12, "the feeder did not finish"
-            time.sleep(1.5)
-        feeder.join()
-        assert steady.wait(180) == 0 and victim.wait(180) == 0  # both drain, then idle out
+            if kill < len(chunks) - 1:
+                victim = spawn()  # it rejoins the group: a rebalance while the killed batch is redelivered
+                started(victim, timeout_s=90)
+        # Done when every record's offset is committed (after its store): no redelivery can come after that.
+        wait_until(lambda: sum(committed_offsets(tansu.bootstrap, "lake-workers").values()) == len(messages), 180,
+                   "every offset committed", interval_s=0.3)
+        steady.send_signal(signal.SIGTERM)
+        assert steady.wait(60) == 0  # it stops cleanly
     finally:
         for p in (steady, victim):
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    assert held_at_kills[0] < len(messages), held_at_kills  # killed mid-run: some stored, not all
+    assert len(held_at_kills) == 3 and held_at_kills[0] < len(messages), held_at_kills  # killed mid-run
     rows, distinct = stored_keys(lake)
     assert (rows, distinct) == (len(messages), len(messages))  # every message, none twice
     want = reference(tansu.bootstrap, topic, len(messages), tmp_path / "ref.duckdb")
@@ -143,14 +174,15 @@ def stored_per_partition(lake: LakeStore) -> dict[int, int]:
 
 
 def test_a_catalog_gone_mid_run_stops_ingest_with_nothing_committed_past_the_lake_and_a_restart_completes_it(
-    tansu: Any, postgres: Postgres, s3: MotoS3, tmp_path: Path
+    tansu: Any, postgres: Catalog, s3: MotoS3, tmp_path: Path
 ) -> None:
     topic = tansu.create_topic(partitions=2)
-    messages = stream(30, nodes=4)  # 120 messages
-    warehouse = s3.bucket("gpuledger-lake") + "/raw"
-    config = LakeConfig(postgres.uri, warehouse, s3_endpoint=s3.endpoint, unavailable_s=3.0)
+    messages = stream(20, nodes=4)  # 80 messages
+    warehouse = lake_bucket(s3)
+    # GPULEDGER_LAKE_UNAVAILABLE_S: how long the writer retries (0.25 s, 0.5 s, ...) before it gives up
+    config = LakeConfig(postgres.uri, warehouse, s3_endpoint=s3.endpoint, unavailable_s=1.0)
     lake = LakeStore(config)
-    publish(tansu.bootstrap, topic, encoded(messages[:60]))
+    publish(tansu.bootstrap, topic, encoded(messages[:40]))
     stop = threading.Event()
     failure: list[BaseException] = []
 
@@ -163,11 +195,10 @@ def test_a_catalog_gone_mid_run_stops_ingest_with_nothing_committed_past_the_lak
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 60
-    while stored_keys(lake)[0] < 16:
-        assert time.monotonic() < deadline and thread.is_alive(), f"nothing stored: {failure}"
-        time.sleep(0.2)
-    publish(tansu.bootstrap, topic, encoded(messages[60:]))
+    wait_until(lambda: stored_keys(lake)[0] >= 16 or not thread.is_alive(), 60, "the first flushes in the lake",
+               interval_s=0.1)
+    assert thread.is_alive(), f"ingest stopped before the outage: {failure}"
+    publish(tansu.bootstrap, topic, encoded(messages[40:]))
     postgres.stop()  # the catalog database goes away mid-run
     thread.join(60)
     assert not thread.is_alive()
@@ -181,9 +212,9 @@ def test_a_catalog_gone_mid_run_stops_ingest_with_nothing_committed_past_the_lak
     # Back: a restarted worker resumes from the committed offsets; what the lake already holds is skipped.
     before = stored_keys(lake)[0]
     stats = run_ingest(tansu.bootstrap, topic, "lake-outage", "unused.duckdb", lake=config, batch_max=50,
-                       linger_s=0.2, handle_signals=False, max_idle_s=4, **KAFKA_GROUP_TIMING)
+                       linger_s=0.2, handle_signals=False, max_messages=len(messages) - sum(committed.values()),
+                       max_idle_s=30, **KAFKA_GROUP_TIMING)  # stops after the last record; idling is a failure
     assert stats.stored == len(messages) - before
     assert stored_keys(lake) == (len(messages), len(messages))
     assert committed_offsets(tansu.bootstrap, "lake-outage") == {0: stored_per_partition(lake)[0],
                                                                   1: stored_per_partition(lake)[1]}
-

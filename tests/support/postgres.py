@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from tests.support.system import free_port, missing
+from tests.support.system import accepts, free_port, missing
 
 HINT = "apt-get install postgresql (scripts/system-deps.sh installs it as root)"
 
@@ -68,6 +68,17 @@ class Postgres:
     @property
     def uri(self) -> str:
         return f"postgresql+psycopg://gpuledger@127.0.0.1:{self.port}/postgres"
+
+    def database(self, name: str) -> str:
+        """Create database ``name`` on this server (one catalog per test or benchmark run); its SQLAlchemy URL."""
+        import psycopg
+
+        with psycopg.connect(self.uri.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as con:
+            con.execute(f'CREATE DATABASE "{name}"')
+        return self.uri.rsplit("/", 1)[0] + f"/{name}"
+
+    def running(self) -> bool:
+        return accepts(self.port)
 
     def start(self) -> None:
         options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=60"
