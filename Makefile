@@ -2,6 +2,10 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
+# Test processes (pytest-xdist): the suite mostly waits on brokers, servers and subprocesses, so two
+# overlap well on CI's 2 cores. TEST_WORKERS=0 runs in one process (pytest's own output, pdb).
+TEST_WORKERS ?= 2
+XDIST  := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 STAMP  := $(VENV)/.installed
 
 .PHONY: demo test test-fast lint bench bench-json bench-doc soak setup clean help
@@ -30,7 +34,7 @@ demo: setup
 test: setup lint
 	sh scripts/system-deps.sh
 	$(PY) -m tests.support.focus_validator
-	$(PY) -m pytest -q $(TEST_ARGS)
+	$(PY) -m pytest -q $(XDIST) $(TEST_ARGS)
 
 # mypy --strict and ruff, configured in pyproject.toml; CI runs them through `make test`.
 lint: setup
@@ -39,7 +43,7 @@ lint: setup
 
 # While iterating: no Kafka broker, Prometheus or browser, nothing slow (markers in pyproject.toml).
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow and not external" $(TEST_ARGS)
+	$(PY) -m pytest -q $(XDIST) -m "not slow and not external" $(TEST_ARGS)
 
 bench: setup
 	$(PY) -m benchmarks $(BENCH_ARGS)

@@ -111,7 +111,8 @@ def split_units(util: np.ndarray, capacity: np.ndarray, util_samples: np.ndarray
     # busy. With an unsampled context listed, the sampled processes are scaled up to at most
     # e / (1 - SAMPLE_TOLERANCE) of busy; the rest is unplaced (all of it when they reported only zeros).
     remainder = (n_unsampled > 0) & (n_sampled > 0) & (util_samples > 0) & (busy > 0)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    # Overflow (a hypothesis-sized capacity) makes explained inf: nothing unplaced, as for any e >= 1.
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         explained = evidence_sum * capacity / util_samples / busy
         tolerance = np.minimum(np.maximum(SAMPLE_TOLERANCE, LOST_SAMPLES / util_samples), 0.5)
         unplaced = 1.0 - explained / (1.0 - tolerance)
