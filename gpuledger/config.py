@@ -300,6 +300,14 @@ class Settings(_Declared):
     lake_commit_interval_s: float = setting(
         10.0, gt=0, description="Lake store: seconds an ingest worker gathers records before one Iceberg commit per "
         "table (replaces --linger with --lake): data is visible to readers within about this long plus a commit.")
+    lake_compact_after_hours: float = setting(
+        6.0, ge=0, description="Lake upkeep: `compact --lake` and `lake-maintain` rewrite a day partition's small files "
+        "once the day ended this many hours ago (late data and ingest's appends then rarely race the rewrite).")
+    lake_snapshot_expire_days: float = setting(
+        7.0, ge=0, description="Lake upkeep: `lake-maintain` expires table snapshots older than this many days (time "
+        "travel reaches back this far; the newest --keep-snapshots stay whatever their age).")
+    lake_snapshots_kept: int = setting(
+        10, ge=1, description="Lake upkeep: `lake-maintain` keeps at least this many newest snapshots of each table.")
     ingest_max_future_s: float = setting(
         300.0, description="Ingest: an interval ending more than this many seconds after now is quarantined (clock skew bound)."
     )

@@ -67,10 +67,17 @@ def register(sub: Any, settings: Settings) -> None:
         "    --final), has no raw samples left and every hour is rolled up, else it is kept and the reason printed;\n"
         "  hourly rollups (ledger_hourly): --rollup-months, default 36; only after the month's ledger is gone.\n\n"
         "Dead letters are kept. Needs the file free for writing, like `gpuledger attribute`.\n\n"
+        "With --lake CATALOG_URI --warehouse PATH_OR_S3: the lake's raw day partitions before the raw cut-off, and "
+        "ledger_hourly's month partitions before the rollup cut-off, are dropped whole (Iceberg deletes that rewrite "
+        "no file). A day goes only when all its messages are attributed -- by the `attributed` table of --db when "
+        "that file exists (the file `merge --lake` and `attribute` use; opened read-only), else when the lake's "
+        "ledger_hourly has every hour of it; a rollup month only when --db records it closed and holds no ledger "
+        "of it (docs/lake.md#retention).\n\n"
         "  gpuledger retention --db /data/gpuledger.duckdb\n"
-        "  gpuledger retention --months 3 --ledger-months 25 --rollup-months 0    # rollups forever",
+        "  gpuledger retention --months 3 --ledger-months 25 --rollup-months 0    # rollups forever\n"
+        "  gpuledger retention --lake postgresql+psycopg://gl:pw@pg/gl --warehouse s3://lake/raw --db /data/gl.duckdb",
     )
-    setting_flags(r, settings, "--db")
+    setting_flags(r, settings, "--db", "--lake", "--warehouse", "--s3-endpoint")
     r.add_argument("--segments", metavar="DIR", default=None,
                    help="also delete the segment day directories (ingest --segments DIR) before the raw cut-off "
                         "that --db has merged and attributed in full")
@@ -107,10 +114,16 @@ def register(sub: Any, settings: Settings) -> None:
         "choose is kept; new files are renamed into place (messages last), then the old ones deleted (messages "
         "first). Days before today (UTC) by default; files younger than --min-age are left for the next run. "
         "Safe while workers write.\n\n"
+        "--lake CATALOG_URI --warehouse PATH_OR_S3: each day partition's small files (one per table and ingest "
+        "flush) become one file per table and day, in one Iceberg commit (delete + append): readers see the old "
+        "files or the new one. Days that ended --older-than-hours ago by default (or the --day given); an ingest "
+        "appending to the day meanwhile makes the commit fail, and the day is read and rewritten again "
+        "(docs/lake.md#compaction).\n\n"
         "--db FILE --out NEW: copy the DuckDB file into NEW, rewritten in full row groups with the newest storage "
         "format (smaller, faster scans). Then stop the writers and swap the files yourself.\n\n"
         "  gpuledger compact --segments /shared/gpuledger-raw\n"
         "  gpuledger compact --segments /shared/gpuledger-raw --day 2026-11-20\n"
+        "  gpuledger compact --lake postgresql+psycopg://gl:pw@pg/gl --warehouse s3://lake/raw --day 2026-11-20\n"
         "  gpuledger compact --db /data/gpuledger.duckdb --out /data/gpuledger.compact.duckdb",
     )
     c.add_argument("--segments", metavar="DIR", default=None, help="segment directory (ingest --segments DIR)")
@@ -120,6 +133,7 @@ def register(sub: Any, settings: Settings) -> None:
                    help="with no --day: compact the days before this one (default: today, UTC)")
     c.add_argument("--min-age", type=float, default=300.0, metavar="SECONDS",
                    help="leave files younger than this for the next run (default: %(default)s)")
+    setting_flags(c, settings, "--lake", "--warehouse", "--s3-endpoint", "--older-than-hours")
     c.add_argument("--db", default=None, metavar="FILE", help="DuckDB file to copy compacted (with --out)")
     c.add_argument("--out", default=None, metavar="NEW", help="where the compacted copy of --db goes (must not exist)")
 
@@ -165,6 +179,13 @@ def run_ingest(args: argparse.Namespace, settings: Settings) -> int:
 
 def retention(args: argparse.Namespace, settings: Settings) -> int:
     import datetime
+
+    if lake_config(settings) is not None:
+        if args.segments:
+            raise GpuledgerError("--lake and --segments are two different stores", hint="give one of them")
+        from gpuledger.cli.lake import lake_retention
+
+        return lake_retention(settings)
 
     from gpuledger.ingest.retention import enforce_retention
     from gpuledger.store import Store
@@ -248,8 +269,14 @@ def merge(args: argparse.Namespace, settings: Settings) -> int:
 def compact(args: argparse.Namespace, settings: Settings) -> int:
     from gpuledger.store import Store
 
-    if not args.segments and not args.db:
-        raise GpuledgerError("nothing to compact", hint="give --segments DIR, or --db FILE --out NEW (or both)")
+    lake = lake_config(settings)
+    if not args.segments and not args.db and lake is None:
+        raise GpuledgerError("nothing to compact", hint="give --lake CATALOG_URI --warehouse PATH_OR_S3, or "
+                             "--segments DIR, or --db FILE --out NEW")
+    if lake is not None:
+        from gpuledger.cli.lake import lake_compact
+
+        lake_compact(settings, args.day)
     if args.segments:
         from gpuledger.ingest.segments import compact_segments
 

@@ -145,3 +145,37 @@ def test_merge_from_the_lake_copies_its_messages_once_and_attribution_runs_on_th
         assert (store.count("messages"), store.count("devices")) == (12, 24)
     attributed = gpuledger("attribute", "--db", str(serving))
     assert attributed.returncode == 0 and "attributed 12 messages" in attributed.stdout
+
+
+@pytest.mark.slow
+def test_lake_upkeep_commands_compact_expire_and_keep_unattributed_days(tmp_path: Path) -> None:
+    pytest.importorskip("pyiceberg", reason="the lake extra is not installed (pip install -e '.[test]')")
+    from gpuledger.store.lake import LakeConfig, LakeStore
+    from gpuledger.store.lake.upkeep import partitions
+
+    catalog, warehouse = f"sqlite:///{tmp_path}/catalog.db", str(tmp_path / "warehouse")
+    lake_args = ("--lake", catalog, "--warehouse", warehouse)
+    lake = LakeStore(LakeConfig(catalog, warehouse))
+    stream = make_stream(6)
+    for part in (stream[:3], stream[3:]):  # two flushes: two files per table and day
+        lake.write_arrow(decode_batch([wire.encode(m) for m in part]).tables)
+    (day,) = partitions(lake, "devices")
+    assert day.files == 2
+
+    young = gpuledger("compact", *lake_args)  # the default age rule: an old day (2025), so it is compacted
+    assert young.returncode == 0, young.stderr
+    assert "6 table partitions compacted, 12 files -> 6" in young.stdout  # five keyed tables and pods
+    assert partitions(lake, "devices")[0].files == 1
+
+    maintained = gpuledger("lake-maintain", *lake_args, "--expire-days", "0", "--keep-snapshots", "1")
+    assert maintained.returncode == 0, maintained.stderr
+    assert "0 table partitions compacted" in maintained.stdout and "expired" in maintained.stdout
+    assert "data files" in maintained.stdout and "stay in the warehouse" in maintained.stdout
+    assert len(LakeStore(LakeConfig(catalog, warehouse)).table("devices").snapshots()) == 1
+
+    kept = gpuledger("retention", *lake_args, "--db", str(tmp_path / "none.duckdb"))
+    assert kept.returncode == 0, kept.stderr
+    assert "dropped 0 days" in kept.stdout and f"kept {day.label}:" in kept.stdout and "no rollups" in kept.stdout
+
+    bad = gpuledger("lake-maintain")
+    assert bad.returncode == 2 and "hint:" in bad.stderr
