@@ -294,6 +294,10 @@ class Settings(_Declared):
     lake_s3_endpoint: str | None = setting(
         None, description="Lake store: S3-compatible endpoint (MinIO, Ceph...), e.g. http://minio:9000; unset: AWS. "
         "Credentials: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION.")
+    lake_namespace: str = setting(
+        "gpuledger", pattern=r"^[A-Za-z0-9_]+$",
+        description="Lake store: the Iceberg namespace of gpuledger's tables (a REST catalog may admit only its own, "
+        "e.g. lakana's bronze/silver/gold).")
     lake_unavailable_s: float = setting(
         60.0, ge=0, description="Lake store: seconds a worker retries (doubling pauses) a catalog or object store that "
         "does not answer before it stops with an error, committing nothing to Kafka.")

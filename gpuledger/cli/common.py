@@ -273,4 +273,4 @@ def lake_config(settings: Settings) -> LakeConfig | None:
         raise GpuledgerError(f"the lake store is not installed ({exc})",
                              hint='pip install "gpuledger[lake]" (pyiceberg, sqlalchemy, psycopg)') from exc
     return LakeConfig(settings.lake_catalog_uri, settings.lake_warehouse, s3_endpoint=settings.lake_s3_endpoint,
-                      unavailable_s=settings.lake_unavailable_s)
+                      namespace=settings.lake_namespace, unavailable_s=settings.lake_unavailable_s)
