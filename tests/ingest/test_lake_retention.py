@@ -44,6 +44,7 @@ def rollups_to_lake(store: Store, lake: LakeStore) -> None:
     table.append(rows.select(table.schema().as_arrow().names).cast(table.schema().as_arrow()))
 
 
+@pytest.mark.slow
 def test_attributed_old_days_are_dropped_whole_and_an_unattributed_day_stays(tmp_path: Path) -> None:
     lake = lake_at(tmp_path)
     lake.write_messages([make_message(seq=i, start_ns=ns(*d)) for i, d in enumerate(DAYS)])
@@ -74,6 +75,7 @@ def test_attributed_old_days_are_dropped_whole_and_an_unattributed_day_stays(tmp
     assert enforce_lake_retention(lake, months=2, store=store, now_ns=NOW).files_removed == 0  # idempotent
 
 
+@pytest.mark.slow
 def test_without_the_file_a_day_goes_only_once_the_lake_has_rollups_for_each_of_its_hours(tmp_path: Path) -> None:
     lake = lake_at(tmp_path)
     lake.write_messages([make_message(seq=i, start_ns=ns(*d)) for i, d in enumerate(DAYS)])
