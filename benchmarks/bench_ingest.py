@@ -14,8 +14,6 @@ in one run per variant:
 - ``gpuledger_release_file``: the same with the service's default file
   handling (``ingest.opener``: open, write, close per flush, so readers can
   open the file between flushes);
-- ``gpuledger_segments``: the same worker writing Parquet segments
-  (``ingest --segments``, the scale path) instead of a DuckDB file;
 - ``naive_json``: the straightforward design the issue names as the baseline:
   the same rows as JSON-per-message (a dict per row, strings inline),
   ``json.loads`` per message, a dict per row, rows appended to the same DuckDB
@@ -55,7 +53,6 @@ from gpuledger import wire
 from gpuledger.ingest.batch import HeaderCache, decode_batch
 from gpuledger.ingest.consumer import Ingestor
 from gpuledger.ingest.opener import FileOpener
-from gpuledger.ingest.segments import SegmentWriter
 from gpuledger.store import Store
 from gpuledger.transport import KafkaPublisher, KafkaSubscriber
 
@@ -68,8 +65,6 @@ UNITS = {
 TARGETS = (
     Target("one worker into a DuckDB file (default: opened per flush), sample rows per second", "sample_rows_per_s",
            ">=", 1_000_000, "rows/s", "issue 4", {"variant": "gpuledger_release_file"}),
-    Target("one worker into Parquet segments, sample rows per second", "sample_rows_per_s", ">=", 1_000_000,
-           "rows/s", "issue 4", {"variant": "gpuledger_segments"}),
 )
 GPUS, PROCS_PER_GPU = 8, 4
 BATCH = 5000  # records per flush: run_ingest's default (ingest_batch_max)
@@ -299,12 +294,6 @@ def run(quick: bool) -> list[dict[str, Any]]:
             with Store(Path(tmp) / "r.duckdb", read_only=True) as check:
                 assert check.count("messages") == len(encoded), "release variant lost messages"
         out.append(row("gpuledger_release_file", dt, n, rows, nb, cpu))
-        with tempfile.TemporaryDirectory() as tmp:
-            segments = SegmentWriter(Path(tmp) / "seg", worker="bench")
-            dt, n, rows, nb, cpu = ingest_worker(broker.bootstrap, topics["gpuledger"], segments, len(encoded))
-            with Store.open_segments(Path(tmp) / "seg") as check:
-                assert check.count("messages") == len(encoded), "segments variant lost messages"
-        out.append(row("gpuledger_segments", dt, n, rows, nb, cpu))
         with tempfile.TemporaryDirectory() as tmp:
             with Store(Path(tmp) / "n.duckdb") as store:
                 dt, n, rows, nb = consume(broker.bootstrap, topics["naive_json"], len(naive),

@@ -37,9 +37,9 @@ a zero):
 - ``bytes_vs_prometheus``: ``bench_storage``'s device samples (21 DCGM
   counters of ``storage_gpus`` GPUs over ``storage_hours`` h at a 10 s tick,
   driver-shaped values) through the ingest decoder into a lake (SQLite +
-  local directory: the bytes are the same on S3) in flushes of 2,000 ticks,
-  as ``bench_storage`` writes Parquet segments (also measured here, for the
-  0.57x figure of docs/benchmarks.md); bytes of the Parquet data files
+  local directory: the bytes are the same on S3) in flushes of 2,000 ticks
+  (runs stored before the Parquet segment path was deleted also measured
+  segments, ``segments_x``); bytes of the Parquet data files
   (``lake_x``) and with Iceberg's metadata (manifests, metadata JSON:
   ``lake_with_metadata_x``) against a Prometheus TSDB block of the same
   values (``promtool tsdb create-blocks-from openmetrics``).
@@ -444,14 +444,12 @@ def bytes_vs_prometheus(p: dict[str, Any], tmp: Path) -> dict[str, Any]:
         lake.write_arrow(tables)
     _, data_bytes, _ = _data_files(lake)
     everything = sum(f.stat().st_size for f in warehouse.rglob("*") if f.is_file())
-    segments = bench_storage.store_gpuledger(values, gpus, ticks, tmp / "unused.duckdb", segments=tmp / "segments")
     row.update(bytes=data_bytes, bytes_per_value=round(data_bytes / n_values, 3))
     if shutil.which("promtool") is None:
         row["skipped"] = "promtool not installed (Debian package prometheus; scripts/system-deps.sh installs it)"
         return row
     prom = bench_storage.store_prometheus(values, gpus, ticks, tmp)
-    row.update(lake_x=round(data_bytes / prom, 2), lake_with_metadata_x=round(everything / prom, 2),
-               segments_x=round(segments / prom, 2))
+    row.update(lake_x=round(data_bytes / prom, 2), lake_with_metadata_x=round(everything / prom, 2))
     return row
 
 

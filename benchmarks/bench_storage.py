@@ -9,8 +9,6 @@ nodes over ``hours`` hours at a 10 s tick -- are stored twice:
   file (``devices`` + ``messages`` tables, checkpointed), file size on disk,
   and the size of a compacted copy (``Store.compact_into``: full row groups,
   newest storage format);
-  and the same batches as Parquet segments (``ingest --segments``, zstd, one
-  file per table and flush of 2000 ticks x nodes), bytes of the files;
 - Prometheus: the same values as OpenMetrics series with DCGM exporter
   names and labels (``gpu``, ``UUID``, ``Hostname``, ``modelName``), each at
   its 10 s timestamp, backfilled into a TSDB block by the real ``promtool tsdb
@@ -39,17 +37,14 @@ import numpy as np
 from benchmarks.result import Target
 from gpuledger import wire
 from gpuledger.ingest.batch import decode_batch
-from gpuledger.ingest.segments import SegmentWriter
 from gpuledger.store import Store
 
 UNITS = {
     "gpus": "count", "hours": "h", "values": "count", "bytes": "B", "bytes_per_gpu_day": "B",
-    "bytes_per_value": "B", "duckdb_x": "x", "duckdb_compacted_x": "x", "parquet_x": "x",
+    "bytes_per_value": "B", "duckdb_x": "x", "duckdb_compacted_x": "x",
 }
 TARGETS = (
     Target("raw samples, bytes per stored value, live DuckDB file / Prometheus TSDB", "duckdb_x", "<=", 1.0, "x",
-           "issue 4", {"store": "ratio_to_prometheus"}),
-    Target("raw samples, bytes per stored value, Parquet segments / Prometheus TSDB", "parquet_x", "<=", 1.0, "x",
            "issue 4", {"store": "ratio_to_prometheus"}),
 )
 TICK_S = 10
@@ -125,18 +120,14 @@ def node_batches(values: dict[str, np.ndarray], gpus: int, ticks: int, flush_tic
 
 
 def store_gpuledger(values: dict[str, np.ndarray], gpus: int, ticks: int, path: Path,
-                    segments: Path | None = None, compacted: Path | None = None) -> int:
-    """Store through the ingest decoder into a DuckDB file (size of a compacted copy when
-    ``compacted``), or Parquet segments when ``segments``."""
-    writer = SegmentWriter(segments, "bench") if segments is not None else None
+                    compacted: Path | None = None) -> int:
+    """Store through the ingest decoder into a DuckDB file (size of a compacted copy when ``compacted``)."""
     with Store(path) as store:
         for tables in node_batches(values, gpus, ticks):
-            (writer or store).write_arrow(tables)
+            store.write_arrow(tables)
         store.execute("CHECKPOINT")
         if compacted is not None:
             return store.compact_into(compacted)
-    if segments is not None:
-        return sum(p.stat().st_size for p in segments.rglob("*.parquet"))
     return path.stat().st_size + (Path(f"{path}.wal").stat().st_size if Path(f"{path}.wal").exists() else 0)
 
 
@@ -179,10 +170,6 @@ def run(quick: bool) -> list[dict[str, Any]]:
         rows.append({"store": "gpuledger_duckdb_compacted", "gpus": gpus, "hours": hours, "values": n_values,
                      "bytes": size, "bytes_per_gpu_day": round(size / gpu_days),
                      "bytes_per_value": round(size / n_values, 3)})
-        size = store_gpuledger(values, gpus, ticks, Path(tmp) / "unused.duckdb", segments=Path(tmp) / "segments")
-        rows.append({"store": "gpuledger_parquet_segments", "gpus": gpus, "hours": hours, "values": n_values,
-                     "bytes": size, "bytes_per_gpu_day": round(size / gpu_days),
-                     "bytes_per_value": round(size / n_values, 3)})
         if shutil.which("promtool") is None:
             reason = "promtool not installed (Debian package prometheus; scripts/system-deps.sh installs it)"
             if os.environ.get("CI", "").lower() == "true":
@@ -193,8 +180,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
         rows.append({"store": "prometheus_tsdb", "gpus": gpus, "hours": hours, "values": n_values,
                      "bytes": size, "bytes_per_gpu_day": round(size / gpu_days),
                      "bytes_per_value": round(size / n_values, 3)})
-    prom = rows[3]["bytes"]
+    prom = rows[2]["bytes"]
     rows.append({"store": "ratio_to_prometheus", "duckdb_x": round(rows[0]["bytes"] / prom, 2),
-                 "duckdb_compacted_x": round(rows[1]["bytes"] / prom, 2),
-                 "parquet_x": round(rows[2]["bytes"] / prom, 2)})
+                 "duckdb_compacted_x": round(rows[1]["bytes"] / prom, 2)})
     return rows

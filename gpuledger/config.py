@@ -295,6 +295,10 @@ class Settings(_Declared):
     lake_s3_endpoint: str | None = setting(
         None, description="Lake store: S3-compatible endpoint (MinIO, Ceph...), e.g. http://minio:9000; unset: AWS. "
         "Credentials: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION.")
+    lake_namespace: str = setting(
+        "gpuledger", pattern=r"^[A-Za-z0-9_]+$",
+        description="Lake store: the Iceberg namespace of gpuledger's tables (a REST catalog may admit only its own, "
+        "e.g. lakana's bronze/silver/gold).")
     lake_unavailable_s: float = setting(
         60.0, ge=0, description="Lake store: seconds a worker retries (doubling pauses) a catalog or object store that "
         "does not answer before it stops with an error, committing nothing to Kafka.")
@@ -313,6 +317,14 @@ class Settings(_Declared):
     lake_metadata_uri: str | None = setting(
         None, description="Lake store: the SQL database (SQLAlchemy URL) for tokens and closed months; unset: the "
         "catalog's own (needed with a REST catalog).")
+    lake_compact_after_hours: float = setting(
+        6.0, ge=0, description="Lake upkeep: `compact --lake` and `lake-maintain` rewrite a day partition's small files "
+        "once the day ended this many hours ago (late data and ingest's appends then rarely race the rewrite).")
+    lake_snapshot_expire_days: float = setting(
+        7.0, ge=0, description="Lake upkeep: `lake-maintain` expires table snapshots older than this many days (time "
+        "travel reaches back this far; the newest --keep-snapshots stay whatever their age).")
+    lake_snapshots_kept: int = setting(
+        10, ge=1, description="Lake upkeep: `lake-maintain` keeps at least this many newest snapshots of each table.")
     ingest_max_future_s: float = setting(
         300.0, description="Ingest: an interval ending more than this many seconds after now is quarantined (clock skew bound)."
     )

@@ -28,7 +28,7 @@ __all__ = [
 
 #: One hour in ns: the grain of ``ledger_hourly`` (an interval belongs to the hour of its start).
 HOUR_NS = 3_600 * 10**9
-#: One day in ns: the grain of daily charge periods and of segment ``day=`` directories.
+#: One day in ns: the grain of daily charge periods and of the lake's day partitions.
 DAY_NS = 24 * HOUR_NS
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ISO = "%Y-%m-%dT%H:%M:%SZ"

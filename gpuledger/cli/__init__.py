@@ -4,7 +4,8 @@ One module per command group, each adding its subcommands with a handler
 (``set_defaults(handler=...)``):
 
     agent.py    agent                              (the node agent; builds the simulated node for --backend sim)
-    ingest.py   ingest, merge, compact, retention  (Kafka -> DuckDB, and storage upkeep)
+    ingest.py   ingest, merge, compact, retention  (Kafka -> DuckDB or the lake, and storage upkeep)
+    lake.py     lake-maintain                      (the lake's compaction and snapshot expiry; retention/compact --lake)
     attribute.py attribute, explain                (the ledger, and the rows behind a tenant's line)
     serve.py    serve, token                       (the API, and its tokens)
     export.py   export                             (the FOCUS file and its reconciliation)
@@ -25,14 +26,14 @@ import sys
 from collections.abc import Sequence
 
 from gpuledger import __version__
-from gpuledger.cli import agent, attribute, demo, export, ingest, report, serve
+from gpuledger.cli import agent, attribute, demo, export, ingest, lake, report, serve
 from gpuledger.cli.common import EPILOG, HelpFormatter, flag_values
 from gpuledger.config import Settings, load_settings, with_changes
 from gpuledger.errors import GpuledgerError
 
 __all__ = ["build_parser", "main", "parse"]
 
-_GROUPS = (agent, ingest, attribute, serve, export, report, demo)  # the order of `gpuledger --help`
+_GROUPS = (agent, ingest, lake, attribute, serve, export, report, demo)  # the order of `gpuledger --help`
 
 
 def build_parser(settings: Settings) -> argparse.ArgumentParser:

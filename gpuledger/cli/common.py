@@ -64,6 +64,9 @@ SETTING_FLAGS: dict[str, tuple[str, str | None]] = {
     "--lake-raw-days": ("lake_raw_days", "DAYS"),
     "--lake-metadata": ("lake_metadata_uri", "SQL_URI"),
     "--commit-interval": ("lake_commit_interval_s", "SECONDS"),
+    "--older-than-hours": ("lake_compact_after_hours", "HOURS"),
+    "--expire-days": ("lake_snapshot_expire_days", "DAYS"),
+    "--keep-snapshots": ("lake_snapshots_kept", "N"),
     "--max-future": ("ingest_max_future_s", "SECONDS"),
     "--max-age": ("ingest_max_age_s", "SECONDS"),
     "--months": ("raw_retention_months", "MONTHS"),
@@ -282,7 +285,7 @@ def lake_config(settings: Settings) -> LakeConfig | None:
         raise GpuledgerError(f"the lake store is not installed ({exc})",
                              hint='pip install "gpuledger[lake]" (pyiceberg, sqlalchemy, psycopg)') from exc
     return LakeConfig(settings.lake_catalog_uri, settings.lake_warehouse, s3_endpoint=settings.lake_s3_endpoint,
-                      unavailable_s=settings.lake_unavailable_s)
+                      namespace=settings.lake_namespace, unavailable_s=settings.lake_unavailable_s)
 
 
 def lake_metadata(settings: Settings, lake: LakeConfig) -> SqlMetadata:

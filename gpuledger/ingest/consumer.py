@@ -23,9 +23,7 @@ once the store is fixed.
 from __future__ import annotations
 
 import logging
-import os
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -43,7 +41,6 @@ from gpuledger.ingest.batch import ArrowBatch, HeaderCache, decode_batch
 from gpuledger.ingest.clock import ClockCheck
 from gpuledger.ingest.metrics import IngestMetrics, MeasuredOpener, MeasuredSubscriber
 from gpuledger.ingest.opener import FileOpener
-from gpuledger.ingest.segments import SegmentWriter
 from gpuledger.store import DeadLetter, RawWriter, Store
 from gpuledger.transport import KafkaSubscriber, Record, Subscriber
 
@@ -404,7 +401,6 @@ def run_ingest(
     hold_db: bool = False,
     lock_wait_s: float = 30.0,
     clock_check: ClockCheck | None = None,
-    segments: str | Path | None = None,
     lake: LakeConfig | None = None,
     log_every_s: float = 10.0,
     max_idle_s: float | None = None,
@@ -419,8 +415,8 @@ def run_ingest(
     the DuckDB file ``db_path`` until stopped; return the run's counts.
 
     This process becomes the database's single writer (see gpuledger.store).
-    Scale out with more partitions and more ingest processes in the same group,
-    each with its own database or segment directory.
+    One file has one writer: to scale out, run more ingest processes in the same
+    group on the lake (``lake``), which they share.
 
     Args:
         bootstrap: Kafka bootstrap servers, ``host:port[,host:port...]``.
@@ -434,8 +430,6 @@ def run_ingest(
             API and jobs can open it; a flush waits up to ``lock_wait_s``
             seconds for a reader to let go.
         clock_check: quarantine bounds (:class:`ClockCheck`); None checks nothing.
-        segments: write Parquet segments under this directory instead of the
-            DuckDB file (:mod:`gpuledger.ingest.segments`).
         lake: append to these Iceberg tables instead of the DuckDB file
             (:mod:`gpuledger.store.lake`, docs/lake.md): N workers in one group
             write the same tables; a flush is one commit per table, and
@@ -465,13 +459,11 @@ def run_ingest(
         StoreError: the database cannot be opened or written.
     """
     stop = stop or threading.Event()
-    opener: FileOpener | SegmentWriter | LakeStore
+    opener: FileOpener | LakeStore
     if lake is not None:
         from gpuledger.store.lake import LakeStore
 
         opener = LakeStore(lake)
-    elif segments is not None:
-        opener = SegmentWriter(segments, worker=f"{socket.gethostname()}-{os.getpid()}")
     else:
         opener = FileOpener(db_path, hold=hold_db, lock_wait_s=lock_wait_s)
     try:

@@ -5,8 +5,8 @@
 - :mod:`~gpuledger.store.duck`: :class:`Store`, the connection and the translation of DuckDB's errors
   (``duck`` is the only module that imports ``duckdb``);
 - :mod:`~gpuledger.store.arrow`: decoded wire messages to Arrow tables (:func:`batch_to_arrow`);
-- :mod:`~gpuledger.store.files`: a compacted copy, absorbing worker files, views over Parquet segments;
-- :mod:`~gpuledger.store.protocol`: :class:`RawWriter`, the seam ingest writes through (file, segments, lake);
+- :mod:`~gpuledger.store.files`: a compacted copy of the database;
+- :mod:`~gpuledger.store.protocol`: :class:`RawWriter`, the seam ingest writes through (the file, the lake);
 - :mod:`~gpuledger.store.metadata`: the small-metadata seam (tokens, closed months): the token file
   (:class:`~gpuledger.store.metadata.TokenStore`) and the file's close tables, or the lake's SQL database;
 - :mod:`~gpuledger.store.lake`: the lake store, Apache Iceberg tables (optional extra; docs/lake.md).

@@ -1,4 +1,4 @@
-"""Decoded wire messages -> one Arrow table per stored table (``Store.write_messages``, Parquet segments).
+"""Decoded wire messages -> one Arrow table per stored table (``Store.write_messages``, the lake).
 
 No per-row Python: per message, then numpy. Every table carries ``_m``, the
 message's ordinal in the batch (not stored), so a writer can drop the rows of

@@ -4,8 +4,7 @@ Who writes: one ingest worker per file, holding it only while a flush
 writes (``gpuledger.ingest.opener``); between flushes ``gpuledger
 attribute``/``retention`` open it for writing and the API read-only
 (``Store(path, read_only=True)``), each for one job or request. N workers
-write N files, merged by :meth:`Store.absorb`, or Parquet segments read in
-place by :meth:`Store.open_segments`. See docs/storage.md; the tables are
+share the lake (:mod:`gpuledger.store.lake`), not a file. See docs/storage.md; the tables are
 in :mod:`gpuledger.store.schema`, brought up to date on a writable open by
 :mod:`gpuledger.store.migrations`.
 
@@ -274,23 +273,6 @@ class Store:
         """Copy the whole database into a new file, freshly laid out; returns its size in bytes
         (see :func:`gpuledger.store.files.compact_into`)."""
         return files.compact_into(self, Path(dest), storage_version)
-
-    def absorb(self, path: str | Path) -> int:
-        """Copy in what another gpuledger file holds and this one lacks; returns new messages
-        (see :func:`gpuledger.store.files.absorb`)."""
-        return files.absorb(self, Path(path))
-
-    @classmethod
-    def open_segments(cls, root: str | Path) -> Store:
-        """An in-memory Store whose raw tables are views over Parquet segments under ``root``
-        (see :func:`gpuledger.store.files.segment_views`)."""
-        store = cls(":memory:")
-        try:
-            files.segment_views(store, Path(root))
-        except BaseException:
-            store.close()
-            raise
-        return store
 
     def database_name(self) -> str:
         return str(self.scalar("SELECT current_database()"))

@@ -1,11 +1,9 @@
-"""The seam ingest writes through: :class:`RawWriter`, one Protocol, three stores behind it.
+"""The seam ingest writes through: :class:`RawWriter`, one Protocol, two stores behind it.
 
 - :class:`gpuledger.store.Store`: the embedded DuckDB file (one transaction per flush);
-- :class:`gpuledger.ingest.segments.SegmentWriter`: immutable Parquet segments (one worker's files);
 - :class:`gpuledger.store.lake.LakeStore`: Apache Iceberg tables many workers share (docs/lake.md).
 
-Each is idempotent on ``(agent_id, boot_id, seq)`` (the segments resolve
-repeats on read) and returns how many messages were new, so the Ingestor
+Each is idempotent on ``(agent_id, boot_id, seq)`` and returns how many messages were new, so the Ingestor
 commits Kafka offsets only after a write returned, whatever the store.
 """
 

@@ -25,7 +25,8 @@ writes NULL there, and migration 12 put rows booked before it in
 rollup's key.
 - ``dead_letters``: what could not be decoded or was quarantined, with where
   it came from and why (:data:`NEW_DEAD_LETTER` keeps each record once).
-- ``merged_segments``: Parquet segment files already copied in (``merge --segments``).
+- ``merged_segments``: retired (the Parquet segments `merge --segments` copied in; that path is gone,
+  no code reads it). Migration 5 creates it; it stays, empty, until a migration drops it.
 
 Attribution and its products:
 
@@ -151,11 +152,11 @@ TABLES: dict[str, str] = {
         name VARCHAR, created_at_ns BIGINT NOT NULL, revoked_at_ns BIGINT)""",
 }
 
-#: What ingest writes, per message and beside it: the tables a worker file, a segment directory and a merge carry.
+#: What ingest writes, per message and beside it: the tables the file and the lake carry.
 INGEST_TABLES: tuple[str, ...] = ("messages", *wire.RECORD_TABLES, "pods", "dead_letters")
 
-#: The tail of every ``INSERT INTO pods``: latest seen wins (a replayed old message, an older worker
-#: file or segment never overwrites newer labels). Its input must hold each pod once.
+#: The tail of every ``INSERT INTO pods``: latest seen wins (a replayed old message or the lake's
+#: older rows never overwrite newer labels). Its input must hold each pod once.
 PODS_LATEST_WINS = ("ON CONFLICT (pod_uid) DO UPDATE SET namespace = excluded.namespace, name = excluded.name, "
                     "labels = excluded.labels, last_seen_ns = excluded.last_seen_ns, cluster = excluded.cluster "
                     "WHERE excluded.last_seen_ns >= pods.last_seen_ns")

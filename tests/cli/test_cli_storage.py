@@ -1,4 +1,4 @@
-"""Storage commands as an operator runs them: merge worker files, compact, retention."""
+"""Storage commands as an operator runs them: merge the lake into a file, compact, retention, lake upkeep."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import pytest
 
 from gpuledger import wire
 from gpuledger.ingest.batch import decode_batch
-from gpuledger.ingest.segments import SegmentWriter
 from gpuledger.store import DeadLetter, Store
 from tests.support.factories import make_stream
 
@@ -27,7 +26,7 @@ def worker_file(path: Path, messages: int) -> Path:
     return path
 
 
-@pytest.mark.parametrize("command", ["merge", "compact", "retention"])
+@pytest.mark.parametrize("command", ["merge", "compact", "retention", "lake-maintain"])
 def test_storage_commands_have_an_explaining_help(command: str) -> None:
     out = gpuledger(command, "--help")
     assert out.returncode == 0, out.stderr
@@ -35,49 +34,7 @@ def test_storage_commands_have_an_explaining_help(command: str) -> None:
 
 
 @pytest.mark.slow
-def test_merge_combines_worker_files_once_and_again_adds_nothing(tmp_path: Path) -> None:
-    w0 = worker_file(tmp_path / "ingest-0.duckdb", 12)
-    w1 = worker_file(tmp_path / "ingest-1.duckdb", 20)  # the first 12 again (a rebalance), and 8 more
-    serving = tmp_path / "gpuledger.duckdb"
-    out = gpuledger("merge", "--db", str(serving), str(w0), str(w1))
-    assert out.returncode == 0, out.stderr
-    assert "merged 20 new messages" in out.stdout and "gpuledger attribute" in out.stdout
-    assert "[1/2]" in out.stderr and "[2/2]" in out.stderr and "8 new messages" in out.stderr
-    again = gpuledger("merge", "--db", str(serving), str(w1), str(w0))
-    assert again.returncode == 0 and "merged 0 new messages" in again.stdout and "(20 in all)" in again.stdout
-    with Store(serving, read_only=True) as store:
-        assert (store.count("messages"), store.count("devices"), store.count("dead_letters")) == (20, 40, 1)
-    attributed = gpuledger("attribute", "--db", str(serving))
-    assert attributed.returncode == 0 and "attributed 20 messages" in attributed.stdout
-
-
-@pytest.mark.slow
-def test_merge_errors_say_what_to_do(tmp_path: Path) -> None:
-    w0 = worker_file(tmp_path / "ingest-0.duckdb", 4)
-    missing = gpuledger("merge", "--db", str(tmp_path / "s.duckdb"), str(tmp_path / "nope.duckdb"))
-    assert missing.returncode == 2 and "no worker file" in missing.stderr and "hint:" in missing.stderr
-    with Store(w0):  # a worker holding its file (--hold-db): another process cannot attach it now
-        held = gpuledger("merge", "--db", str(tmp_path / "s.duckdb"), str(w0))
-    assert held.returncode == 2 and "hint:" in held.stderr and "Traceback" not in held.stderr
-    same = gpuledger("merge", "--db", str(w0), str(w0))
-    assert same.returncode == 2 and "both the target and a worker file" in same.stderr
-
-
-@pytest.mark.slow
-def test_compact_segments_and_a_database_copy(tmp_path: Path) -> None:
-    root = tmp_path / "segments"
-    values = [wire.encode(m) for m in make_stream(20)]
-    for i in range(0, 20, 4):
-        SegmentWriter(root, "w0").write_arrow(decode_batch(values[i:i + 4]).tables)
-    SegmentWriter(root, "w1").write_arrow(decode_batch(values[8:16]).tables)
-    with Store.open_segments(root) as store:
-        before = store.query("SELECT * FROM devices ORDER BY ALL")
-    out = gpuledger("compact", "--segments", str(root), "--min-age", "0")
-    assert out.returncode == 0, out.stderr
-    assert "1 days rewritten, 36 files -> 6" in out.stdout and "renamed messages/" in out.stderr
-    with Store.open_segments(root) as store:
-        assert store.query("SELECT * FROM devices ORDER BY ALL").equals(before)
-
+def test_compact_copies_a_database_and_says_what_it_needs(tmp_path: Path) -> None:
     db = worker_file(tmp_path / "g.duckdb", 12)
     copy = gpuledger("compact", "--db", str(db), "--out", str(tmp_path / "g2.duckdb"))
     assert copy.returncode == 0 and "swap the files" in copy.stdout
@@ -86,7 +43,9 @@ def test_compact_segments_and_a_database_copy(tmp_path: Path) -> None:
     exists = gpuledger("compact", "--db", str(db), "--out", str(tmp_path / "g2.duckdb"))
     assert exists.returncode == 2 and "hint:" in exists.stderr
     nothing = gpuledger("compact")
-    assert nothing.returncode == 2 and "--segments DIR" in nothing.stderr
+    assert nothing.returncode == 2 and "--lake CATALOG_URI" in nothing.stderr
+    day = gpuledger("compact", "--day", "2026-11-20", "--db", str(db), "--out", str(tmp_path / "g3.duckdb"))
+    assert day.returncode == 2 and "--day is a day of the lake" in day.stderr
 
 
 @pytest.mark.slow
@@ -102,32 +61,6 @@ def test_retention_reports_each_tier(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_segments_merge_into_the_serving_file_then_retention_frees_their_days(tmp_path: Path) -> None:
-    root, serving = tmp_path / "segments", tmp_path / "gpuledger.duckdb"
-    values = [wire.encode(m) for m in make_stream(20)]  # samples of 2025-01-01, long before "now"
-    for i in range(0, 20, 5):
-        SegmentWriter(root, "w0").write_arrow(decode_batch(values[i:i + 5]).tables)
-    SegmentWriter(root, "w1").write_arrow(decode_batch(values[10:20]).tables)  # a rebalance: 10 again
-    nothing = gpuledger("merge", "--db", str(serving))
-    assert nothing.returncode == 2 and "--segments DIR" in nothing.stderr
-    out = gpuledger("merge", "--db", str(serving), "--segments", str(root))
-    assert out.returncode == 0, out.stderr
-    assert "merged 20 new messages" in out.stdout and "20 new messages from 5 segments" in out.stderr
-    kept = gpuledger("retention", "--db", str(serving), "--segments", str(root))
-    assert kept.returncode == 0, kept.stderr
-    assert "segments: deleted 0 days" in kept.stdout and "20 messages not attributed yet" in kept.stdout
-    assert "raw: deleted 0 messages" in kept.stdout
-    attributed = gpuledger("attribute", "--db", str(serving))
-    assert attributed.returncode == 0 and "attributed 20 messages" in attributed.stdout
-    freed = gpuledger("retention", "--db", str(serving), "--segments", str(root))
-    assert freed.returncode == 0, freed.stderr
-    assert "raw: deleted 20 messages" in freed.stdout and "segments: deleted 1 days" in freed.stdout
-    assert not list(root.glob("*/day=2025-01-01"))
-    bad = gpuledger("merge", "--db", str(serving), "--segments", str(tmp_path / "nope"))
-    assert bad.returncode == 2 and "hint:" in bad.stderr
-
-
-@pytest.mark.slow
 def test_merge_from_the_lake_copies_its_messages_once_and_attribution_runs_on_them(tmp_path: Path) -> None:
     pytest.importorskip("pyiceberg", reason="the lake extra is not installed (pip install -e '.[test]')")
     from gpuledger.store.lake import LakeConfig, LakeStore
@@ -139,9 +72,45 @@ def test_merge_from_the_lake_copies_its_messages_once_and_attribution_runs_on_th
     out = gpuledger("merge", "--db", str(serving), "--lake", catalog, "--warehouse", warehouse)
     assert out.returncode == 0, out.stderr
     assert "merged 12 new messages" in out.stdout and "12 new messages" in out.stderr
+    nothing = gpuledger("merge", "--db", str(serving))
+    assert nothing.returncode == 2 and "--lake CATALOG_URI" in nothing.stderr and "hint:" in nothing.stderr
     again = gpuledger("merge", "--db", str(serving), "--lake", catalog, "--warehouse", warehouse)
     assert again.returncode == 0 and "merged 0 new messages" in again.stdout and "(12 in all)" in again.stdout
     with Store(serving, read_only=True) as store:
         assert (store.count("messages"), store.count("devices")) == (12, 24)
     attributed = gpuledger("attribute", "--db", str(serving))
     assert attributed.returncode == 0 and "attributed 12 messages" in attributed.stdout
+
+
+@pytest.mark.slow
+def test_lake_upkeep_commands_compact_expire_and_keep_unattributed_days(tmp_path: Path) -> None:
+    pytest.importorskip("pyiceberg", reason="the lake extra is not installed (pip install -e '.[test]')")
+    from gpuledger.store.lake import LakeConfig, LakeStore
+    from gpuledger.store.lake.upkeep import partitions
+
+    catalog, warehouse = f"sqlite:///{tmp_path}/catalog.db", str(tmp_path / "warehouse")
+    lake_args = ("--lake", catalog, "--warehouse", warehouse)
+    lake = LakeStore(LakeConfig(catalog, warehouse))
+    stream = make_stream(6)
+    for part in (stream[:3], stream[3:]):  # two flushes: two files per table and day
+        lake.write_arrow(decode_batch([wire.encode(m) for m in part]).tables)
+    (day,) = partitions(lake, "devices")
+    assert day.files == 2
+
+    young = gpuledger("compact", *lake_args)  # the default age rule: an old day (2025), so it is compacted
+    assert young.returncode == 0, young.stderr
+    assert "6 table partitions compacted, 12 files -> 6" in young.stdout  # five keyed tables and pods
+    assert partitions(lake, "devices")[0].files == 1
+
+    maintained = gpuledger("lake-maintain", *lake_args, "--expire-days", "0", "--keep-snapshots", "1")
+    assert maintained.returncode == 0, maintained.stderr
+    assert "0 table partitions compacted" in maintained.stdout and "expired" in maintained.stdout
+    assert "data files" in maintained.stdout and "stay in the warehouse" in maintained.stdout
+    assert len(LakeStore(LakeConfig(catalog, warehouse)).table("devices").snapshots()) == 1
+
+    kept = gpuledger("retention", *lake_args, "--db", str(tmp_path / "none.duckdb"))
+    assert kept.returncode == 0, kept.stderr
+    assert "dropped 0 days" in kept.stdout and f"kept {day.label}:" in kept.stdout and "no rollups" in kept.stdout
+
+    bad = gpuledger("lake-maintain")
+    assert bad.returncode == 2 and "hint:" in bad.stderr

@@ -49,12 +49,26 @@ def remote_agent_values() -> dict[str, Any]:
     return values
 
 
+def lake_values() -> dict[str, Any]:
+    """The values of docs/operations.md, "The lake shape"."""
+    section = OPERATIONS.read_text(encoding="utf-8").split("## The lake shape", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    values: dict[str, Any] = yaml.safe_load(block)
+    return values
+
+
 #: A few value sets beside the defaults: each renders, validates and hangs together.
 VALUE_SETS: dict[str, dict[str, Any]] = {
     "operations-guide": operations_values(),
     "defaults": {},
     "remote-agent": remote_agent_values(),
     "lake": LAKE,
+    "lake-guide": lake_values(),
+    "lake-own-secret-ray": {"mode": "lake", "api": {"replicas": 3},
+                            "lake": {"catalogUri": "postgresql+psycopg://gl:pw@pg.db.svc:5432/gl",
+                                     "aws": {"accessKeyId": "AKIA", "secretAccessKey": "s3cr3t", "region": "eu-west-1"},
+                                     "warehouse": "s3://lake/raw", "ingestReplicas": 4,
+                                     "attribute": {"rayAddress": "ray://ray-head.ray.svc:10001"}}},
     "everything": {
         "api": {"ingress": {"enabled": True, "className": "nginx"}},
         "kafka": {"securityProtocol": "SASL_SSL", "saslMechanism": "SCRAM-SHA-512", "saslUsername": "gpuledger",
@@ -136,13 +150,17 @@ def test_values_schema_rejects_what_the_chart_cannot_run() -> None:
     assert set(defaults["properties"]) >= {"mode", "cluster", "kafka", "agent", "api"}
 
 
-def test_lake_is_refused_until_the_lake_store_exists() -> None:
+def test_lake_without_its_catalog_warehouse_or_two_api_replicas_is_refused_with_what_to_set() -> None:
     import helm_python as helm
 
-    with pytest.raises(helm.HelmRenderError, match="not yet supported"):
+    with pytest.raises(helm.HelmRenderError, match="lake.existingSecret .* or lake.catalogUri"):
         render({"mode": "lake"})
-    with pytest.raises(helm.HelmRenderError, match="lake.existingSecret"):
-        render({"mode": "lake", "lake": {"allowUnsupported": True}})
+    with pytest.raises(helm.HelmRenderError, match="lake.warehouse"):
+        render({"mode": "lake", "lake": {"existingSecret": "s"}})
+    with pytest.raises(helm.HelmRenderError, match="api.replicas to 2"):
+        render({**LAKE, "api": {"replicas": 1}})
+    with pytest.raises(helm.HelmValuesError, match="allowUnsupported"):  # the placeholder switch is gone
+        render({**LAKE, "lake": {**LAKE["lake"], "allowUnsupported": True}})
 
 
 #: What mode=agent renders (release "gpuledger"): the agent DaemonSet and what it needs, nothing of the pipeline.
@@ -351,10 +369,10 @@ def test_every_writable_path_is_a_volume(objects) -> None:
 
 
 def test_every_stage_runs_in_both_shapes() -> None:
-    for values in ({}, LAKE):
+    for values, extra in (({}, {"export"}), (LAKE, {"lake-maintain"})):
         commands = {argv[0] for spec in pod_specs(render(values)).values() for c in spec["containers"]
                     for argv in gpuledger_commands(c)}
-        assert commands == {"agent", "ingest", "attribute", "serve", "retention", "export"}, commands
+        assert commands == {"agent", "ingest", "attribute", "serve", "retention"} | extra, commands
 
 
 # --- configuration files (issue 18's business files) -------------------------------------------------------------
@@ -406,7 +424,11 @@ def test_every_configuration_file_reaches_every_stage_and_parses(shape: str, tmp
     create_app(store=Store(":memory:"), prices=loaded["prices_path"], cloud_rates=loaded["cloud_rates_path"],
                node_pools=loaded["node_pools_path"], budgets=loaded["budgets_path"],
                work_units=loaded["work_units_path"], queues=loaded["queues_path"])  # currencies agree, and so on
-    (job,) = [o for o in of_kind(objects, "CronJob") if o["metadata"]["name"] == "gpuledger-units-import"]
+    jobs = [o for o in of_kind(objects, "CronJob") if o["metadata"]["name"] == "gpuledger-units-import"]
+    if shape == "lake":  # the import writes the DuckDB file: not in the lake shape yet
+        assert not jobs
+        return
+    (job,) = jobs
     (c,) = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
     args = build_parser(Settings()).parse_args(c["args"])
     assert (args.command, args.action, args.kueue) == ("units", "import", True)
@@ -480,19 +502,64 @@ def test_cronjobs_mount_the_embedded_volume_on_its_node(default) -> None:
         assert term["labelSelector"]["matchLabels"].items() <= sts["spec"]["template"]["metadata"]["labels"].items()
 
 
-def test_lake_shape_is_stateless_and_marked(objects) -> None:
+def test_lake_shape_is_stateless_and_complete(objects) -> None:
     deployments = of_kind(objects, "Deployment")
     if not deployments:
         # the embedded shape; mode=agent renders neither (test_agent_mode_renders_the_agent_and_only_what_it_needs)
         assert of_kind(objects, "StatefulSet") or set(objects) <= AGENT_ONLY
         return
-    assert not of_kind(objects, "StatefulSet")
-    assert {d["metadata"]["name"] for d in deployments} == {"gpuledger-ingest", "gpuledger-attribution", "gpuledger-api"}
-    for d in deployments:
-        assert "not yet supported" in d["metadata"]["annotations"]["gpuledger.io/support"]
-        spec = d["spec"]["template"]["spec"]
-        assert not any("persistentVolumeClaim" in v for v in spec["volumes"])
-        assert {"secretRef": {"name": "gpuledger-lake"}} in spec["containers"][0]["envFrom"]
+    values = next(v for v in VALUE_SETS.values() if render(v) == objects)
+    lake = values["lake"]
+    assert not of_kind(objects, "StatefulSet") and not of_kind(objects, "PersistentVolumeClaim")
+    by_name = {d["metadata"]["name"]: d for d in deployments}
+    assert set(by_name) == {"gpuledger-ingest", "gpuledger-api"}
+    assert by_name["gpuledger-ingest"]["spec"]["replicas"] == lake.get("ingestReplicas", 2)
+    assert by_name["gpuledger-api"]["spec"]["replicas"] == values.get("api", {}).get("replicas", 2) >= 2
+    secret = lake.get("existingSecret") or "gpuledger-lake"
+    config = objects["ConfigMap/gpuledger-config"]["data"]
+    assert config["GPULEDGER_LAKE_WAREHOUSE"] == lake["warehouse"]
+    assert config.get("GPULEDGER_LAKE_S3_ENDPOINT") == lake.get("s3Endpoint")
+    if not lake.get("existingSecret"):  # the chart's own Secret carries the catalog and the S3 credentials
+        data = objects["Secret/gpuledger-lake"]["stringData"]
+        assert data["GPULEDGER_LAKE_CATALOG_URI"] == lake["catalogUri"]
+        assert (data["AWS_ACCESS_KEY_ID"], data["AWS_SECRET_ACCESS_KEY"], data["AWS_REGION"]) == \
+            (lake["aws"]["accessKeyId"], lake["aws"]["secretAccessKey"], lake["aws"]["region"])
+        assert lake["catalogUri"] not in json.dumps(config)  # never in the ConfigMap
+    else:
+        assert "Secret/gpuledger-lake" not in objects
+    for key, spec in pod_specs(objects).items():
+        if key.startswith("DaemonSet/"):
+            continue
+        assert not any("persistentVolumeClaim" in v for v in spec["volumes"]), key
+        (c,) = spec["containers"]
+        assert {"secretRef": {"name": secret}} in c["envFrom"], key  # GPULEDGER_LAKE_CATALOG_URI, AWS_*
+    api = by_name["gpuledger-api"]["spec"]["template"]["spec"]
+    (serve,) = api["containers"]
+    cache = serve["args"][serve["args"].index("--cache-dir") + 1]
+    (mount,) = [m for m in serve["volumeMounts"] if m["mountPath"] == cache]
+    assert "emptyDir" in {v["name"]: v for v in api["volumes"]}[mount["name"]]  # disposable
+    jobs = {o["metadata"]["name"]: o["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"]
+            for o in of_kind(objects, "CronJob")}
+    assert set(jobs) == {"gpuledger-attribute", "gpuledger-retention", "gpuledger-lake-maintain"}
+    ray = lake.get("attribute", {}).get("rayAddress")
+    assert jobs["gpuledger-attribute"] == (["attribute", "--ray", ray] if ray else ["attribute"])
+    assert (jobs["gpuledger-retention"], jobs["gpuledger-lake-maintain"]) == (["retention"], ["lake-maintain"])
+    rules = json.dumps(objects["PrometheusRule/gpuledger"]["spec"]) if "PrometheusRule/gpuledger" in objects else ""
+    assert 'cronjob=\\"gpuledger-attribute\\"' in rules  # attribution staleness from its CronJob's last success
+
+
+def test_lake_settings_reach_the_commands_as_the_cli_reads_them() -> None:
+    """The lake's ConfigMap and Secret keys are settings the commands read: parsed as one worker parses them."""
+    objects = render(VALUE_SETS["lake-own-secret-ray"])
+    env = {**objects["ConfigMap/gpuledger-config"]["data"], **objects["Secret/gpuledger-lake"]["stringData"]}
+    settings = Settings(**{k.removeprefix("GPULEDGER_").lower(): v for k, v in env.items()
+                           if k.startswith("GPULEDGER_")})
+    assert (settings.lake_catalog_uri, settings.lake_warehouse) == ("postgresql+psycopg://gl:pw@pg.db.svc:5432/gl",
+                                                                    "s3://lake/raw")
+    assert (settings.lake_snapshot_expire_days, settings.lake_snapshots_kept, settings.lake_compact_after_hours) == \
+        (7.0, 10, 6.0)
+    args = build_parser(settings).parse_args(["retention"])
+    assert args.command == "retention" and settings.lake_catalog_uri  # retention, ingest, lake-maintain: the lake
 
 
 # --- dashboards and rules: one source of truth -----------------------------------------------------------------

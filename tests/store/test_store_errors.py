@@ -42,12 +42,6 @@ def test_a_file_held_by_a_writer_raises_store_locked_with_a_hint(held: Path, rea
     assert str(held) in str(caught.value) and "read_only=True" in caught.value.hint
 
 
-def test_absorbing_a_held_worker_file_says_a_worker_holds_it(held: Path, tmp_path: Path) -> None:
-    with Store(tmp_path / "serving.duckdb") as serving, pytest.raises(StoreLocked) as caught:
-        serving.absorb(held)
-    assert "--hold-db" in caught.value.hint
-
-
 def test_the_ingest_opener_waits_for_a_held_file_then_gives_up_with_store_locked(held: Path) -> None:
     pauses: list[float] = []
     with pytest.raises(StoreLocked):

@@ -24,8 +24,9 @@ NAMESPACE = "gpuledger"
 #: Kubernetes version the objects are validated for (the chart's kubeVersion floor).
 KUBE_VERSION = "1.27"
 
-#: Values that let the lake shape render (it is declared, not yet supported).
-LAKE = {"mode": "lake", "lake": {"allowUnsupported": True, "existingSecret": "gpuledger-lake"}}
+#: The lake shape with the catalog and S3 credentials in an existing Secret (the way docs/operations.md shows).
+LAKE = {"mode": "lake", "lake": {"existingSecret": "gpuledger-lake", "warehouse": "s3://gpuledger-lake/raw",
+                                 "s3Endpoint": "http://minio.minio.svc:9000"}}
 
 
 def render(values: dict[str, Any] | None = None, *, release: str = RELEASE) -> dict[str, dict[str, Any]]:

@@ -7,7 +7,10 @@ The catalog is pyiceberg's SQL catalog -- a SQLite file on one machine
 (``s3://bucket/prefix``); for S3-compatible storage other than AWS give
 its endpoint (``s3_endpoint``, e.g. MinIO's ``http://minio:9000``);
 credentials come from the usual AWS environment variables
-(``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``).
+(``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``). A REST
+catalog's own settings (``token``, ``prefix``, ``credential``...) come from
+pyiceberg's variables for the catalog named ``gpuledger``
+(``PYICEBERG_CATALOG__GPULEDGER__TOKEN``, ``PYICEBERG_CATALOG__GPULEDGER__PREFIX``).
 
 :func:`transient` tells which exceptions mean "the catalog or the object
 store did not answer" (retried with backoff by the writer, then a
@@ -66,6 +69,13 @@ class LakeConfig:
         if self.s3_endpoint:
             props["s3.endpoint"] = self.s3_endpoint
             props["s3.force-virtual-addressing"] = "false"  # path-style: MinIO, moto, Ceph
+        # Anything else pyiceberg's catalog takes (a REST catalog's token, prefix, credential, scope...), named as
+        # pyiceberg names it in the environment: PYICEBERG_CATALOG__GPULEDGER__TOKEN -> token,
+        # ..._S3__REGION -> s3.region. Read here, at open, not once when pyiceberg is imported.
+        head = f"PYICEBERG_CATALOG__{self.catalog_name.upper()}__"
+        for env, value in sorted(os.environ.items()):
+            if env.startswith(head) and value:
+                props.setdefault(env[len(head):].lower().replace("__", ".").replace("_", "-"), value)
         for env, key in (("AWS_ACCESS_KEY_ID", "s3.access-key-id"), ("AWS_SECRET_ACCESS_KEY", "s3.secret-access-key"),
                          ("AWS_REGION", "s3.region"), ("AWS_DEFAULT_REGION", "s3.region")):
             if os.environ.get(env) and key not in props:

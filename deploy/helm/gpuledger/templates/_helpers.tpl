@@ -43,16 +43,21 @@ app.kubernetes.io/component: {{ .component }}
 
 {{- define "gpuledger.dbPath" -}}/data/gpuledger.duckdb{{- end -}}
 
-{{/* The lake shape is declared but not built yet: refuse it unless asked to render it anyway. */}}
+{{/* Values a shape cannot run with: refused at render time with what to set. */}}
 {{- define "gpuledger.checkMode" -}}
 {{- if and (eq .Values.mode "agent") (not .Values.agent.enabled) -}}
 {{- fail "mode=agent renders only the agent: set agent.enabled=true" -}}
 {{- end -}}
-{{- if and (eq .Values.mode "lake") (not .Values.lake.allowUnsupported) -}}
-{{- fail "mode=lake is not yet supported (the lake store does not exist yet): use mode=embedded, or set lake.allowUnsupported=true to render the templates anyway" -}}
+{{- if eq .Values.mode "lake" -}}
+{{- if not (or .Values.lake.existingSecret .Values.lake.catalogUri) -}}
+{{- fail "mode=lake needs the catalog: lake.existingSecret (a Secret with GPULEDGER_LAKE_CATALOG_URI and the AWS_* keys) or lake.catalogUri" -}}
 {{- end -}}
-{{- if and (eq .Values.mode "lake") (not .Values.lake.existingSecret) -}}
-{{- fail "mode=lake needs lake.existingSecret: a Secret with the catalog and object-store settings" -}}
+{{- if not .Values.lake.warehouse -}}
+{{- fail "mode=lake needs lake.warehouse: where the tables' files go, e.g. s3://gpuledger-lake/raw" -}}
+{{- end -}}
+{{- if lt (int .Values.api.replicas) 2 -}}
+{{- fail "mode=lake serves from stateless replicas: set api.replicas to 2 or more" -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 
@@ -71,7 +76,7 @@ envFrom:
       name: {{ include "gpuledger.fullname" . }}-config
 {{- if eq .Values.mode "lake" }}
   - secretRef:
-      name: {{ .Values.lake.existingSecret }}
+      name: {{ .Values.lake.existingSecret | default (printf "%s-lake" (include "gpuledger.fullname" .)) }}
 {{- end }}
 env:
   - name: GPULEDGER_DB_PATH

@@ -1,0 +1,85 @@
+"""The lake through a real Iceberg REST catalog (lakana-server on PostgreSQL): ingest and a read.
+
+What the SQL catalog tests show, through ``--lake http://...``: idempotent
+appends, the same rows as the embedded store, and a conflicting commit refused
+by the server (HTTP 409 -> ``CommitFailedException``) then retried after
+re-reading the keys. Runs only where a lakana-server executable is given
+(tests/support/rest_catalog.py says why it is not a dependency); skipped otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+pytest.importorskip("pyiceberg", reason="the lake extra is not installed (pip install -e '.[test]')")
+
+from gpuledger.store import Store  # noqa: E402
+from gpuledger.store.lake import LakeConfig, LakeStore, materialize, scan  # noqa: E402
+from gpuledger.store.lake.schema import KEYED  # noqa: E402
+from tests.support.ingest_runs import stream  # noqa: E402
+from tests.support.postgres import Postgres, need_postgres  # noqa: E402
+from tests.support.rest_catalog import LakanaRest, need_lakana  # noqa: E402
+
+pytestmark = [pytest.mark.external, pytest.mark.slow]
+
+
+@pytest.fixture
+def rest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LakanaRest]:
+    exe = need_lakana()
+    pg = Postgres(need_postgres())
+    pg.start()
+    server = LakanaRest(exe, pg, tmp_path)
+    try:
+        server.start()
+        for key, value in server.client_env().items():
+            monkeypatch.setenv(key, value)
+        yield server
+    finally:
+        server.stop()
+        pg.remove()
+
+
+def rest_config(rest: LakanaRest) -> LakeConfig:
+    # lakana admits tables only under the top-level namespaces bronze, silver and gold (its medallion rule)
+    return LakeConfig(rest.uri, rest.storage_root, namespace="bronze")
+
+
+def test_ingest_and_a_read_through_a_rest_catalog(rest: LakanaRest) -> None:
+    config = rest_config(rest)
+    assert config.properties()["type"] == "rest"
+    lake = LakeStore(config)
+    msgs = stream(4, nodes=2)
+    assert lake.write_messages(msgs) == len(msgs)
+    assert lake.write_messages(msgs) == 0  # idempotent through the REST catalog too
+    with Store(":memory:") as want, Store(":memory:") as got:
+        want.write_messages(msgs)
+        assert materialize(LakeStore(config), got) == len(msgs)  # a second client reads what the first wrote
+        for name in KEYED:
+            assert got.count(name) == want.count(name), name
+        assert got.query("SELECT * FROM devices ORDER BY ALL").equals(want.query("SELECT * FROM devices ORDER BY ALL"))
+
+
+def test_a_commit_the_rest_server_refuses_is_retried_without_doubling(rest: LakanaRest) -> None:
+    config = rest_config(rest)
+    first, second = LakeStore(config), LakeStore(config)
+    msgs = stream(3, nodes=2)
+    real = first._existing
+    raced: list[bool] = []
+
+    def existing_then_race(table: object, scope: object) -> pa.Table:
+        keys = real(table, scope)  # type: ignore[arg-type]
+        if not raced and table.name()[-1] == "devices":  # type: ignore[attr-defined]
+            raced.append(True)
+            assert second.write_messages(msgs) == len(msgs)  # commits while `first` holds old keys
+        return keys
+
+    first._existing = existing_then_race  # type: ignore[method-assign]
+    assert first.write_messages(msgs) == 0
+    assert first.conflicts >= 1  # the server answered 409 to the stale commit
+    with Store(":memory:") as want:
+        want.write_messages(msgs)
+        assert {t: scan(first, t).num_rows for t in KEYED} == {t: want.count(t) for t in KEYED}
