@@ -97,7 +97,8 @@ def test_broker_restart_mid_stream_ingest_reconnects_and_catches_up(private_tans
         wait_until(lambda: store.count("messages") == 80, 30, "the first half stored")
         private_tansu.restart()  # comes back empty: no topic, no committed offsets
         # The agents' spools hold everything not acknowledged by the new broker: they re-send it all.
-        private_tansu.create_topic(topic, partitions=2)
+        # (The ingest worker's consumer may auto-create the topic first, polling the empty broker.)
+        private_tansu.create_topic(topic, partitions=2, exist_ok=True)
         publish(bootstrap, topic, encoded(messages))
         wait_until(lambda: store.count("messages") == len(messages), 60, "all messages after the restart")
     finally:

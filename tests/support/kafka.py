@@ -100,14 +100,20 @@ class TansuBroker:
             time.sleep(0.05)
         self.start()
 
-    def create_topic(self, name: str | None = None, partitions: int = 3) -> str:
+    def create_topic(self, name: str | None = None, partitions: int = 3, *, exist_ok: bool = False) -> str:
+        """Create topic ``name`` (a fresh unique one by default); ``exist_ok``: a topic a client's metadata
+        request auto-created first (a consumer polling across a broker restart) is taken as created."""
         from kafka import KafkaAdminClient
         from kafka.admin import NewTopic
+        from kafka.errors import TopicAlreadyExistsError
 
         name = name or f"t-{uuid.uuid4().hex[:12]}"
         admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5_000)
         try:
             admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+        except TopicAlreadyExistsError:
+            if not exist_ok:
+                raise
         finally:
             admin.close()
         return name
