@@ -1,4 +1,4 @@
-"""Lake store (Iceberg): ingest by 1 and 2 workers, commit latency, bytes per value vs Prometheus, files, sizing.
+"""Lake store (Iceberg): ingest by 1 and 2 workers, commit latency, bytes vs Prometheus, attribution, close, sizing.
 
 Starts its own services with the test helpers: the tansu broker
 (``tests/support/kafka.py``), a PostgreSQL cluster (``tests/support/postgres.py``)
@@ -43,11 +43,28 @@ a zero):
   (``lake_x``) and with Iceberg's metadata (manifests, metadata JSON:
   ``lake_with_metadata_x``) against a Prometheus TSDB block of the same
   values (``promtool tsdb create-blocks-from openmetrics``).
-- ``attribute`` (1 and 2 Ray workers) and ``close``: run by calling
-  ``gpuledger attribute --lake`` and ``gpuledger export --lake`` on the
-  PostgreSQL + S3 lake of the 1-worker run, when this checkout's commands
-  have ``--lake`` (rows/s: process rows of the lake per second of the
-  command); otherwise the row says "not run: ...".
+- ``attribute``: ``gpuledger attribute --lake`` on the PostgreSQL + S3 lake
+  of the 1-worker ingest run (its ``ticks`` ticks of 125 nodes: one UTC hour,
+  8 shards of the default 8 node groups), each command a fresh process: in one
+  process (the first run: every shard), again with nothing new (no data file
+  read, nothing committed: the command's fixed cost, process start included),
+  ``--workers 2 --full`` (a pool of 2), and ``--ray ADDRESS --full`` on a
+  one-machine Ray the benchmark starts for it with ``num_cpus`` 1 and then 2
+  (``ray.init`` in a child process, ``RAY_AUTH_MODE=disabled``: loopback
+  only; Ray start-up is outside the timed command, connecting to it inside).
+  For comparison, ``gpuledger attribute --db`` (the embedded incremental job)
+  on the DuckDB file of the ``duckdb_file`` ingest: the same messages. Rates
+  are per second of the whole command: ``msgs_per_s``, ``rows_per_s``
+  (process rows), ``ledger_rows_per_s`` (ledger rows the command reports);
+  ``peak_rss_mib`` and ``cpu_s`` from ``wait4`` (the command and the pool
+  workers it waited for); on Ray, the workers' largest peak RSS (VmHWM) and
+  their CPU seconds, sampled every 0.25 s from ``/proc``.
+- ``close``: ``gpuledger export chargeback --month 2026-10 --final --force``
+  (the month the data covers; ``--force`` because two minutes of a month are
+  far below the fleet's capacity) from the lake's rollups (``--lake``, the
+  close recorded in the catalog's database) and from the DuckDB file after its
+  ``attribute --db`` (``--db``): wall, peak RSS, CPU, the file's bytes, and
+  ``identical_to_file``: the two FOCUS files compared byte for byte.
 - ``machine_load``: the 1-minute load average sampled every 5 s through
   the run (the runner records it before and after).
 - ``sizing`` (10,000 and 100,000 GPUs; 1,000 for reference), from this run's
@@ -74,6 +91,15 @@ a zero):
   bytes per GPU-day), a lower bound for what compaction could reach;
   ``data_files_per_day`` = workers x 8,640 flushes a day x the measured files
   per flush, before any compaction.
+  ``attribution_cores`` = messages per second x ``attribution_cpu_s_per_msg``
+  / 0.5: the one-process ``attribute --lake`` run's CPU seconds less the
+  nothing-new run's, per message (so the per-shard and per-run costs of this
+  small run are in it: an upper bound where shards hold more messages), each
+  message attributed once (a run per hour, after the hour); a run every 10
+  minutes re-attributes the open hour's shards from all their rows, each
+  message ~3.5 times (1/6 + 2/6 + ... + 6/6 of the hour):
+  ``attribution_cores_every_10min``. The catalog database and the object
+  store are not counted.
 """
 
 from __future__ import annotations
@@ -111,7 +137,10 @@ UNITS = {
     "fleet_msgs_per_s": "msg/s", "ingest_workers": "count", "cores": "count", "lake_gb_per_month": "GB",
     "lake_gb_retained": "GB", "data_files_per_day": "count", "files_before": "count", "files_after": "count",
     "process_rows": "rows", "days": "count", "worker_msgs_per_s": "msg/s",
-    "device_samples_gb_per_month": "GB",
+    "device_samples_gb_per_month": "GB", "peak_rss_mib": "MiB", "cpu_s": "CPU-s", "ray_worker_peak_rss_mib": "MiB",
+    "ray_workers_cpu_s": "CPU-s", "ledger_rows": "rows", "ledger_rows_per_s": "rows/s", "rows": "rows",
+    "identical_to_file": "bool", "attribution_cpu_s_per_msg": "CPU-s/msg", "attribution_cores": "count",
+    "attribution_cores_every_10min": "count",
 }
 TARGETS = (
     Target("raw device samples, bytes per stored value, lake Parquet files / Prometheus TSDB", "lake_x", "<=", 0.5,
@@ -123,14 +152,16 @@ COMMIT_INTERVAL_S = 10.0  # the --commit-interval default: what "visible within"
 RAW_RETENTION_DAYS = 61  # docs/storage.md: raw samples kept 2 months by default
 MONTH_DAYS = 30.44
 HEADROOM = 0.5  # a worker sized to run at half its measured rate
+REREADS_10MIN = 3.5  # runs every 10 min re-attribute the open hour from all its rows: 1/6 + 2/6 + ... + 6/6
+MONTH = "2026-10"  # bench_ingest.node_message's ticks start at 2026-10-01 00:00 UTC
 UNDER_LOAD = "measured under load (shared 2-core VM: other engineers' tests and builds ran beside it)"
 
 
 def parameters(quick: bool) -> dict[str, Any]:
     return {
-        "gpus": 1000, "nodes": 125, "ticks": 4 if quick else 12, "partitions": 4, "batch_max": 250,
-        "commit_interval_s": 2.0, "flushes": 3 if quick else 4, "flush_sizes": [125] if quick else [125, 1250],
-        "storage_gpus": 16, "storage_hours": 2 if quick else 24, "tick_s": TICK_S, "gpus_per_node": GPUS_PER_NODE,
+        "gpus": 1000, "nodes": 125, "ticks": 4 if quick else 6, "partitions": 4, "batch_max": 250,
+        "commit_interval_s": 2.0, "flushes": 3, "flush_sizes": [125] if quick else [125, 1250],
+        "storage_gpus": 16, "storage_hours": 2 if quick else 6, "tick_s": TICK_S, "gpus_per_node": GPUS_PER_NODE,
         "sizing_commit_interval_s": COMMIT_INTERVAL_S, "raw_retention_days": RAW_RETENTION_DAYS,
         "worker_headroom": HEADROOM,
     }
@@ -312,6 +343,18 @@ def ingest_file(bootstrap: str, topic: str, n: int, batch: int, rows_per_msg: in
 
 # --- steps that call other commands -----------------------------------------------------------------
 
+#: Runs ``gpuledger ...`` as a child of a fresh small interpreter and reports the child's resource use from
+#: ``wait4``: a process forked from this (large) one would start with this one's RSS high-water mark, which Linux
+#: carries across exec. ``ru_maxrss`` is the largest of the process and the pool workers it waited for; the CPU
+#: seconds are theirs together.
+_MEASURE = ("import os, subprocess, sys; p = subprocess.Popen(sys.argv[1:]); _, st, ru = os.wait4(p.pid, 0); "
+            "print(f'measured {ru.ru_maxrss} {ru.ru_utime + ru.ru_stime}', file=sys.stderr); "
+            "sys.exit(os.waitstatus_to_exitcode(st))")
+
+#: Starts a one-machine Ray with ``num_cpus`` CPUs, prints its GCS address and keeps it until stdin closes.
+_RAY = ("import sys, ray; ray.init(num_cpus=int(sys.argv[1]), include_dashboard=False, log_to_driver=False); "
+        "print(ray.get_runtime_context().gcs_address, flush=True); sys.stdin.read(); ray.shutdown()")
+
 
 def _help(command: str) -> str | None:
     proc = subprocess.run([sys.executable, "-m", "gpuledger.cli", command, "--help"], capture_output=True, text=True,
@@ -335,50 +378,198 @@ def _timed(argv: list[str]) -> tuple[float | None, str]:
     return time.perf_counter() - t0, ""
 
 
-def attribute_steps(config: Any, process_rows: int) -> list[dict[str, Any]]:
-    """Attribution of the lake with 1 and 2 Ray workers, through ``gpuledger attribute --lake`` (wt-lakeattr)."""
+def _descendants(root: int) -> list[int]:
+    """The live processes below ``root`` (Linux /proc)."""
+    parent: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found, frontier = [], [root]
+    while frontier:
+        pid = frontier.pop()
+        children = [c for c, p in parent.items() if p == pid]
+        found += children
+        frontier += children
+    return found
+
+
+@contextmanager
+def _ray_workers(root: int | None) -> Iterator[dict[int, tuple[float, float]]]:
+    """Samples, every 0.25 s, the Ray worker processes (``ray::...``) below ``root``: pid -> (peak RSS MiB from
+    VmHWM, CPU seconds), the last value seen (a job's workers end with its driver, so they are read while it runs)."""
+    seen: dict[int, tuple[float, float]] = {}
+    stop = threading.Event()
+
+    def sample() -> None:
+        while True:
+            for pid in _descendants(root) if root is not None else []:
+                try:
+                    if not Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::"):
+                        continue
+                    status = Path(f"/proc/{pid}/status").read_text()
+                except OSError:
+                    continue
+                hwm = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0)
+                cpu = _cpu_s(pid)
+                if cpu is not None:
+                    seen[pid] = (hwm / 1024, cpu)
+            if stop.wait(0.25):
+                return
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _measured(argv: list[str], ray_root: int | None = None) -> dict[str, Any]:
+    """``gpuledger argv`` in a fresh process: wall s, peak RSS MiB, CPU s (the process and the pool workers it
+    waited for), its last stdout line; with ``ray_root``, also the Ray workers' largest peak RSS and their CPU
+    seconds. Raises RuntimeError with the command's last error line when it fails."""
+    with _ray_workers(ray_root) as workers:
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-c", _MEASURE, sys.executable, "-m", "gpuledger.cli", *argv],
+                              capture_output=True, text=True, timeout=600, check=False)
+        wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        last = [line for line in proc.stderr.strip().splitlines() if not line.startswith("measured ")][-1:]
+        raise RuntimeError(f"`gpuledger {' '.join(argv[:2])}` exited {proc.returncode}: "
+                           f"{last[0] if last else 'no output'}")
+    kib, cpu = proc.stderr.rsplit("measured ", 1)[1].split()[:2]
+    got = {"seconds": round(wall, 2), "peak_rss_mib": round(int(kib) / 1024), "cpu_s": round(float(cpu), 2),
+           "_line": (proc.stdout.strip().splitlines() or [""])[-1]}
+    if ray_root is not None:
+        if not workers:
+            raise RuntimeError("no Ray worker process was seen running the shards")
+        got.update(ray_worker_peak_rss_mib=round(max(rss for rss, _ in workers.values())),
+                   ray_workers_cpu_s=round(sum(cpu for _, cpu in workers.values()), 2))
+    return got
+
+
+@contextmanager
+def local_ray(num_cpus: int, log: Path) -> Iterator[tuple[str, int]]:
+    """A one-machine Ray with ``num_cpus`` CPUs in a child process: (its GCS address, the child's pid). Ray's token
+    auth is off (``RAY_AUTH_MODE=disabled``): a loopback cluster of this run only."""
+    os.environ["RAY_AUTH_MODE"] = "disabled"  # the child and the commands that connect to it inherit it
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-c", _RAY, str(num_cpus)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=err, text=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        address = proc.stdout.readline().strip()
+        if not address:
+            proc.wait(60)
+            tail = log.read_text(errors="replace").strip().splitlines()[-1:]
+            raise RuntimeError(f"the local Ray did not start: {tail[0] if tail else 'no output'}")
+        yield address, proc.pid
+    finally:
+        proc.stdin.close()  # ray.shutdown() in the child stops its head and workers
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _ledger_rows(line: str) -> int | None:
+    """The ledger rows in ``attribute``'s summary line ("... into N ledger rows ...")."""
+    words = line.replace(",", "").split()
+    return next((int(words[i - 1]) for i, w in enumerate(words) if w == "ledger" and i and words[i - 1].isdigit()),
+                None)
+
+
+def attribute_steps(config: Any, db: Path | None, messages: int, process_rows: int, tmp: Path) -> list[dict[str, Any]]:
+    """``gpuledger attribute --lake`` on the lake of the 1-worker PostgreSQL + S3 ingest (see the module doc), and
+    ``attribute --db`` on the DuckDB file holding the same messages."""
     text = _help("attribute")
-    why = None
     if text is None or "--lake" not in text:
-        why = "not run: `gpuledger attribute` has no --lake in this checkout (attribution on the lake: wt-lakeattr)"
-    elif "--ray" not in text:
-        why = "not run: `gpuledger attribute --lake` has no --ray in this checkout"
-    rows = []
-    for workers in (1, 2):
-        row: dict[str, Any] = {"step": "attribute", "target": "postgresql+s3", "workers": workers}
-        if why is None:
-            # A local Ray (`--ray local`); the 2-worker figure means something only where --workers caps Ray's
-            # parallelism in wt-lakeattr's interface: check when merging.
-            seconds, failed = _timed(["attribute", *_lake_flags(config), "--shards", "--ray", "local",
-                                      "--workers", str(workers)])
-            if seconds is None:
-                row["skipped"] = failed
+        why = "not run: `gpuledger attribute` has no --lake in this checkout"
+        return [{"step": "attribute", "target": "postgresql+s3", "executor": e, "skipped": why}
+                for e in ("one process", "pool", "ray", "ray")]
+    runs: list[tuple[str, int, list[str], int | None]] = [
+        ("one process", 1, [], None), ("nothing new", 1, [], None), ("pool", 2, ["--workers", "2", "--full"], None),
+        ("ray", 1, ["--full"], 1), ("ray", 2, ["--full"], 2)]
+    rows: list[dict[str, Any]] = []
+    for executor, workers, flags, ray_cpus in runs:
+        row: dict[str, Any] = {"step": "attribute", "target": "postgresql+s3", "executor": executor,
+                               "workers": workers, "messages": messages}
+        try:
+            if ray_cpus is None:
+                got = _measured(["attribute", *_lake_flags(config), *flags])
             else:
-                row.update(seconds=round(seconds, 2), process_rows=process_rows,
-                           rows_per_s=round(process_rows / seconds))
-        else:
-            row["skipped"] = why
-        rows.append(row)
+                try:
+                    import ray  # noqa: F401
+                except ImportError:
+                    rows.append({**row, "skipped": "not run: the ray extra is not installed (pip install -e '.[ray]')"})
+                    continue
+                with local_ray(ray_cpus, tmp / f"ray-{ray_cpus}.log") as (address, root):
+                    got = _measured(["attribute", *_lake_flags(config), "--ray", address, *flags], ray_root=root)
+        except RuntimeError as exc:
+            rows.append({**row, "skipped": f"failed: {exc}"})
+            continue
+        rows.append({**row, **_rates(got, messages, process_rows, idle=executor == "nothing new")})
+    row = {"step": "attribute", "target": "duckdb_file", "executor": "one process", "workers": 1,
+           "messages": messages}
+    if db is None:
+        rows.append({**row, "skipped": "not run: no DuckDB file was ingested in this run"})
+    else:
+        try:
+            rows.append({**row, **_rates(_measured(["attribute", "--db", str(db)]), messages, process_rows)})
+        except RuntimeError as exc:
+            rows.append({**row, "skipped": f"failed: {exc}"})
     return rows
 
 
-def close_step(config: Any, attributed: bool, month: str) -> dict[str, Any]:
-    """The month's close from the lake's rollups, through ``gpuledger export --lake --final`` (wt-lakeserve)."""
-    row: dict[str, Any] = {"step": "close", "target": "postgresql+s3"}
+def _rates(got: dict[str, Any], messages: int, process_rows: int, idle: bool = False) -> dict[str, Any]:
+    line = got.pop("_line")
+    if idle:  # attributed nothing: its wall and CPU are the command's fixed cost
+        return {**got, "summary": line}
+    ledger = _ledger_rows(line)
+    return {**got, "process_rows": process_rows, "msgs_per_s": round(messages / got["seconds"], 1),
+            "rows_per_s": round(process_rows / got["seconds"]),
+            "ledger_rows": ledger, "ledger_rows_per_s": round(ledger / got["seconds"]) if ledger else None,
+            "cpu_s_per_msg": round(got["cpu_s"] / messages, 5)}
+
+
+def close_steps(config: Any, db: Path | None, attributed: bool, month: str, tmp: Path) -> list[dict[str, Any]]:
+    """The month's close, ``export chargeback --final --force`` from the lake's rollups and from the DuckDB file's
+    (see the module doc), and whether the two files are byte-identical."""
     text = _help("export")
+    lake_row: dict[str, Any] = {"step": "close", "target": "postgresql+s3", "month": month}
+    file_row: dict[str, Any] = {"step": "close", "target": "duckdb_file", "month": month}
+    flags = ["--month", month, "--final", "--force"]
     if text is None or "--lake" not in text:
-        row["skipped"] = "not run: `gpuledger export` has no --lake in this checkout (the close on the lake: wt-lakeserve)"
+        lake_row["skipped"] = "not run: `gpuledger export` has no --lake in this checkout"
     elif not attributed:
-        row["skipped"] = "not run: needs the rollups of the attribute step, which did not run"
+        lake_row["skipped"] = "not run: needs the lake's rollups of the attribute step, which did not run"
     else:
-        with tempfile.TemporaryDirectory() as out:  # closed months are kept in the embedded file (docs/lake.md)
-            seconds, failed = _timed(["export", "chargeback", *_lake_flags(config), "--db", f"{out}/meta.duckdb",
-                                      "--month", month, "--final", "--out", f"{out}/"])
-        if seconds is None:
-            row["skipped"] = failed
-        else:
-            row["seconds"] = round(seconds, 2)
-    return row
+        try:
+            lake_row.update(_measured(["export", "chargeback", *_lake_flags(config), *flags,
+                                       "--out", str(tmp / "close-lake.csv")]))
+            lake_row.pop("_line")
+        except RuntimeError as exc:
+            lake_row["skipped"] = f"failed: {exc}"
+    if db is None:
+        file_row["skipped"] = "not run: no DuckDB file was ingested in this run"
+    else:
+        try:
+            file_row.update(_measured(["export", "chargeback", "--db", str(db), *flags,
+                                       "--out", str(tmp / "close-file.csv")]))
+            file_row.pop("_line")
+        except RuntimeError as exc:
+            file_row["skipped"] = f"failed: {exc}"
+    if "skipped" not in lake_row and "skipped" not in file_row:
+        lake_file, db_file = (tmp / "close-lake.csv").read_bytes(), (tmp / "close-file.csv").read_bytes()
+        lake_row.update(bytes=len(lake_file), rows=lake_file.count(b"\n") - 1,
+                        identical_to_file=lake_file == db_file)
+        file_row["bytes"] = len(db_file)
+    return [lake_row, file_row]
 
 
 def compaction_step(config: Any, lake: Any, before: int) -> dict[str, Any]:
@@ -475,8 +666,21 @@ def _load_sampler(every_s: float = 5.0) -> Iterator[list[float]]:
         samples.append(os.getloadavg()[0])
 
 
+def attribution_slope(rows: list[dict[str, Any]]) -> float | None:
+    """CPU seconds per message of ``attribute --lake`` in one process, less its fixed cost: (CPU of the first run
+    - CPU of the run with nothing new) / messages; None when either did not run."""
+    def lake(executor: str) -> dict[str, Any] | None:
+        return next((r for r in rows if r["step"] == "attribute" and r["target"] == "postgresql+s3"
+                     and r.get("executor") == executor and "cpu_s" in r), None)
+
+    one, idle = lake("one process"), lake("nothing new")
+    if one is None or idle is None:
+        return None
+    return float(max(one["cpu_s"] - idle["cpu_s"], 0.0) / one["messages"])
+
+
 def _sizing(gpus: int, one: dict[str, Any], flush_rows: list[dict[str, Any]],
-            device_bytes_per_gpu_day: float | None) -> dict[str, Any]:
+            device_bytes_per_gpu_day: float | None, attribution_s_per_msg: float | None) -> dict[str, Any]:
     """What ``gpus`` GPUs need, from the measured slopes (see the module doc)."""
     need = gpus / GPUS_PER_NODE / TICK_S
     per_worker, basis = one["msgs_per_s"], "backlog rate"
@@ -499,6 +703,10 @@ def _sizing(gpus: int, one: dict[str, Any], flush_rows: list[dict[str, Any]],
                device_samples_gb_per_month=(round(gpus * MONTH_DAYS * device_bytes_per_gpu_day / 1e9, 1)
                                             if device_bytes_per_gpu_day else None),
                data_files_per_day=round(workers * 86_400 / COMMIT_INTERVAL_S * one["files_per_flush"]))
+    if attribution_s_per_msg is not None:  # each message attributed once (hourly runs); every 10 min: ~3.5 times
+        row.update(attribution_cpu_s_per_msg=round(attribution_s_per_msg, 5),
+                   attribution_cores=math.ceil(need * attribution_s_per_msg / HEADROOM),
+                   attribution_cores_every_10min=math.ceil(need * attribution_s_per_msg * REREADS_10MIN / HEADROOM))
     return row
 
 
@@ -553,10 +761,11 @@ def run(quick: bool) -> list[dict[str, Any]]:
             rows.append({"step": "files", "target": "postgresql+s3", "workers": 1, "days": len(pg_days),
                          "data_files": pg_files, "files_per_flush": one["files_per_flush"]})
             rows.append(compaction_step(pg_config, pg_lake, pg_files))
-            process_rows = n * len(fleet[0].processes)
-            attribution = attribute_steps(pg_config, process_rows)
+            db = tmp / "file.duckdb" if (tmp / "file.duckdb").exists() else None
+            attribution = attribute_steps(pg_config, db, n, n * len(fleet[0].processes), tmp)
             rows += attribution
-            rows.append(close_step(pg_config, any("seconds" in r for r in attribution), "2026-10"))
+            lake_attributed = any(r["target"] == "postgresql+s3" and "rows_per_s" in r for r in attribution)
+            rows += close_steps(pg_config, db, lake_attributed, MONTH, tmp)
         else:
             why = "not run: no PostgreSQL + S3 lake was ingested in this run"
             rows += [{"step": s, "target": "postgresql+s3", "skipped": why}
@@ -578,7 +787,8 @@ def run(quick: bool) -> list[dict[str, Any]]:
         rows.append(storage)
         per_gpu_day = storage["bytes"] / (storage["gpus"] * storage["hours"] / 24)
         if one is not None:
-            rows += [_sizing(gpus, one, flush_rows, per_gpu_day) for gpus in (1_000, 10_000, 100_000)]
+            slope = attribution_slope(rows)
+            rows += [_sizing(gpus, one, flush_rows, per_gpu_day, slope) for gpus in (1_000, 10_000, 100_000)]
         else:
             rows.append({"step": "sizing", "skipped": "not run: needs the 1-worker PostgreSQL + S3 ingest rate"})
     cpus = os.cpu_count() or 1
