@@ -205,3 +205,27 @@ def test_rows_are_compared_as_multisets() -> None:
     once = pa.table({"a": ["y", "x", "z"], "n": [None, 1.0, 1.0], "hour": pa.array([0, 0, 0], pa.timestamp("us", "UTC"))})
     assert _same_rows(have, [same], target) and not _same_rows(have, [once], target)
     assert not _same_rows(have, [same.slice(0, 2)], target)
+
+
+def test_an_import_lost_to_a_concurrent_commit_is_redone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = LakeConfig(f"sqlite:///{tmp_path}/catalog.db", str(tmp_path / "warehouse"), unavailable_s=0.5)
+    lake = LakeStore(config)
+    products = LakeProducts(lake)
+    answers = Answers()
+    answers.at(HOUR, {"tok": [({"namespace": "inf", "pod": "llm-0"}, 10.0)]})
+    answers.at(HOUR + HOUR_NS, {"tok": [({"namespace": "inf", "pod": "llm-0"}, 4.0)]})
+    units = wu.parse_work_units('[[unit]]\nname = "tokens"\nquery = "tok"\n')
+    stale = lake.table("work_units").refresh()
+    wu.import_hours(LakeProducts(LakeStore(config)), answers, units, [HOUR + HOUR_NS])  # another import first
+    real, calls = lake.table, []
+
+    class FirstStale:
+        def refresh(self) -> Any:
+            calls.append(1)
+            return stale if len(calls) == 1 else real("work_units").refresh()
+
+    monkeypatch.setattr(lake, "table", lambda name: FirstStale())
+    assert wu.import_hours(products, answers, units, [HOUR]).written == 1
+    assert lake.conflicts == 1 and len(calls) == 2  # refused on the stale table, redone on the refreshed one
+    monkeypatch.undo()
+    assert [r[4:] for r in lake_rows(lake, "work_units")] == [("tokens", 10.0), ("tokens", 4.0)]
