@@ -6,8 +6,13 @@ writes into a DuckDB file's tables otherwise (:meth:`gpuledger.store.Store.repla
 
 One call is **one Iceberg transaction** on the table: delete the parts' rows
 (each part: its hour -- the ``month(hour)`` partition and ``hour_start_ns``
--- and its scope's columns, e.g. ``unit = 'tokens'``), append the new rows,
-one data file per hour (the lake-only ``hour`` column added). So a re-import
+-- and its scope's columns, e.g. ``unit = 'tokens'``), append the new rows as
+one data file (the lake-only ``hour`` column added). One file per call, not
+one per hour as attribution's booking writes: each append in a pyiceberg
+transaction costs a copy of the table metadata (measured 2026-12-07 on the
+loaded 2-core VM, 24 hours x 2 units x 200 pods re-imported with new counts:
+6.0 s with 24 appends, 1.0 s with one); the tables are small, so the
+copy-on-write of a file a later import overlaps is cheap. So a re-import
 of a range replaces it, an overlapping range replaces the overlap, and
 nothing is ever doubled. A re-import that brings exactly the rows the lake
 holds commits nothing (no snapshot: an API replica has nothing to read
@@ -69,8 +74,7 @@ class LakeProducts:
                 warnings.filterwarnings("ignore", "Delete operation did not match any records")
                 with lake_table.transaction() as tx:
                     tx.delete(drop)
-                    for rows in new:
-                        tx.append(rows)
+                    tx.append(pa.concat_tables(new))
             written = sum(r.num_rows for r in new)
 
         self.lake.replacing(table, f"importing into lake table {table}", once,
