@@ -20,7 +20,8 @@ evaluated at each UTC hour's end:
 
 Rows go to ``queue_hourly(hour_start_ns, cluster_queue, series, le, value)``
 (a LocalQueue's rows: ``namespace/name`` in ``cluster_queue``); an hour is
-replaced as a whole; a series Prometheus lacks is no row.
+replaced as a whole (in the DuckDB file, or with ``--lake`` in the lake's
+Iceberg table); a series Prometheus lacks is no row.
 
 **Report** (:func:`queue_report`), per ClusterQueue (and its tenant:
 configuration ``[[queue]] cluster_queue = ... tenant = ...``, else the queue's
@@ -52,6 +53,7 @@ from gpuledger.analytics.work_units import Prometheus
 from gpuledger.config import parse_toml
 from gpuledger.errors import ConfigError
 from gpuledger.store import Store
+from gpuledger.store.protocol import HourlyWriter, HourPart
 from gpuledger.timeutil import HOUR_NS, month_bounds, to_ns
 
 __all__ = ["LOCAL_GAUGES", "LocalQueue", "Queues", "import_queue_hours", "load_queues", "measured_by_tenant",
@@ -141,12 +143,16 @@ def _queue_key(series: str, labels: dict[str, str]) -> str | None:
     return labels.get("cluster_queue") or None
 
 
-def import_queue_hours(store: Store, prometheus: Prometheus, queues: Queues, hours: Iterable[int]) -> int:
-    """Import Kueue's series for each hour (replacing it); returns the rows written."""
+def import_queue_hours(store: HourlyWriter, prometheus: Prometheus, queues: Queues, hours: Iterable[int], *,
+                       batch_hours: int = 24) -> int:
+    """Import Kueue's series for each hour (replacing it) into the file or the lake (``store``, see
+    :func:`gpuledger.analytics.work_units.import_hours`); returns the rows imported."""
     schema = {"hour_start_ns": pl.Int64, "cluster_queue": pl.String, "series": pl.String, "le": pl.Float64,
               "value": pl.Float64}
-    written = 0
-    for hour in sorted({h - h % HOUR_NS for h in hours}):
+    imported = 0
+    parts: list[HourPart] = []
+    wanted = sorted({h - h % HOUR_NS for h in hours})
+    for n, hour in enumerate(wanted, 1):
         rows = []
         for series, promql in _queries(queues.resource):
             for labels, value in prometheus.query(promql, (hour + HOUR_NS) / 1e9):
@@ -158,12 +164,12 @@ def import_queue_hours(store: Store, prometheus: Prometheus, queues: Queues, hou
                     continue
                 rows.append({"hour_start_ns": hour, "cluster_queue": key, "series": series,
                              "le": le, "value": value})
-        with store.transaction() as tx:
-            tx.execute("DELETE FROM queue_hourly WHERE hour_start_ns = ?", [hour])
-            if rows:
-                tx.append("queue_hourly", pl.DataFrame(rows, schema=schema))
-        written += len(rows)
-    return written
+        parts.append((hour, {}, pl.DataFrame(rows, schema=schema).to_arrow()))
+        imported += len(rows)
+        if n % batch_hours == 0 or n == len(wanted):
+            store.replace_hours("queue_hourly", parts)
+            parts = []
+    return imported
 
 
 def quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:

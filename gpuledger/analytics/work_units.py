@@ -8,10 +8,11 @@ configuration (``work_units_path``; the shipped default,
 must return one sample per pod: labels ``namespace`` and ``pod`` (``cluster``
 when present), value = the work done in that hour (``increase(...[1h])``).
 Rows go to ``work_units(hour_start_ns, cluster, namespace, pod, unit,
-count)``; an hour is replaced as a whole per unit, so re-importing is
-idempotent. A series Prometheus does not have is no row (never 0); a sample
-without ``namespace`` or ``pod``, or whose value is not finite, is skipped
-and counted.
+count)`` -- in the DuckDB file, or with ``--lake`` in the lake's Iceberg
+table (:class:`~gpuledger.store.protocol.HourlyWriter`); an hour is replaced
+as a whole per unit, so re-importing is idempotent. A series Prometheus does
+not have is no row (never 0); a sample without ``namespace`` or ``pod``, or
+whose value is not finite, is skipped and counted.
 
 **Report** (:func:`unit_report`): the rollups (``ledger_hourly``) of the pods
 and hours that have work units, joined on (hour, namespace, pod; a sample
@@ -45,6 +46,7 @@ from gpuledger.analytics.prices import PriceBook
 from gpuledger.config import parse_toml
 from gpuledger.errors import ConfigError, GpuledgerError
 from gpuledger.store import Store
+from gpuledger.store.protocol import HourlyWriter, HourPart
 from gpuledger.timeutil import HOUR_NS, from_ns, month_bounds, to_ns
 
 __all__ = ["DEFAULT_UNITS", "Prometheus", "PrometheusHTTP", "Unit", "WorkUnits", "default_work_units",
@@ -144,14 +146,23 @@ class ImportResult:
     hours: int = 0
     rows: int = 0
     skipped: int = 0  # samples without namespace/pod, or not finite
+    written: int = 0  # rows the store wrote (the lake writes none when it held exactly these rows already)
 
 
-def import_hours(store: Store, prometheus: Prometheus, units: WorkUnits, hours: Iterable[int]) -> ImportResult:
-    """Import each unit for each hour (any ns inside it): replace that hour's rows of the unit."""
+def import_hours(store: HourlyWriter, prometheus: Prometheus, units: WorkUnits, hours: Iterable[int], *,
+                 batch_hours: int = 24) -> ImportResult:
+    """Import each unit for each hour (any ns inside it): replace that hour's rows of the unit.
+
+    ``store`` is the DuckDB file (:class:`~gpuledger.store.Store`) or the lake
+    (:class:`~gpuledger.store.lake.products.LakeProducts`); ``batch_hours`` hours
+    go to it at a time (one transaction, or one Iceberg commit).
+    """
     result = ImportResult()
     schema = {"hour_start_ns": pl.Int64, "cluster": pl.String, "namespace": pl.String, "pod": pl.String,
               "unit": pl.String, "count": pl.Float64}
-    for hour in sorted({h - h % HOUR_NS for h in hours}):
+    parts: list[HourPart] = []
+    wanted = sorted({h - h % HOUR_NS for h in hours})
+    for n, hour in enumerate(wanted, 1):
         for unit in units.units:
             rows = []
             for labels, value in prometheus.query(unit.query, (hour + HOUR_NS) / 1e9):
@@ -160,12 +171,12 @@ def import_hours(store: Store, prometheus: Prometheus, units: WorkUnits, hours: 
                     continue
                 rows.append({"hour_start_ns": hour, "cluster": labels.get("cluster"), "namespace": labels["namespace"],
                              "pod": labels["pod"], "unit": unit.name, "count": value})
-            with store.transaction() as tx:
-                tx.execute("DELETE FROM work_units WHERE hour_start_ns = ? AND unit = ?", [hour, unit.name])
-                if rows:
-                    tx.append("work_units", pl.DataFrame(rows, schema=schema))
+            parts.append((hour, {"unit": unit.name}, pl.DataFrame(rows, schema=schema).to_arrow()))
             result.rows += len(rows)
         result.hours += 1
+        if n % batch_hours == 0 or n == len(wanted):
+            result.written += store.replace_hours("work_units", parts)
+            parts = []
     return result
 
 

@@ -5,10 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
-from gpuledger.cli.common import add_command, existing_db, price_book, setting_flags
+from gpuledger.cli.common import add_command, existing_db, given, lake_config, price_book, setting_flags
 from gpuledger.config import Settings
+
+if TYPE_CHECKING:
+    from gpuledger.store.protocol import HourlyWriter
 
 
 def register(sub: Any, settings: Settings) -> None:
@@ -37,15 +42,20 @@ def register(sub: Any, settings: Settings) -> None:
         "Prometheus's HTTP API at the end of each UTC hour and stores the per-pod counts in work_units; "
         "`report units --month` then gives cost, GPU-hours and kWh per 1M tokens. Run it hourly, after the "
         "hour has ended. See docs/economics.md#work-units.\n\n"
+        "With --lake CATALOG_URI --warehouse PATH_OR_S3 the hours go to the lake's Iceberg tables work_units "
+        "(and queue_hourly with --kueue) instead of a DuckDB file, which `serve --lake` replicas serve "
+        "(docs/lake.md); a re-import of the same hours changes nothing.\n\n"
         "  gpuledger units import --prometheus-url http://prometheus:9090\n"
-        "  gpuledger units import --hours 24",
+        "  gpuledger units import --hours 24\n"
+        "  gpuledger units import --kueue --lake postgresql+psycopg://gl@pg/gl --warehouse s3://lake/raw",
     )
     u.add_argument("action", choices=["import"], help="what to do")
     u.add_argument("--hours", type=int, default=1, metavar="N",
                    help="import the last N complete UTC hours (default 1); re-importing an hour replaces it")
     u.add_argument("--kueue", action="store_true",
                    help="also import Kueue's quota, reservation, usage and admission-wait series (--queues)")
-    setting_flags(u, settings, "--db", "--work-units", "--prometheus-url", "--queues")
+    setting_flags(u, settings, "--db", "--work-units", "--prometheus-url", "--queues", "--lake", "--warehouse",
+                  "--s3-endpoint")
 
 
 def report(args: argparse.Namespace, settings: Settings) -> int:
@@ -132,7 +142,6 @@ def units(args: argparse.Namespace, settings: Settings) -> int:
 
     from gpuledger.analytics import work_units as wu
     from gpuledger.errors import GpuledgerError
-    from gpuledger.store import Store
     from gpuledger.timeutil import HOUR_NS
 
     config = _work_units(settings)
@@ -144,16 +153,38 @@ def units(args: argparse.Namespace, settings: Settings) -> int:
         raise GpuledgerError(f"--hours must be 1 or more, got {args.hours}", hint="e.g. --hours 24")
     last = time.time_ns() // HOUR_NS * HOUR_NS - HOUR_NS  # the last complete hour
     hours = [last - i * HOUR_NS for i in range(args.hours)]
-    with Store(existing_db(settings.db_path)) as store:
+    with _import_target(args, settings) as (store, where):
         result = wu.import_hours(store, wu.PrometheusHTTP(url), config, hours)
         if args.kueue:
             from gpuledger.analytics import queues as qu
 
             n = qu.import_queue_hours(store, wu.PrometheusHTTP(url), _queue_config(settings), hours)
-            print(f"imported {n} Kueue rows for {len(hours)} hour(s)", file=sys.stderr)
-    print(f"imported {result.rows} work-unit rows for {result.hours} hour(s) "
-          f"({len(config.units)} unit(s)); skipped {result.skipped} sample(s) without namespace/pod", file=sys.stderr)
+            print(f"imported {n} Kueue rows for {len(hours)} hour(s) into {where}", file=sys.stderr)
+    print(f"imported {result.rows} work-unit rows for {result.hours} hour(s) ({len(config.units)} unit(s)) into "
+          f"{where}; skipped {result.skipped} sample(s) without namespace/pod", file=sys.stderr)
     return 0
+
+
+@contextmanager
+def _import_target(args: argparse.Namespace, settings: Settings) -> Iterator[tuple[HourlyWriter, str]]:
+    """Where ``units import`` writes: the lake's product tables (--lake), else the DuckDB file (--db)."""
+    from gpuledger.errors import GpuledgerError
+    from gpuledger.store import Store
+
+    lake = lake_config(settings)
+    if lake is None:
+        with Store(existing_db(settings.db_path)) as store:
+            yield store, str(settings.db_path)
+        return
+    if given(args, "--db"):
+        raise GpuledgerError("--lake and --db do not go together: with --lake the hours go to the lake's "
+                             "work_units and queue_hourly tables, no DuckDB file is opened",
+                             hint="drop --db to import into the lake, or drop --lake/--warehouse to import into "
+                             "the DuckDB file")
+    from gpuledger.store.lake import LakeStore
+    from gpuledger.store.lake.products import LakeProducts
+
+    yield LakeProducts(LakeStore(lake)), f"the lake {lake.warehouse}"
 
 
 def _queue_config(settings: Settings) -> Any:

@@ -244,6 +244,19 @@ class Store:
         with self.registered(_frame=frame):
             self.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _frame")
 
+    def replace_hours(self, table: str, parts: Sequence[tuple[int, Mapping[str, str], pa.Table]]) -> int:
+        """Replace whole (hour, scope) parts of a product table in one transaction (the
+        :class:`~gpuledger.store.protocol.HourlyWriter` seam); returns the rows written."""
+        written = 0
+        with self.transaction() as tx:
+            for hour, scope, rows in parts:
+                where = " AND ".join(["hour_start_ns = ?", *(f'"{c}" = ?' for c in scope)])
+                tx.execute(f"DELETE FROM {table} WHERE {where}", [hour, *scope.values()])
+                if rows.num_rows:
+                    tx.append(table, pl.DataFrame(rows))
+                written += rows.num_rows
+        return written
+
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> None:
         """Run a statement (or several, without parameters), discarding any result."""
         with self._lock, _translated("statement failed"):

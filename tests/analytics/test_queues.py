@@ -20,43 +20,8 @@ from gpuledger.sim import promserver
 from gpuledger.store import Store
 from gpuledger.timeutil import HOUR_NS
 from tests.support.api_ledger import row, write_ledger
+from tests.support.importers import KUEUE_METRICS, QUEUES
 from tests.support.system import need_binary
-
-G = 'resource="nvidia.com/gpu"'
-#: cq-ml: quota 4 + 2 GPUs (two flavors), 7 admitted (1 borrowed), 5 in use; cq-cv: quota 4, 1 admitted (3 unused);
-#: a CPU quota that must not count; cq-ml's admission waits: 2 under 1 s, 4 in (1, 10], 4 in (10, 100].
-KUEUE_METRICS = f"""# TYPE kueue_cluster_queue_nominal_quota gauge
-kueue_cluster_queue_nominal_quota{{cohort="all",cluster_queue="cq-ml",flavor="h100",{G}}} 4
-kueue_cluster_queue_nominal_quota{{cohort="all",cluster_queue="cq-ml",flavor="a100",{G}}} 2
-kueue_cluster_queue_nominal_quota{{cohort="all",cluster_queue="cq-cv",flavor="h100",{G}}} 4
-kueue_cluster_queue_nominal_quota{{cohort="all",cluster_queue="cq-cv",flavor="cpu",resource="cpu"}} 64
-# TYPE kueue_cluster_queue_borrowing_limit gauge
-kueue_cluster_queue_borrowing_limit{{cohort="all",cluster_queue="cq-ml",flavor="h100",{G}}} 2
-# TYPE kueue_cluster_queue_resource_reservation gauge
-kueue_cluster_queue_resource_reservation{{cohort="all",cluster_queue="cq-ml",flavor="h100",{G}}} 7
-kueue_cluster_queue_resource_reservation{{cohort="all",cluster_queue="cq-cv",flavor="h100",{G}}} 1
-# TYPE kueue_cluster_queue_resource_usage gauge
-kueue_cluster_queue_resource_usage{{cohort="all",cluster_queue="cq-ml",flavor="h100",{G}}} 5
-# TYPE kueue_admission_wait_time_seconds histogram
-kueue_admission_wait_time_seconds_bucket{{cluster_queue="cq-ml",le="1"}} 2
-kueue_admission_wait_time_seconds_bucket{{cluster_queue="cq-ml",le="10"}} 6
-kueue_admission_wait_time_seconds_bucket{{cluster_queue="cq-ml",le="100"}} 10
-kueue_admission_wait_time_seconds_bucket{{cluster_queue="cq-ml",le="+Inf"}} 10
-kueue_admission_wait_time_seconds_sum{{cluster_queue="cq-ml"}} 300
-kueue_admission_wait_time_seconds_count{{cluster_queue="cq-ml"}} 10
-# TYPE kueue_local_queue_resource_reservation gauge
-kueue_local_queue_resource_reservation{{name="main",namespace="ml-a",flavor="h100",{G}}} 5
-kueue_local_queue_resource_reservation{{name="main",namespace="ml-b",flavor="h100",{G}}} 2
-kueue_local_queue_resource_reservation{{name="main",namespace="ml-b",flavor="cpu",resource="cpu"}} 32
-kueue_local_queue_resource_reservation{{name="stray",namespace="x",flavor="h100",{G}}} 1
-# TYPE kueue_local_queue_resource_usage gauge
-kueue_local_queue_resource_usage{{name="main",namespace="ml-a",flavor="h100",{G}}} 4
-"""
-#: cq-ml's LocalQueues: ml-a/main (5 of the 7 admitted GPUs; tenant ml) and ml-b/main (2; tenant: its namespace);
-#: x/stray is not configured (its ClusterQueue is unknown).
-QUEUES = qu.parse_queues('[[queue]]\ncluster_queue = "cq-ml"\ntenant = "ml"\n'
-                         '[[local_queue]]\nnamespace = "ml-a"\nname = "main"\ncluster_queue = "cq-ml"\ntenant = "ml"\n'
-                         '[[local_queue]]\nnamespace = "ml-b"\nname = "main"\ncluster_queue = "cq-ml"\n')
 
 
 def test_quantile_interpolates_like_histogram_quantile() -> None:

@@ -26,28 +26,8 @@ from gpuledger.sim import promserver
 from gpuledger.store import Store
 from gpuledger.timeutil import HOUR_NS
 from tests.support.api_ledger import H100, row, write_ledger
+from tests.support.importers import UNITS, VLLM_METRICS
 from tests.support.system import free_port, need_binary
-
-UNITS = wu.parse_work_units("""
-[[unit]]
-name = "tokens"
-per = 1000000
-query = '''sum by (namespace, pod) (last_over_time(vllm:prompt_tokens_total[1h])
-         + last_over_time(vllm:generation_tokens_total[1h]))'''
-[[unit]]
-name = "output_tokens"
-per = 1000000
-query = 'sum by (namespace, pod) (last_over_time(vllm:generation_tokens_total[1h]))'
-""")
-#: llm-0 served 500k prompt + 1.5M generated tokens; llm-1 has no prompt counter (its "tokens" series is absent).
-VLLM_METRICS = """# HELP vllm:prompt_tokens_total Number of prefill tokens processed.
-# TYPE vllm:prompt_tokens_total counter
-vllm:prompt_tokens_total{model_name="llama",engine="0",namespace="inf",pod="llm-0"} 500000
-# HELP vllm:generation_tokens_total Number of generation tokens processed.
-# TYPE vllm:generation_tokens_total counter
-vllm:generation_tokens_total{model_name="llama",engine="0",namespace="inf",pod="llm-0"} 1500000
-vllm:generation_tokens_total{model_name="llama",engine="0",namespace="inf",pod="llm-1"} 7000
-"""
 
 
 class FakePrometheus:

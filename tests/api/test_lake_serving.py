@@ -11,14 +11,11 @@ command itself.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -32,15 +29,15 @@ from gpuledger.analytics.focus import ExportContext  # noqa: E402
 from gpuledger.analytics.prices import default_price_book  # noqa: E402
 from gpuledger.api.app import create_app  # noqa: E402
 from gpuledger.api.metrics import LakeSnapshotAge  # noqa: E402
-from gpuledger.api.tokens import TokenStore, create_token, revoke_token, token_path  # noqa: E402
+from gpuledger.api.tokens import create_token, revoke_token  # noqa: E402
 from gpuledger.store import Store  # noqa: E402
 from gpuledger.store.lake import LakeConfig, LakeStore, scan  # noqa: E402
-from gpuledger.store.lake.meta import SqlMetadata, SqlTokens  # noqa: E402
+from gpuledger.store.lake.meta import SqlMetadata  # noqa: E402
 from gpuledger.store.lake.migrate import migrate_to_lake  # noqa: E402
-from gpuledger.store.lake.replica import LakeReplica  # noqa: E402
 from gpuledger.timeutil import DAY_NS  # noqa: E402
 from tests.support.demo_data import build_demo_db  # noqa: E402
 from tests.support.ingest_runs import stream  # noqa: E402
+from tests.support.lake_serving import Lake, bearer, lake_app, make_lake, replica  # noqa: E402
 from tests.support.live_server import serving  # noqa: E402
 
 MONTH = "2026-10"
@@ -49,47 +46,6 @@ NOW = datetime(2026, 12, 7, tzinfo=UTC)
 PATHS = ("/v1/showback", "/v1/showback?format=csv", "/v1/showback?group_by=tenant,model&granularity=day",
          "/v1/series/showback?granularity=hour", "/v1/efficiency", "/v1/fleet", "/v1/efficiency/idle-gpus",
          "/v1/values?dimension=tenant", f"/v1/chargeback.csv?month={MONTH}")
-
-
-@dataclass
-class Lake:
-    db: Path
-    config: LakeConfig
-    store: LakeStore
-    meta: SqlMetadata
-    root: Path
-    admin: str
-    tenant: str
-
-
-def make_lake(root: Path, db: Path) -> Lake:
-    """A copy of the demo file with two tokens, migrated into a new lake under ``root``."""
-    root.mkdir(parents=True, exist_ok=True)
-    copy = root / "gpuledger.duckdb"
-    shutil.copy(db, copy)
-    with TokenStore(token_path(copy)) as tokens:
-        _, admin = create_token(tokens, "admin", name="ops")
-        _, tenant = create_token(tokens, "tenant", "nlp")
-    config = LakeConfig(f"sqlite:///{root}/catalog.db", str(root / "warehouse"), unavailable_s=0.5)
-    lake = Lake(copy, config, LakeStore(config), SqlMetadata(config.catalog_uri), root, admin, tenant)
-    migrate_to_lake(copy, lake.store, lake.meta)
-    return lake
-
-
-def replica(lake: Lake, name: str, **kw: Any) -> LakeReplica:
-    rep = LakeReplica(lake.store, lake.meta, lake.root / name, **kw)
-    rep.sync()
-    return rep
-
-
-def lake_app(lake: Lake, rep: LakeReplica) -> Any:
-    """The app `gpuledger serve --lake` builds (cli/serve.py)."""
-    return create_app(rep.path, tokens=SqlTokens(lake.meta.engine), token_version=lake.meta.token_version,
-                      health=rep.health)
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,9 @@ PostgreSQL (catalog and metadata database, ``tests/support/postgres.py``),
 moto's S3 server (warehouse, ``tests/support/s3.py``), and the commands as an
 operator runs them: ``gpuledger migrate --to lake``, two ``gpuledger serve
 --lake`` processes, ``gpuledger token create --lake``, ``gpuledger export
---lake --final``. The same checks on SQLite and a directory, in-process and
-in more detail: test_lake_serving.py.
+--lake --final``; and the work-unit import into the lake (in this process).
+The same checks on SQLite and a directory, in-process and in more detail:
+test_lake_serving.py (test_imports_lake.py for the import).
 """
 
 from __future__ import annotations
@@ -22,10 +23,14 @@ import pytest
 
 pytest.importorskip("pyiceberg", reason="the lake extra is not installed (pip install -e '.[test]')")
 
+from gpuledger.analytics import work_units as wu  # noqa: E402
 from gpuledger.api.tokens import TokenStore, create_token, token_path  # noqa: E402
+from gpuledger.store.lake import LakeConfig, LakeStore, scan  # noqa: E402
+from gpuledger.store.lake.products import LakeProducts  # noqa: E402
+from gpuledger.timeutil import HOUR_NS  # noqa: E402
 from tests.support.demo_data import build_demo_db  # noqa: E402
 from tests.support.postgres import Postgres, need_postgres  # noqa: E402
-from tests.support.s3 import MotoS3, with_credentials  # noqa: E402
+from tests.support.s3 import CREDENTIALS, MotoS3, with_credentials  # noqa: E402
 from tests.support.system import free_port, wait_until  # noqa: E402
 
 pytestmark = [pytest.mark.external, pytest.mark.slow]
@@ -59,7 +64,7 @@ def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 
 def test_migrate_then_two_serve_lake_processes_and_an_export_on_postgresql_and_s3(
-        tmp_path: Path, postgres: Postgres, s3: MotoS3) -> None:
+        tmp_path: Path, postgres: Postgres, s3: MotoS3, monkeypatch: pytest.MonkeyPatch) -> None:
     db = build_demo_db(tmp_path / "demo.duckdb", nodes=1, gpus_per_node=4, hours=2)
     with TokenStore(token_path(db)) as tokens:
         _, admin = create_token(tokens, "admin")
@@ -68,6 +73,28 @@ def test_migrate_then_two_serve_lake_processes_and_an_export_on_postgresql_and_s
     first = cli("migrate", "--to", "lake", "--db", str(db), *lake, env=env)
     assert "1 tokens" in first.stderr and "months copied" in first.stderr
     # (a second run copies nothing: test_lake_serving.py; each command start costs ~5 s on the loaded test VM)
+
+    # the work-unit import into the same lake (the replace semantics in detail, on SQLite: test_imports_lake.py)
+    for key, value in CREDENTIALS.items():
+        monkeypatch.setenv(key, value)
+    products = LakeProducts(LakeStore(LakeConfig(postgres.uri, s3.bucket("gpuledger-lake") + "/raw",
+                                                 s3_endpoint=s3.endpoint, unavailable_s=5)))
+    hour, answers = 1_741_392_000 * 10**9, {"q": [({"namespace": "inf", "pod": "llm-0"}, 10.0)]}
+
+    class Twin:  # the Prometheus seam's twin
+        def query(self, promql: str, at_s: float) -> list[tuple[dict[str, str], float]]:
+            return answers.get(promql, [])
+
+    units = wu.parse_work_units('[[unit]]\nname = "tokens"\nquery = "q"\n')
+    assert wu.import_hours(products, Twin(), units, [hour]).written == 1
+    snapshot = products.lake.snapshot_id("work_units")
+    assert wu.import_hours(products, Twin(), units, [hour]).written == 0  # the same again: no commit
+    assert products.lake.snapshot_id("work_units") == snapshot
+    answers["q"] = [({"namespace": "inf", "pod": "llm-0"}, 12.0)]
+    assert wu.import_hours(products, Twin(), units, [hour, hour + HOUR_NS]).written == 2  # replaced, not added
+    rows = [r for r in scan(products.lake, "work_units").to_pylist() if r["hour_start_ns"] in (hour, hour + HOUR_NS)]
+    assert sorted((r["hour_start_ns"], r["pod"], r["count"]) for r in rows) == [
+        (hour, "llm-0", 12.0), (hour + HOUR_NS, "llm-0", 12.0)]
 
     ports = [free_port(), free_port()]
     servers = [subprocess.Popen([sys.executable, "-m", "gpuledger.cli", "serve", *lake, "--port", str(port),

@@ -30,7 +30,6 @@ Iceberg; this module is what it asks of the lake:
 from __future__ import annotations
 
 import logging
-import random
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -38,7 +37,6 @@ from functools import partial
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.expressions import AlwaysFalse, AlwaysTrue, And, BooleanExpression, EqualTo, Or
 from pyiceberg.io.pyarrow import ArrowScan
 from pyiceberg.manifest import DataFile, ManifestEntryStatus
@@ -206,7 +204,8 @@ class LakeShards:
                 with table.transaction() as tx:
                     tx.delete(drop)
                     for h in sorted(by_hour):
-                        tx.append(_conform(pa.concat_tables(by_hour[h], promote_options="permissive"), target, h))
+                        tx.append(conform_hour(pa.concat_tables(by_hour[h], promote_options="permissive"), target, h,
+                                               _ROLLUPS))
 
         self._committing("booking shards into lake table ledger_hourly", once)
 
@@ -215,26 +214,10 @@ class LakeShards:
                                    lambda: self.lake.table(_ROLLUPS).refresh())
 
     def _committing(self, what: str, once: Callable[[Table], None]) -> None:
-        """``once(table)`` on a freshly read ``ledger_hourly``; a commit lost to a concurrent writer is redone
-        from the refreshed table with jittered backoff (it replaces, so redoing cannot double anything)."""
-        backoff = 0.05
-        for _ in range(self.lake.conflict_retries + 1):
-            def attempt() -> bool:
-                try:
-                    once(self._rollups())
-                except CommitFailedException as exc:
-                    log.debug("%s: concurrent commit (%s); redoing", what, exc)
-                    return False
-                return True
-
-            if self.lake._retrying(what, attempt):
-                return
-            self.lake.conflicts += 1
-            self.lake.sleep(backoff * (0.5 + random.random()))
-            backoff = min(backoff * 2, 2.0)
-        raise StoreError(f"{what}: {self.lake.conflict_retries + 1} commits in a row lost to concurrent writers",
-                         hint="another job is writing ledger_hourly at the same time (a second attribution run, a "
-                         "copy of a DuckDB file's rollups): run one at a time")
+        """``once(table)`` on a freshly read ``ledger_hourly``, redone on a concurrent commit (:meth:`LakeStore.replacing`)."""
+        self.lake.replacing(_ROLLUPS, what, once, hint="another job is writing ledger_hourly at the same time (a "
+                            "second attribution run, a copy of a DuckDB file's rollups): run one at a time",
+                            load=self._rollups)
 
     # --- helpers --------------------------------------------------------------------
 
@@ -312,8 +295,9 @@ def _hour_nodes(rows: pa.Table) -> pa.Table:
     return pairs.sort_by([("hour_start_ns", "ascending"), ("node", "ascending")])
 
 
-def _conform(rows: pa.Table, target: pa.Schema, hour_start_ns: int) -> pa.Table:
-    """``rows`` (the DuckDB table's columns) in the Iceberg table's order and types, with ``hour`` added."""
+def conform_hour(rows: pa.Table, target: pa.Schema, hour_start_ns: int, name: str) -> pa.Table:
+    """``rows`` of one hour (the DuckDB table's columns) in the Iceberg table ``name``'s order and types, with
+    ``hour`` added."""
     columns = []
     for field in target:
         if field.name == HOUR_COLUMN:
@@ -326,6 +310,6 @@ def _conform(rows: pa.Table, target: pa.Schema, hour_start_ns: int) -> pa.Table:
         elif field.nullable:
             columns.append(pa.nulls(rows.num_rows, field.type))
         else:
-            raise StoreError(f"lake table ledger_hourly: the rollups have no column {field.name}, which it requires",
+            raise StoreError(f"lake table {name}: the rows have no column {field.name}, which it requires",
                              hint="the table was written by a newer gpuledger: upgrade this one")
     return pa.Table.from_arrays(columns, schema=target)

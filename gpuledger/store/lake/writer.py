@@ -281,6 +281,33 @@ class LakeStore:
                          hint="too many workers commit to one table at once: raise --commit-interval so each "
                               "commits less often")
 
+    def replacing(self, name: str, what: str, once: Callable[[Table], None], hint: str, *,
+                  load: Callable[[], Table] | None = None) -> None:
+        """``once(table)`` on a freshly read table ``name`` (``load()``, default: refreshed from the catalog); a
+        commit lost to a concurrent writer is redone from the refreshed table with jittered backoff, an
+        unreachable lake retried as :meth:`_retrying` does.
+
+        For writers that *replace* what they commit (a delete and an append in one
+        transaction: attribution's shards, the importers' hours), so redoing cannot
+        double anything. ``hint`` says what to do when every try lost.
+        """
+        backoff = 0.05
+        for _ in range(self.conflict_retries + 1):
+            def attempt() -> bool:
+                try:
+                    once(load() if load is not None else self.table(name).refresh())
+                except CommitFailedException as exc:
+                    log.debug("%s: concurrent commit (%s); redoing", what, exc)
+                    return False
+                return True
+
+            if self._retrying(what, attempt):
+                return
+            self.conflicts += 1
+            self.sleep(backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, 2.0)
+        raise StoreError(f"{what}: {self.conflict_retries + 1} commits in a row lost to concurrent writers", hint=hint)
+
     def _existing(self, table: Table, scope: BooleanExpression) -> pa.Table:
         return self._scan(table, scope, KEY)
 
