@@ -34,6 +34,7 @@ demo: setup
 test: setup lint
 	sh scripts/system-deps.sh
 	$(PY) -m tests.support.focus_validator
+	$(PY) -m tests.support.rest_catalog
 	$(PY) -m pytest -q $(XDIST) $(TEST_ARGS)
 
 # mypy --strict and ruff, configured in pyproject.toml; CI runs them through `make test`.

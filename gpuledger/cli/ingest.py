@@ -66,15 +66,17 @@ def register(sub: Any, settings: Settings) -> None:
         "Dead letters are kept. Needs the file free for writing, like `gpuledger attribute`.\n\n"
         "With --lake CATALOG_URI --warehouse PATH_OR_S3: the lake's raw day partitions before the raw cut-off, and "
         "ledger_hourly's month partitions before the rollup cut-off, are dropped whole (Iceberg deletes that rewrite "
-        "no file). A day goes only when all its messages are attributed -- by the `attributed` table of --db when "
-        "that file exists (the file `merge --lake` and `attribute` use; opened read-only), else when the lake's "
-        "ledger_hourly has every hour of it; a rollup month only when --db records it closed and holds no ledger "
-        "of it (docs/lake.md#retention).\n\n"
+        "no file). A day goes only when all its messages are attributed -- by the lake's own record of `attribute --lake` "
+        "(no messages data file of the day added after the snapshot it attributed up to, and --tenancy's rules "
+        "version the recorded one); without that record, by the `attributed` table of --db when that file exists "
+        "(opened read-only); else no day goes. A rollup month goes only when the lake's metadata store "
+        "(--lake-metadata, else the catalog's database) records it closed (`export --lake --final`), or --db does "
+        "and holds no ledger of it (docs/lake.md#retention).\n\n"
         "  gpuledger retention --db /data/gpuledger.duckdb\n"
         "  gpuledger retention --months 3 --ledger-months 25 --rollup-months 0    # rollups forever\n"
-        "  gpuledger retention --lake postgresql+psycopg://gl:pw@pg/gl --warehouse s3://lake/raw --db /data/gl.duckdb",
+        "  gpuledger retention --lake postgresql+psycopg://gl:pw@pg/gl --warehouse s3://lake/raw --tenancy /etc/gl/t.toml",
     )
-    setting_flags(r, settings, "--db", "--lake", "--warehouse", "--s3-endpoint")
+    setting_flags(r, settings, "--db", "--lake", "--warehouse", "--s3-endpoint", "--lake-metadata", "--tenancy")
     setting_flags(r, settings, "--months", "--ledger-months", "--rollup-months")
 
     mg = add_command(

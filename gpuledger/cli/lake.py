@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gpuledger.cli.common import add_command, lake_config, setting_flags
+from gpuledger.cli.common import add_command, lake_config, lake_metadata, setting_flags
 from gpuledger.config import Settings
 from gpuledger.errors import GpuledgerError
 
@@ -48,20 +48,34 @@ def need_lake(settings: Settings, command: str) -> LakeStore:
 
 
 def lake_retention(settings: Settings) -> int:
-    """``gpuledger retention --lake``: the lake's tiers, guarded by the DuckDB file where there is one."""
+    """``gpuledger retention --lake``: the lake's tiers, guarded by the lake's own attribution record and the
+    metadata store's closed months; by the DuckDB file's where a deployment still has one (--db)."""
+    from gpuledger.analytics.tenancy import TenancyRules
     from gpuledger.ingest.lake_retention import enforce_lake_retention
     from gpuledger.store import Store
 
     lake = need_lake(settings, "retention --lake")
+    rules = TenancyRules.load(settings.tenancy_path) if settings.tenancy_path else TenancyRules()
+    closed: set[str] | None = None
+    if settings.lake_metadata_uri or not lake.config.catalog_uri.startswith(("http://", "https://")):
+        meta = lake_metadata(settings, lake.config)
+        try:
+            closed = meta.closed()
+        finally:
+            meta.close()
     db = Path(settings.db_path)
     store = Store(db, read_only=True) if db.is_file() else None
     try:
         res = enforce_lake_retention(lake, months=settings.raw_retention_months,
                                      ledger_months=settings.ledger_retention_months,
-                                     rollup_months=settings.rollup_retention_months, store=store)
+                                     rollup_months=settings.rollup_retention_months, store=store, closed=closed,
+                                     rules_version=rules.version)
     finally:
         if store is not None:
             store.close()
+    if closed is None:
+        print("lake rollups: a REST catalog has no SQL database for closed months: pass --lake-metadata, else only "
+              "months the --db file records closed go")
     print(f"lake raw: dropped {len(res.days_dropped)} days before {_day(res.cutoff_ns)} "
           f"({res.files_removed} files, {res.rows_removed} rows, no file rewritten); attribution evidence: {res.guard}")
     for day, why in res.days_kept.items():

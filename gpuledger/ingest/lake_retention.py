@@ -7,15 +7,20 @@ no data file rewritten). The guards are the file's where the lake has the
 information:
 
 - **Raw** (``messages`` and the record tables, day partitions): a day goes
-  only if every message of it is attributed. The lake itself records no
-  attribution yet, so the evidence comes from
+  only if every message of it is attributed. The evidence, first found wins:
 
-  - the DuckDB file attribution runs on (``merge --lake`` then ``attribute``),
-    when it exists: every message key of the day must be in its ``attributed``
-    table -- the file's own guard, exactly;
-  - otherwise the lake's ``ledger_hourly``: every hour of the day that holds
-    messages must have rollup rows. Weaker: a late message for an hour
-    already rolled up is not seen (noted in docs/lake.md).
+  - the lake's own record (``attribute --lake``): the ``messages`` snapshot
+    the last run attributed up to, on ``ledger_hourly``
+    (:class:`~gpuledger.store.lake.shards.LakeShards`). A day is attributed
+    when none of ``messages``' data files holding it was added after that
+    snapshot (Iceberg's snapshot lineage and manifest entries, as dirty
+    shards are found: no data file is read). A recorded snapshot no longer
+    in the lineage, or tenancy rules whose version differs from the
+    recorded one (every shard runs again), attribute nothing;
+  - else the DuckDB file attribution runs on (``merge --lake`` then
+    ``attribute``), when it exists: every message key of the day must be in
+    its ``attributed`` table -- the file's own guard, exactly;
+  - else nothing: no raw day goes (each kept, with the reason).
 
   ``messages`` (the commit record) is dropped first, then the record tables,
   so a run killed half-way leaves rows without their message -- what
@@ -23,11 +28,13 @@ information:
 - **Interval-grain ledger**: the lake has none (it lives in the DuckDB file,
   whose ``gpuledger retention --db`` keeps handling it).
 - **Hourly rollups** (``ledger_hourly``, month partitions): a month goes only
-  when the DuckDB file records it closed (``chargeback_closes``) and holds no
-  interval ledger rows of it -- the file's chain "ledger only once closed,
-  rollups only once the ledger is gone". Without the file, the lake records
-  no closed months, so no rollup month is dropped (kept, with the reason).
-  ``work_units`` and ``queue_hourly`` are kept, as the DuckDB file keeps them.
+  when it is closed: in the lake's metadata store
+  (:class:`~gpuledger.store.lake.meta.SqlMetadata`, ``gpuledger_chargeback_closes``:
+  what ``export --lake --final`` records), or in the DuckDB file's
+  ``chargeback_closes``. Where the file exists, a month whose interval ledger
+  it still holds is kept -- the file's chain "ledger only once closed,
+  rollups only once the ledger is gone". ``work_units`` and ``queue_hourly``
+  are kept, as the DuckDB file keeps them.
 - ``pods`` and ``dead_letters`` are kept, as in the file.
 """
 
@@ -43,9 +50,9 @@ from pyiceberg.expressions import And, GreaterThanOrEqual, LessThan
 from gpuledger.ingest.retention import _check_tiers, cutoff_ns
 from gpuledger.store import Store
 from gpuledger.store.lake import LakeStore
-from gpuledger.store.lake.schema import DAY_COLUMN, HOUR_COLUMN, KEYED
+from gpuledger.store.lake.schema import DAY_COLUMN, KEYED
+from gpuledger.store.lake.shards import LakeShards
 from gpuledger.store.lake.upkeep import Drop, Partition, drop_partitions, partitions
-from gpuledger.timeutil import HOUR_NS
 
 __all__ = ["LakeRetention", "enforce_lake_retention"]
 
@@ -74,18 +81,21 @@ class LakeRetention:
 
 
 def enforce_lake_retention(lake: LakeStore, *, months: int = 2, ledger_months: int = 13, rollup_months: int = 36,
-                           store: Store | None = None, now_ns: int | None = None) -> LakeRetention:
+                           store: Store | None = None, closed: set[str] | None = None,
+                           rules_version: str | None = None, now_ns: int | None = None) -> LakeRetention:
     """Drop the raw days and rollup months past their tiers that the guards allow (module doc).
 
     ``store``: the DuckDB file attribution runs on (its ``attributed`` keys,
-    closed months and ledger), or None when there is none.
+    closed months and ledger), or None when there is none. ``closed``: the
+    months the lake's metadata store records closed (None: none known).
+    ``rules_version``: the tenancy rules' version the next attribution runs
+    with; one different from the lake's recorded run attributes nothing.
     """
     _check_tiers(months, ledger_months, rollup_months)
     now = time.time_ns() if now_ns is None else now_ns
     cut = cutoff_ns(now, months)
-    guard = _file_guard(store) if store is not None else _rollup_guard(lake)
-    result = LakeRetention(cut, f"attributed keys of {store.path}" if store is not None else
-                           "rollup hours in the lake's ledger_hourly")
+    guard, evidence = _guard(lake, store, rules_version)
+    result = LakeRetention(cut, evidence)
     old = [p for p in partitions(lake, "messages") if p.end_us is not None and p.end_us * 1000 <= cut]
     doomed: list[Partition] = []
     for day in old:
@@ -107,7 +117,7 @@ def enforce_lake_retention(lake: LakeStore, *, months: int = 2, ledger_months: i
     result.days_dropped = sorted({label for d in result.drops for label in d.partitions})
     if rollup_months:
         result.rollup_cutoff_ns = cutoff_ns(now, rollup_months)
-        _rollups(lake, store, result.rollup_cutoff_ns, result)
+        _rollups(lake, store, closed or set(), result.rollup_cutoff_ns, result)
     return result
 
 
@@ -128,36 +138,45 @@ def _file_guard(store: Store) -> Guard:
     return guard
 
 
-def _rollup_guard(lake: LakeStore) -> Guard:
-    def guard(day: Partition, keys: pa.Table) -> str | None:
-        if keys.num_rows == 0:
-            return None
-        hours = {s - s % HOUR_NS for s in keys["interval_start_ns"].cast(pa.int64()).to_pylist()}
-        table = lake.table("ledger_hourly").refresh()
-        expr = And(GreaterThanOrEqual(HOUR_COLUMN, day.start_us), LessThan(HOUR_COLUMN, day.end_us))  # type: ignore[call-arg,misc,unused-ignore]
-        rolled = set(table.scan(row_filter=expr, selected_fields=("hour_start_ns",)).to_arrow()["hour_start_ns"]
-                     .to_pylist()) if table.current_snapshot() is not None else set()
-        missing = len(hours - rolled)
-        return (f"{missing} of its hours have no rollups in the lake (attribute has not run over them)"
-                if missing else None)
-    return guard
+def _guard(lake: LakeStore, store: Store | None, rules_version: str | None) -> tuple[Guard, str]:
+    """The raw days' guard and a line saying whose evidence it reads (module doc: the lake's record first)."""
+    shards = LakeShards(lake)
+    run = lake._retrying("reading the attribution record of lake table ledger_hourly", shards.last_run)
+    if run.messages_snapshot is not None:
+        evidence = f"the lake's attribution record (messages snapshot {run.messages_snapshot})"
+        if rules_version is not None and run.rules_version != rules_version:
+            why = (f"tenancy rules {rules_version} differ from the last attribution run's ({run.rules_version}): "
+                   "every message is attributed again by the next attribute --lake")
+            return (lambda day, keys: why if keys.num_rows else None), evidence
+        current = shards.messages_snapshot()
+        days = shards.days_added(run.messages_snapshot, current)
+        if days is None:
+            why = (f"the attributed snapshot {run.messages_snapshot} is no longer in messages' history (expired or "
+                   "replaced): the next attribute --lake runs every shard")
+            return (lambda day, keys: why if keys.num_rows else None), evidence
+        labels = {d.isoformat() for d in days}
+        return (lambda day, keys: "holds messages added since the last attribution run (attribute --lake)"
+                if day.label in labels else None), evidence
+    if store is not None:
+        return _file_guard(store), f"attributed keys of {store.path}"
+    why = "no attribution run is recorded on the lake (attribute --lake) and no --db file records one"
+    return (lambda day, keys: why if keys.num_rows else None), "none: no attribution recorded"
 
 
-def _rollups(lake: LakeStore, store: Store | None, cut: int, result: LakeRetention) -> None:
+def _rollups(lake: LakeStore, store: Store | None, closed: set[str], cut: int, result: LakeRetention) -> None:
     old = [p for p in partitions(lake, "ledger_hourly") if p.end_us is not None and p.end_us * 1000 <= cut]
     doomed = []
     for month in old:
-        if store is None:
-            result.rollup_kept[month.label] = ("the lake records no closed months; give --db the DuckDB file that "
-                                               "records them")
+        in_file = store is not None and bool(store.scalar("SELECT 1 FROM chargeback_closes WHERE month = ?",
+                                                          [month.label]))
+        if month.label not in closed and not in_file:
+            result.rollup_kept[month.label] = ("not closed (export --lake --final closes a month in the lake's "
+                                               "metadata store)")
             continue
-        closed = store.scalar("SELECT 1 FROM chargeback_closes WHERE month = ?", [month.label])
-        if not closed:
-            result.rollup_kept[month.label] = "not closed (export --final, or serve --close-months, closes a month)"
-            continue
-        if store.scalar("SELECT 1 FROM ledger WHERE interval_start_ns >= ? AND interval_start_ns < ? LIMIT 1",
-                        [month.start_us * 1000, month.end_us * 1000]):  # type: ignore[operator]
-            result.rollup_kept[month.label] = "its interval-grain ledger is still stored"
+        if store is not None and store.scalar(
+                "SELECT 1 FROM ledger WHERE interval_start_ns >= ? AND interval_start_ns < ? LIMIT 1",
+                [month.start_us * 1000, month.end_us * 1000]):  # type: ignore[operator]
+            result.rollup_kept[month.label] = f"its interval-grain ledger is still stored in {store.path}"
             continue
         doomed.append(month)
     drop = drop_partitions(lake, "ledger_hourly", doomed)

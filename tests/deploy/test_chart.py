@@ -26,6 +26,7 @@ from gpuledger.analytics.tenancy import TenancyRules
 from gpuledger.analytics.work_units import load_work_units
 from gpuledger.api.app import create_app
 from gpuledger.cli import build_parser
+from gpuledger.cli.common import lake_config
 from gpuledger.config import Settings
 from gpuledger.store import Store
 from tests.support.chart import CHART, LAKE, ROOT, custom_resources, is_custom, render, schema_errors
@@ -369,7 +370,7 @@ def test_every_writable_path_is_a_volume(objects) -> None:
 
 
 def test_every_stage_runs_in_both_shapes() -> None:
-    for values, extra in (({}, {"export"}), (LAKE, {"lake-maintain"})):
+    for values, extra in (({}, {"export"}), (LAKE, {"lake-maintain", "export"})):
         commands = {argv[0] for spec in pod_specs(render(values)).values() for c in spec["containers"]
                     for argv in gpuledger_commands(c)}
         assert commands == {"agent", "ingest", "attribute", "serve", "retention"} | extra, commands
@@ -540,10 +541,17 @@ def test_lake_shape_is_stateless_and_complete(objects) -> None:
     assert "emptyDir" in {v["name"]: v for v in api["volumes"]}[mount["name"]]  # disposable
     jobs = {o["metadata"]["name"]: o["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"]
             for o in of_kind(objects, "CronJob")}
-    assert set(jobs) == {"gpuledger-attribute", "gpuledger-retention", "gpuledger-lake-maintain"}
+    assert set(jobs) == {"gpuledger-attribute", "gpuledger-retention", "gpuledger-lake-maintain",
+                         "gpuledger-month-close"}  # no units import: it writes the DuckDB file
     ray = lake.get("attribute", {}).get("rayAddress")
     assert jobs["gpuledger-attribute"] == (["attribute", "--ray", ray] if ray else ["attribute"])
     assert (jobs["gpuledger-retention"], jobs["gpuledger-lake-maintain"]) == (["retention"], ["lake-maintain"])
+    close = next(o for o in of_kind(objects, "CronJob") if o["metadata"]["name"] == "gpuledger-month-close")
+    (closer,) = close["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    argvs = gpuledger_commands(closer)
+    assert ["export", "chargeback", "--month", "previous", "--final"] == argvs[0][:5], argvs
+    assert [a[:2] for a in argvs] == [["export", "chargeback"], ["export", "chargeback"], ["export", "reconciliation"]]
+    assert all("--db" not in a for a in argvs)  # the lake from GPULEDGER_LAKE_* (the Secret and the ConfigMap)
     rules = json.dumps(objects["PrometheusRule/gpuledger"]["spec"]) if "PrometheusRule/gpuledger" in objects else ""
     assert 'cronjob=\\"gpuledger-attribute\\"' in rules  # attribution staleness from its CronJob's last success
 
@@ -560,6 +568,12 @@ def test_lake_settings_reach_the_commands_as_the_cli_reads_them() -> None:
         (7.0, 10, 6.0)
     args = build_parser(settings).parse_args(["retention"])
     assert args.command == "retention" and settings.lake_catalog_uri  # retention, ingest, lake-maintain: the lake
+    (closer,) = objects["CronJob/gpuledger-month-close"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    assert {"secretRef": {"name": "gpuledger-lake"}} in closer["envFrom"]
+    final = build_parser(settings).parse_args(gpuledger_commands(closer)[0])
+    assert final.command == "export" and final.final  # export --lake: the lake from these settings
+    lake = lake_config(settings)
+    assert lake is not None and (settings.lake_metadata_uri or lake.catalog_uri) == settings.lake_catalog_uri
 
 
 # --- dashboards and rules: one source of truth -----------------------------------------------------------------

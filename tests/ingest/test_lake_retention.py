@@ -13,10 +13,14 @@ import pytest
 pytest.importorskip("pyiceberg", reason="the lake extra is not installed (pip install -e '.[test]')")
 
 from gpuledger.analytics.job import run_attribution  # noqa: E402
+from gpuledger.analytics.shard_lake import run_lake_shards  # noqa: E402
+from gpuledger.analytics.tenancy import TenancyRules  # noqa: E402
 from gpuledger.ingest.lake_retention import enforce_lake_retention  # noqa: E402
 from gpuledger.store import Store  # noqa: E402
 from gpuledger.store.lake import LakeConfig, LakeStore, materialize, scan  # noqa: E402
+from gpuledger.store.lake.meta import SqlMetadata  # noqa: E402
 from gpuledger.store.lake.upkeep import partitions  # noqa: E402
+from tests.support.closes import a_close  # noqa: E402
 from tests.support.factories import make_message  # noqa: E402
 
 
@@ -76,21 +80,52 @@ def test_attributed_old_days_are_dropped_whole_and_an_unattributed_day_stays(tmp
 
 
 @pytest.mark.slow
-def test_without_the_file_a_day_goes_only_once_the_lake_has_rollups_for_each_of_its_hours(tmp_path: Path) -> None:
+def test_on_the_lake_alone_a_day_goes_once_the_lake_attribution_record_covers_every_message_of_it(tmp_path: Path) -> None:
     lake = lake_at(tmp_path)
     lake.write_messages([make_message(seq=i, start_ns=ns(*d)) for i, d in enumerate(DAYS)])
-    res = enforce_lake_retention(lake, months=2, now_ns=NOW)
-    assert res.days_dropped == [] and sorted(res.days_kept) == ["2026-08-31", "2026-09-15", "2026-09-30"]
-    assert "no rollups in the lake" in res.days_kept["2026-08-31"]
+    none = enforce_lake_retention(lake, months=2, now_ns=NOW)  # no attribution run yet: nothing raw goes
+    assert none.days_dropped == [] and sorted(none.days_kept) == ["2026-08-31", "2026-09-15", "2026-09-30"]
+    assert "no attribution run is recorded on the lake" in none.days_kept["2026-08-31"]
 
+    run_lake_shards(lake.config, lake=lake)
+    lake.write_messages([make_message(seq=99, start_ns=ns(2026, 9, 15, 5))])  # late: not attributed yet
+    pending = enforce_lake_retention(lake, months=2, rules_version="2027-01", now_ns=NOW)  # rules change pending
+    assert pending.days_dropped == [] and "tenancy rules 2027-01 differ" in pending.days_kept["2026-09-15"]
+
+    res = enforce_lake_retention(lake, months=2, rules_version=TenancyRules().version, now_ns=NOW)
+    assert res.guard.startswith("the lake's attribution record")
+    assert res.days_dropped == ["2026-08-31", "2026-09-30"]
+    assert res.days_kept == {"2026-09-15": "holds messages added since the last attribution run (attribute --lake)"}
+    assert seqs(lake) == [1, 3, 4, 99] and seqs(lake, "devices") == [1, 3, 4, 99]
+
+    run_lake_shards(lake.config, lake=lake)  # the late message attributed (the drops above are not messages added)
+    again = enforce_lake_retention(lake, months=2, now_ns=NOW)
+    assert again.days_dropped == ["2026-09-15"] and not again.days_kept
+    assert seqs(lake) == [3, 4]
+
+
+def test_a_rollup_month_goes_only_when_the_lake_metadata_store_records_it_closed(tmp_path: Path) -> None:
+    lake = lake_at(tmp_path)
     with Store() as store:
-        materialize(lake, store)
+        store.write_messages([make_message(seq=i, start_ns=ns(*d)) for i, d in enumerate([(2023, 5, 10),
+                                                                                       (2023, 6, 10), (2026, 11, 1)])])
         run_attribution(store)
         rollups_to_lake(store, lake)
-    lake.write_messages([make_message(seq=99, start_ns=ns(2026, 9, 15, 5))])  # an hour nobody rolled up
-    res = enforce_lake_retention(lake, months=2, now_ns=NOW)
-    assert res.days_dropped == ["2026-08-31", "2026-09-30"] and list(res.days_kept) == ["2026-09-15"]
-    assert seqs(lake) == [1, 3, 4, 99]
+    meta = SqlMetadata(lake.config.catalog_uri)  # the catalog's own database, as export --lake --final uses it
+    meta.record_close(*a_close("2023-05"))
+    assert meta.closed() == {"2023-05"}
+
+    unknown = enforce_lake_retention(lake, months=2, now_ns=NOW)  # no closed month known: every month stays
+    assert unknown.rollup_months_dropped == [] and sorted(unknown.rollup_kept) == ["2023-05", "2023-06"]
+
+    res = enforce_lake_retention(lake, months=2, closed=meta.closed(), now_ns=NOW)
+    assert res.rollup_months_dropped == ["2023-05"]
+    assert res.rollup_kept == {"2023-06": "not closed (export --lake --final closes a month in the lake's metadata store)"}
+    hours = sorted(set(scan(lake, "ledger_hourly")["hour_start_ns"].to_pylist()))
+    assert hours == [ns(2023, 6, 10), ns(2026, 11, 1)]
+    snap = lake.table("ledger_hourly").current_snapshot()
+    assert snap is not None and snap.summary is not None and "added-data-files" not in snap.summary.additional_properties
+    meta.close()
 
 
 def test_a_rollup_month_goes_only_when_the_file_records_it_closed_and_holds_no_ledger_of_it(tmp_path: Path) -> None:
@@ -100,17 +135,12 @@ def test_a_rollup_month_goes_only_when_the_file_records_it_closed_and_holds_no_l
     store.write_messages([make_message(seq=i, start_ns=ns(*d)) for i, d in enumerate(months)])
     run_attribution(store)
     rollups_to_lake(store, lake)
-    store.execute("DELETE FROM ledger WHERE interval_start_ns < ?", [ns(2023, 7, 1)])  # retired by the file
-    store.execute("INSERT INTO chargeback_closes SELECT '2023-05', now(), 'month', 'USD', '0', '0', '0', '0', 0, "
-                  "''::BLOB, '', ''::BLOB, '', '{}'")
-
-    without = enforce_lake_retention(lake, months=2, store=None, now_ns=NOW)  # no record of closed months
-    assert without.rollup_months_dropped == [] and sorted(without.rollup_kept) == ["2023-05", "2023-06"]
+    store.execute("DELETE FROM ledger WHERE interval_start_ns < ?", [ns(2023, 6, 1)])  # retired by the file
+    store.execute("INSERT INTO chargeback_closes SELECT m, now(), 'month', 'USD', '0', '0', '0', '0', 0, "
+                  "''::BLOB, '', ''::BLOB, '', '{}' FROM (VALUES ('2023-05'), ('2023-06')) t(m)")
 
     res = enforce_lake_retention(lake, months=2, store=store, now_ns=NOW)
     assert res.rollup_months_dropped == ["2023-05"]
-    assert res.rollup_kept == {"2023-06": "not closed (export --final, or serve --close-months, closes a month)"}
+    assert res.rollup_kept == {"2023-06": f"its interval-grain ledger is still stored in {store.path}"}
     hours = sorted(set(scan(lake, "ledger_hourly")["hour_start_ns"].to_pylist()))
     assert hours == [ns(2023, 6, 10), ns(2026, 11, 1)]
-    snap = lake.table("ledger_hourly").current_snapshot()
-    assert snap is not None and snap.summary is not None and "added-data-files" not in snap.summary.additional_properties

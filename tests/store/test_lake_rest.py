@@ -3,14 +3,14 @@
 What the SQL catalog tests show, through ``--lake http://...``: idempotent
 appends, the same rows as the embedded store, and a conflicting commit refused
 by the server (HTTP 409 -> ``CommitFailedException``) then retried after
-re-reading the keys. Runs only where a lakana-server executable is given
-(tests/support/rest_catalog.py says why it is not a dependency); skipped otherwise.
+re-reading the keys. lakana-server lives in a virtualenv of its own under
+``.cache/`` that ``make test`` prepares (tests/support/rest_catalog.py says why
+it is not a dependency); missing, the tests skip, and fail under ``CI=true``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -27,20 +27,28 @@ from tests.support.rest_catalog import LakanaRest, need_lakana  # noqa: E402
 pytestmark = [pytest.mark.external, pytest.mark.slow]
 
 
-@pytest.fixture
-def rest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LakanaRest]:
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LakanaRest]:
+    """One PostgreSQL and one lakana-server for the module (their start is most of the tests' time)."""
     exe = need_lakana()
     pg = Postgres(need_postgres())
     pg.start()
-    server = LakanaRest(exe, pg, tmp_path)
+    lakana = LakanaRest(exe, pg, tmp_path_factory.mktemp("lakana"))
     try:
-        server.start()
-        for key, value in server.client_env().items():
-            monkeypatch.setenv(key, value)
-        yield server
+        lakana.start()
+        yield lakana
     finally:
-        server.stop()
+        lakana.stop()
         pg.remove()
+
+
+@pytest.fixture
+def rest(server: LakanaRest, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> LakanaRest:
+    """The server with a fresh environment (a catalog of its own) for this test, in pyiceberg's variables."""
+    server.new_environment("t-" + request.node.name.removeprefix("test_")[:40].replace("_", "-"))
+    for key, value in server.client_env().items():
+        monkeypatch.setenv(key, value)
+    return server
 
 
 def rest_config(rest: LakanaRest) -> LakeConfig:

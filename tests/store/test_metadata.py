@@ -9,7 +9,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-import polars as pl
 import pytest
 
 pytest.importorskip("sqlalchemy", reason="the lake extra is not installed (pip install -e '.[test]')")
@@ -18,17 +17,7 @@ from gpuledger.api.tokens import create_token, list_tokens, revoke_token, verify
 from gpuledger.store import Store  # noqa: E402
 from gpuledger.store.lake.meta import SqlMetadata  # noqa: E402
 from gpuledger.store.metadata import FileMetadata, Metadata, MonthAlreadyClosed  # noqa: E402
-
-
-def a_close(month: str) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """One close row and one billed row, in the DuckDB tables' columns (read back from a real file)."""
-    with Store(":memory:") as store:
-        store.execute("INSERT INTO chargeback_closes VALUES (?, ?, 'month', 'USD', '10.00', '10.00', '0', '10.00', 1, "
-                      "?, 'aa', ?, 'bb', '{}')", [month, datetime(2026, 11, 1, tzinfo=UTC), b"csv,bytes\n", b"PAR1"])
-        store.execute("INSERT INTO chargeback_billed VALUES (?, ?, NULL, '2026-10-01T00:00:00Z', '2026-11-01T00:00:00Z', "
-                      "'nlp', 'H100', '', 'used', 'e1', 'GPU-hour', '2.5', false, 'exclusive', '10.00', '4', '4', NULL, "
-                      "NULL, NULL, NULL, 'default')", [month, month])
-        return store.query("SELECT * FROM chargeback_closes"), store.query("SELECT * FROM chargeback_billed")
+from tests.support.closes import a_close  # noqa: E402
 
 
 @pytest.fixture(params=["file", "sql"])

@@ -4,10 +4,15 @@ lakana-server (a data-platform control plane whose ``/v1/{prefix}/...`` router
 implements the Iceberg REST catalog spec) is the one REST catalog server found
 installable here (docs/lake.md#rest-catalog). It is **not** a dependency of the
 project: its ``aiobotocore`` pins a ``botocore`` that would replace the one
-moto and boto3 use in the test environment. So the tests that need it run only
-where its executable is given: ``GPULEDGER_TEST_LAKANA_SERVER=/path/to/lakana-server``
-(e.g. ``python -m venv /opt/lakana && /opt/lakana/bin/pip install lakana-server==0.20.0``),
-and skip with that reason otherwise -- also under CI, which does not install it.
+moto and boto3 use in the test environment. So it lives in a virtualenv of its
+own, as the FOCUS validator does (tests/support/focus_validator.py):
+:func:`server_env` makes ``.cache/lakana-server-0.20.0/`` once (``pip install
+lakana-server==0.20.0``, then a ``.installed`` marker). ``make test`` runs
+``python -m tests.support.rest_catalog`` before the suite, so the install is
+setup, not test time; it reports what it could not do and exits 0, and the
+tests then skip with the reason -- and **fail under** ``CI=true``
+(:func:`tests.support.system.missing`). ``GPULEDGER_TEST_LAKANA_SERVER=/path/to/lakana-server``
+names another installation instead.
 
 Set-up, as lakana's own docs describe it: ``lakana-server migrate`` on the
 PostgreSQL database, then the server with a bootstrap admin whose personal
@@ -22,7 +27,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -31,18 +38,42 @@ from pathlib import Path
 import pytest
 
 from tests.support.postgres import Postgres
-from tests.support.system import accepts, free_port
+from tests.support.system import accepts, free_port, missing
 
 ENV = "GPULEDGER_TEST_LAKANA_SERVER"
+SERVER = "0.20.0"
+REQUIREMENTS = [f"lakana-server=={SERVER}"]
+ROOT = Path(__file__).resolve().parents[2]
+VENV = ROOT / ".cache" / f"lakana-server-{SERVER}"
 KEY_ID, SECRET = "gpuledgertest01", "t" * 40
 
 
-def need_lakana() -> str:
-    exe = os.environ.get(ENV, "")
-    if not exe or not Path(exe).is_file():
-        pytest.skip(f"no Iceberg REST catalog server: set {ENV} to a lakana-server executable "
-                    "(pip install lakana-server==0.20.0 in its own virtualenv; see tests/support/rest_catalog.py)")
+def server_env(venv: Path = VENV) -> Path:
+    """The lakana-server executable in ``venv``, creating the virtualenv on first use (else :func:`missing`)."""
+    exe = venv / "bin" / "lakana-server"
+    ready = venv / ".installed"
+    if not ready.exists():
+        shutil.rmtree(venv, ignore_errors=True)
+        made = subprocess.run([sys.executable, "-m", "venv", str(venv)], capture_output=True, text=True)
+        if made.returncode != 0:
+            missing(f"could not create a virtualenv at {venv} for lakana-server: {made.stderr.strip()[-400:]}")
+        pip = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", *REQUIREMENTS],
+                             capture_output=True, text=True, timeout=900)
+        if pip.returncode != 0 or not exe.is_file():
+            missing(f"could not install {' '.join(REQUIREMENTS)} into {venv}: {pip.stderr.strip()[-400:]}")
+        ready.write_text(" ".join(REQUIREMENTS) + "\n")
     return exe
+
+
+def need_lakana() -> str:
+    """The lakana-server executable: ``GPULEDGER_TEST_LAKANA_SERVER`` when set, else the one in ``.cache/``."""
+    given = os.environ.get(ENV, "")
+    if given:
+        if not Path(given).is_file():
+            missing(f"{ENV}={given}: no such file (unset it to use {VENV}, which "
+                    "`python -m tests.support.rest_catalog` makes)")
+        return given
+    return str(server_env())
 
 
 class LakanaRest:
@@ -71,7 +102,14 @@ class LakanaRest:
 
     @property
     def storage_root(self) -> str:
-        return (self.root / "warehouse").resolve().as_uri()
+        """The current environment's storage root (a ``file://`` URI)."""
+        return (self.root / "warehouse" / self.prefix).resolve().as_uri()
+
+    def new_environment(self, name: str) -> str:
+        """A fresh environment (the REST spec's prefix: a catalog of its own) named ``name``, made current."""
+        self.prefix = name
+        self._api("POST", "/api/v1/environments", {"name": name, "storage": {"scheme": "file", "root": self.storage_root}})
+        return name
 
     def start(self, timeout_s: float = 60.0) -> None:
         migrate = subprocess.run([self.exe, "migrate"], env=self.env, capture_output=True, text=True, timeout=120)
@@ -85,8 +123,7 @@ class LakanaRest:
                 self.stop()
                 raise RuntimeError(f"lakana-server did not start: {self.log_path.read_text()[-2000:]}")
             time.sleep(0.2)
-        self._api("POST", "/api/v1/environments",
-                  {"name": self.prefix, "storage": {"scheme": "file", "root": self.storage_root}})
+        self.new_environment(self.prefix)
 
     def _api(self, method: str, path: str, body: dict[str, object]) -> dict[str, object]:
         req = urllib.request.Request(self.uri + path, method=method, data=json.dumps(body).encode(),
@@ -112,3 +149,18 @@ class LakanaRest:
                 self.proc.kill()
                 self.proc.wait(5)
             self.proc = None
+
+
+def main() -> int:
+    """Prepare the virtualenv ahead of the suite; say why not when it cannot be made."""
+    try:
+        exe = server_env()
+    except (pytest.skip.Exception, pytest.fail.Exception) as exc:
+        print(f"lakana-server: not prepared ({exc}); tests/store/test_lake_rest.py will say so")
+        return 0
+    print(f"lakana-server: {exe}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

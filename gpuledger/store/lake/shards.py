@@ -29,6 +29,7 @@ Iceberg; this module is what it asks of the lake:
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -41,6 +42,7 @@ from pyiceberg.expressions import AlwaysFalse, AlwaysTrue, And, BooleanExpressio
 from pyiceberg.io.pyarrow import ArrowScan
 from pyiceberg.manifest import DataFile, ManifestEntryStatus
 from pyiceberg.table import FileScanTask, Table
+from pyiceberg.transforms import DayTransform
 
 from gpuledger.errors import StoreError
 from gpuledger.store.lake.schema import DAY_COLUMN, HOUR_COLUMN
@@ -118,6 +120,30 @@ class LakeShards:
                 snapshot_id=upto, selected_fields=("node", "interval_start_ns")).to_arrow())
             return _hour_nodes(rows)
         return _hour_nodes(self._columns(table, added))
+
+    def days_added(self, since: int, upto: int | None) -> set[dt.date] | None:
+        """The UTC days (``messages``' day partitions) of the data files that the snapshots after ``since`` up to
+        ``upto`` added: the days holding a message the run that recorded ``since`` did not attribute. Read from the
+        manifests (each file's partition value), no data file. None when ``since`` is not in ``upto``'s lineage
+        (snapshots expired, table replaced): then nothing is known to be attributed."""
+        if upto is None or since == upto:
+            return set()
+        table = self.lake._tables["messages"]
+        added = self._added_since(table, since, upto)
+        if added is None:
+            return None
+        days: set[dt.date] = set()
+        unpartitioned: list[DataFile] = []
+        for f in added:
+            day = _day_of(table, f)
+            if day is None:
+                unpartitioned.append(f)
+            else:
+                days.add(day)
+        if unpartitioned:  # written under a spec without the day transform: the days from the rows themselves
+            starts = self._columns(table, unpartitioned)["interval_start_ns"].cast(pa.int64()).to_pylist()
+            days |= {dt.datetime.fromtimestamp(s // 10**9, dt.UTC).date() for s in starts}
+        return days
 
     def nodes_in(self, hours: Sequence[int], snapshot: int | None) -> pa.Table:
         """(hour_start_ns, node) of every node with messages in these hours, at ``snapshot`` of ``messages``."""
@@ -252,6 +278,19 @@ class LakeShards:
         scan = ArrowScan(table_metadata=table.metadata, io=table.io, projected_schema=schema, row_filter=AlwaysTrue())
         return self.lake._retrying("reading new data files of lake table messages",
                                    lambda: scan.to_table(tasks=[FileScanTask(f) for f in files]))
+
+
+def _day_of(table: Table, f: DataFile) -> dt.date | None:
+    """The UTC day partition of a ``messages`` data file, or None when its spec has no ``day(interval_start)``."""
+    spec = table.specs().get(f.spec_id)
+    source = table.schema().find_field(DAY_COLUMN).field_id
+    for i, field in enumerate(spec.fields if spec is not None else ()):
+        if field.source_id == source and isinstance(field.transform, DayTransform):
+            value = f.partition[i]
+            if value is None:
+                return None
+            return value if isinstance(value, dt.date) else dt.date(1970, 1, 1) + dt.timedelta(days=int(value))
+    return None
 
 
 def _scan(table: Table, expr: BooleanExpression, snapshot: int | None) -> pa.Table:
