@@ -19,6 +19,8 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,9 @@ from gpuledger.api.tokens import TokenStore, create_token, token_path  # noqa: E
 from gpuledger.ingest.consumer import Ingestor  # noqa: E402
 from gpuledger.sim.fleetsim import demo_fleet  # noqa: E402
 from gpuledger.store import Store  # noqa: E402
+from gpuledger.store.lake import LakeConfig, LakeStore  # noqa: E402
+from gpuledger.store.lake.meta import SqlMetadata  # noqa: E402
+from gpuledger.store.lake.replica import LakeReplica, copy_name  # noqa: E402
 from gpuledger.transport import KafkaSubscriber  # noqa: E402
 from tests.support.demo_data import START  # noqa: E402
 from tests.support.ingest_runs import encoded, ingest_cmd, publish  # noqa: E402
@@ -65,40 +70,45 @@ def sim_messages(nodes: int = 3, hours: float = 1.5, tick_s: float = 60.0) -> li
     return out
 
 
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[Postgres]:
-    pg = Postgres(need_postgres())
-    pg.start()
-    try:
-        yield pg
-    finally:
-        pg.remove()
+@dataclass
+class Services:
+    postgres: Postgres
+    s3: MotoS3
+    ray_address: str
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
-    server = MotoS3(tmp_path_factory.mktemp("moto"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def ray_address() -> Iterator[str]:
-    """A local Ray (2 CPUs, no dashboard, auth off on loopback) that other processes join at this address."""
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    """PostgreSQL and moto's S3 started in threads while a local Ray (2 CPUs, no dashboard, auth off on
+    loopback) starts here; other processes join the Ray at ``ray_address``."""
+    bindir = need_postgres()
     before = os.environ.get("RAY_AUTH_MODE")
     os.environ["RAY_AUTH_MODE"] = "disabled"  # a test cluster on loopback; a real one keeps Ray's token auth
-    ray.init(num_cpus=2, include_dashboard=False)
+    s3 = MotoS3(tmp_path_factory.mktemp("moto"))
+    with ThreadPoolExecutor(2) as pool:
+        pg_started = pool.submit(lambda: started_postgres(bindir))
+        s3_started = pool.submit(s3.start)
+        try:
+            ray.init(num_cpus=2, include_dashboard=False)
+        finally:
+            pg = pg_started.result()
+            s3_started.result()
     try:
-        yield ray.get_runtime_context().gcs_address
+        yield Services(pg, s3, ray.get_runtime_context().gcs_address)
     finally:
         ray.shutdown()
+        s3.stop()
+        pg.remove()
         if before is None:
             os.environ.pop("RAY_AUTH_MODE", None)
         else:
             os.environ["RAY_AUTH_MODE"] = before
+
+
+def started_postgres(bindir: Path) -> Postgres:
+    pg = Postgres(bindir)
+    pg.start()
+    return pg
 
 
 def command(*args: str) -> list[str]:
@@ -123,33 +133,27 @@ def committed(bootstrap: str, group: str) -> int:
         admin.close()
 
 
-def answering(client: httpx.Client, proc: subprocess.Popen[str]) -> bool:
-    if proc.poll() is not None:
-        return True  # exited: reported by the caller
-    try:
-        return client.get("/healthz").status_code == 200
-    except httpx.TransportError:
-        return False
-
-
 def test_agents_to_kafka_to_the_lake_on_ray_to_two_replicas_answer_as_the_embedded_path(
-        tansu: Any, postgres: Postgres, s3: MotoS3, ray_address: str, tmp_path: Path) -> None:
+        tansu: Any, services: Services, tmp_path: Path) -> None:
     messages = sim_messages()
     topic = tansu.create_topic(partitions=2)
     publish(tansu.bootstrap, topic, encoded(messages))
-    lake = ["--lake", postgres.database("e2e"), "--warehouse", s3.bucket("gpuledger-e2e") + "/raw",
-            "--s3-endpoint", s3.endpoint]
+    config = LakeConfig(services.postgres.database("e2e"), services.s3.bucket("gpuledger-e2e") + "/raw",
+                        s3_endpoint=services.s3.endpoint)
+    lake = ["--lake", config.catalog_uri, "--warehouse", config.warehouse, "--s3-endpoint", services.s3.endpoint]
     env = with_credentials({"PATH": os.environ["PATH"], "HOME": str(tmp_path), "RAY_AUTH_MODE": "disabled"})
 
     def spawn(*args: str) -> subprocess.Popen[str]:
         return subprocess.Popen(command(*args), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-    # Two lake workers in one group; meanwhile the reference reads the same topic into a DuckDB file.
+    # Two lake workers in one group; meanwhile the embedded path reads the same topic into a DuckDB file,
+    # attributes and exports it (one command after the other, beside the lake's stages).
     worker = [*ingest_cmd(tansu.bootstrap, topic, "lake", tmp_path / "unused.duckdb")[3:], *lake,
-              "--batch-max", "100", "--commit-interval", "0.5"]
+              "--batch-max", "500", "--commit-interval", "1"]
     workers = [spawn(*worker), spawn(*worker)]
-    made = spawn("token", "create", "--role", "admin", "--name", "e2e", "--lake", lake[1])
+    made = spawn("token", "create", "--role", "admin", "--name", "e2e", "--lake", config.catalog_uri)
     db = tmp_path / "embedded.duckdb"
+    background = ThreadPoolExecutor(1)
     try:
         with Store(db) as store:
             sub = KafkaSubscriber(tansu.bootstrap, topic, "embedded", **KAFKA_GROUP_TIMING)
@@ -158,7 +162,9 @@ def test_agents_to_kafka_to_the_lake_on_ray_to_two_replicas_answer_as_the_embedd
             finally:
                 sub.close()
             assert store.count("messages") == len(messages)
-        attribute_db = spawn("attribute", "--db", str(db))
+        embedded = background.submit(lambda: [finished(spawn(*args)) for args in (
+            ("attribute", "--db", str(db)),
+            ("export", "chargeback", "--month", MONTH, "--db", str(db), "--out", str(tmp_path / "db.csv")))])
         wait_until(lambda: committed(tansu.bootstrap, "lake") == len(messages) or any(w.poll() is not None
                                                                                        for w in workers),
                    180, "the lake workers to commit every offset", interval_s=0.3)
@@ -173,46 +179,58 @@ def test_agents_to_kafka_to_the_lake_on_ray_to_two_replicas_answer_as_the_embedd
                 w.kill()
                 w.wait()
     admin = finished(made).strip()
-    finished(attribute_db)
-    attributed = finished(spawn("attribute", *lake, "--ray", ray_address, "--node-groups", "2"))
-    assert f"on Ray at {ray_address}" in attributed, attributed
 
-    # The month's file both ways, while the two replicas start.
-    exports = {"db": spawn("export", "chargeback", "--month", MONTH, "--db", str(db),
-                           "--out", str(tmp_path / "db.csv")),
-               "lake": spawn("export", "chargeback", "--month", MONTH, *lake, "--out", str(tmp_path / "lake.csv"))}
+    # Attribution on Ray while the two replicas start (they serve the lake as they find it, then refresh).
     ports = [free_port(), free_port()]
-    replicas = [spawn("serve", *lake, "--port", str(port), "--cache-dir", str(tmp_path / f"cache-{i}"))
-                for i, port in enumerate(ports)]
+    replicas = [spawn("serve", *lake, "--port", str(port), "--cache-dir", str(tmp_path / f"cache-{i}"),
+                      "--lake-refresh", "1") for i, port in enumerate(ports)]
     try:
-        for proc in exports.values():
-            finished(proc)
-        assert (tmp_path / "lake.csv").read_bytes() == (tmp_path / "db.csv").read_bytes()
+        attributed = finished(spawn("attribute", *lake, "--ray", services.ray_address, "--node-groups", "2"))
+        assert f"on Ray at {services.ray_address}" in attributed, attributed
+        export_lake = spawn("export", "chargeback", "--month", MONTH, *lake, "--out", str(tmp_path / "lake.csv"))
+        meta = SqlMetadata(config.catalog_uri)
+        try:
+            current = copy_name(LakeReplica(LakeStore(config), meta, tmp_path / "probe").wanted())
+        finally:
+            meta.close()
         clients = [httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) for port in ports]
         for client, proc in zip(clients, replicas, strict=True):
-            wait_until(lambda c=client, p=proc: answering(c, p), 120, "serve --lake to answer")
-            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            wait_until(lambda c=client, p=proc: serves(c, p) == current, 120, "serve --lake to serve the rollups")
+        embedded.result(timeout=180)
+        finished(export_lake)
+        assert (tmp_path / "lake.csv").read_bytes() == (tmp_path / "db.csv").read_bytes()
         with TokenStore(token_path(db)) as tokens:
             _, embedded_admin = create_token(tokens, "admin", name="e2e")
-        with serving(create_app(db)) as embedded:
+        with serving(create_app(db)) as reference:
             for path in PATHS:
-                want = embedded.get(path, headers={"Authorization": f"Bearer {embedded_admin}"})
+                want = reference.get(path, headers={"Authorization": f"Bearer {embedded_admin}"})
                 assert want.status_code == 200, (path, want.text)
                 for client in clients:
                     got = client.get(path, headers={"Authorization": f"Bearer {admin}"})
                     assert got.status_code == 200, (path, got.text)
                     assert got.content == want.content, (path, got.text, want.text)
-        tenants = embedded_tenants(db)
-        assert len(tenants) >= 3, tenants  # totals that mean something
-        assert (tmp_path / "db.csv").read_bytes().count(b"\n") > len(tenants)
     finally:
+        background.shutdown(wait=True)
         for proc in replicas:
             proc.terminate()
         for proc in replicas:
             proc.wait(10)
+    tenants = embedded_tenants(db)
+    assert len(tenants) >= 3, tenants  # totals that mean something
+    assert (tmp_path / "db.csv").read_bytes().count(b"\n") > len(tenants)
     with Store(db, read_only=True) as store:  # what the fleet exercised
         sharing = set(store.query("SELECT DISTINCT sharing FROM ledger")["sharing"].to_list())
     assert {"time_sliced", "mig"} <= sharing, sharing
+
+
+def serves(client: httpx.Client, proc: subprocess.Popen[str]) -> str | None:
+    """The lake snapshot a replica serves (``/healthz``), None while it starts; its exit fails the test."""
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    try:
+        health = client.get("/healthz")
+    except httpx.TransportError:
+        return None
+    return health.json().get("lake_snapshot") if health.status_code == 200 else None
 
 
 def embedded_tenants(db: Path) -> list[str]:
