@@ -16,9 +16,10 @@ run in this process (the same code ``ingest --db`` and ``serve --db`` run), to k
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +47,7 @@ from tests.support.ingest_runs import encoded, ingest_cmd, publish  # noqa: E402
 from tests.support.kafka import KAFKA_GROUP_TIMING  # noqa: E402
 from tests.support.live_server import serving  # noqa: E402
 from tests.support.postgres import Postgres, need_postgres  # noqa: E402
-from tests.support.s3 import MotoS3, with_credentials  # noqa: E402
+from tests.support.s3 import CREDENTIALS, MotoS3, with_credentials  # noqa: E402
 from tests.support.system import free_port, wait_until  # noqa: E402
 
 pytestmark = [pytest.mark.kafka, pytest.mark.external, pytest.mark.slow]
@@ -80,12 +81,14 @@ class Services:
 @pytest.fixture(scope="module")
 def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
     """PostgreSQL and moto's S3 started in threads while a local Ray (2 CPUs, no dashboard, auth off on
-    loopback) starts here; other processes join the Ray at ``ray_address``."""
+    loopback) starts here; other processes join the Ray at ``ray_address``. Ray's workers read the lake
+    themselves, so the cluster gets the S3 credentials, as a production Ray's nodes must (docs/lake.md)."""
     bindir = need_postgres()
-    before = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = "disabled"  # a test cluster on loopback; a real one keeps Ray's token auth
     s3 = MotoS3(tmp_path_factory.mktemp("moto"))
-    with ThreadPoolExecutor(2) as pool:
+    with pytest.MonkeyPatch.context() as env, ThreadPoolExecutor(2) as pool:
+        env.setenv("RAY_AUTH_MODE", "disabled")  # a test cluster on loopback; a real one keeps Ray's token auth
+        for key, value in CREDENTIALS.items():  # without them every task's S3 client searches for some (slow)
+            env.setenv(key, value)
         pg_started = pool.submit(lambda: started_postgres(bindir))
         s3_started = pool.submit(s3.start)
         try:
@@ -93,16 +96,12 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
         finally:
             pg = pg_started.result()
             s3_started.result()
-    try:
-        yield Services(pg, s3, ray.get_runtime_context().gcs_address)
-    finally:
-        ray.shutdown()
-        s3.stop()
-        pg.remove()
-        if before is None:
-            os.environ.pop("RAY_AUTH_MODE", None)
-        else:
-            os.environ["RAY_AUTH_MODE"] = before
+        try:
+            yield Services(pg, s3, ray.get_runtime_context().gcs_address)
+        finally:
+            ray.shutdown()
+            s3.stop()
+            pg.remove()
 
 
 def started_postgres(bindir: Path) -> Postgres:
@@ -146,11 +145,19 @@ def test_agents_to_kafka_to_the_lake_on_ray_to_two_replicas_answer_as_the_embedd
     def spawn(*args: str) -> subprocess.Popen[str]:
         return subprocess.Popen(command(*args), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
+    def daemon(name: str, *args: str) -> subprocess.Popen[str]:
+        """A long-running command, its log in a file (a pipe nobody reads would fill and block it)."""
+        with open(tmp_path / f"{name}.log", "w") as log:
+            return subprocess.Popen(command(*args), env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+
+    def logs(*names: str) -> str:
+        return "\n".join(f"--- {n}:\n" + (tmp_path / f"{n}.log").read_text()[-3000:] for n in names)
+
     # Two lake workers in one group; meanwhile the embedded path reads the same topic into a DuckDB file,
     # attributes and exports it (one command after the other, beside the lake's stages).
     worker = [*ingest_cmd(tansu.bootstrap, topic, "lake", tmp_path / "unused.duckdb")[3:], *lake,
               "--batch-max", "500", "--commit-interval", "1"]
-    workers = [spawn(*worker), spawn(*worker)]
+    workers = [daemon(f"worker-{i}", *worker) for i in range(2)]
     made = spawn("token", "create", "--role", "admin", "--name", "e2e", "--lake", config.catalog_uri)
     db = tmp_path / "embedded.duckdb"
     background = ThreadPoolExecutor(1)
@@ -165,14 +172,20 @@ def test_agents_to_kafka_to_the_lake_on_ray_to_two_replicas_answer_as_the_embedd
         embedded = background.submit(lambda: [finished(spawn(*args)) for args in (
             ("attribute", "--db", str(db)),
             ("export", "chargeback", "--month", MONTH, "--db", str(db), "--out", str(tmp_path / "db.csv")))])
-        wait_until(lambda: committed(tansu.bootstrap, "lake") == len(messages) or any(w.poll() is not None
-                                                                                       for w in workers),
-                   180, "the lake workers to commit every offset", interval_s=0.3)
+        try:
+            wait_until(lambda: committed(tansu.bootstrap, "lake") == len(messages) or any(w.poll() is not None
+                                                                                           for w in workers),
+                       180, "the lake workers to commit every offset", interval_s=0.3)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {committed(tansu.bootstrap, 'lake')} of {len(messages)}\n"
+                                 f"{logs('worker-0', 'worker-1')}") from None
         for w in workers:
-            assert w.poll() is None, w.communicate()[1][-3000:]
+            assert w.poll() is None, logs("worker-0", "worker-1")
             w.terminate()
         for w in workers:
-            assert w.wait(60) == 0, w.communicate()[1][-3000:]
+            assert w.wait(60) == 0, logs("worker-0", "worker-1")
+        stored = [int(m) for m in re.findall(r"ingest stopped: .* records .*: (\d+) stored", logs("worker-0", "worker-1"))]
+        assert len(stored) == 2 and sum(stored) == len(messages), stored  # each message stored once, by either
     finally:
         for w in workers:
             if w.poll() is None:
@@ -182,7 +195,7 @@ def test_agents_to_kafka_to_the_lake_on_ray_to_two_replicas_answer_as_the_embedd
 
     # Attribution on Ray while the two replicas start (they serve the lake as they find it, then refresh).
     ports = [free_port(), free_port()]
-    replicas = [spawn("serve", *lake, "--port", str(port), "--cache-dir", str(tmp_path / f"cache-{i}"),
+    replicas = [daemon(f"replica-{i}", "serve", *lake, "--port", str(port), "--cache-dir", str(tmp_path / f"cache-{i}"),
                       "--lake-refresh", "1") for i, port in enumerate(ports)]
     try:
         attributed = finished(spawn("attribute", *lake, "--ray", services.ray_address, "--node-groups", "2"))
@@ -195,7 +208,8 @@ def test_agents_to_kafka_to_the_lake_on_ray_to_two_replicas_answer_as_the_embedd
             meta.close()
         clients = [httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) for port in ports]
         for client, proc in zip(clients, replicas, strict=True):
-            wait_until(lambda c=client, p=proc: serves(c, p) == current, 120, "serve --lake to serve the rollups")
+            wait_until(lambda c=client, p=proc: serves(c, p, lambda: logs("replica-0", "replica-1")) == current, 120,
+                       "serve --lake to serve the rollups")
         embedded.result(timeout=180)
         finished(export_lake)
         assert (tmp_path / "lake.csv").read_bytes() == (tmp_path / "db.csv").read_bytes()
@@ -209,6 +223,8 @@ def test_agents_to_kafka_to_the_lake_on_ray_to_two_replicas_answer_as_the_embedd
                     got = client.get(path, headers={"Authorization": f"Bearer {admin}"})
                     assert got.status_code == 200, (path, got.text)
                     assert got.content == want.content, (path, got.text, want.text)
+        for client in clients:
+            client.close()
     finally:
         background.shutdown(wait=True)
         for proc in replicas:
@@ -223,9 +239,9 @@ def test_agents_to_kafka_to_the_lake_on_ray_to_two_replicas_answer_as_the_embedd
     assert {"time_sliced", "mig"} <= sharing, sharing
 
 
-def serves(client: httpx.Client, proc: subprocess.Popen[str]) -> str | None:
+def serves(client: httpx.Client, proc: subprocess.Popen[str], log: Callable[[], str]) -> str | None:
     """The lake snapshot a replica serves (``/healthz``), None while it starts; its exit fails the test."""
-    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    assert proc.poll() is None, log()
     try:
         health = client.get("/healthz")
     except httpx.TransportError:
