@@ -65,7 +65,7 @@ from gpuledger.timeutil import DAY_NS
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FAR_FUTURE_NS", "RAW_SERVED", "LakeReplica", "copy_table", "month_store"]
+__all__ = ["FAR_FUTURE_NS", "RAW_SERVED", "LakeReplica", "copy_name", "copy_table", "month_store"]
 
 #: The raw tables a replica serves (the fleet view). Not ``processes``: no API view reads it (attribution does),
 #: and it is the largest raw table.
@@ -162,6 +162,13 @@ def _rollups_only(store: Store) -> None:
     store.execute("INSERT OR REPLACE INTO ledger_window (id, kept_from_ns) VALUES (1, ?)", [FAR_FUTURE_NS])
 
 
+def copy_name(wanted: dict[str, Any]) -> str:
+    """The file name of the copy of these snapshots (:meth:`LakeReplica.wanted`): what ``/healthz`` calls
+    ``lake_snapshot``, so a caller can tell when a replica serves a given state of the lake."""
+    digest = hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()[:16]
+    return f"lake-{digest}.duckdb"
+
+
 class LakeReplica:
     """The local cache one API replica serves (module doc): ``path`` is what the API reads."""
 
@@ -210,8 +217,7 @@ class LakeReplica:
             self.synced_at = self.clock()
             self.last_error = None
             return False
-        digest = hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()[:16]
-        name = f"lake-{digest}.duckdb"
+        name = copy_name(wanted)
         building = self.cache_dir / f"{name}.building"
         for stale in (building, Path(f"{building}.wal")):
             stale.unlink(missing_ok=True)
