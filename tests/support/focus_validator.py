@@ -20,9 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from tests.support.system import missing
+from tests.support.system import missing, prepare_tool, tool_venv
 
 VALIDATOR = "2.2.1"
 REQUIREMENTS = [f"focus-validator=={VALIDATOR}", "numpy<2", "pyarrow<22"]
@@ -51,15 +49,7 @@ def validator_env() -> tuple[Path, Path]:
     """(the focus-validator executable, its site-packages folder), creating the virtualenv on first use."""
     python, version = python312()
     venv = ROOT / ".cache" / f"focus-validator-{VALIDATOR}-py{version}"
-    ready = venv / ".installed"
-    if not ready.exists():
-        shutil.rmtree(venv, ignore_errors=True)
-        subprocess.run([str(python), "-m", "venv", str(venv)], check=True, capture_output=True)
-        pip = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", *REQUIREMENTS],
-                             capture_output=True, text=True, timeout=900)
-        if pip.returncode != 0:
-            missing(f"could not install {' '.join(REQUIREMENTS)} into {venv}: {pip.stderr.strip()[-400:]}")
-        ready.write_text(" ".join(REQUIREMENTS) + "\n")
+    tool_venv(venv, python, REQUIREMENTS, "focus-validator")
     site = subprocess.run([str(venv / "bin" / "python"), "-c",
                            "import focus_validator, os; print(os.path.dirname(os.path.dirname(focus_validator.__file__)))"],
                           capture_output=True, text=True, check=True).stdout.strip()
@@ -67,14 +57,8 @@ def validator_env() -> tuple[Path, Path]:
 
 
 def main() -> int:
-    """Prepare the virtualenv ahead of the suite; say why not when it cannot be made."""
-    try:
-        exe, _ = validator_env()
-    except (pytest.skip.Exception, pytest.fail.Exception) as exc:
-        print(f"focus-validator: not prepared ({exc}); tests/analytics/test_focus_validator.py will say so")
-        return 0
-    print(f"focus-validator: {exe}")
-    return 0
+    """Prepare the virtualenv ahead of the suite (``make test``)."""
+    return prepare_tool("focus-validator", lambda: validator_env()[0], "tests/analytics/test_focus_validator.py")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -35,10 +34,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import pytest
-
 from tests.support.postgres import Postgres
-from tests.support.system import accepts, free_port, missing
+from tests.support.system import accepts, free_port, missing, prepare_tool, tool_venv
 
 ENV = "GPULEDGER_TEST_LAKANA_SERVER"
 SERVER = "0.20.0"
@@ -50,19 +47,7 @@ KEY_ID, SECRET = "gpuledgertest01", "t" * 40
 
 def server_env(venv: Path = VENV) -> Path:
     """The lakana-server executable in ``venv``, creating the virtualenv on first use (else :func:`missing`)."""
-    exe = venv / "bin" / "lakana-server"
-    ready = venv / ".installed"
-    if not ready.exists():
-        shutil.rmtree(venv, ignore_errors=True)
-        made = subprocess.run([sys.executable, "-m", "venv", str(venv)], capture_output=True, text=True)
-        if made.returncode != 0:
-            missing(f"could not create a virtualenv at {venv} for lakana-server: {made.stderr.strip()[-400:]}")
-        pip = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", *REQUIREMENTS],
-                             capture_output=True, text=True, timeout=900)
-        if pip.returncode != 0 or not exe.is_file():
-            missing(f"could not install {' '.join(REQUIREMENTS)} into {venv}: {pip.stderr.strip()[-400:]}")
-        ready.write_text(" ".join(REQUIREMENTS) + "\n")
-    return exe
+    return tool_venv(venv, sys.executable, REQUIREMENTS, "lakana-server")
 
 
 def need_lakana() -> str:
@@ -152,14 +137,8 @@ class LakanaRest:
 
 
 def main() -> int:
-    """Prepare the virtualenv ahead of the suite; say why not when it cannot be made."""
-    try:
-        exe = server_env()
-    except (pytest.skip.Exception, pytest.fail.Exception) as exc:
-        print(f"lakana-server: not prepared ({exc}); tests/store/test_lake_rest.py will say so")
-        return 0
-    print(f"lakana-server: {exe}")
-    return 0
+    """Prepare the virtualenv ahead of the suite (``make test``)."""
+    return prepare_tool("lakana-server", server_env, "tests/store/test_lake_rest.py")
 
 
 if __name__ == "__main__":

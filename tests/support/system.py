@@ -12,8 +12,10 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import NoReturn
 
 import pytest
@@ -68,3 +70,35 @@ def wait_until(condition: Callable[[], bool], timeout_s: float, what: str, *, in
     while not condition():
         assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what}"
         time.sleep(interval_s)
+
+
+def tool_venv(venv: Path, python: str | Path, requirements: list[str], exe: str) -> Path:
+    """``venv/bin/exe`` of a test tool kept in a virtualenv of its own (under ``.cache/``), made on first use.
+
+    A ``.installed`` marker says the install finished; a virtualenv that cannot be made or installed
+    into is :func:`missing` (skip, or fail under CI=true) with pip's last words.
+    """
+    ready = venv / ".installed"
+    if not ready.exists():
+        shutil.rmtree(venv, ignore_errors=True)
+        made = subprocess.run([str(python), "-m", "venv", str(venv)], capture_output=True, text=True)
+        if made.returncode != 0:
+            missing(f"could not create a virtualenv at {venv}: {made.stderr.strip()[-400:]}")
+        pip = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", *requirements],
+                             capture_output=True, text=True, timeout=900)
+        if pip.returncode != 0 or not (venv / "bin" / exe).is_file():
+            missing(f"could not install {' '.join(requirements)} into {venv}: {pip.stderr.strip()[-400:]}")
+        ready.write_text(" ".join(requirements) + "\n")
+    return venv / "bin" / exe
+
+
+def prepare_tool(name: str, make: Callable[[], object], test_file: str) -> int:
+    """``make test``'s step before the suite (``python -m tests.support.X``): make a tool's virtualenv now,
+    so its install is setup rather than test time; say why not when it cannot be made (the test then does)."""
+    try:
+        made = make()
+    except (pytest.skip.Exception, pytest.fail.Exception) as exc:
+        print(f"{name}: not prepared ({exc}); {test_file} will say so")
+        return 0
+    print(f"{name}: {made}")
+    return 0
