@@ -147,18 +147,15 @@ def test_on_postgresql_and_s3_the_lake_books_the_embedded_rollups_and_late_data_
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from gpuledger.analytics.job import run_attribution
     from tests.support.factories import EPOCH_NS, make_message
-    from tests.support.postgres import Postgres, need_postgres
-    from tests.support.s3 import CREDENTIALS, MotoS3
+    from tests.support.postgres import running_postgres
+    from tests.support.s3 import CREDENTIALS, running_moto
 
     def tick(seq: int, node: str):  # type: ignore[no-untyped-def]
         return make_message(seq=seq, start_ns=EPOCH_NS + seq * 600 * 10**9, tick_ns=600 * 10**9,  # type: ignore[arg-type]
                             node=node, agent_id=f"agent-{node}")
 
     on_time = [tick(i, node) for node in ("n0", "n1", "n2") for i in range(12) if (node, i) != ("n1", 8)]
-    pg, s3 = Postgres(need_postgres()), MotoS3(tmp_path)
-    pg.start()
-    try:
-        s3.start()
+    with running_postgres() as pg, running_moto(tmp_path) as s3:
         for key, value in CREDENTIALS.items():
             monkeypatch.setenv(key, value)
         config = LakeConfig(pg.uri, s3.bucket("lake") + "/raw", s3_endpoint=s3.endpoint)
@@ -174,9 +171,6 @@ def test_on_postgresql_and_s3_the_lake_books_the_embedded_rollups_and_late_data_
             file.write_messages([*on_time, tick(8, "n1")])
             run_attribution(file)
             assert_frame_equal(lake_rollups(lake), embedded(file), check_dtypes=False, check_exact=True)
-    finally:
-        s3.stop()
-        pg.remove()
 
 
 def test_an_empty_lake_runs_nothing_and_records_nothing(tmp_path: Path) -> None:

@@ -29,8 +29,8 @@ from gpuledger.store.lake import LakeConfig, LakeStore, scan  # noqa: E402
 from gpuledger.store.lake.products import LakeProducts  # noqa: E402
 from gpuledger.timeutil import HOUR_NS  # noqa: E402
 from tests.support.demo_data import build_demo_db  # noqa: E402
-from tests.support.postgres import Postgres, need_postgres  # noqa: E402
-from tests.support.s3 import CREDENTIALS, MotoS3, with_credentials  # noqa: E402
+from tests.support.postgres import Postgres, running_postgres  # noqa: E402
+from tests.support.s3 import CREDENTIALS, MotoS3, running_moto, with_credentials  # noqa: E402
 from tests.support.system import free_port, wait_until  # noqa: E402
 
 pytestmark = [pytest.mark.external, pytest.mark.slow]
@@ -38,22 +38,14 @@ pytestmark = [pytest.mark.external, pytest.mark.slow]
 
 @pytest.fixture
 def postgres() -> Iterator[Postgres]:
-    pg = Postgres(need_postgres())
-    pg.start()
-    try:
+    with running_postgres() as pg:
         yield pg
-    finally:
-        pg.remove()
 
 
 @pytest.fixture
 def s3(tmp_path: Path) -> Iterator[MotoS3]:
-    server = MotoS3(tmp_path)
-    server.start()
-    try:
+    with running_moto(tmp_path) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

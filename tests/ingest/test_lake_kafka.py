@@ -30,8 +30,8 @@ from gpuledger.store import Store  # noqa: E402
 from gpuledger.store.lake import LakeConfig, LakeStore, LakeUnavailable, materialize, scan  # noqa: E402
 from tests.support.ingest_runs import assert_same, encoded, ingest_cmd, publish, reference, snapshot, started, stream  # noqa: E402
 from tests.support.kafka import KAFKA_GROUP_TIMING  # noqa: E402
-from tests.support.postgres import Postgres, need_postgres  # noqa: E402
-from tests.support.s3 import CREDENTIALS, MotoS3, with_credentials  # noqa: E402
+from tests.support.postgres import Postgres, running_postgres  # noqa: E402
+from tests.support.s3 import CREDENTIALS, MotoS3, running_moto, with_credentials  # noqa: E402
 from tests.support.system import wait_until  # noqa: E402
 
 pytestmark = [pytest.mark.kafka, pytest.mark.external, pytest.mark.slow]
@@ -40,12 +40,8 @@ pytestmark = [pytest.mark.kafka, pytest.mark.external, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def postgres_server() -> Iterator[Postgres]:
     """One cluster for the module (initdb once); each test gets a database of its own."""
-    pg = Postgres(need_postgres())
-    pg.start()
-    try:
+    with running_postgres() as pg:
         yield pg
-    finally:
-        pg.remove()
 
 
 @dataclass
@@ -72,12 +68,8 @@ def postgres(postgres_server: Postgres) -> Catalog:
 @pytest.fixture(scope="module")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
     """One moto server for the module; each test writes to buckets of its own."""
-    server = MotoS3(tmp_path_factory.mktemp("moto"))
-    server.start()
-    try:
+    with running_moto(tmp_path_factory.mktemp("moto")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -20,8 +20,8 @@ pytest.importorskip("pyiceberg", reason="the lake extra is not installed (pip in
 from gpuledger.store.lake import LakeConfig, LakeStore, scan  # noqa: E402
 from gpuledger.store.lake.upkeep import compact_partition, drop_partitions, partitions  # noqa: E402
 from tests.support.factories import make_message  # noqa: E402
-from tests.support.postgres import Postgres, need_postgres  # noqa: E402
-from tests.support.s3 import CREDENTIALS, MotoS3  # noqa: E402
+from tests.support.postgres import running_postgres  # noqa: E402
+from tests.support.s3 import CREDENTIALS, running_moto  # noqa: E402
 
 pytestmark = [pytest.mark.external, pytest.mark.slow]
 
@@ -31,17 +31,10 @@ DAY_NS = 86_400 * 10**9
 
 @pytest.fixture
 def lake_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LakeConfig]:
-    pg = Postgres(need_postgres())
-    pg.start()
-    s3 = MotoS3(tmp_path)
-    s3.start()
     for key, value in CREDENTIALS.items():
         monkeypatch.setenv(key, value)
-    try:
+    with running_postgres() as pg, running_moto(tmp_path) as s3:
         yield LakeConfig(pg.uri, f"{s3.bucket('lake')}/raw", s3_endpoint=s3.endpoint)
-    finally:
-        s3.stop()
-        pg.remove()
 
 
 def flush(lake: LakeStore, agent: str, first: int, n: int, day: int = 0) -> None:

@@ -35,6 +35,7 @@ from gpuledger.store.lake import (  # noqa: E402
 from gpuledger.store.lake.schema import DAY_COLUMN, KEYED, LAKE_TABLES  # noqa: E402
 from gpuledger.store.lake.writer import _RECORD_ORDER, TABLE_PROPERTIES  # noqa: E402
 from tests.support.ingest_runs import stream  # noqa: E402
+from tests.support.lake_race import race_on_devices  # noqa: E402
 from tests.support.system import free_port  # noqa: E402
 
 RAW = ("messages", "devices", "processes", "allocations", "field_errors", "pods")
@@ -129,17 +130,7 @@ def test_a_batch_half_committed_by_a_killed_writer_is_completed_not_doubled(tmp_
 def test_a_commit_lost_to_a_concurrent_writer_rereads_the_keys_and_appends_nothing_twice(tmp_path: Path) -> None:
     msgs = stream(3, nodes=2)
     first, second = LakeStore(config(tmp_path)), LakeStore(config(tmp_path))
-    real = first._existing
-    raced: list[bool] = []
-
-    def existing_then_race(table: object, scope: object) -> pa.Table:
-        keys = real(table, scope)  # type: ignore[arg-type]
-        if not raced and table.name()[-1] == "devices":  # type: ignore[attr-defined]
-            raced.append(True)
-            assert second.write_messages(msgs) == len(msgs)  # commits every table while `first` holds old keys
-        return keys
-
-    first._existing = existing_then_race  # type: ignore[method-assign]
+    race_on_devices(first, second, msgs)
     # `first` found none of them stored, then `second` stored them all mid-flush: `first` adds no row, and says so
     assert first.write_messages(msgs) == 0
     with Store(":memory:") as want:

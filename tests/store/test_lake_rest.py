@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import pyarrow as pa
 import pytest
 
 pytest.importorskip("pyiceberg", reason="the lake extra is not installed (pip install -e '.[test]')")
@@ -21,7 +20,8 @@ from gpuledger.store import Store  # noqa: E402
 from gpuledger.store.lake import LakeConfig, LakeStore, materialize, scan  # noqa: E402
 from gpuledger.store.lake.schema import KEYED  # noqa: E402
 from tests.support.ingest_runs import stream  # noqa: E402
-from tests.support.postgres import Postgres, need_postgres  # noqa: E402
+from tests.support.lake_race import race_on_devices  # noqa: E402
+from tests.support.postgres import running_postgres  # noqa: E402
 from tests.support.rest_catalog import LakanaRest, need_lakana  # noqa: E402
 
 pytestmark = [pytest.mark.external, pytest.mark.slow]
@@ -31,15 +31,13 @@ pytestmark = [pytest.mark.external, pytest.mark.slow]
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LakanaRest]:
     """One PostgreSQL and one lakana-server for the module (their start is most of the tests' time)."""
     exe = need_lakana()
-    pg = Postgres(need_postgres())
-    pg.start()
-    lakana = LakanaRest(exe, pg, tmp_path_factory.mktemp("lakana"))
-    try:
-        lakana.start()
-        yield lakana
-    finally:
-        lakana.stop()
-        pg.remove()
+    with running_postgres() as pg:
+        lakana = LakanaRest(exe, pg, tmp_path_factory.mktemp("lakana"))
+        try:
+            lakana.start()
+            yield lakana
+        finally:
+            lakana.stop()
 
 
 @pytest.fixture
@@ -75,17 +73,7 @@ def test_a_commit_the_rest_server_refuses_is_retried_without_doubling(rest: Laka
     config = rest_config(rest)
     first, second = LakeStore(config), LakeStore(config)
     msgs = stream(3, nodes=2)
-    real = first._existing
-    raced: list[bool] = []
-
-    def existing_then_race(table: object, scope: object) -> pa.Table:
-        keys = real(table, scope)  # type: ignore[arg-type]
-        if not raced and table.name()[-1] == "devices":  # type: ignore[attr-defined]
-            raced.append(True)
-            assert second.write_messages(msgs) == len(msgs)  # commits while `first` holds old keys
-        return keys
-
-    first._existing = existing_then_race  # type: ignore[method-assign]
+    race_on_devices(first, second, msgs)
     assert first.write_messages(msgs) == 0
     assert first.conflicts >= 1  # the server answered 409 to the stale commit
     with Store(":memory:") as want:

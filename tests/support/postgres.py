@@ -17,6 +17,8 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tests.support.system import accepts, free_port, missing
@@ -98,3 +100,14 @@ class Postgres:
         if check and proc.returncode != 0:
             log = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
             raise RuntimeError(f"{tool} failed ({proc.returncode}): {proc.stderr[-2000:]}\n{log}")
+
+
+@contextmanager
+def running_postgres() -> Iterator[Postgres]:
+    """A started throwaway cluster (``need_postgres``: skip, or fail under CI=true, without the binaries), removed after."""
+    pg = Postgres(need_postgres())
+    pg.start()
+    try:
+        yield pg
+    finally:
+        pg.remove()

@@ -13,6 +13,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tests.support.system import accepts, free_port
@@ -63,6 +65,17 @@ class MotoS3:
                 self.proc.kill()
                 self.proc.wait(5)
             self.proc = None
+
+
+@contextmanager
+def running_moto(log_dir: Path) -> Iterator[MotoS3]:
+    """A started moto S3 server (its log under ``log_dir``), stopped after."""
+    server = MotoS3(log_dir)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def with_credentials(env: dict[str, str] | None = None) -> dict[str, str]:
